@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make run` and `make test`.
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+
+.PHONY: install run test lint simulator clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the gateway with a local Ray instance and the embedded SQLite store.
+run: install
+	$(VENV)/bin/wa-router serve
+
+## Lint, type-check and run the whole test-suite (SQLite and PostgreSQL, real Ray, real HTTP).
+test: install lint
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy actors gateway config store meta routing
+
+## The Meta Cloud API simulator with a seeded demo WABA (for the README walk-through).
+simulator: install
+	$(PY) -m meta.simulator --port 9000 --seed demo
+
+clean:
+	rm -rf data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,170 @@
+"""The one thin wrapper around Ray: finding or activating named actors and calling them.
+
+Everything else (inbox and agent logic, the gateway) talks to a `Directory` and to awaitable
+proxies, so the state machines run and test without Ray, and Ray's API lives in one file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import ray
+
+from actors.names import agent_actor_name, inbox_actor_name
+from config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ActorUnavailable(Exception):
+    """An actor died or could not be reached; the caller may retry (state is in the store)."""
+
+
+class Proxy:
+    """`await proxy.method(*args)` runs `handle.method.remote(*args)` and awaits its result."""
+
+    def __init__(self, handle: Any, name: str) -> None:
+        self._handle = handle
+        self.name = name
+
+    def __getattr__(self, method: str) -> Callable[..., Awaitable[Any]]:
+        remote_method = getattr(self._handle, method)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await remote_method.remote(*args, **kwargs)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                raise ActorUnavailable(f"{self.name}: {exc}") from exc
+
+        return call
+
+
+class Directory(Protocol):
+    """How actors and the gateway reach inbox and agent actors."""
+
+    def inbox(self, org_id: int, inbox_id: int) -> Any: ...
+
+    def agent(self, org_id: int, user_id: int) -> Any: ...
+
+    def forget_inbox(self, org_id: int, inbox_id: int) -> None: ...
+
+    def forget_agent(self, org_id: int, user_id: int) -> None: ...
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def spawn(coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
+    """Fire-and-forget with a logged failure: for notifications that must not block their caller."""
+
+    async def run() -> Any:
+        try:
+            return await coro
+        except Exception:
+            log.exception("background call failed: %s", what)
+            return None
+
+    task = asyncio.ensure_future(run())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
+_remote_classes: dict[type, Any] = {}
+
+
+def _remote_class(actor_class: type) -> Any:
+    """The Ray actor class with the options every routing actor shares (made once per process)."""
+    remote = _remote_classes.get(actor_class)
+    if remote is None:
+        remote = ray.remote(
+            num_cpus=0,
+            max_restarts=-1,
+            # A call is not blindly replayed after a restart: its effect may already be in the store.
+            max_task_retries=0,
+            max_concurrency=1000,
+            # Health checks have their own group, so a busy actor still answers them.
+            concurrency_groups={"health": 1},
+        )(actor_class)
+        _remote_classes[actor_class] = remote
+    return remote
+
+
+class RayDirectory:
+    """Named, detached, restartable actors in one namespace; handles cached per process.
+
+    Options are set here, where the actors are created (as Ray Serve's controller does).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._namespace = settings.ray_namespace
+        self._cache: dict[str, Proxy] = {}
+
+    def _get_or_create(self, name: str, actor_class: type, *args: Any) -> Proxy:
+        proxy = self._cache.get(name)
+        if proxy is None:
+            handle = _remote_class(actor_class).options(
+                name=name, namespace=self._namespace, get_if_exists=True, lifetime="detached",
+            ).remote(*args)
+            proxy = Proxy(handle, name)
+            self._cache[name] = proxy
+        return proxy
+
+    def inbox(self, org_id: int, inbox_id: int) -> Proxy:
+        from actors.inbox_actor import InboxActor
+
+        return self._get_or_create(inbox_actor_name(org_id, inbox_id), InboxActor, org_id, inbox_id, self._settings)
+
+    def agent(self, org_id: int, user_id: int) -> Proxy:
+        from actors.agent_actor import AgentActor
+
+        return self._get_or_create(agent_actor_name(org_id, user_id), AgentActor, org_id, user_id, self._settings)
+
+    def _kill(self, name: str) -> None:
+        self._cache.pop(name, None)
+        try:
+            ray.kill(ray.get_actor(name, namespace=self._namespace), no_restart=True)
+        except ValueError:
+            pass  # never activated
+
+    def forget_inbox(self, org_id: int, inbox_id: int) -> None:
+        self._kill(inbox_actor_name(org_id, inbox_id))
+
+    def forget_agent(self, org_id: int, user_id: int) -> None:
+        self._kill(agent_actor_name(org_id, user_id))
+
+    def kill_namespace(self) -> int:
+        """Stop every actor of this deployment's namespace (tests sharing one Ray instance)."""
+        killed = 0
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            if entry.get("namespace") == self._namespace:
+                try:
+                    ray.kill(ray.get_actor(entry["name"], namespace=self._namespace), no_restart=True)
+                    killed += 1
+                except ValueError:
+                    pass
+        self._cache.clear()
+        return killed
+
+
+def connect_ray(settings: Settings) -> str | None:
+    """Join the configured cluster, or start a local instance with its dashboard; returns the dashboard URL."""
+    if ray.is_initialized():
+        return None
+    kwargs: dict[str, Any] = {"namespace": settings.ray_namespace, "log_to_driver": True}
+    if settings.ray_address:
+        kwargs["address"] = settings.ray_address
+    else:
+        kwargs.update(include_dashboard=True, dashboard_host=settings.ray_dashboard_host,
+                      dashboard_port=settings.ray_dashboard_port)
+        if settings.ray_num_cpus is not None:
+            kwargs["num_cpus"] = settings.ray_num_cpus
+    context = ray.init(**kwargs)
+    url = str(getattr(context, "dashboard_url", "") or "")
+    if url and not url.startswith("http"):
+        url = f"http://{url}"
+    return url or None

@@ -1,0 +1,11 @@
+"""Actor names as `ray list actors` and the dashboard show them."""
+
+from __future__ import annotations
+
+
+def inbox_actor_name(org_id: int, inbox_id: int) -> str:
+    return f"inbox:{org_id}:{inbox_id}"
+
+
+def agent_actor_name(org_id: int, user_id: int) -> str:
+    return f"agent:{org_id}:{user_id}"

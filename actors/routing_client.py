@@ -1,0 +1,124 @@
+"""The gateway's side of routing: forwards stored messages to inbox actors and relays API actions.
+
+Messages are in the store before they reach this class, so a forward that fails (actor restarting,
+gateway stopping) loses nothing: the inbox actor picks up unattached messages when it activates,
+and `recover()` activates every inbox with pending work at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import select, union
+
+from actors.directory import ActorUnavailable, Directory
+from gateway.intake import StoredMessage
+from store.db import Database
+from store.tables import Inbox, InboundMessage, Transaction
+
+log = logging.getLogger(__name__)
+
+# Delivery attempts of one batch to an inbox actor before leaving it to activation-time recovery.
+_FORWARD_ATTEMPTS = 8
+
+
+class RoutingClient:
+    def __init__(self, directory: Directory, db: Database) -> None:
+        self.directory = directory
+        self._db = db
+        self._queue: asyncio.Queue[tuple[int, StoredMessage]] = asyncio.Queue()
+        self._dispatcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="wa-router-dispatcher")
+        await self.recover()
+
+    async def stop(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            try:
+                await self._dispatcher
+            except asyncio.CancelledError:
+                pass
+
+    async def recover(self) -> int:
+        """Activate every inbox with open transactions or unattached messages (re-arms offer timers)."""
+        async with self._db.session() as session:
+            query = union(
+                select(Transaction.inbox_id).where(Transaction.state != "closed"),
+                select(InboundMessage.inbox_id).where(InboundMessage.inbox_id.is_not(None),
+                                                      InboundMessage.transaction_id.is_(None)),
+            ).subquery()
+            rows = (await session.execute(
+                select(Inbox.org_id, Inbox.id).where(Inbox.id.in_(select(query.c[0]))))).all()
+        results = await asyncio.gather(*(self.directory.inbox(org, inbox).activate() for org, inbox in rows),
+                                       return_exceptions=True)
+        for (org, inbox), result in zip(rows, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("inbox %s:%s did not activate: %s", org, inbox, result)
+        return len(rows)
+
+    # ------------------------------------------------------------------ inbound messages
+
+    def submit_messages(self, org_id: int, messages: list[StoredMessage]) -> None:
+        for message in messages:
+            self._queue.put_nowait((org_id, message))
+
+    async def _dispatch_forever(self) -> None:
+        # A control loop that never dies: every failure is logged and the loop goes on.
+        while True:
+            try:
+                first = await self._queue.get()
+                batch = [first]
+                while not self._queue.empty() and len(batch) < 500:
+                    batch.append(self._queue.get_nowait())
+                by_inbox: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
+                for org_id, message in batch:
+                    by_inbox[(org_id, message.inbox_id)].append(asdict(message))
+                await asyncio.gather(*(self._forward(org, inbox, msgs) for (org, inbox), msgs in by_inbox.items()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatcher pass failed")
+
+    async def _forward(self, org_id: int, inbox_id: int, messages: list[dict[str, Any]]) -> None:
+        delay = 0.05
+        for _attempt in range(_FORWARD_ATTEMPTS):
+            try:
+                await self.directory.inbox(org_id, inbox_id).ingest(messages)
+                return
+            except ActorUnavailable as exc:
+                log.warning("inbox %s:%s unavailable (%s); retrying", org_id, inbox_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        log.error("inbox %s:%s kept failing; %d messages wait for its next activation",
+                  org_id, inbox_id, len(messages))
+
+    # ------------------------------------------------------------------ configuration changes
+
+    async def inboxes_changed(self, org_id: int, inbox_ids: list[int]) -> None:
+        for inbox_id in sorted(set(inbox_ids)):
+            try:
+                await self.directory.inbox(org_id, inbox_id).config_changed()
+            except ActorUnavailable as exc:
+                # It reloads its configuration from the store when it activates again.
+                log.warning("inbox %s:%s not told of its new configuration: %s", org_id, inbox_id, exc)
+
+    async def inbox_deleted(self, org_id: int, inbox_id: int) -> None:
+        self.directory.forget_inbox(org_id, inbox_id)
+
+    async def agent_deleted(self, org_id: int, user_id: int, inbox_ids: list[int]) -> None:
+        self.directory.forget_agent(org_id, user_id)
+        await self.inboxes_changed(org_id, inbox_ids)
+
+    # ------------------------------------------------------------------ relays
+
+    def inbox(self, org_id: int, inbox_id: int) -> Any:
+        return self.directory.inbox(org_id, inbox_id)
+
+    def agent(self, org_id: int, user_id: int) -> Any:
+        return self.directory.agent(org_id, user_id)

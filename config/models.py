@@ -1,0 +1,183 @@
+"""Validated configuration models: what a supervisor may send. Unknown fields are refused (422, named)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from routing.model import AssignmentMode
+
+__all__ = [
+    "AgentPresence",
+    "AgentSettingsUpdate",
+    "AssignmentMode",
+    "InboxAgentIn",
+    "InboxCreate",
+    "InboxUpdate",
+    "License",
+    "OrganizationCreate",
+    "OwnerIn",
+    "PresenceUpdate",
+    "Role",
+    "TransferRequest",
+    "UserCreate",
+    "UserUpdate",
+    "WhatsAppAccountLink",
+]
+
+
+class Role(StrEnum):
+    owner = "owner"
+    admin = "admin"
+    member = "member"
+
+    @property
+    def is_supervisor(self) -> bool:
+        return self in (Role.owner, Role.admin)
+
+
+class License(StrEnum):
+    phone_system = "phone_system"
+    contact_center = "contact_center"
+    contact_center_whatsapp = "contact_center_whatsapp"
+
+
+# Agents need the base licence and the WhatsApp add-on; supervisors need Contact Center.
+AGENT_LICENSES = frozenset({License.phone_system, License.contact_center_whatsapp})
+SUPERVISOR_CONFIG_LICENSE = License.contact_center
+
+
+def holds_agent_licenses(licenses: list[str] | set[str]) -> bool:
+    return AGENT_LICENSES <= set(licenses)
+
+
+def missing_agent_license(licenses: list[str] | set[str]) -> License | None:
+    for license_ in (License.phone_system, License.contact_center_whatsapp):
+        if license_ not in set(licenses):
+            return license_
+    return None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+Email = Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+
+
+def _validate_licenses(value: list[License]) -> list[License]:
+    if len(set(value)) != len(value):
+        raise ValueError("licences must not repeat")
+    if value and License.phone_system not in value:
+        raise ValueError("phone_system is the base licence and is required for any add-on")
+    order = list(License)
+    return sorted(value, key=order.index)
+
+
+class OwnerIn(_Strict):
+    name: Name
+    email: Email
+    licenses: list[License] = Field(default_factory=lambda: [License.phone_system, License.contact_center])
+
+    _licenses = field_validator("licenses")(_validate_licenses)
+
+
+class OrganizationCreate(_Strict):
+    name: Name
+    owner: OwnerIn
+
+
+class UserCreate(_Strict):
+    name: Name
+    email: Email
+    role: Role = Role.member
+    licenses: list[License] = Field(default_factory=list)
+
+    _licenses = field_validator("licenses")(_validate_licenses)
+
+
+class UserUpdate(_Strict):
+    name: Name | None = None
+    role: Role | None = None
+    licenses: list[License] | None = None
+
+    @field_validator("licenses")
+    @classmethod
+    def _check_licenses(cls, value: list[License] | None) -> list[License] | None:
+        return None if value is None else _validate_licenses(value)
+
+
+class WhatsAppAccountLink(_Strict):
+    waba_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$", description="WhatsApp Business Account ID")]
+    access_token: Annotated[str, Field(min_length=1, max_length=4096)]
+    app_secret: Annotated[str, Field(min_length=1, max_length=512)]
+
+
+Proficiency = Annotated[int, Field(ge=1, le=100)]
+
+
+class InboxAgentIn(_Strict):
+    user_id: int
+    proficiency: Proficiency = 1
+
+
+def _unique_agents(agents: list[InboxAgentIn]) -> list[InboxAgentIn]:
+    seen: set[int] = set()
+    for agent in agents:
+        if agent.user_id in seen:
+            raise ValueError(f"user {agent.user_id} is listed twice")
+        seen.add(agent.user_id)
+    return agents
+
+
+ReassignAfter = Annotated[int, Field(ge=1, le=900, description="Seconds an offer waits for acceptance")]
+DialsPerAgent = Annotated[int, Field(ge=1, le=100, description="Sticky-agent dials before fallback")]
+PhoneNumberId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class InboxCreate(_Strict):
+    name: Name
+    type: Annotated[str, Field(pattern=r"^whatsapp$")] = "whatsapp"
+    phone_number_id: PhoneNumberId
+    assignment_mode: AssignmentMode = AssignmentMode.ROUND_ROBIN
+    reassign_after_s: ReassignAfter = 30
+    dials_per_agent: DialsPerAgent = 1
+    agents: list[InboxAgentIn] = Field(default_factory=list)
+
+    _agents = field_validator("agents")(_unique_agents)
+
+
+class InboxUpdate(_Strict):
+    name: Name | None = None
+    phone_number_id: PhoneNumberId | None = None
+    assignment_mode: AssignmentMode | None = None
+    reassign_after_s: ReassignAfter | None = None
+    dials_per_agent: DialsPerAgent | None = None
+    agents: list[InboxAgentIn] | None = None
+
+    @field_validator("agents")
+    @classmethod
+    def _check_agents(cls, value: list[InboxAgentIn] | None) -> list[InboxAgentIn] | None:
+        return None if value is None else _unique_agents(value)
+
+
+class AgentPresence(StrEnum):
+    available = "available"
+    away = "away"
+    offline = "offline"
+
+
+class PresenceUpdate(_Strict):
+    status: AgentPresence
+
+
+class AgentSettingsUpdate(_Strict):
+    max_concurrent: Annotated[int, Field(ge=1, le=50)]
+
+
+class TransferRequest(_Strict):
+    user_id: int | None = None
+    to_queue: bool = False

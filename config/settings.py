@@ -1,0 +1,67 @@
+"""The one `Settings` object: every knob of wa-router, read from `WA_ROUTER_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WA_ROUTER_", env_file=None, extra="ignore")
+
+    # Store: embedded SQLite by default, PostgreSQL (asyncpg) for clusters.
+    database_url: str = "sqlite+aiosqlite:///./data/wa_router.db"
+    # Key for encrypting access tokens and app secrets at rest (urlsafe base64, 32 bytes).
+    # When unset, a key file is generated next to the data with 0600 permissions.
+    secret_key: str | None = None
+    secret_key_file: Path = Path("./data/secret.key")
+
+    # Platform admin bearer token. When unset, one is generated at first start,
+    # stored hashed and printed once.
+    admin_token: str | None = None
+
+    # Where Meta reaches us (used to show the webhook callback URL).
+    public_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    # Meta Graph API base URL (the simulator in tests, the demo and benchmarks).
+    graph_url: str = "https://graph.facebook.com/v25.0"
+    graph_timeout_s: float = Field(default=10.0, gt=0)
+
+    # Ray: empty address starts a local instance (with dashboard); "auto" or "ray://..." joins a cluster.
+    ray_address: str | None = None
+    ray_namespace: str = "wa-router"
+    ray_dashboard_host: str = "127.0.0.1"
+    ray_dashboard_port: int = 8265
+    ray_num_cpus: int | None = None
+
+    # Meta retries a webhook it did not get a 2xx for; anything larger than this is refused with 413.
+    max_webhook_body_bytes: int = 1024 * 1024
+
+    @field_validator("database_url")
+    @classmethod
+    def _absolute_sqlite_path(cls, value: str) -> str:
+        # Ray actors run in other processes with other working directories:
+        # a relative SQLite path must be pinned down before it is handed to them.
+        prefix = "sqlite+aiosqlite:///"
+        if value.startswith(prefix) and not value.startswith(prefix + "/") and ":memory:" not in value:
+            value = prefix + str(Path(value[len(prefix):]).resolve())
+        return value
+
+    @field_validator("secret_key_file")
+    @classmethod
+    def _absolute_key_file(cls, value: Path) -> Path:
+        return value.resolve()
+
+    @property
+    def graph_base_url(self) -> str:
+        return self.graph_url.rstrip("/")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

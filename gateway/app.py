@@ -1,0 +1,65 @@
+"""The FastAPI application: lifespan (store, migrations, Ray, actors) and the composed routers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from actors.directory import RayDirectory, connect_ray
+from actors.routing_client import RoutingClient
+from config.settings import Settings, get_settings
+from gateway.bootstrap import ensure_admin_token
+from gateway.errors import install_error_handlers
+from gateway.routers import api_routers
+from gateway.runtime import Runtime
+from meta.graph_client import GraphClient
+from store.crypto import SecretBox, load_or_create_key
+from store.db import Database
+from store.migrate import upgrade_to_head_async
+
+log = logging.getLogger("wa_router")
+
+
+def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], None] | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await upgrade_to_head_async(settings.database_url)
+        db = Database(settings.database_url)
+        graph = GraphClient(settings.graph_base_url, timeout_s=settings.graph_timeout_s)
+        dashboard_url = connect_ray(settings)
+        routing = RoutingClient(RayDirectory(settings), db)
+        runtime = Runtime(settings=settings, db=db, secrets=SecretBox(load_or_create_key(
+            settings.secret_key, settings.secret_key_file)), graph=graph, routing=routing)
+        runtime.generated_admin_token = await ensure_admin_token(db, settings.admin_token)
+        app.state.runtime = runtime
+        app.state.dashboard_url = dashboard_url
+        await routing.start()
+        if on_ready is not None:
+            on_ready(app)
+        try:
+            yield
+        finally:
+            await routing.stop()
+            await graph.aclose()
+            await db.dispose()
+
+    app = FastAPI(
+        title="wa-router",
+        version="0.1.0",
+        summary="Actor-model routing server for WhatsApp contact centers",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in api_routers:
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

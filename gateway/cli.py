@@ -1,0 +1,79 @@
+"""`wa-router`: start the gateway (with a local Ray instance by default) and small admin chores."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import uvicorn
+from fastapi import FastAPI
+
+from config.settings import Settings
+from gateway.app import create_app
+from gateway.bootstrap import rotate_admin_token
+from gateway.runtime import Runtime
+from store.db import Database
+from store.migrate import upgrade_to_head
+
+
+def _banner(app: FastAPI) -> None:
+    runtime: Runtime = app.state.runtime
+    settings = runtime.settings
+    gateway_url = f"http://{settings.host}:{settings.port}"
+    lines = [
+        "",
+        "wa-router is up",
+        f"  gateway:         {gateway_url}   (API docs: {gateway_url}/docs)",
+        f"  Ray dashboard:   {app.state.dashboard_url or 'managed by the cluster you joined'}",
+        f"  store:           {settings.database_url}",
+        f"  Graph API:       {settings.graph_base_url}",
+    ]
+    if runtime.generated_admin_token:
+        lines.append(f"  admin token:     {runtime.generated_admin_token}   (shown once; stored hashed)")
+    elif settings.admin_token:
+        lines.append("  admin token:     from WA_ROUTER_ADMIN_TOKEN")
+    else:
+        lines.append("  admin token:     issued at first start; `wa-router rotate-admin-token` issues a new one")
+    print("\n".join(lines), flush=True)
+
+
+def serve(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    settings = Settings(**overrides)
+    app = create_app(settings, on_ready=_banner)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, ws="websockets-sansio")
+    return 0
+
+
+def rotate(_args: argparse.Namespace) -> int:
+    settings = Settings()
+    upgrade_to_head(settings.database_url)
+
+    async def run() -> str:
+        db = Database(settings.database_url)
+        try:
+            return await rotate_admin_token(db)
+        finally:
+            await db.dispose()
+
+    print(f"new platform admin token (shown once): {asyncio.run(run())}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wa-router", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="start the gateway (settings from WA_ROUTER_* variables)")
+    serve_cmd.add_argument("--host")
+    serve_cmd.add_argument("--port", type=int)
+    serve_cmd.add_argument("--log-level", default="info")
+    serve_cmd.set_defaults(handler=serve)
+    rotate_cmd = commands.add_parser("rotate-admin-token", help="replace the platform admin token")
+    rotate_cmd.set_defaults(handler=rotate)
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

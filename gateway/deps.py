@@ -1,0 +1,144 @@
+"""Typed FastAPI dependencies: the runtime, a store session, the caller and their rights in an org."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from config.models import SUPERVISOR_CONFIG_LICENSE, Role
+from gateway.errors import ApiError, forbidden, not_found
+from gateway.runtime import Runtime
+from gateway.security import hash_token
+from store.tables import ApiToken, Organization, User
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
+    # Routes commit explicitly; whatever they leave uncommitted (an error) is rolled back here.
+    async with runtime.db.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+_bearer = HTTPBearer(auto_error=False, description="wa-router API token")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the platform admin (`user` is None) or a user of one organization."""
+
+    user: User | None
+
+    @property
+    def is_platform_admin(self) -> bool:
+        return self.user is None
+
+
+async def get_principal(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise ApiError(401, "missing bearer token")
+    principal = await resolve_token(session, credentials.credentials)
+    if principal is None:
+        raise ApiError(401, "invalid bearer token")
+    return principal
+
+
+async def resolve_token(session: AsyncSession, token: str) -> Principal | None:
+    """The principal a bearer token stands for, or None for an unknown token."""
+    row = (
+        await session.execute(
+            select(ApiToken, User)
+            .outerjoin(User, User.id == ApiToken.user_id)
+            .where(ApiToken.token_hash == hash_token(token))
+        )
+    ).first()
+    if row is None:
+        return None
+    api_token, user = row
+    if api_token.user_id is not None and user is None:
+        return None
+    return Principal(user=user)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def require_platform_admin(principal: PrincipalDep) -> Principal:
+    if not principal.is_platform_admin:
+        raise forbidden("platform admin token required")
+    return principal
+
+
+PlatformAdmin = Annotated[Principal, Depends(require_platform_admin)]
+
+
+@dataclass(frozen=True)
+class OrgContext:
+    """The organization named in the path, and the caller, who is allowed to see it."""
+
+    org: Organization
+    principal: Principal
+
+    @property
+    def user(self) -> User | None:
+        return self.principal.user
+
+    @property
+    def is_supervisor(self) -> bool:
+        return self.user is None or Role(self.user.role).is_supervisor
+
+    def is_self(self, user_id: int) -> bool:
+        return self.user is not None and self.user.id == user_id
+
+
+async def get_org_context(
+    org_id: Annotated[int, Path(description="Organization id")],
+    principal: PrincipalDep,
+    session: SessionDep,
+) -> OrgContext:
+    # Another organization's id looks exactly like one that does not exist: no data leaks.
+    if principal.user is not None and principal.user.org_id != org_id:
+        raise not_found("organization")
+    org = await session.get(Organization, org_id)
+    if org is None:
+        raise not_found("organization")
+    return OrgContext(org=org, principal=principal)
+
+
+OrgMember = Annotated[OrgContext, Depends(get_org_context)]
+
+
+async def require_supervisor(ctx: OrgMember) -> OrgContext:
+    if not ctx.is_supervisor:
+        raise forbidden("supervisor role (owner or admin) required")
+    return ctx
+
+
+Supervisor = Annotated[OrgContext, Depends(require_supervisor)]
+
+
+async def require_config_supervisor(ctx: Supervisor) -> OrgContext:
+    """Omnichannel configuration needs a supervisor holding the Contact Center licence."""
+    if ctx.user is not None and SUPERVISOR_CONFIG_LICENSE not in ctx.user.licenses:
+        raise forbidden(f"licence {SUPERVISOR_CONFIG_LICENSE.value} required to configure omnichannel")
+    return ctx
+
+
+ConfigSupervisor = Annotated[OrgContext, Depends(require_config_supervisor)]

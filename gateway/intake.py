@@ -1,0 +1,113 @@
+"""Durable, idempotent storage of one parsed webhook delivery (before Meta gets its 200)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from meta.webhook_parser import ParsedWebhook
+from store.tables import Inbox, InboundMessage, MessageStatus, WebhookChange
+from store.upsert import insert_ignoring_duplicates
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A newly stored inbound message, as handed to its inbox actor for routing."""
+
+    id: int
+    inbox_id: int
+    wamid: str
+    from_wa_id: str
+    customer_name: str | None
+    type: str
+    summary: str
+    sent_at: str
+
+
+@dataclass
+class IntakeResult:
+    new_messages: list[StoredMessage] = field(default_factory=list)
+    new_message_count: int = 0
+    duplicate_messages: int = 0
+    statuses: int = 0
+    other_changes: int = 0
+
+
+def _dedupe_key(waba_id: str, field_name: str, value: Any) -> str:
+    canonical = json.dumps([waba_id, field_name, value], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebhook) -> IntakeResult:
+    """Write everything in the delivery; redelivered items are skipped by unique constraints."""
+    result = IntakeResult()
+    numbers = {m.phone_number_id for m in parsed.messages if m.phone_number_id}
+    inbox_by_number: dict[str, int] = {}
+    if numbers:
+        inbox_by_number = {number: inbox_id for inbox_id, number in (await session.execute(
+            select(Inbox.id, Inbox.phone_number_id).where(Inbox.org_id == org_id, Inbox.phone_number_id.in_(numbers))
+        )).all()}
+
+    rows = []
+    seen: set[str] = set()
+    for message in parsed.messages:
+        if message.wamid in seen:  # the same message twice in one body
+            continue
+        seen.add(message.wamid)
+        rows.append({
+            "org_id": org_id, "wamid": message.wamid, "waba_id": message.waba_id,
+            "phone_number_id": message.phone_number_id,
+            "inbox_id": inbox_by_number.get(message.phone_number_id or ""),
+            "from_wa_id": message.from_wa_id, "customer_name": message.customer_name,
+            "type": message.type[:32], "summary": message.summary, "sent_at": message.timestamp,
+            "raw": message.raw,
+        })
+    inserted = await insert_ignoring_duplicates(
+        session, InboundMessage, rows, conflict_on=["org_id", "wamid"], returning=["id", "wamid"]
+    )
+    ids = {wamid: row_id for row_id, wamid in inserted}
+    result.new_message_count = len(ids)
+    result.duplicate_messages = len(parsed.messages) - len(ids)
+    for row in rows:
+        row_id = ids.get(row["wamid"])
+        if row_id is not None and row["inbox_id"] is not None:
+            result.new_messages.append(StoredMessage(
+                id=row_id, inbox_id=row["inbox_id"], wamid=row["wamid"], from_wa_id=row["from_wa_id"],
+                customer_name=row["customer_name"], type=row["type"], summary=row["summary"],
+                sent_at=row["sent_at"].isoformat(),
+            ))
+
+    status_rows = [{
+        "org_id": org_id, "wamid": s.wamid, "waba_id": s.waba_id, "phone_number_id": s.phone_number_id,
+        "status": s.status[:32], "recipient_id": s.recipient_id, "occurred_at": s.timestamp,
+        "errors": s.errors, "raw": s.raw,
+    } for s in parsed.statuses]
+    result.statuses = len(await insert_ignoring_duplicates(
+        session, MessageStatus, status_rows, conflict_on=["org_id", "wamid", "status"]))
+
+    change_rows: dict[str, dict[str, Any]] = {}
+    for update in parsed.template_updates:
+        key = _dedupe_key(update.waba_id, "message_template_status_update", update.raw)
+        change_rows[key] = {
+            "org_id": org_id, "waba_id": update.waba_id, "field": "message_template_status_update",
+            "event": (update.event or "")[:64] or None, "template_id": update.message_template_id,
+            "template_name": update.message_template_name, "template_language": update.message_template_language,
+            "reason": update.reason, "value": update.raw, "dedupe_key": key,
+        }
+    for change in parsed.other_changes:
+        value = change.value if isinstance(change.value, dict) else {"value": change.value}
+        key = _dedupe_key(change.waba_id, change.field, value)
+        change_rows[key] = {
+            "org_id": org_id, "waba_id": change.waba_id, "field": change.field[:64],
+            "event": str(value.get("event"))[:64] if value.get("event") is not None else None,
+            "template_id": None, "template_name": None, "template_language": None, "reason": None,
+            "value": value, "dedupe_key": key,
+        }
+    result.other_changes = len(await insert_ignoring_duplicates(
+        session, WebhookChange, list(change_rows.values()), conflict_on=["org_id", "dedupe_key"]))
+    return result

@@ -1,0 +1,117 @@
+"""Agents: presence, capacity, state, and the live workspace event stream (WebSocket)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from actors.directory import ActorUnavailable
+from config.models import AgentSettingsUpdate, PresenceUpdate
+from gateway.deps import OrgContext, OrgMember, RuntimeDep, SessionDep, Supervisor, resolve_token
+from gateway.errors import ApiError, forbidden, not_found
+from gateway.runtime import Runtime
+from gateway.schemas import AgentOut
+from store.tables import User
+
+router = APIRouter(prefix="/v1/orgs/{org_id}/agents", tags=["agents"])
+
+
+async def _org_user(session: AsyncSession, org_id: int, user_id: int) -> User:
+    user = await session.get(User, user_id)
+    if user is None or user.org_id != org_id:
+        raise not_found("agent")
+    return user
+
+
+def _check_self_or_supervisor(ctx: OrgContext, user_id: int) -> None:
+    if not ctx.is_supervisor and not ctx.is_self(user_id):
+        raise forbidden("only the agent or a supervisor may do this")
+
+
+async def agent_call(runtime: Runtime, org_id: int, user_id: int, method: str, *args: Any) -> Any:
+    try:
+        result = await getattr(runtime.routing.agent(org_id, user_id), method)(*args)
+    except ActorUnavailable as exc:
+        raise ApiError(503, "the agent's actor is restarting; retry shortly") from exc
+    if result is None:
+        raise not_found("agent")
+    return result
+
+
+@router.get("/{user_id}", response_model=AgentOut)
+async def read_agent(user_id: int, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> AgentOut:
+    _check_self_or_supervisor(ctx, user_id)
+    await _org_user(session, ctx.org.id, user_id)
+    return AgentOut(**await agent_call(runtime, ctx.org.id, user_id, "view"))
+
+
+@router.put("/{user_id}/status", response_model=AgentOut)
+async def set_presence(user_id: int, body: PresenceUpdate, ctx: OrgMember, session: SessionDep,
+                       runtime: RuntimeDep) -> AgentOut:
+    _check_self_or_supervisor(ctx, user_id)
+    await _org_user(session, ctx.org.id, user_id)
+    return AgentOut(**await agent_call(runtime, ctx.org.id, user_id, "set_status", body.status.value))
+
+
+@router.patch("/{user_id}", response_model=AgentOut)
+async def update_agent_settings(user_id: int, body: AgentSettingsUpdate, ctx: Supervisor, session: SessionDep,
+                                runtime: RuntimeDep) -> AgentOut:
+    await _org_user(session, ctx.org.id, user_id)
+    return AgentOut(**await agent_call(runtime, ctx.org.id, user_id, "set_max_concurrent", body.max_concurrent))
+
+
+@router.websocket("/{user_id}/events")
+async def agent_events(
+    websocket: WebSocket,
+    org_id: int,
+    user_id: int,
+    cursor: Annotated[int | None, Query(ge=0, description="Last event id seen; replay from there")] = None,
+    access_token: Annotated[str | None, Query(description="Token, for clients that cannot set headers")] = None,
+) -> None:
+    runtime: Runtime = websocket.app.state.runtime
+    header = websocket.headers.get("authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else access_token
+    async with runtime.db.sessions() as session:
+        principal = await resolve_token(session, token) if token else None
+        user = await session.get(User, user_id)
+    allowed = (
+        principal is not None and user is not None and user.org_id == org_id
+        and (principal.user is None or (principal.user.org_id == org_id and (
+            principal.user.id == user_id or principal.user.role in ("owner", "admin"))))
+    )
+    if not allowed:
+        # Refused before the handshake completes: the client sees HTTP 403.
+        await websocket.close(code=1008)
+        return
+    agent = runtime.routing.agent(org_id, user_id)
+    await websocket.accept()
+    try:
+        last_id = await agent.last_event_id()
+        await websocket.send_json({"type": "hello", "cursor": last_id, "agent": await agent.view()})
+        position = cursor if cursor is not None else last_id
+        receiver = asyncio.create_task(_drain(websocket))
+        while not receiver.done():
+            waiter = asyncio.ensure_future(agent.next_events(position, 15.0))
+            done, _ = await asyncio.wait({waiter, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter not in done:
+                waiter.cancel()
+                break
+            for event in waiter.result():
+                await websocket.send_json(event)
+                position = event["id"]
+    except (WebSocketDisconnect, ActorUnavailable):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await websocket.close()
+
+
+async def _drain(websocket: WebSocket) -> None:
+    """Read (and ignore) client frames until the client goes away."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            await websocket.receive_text()

@@ -1,0 +1,39 @@
+"""Organizations: created by the platform admin together with their first owner."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from config.models import OrganizationCreate, Role
+from gateway.deps import OrgMember, PlatformAdmin, SessionDep
+from gateway.routers.users import add_user
+from gateway.schemas import OrganizationCreated, OrganizationOut, OwnerCreated
+from gateway.security import new_verify_token
+from fastapi import APIRouter
+from store.tables import Organization
+
+router = APIRouter(prefix="/v1/orgs", tags=["organizations"])
+
+
+@router.post("", status_code=201, response_model=OrganizationCreated)
+async def create_organization(body: OrganizationCreate, _admin: PlatformAdmin,
+                              session: SessionDep) -> OrganizationCreated:
+    org = Organization(name=body.name, webhook_verify_token=new_verify_token())
+    session.add(org)
+    await session.flush()
+    owner, token = await add_user(session, org.id, name=body.owner.name, email=body.owner.email,
+                                  role=Role.owner, licenses=body.owner.licenses)
+    await session.commit()
+    return OrganizationCreated(id=org.id, name=org.name,
+                               owner=OwnerCreated(id=owner.id, name=owner.name, email=owner.email, token=token))
+
+
+@router.get("", response_model=list[OrganizationOut])
+async def list_organizations(_admin: PlatformAdmin, session: SessionDep) -> list[OrganizationOut]:
+    orgs = (await session.scalars(select(Organization).order_by(Organization.id))).all()
+    return [OrganizationOut(id=o.id, name=o.name, created_at=o.created_at) for o in orgs]
+
+
+@router.get("/{org_id}", response_model=OrganizationOut)
+async def get_organization(ctx: OrgMember) -> OrganizationOut:
+    return OrganizationOut(id=ctx.org.id, name=ctx.org.name, created_at=ctx.org.created_at)

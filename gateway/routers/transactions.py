@@ -1,0 +1,166 @@
+"""Transactions (customer conversations): listing, detail, audit trail, and the agent's actions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from actors.directory import ActorUnavailable
+from config.models import TransferRequest
+from gateway.deps import OrgContext, OrgMember, RuntimeDep, SessionDep, Supervisor
+from gateway.errors import ApiError, field_error, forbidden, not_found
+from gateway.routers.inboxes import get_inbox
+from gateway.runtime import Runtime
+from gateway.schemas import (
+    CustomerOut,
+    MessageOut,
+    QueueEntryOut,
+    TransactionDetailOut,
+    TransactionEventOut,
+    TransactionOut,
+)
+from store.tables import InboundMessage, InboxAgent, Transaction, TransactionEvent
+
+router = APIRouter(prefix="/v1/orgs/{org_id}", tags=["transactions"])
+
+State = Literal["queued", "offered", "assigned", "closed"]
+
+
+def transaction_out(tx: Transaction) -> TransactionOut:
+    return TransactionOut(
+        id=tx.id, org_id=tx.org_id, inbox_id=tx.inbox_id,
+        customer=CustomerOut(wa_id=tx.customer_wa_id, name=tx.customer_name), state=tx.state,
+        agent_id=tx.agent_id, offered_to=tx.offered_to, offer_expires_at=tx.offer_expires_at,
+        waiting_since=tx.waiting_since, assigned_at=tx.assigned_at, closed_at=tx.closed_at, created_at=tx.created_at,
+    )
+
+
+async def _served_inboxes(session: AsyncSession, ctx: OrgContext) -> list[int] | None:
+    """None for supervisors (every inbox); otherwise the inboxes the agent serves."""
+    if ctx.is_supervisor or ctx.user is None:
+        return None
+    return list((await session.scalars(select(InboxAgent.inbox_id).where(InboxAgent.user_id == ctx.user.id))).all())
+
+
+async def _visible_transaction(session: AsyncSession, ctx: OrgContext, tx_id: int) -> Transaction:
+    tx = await session.get(Transaction, tx_id)
+    if tx is None or tx.org_id != ctx.org.id:
+        raise not_found("transaction")
+    served = await _served_inboxes(session, ctx)
+    if served is not None and tx.inbox_id not in served and tx.agent_id != ctx.user.id:  # type: ignore[union-attr]
+        raise forbidden("only supervisors and the inbox's agents may see this transaction")
+    return tx
+
+
+@router.get("/transactions", response_model=list[TransactionOut])
+async def list_transactions(
+    ctx: OrgMember, session: SessionDep,
+    inbox_id: int | None = None, state: State | None = None, agent_id: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[TransactionOut]:
+    query = select(Transaction).where(Transaction.org_id == ctx.org.id)
+    served = await _served_inboxes(session, ctx)
+    if served is not None:
+        query = query.where(Transaction.inbox_id.in_(served))
+    if inbox_id is not None:
+        query = query.where(Transaction.inbox_id == inbox_id)
+    if state is not None:
+        query = query.where(Transaction.state == state)
+    if agent_id is not None:
+        query = query.where(Transaction.agent_id == agent_id)
+    rows = (await session.scalars(query.order_by(Transaction.id).limit(limit))).all()
+    return [transaction_out(tx) for tx in rows]
+
+
+@router.get("/transactions/{tx_id}", response_model=TransactionDetailOut)
+async def read_transaction(tx_id: int, ctx: OrgMember, session: SessionDep) -> TransactionDetailOut:
+    tx = await _visible_transaction(session, ctx, tx_id)
+    messages = (await session.scalars(
+        select(InboundMessage).where(InboundMessage.transaction_id == tx.id)
+        .order_by(InboundMessage.sent_at, InboundMessage.id)
+    )).all()
+    return TransactionDetailOut(**transaction_out(tx).model_dump(), messages=[
+        MessageOut(id=m.id, wamid=m.wamid, type=m.type, summary=m.summary, sent_at=m.sent_at,
+                   received_at=m.received_at) for m in messages
+    ])
+
+
+@router.get("/transactions/{tx_id}/events", response_model=list[TransactionEventOut])
+async def transaction_events(tx_id: int, ctx: OrgMember, session: SessionDep) -> list[TransactionEventOut]:
+    tx = await _visible_transaction(session, ctx, tx_id)
+    events = (await session.scalars(
+        select(TransactionEvent).where(TransactionEvent.transaction_id == tx.id).order_by(TransactionEvent.id)
+    )).all()
+    return [TransactionEventOut(id=e.id, kind=e.kind, agent_id=e.agent_id, at=e.at, detail=e.detail) for e in events]
+
+
+async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgContext, tx_id: int, method: str,
+               *args: Any) -> TransactionOut:
+    tx = await session.get(Transaction, tx_id)
+    if tx is None or tx.org_id != ctx.org.id:
+        raise not_found("transaction")
+    try:
+        result = await getattr(runtime.routing.inbox(ctx.org.id, tx.inbox_id), method)(tx_id, *args)
+    except ActorUnavailable as exc:
+        raise ApiError(503, "the inbox's actor is restarting; retry shortly") from exc
+    if result["status"] != 200:
+        raise ApiError(result["status"], result["detail"])
+    await session.refresh(tx)
+    return transaction_out(tx)
+
+
+def _acting_user(ctx: OrgContext) -> int:
+    if ctx.user is None:
+        raise forbidden("the platform admin cannot act as an agent")
+    return ctx.user.id
+
+
+@router.post("/transactions/{tx_id}/accept", response_model=TransactionOut)
+async def accept_offer(tx_id: int, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
+    return await _act(runtime, session, ctx, tx_id, "accept", _acting_user(ctx))
+
+
+@router.post("/transactions/{tx_id}/decline", response_model=TransactionOut)
+async def decline_offer(tx_id: int, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
+    return await _act(runtime, session, ctx, tx_id, "decline", _acting_user(ctx))
+
+
+@router.post("/transactions/{tx_id}/claim", response_model=TransactionOut)
+async def claim_transaction(tx_id: int, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
+    return await _act(runtime, session, ctx, tx_id, "claim", _acting_user(ctx))
+
+
+@router.post("/transactions/{tx_id}/close", response_model=TransactionOut)
+async def close_transaction(tx_id: int, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
+    acting = ctx.user.id if ctx.user is not None else 0
+    return await _act(runtime, session, ctx, tx_id, "close", acting, ctx.is_supervisor)
+
+
+@router.post("/transactions/{tx_id}/transfer", response_model=TransactionOut)
+async def transfer_transaction(tx_id: int, body: TransferRequest, ctx: Supervisor, session: SessionDep,
+                               runtime: RuntimeDep) -> TransactionOut:
+    if (body.user_id is None) == (not body.to_queue):
+        raise field_error(("body",), "give exactly one of user_id or to_queue: true")
+    by = ctx.user.id if ctx.user is not None else None
+    return await _act(runtime, session, ctx, tx_id, "transfer", by, body.user_id)
+
+
+@router.get("/inboxes/{inbox_id}/queue", response_model=list[QueueEntryOut])
+async def inbox_queue(inbox_id: int, ctx: OrgMember, session: SessionDep) -> list[QueueEntryOut]:
+    inbox = await get_inbox(session, ctx.org.id, inbox_id)
+    served = await _served_inboxes(session, ctx)
+    if served is not None and inbox.id not in served:
+        raise forbidden("only supervisors and the inbox's agents may see its queue")
+    first_ids = select(func.min(InboundMessage.id)).where(InboundMessage.transaction_id == Transaction.id)
+    rows = (await session.execute(
+        select(Transaction, InboundMessage.summary)
+        .outerjoin(InboundMessage, InboundMessage.id == first_ids.scalar_subquery())
+        .where(Transaction.inbox_id == inbox.id, Transaction.state.in_(("queued", "offered")))
+        .order_by(Transaction.waiting_since, Transaction.id)
+    )).all()
+    return [QueueEntryOut(id=tx.id, customer=CustomerOut(wa_id=tx.customer_wa_id, name=tx.customer_name),
+                          state=tx.state, waiting_since=tx.waiting_since, offered_to=tx.offered_to,
+                          first_message=summary) for tx, summary in rows]

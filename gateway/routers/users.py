@@ -1,0 +1,127 @@
+"""Users of an organization: roles (owner, admin = supervisors; member = agent) and licences."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fastapi import APIRouter, Response
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from config.models import License, Role, UserCreate, UserUpdate, holds_agent_licenses
+from gateway.deps import OrgMember, RuntimeDep, SessionDep, Supervisor
+from gateway.errors import conflict, forbidden, not_found
+from gateway.schemas import UserCreated, UserOut
+from gateway.security import hash_token, new_token
+from store.tables import ApiToken, InboxAgent, Transaction, User
+
+router = APIRouter(prefix="/v1/orgs/{org_id}/users", tags=["users"])
+
+
+async def add_user(session: AsyncSession, org_id: int, *, name: str, email: str, role: Role,
+                   licenses: Sequence[License]) -> tuple[User, str]:
+    """Insert a user and their first token; returns the token in clear (shown once)."""
+    existing = await session.scalar(
+        select(User.id).where(User.org_id == org_id, func.lower(User.email) == email.lower())
+    )
+    if existing is not None:
+        raise conflict(f"a user with email {email} already exists in this organization")
+    user = User(org_id=org_id, name=name, email=email, role=role.value, licenses=[lic.value for lic in licenses])
+    session.add(user)
+    try:
+        await session.flush()
+    except IntegrityError as exc:  # a concurrent insert of the same email
+        raise conflict(f"a user with email {email} already exists in this organization") from exc
+    token = new_token()
+    session.add(ApiToken(token_hash=hash_token(token), user_id=user.id))
+    return user, token
+
+
+async def _get_user(session: AsyncSession, org_id: int, user_id: int) -> User:
+    user = await session.get(User, user_id)
+    if user is None or user.org_id != org_id:
+        raise not_found("user")
+    return user
+
+
+def _check_may_manage(ctx: OrgMember, target_role: Role) -> None:
+    # Only an owner (or the platform admin) may create, change or remove an owner.
+    if target_role is Role.owner and ctx.user is not None and ctx.user.role != Role.owner:
+        raise forbidden("only an owner may manage owners")
+
+
+async def _owner_count(session: AsyncSession, org_id: int) -> int:
+    return int(await session.scalar(
+        select(func.count()).select_from(User).where(User.org_id == org_id, User.role == Role.owner.value)
+    ) or 0)
+
+
+@router.post("", status_code=201, response_model=UserCreated)
+async def create_user(body: UserCreate, ctx: Supervisor, session: SessionDep) -> UserCreated:
+    _check_may_manage(ctx, body.role)
+    user, token = await add_user(session, ctx.org.id, name=body.name, email=body.email, role=body.role,
+                                 licenses=body.licenses)
+    await session.commit()
+    return UserCreated(**UserOut.of(user).model_dump(), token=token)
+
+
+@router.get("", response_model=list[UserOut])
+async def list_users(ctx: Supervisor, session: SessionDep) -> list[UserOut]:
+    users = (await session.scalars(select(User).where(User.org_id == ctx.org.id).order_by(User.id))).all()
+    return [UserOut.of(u) for u in users]
+
+
+@router.get("/{user_id}", response_model=UserOut)
+async def get_user(user_id: int, ctx: OrgMember, session: SessionDep) -> UserOut:
+    if not ctx.is_supervisor and not ctx.is_self(user_id):
+        raise forbidden("members may only read their own user")
+    return UserOut.of(await _get_user(session, ctx.org.id, user_id))
+
+
+@router.patch("/{user_id}", response_model=UserOut)
+async def update_user(user_id: int, body: UserUpdate, ctx: Supervisor, session: SessionDep,
+                      runtime: RuntimeDep) -> UserOut:
+    user = await _get_user(session, ctx.org.id, user_id)
+    _check_may_manage(ctx, Role(user.role))
+    if body.role is not None:
+        _check_may_manage(ctx, body.role)
+        if user.role == Role.owner and body.role is not Role.owner and await _owner_count(session, ctx.org.id) <= 1:
+            raise conflict("the organization's last owner cannot be demoted")
+        user.role = body.role.value
+    if body.name is not None:
+        user.name = body.name
+    removed_from: list[int] = []
+    if body.licenses is not None:
+        user.licenses = [lic.value for lic in body.licenses]
+        if not holds_agent_licenses(user.licenses):
+            # Without the WhatsApp licence a user cannot be an inbox agent anywhere.
+            removed_from = list((await session.scalars(
+                delete(InboxAgent).where(InboxAgent.user_id == user.id).returning(InboxAgent.inbox_id)
+            )).all())
+    await session.commit()
+    if removed_from:
+        await runtime.routing.inboxes_changed(ctx.org.id, removed_from)
+    return UserOut.of(user)
+
+
+@router.delete("/{user_id}", status_code=204)
+async def delete_user(user_id: int, ctx: Supervisor, session: SessionDep, runtime: RuntimeDep) -> Response:
+    user = await _get_user(session, ctx.org.id, user_id)
+    _check_may_manage(ctx, Role(user.role))
+    if user.role == Role.owner and await _owner_count(session, ctx.org.id) <= 1:
+        raise conflict("the organization's last owner cannot be deleted")
+    open_chats = await session.scalar(
+        select(func.count()).select_from(Transaction)
+        .where(Transaction.agent_id == user.id, Transaction.state == "assigned")
+    )
+    if open_chats:
+        raise conflict(f"user {user.id} still handles {open_chats} conversation(s); transfer them first")
+    inbox_ids = list((await session.scalars(select(InboxAgent.inbox_id).where(InboxAgent.user_id == user.id))).all())
+    await session.delete(user)
+    await session.commit()
+    await runtime.routing.agent_deleted(ctx.org.id, user_id, inbox_ids)
+    return Response(status_code=204)
+
+
+__all__ = ["add_user", "router"]

@@ -1,0 +1,103 @@
+"""What Meta calls: the subscription handshake and signed event deliveries."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import PlainTextResponse
+from sqlalchemy import select
+
+from gateway.deps import RuntimeDep, SessionDep
+from gateway.errors import ApiError, not_found
+from gateway.intake import store_delivery
+from gateway.schemas import WebhookAck
+from meta import signature
+from meta.webhook_parser import WebhookPayloadError, parse_webhook
+from store.tables import Organization, WhatsAppAccount
+
+router = APIRouter(prefix="/webhooks/whatsapp", tags=["meta webhook"])
+
+
+@router.get("/{org_id}", response_class=PlainTextResponse)
+async def verify_subscription(
+    org_id: int,
+    session: SessionDep,
+    mode: Annotated[str | None, Query(alias="hub.mode")] = None,
+    verify_token: Annotated[str | None, Query(alias="hub.verify_token")] = None,
+    challenge: Annotated[str | None, Query(alias="hub.challenge")] = None,
+) -> PlainTextResponse:
+    org = await session.get(Organization, org_id)
+    if org is None:
+        raise not_found("organization")
+    if mode != "subscribe" or verify_token is None or challenge is None or not hmac.compare_digest(
+        verify_token.encode(), org.webhook_verify_token.encode()
+    ):
+        raise ApiError(403, "verification failed")
+    return PlainTextResponse(challenge)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _waba_ids(payload: object) -> list[str]:
+    """The WABA ids a delivery names (entry[].id): they pick the app secret to check against."""
+    entries = payload.get("entry") if isinstance(payload, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ApiError(400, "entry: a non-empty list is required")
+    ids: list[str] = []
+    for index, entry in enumerate(entries):
+        waba_id = entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(waba_id, str | int) or isinstance(waba_id, bool) or str(waba_id) == "":
+            raise ApiError(400, f"entry[{index}].id: the WhatsApp Business Account id is required")
+        if str(waba_id) not in ids:
+            ids.append(str(waba_id))
+    return ids
+
+
+@router.post("/{org_id}", response_model=WebhookAck)
+async def receive_delivery(org_id: int, request: Request, runtime: RuntimeDep, session: SessionDep) -> WebhookAck:
+    body = await _read_body(request, runtime.settings.max_webhook_body_bytes)
+    header = request.headers.get(signature.HEADER)
+    if not header:
+        raise ApiError(401, f"missing {signature.HEADER} header")
+    org = await session.get(Organization, org_id)
+    if org is None:
+        raise not_found("organization")
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}") from exc
+    waba_ids = _waba_ids(payload)
+    accounts = {a.waba_id: a for a in (await session.scalars(
+        select(WhatsAppAccount).where(WhatsAppAccount.org_id == org_id, WhatsAppAccount.waba_id.in_(waba_ids))
+    )).all()}
+    for waba_id in waba_ids:
+        account = accounts.get(waba_id)
+        # An unknown WABA and a wrong signature look the same to the caller: nothing to learn.
+        if account is None or not signature.verify(body, header, runtime.secrets.decrypt(account.app_secret_enc)):
+            raise ApiError(403, "signature does not match")
+    try:
+        parsed = parse_webhook(payload)
+    except WebhookPayloadError as exc:
+        raise ApiError(400, f"{exc.field}: {exc.message}") from exc
+    result = await store_delivery(session, org_id, parsed)
+    await session.commit()
+    # Durable now; routing happens after the answer, and is recovered from the store if interrupted.
+    if result.new_messages:
+        runtime.routing.submit_messages(org_id, result.new_messages)
+    return WebhookAck(messages=result.new_message_count, duplicate_messages=result.duplicate_messages,
+                      statuses=result.statuses, other_changes=result.other_changes)

@@ -1,0 +1,187 @@
+"""WhatsApp configuration: Meta webhook endpoint, linked business accounts (WABAs) and their numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, Response
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from config.models import WhatsAppAccountLink
+from gateway.deps import ConfigSupervisor, RuntimeDep, SessionDep
+from gateway.errors import ApiError, conflict, field_error, not_found
+from gateway.runtime import Runtime
+from gateway.schemas import MetaErrorOut, PhoneNumberOut, WebhookEndpointOut, WhatsAppAccountOut
+from gateway.security import new_verify_token
+from meta.graph_client import GraphAPIError
+from store.tables import Inbox, PhoneNumber, WhatsAppAccount
+from store.upsert import upsert
+from store.types import utcnow
+
+router = APIRouter(prefix="/v1/orgs/{org_id}/whatsapp", tags=["whatsapp"])
+
+# Meta's codes for "the token is not valid" (190, and 102 for an expired session).
+_TOKEN_ERROR_CODES = {102, 190}
+
+
+def _endpoint(runtime: Runtime, org_id: int, verify_token: str) -> WebhookEndpointOut:
+    path = f"/webhooks/whatsapp/{org_id}"
+    return WebhookEndpointOut(callback_path=path, callback_url=runtime.settings.public_url.rstrip("/") + path,
+                              verify_token=verify_token)
+
+
+@router.get("/webhook", response_model=WebhookEndpointOut)
+async def get_webhook_endpoint(ctx: ConfigSupervisor, runtime: RuntimeDep) -> WebhookEndpointOut:
+    return _endpoint(runtime, ctx.org.id, ctx.org.webhook_verify_token)
+
+
+@router.post("/webhook/rotate", response_model=WebhookEndpointOut)
+async def rotate_verify_token(ctx: ConfigSupervisor, runtime: RuntimeDep, session: SessionDep) -> WebhookEndpointOut:
+    org = ctx.org
+    org.webhook_verify_token = new_verify_token()
+    session.add(org)
+    await session.commit()
+    return _endpoint(runtime, org.id, org.webhook_verify_token)
+
+
+async def _read_from_meta(runtime: Runtime, waba_id: str, access_token: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The WABA and all its numbers from the Graph API; Meta's refusal becomes a 422 naming the field."""
+    try:
+        waba = await runtime.graph.get_waba(waba_id, access_token)
+        numbers = await runtime.graph.list_phone_numbers(waba_id, access_token)
+    except GraphAPIError as error:
+        if error.code is None:
+            raise ApiError(502, f"Meta's Graph API could not be reached: {error.message}") from error
+        field = "access_token" if error.code in _TOKEN_ERROR_CODES else "waba_id"
+        raise field_error(("body", field), f"Meta refused: {error.message} (code {error.code})",
+                          meta_error=MetaErrorOut.of(error).model_dump()) from error
+    return waba, numbers
+
+
+async def _store_numbers(session: AsyncSession, waba_id: str, numbers: Sequence[dict[str, Any]]) -> None:
+    rows = [
+        {
+            "phone_number_id": str(n["id"]),
+            "waba_id": waba_id,
+            "display_phone_number": n.get("display_phone_number"),
+            "verified_name": n.get("verified_name"),
+            "quality_rating": n.get("quality_rating"),
+            "updated_at": utcnow(),
+        }
+        for n in numbers
+        if n.get("id")
+    ]
+    await upsert(session, PhoneNumber, rows, key=["phone_number_id"])
+
+
+async def numbers_of_org(session: AsyncSession, org_id: int, waba_ids: Sequence[str] | None = None) -> list[PhoneNumberOut]:
+    """Numbers of the WABAs linked to the org, with availability across every organization."""
+    query = (
+        select(PhoneNumber, Inbox.id, Inbox.org_id)
+        .join(WhatsAppAccount, WhatsAppAccount.waba_id == PhoneNumber.waba_id)
+        .outerjoin(Inbox, Inbox.phone_number_id == PhoneNumber.phone_number_id)
+        .where(WhatsAppAccount.org_id == org_id)
+        .order_by(PhoneNumber.waba_id, PhoneNumber.display_phone_number, PhoneNumber.phone_number_id)
+    )
+    if waba_ids is not None:
+        query = query.where(PhoneNumber.waba_id.in_(waba_ids))
+    return [
+        PhoneNumberOut(
+            phone_number_id=number.phone_number_id,
+            waba_id=number.waba_id,
+            display_phone_number=number.display_phone_number,
+            verified_name=number.verified_name,
+            quality_rating=number.quality_rating,
+            available=inbox_id is None,
+            inbox_id=inbox_id if inbox_org == org_id else None,
+        )
+        for number, inbox_id, inbox_org in (await session.execute(query)).all()
+    ]
+
+
+async def _account_out(session: AsyncSession, account: WhatsAppAccount) -> WhatsAppAccountOut:
+    return WhatsAppAccountOut(
+        waba_id=account.waba_id, name=account.name, linked_at=account.linked_at,
+        refreshed_at=account.refreshed_at,
+        phone_numbers=await numbers_of_org(session, account.org_id, [account.waba_id]),
+    )
+
+
+async def _get_account(session: AsyncSession, org_id: int, waba_id: str) -> WhatsAppAccount:
+    account = await session.scalar(
+        select(WhatsAppAccount).where(WhatsAppAccount.org_id == org_id, WhatsAppAccount.waba_id == waba_id)
+    )
+    if account is None:
+        raise not_found("WhatsApp account")
+    return account
+
+
+@router.post("/accounts", status_code=201, response_model=WhatsAppAccountOut)
+async def link_account(body: WhatsAppAccountLink, ctx: ConfigSupervisor, runtime: RuntimeDep,
+                       session: SessionDep) -> WhatsAppAccountOut:
+    already = await session.scalar(select(WhatsAppAccount.id).where(
+        WhatsAppAccount.org_id == ctx.org.id, WhatsAppAccount.waba_id == body.waba_id))
+    if already is not None:
+        raise conflict(f"WABA {body.waba_id} is already linked to this organization")
+    # Nothing is stored unless Meta confirms the token and the WABA.
+    waba, numbers = await _read_from_meta(runtime, body.waba_id, body.access_token)
+    account = WhatsAppAccount(
+        org_id=ctx.org.id, waba_id=body.waba_id, name=waba.get("name"),
+        access_token_enc=runtime.secrets.encrypt(body.access_token),
+        app_secret_enc=runtime.secrets.encrypt(body.app_secret),
+    )
+    session.add(account)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise conflict(f"WABA {body.waba_id} is already linked to this organization") from exc
+    await _store_numbers(session, body.waba_id, numbers)
+    await session.commit()
+    return await _account_out(session, account)
+
+
+@router.get("/accounts", response_model=list[WhatsAppAccountOut])
+async def list_accounts(ctx: ConfigSupervisor, session: SessionDep) -> list[WhatsAppAccountOut]:
+    accounts = (await session.scalars(
+        select(WhatsAppAccount).where(WhatsAppAccount.org_id == ctx.org.id).order_by(WhatsAppAccount.id)
+    )).all()
+    return [await _account_out(session, a) for a in accounts]
+
+
+@router.get("/accounts/{waba_id}", response_model=WhatsAppAccountOut)
+async def get_account(waba_id: str, ctx: ConfigSupervisor, session: SessionDep) -> WhatsAppAccountOut:
+    return await _account_out(session, await _get_account(session, ctx.org.id, waba_id))
+
+
+@router.post("/accounts/{waba_id}/refresh", response_model=WhatsAppAccountOut)
+async def refresh_account(waba_id: str, ctx: ConfigSupervisor, runtime: RuntimeDep,
+                          session: SessionDep) -> WhatsAppAccountOut:
+    account = await _get_account(session, ctx.org.id, waba_id)
+    waba, numbers = await _read_from_meta(runtime, waba_id, runtime.secrets.decrypt(account.access_token_enc))
+    account.name = waba.get("name") or account.name
+    account.refreshed_at = utcnow()
+    await _store_numbers(session, waba_id, numbers)
+    await session.commit()
+    return await _account_out(session, account)
+
+
+@router.delete("/accounts/{waba_id}", status_code=204)
+async def unlink_account(waba_id: str, ctx: ConfigSupervisor, session: SessionDep) -> Response:
+    account = await _get_account(session, ctx.org.id, waba_id)
+    in_use = (await session.scalars(
+        select(Inbox.name).join(PhoneNumber, PhoneNumber.phone_number_id == Inbox.phone_number_id)
+        .where(Inbox.org_id == ctx.org.id, PhoneNumber.waba_id == waba_id)
+    )).all()
+    if in_use:
+        raise conflict(f"numbers of WABA {waba_id} are used by inbox(es) {', '.join(in_use)}; delete them first")
+    await session.delete(account)
+    await session.commit()
+    return Response(status_code=204)
+
+
+@router.get("/numbers", response_model=list[PhoneNumberOut])
+async def list_numbers(ctx: ConfigSupervisor, session: SessionDep) -> list[PhoneNumberOut]:
+    return await numbers_of_org(session, ctx.org.id)

@@ -1,0 +1,25 @@
+"""What the gateway holds for its lifetime: settings, store, secrets, Graph client, routing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from config.settings import Settings
+from meta.graph_client import GraphClient
+from store.crypto import SecretBox
+from store.db import Database
+
+if TYPE_CHECKING:
+    from actors.routing_client import RoutingClient
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    secrets: SecretBox
+    graph: GraphClient
+    routing: RoutingClient
+    # The admin token generated at this start (None when it came from settings or an earlier start).
+    generated_admin_token: str | None = field(default=None, repr=False)

@@ -1,0 +1,191 @@
+"""Response models of the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from store.tables import User
+
+
+class OwnerCreated(BaseModel):
+    id: int
+    name: str
+    email: str
+    token: str
+
+
+class OrganizationCreated(BaseModel):
+    id: int
+    name: str
+    owner: OwnerCreated
+
+
+class OrganizationOut(BaseModel):
+    id: int
+    name: str
+    created_at: datetime
+
+
+class UserOut(BaseModel):
+    id: int
+    org_id: int
+    name: str
+    email: str
+    role: str
+    licenses: list[str]
+    is_supervisor: bool
+    can_handle_whatsapp: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        from config.models import Role, holds_agent_licenses
+
+        return cls(id=user.id, org_id=user.org_id, name=user.name, email=user.email, role=user.role,
+                   licenses=list(user.licenses), is_supervisor=Role(user.role).is_supervisor,
+                   can_handle_whatsapp=holds_agent_licenses(user.licenses), created_at=user.created_at)
+
+
+class UserCreated(UserOut):
+    token: str
+
+
+class WebhookEndpointOut(BaseModel):
+    callback_path: str
+    callback_url: str
+    verify_token: str
+
+
+class PhoneNumberOut(BaseModel):
+    phone_number_id: str
+    waba_id: str
+    display_phone_number: str | None
+    verified_name: str | None
+    quality_rating: str | None
+    available: bool
+    # Set when an inbox of *this* organization uses the number; other organizations stay invisible.
+    inbox_id: int | None = None
+
+
+class WhatsAppAccountOut(BaseModel):
+    waba_id: str
+    name: str | None
+    linked_at: datetime
+    refreshed_at: datetime
+    phone_numbers: list[PhoneNumberOut]
+
+
+class InboxAgentOut(BaseModel):
+    user_id: int
+    name: str
+    proficiency: int
+
+
+class InboxOut(BaseModel):
+    id: int
+    org_id: int
+    name: str
+    type: str
+    phone_number_id: str
+    display_phone_number: str | None
+    assignment_mode: str
+    reassign_after_s: int
+    dials_per_agent: int
+    agents: list[InboxAgentOut]
+    created_at: datetime
+    updated_at: datetime
+
+
+class AgentCandidateOut(BaseModel):
+    user_id: int
+    name: str
+    email: str
+    role: str
+
+
+class WebhookAck(BaseModel):
+    messages: int
+    duplicate_messages: int
+    statuses: int
+    other_changes: int
+
+
+class MetaErrorOut(BaseModel):
+    code: int | None
+    message: str
+    type: str | None
+    error_subcode: int | None
+    fbtrace_id: str | None
+
+    @classmethod
+    def of(cls, error: Any) -> MetaErrorOut:
+        return cls(code=error.code, message=error.message, type=error.type,
+                   error_subcode=error.error_subcode, fbtrace_id=error.fbtrace_id)
+
+
+class PendingOfferOut(BaseModel):
+    transaction_id: int
+    inbox_id: int
+    expires_at: str | None
+
+
+class AgentOut(BaseModel):
+    user_id: int
+    status: str
+    max_concurrent: int
+    active_transactions: list[int]
+    idle_since: str | None
+    pending_offer: PendingOfferOut | None
+
+
+class CustomerOut(BaseModel):
+    wa_id: str
+    name: str | None
+
+
+class TransactionOut(BaseModel):
+    id: int
+    org_id: int
+    inbox_id: int
+    customer: CustomerOut
+    state: str
+    agent_id: int | None
+    offered_to: int | None
+    offer_expires_at: datetime | None
+    waiting_since: datetime
+    assigned_at: datetime | None
+    closed_at: datetime | None
+    created_at: datetime
+
+
+class MessageOut(BaseModel):
+    id: int
+    wamid: str
+    type: str
+    summary: str
+    sent_at: datetime
+    received_at: datetime
+
+
+class TransactionDetailOut(TransactionOut):
+    messages: list[MessageOut]
+
+
+class TransactionEventOut(BaseModel):
+    id: int
+    kind: str
+    agent_id: int | None
+    at: datetime
+    detail: dict[str, Any]
+
+
+class QueueEntryOut(BaseModel):
+    id: int
+    customer: CustomerOut
+    state: str
+    waiting_since: datetime
+    offered_to: int | None
+    first_message: str | None

@@ -1,0 +1,40 @@
+"""Encryption at rest for access tokens and app secrets (Fernet: AES-128-CBC + HMAC-SHA256)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+
+class SecretBox:
+    def __init__(self, key: bytes) -> None:
+        self._fernet = Fernet(key)
+
+    def encrypt(self, plaintext: str) -> str:
+        return self._fernet.encrypt(plaintext.encode()).decode()
+
+    def decrypt(self, ciphertext: str) -> str:
+        try:
+            return self._fernet.decrypt(ciphertext.encode()).decode()
+        except InvalidToken as exc:
+            raise ValueError("secret cannot be decrypted with the configured key") from exc
+
+
+def load_or_create_key(explicit_key: str | None, key_file: Path) -> bytes:
+    """The configured key, else the key file, else a new key file readable only by its owner."""
+    if explicit_key:
+        return explicit_key.encode()
+    if key_file.exists():
+        return key_file.read_bytes().strip()
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key = Fernet.generate_key()
+    # O_EXCL: two processes starting at once must not overwrite each other's key.
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return key_file.read_bytes().strip()
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+    return key

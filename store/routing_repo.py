@@ -1,0 +1,185 @@
+"""Store access for the routing actors: state loaded on activation, explicit writes on every transition."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from config.models import holds_agent_licenses
+from store.tables import (
+    AgentState,
+    Inbox,
+    InboxAgent,
+    InboundMessage,
+    StickyAgent,
+    Transaction,
+    TransactionEvent,
+    User,
+)
+from store.types import utcnow
+from store.upsert import upsert
+
+
+@dataclass
+class InboxConfig:
+    org_id: int
+    name: str
+    mode: str
+    reassign_after_s: int
+    dials_per_agent: int
+    rotation_pointer: int | None
+    # user_id -> (proficiency, licensed)
+    members: dict[int, tuple[int, bool]] = field(default_factory=dict)
+
+
+async def load_inbox_config(session: AsyncSession, inbox_id: int) -> InboxConfig | None:
+    inbox = await session.get(Inbox, inbox_id)
+    if inbox is None:
+        return None
+    rows = (await session.execute(
+        select(InboxAgent.user_id, InboxAgent.proficiency, User.licenses)
+        .join(User, User.id == InboxAgent.user_id).where(InboxAgent.inbox_id == inbox_id)
+    )).all()
+    return InboxConfig(
+        org_id=inbox.org_id, name=inbox.name, mode=inbox.assignment_mode,
+        reassign_after_s=inbox.reassign_after_s, dials_per_agent=inbox.dials_per_agent,
+        rotation_pointer=inbox.rotation_pointer,
+        members={user_id: (proficiency, holds_agent_licenses(licenses)) for user_id, proficiency, licenses in rows},
+    )
+
+
+async def save_rotation_pointer(session: AsyncSession, inbox_id: int, pointer: int | None) -> None:
+    await session.execute(update(Inbox).where(Inbox.id == inbox_id).values(rotation_pointer=pointer))
+
+
+def agent_snapshot(state: AgentState | None, user_id: int, active_count: int, has_pending_offer: bool) -> dict[str, Any]:
+    """The plain-dict snapshot an agent actor pushes to its inboxes (also built from the store)."""
+    if state is None:
+        return {"user_id": user_id, "status": "offline", "max_concurrent": 1, "active_count": active_count,
+                "has_pending_offer": has_pending_offer, "idle_since": None}
+    idle_since = state.last_chat_end_at or state.available_since
+    return {"user_id": user_id, "status": state.status, "max_concurrent": state.max_concurrent,
+            "active_count": active_count, "has_pending_offer": has_pending_offer,
+            "idle_since": idle_since.isoformat() if idle_since else None}
+
+
+async def load_agent_snapshots(session: AsyncSession, user_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    ids = list(user_ids)
+    if not ids:
+        return {}
+    states = {s.user_id: s for s in (await session.scalars(select(AgentState).where(AgentState.user_id.in_(ids)))).all()}
+    active = dict((await session.execute(
+        select(Transaction.agent_id, func.count()).where(Transaction.agent_id.in_(ids), Transaction.state == "assigned")
+        .group_by(Transaction.agent_id)
+    )).tuples().all())
+    pending = set((await session.scalars(
+        select(Transaction.offered_to).where(Transaction.offered_to.in_(ids), Transaction.state == "offered")
+    )).all())
+    return {uid: agent_snapshot(states.get(uid), uid, int(active.get(uid, 0)), uid in pending) for uid in ids}
+
+
+async def load_open_transactions(session: AsyncSession, inbox_id: int) -> list[Transaction]:
+    return list((await session.scalars(
+        select(Transaction).where(Transaction.inbox_id == inbox_id, Transaction.state != "closed")
+        .order_by(Transaction.waiting_since, Transaction.id)
+    )).all())
+
+
+async def past_offerees(session: AsyncSession, transaction_ids: Sequence[int]) -> dict[int, set[int]]:
+    result: dict[int, set[int]] = {}
+    if not transaction_ids:
+        return result
+    rows = (await session.execute(
+        select(TransactionEvent.transaction_id, TransactionEvent.agent_id)
+        .where(TransactionEvent.transaction_id.in_(transaction_ids), TransactionEvent.kind == "offered")
+    )).all()
+    for tx_id, agent_id in rows:
+        if agent_id is not None:
+            result.setdefault(tx_id, set()).add(agent_id)
+    return result
+
+
+def message_payload(message: InboundMessage) -> dict[str, Any]:
+    return {"id": message.id, "inbox_id": message.inbox_id, "wamid": message.wamid,
+            "from_wa_id": message.from_wa_id, "customer_name": message.customer_name, "type": message.type,
+            "summary": message.summary, "sent_at": message.sent_at.isoformat()}
+
+
+async def first_messages(session: AsyncSession, transaction_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    if not transaction_ids:
+        return {}
+    first_ids = select(func.min(InboundMessage.id)).where(
+        InboundMessage.transaction_id.in_(transaction_ids)).group_by(InboundMessage.transaction_id)
+    messages = (await session.scalars(select(InboundMessage).where(InboundMessage.id.in_(first_ids)))).all()
+    return {m.transaction_id: message_payload(m) for m in messages if m.transaction_id is not None}
+
+
+async def unrouted_messages(session: AsyncSession, inbox_id: int, ids: Sequence[int] | None = None,
+                            limit: int = 5000) -> list[dict[str, Any]]:
+    """Messages stored for this inbox but not yet attached to a transaction, oldest first."""
+    query = select(InboundMessage).where(InboundMessage.inbox_id == inbox_id, InboundMessage.transaction_id.is_(None))
+    if ids is not None:
+        query = query.where(InboundMessage.id.in_(ids))
+    messages = (await session.scalars(query.order_by(InboundMessage.sent_at, InboundMessage.id).limit(limit))).all()
+    return [message_payload(m) for m in messages]
+
+
+async def attach_messages(session: AsyncSession, transaction_id: int, message_ids: Sequence[int]) -> None:
+    await session.execute(update(InboundMessage).where(InboundMessage.id.in_(message_ids))
+                          .values(transaction_id=transaction_id))
+
+
+async def sticky_agent_of(session: AsyncSession, inbox_id: int, customer_wa_id: str) -> int | None:
+    row = await session.get(StickyAgent, (inbox_id, customer_wa_id))
+    return row.user_id if row else None
+
+
+async def remember_sticky_agent(session: AsyncSession, inbox_id: int, customer_wa_id: str, user_id: int) -> None:
+    await upsert(session, StickyAgent, [{"inbox_id": inbox_id, "customer_wa_id": customer_wa_id,
+                                         "user_id": user_id, "updated_at": utcnow()}],
+                 key=["inbox_id", "customer_wa_id"])
+
+
+async def add_transaction_event(session: AsyncSession, transaction_id: int, kind: str, agent_id: int | None,
+                                at: datetime, **detail: Any) -> None:
+    session.add(TransactionEvent(transaction_id=transaction_id, kind=kind, agent_id=agent_id, at=at, detail=detail))
+
+
+async def load_agent_state(session: AsyncSession, org_id: int, user_id: int) -> AgentState | None:
+    """The agent's persisted presence; a user never seen before starts offline."""
+    user = await session.get(User, user_id)
+    if user is None or user.org_id != org_id:
+        return None
+    state = await session.get(AgentState, user_id)
+    if state is None:
+        state = AgentState(user_id=user_id, org_id=org_id, status="offline", max_concurrent=1,
+                           status_changed_at=utcnow())
+        session.add(state)
+        await session.flush()
+    return state
+
+
+async def agent_work(session: AsyncSession, user_id: int) -> tuple[dict[int, int], dict[str, Any] | None]:
+    """Active transactions (id -> inbox) and the pending offer of an agent, as the inboxes persisted them."""
+    rows = (await session.execute(
+        select(Transaction.id, Transaction.inbox_id, Transaction.state, Transaction.offer_expires_at)
+        .where(((Transaction.agent_id == user_id) & (Transaction.state == "assigned"))
+               | ((Transaction.offered_to == user_id) & (Transaction.state == "offered")))
+    )).all()
+    active = {tx_id: inbox_id for tx_id, inbox_id, state, _ in rows if state == "assigned"}
+    offers = [(tx_id, inbox_id, expires) for tx_id, inbox_id, state, expires in rows if state == "offered"]
+    pending = None
+    if offers:
+        tx_id, inbox_id, expires = max(offers, key=lambda o: o[0])
+        pending = {"transaction_id": tx_id, "inbox_id": inbox_id,
+                   "expires_at": expires.isoformat() if expires else None}
+    return active, pending
+
+
+async def inboxes_of_agent(session: AsyncSession, user_id: int) -> list[int]:
+    return list((await session.scalars(select(InboxAgent.inbox_id).where(InboxAgent.user_id == user_id))).all())

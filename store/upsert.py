@@ -1,0 +1,41 @@
+"""Dialect-aware INSERT ... ON CONFLICT, so idempotency is decided by the database, not by a prior read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Insert
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from store.tables import Base
+
+
+def _insert(session: AsyncSession, model: type[Base]) -> Any:
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    module = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(model)
+
+
+async def insert_ignoring_duplicates(session: AsyncSession, model: type[Base], rows: Sequence[dict[str, Any]],
+                                     *, conflict_on: Sequence[str], returning: Sequence[str] = ("id",)
+                                     ) -> list[Any]:
+    """Insert rows, silently skipping those that collide on `conflict_on`; return the inserted rows."""
+    if not rows:
+        return []
+    table = model.__table__
+    statement: Insert = _insert(session, model).values(list(rows)).on_conflict_do_nothing(
+        index_elements=list(conflict_on)
+    ).returning(*(table.c[name] for name in returning))  # type: ignore[attr-defined]
+    return list((await session.execute(statement)).all())
+
+
+async def upsert(session: AsyncSession, model: type[Base], rows: Sequence[dict[str, Any]], *,
+                 key: Sequence[str]) -> None:
+    """Insert rows or, on a key collision, overwrite the non-key columns given."""
+    if not rows:
+        return
+    statement = _insert(session, model).values(list(rows))
+    updates = {name: statement.excluded[name] for name in rows[0] if name not in key}
+    await session.execute(statement.on_conflict_do_update(index_elements=list(key), set_=updates))

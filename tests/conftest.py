@@ -1,0 +1,110 @@
+"""Shared fixtures: one Ray instance, the Meta simulator and gateways (SQLite and PostgreSQL) per session."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+
+from actors.directory import RayDirectory
+from config.settings import Settings
+from gateway.app import create_app
+from gateway.background_server import BackgroundServer
+from meta.simulator.app import create_simulator_app
+from meta.simulator.state import SimulatorState
+from tests.support import Gateway
+
+POSTGRES_ADMIN_URL = os.environ.get("WA_ROUTER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def ray_instance() -> Iterator[None]:
+    # One Ray instance for the whole session: ray.init() costs seconds on these machines.
+    ray.init(namespace="wa-router-tests", include_dashboard=False, num_cpus=2, log_to_driver=False,
+             configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[tuple[SimulatorState, str]]:
+    state = SimulatorState()
+    with BackgroundServer(create_simulator_app(state)) as server:
+        yield state, server.url
+
+
+async def _create_postgres_database() -> str | None:
+    import asyncpg
+
+    name = f"wa_router_test_{uuid.uuid4().hex[:10]}"
+    try:
+        connection = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+    except (OSError, asyncpg.PostgresError):
+        return None
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return name
+
+
+async def _drop_postgres_database(name: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    name = asyncio.run(_create_postgres_database())
+    if name is None:
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}")
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    asyncio.run(_drop_postgres_database(name))
+
+
+def _start_gateway(tmp: Path, database_url: str, simulator: tuple[SimulatorState, str]) -> Iterator[Gateway]:
+    state, sim_url = simulator
+    admin_token = f"admin-{uuid.uuid4().hex}"
+    namespace = f"wa-router-test-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        database_url=database_url, secret_key_file=tmp / "secret.key", admin_token=admin_token,
+        graph_url=f"{sim_url}/v25.0", ray_namespace=namespace, public_url="https://router.example.test",
+    )
+    server = BackgroundServer(create_app(settings))
+    settings_port = server.port
+    with server:
+        yield Gateway(url=f"http://127.0.0.1:{settings_port}", admin_token=admin_token, simulator=state,
+                      simulator_url=sim_url, database_url=settings.database_url, namespace=namespace)
+    RayDirectory(settings).kill_namespace()
+
+
+@pytest.fixture(scope="session")
+def gateway(ray_instance: None, simulator: tuple[SimulatorState, str],
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The gateway on the embedded SQLite store."""
+    tmp = tmp_path_factory.mktemp("sqlite-gateway")
+    yield from _start_gateway(tmp, f"sqlite+aiosqlite:///{tmp / 'wa_router.db'}", simulator)
+
+
+@pytest.fixture(scope="session")
+def pg_gateway(ray_instance: None, simulator: tuple[SimulatorState, str], postgres_url: str,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The gateway on the real PostgreSQL server."""
+    yield from _start_gateway(tmp_path_factory.mktemp("pg-gateway"), postgres_url, simulator)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_gateway(request: pytest.FixtureRequest) -> Gateway:
+    """Runs a test once per store backend."""
+    return request.getfixturevalue("gateway" if request.param == "sqlite" else "pg_gateway")

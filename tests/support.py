@@ -1,0 +1,132 @@
+"""Test helpers: a typed client for the gateway's HTTP API and a scenario builder on the Meta simulator."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from meta.simulator import payloads
+from meta.simulator.state import SimulatorState
+from meta.simulator.webhook_sender import WebhookSender
+
+_counter = itertools.count(1)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
+
+
+def waba_id() -> str:
+    # Meta's ids are digits; keep them unique across the whole test session.
+    return str(10**15 + int(uuid.uuid4().int % 10**14))
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass
+class Gateway:
+    url: str
+    admin_token: str
+    simulator: SimulatorState
+    simulator_url: str
+    database_url: str
+    namespace: str
+    http: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def call(self, method: str, path: str, token: str | None, **kwargs: Any) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        if token is not None:
+            headers.update(auth(token))
+        return self.http.request(method, path, headers=headers, **kwargs)
+
+    def ok(self, method: str, path: str, token: str | None, expected: int = 200, **kwargs: Any) -> Any:
+        response = self.call(method, path, token, **kwargs)
+        assert response.status_code == expected, f"{method} {path}: {response.status_code} {response.text}"
+        return response.json() if response.content else None
+
+
+@dataclass
+class Org:
+    gateway: Gateway
+    id: int
+    owner_id: int
+    owner_token: str
+    waba_id: str = ""
+    app_secret: str = ""
+    access_token: str = ""
+    numbers: list[str] = field(default_factory=list)
+
+    def path(self, suffix: str = "") -> str:
+        return f"/v1/orgs/{self.id}{suffix}"
+
+    def add_user(self, role: str = "member", licenses: list[str] | None = None, name: str | None = None) -> tuple[int, str]:
+        if licenses is None:
+            licenses = ["phone_system", "contact_center_whatsapp"]
+        body = {"name": name or unique("user"), "email": f"{unique('u')}@example.com", "role": role,
+                "licenses": licenses}
+        created = self.gateway.ok("POST", self.path("/users"), self.owner_token, 201, json=body)
+        return int(created["id"]), str(created["token"])
+
+    def sender(self) -> WebhookSender:
+        return WebhookSender(f"{self.gateway.url}/webhooks/whatsapp/{self.id}", self.app_secret)
+
+
+def create_org(gateway: Gateway, name: str | None = None) -> Org:
+    created = gateway.ok("POST", "/v1/orgs", gateway.admin_token, 201, json={
+        "name": name or unique("org"),
+        "owner": {"name": "Owner", "email": f"{unique('owner')}@example.com"},
+    })
+    return Org(gateway=gateway, id=created["id"], owner_id=created["owner"]["id"], owner_token=created["owner"]["token"])
+
+
+def add_simulated_waba(gateway: Gateway, numbers: int = 2) -> tuple[str, str, str, list[str]]:
+    """A new WABA in the simulator: (waba_id, access_token, app_secret, phone_number_ids)."""
+    wid = waba_id()
+    token = unique("EAAG")
+    secret = unique("secret")
+    phone_ids = [str(10**14 + int(uuid.uuid4().int % 10**13)) for _ in range(numbers)]
+    gateway.simulator.add_waba(wid, f"Business {wid[-4:]}", token, secret,
+                               [(pid, f"+1 555 {pid[-7:]}", f"Number {i + 1}") for i, pid in enumerate(phone_ids)])
+    return wid, token, secret, phone_ids
+
+
+def link_waba(org: Org, waba: tuple[str, str, str, list[str]]) -> dict[str, Any]:
+    org.waba_id, org.access_token, org.app_secret, org.numbers = waba
+    result: dict[str, Any] = org.gateway.ok("POST", org.path("/whatsapp/accounts"), org.owner_token, 201, json={
+        "waba_id": org.waba_id, "access_token": org.access_token, "app_secret": org.app_secret})
+    return result
+
+
+def org_with_waba(gateway: Gateway, numbers: int = 2) -> Org:
+    org = create_org(gateway)
+    link_waba(org, add_simulated_waba(gateway, numbers))
+    return org
+
+
+def text_from(org: Org, number_index: int, customer: str, text: str = "hello", name: str = "Customer") -> dict[str, Any]:
+    phone_id = org.numbers[number_index]
+    return payloads.inbound_message(org.waba_id, phone_id, f"+1 555 {phone_id[-7:]}", customer, name,
+                                    type="text", body=text)
+
+
+def eventually(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll a condition in a test (the system under test itself is event-driven)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what or check}: last={last!r}")
