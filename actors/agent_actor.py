@@ -17,10 +17,10 @@ from typing import Any
 import ray
 from sqlalchemy import select, update
 
-from actors.directory import Directory, RayDirectory, spawn
+from actors.activation import StoreBackedActor
+from actors.directory import Directory, spawn
 from config.settings import Settings
 from store import routing_repo as repo
-from store.db import Database
 from store.tables import AgentEvent, AgentState
 from store.types import utcnow
 
@@ -30,16 +30,11 @@ log = logging.getLogger(__name__)
 RECENT_EVENTS = 1000
 
 
-class AgentActor:
+class AgentActor(StoreBackedActor):
     def __init__(self, org_id: int, user_id: int, settings: Settings, directory: Directory | None = None) -> None:
-        self.org_id = org_id
+        super().__init__(org_id, settings, directory)
         self.user_id = user_id
-        self._settings = settings
-        self._directory = directory
-        self._db: Database | None = None
-        self._activated = False
-        self._exists = False
-        self._activation_lock = asyncio.Lock()
+        self._user_exists = False
         self._emit_lock = asyncio.Lock()
         self._new_event = asyncio.Condition()
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
@@ -50,37 +45,20 @@ class AgentActor:
         self.pending: dict[str, Any] | None = None
         self.active: dict[int, int] = {}
 
-    @property
-    def db(self) -> Database:
-        assert self._db is not None, "agent actor used before activation"
-        return self._db
+    def _exists(self) -> bool:
+        return self._user_exists
 
-    @property
-    def directory(self) -> Directory:
-        if self._directory is None:
-            self._directory = RayDirectory(self._settings)
-        return self._directory
-
-    async def _ensure_active(self) -> bool:
-        if not self._activated:
-            async with self._activation_lock:
-                if not self._activated:
-                    await self._activate()
-        return self._exists
-
-    async def _activate(self) -> None:
-        self._db = Database(self._settings.database_url, pool_size=2)
+    async def _load(self) -> None:
         async with self.db.session() as session:
             state = await repo.load_agent_state(session, self.org_id, self.user_id)
             if state is not None:
-                self._exists = True
+                self._user_exists = True
                 self.status = state.status
                 self.max_concurrent = state.max_concurrent
                 self.available_since = state.available_since
                 self.last_chat_end_at = state.last_chat_end_at
                 # Offers and assignments are written by the inboxes: the store tells what we hold.
                 self.active, self.pending = await repo.agent_work(session, self.user_id)
-        self._activated = True
 
     # ------------------------------------------------------------------ views
 
@@ -157,31 +135,39 @@ class AgentActor:
             self.pending = offer  # a retried offer for the same transaction
             return {"ok": True, "snapshot": self.snapshot()}
         eligible = self.status == "available" and self.pending is None and len(self.active) < self.max_concurrent
-        if not self._exists or not eligible:
+        if not self._user_exists or not eligible:
             return {"ok": False, "snapshot": self.snapshot()}
         self.pending = offer
         await self._emit("offer", offer)
         return {"ok": True, "snapshot": self.snapshot()}
 
-    async def confirm_offer(self, transaction_id: int) -> bool:
+    async def confirm_offer(self, transaction_id: int) -> dict[str, Any]:
+        """The agent accepted: the held offer becomes an active transaction.
+
+        Answers with the new snapshot, so the offering inbox routes on it at once (the agent may
+        have capacity left); the other inboxes are told as well (they saw it holding an offer).
+        """
         await self._ensure_active()
         if self.pending is None or self.pending["transaction_id"] != transaction_id:
-            return False
+            return {"ok": False, "snapshot": self.snapshot()}
         offer = self.pending
         self.pending = None
         self.active[transaction_id] = offer["inbox_id"]
         await self._emit("assigned", {**offer, "kind": "accepted"})
-        return True
+        await self._notify_inboxes()
+        return {"ok": True, "snapshot": self.snapshot()}
 
-    async def release_offer(self, transaction_id: int, reason: str) -> None:
+    async def release_offer(self, transaction_id: int, reason: str) -> dict[str, Any]:
+        """The inbox ended its offer; answers with the snapshot the inbox routes on next."""
         await self._ensure_active()
         if self.pending is None or self.pending["transaction_id"] != transaction_id:
-            return
+            return self.snapshot()
         offer = self.pending
         self.pending = None
         await self._emit("offer_rescinded", {"transaction_id": transaction_id, "inbox_id": offer["inbox_id"],
                                              "reason": reason})
         await self._notify_inboxes()
+        return self.snapshot()
 
     async def assign_direct(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Take a transaction without an offer (a claim, or a supervisor's transfer)."""
@@ -204,17 +190,22 @@ class AgentActor:
         await self._ensure_active()
         await self._emit("message", {"transaction_id": transaction_id, "inbox_id": inbox_id, "message": message})
 
-    async def transaction_ended(self, transaction_id: int, reason: str) -> None:
-        """Closed or transferred away: capacity frees and the idle clock starts now."""
+    async def transaction_ended(self, transaction_id: int, reason: str) -> dict[str, Any]:
+        """Closed or transferred away: capacity frees and the idle clock starts now.
+
+        The event is emitted before any other await, so the stream never shows a later assignment
+        ahead of this end (it would look like the agent was over capacity).
+        """
         await self._ensure_active()
         inbox_id = self.active.pop(transaction_id, None)
         now = utcnow()
         self.last_chat_end_at = now
-        await self._save_state(last_chat_end_at=now)
         kind = "transaction_closed" if reason == "closed" else "transferred"
         await self._emit(kind, {"transaction_id": transaction_id, "inbox_id": inbox_id, "reason": reason,
                                 "direction": "away" if kind == "transferred" else None})
+        await self._save_state(last_chat_end_at=now)
         await self._notify_inboxes()
+        return self.snapshot()
 
     # ------------------------------------------------------------------ event stream
 
@@ -238,6 +229,9 @@ class AgentActor:
         if events:
             return events
         async with self._new_event:
+            # An event emitted while the store was read above is in `_recent` already: do not wait.
+            if self._recent and self._recent[-1]["id"] > after_id:
+                return await self._events_after(after_id, limit)
             try:
                 await asyncio.wait_for(self._new_event.wait(), timeout=timeout_s)
             except TimeoutError:

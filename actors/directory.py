@@ -7,6 +7,7 @@ proxies, so the state machines run and test without Ray, and Ray's API lives in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -80,7 +81,7 @@ def _remote_class(actor_class: type) -> Any:
     """The Ray actor class with the options every routing actor shares (made once per process)."""
     remote = _remote_classes.get(actor_class)
     if remote is None:
-        remote = ray.remote(
+        remote = ray.remote(  # type: ignore[call-overload]  # Ray's stubs omit the concurrency options
             num_cpus=0,
             max_restarts=-1,
             # A call is not blindly replayed after a restart: its effect may already be in the store.
@@ -126,10 +127,8 @@ class RayDirectory:
 
     def _kill(self, name: str) -> None:
         self._cache.pop(name, None)
-        try:
+        with contextlib.suppress(ValueError):  # never activated
             ray.kill(ray.get_actor(name, namespace=self._namespace), no_restart=True)
-        except ValueError:
-            pass  # never activated
 
     def forget_inbox(self, org_id: int, inbox_id: int) -> None:
         self._kill(inbox_actor_name(org_id, inbox_id))

@@ -18,18 +18,21 @@ from typing import Any
 import ray
 from sqlalchemy import update
 
-from actors.directory import ActorUnavailable, Directory, RayDirectory
+from actors.activation import StoreBackedActor
+from actors.directory import ActorUnavailable, Directory
 from actors.transaction_state import TxState
 from config.settings import Settings
 from routing import AgentSnapshot, AssignmentMode, Offer, RoutingRequest, decide
 from store import routing_repo as repo
-from store.db import Database
 from store.tables import Transaction
 from store.types import utcnow
 
 log = logging.getLogger(__name__)
 
 Result = dict[str, Any]
+
+# The snapshot fields routing decides on; a pushed snapshot that changes none of them is no event.
+ROUTING_FIELDS = ("status", "max_concurrent", "active_count", "has_pending_offer", "idle_since")
 
 
 def ok(tx_id: int) -> Result:
@@ -40,15 +43,10 @@ def refuse(status: int, detail: str) -> Result:
     return {"status": status, "detail": detail}
 
 
-class InboxActor:
+class InboxActor(StoreBackedActor):
     def __init__(self, org_id: int, inbox_id: int, settings: Settings, directory: Directory | None = None) -> None:
-        self.org_id = org_id
+        super().__init__(org_id, settings, directory)
         self.inbox_id = inbox_id
-        self._settings = settings
-        self._directory = directory
-        self._db: Database | None = None
-        self._activated = False
-        self._activation_lock = asyncio.Lock()
         # One lock for every transition: routing, answers to offers, timers and ingest interleave
         # at each await otherwise.
         self._lock = asyncio.Lock()
@@ -58,39 +56,22 @@ class InboxActor:
         self._by_customer: dict[str, int] = {}
         self._timers: dict[int, asyncio.Task[None]] = {}
         self._routing_requested: asyncio.Task[None] | None = None
+        self._routing_wanted = False
 
     # ------------------------------------------------------------------ activation
-
-    @property
-    def db(self) -> Database:
-        assert self._db is not None, "inbox actor used before activation"
-        return self._db
-
-    @property
-    def directory(self) -> Directory:
-        if self._directory is None:
-            self._directory = RayDirectory(self._settings)
-        return self._directory
 
     @property
     def config(self) -> repo.InboxConfig:
         assert self._config is not None
         return self._config
 
-    async def _ensure_active(self) -> bool:
-        """Load state on first use (Orleans-style activation); False when the inbox no longer exists."""
-        if not self._activated:
-            async with self._activation_lock:
-                if not self._activated:
-                    await self._activate()
+    def _exists(self) -> bool:
         return self._config is not None
 
-    async def _activate(self) -> None:
-        self._db = Database(self._settings.database_url, pool_size=2)
+    async def _load(self) -> None:
         async with self.db.session() as session:
             self._config = await repo.load_inbox_config(session, self.inbox_id)
             if self._config is None:
-                self._activated = True
                 return
             self._agents = await repo.load_agent_snapshots(session, self._config.members)
             rows = await repo.load_open_transactions(session, self.inbox_id)
@@ -104,7 +85,8 @@ class InboxActor:
                 tx.sticky_agent = await repo.sticky_agent_of(session, self.inbox_id, tx.customer_wa_id)
                 tx.current_offer_is_sticky = tx.state == "offered" and tx.offered_to == tx.sticky_agent
                 self._remember(tx)
-        self._activated = True
+
+    async def _on_activated(self) -> None:
         # Durable reminders become local timers again; an overdue one fires at once.
         for tx in self._txs.values():
             if tx.state == "offered":
@@ -114,7 +96,7 @@ class InboxActor:
                 pending = await repo.unrouted_messages(session, self.inbox_id)
             if pending:
                 await self._ingest_locked(pending)
-            await self._route_waiting()
+            await self._route_waiting(new_round=True)
 
     def _remember(self, tx: TxState) -> None:
         self._txs[tx.id] = tx
@@ -194,13 +176,23 @@ class InboxActor:
             ))
         return tuple(snapshots)
 
-    async def _route_waiting(self) -> None:
-        """Offer every waiting transaction, oldest first, to the agent its mode picks (lock held)."""
+    async def _route_waiting(self, *, new_round: bool = False) -> None:
+        """Offer every waiting transaction, oldest first, to the agent its mode picks (lock held).
+
+        A transaction every eligible agent passed on waits for an eligibility event (an agent's
+        presence or capacity changed, a chat ended, the inbox was edited): only a pass for such an
+        event (`new_round`) starts a new round over the agents for it, not any later pass (a new
+        customer's message, another transaction's decline).
+        """
         if self._config is None or self.config.mode == AssignmentMode.MANUAL:
             return
         waiting = sorted((tx for tx in self._txs.values() if tx.state == "queued"),
                          key=lambda tx: (tx.waiting_since, tx.id))
         for tx in waiting:
+            if tx.round_over:
+                if not new_round:
+                    continue
+                tx.round_over = False
             await self._route_one(tx)
 
     async def _route_one(self, tx: TxState) -> None:
@@ -219,6 +211,7 @@ class InboxActor:
                 if decision.reset_tried and tx.tried:
                     # Everyone had a chance: wait for the next eligibility event, then start a new round.
                     tx.tried = []
+                    tx.round_over = True
                     await self._save(tx, "requeued", None, reason=decision.reason)
                 return
             if await self._offer(tx, decision):
@@ -256,16 +249,23 @@ class InboxActor:
         return True
 
     def request_routing(self) -> None:
-        """Coalesce eligibility events into one routing pass (never run under a caller's await)."""
+        """Coalesce eligibility events into routing passes (never run under a caller's await).
+
+        An event that arrives while a pass runs asks for one more pass: the running one may have
+        decided on the transactions before it with the agent's older snapshot.
+        """
+        self._routing_wanted = True
         if self._routing_requested is not None and not self._routing_requested.done():
             return
 
         async def run() -> None:
-            try:
-                async with self._lock:
-                    await self._route_waiting()
-            except Exception:
-                log.exception("routing pass failed for inbox %s", self.inbox_id)
+            while self._routing_wanted:
+                self._routing_wanted = False
+                try:
+                    async with self._lock:
+                        await self._route_waiting(new_round=True)
+                except Exception:
+                    log.exception("routing pass failed for inbox %s", self.inbox_id)
 
         self._routing_requested = asyncio.ensure_future(run())
 
@@ -300,7 +300,10 @@ class InboxActor:
         user_id = tx.offered_to
         assert user_id is not None
         self._cancel_timer(tx.id)
-        await self._tell_agent(user_id, "release_offer", tx.id, kind)
+        released = await self._tell_agent(user_id, "release_offer", tx.id, kind)
+        if released is not None:
+            # Route the rest on the agent's state now, not on the push that follows.
+            self._update_agent(released)
         if count_as_tried:
             if tx.current_offer_is_sticky and kind == "declined":
                 tx.sticky_declined = True
@@ -344,13 +347,17 @@ class InboxActor:
             try:
                 confirmed = await self.directory.agent(self.org_id, user_id).confirm_offer(tx.id)
             except ActorUnavailable:
-                confirmed = False
-            if not confirmed:
+                confirmed = {"ok": False, "snapshot": None}
+            if confirmed["snapshot"] is not None:
+                self._update_agent(confirmed["snapshot"])
+            if not confirmed["ok"]:
                 # The agent withdrew (presence change) between offer and answer.
                 await self._end_offer(tx, "rescinded", count_as_tried=False, reason="agent withdrew")
                 await self._route_waiting()
                 return refuse(409, "the offer was withdrawn")
             await self._assign(tx, user_id, "accepted")
+            # No longer holding an offer, the agent may take more work if under capacity.
+            await self._route_waiting()
             return ok(tx.id)
 
     async def decline(self, tx_id: int, user_id: int) -> Result:
@@ -423,12 +430,12 @@ class InboxActor:
             if tx.state == "offered":
                 await self._end_offer(tx, "rescinded", count_as_tried=False, reason="closed by supervisor")
             if tx.state == "assigned" and tx.agent_id is not None:
-                await self._tell_agent(tx.agent_id, "transaction_ended", tx.id, "closed")
+                await self._end_for_agent(tx.agent_id, tx.id, "closed")
             tx.state = "closed"
             tx.closed_at = utcnow()
             await self._save(tx, "closed", user_id)
             self._forget(tx)
-            await self._route_waiting()
+            await self._route_waiting(new_round=True)
             return ok(tx.id)
 
     async def transfer(self, tx_id: int, by_user_id: int | None, to_user_id: int | None) -> Result:
@@ -452,7 +459,7 @@ class InboxActor:
             if tx.state == "offered":
                 await self._end_offer(tx, "rescinded", count_as_tried=False, reason="transferred")
             if previous is not None:
-                await self._tell_agent(previous, "transaction_ended", tx.id, "transferred")
+                await self._end_for_agent(previous, tx.id, "transferred")
             if to_user_id is not None:
                 await self._assign(tx, to_user_id, "transferred", from_agent=previous, by=by_user_id)
             else:
@@ -461,23 +468,40 @@ class InboxActor:
                 tx.assigned_at = None
                 tx.tried = [previous] if previous is not None else []
                 await self._save(tx, "transferred", None, from_agent=previous, to_queue=True, by=by_user_id)
-                await self._route_waiting()
+            # The previous agent has room again; the queue may move.
+            await self._route_waiting(new_round=True)
             return ok(tx.id)
 
     # ------------------------------------------------------------------ events from agents and config
 
     async def agent_changed(self, snapshot: dict[str, Any]) -> None:
-        """An agent of this inbox changed presence or capacity: refresh it and route what waits."""
+        """An agent of this inbox changed presence or capacity: refresh it and route what waits.
+
+        A push that only repeats what an answer of the agent already told us is no new event
+        (otherwise a transaction every agent passed on would be offered again at once). Compared
+        under the lock: the push may overtake the answer of the call that caused it.
+        """
         if not await self._ensure_active():
             return
-        if snapshot["user_id"] in self.config.members:
-            self._update_agent(snapshot)
+        async with self._lock:
+            changed = self._config is not None and snapshot["user_id"] in self.config.members \
+                and self._update_agent(snapshot)
+        if changed:
             self.request_routing()
 
-    def _update_agent(self, snapshot: dict[str, Any]) -> None:
+    def _update_agent(self, snapshot: dict[str, Any]) -> bool:
+        """Keep the newest snapshot of an agent; True when it changes what routing decides on."""
         current = self._agents.get(snapshot["user_id"])
-        if current is None or snapshot.get("version", 0) >= current.get("version", 0):
-            self._agents[snapshot["user_id"]] = snapshot
+        if current is not None and snapshot.get("version", 0) < current.get("version", 0):
+            return False
+        self._agents[snapshot["user_id"]] = snapshot
+        return current is None or any(current.get(key) != snapshot.get(key) for key in ROUTING_FIELDS)
+
+    async def _end_for_agent(self, user_id: int, tx_id: int, reason: str) -> None:
+        """Tell the agent a transaction left it (closed or transferred away) and keep its new snapshot."""
+        snapshot = await self._tell_agent(user_id, "transaction_ended", tx_id, reason)
+        if snapshot is not None:
+            self._update_agent(snapshot)
 
     async def agent_withdrew(self, user_id: int, tx_id: int) -> None:
         """The agent went away or offline while holding our offer: rescind it and reroute at once."""
@@ -504,7 +528,7 @@ class InboxActor:
             for tx in list(self._txs.values()):
                 if tx.state == "offered" and tx.offered_to not in config.members:
                     await self._end_offer(tx, "rescinded", count_as_tried=False, reason="agent left the inbox")
-            await self._route_waiting()
+            await self._route_waiting(new_round=True)
         return {"inbox_id": self.inbox_id, "exists": True, "open": len(self._txs)}
 
     # ------------------------------------------------------------------ persistence helpers

@@ -8,6 +8,7 @@ and `recover()` activates every inbox with pending work at start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import asdict
@@ -18,7 +19,7 @@ from sqlalchemy import select, union
 from actors.directory import ActorUnavailable, Directory
 from gateway.intake import StoredMessage
 from store.db import Database
-from store.tables import Inbox, InboundMessage, Transaction
+from store.tables import InboundMessage, Inbox, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ class RoutingClient:
         self._db = db
         self._queue: asyncio.Queue[tuple[int, StoredMessage]] = asyncio.Queue()
         self._dispatcher: asyncio.Task[None] | None = None
+        # One forwarder task per inbox with work: an inbox's messages go in order, inboxes independently.
+        self._waiting: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        self._forwarders: dict[tuple[int, int], asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="wa-router-dispatcher")
@@ -40,10 +44,10 @@ class RoutingClient:
     async def stop(self) -> None:
         if self._dispatcher is not None:
             self._dispatcher.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._dispatcher
-            except asyncio.CancelledError:
-                pass
+        for task in list(self._forwarders.values()):
+            task.cancel()
 
     async def recover(self) -> int:
         """Activate every inbox with open transactions or unattached messages (re-arms offer timers)."""
@@ -79,11 +83,28 @@ class RoutingClient:
                 by_inbox: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
                 for org_id, message in batch:
                     by_inbox[(org_id, message.inbox_id)].append(asdict(message))
-                await asyncio.gather(*(self._forward(org, inbox, msgs) for (org, inbox), msgs in by_inbox.items()))
+                # Not awaited here: an inbox actor that is restarting (its forward retries for seconds)
+                # must not hold up every other inbox's messages.
+                for key, msgs in by_inbox.items():
+                    self._waiting.setdefault(key, []).extend(msgs)
+                    if key not in self._forwarders:
+                        self._forwarders[key] = asyncio.create_task(self._forward_waiting(key),
+                                                                    name=f"wa-router-forward-{key[0]}-{key[1]}")
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("dispatcher pass failed")
+
+    async def _forward_waiting(self, key: tuple[int, int]) -> None:
+        """Forward the inbox's waiting messages, batch after batch, until none are left."""
+        try:
+            while batch := self._waiting.pop(key, None):
+                try:
+                    await self._forward(key[0], key[1], batch)
+                except Exception:
+                    log.exception("forwarding to inbox %s:%s failed", *key)
+        finally:
+            del self._forwarders[key]
 
     async def _forward(self, org_id: int, inbox_id: int, messages: list[dict[str, Any]]) -> None:
         delay = 0.05

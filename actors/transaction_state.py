@@ -28,6 +28,8 @@ class TxState:
     sticky_agent: int | None = None
     sticky_declined: bool = False
     current_offer_is_sticky: bool = False
+    # Every eligible agent passed on it: it waits for an eligibility event before a new round.
+    round_over: bool = False
     past_offerees: set[int] = field(default_factory=set)
     first_message: dict[str, Any] | None = None
 

@@ -10,9 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from routing.model import AssignmentMode
 
 __all__ = [
+    "MAX_ID",
     "AgentPresence",
     "AgentSettingsUpdate",
     "AssignmentMode",
+    "DbId",
     "InboxAgentIn",
     "InboxCreate",
     "InboxUpdate",
@@ -50,7 +52,7 @@ SUPERVISOR_CONFIG_LICENSE = License.contact_center
 
 
 def holds_agent_licenses(licenses: list[str] | set[str]) -> bool:
-    return AGENT_LICENSES <= set(licenses)
+    return set(licenses) >= AGENT_LICENSES
 
 
 def missing_agent_license(licenses: list[str] | set[str]) -> License | None:
@@ -60,12 +62,25 @@ def missing_agent_license(licenses: list[str] | set[str]) -> License | None:
     return None
 
 
+# Store ids are 64-bit integers; a larger number names nothing and would overflow the driver.
+MAX_ID = 2**63 - 1
+DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-Email = Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+# No NUL characters: PostgreSQL text cannot hold them (the store would refuse what validation let through).
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
+Email = Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")]
+
+
+def _not_null(value: object) -> object:
+    # PATCH bodies: an omitted field stays unchanged, but an explicit null is refused (named), not ignored.
+    if value is None:
+        raise ValueError("must not be null; omit the field to leave it unchanged")
+    return value
 
 
 def _validate_licenses(value: list[License]) -> list[License]:
@@ -104,6 +119,8 @@ class UserUpdate(_Strict):
     role: Role | None = None
     licenses: list[License] | None = None
 
+    _present = field_validator("name", "role", "licenses", mode="before")(_not_null)
+
     @field_validator("licenses")
     @classmethod
     def _check_licenses(cls, value: list[License] | None) -> list[License] | None:
@@ -120,7 +137,7 @@ Proficiency = Annotated[int, Field(ge=1, le=100)]
 
 
 class InboxAgentIn(_Strict):
-    user_id: int
+    user_id: DbId
     proficiency: Proficiency = 1
 
 
@@ -135,7 +152,7 @@ def _unique_agents(agents: list[InboxAgentIn]) -> list[InboxAgentIn]:
 
 ReassignAfter = Annotated[int, Field(ge=1, le=900, description="Seconds an offer waits for acceptance")]
 DialsPerAgent = Annotated[int, Field(ge=1, le=100, description="Sticky-agent dials before fallback")]
-PhoneNumberId = Annotated[str, Field(min_length=1, max_length=64)]
+PhoneNumberId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00]+$")]
 
 
 class InboxCreate(_Strict):
@@ -158,6 +175,9 @@ class InboxUpdate(_Strict):
     dials_per_agent: DialsPerAgent | None = None
     agents: list[InboxAgentIn] | None = None
 
+    _present = field_validator("name", "phone_number_id", "assignment_mode", "reassign_after_s", "dials_per_agent",
+                               "agents", mode="before")(_not_null)
+
     @field_validator("agents")
     @classmethod
     def _check_agents(cls, value: list[InboxAgentIn] | None) -> list[InboxAgentIn] | None:
@@ -179,5 +199,5 @@ class AgentSettingsUpdate(_Strict):
 
 
 class TransferRequest(_Strict):
-    user_id: int | None = None
+    user_id: DbId | None = None
     to_queue: bool = False

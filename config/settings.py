@@ -23,8 +23,8 @@ class Settings(BaseSettings):
     # stored hashed and printed once.
     admin_token: str | None = None
 
-    # Where Meta reaches us (used to show the webhook callback URL).
-    public_url: str = "http://127.0.0.1:8000"
+    # Where Meta reaches us (shown as the webhook callback URL); defaults to the listen address.
+    public_url: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
 
@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_key_file(cls, value: Path) -> Path:
         return value.resolve()
+
+    @property
+    def callback_base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def graph_base_url(self) -> str:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from config.models import SUPERVISOR_CONFIG_LICENSE, Role
+from config.models import MAX_ID, SUPERVISOR_CONFIG_LICENSE, Role
 from gateway.errors import ApiError, forbidden, not_found
 from gateway.runtime import Runtime
 from gateway.security import hash_token
@@ -108,8 +108,18 @@ class OrgContext:
         return self.user is not None and self.user.id == user_id
 
 
+def id_path(description: str) -> Any:
+    # Store ids are 64-bit: a larger number names nothing and must not reach the driver (it overflows).
+    return Path(description=description, ge=1, le=MAX_ID)
+
+
+OrgId = Annotated[int, id_path("Organization id")]
+UserId = Annotated[int, id_path("User id")]
+InboxId = Annotated[int, id_path("Inbox id")]
+
+
 async def get_org_context(
-    org_id: Annotated[int, Path(description="Organization id")],
+    org_id: OrgId,
     principal: PrincipalDep,
     session: SessionDep,
 ) -> OrgContext:

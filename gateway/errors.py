@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,22 @@ def install_error_handlers(app: FastAPI) -> None:
         # A constraint the database enforces for us (a race the route did not foresee): a conflict.
         log.info("integrity conflict: %s", exc.orig)
         return JSONResponse(status_code=409, content={"detail": "conflicts with existing data"})
+
+    @app.exception_handler(DBAPIError)
+    async def _dbapi(_request: Request, exc: DBAPIError) -> JSONResponse:
+        # SQLSTATE class 22 is a value the column cannot hold (PostgreSQL checks lengths, ranges, NUL
+        # characters; asyncpg reports it as a plain DBAPIError, not DataError): bad input, not a crash.
+        if isinstance(exc, DataError) or str(getattr(exc.orig, "sqlstate", "") or "").startswith("22"):
+            log.info("value refused by the store: %s", exc.orig)
+            return JSONResponse(status_code=422, content={"detail": "a value is out of range for the store"})
+        log.error("store error", exc_info=exc)
+        return JSONResponse(status_code=500, content={"detail": "internal store error"})
+
+    @app.exception_handler(OverflowError)
+    async def _overflow(_request: Request, exc: OverflowError) -> JSONResponse:
+        # SQLite's driver raises this for integers beyond 64 bits (an id no row can have).
+        log.info("integer out of range: %s", exc)
+        return JSONResponse(status_code=422, content={"detail": "a number is out of range"})
 
     @app.exception_handler(OperationalError)
     async def _operational(_request: Request, exc: OperationalError) -> JSONResponse:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from meta.webhook_parser import ParsedWebhook
-from store.tables import Inbox, InboundMessage, MessageStatus, WebhookChange
+from store.tables import Base, InboundMessage, Inbox, MessageStatus, WebhookChange
 from store.upsert import insert_ignoring_duplicates
 
 
@@ -38,6 +38,26 @@ class IntakeResult:
     other_changes: int = 0
 
 
+def _fit_row(model: type[Base], row: dict[str, Any], keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The row with every string made storable: Meta's fields have no documented maximum, and what was
+    signed and accepted must be stored, yet PostgreSQL refuses over-long VARCHARs and NUL characters.
+    Key columns (idempotency) stay distinct: when cut, they keep a hash of the whole value."""
+    columns = model.__table__.c  # type: ignore[attr-defined]
+    fitted = dict(row)
+    for name, value in row.items():
+        if not isinstance(value, str):
+            continue
+        length = getattr(columns[name].type, "length", None)
+        clean = value.replace("\x00", "")
+        if name in keys and (clean != value or (length is not None and len(value) > length)):
+            digest = "~" + hashlib.sha256(value.encode()).hexdigest()[:16]
+            clean = clean[: (length or len(clean) + len(digest)) - len(digest)] + digest
+        elif length is not None:
+            clean = clean[:length]
+        fitted[name] = clean
+    return fitted
+
+
 def _dedupe_key(waba_id: str, field_name: str, value: Any) -> str:
     canonical = json.dumps([waba_id, field_name, value], sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -59,14 +79,14 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
         if message.wamid in seen:  # the same message twice in one body
             continue
         seen.add(message.wamid)
-        rows.append({
+        rows.append(_fit_row(InboundMessage, {
             "org_id": org_id, "wamid": message.wamid, "waba_id": message.waba_id,
             "phone_number_id": message.phone_number_id,
             "inbox_id": inbox_by_number.get(message.phone_number_id or ""),
             "from_wa_id": message.from_wa_id, "customer_name": message.customer_name,
             "type": message.type[:32], "summary": message.summary, "sent_at": message.timestamp,
             "raw": message.raw,
-        })
+        }, keys=("wamid",)))
     inserted = await insert_ignoring_duplicates(
         session, InboundMessage, rows, conflict_on=["org_id", "wamid"], returning=["id", "wamid"]
     )
@@ -82,11 +102,11 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
                 sent_at=row["sent_at"].isoformat(),
             ))
 
-    status_rows = [{
+    status_rows = [_fit_row(MessageStatus, {
         "org_id": org_id, "wamid": s.wamid, "waba_id": s.waba_id, "phone_number_id": s.phone_number_id,
-        "status": s.status[:32], "recipient_id": s.recipient_id, "occurred_at": s.timestamp,
+        "status": s.status, "recipient_id": s.recipient_id, "occurred_at": s.timestamp,
         "errors": s.errors, "raw": s.raw,
-    } for s in parsed.statuses]
+    }, keys=("wamid", "status")) for s in parsed.statuses]
     result.statuses = len(await insert_ignoring_duplicates(
         session, MessageStatus, status_rows, conflict_on=["org_id", "wamid", "status"]))
 
@@ -109,5 +129,6 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
             "value": value, "dedupe_key": key,
         }
     result.other_changes = len(await insert_ignoring_duplicates(
-        session, WebhookChange, list(change_rows.values()), conflict_on=["org_id", "dedupe_key"]))
+        session, WebhookChange, [_fit_row(WebhookChange, row) for row in change_rows.values()],
+        conflict_on=["org_id", "dedupe_key"]))
     return result

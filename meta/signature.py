@@ -17,6 +17,7 @@ def sign(body: bytes, app_secret: str) -> str:
 
 def verify(body: bytes, header_value: str, app_secret: str) -> bool:
     """Constant-time check of a header value against the body and secret."""
-    if not header_value.startswith(_PREFIX):
+    # compare_digest refuses non-ASCII str; such a header cannot be a valid signature anyway.
+    if not header_value.isascii() or not header_value.startswith(_PREFIX):
         return False
     return hmac.compare_digest(sign(body, app_secret), header_value.strip())

@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from config.models import holds_agent_licenses
 from store.tables import (
     AgentState,
+    InboundMessage,
     Inbox,
     InboxAgent,
-    InboundMessage,
     StickyAgent,
     Transaction,
     TransactionEvent,
@@ -57,7 +57,8 @@ async def save_rotation_pointer(session: AsyncSession, inbox_id: int, pointer: i
     await session.execute(update(Inbox).where(Inbox.id == inbox_id).values(rotation_pointer=pointer))
 
 
-def agent_snapshot(state: AgentState | None, user_id: int, active_count: int, has_pending_offer: bool) -> dict[str, Any]:
+def agent_snapshot(state: AgentState | None, user_id: int, active_count: int,
+                   has_pending_offer: bool) -> dict[str, Any]:
     """The plain-dict snapshot an agent actor pushes to its inboxes (also built from the store)."""
     if state is None:
         return {"user_id": user_id, "status": "offline", "max_concurrent": 1, "active_count": active_count,
@@ -72,7 +73,8 @@ async def load_agent_snapshots(session: AsyncSession, user_ids: Iterable[int]) -
     ids = list(user_ids)
     if not ids:
         return {}
-    states = {s.user_id: s for s in (await session.scalars(select(AgentState).where(AgentState.user_id.in_(ids)))).all()}
+    states = {s.user_id: s for s in (await session.scalars(
+        select(AgentState).where(AgentState.user_id.in_(ids)))).all()}
     active = dict((await session.execute(
         select(Transaction.agent_id, func.count()).where(Transaction.agent_id.in_(ids), Transaction.state == "assigned")
         .group_by(Transaction.agent_id)

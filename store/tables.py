@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -50,6 +51,8 @@ class User(Base):
     __tablename__ = "users"
     __table_args__ = (
         UniqueConstraint("org_id", "email", name="uq_users_org_email"),
+        # Emails are unique per organization whatever their case, even under concurrent creates.
+        Index("uq_users_org_email_lower", "org_id", func.lower(text("email")), unique=True),
         CheckConstraint("role IN ('owner', 'admin', 'member')", name="role"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

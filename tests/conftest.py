@@ -17,9 +17,13 @@ from gateway.app import create_app
 from gateway.background_server import BackgroundServer
 from meta.simulator.app import create_simulator_app
 from meta.simulator.state import SimulatorState
+from tests.routing_support import Scenario, scenario
 from tests.support import Gateway
 
 POSTGRES_ADMIN_URL = os.environ.get("WA_ROUTER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+# Directories of the gateways started this session: their actors are stopped after every test.
+_started: list[RayDirectory] = []
 
 
 @pytest.fixture(scope="session")
@@ -82,11 +86,22 @@ def _start_gateway(tmp: Path, database_url: str, simulator: tuple[SimulatorState
         graph_url=f"{sim_url}/v25.0", ray_namespace=namespace, public_url="https://router.example.test",
     )
     server = BackgroundServer(create_app(settings))
-    settings_port = server.port
+    directory = RayDirectory(settings)
+    _started.append(directory)
     with server:
-        yield Gateway(url=f"http://127.0.0.1:{settings_port}", admin_token=admin_token, simulator=state,
+        yield Gateway(url=f"http://127.0.0.1:{server.port}", admin_token=admin_token, simulator=state,
                       simulator_url=sim_url, database_url=settings.database_url, namespace=namespace)
-    RayDirectory(settings).kill_namespace()
+    directory.kill_namespace()
+    _started.remove(directory)
+
+
+@pytest.fixture(autouse=True)
+def _stop_actors_after_test() -> Iterator[None]:
+    # Each actor is a process (~47 MiB). Tests use fresh organizations, so the actors of a finished
+    # test are never needed again: stopping them keeps the session's memory flat.
+    yield
+    for directory in _started:
+        directory.kill_namespace()
 
 
 @pytest.fixture(scope="session")
@@ -108,3 +123,17 @@ def pg_gateway(ray_instance: None, simulator: tuple[SimulatorState, str], postgr
 def any_gateway(request: pytest.FixtureRequest) -> Gateway:
     """Runs a test once per store backend."""
     return request.getfixturevalue("gateway" if request.param == "sqlite" else "pg_gateway")
+
+
+@pytest.fixture
+def sc(gateway: Gateway) -> Iterator[Scenario]:
+    """A routing scenario (fresh organization, agents, inboxes) on the SQLite gateway."""
+    with scenario(gateway) as built:
+        yield built
+
+
+@pytest.fixture
+def any_sc(any_gateway: Gateway) -> Iterator[Scenario]:
+    """A routing scenario on each store backend (SQLite, PostgreSQL)."""
+    with scenario(any_gateway) as built:
+        yield built

@@ -70,7 +70,8 @@ class Org:
     def path(self, suffix: str = "") -> str:
         return f"/v1/orgs/{self.id}{suffix}"
 
-    def add_user(self, role: str = "member", licenses: list[str] | None = None, name: str | None = None) -> tuple[int, str]:
+    def add_user(self, role: str = "member", licenses: list[str] | None = None,
+                 name: str | None = None) -> tuple[int, str]:
         if licenses is None:
             licenses = ["phone_system", "contact_center_whatsapp"]
         body = {"name": name or unique("user"), "email": f"{unique('u')}@example.com", "role": role,
@@ -87,7 +88,8 @@ def create_org(gateway: Gateway, name: str | None = None) -> Org:
         "name": name or unique("org"),
         "owner": {"name": "Owner", "email": f"{unique('owner')}@example.com"},
     })
-    return Org(gateway=gateway, id=created["id"], owner_id=created["owner"]["id"], owner_token=created["owner"]["token"])
+    return Org(gateway=gateway, id=created["id"], owner_id=created["owner"]["id"],
+               owner_token=created["owner"]["token"])
 
 
 def add_simulated_waba(gateway: Gateway, numbers: int = 2) -> tuple[str, str, str, list[str]]:
@@ -114,7 +116,8 @@ def org_with_waba(gateway: Gateway, numbers: int = 2) -> Org:
     return org
 
 
-def text_from(org: Org, number_index: int, customer: str, text: str = "hello", name: str = "Customer") -> dict[str, Any]:
+def text_from(org: Org, number_index: int, customer: str, text: str = "hello",
+              name: str = "Customer") -> dict[str, Any]:
     phone_id = org.numbers[number_index]
     return payloads.inbound_message(org.waba_id, phone_id, f"+1 555 {phone_id[-7:]}", customer, name,
                                     type="text", body=text)
@@ -130,3 +133,37 @@ def eventually(check: Callable[[], Any], timeout: float = 15.0, interval: float 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what or check}: last={last!r}")
+
+
+# ---- store inspection and error-shape helpers (foundation acceptance tests) ----------------------
+
+
+def query_db(gateway: Gateway, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """Rows of a raw SQL query on the gateway's store: to check what was, or was not, written."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    from store.db import Database
+
+    async def run() -> list[tuple[Any, ...]]:
+        db = Database(gateway.database_url, pool_size=1)
+        try:
+            async with db.session() as session:
+                return [tuple(row) for row in (await session.execute(text(sql), params)).all()]
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
+def error_locs(response: httpx.Response) -> list[list[Any]]:
+    """The `loc` of every entry of a 422 body (FastAPI's shape, also used by the API's own refusals)."""
+    detail = response.json().get("detail")
+    return [list(item.get("loc", [])) for item in detail if isinstance(item, dict)] if isinstance(detail, list) else []
+
+
+def assert_invalid(response: httpx.Response, *loc: str | int) -> None:
+    """A 422 that names the offending field by its full location, e.g. ("body", "reassign_after_s")."""
+    assert response.status_code == 422, f"expected 422 for {list(loc)}: {response.status_code} {response.text}"
+    assert list(loc) in error_locs(response), f"422 does not name {list(loc)}: {response.text}"

@@ -8,7 +8,7 @@ from tests.support import Gateway, auth, eventually, org_with_waba, text_from
 def test_offer_accept_close(gateway: Gateway) -> None:
     org = org_with_waba(gateway)
     a1, t1 = org.add_user()
-    inbox = gateway.ok("POST", org.path("/inboxes"), org.owner_token, 201,
+    gateway.ok("POST", org.path("/inboxes"), org.owner_token, 201,
                        json={"name": "Sales", "phone_number_id": org.numbers[0], "agents": [{"user_id": a1}]})
     gateway.ok("PUT", org.path(f"/agents/{a1}/status"), t1, json={"status": "available"})
     ws_url = gateway.url.replace("http", "ws") + org.path(f"/agents/{a1}/events")

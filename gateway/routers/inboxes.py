@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.models import InboxAgentIn, InboxCreate, InboxUpdate, holds_agent_licenses, missing_agent_license
-from gateway.deps import ConfigSupervisor, OrgMember, RuntimeDep, SessionDep
+from gateway.deps import ConfigSupervisor, InboxId, OrgMember, RuntimeDep, SessionDep
 from gateway.errors import conflict, field_error, forbidden, not_found
 from gateway.schemas import AgentCandidateOut, InboxAgentOut, InboxOut
 from store.tables import Inbox, InboxAgent, PhoneNumber, Transaction, User, WhatsAppAccount
@@ -71,11 +71,14 @@ async def _check_agents(session: AsyncSession, org_id: int, agents: Sequence[Inb
     for index, agent in enumerate(agents):
         user = users.get(agent.user_id)
         if user is None:
-            raise field_error(("body", "agents", index, "user_id"), f"user {agent.user_id} not found in this organization")
+            raise field_error(("body", "agents", index, "user_id"),
+                              f"user {agent.user_id} not found in this organization")
         missing = missing_agent_license(user.licenses)
         if missing is not None:
-            raise field_error(("body", "agents", index, "user_id"),
-                              f"user {user.id} ({user.name}) lacks the {missing.value} licence needed to be an inbox agent")
+            raise field_error(
+                ("body", "agents", index, "user_id"),
+                f"user {user.id} ({user.name}) lacks the {missing.value} licence needed to be an inbox agent",
+            )
 
 
 async def _replace_agents(session: AsyncSession, inbox_id: int, agents: Sequence[InboxAgentIn]) -> None:
@@ -117,7 +120,7 @@ async def list_inboxes(ctx: OrgMember, session: SessionDep) -> list[InboxOut]:
 
 
 @router.get("/{inbox_id}", response_model=InboxOut)
-async def read_inbox(inbox_id: int, ctx: OrgMember, session: SessionDep) -> InboxOut:
+async def read_inbox(inbox_id: InboxId, ctx: OrgMember, session: SessionDep) -> InboxOut:
     inbox = await get_inbox(session, ctx.org.id, inbox_id)
     if not ctx.is_supervisor and ctx.user is not None:
         member = await session.get(InboxAgent, (inbox_id, ctx.user.id))
@@ -127,7 +130,7 @@ async def read_inbox(inbox_id: int, ctx: OrgMember, session: SessionDep) -> Inbo
 
 
 @router.patch("/{inbox_id}", response_model=InboxOut)
-async def update_inbox(inbox_id: int, body: InboxUpdate, ctx: ConfigSupervisor, session: SessionDep,
+async def update_inbox(inbox_id: InboxId, body: InboxUpdate, ctx: ConfigSupervisor, session: SessionDep,
                        runtime: RuntimeDep) -> InboxOut:
     inbox = await get_inbox(session, ctx.org.id, inbox_id)
     if body.phone_number_id is not None and body.phone_number_id != inbox.phone_number_id:
@@ -153,7 +156,7 @@ async def update_inbox(inbox_id: int, body: InboxUpdate, ctx: ConfigSupervisor, 
 
 
 @router.delete("/{inbox_id}", status_code=204)
-async def delete_inbox(inbox_id: int, ctx: ConfigSupervisor, session: SessionDep, runtime: RuntimeDep) -> Response:
+async def delete_inbox(inbox_id: InboxId, ctx: ConfigSupervisor, session: SessionDep, runtime: RuntimeDep) -> Response:
     inbox = await get_inbox(session, ctx.org.id, inbox_id)
     open_count = await session.scalar(
         select(func.count()).select_from(Transaction)

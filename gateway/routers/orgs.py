@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fastapi import APIRouter
 from sqlalchemy import select
 
 from config.models import OrganizationCreate, Role
@@ -9,7 +10,6 @@ from gateway.deps import OrgMember, PlatformAdmin, SessionDep
 from gateway.routers.users import add_user
 from gateway.schemas import OrganizationCreated, OrganizationOut, OwnerCreated
 from gateway.security import new_verify_token
-from fastapi import APIRouter
 from store.tables import Organization
 
 router = APIRouter(prefix="/v1/orgs", tags=["organizations"])

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from actors.directory import ActorUnavailable
 from config.models import TransferRequest
@@ -154,7 +155,10 @@ async def inbox_queue(inbox_id: int, ctx: OrgMember, session: SessionDep) -> lis
     served = await _served_inboxes(session, ctx)
     if served is not None and inbox.id not in served:
         raise forbidden("only supervisors and the inbox's agents may see its queue")
-    first_ids = select(func.min(InboundMessage.id)).where(InboundMessage.transaction_id == Transaction.id)
+    # The first message of each transaction: an alias, correlated to the transaction only (correlating
+    # the outer InboundMessage too would leave the subquery without a FROM clause).
+    earlier = aliased(InboundMessage)
+    first_ids = select(func.min(earlier.id)).where(earlier.transaction_id == Transaction.id).correlate(Transaction)
     rows = (await session.execute(
         select(Transaction, InboundMessage.summary)
         .outerjoin(InboundMessage, InboundMessage.id == first_ids.scalar_subquery())

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.models import License, Role, UserCreate, UserUpdate, holds_agent_licenses
-from gateway.deps import OrgMember, RuntimeDep, SessionDep, Supervisor
+from gateway.deps import OrgMember, RuntimeDep, SessionDep, Supervisor, UserId
 from gateway.errors import conflict, forbidden, not_found
 from gateway.schemas import UserCreated, UserOut
 from gateway.security import hash_token, new_token
@@ -73,14 +73,14 @@ async def list_users(ctx: Supervisor, session: SessionDep) -> list[UserOut]:
 
 
 @router.get("/{user_id}", response_model=UserOut)
-async def get_user(user_id: int, ctx: OrgMember, session: SessionDep) -> UserOut:
+async def get_user(user_id: UserId, ctx: OrgMember, session: SessionDep) -> UserOut:
     if not ctx.is_supervisor and not ctx.is_self(user_id):
         raise forbidden("members may only read their own user")
     return UserOut.of(await _get_user(session, ctx.org.id, user_id))
 
 
 @router.patch("/{user_id}", response_model=UserOut)
-async def update_user(user_id: int, body: UserUpdate, ctx: Supervisor, session: SessionDep,
+async def update_user(user_id: UserId, body: UserUpdate, ctx: Supervisor, session: SessionDep,
                       runtime: RuntimeDep) -> UserOut:
     user = await _get_user(session, ctx.org.id, user_id)
     _check_may_manage(ctx, Role(user.role))
@@ -106,7 +106,7 @@ async def update_user(user_id: int, body: UserUpdate, ctx: Supervisor, session: 
 
 
 @router.delete("/{user_id}", status_code=204)
-async def delete_user(user_id: int, ctx: Supervisor, session: SessionDep, runtime: RuntimeDep) -> Response:
+async def delete_user(user_id: UserId, ctx: Supervisor, session: SessionDep, runtime: RuntimeDep) -> Response:
     user = await _get_user(session, ctx.org.id, user_id)
     _check_may_manage(ctx, Role(user.role))
     if user.role == Role.owner and await _owner_count(session, ctx.org.id) <= 1:

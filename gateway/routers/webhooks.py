@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
-from gateway.deps import RuntimeDep, SessionDep
-from gateway.errors import ApiError, not_found
+from gateway.deps import OrgId, RuntimeDep, SessionDep
+from gateway.errors import ApiError
 from gateway.intake import store_delivery
 from gateway.schemas import WebhookAck
 from meta import signature
@@ -23,16 +23,15 @@ router = APIRouter(prefix="/webhooks/whatsapp", tags=["meta webhook"])
 
 @router.get("/{org_id}", response_class=PlainTextResponse)
 async def verify_subscription(
-    org_id: int,
+    org_id: OrgId,
     session: SessionDep,
     mode: Annotated[str | None, Query(alias="hub.mode")] = None,
     verify_token: Annotated[str | None, Query(alias="hub.verify_token")] = None,
     challenge: Annotated[str | None, Query(alias="hub.challenge")] = None,
 ) -> PlainTextResponse:
     org = await session.get(Organization, org_id)
-    if org is None:
-        raise not_found("organization")
-    if mode != "subscribe" or verify_token is None or challenge is None or not hmac.compare_digest(
+    # An unknown organization fails like a wrong token: the public endpoint reveals no ids.
+    if org is None or mode != "subscribe" or verify_token is None or challenge is None or not hmac.compare_digest(
         verify_token.encode(), org.webhook_verify_token.encode()
     ):
         raise ApiError(403, "verification failed")
@@ -53,6 +52,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _reject_constant(name: str) -> object:
+    # NaN/Infinity are not JSON (RFC 8259), and PostgreSQL refuses them in a json column: a 500 later.
+    raise ValueError(f"{name} is not a valid JSON value")
+
+
 def _waba_ids(payload: object) -> list[str]:
     """The WABA ids a delivery names (entry[].id): they pick the app secret to check against."""
     entries = payload.get("entry") if isinstance(payload, dict) else None
@@ -69,18 +73,20 @@ def _waba_ids(payload: object) -> list[str]:
 
 
 @router.post("/{org_id}", response_model=WebhookAck)
-async def receive_delivery(org_id: int, request: Request, runtime: RuntimeDep, session: SessionDep) -> WebhookAck:
+async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep, session: SessionDep) -> WebhookAck:
     body = await _read_body(request, runtime.settings.max_webhook_body_bytes)
     header = request.headers.get(signature.HEADER)
     if not header:
         raise ApiError(401, f"missing {signature.HEADER} header")
     org = await session.get(Organization, org_id)
-    if org is None:
-        raise not_found("organization")
+    if org is None:  # no secret can match: the same answer as a wrong signature
+        raise ApiError(403, "signature does not match")
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # absurdly deep nesting: json gives up, which must not be a 500
+        raise ApiError(400, "body is not valid JSON: nested too deeply") from exc
     waba_ids = _waba_ids(payload)
     accounts = {a.waba_id: a for a in (await session.scalars(
         select(WhatsAppAccount).where(WhatsAppAccount.org_id == org_id, WhatsAppAccount.waba_id.in_(waba_ids))
@@ -88,7 +94,10 @@ async def receive_delivery(org_id: int, request: Request, runtime: RuntimeDep, s
     for waba_id in waba_ids:
         account = accounts.get(waba_id)
         # An unknown WABA and a wrong signature look the same to the caller: nothing to learn.
-        if account is None or not signature.verify(body, header, runtime.secrets.decrypt(account.app_secret_enc)):
+        # A non-ASCII header cannot be a hex digest (and hmac.compare_digest raises on it: a 500).
+        if account is None or not header.isascii() or not signature.verify(
+            body, header, runtime.secrets.decrypt(account.app_secret_enc)
+        ):
             raise ApiError(403, "signature does not match")
     try:
         parsed = parse_webhook(payload)

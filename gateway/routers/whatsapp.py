@@ -18,8 +18,8 @@ from gateway.schemas import MetaErrorOut, PhoneNumberOut, WebhookEndpointOut, Wh
 from gateway.security import new_verify_token
 from meta.graph_client import GraphAPIError
 from store.tables import Inbox, PhoneNumber, WhatsAppAccount
-from store.upsert import upsert
 from store.types import utcnow
+from store.upsert import upsert
 
 router = APIRouter(prefix="/v1/orgs/{org_id}/whatsapp", tags=["whatsapp"])
 
@@ -29,7 +29,7 @@ _TOKEN_ERROR_CODES = {102, 190}
 
 def _endpoint(runtime: Runtime, org_id: int, verify_token: str) -> WebhookEndpointOut:
     path = f"/webhooks/whatsapp/{org_id}"
-    return WebhookEndpointOut(callback_path=path, callback_url=runtime.settings.public_url.rstrip("/") + path,
+    return WebhookEndpointOut(callback_path=path, callback_url=runtime.settings.callback_base_url + path,
                               verify_token=verify_token)
 
 
@@ -47,7 +47,8 @@ async def rotate_verify_token(ctx: ConfigSupervisor, runtime: RuntimeDep, sessio
     return _endpoint(runtime, org.id, org.webhook_verify_token)
 
 
-async def _read_from_meta(runtime: Runtime, waba_id: str, access_token: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+async def _read_from_meta(runtime: Runtime, waba_id: str,
+                          access_token: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The WABA and all its numbers from the Graph API; Meta's refusal becomes a 422 naming the field."""
     try:
         waba = await runtime.graph.get_waba(waba_id, access_token)
@@ -77,7 +78,8 @@ async def _store_numbers(session: AsyncSession, waba_id: str, numbers: Sequence[
     await upsert(session, PhoneNumber, rows, key=["phone_number_id"])
 
 
-async def numbers_of_org(session: AsyncSession, org_id: int, waba_ids: Sequence[str] | None = None) -> list[PhoneNumberOut]:
+async def numbers_of_org(session: AsyncSession, org_id: int,
+                         waba_ids: Sequence[str] | None = None) -> list[PhoneNumberOut]:
     """Numbers of the WABAs linked to the org, with availability across every organization."""
     query = (
         select(PhoneNumber, Inbox.id, Inbox.org_id)
