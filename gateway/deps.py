@@ -116,6 +116,7 @@ def id_path(description: str) -> Any:
 OrgId = Annotated[int, id_path("Organization id")]
 UserId = Annotated[int, id_path("User id")]
 InboxId = Annotated[int, id_path("Inbox id")]
+TxId = Annotated[int, id_path("Transaction id")]
 
 
 async def get_org_context(

@@ -133,6 +133,15 @@ def test_out_of_range_ids_in_paths_are_refused_not_crashed(gateway: Gateway) -> 
                      f"/v1/orgs/{org.id}/inboxes/{huge}", f"/v1/orgs/{org.id}/users/-1"):
             response = gateway.call("GET", path, token)
             assert response.status_code in (404, 422), f"{path}: {response.status_code} {response.text}"
+    # Agent and transaction routes name the offending path or query field.
+    for method, path, field in (("GET", f"/v1/orgs/{org.id}/agents/{huge}", ["path", "user_id"]),
+                                ("GET", f"/v1/orgs/{org.id}/transactions/{huge}", ["path", "tx_id"]),
+                                ("POST", f"/v1/orgs/{org.id}/transactions/{huge}/accept", ["path", "tx_id"]),
+                                ("GET", f"/v1/orgs/{org.id}/inboxes/{huge}/queue", ["path", "inbox_id"]),
+                                ("GET", f"/v1/orgs/{org.id}/transactions?agent_id={huge}", ["query", "agent_id"])):
+        response = gateway.call(method, path, org.owner_token)
+        assert response.status_code == 422, f"{path}: {response.status_code} {response.text}"
+        assert [e["loc"] for e in response.json()["detail"]] == [field]
 
 
 # ---------------------------------------------------------------- users

@@ -151,11 +151,13 @@ def test_refresh_reads_new_numbers_and_unknown_accounts_are_404(gateway: Gateway
         assert response.status_code == 404
 
 
-def test_refresh_with_a_revoked_token_is_422_with_metas_error(gateway: Gateway) -> None:
+def test_refresh_with_a_revoked_token_is_409_with_metas_error(gateway: Gateway) -> None:
     org = org_with_waba(gateway, numbers=1)
     gateway.simulator.revoke_token(org.access_token)
     response = gateway.call("POST", org.path(f"/whatsapp/accounts/{org.waba_id}/refresh"), org.owner_token)
-    assert response.status_code == 422 and response.json()["meta_error"]["code"] == 190
+    # The request was fine; the link needs renewing.
+    assert response.status_code == 409 and response.json()["meta_error"]["code"] == 190
+    assert "stored access token" in response.json()["detail"]
     assert len(_numbers(org)) == 1  # the account and its numbers stay
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from actors.directory import ActorUnavailable
 from config.models import AgentSettingsUpdate, PresenceUpdate
-from gateway.deps import OrgContext, OrgMember, RuntimeDep, SessionDep, Supervisor, resolve_token
+from gateway.deps import OrgContext, OrgId, OrgMember, RuntimeDep, SessionDep, Supervisor, UserId, resolve_token
 from gateway.errors import ApiError, forbidden, not_found
 from gateway.runtime import Runtime
 from gateway.schemas import AgentOut
@@ -43,14 +43,14 @@ async def agent_call(runtime: Runtime, org_id: int, user_id: int, method: str, *
 
 
 @router.get("/{user_id}", response_model=AgentOut)
-async def read_agent(user_id: int, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> AgentOut:
+async def read_agent(user_id: UserId, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> AgentOut:
     _check_self_or_supervisor(ctx, user_id)
     await _org_user(session, ctx.org.id, user_id)
     return AgentOut(**await agent_call(runtime, ctx.org.id, user_id, "view"))
 
 
 @router.put("/{user_id}/status", response_model=AgentOut)
-async def set_presence(user_id: int, body: PresenceUpdate, ctx: OrgMember, session: SessionDep,
+async def set_presence(user_id: UserId, body: PresenceUpdate, ctx: OrgMember, session: SessionDep,
                        runtime: RuntimeDep) -> AgentOut:
     _check_self_or_supervisor(ctx, user_id)
     await _org_user(session, ctx.org.id, user_id)
@@ -58,7 +58,7 @@ async def set_presence(user_id: int, body: PresenceUpdate, ctx: OrgMember, sessi
 
 
 @router.patch("/{user_id}", response_model=AgentOut)
-async def update_agent_settings(user_id: int, body: AgentSettingsUpdate, ctx: Supervisor, session: SessionDep,
+async def update_agent_settings(user_id: UserId, body: AgentSettingsUpdate, ctx: Supervisor, session: SessionDep,
                                 runtime: RuntimeDep) -> AgentOut:
     await _org_user(session, ctx.org.id, user_id)
     return AgentOut(**await agent_call(runtime, ctx.org.id, user_id, "set_max_concurrent", body.max_concurrent))
@@ -67,8 +67,8 @@ async def update_agent_settings(user_id: int, body: AgentSettingsUpdate, ctx: Su
 @router.websocket("/{user_id}/events")
 async def agent_events(
     websocket: WebSocket,
-    org_id: int,
-    user_id: int,
+    org_id: OrgId,
+    user_id: UserId,
     cursor: Annotated[int | None, Query(ge=0, description="Last event id seen; replay from there")] = None,
     access_token: Annotated[str | None, Query(description="Token, for clients that cannot set headers")] = None,
 ) -> None:

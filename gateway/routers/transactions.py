@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from actors.directory import ActorUnavailable
-from config.models import TransferRequest
-from gateway.deps import OrgContext, OrgMember, RuntimeDep, SessionDep, Supervisor
+from config.models import MAX_ID, TransferRequest
+from gateway.deps import InboxId, OrgContext, OrgMember, RuntimeDep, SessionDep, Supervisor, TxId
 from gateway.errors import ApiError, field_error, forbidden, not_found
 from gateway.routers.inboxes import get_inbox
 from gateway.runtime import Runtime
@@ -59,7 +59,8 @@ async def _visible_transaction(session: AsyncSession, ctx: OrgContext, tx_id: in
 @router.get("/transactions", response_model=list[TransactionOut])
 async def list_transactions(
     ctx: OrgMember, session: SessionDep,
-    inbox_id: int | None = None, state: State | None = None, agent_id: int | None = None,
+    inbox_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None, state: State | None = None,
+    agent_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[TransactionOut]:
     query = select(Transaction).where(Transaction.org_id == ctx.org.id)
@@ -77,7 +78,7 @@ async def list_transactions(
 
 
 @router.get("/transactions/{tx_id}", response_model=TransactionDetailOut)
-async def read_transaction(tx_id: int, ctx: OrgMember, session: SessionDep) -> TransactionDetailOut:
+async def read_transaction(tx_id: TxId, ctx: OrgMember, session: SessionDep) -> TransactionDetailOut:
     tx = await _visible_transaction(session, ctx, tx_id)
     messages = (await session.scalars(
         select(InboundMessage).where(InboundMessage.transaction_id == tx.id)
@@ -90,7 +91,7 @@ async def read_transaction(tx_id: int, ctx: OrgMember, session: SessionDep) -> T
 
 
 @router.get("/transactions/{tx_id}/events", response_model=list[TransactionEventOut])
-async def transaction_events(tx_id: int, ctx: OrgMember, session: SessionDep) -> list[TransactionEventOut]:
+async def transaction_events(tx_id: TxId, ctx: OrgMember, session: SessionDep) -> list[TransactionEventOut]:
     tx = await _visible_transaction(session, ctx, tx_id)
     events = (await session.scalars(
         select(TransactionEvent).where(TransactionEvent.transaction_id == tx.id).order_by(TransactionEvent.id)
@@ -120,28 +121,28 @@ def _acting_user(ctx: OrgContext) -> int:
 
 
 @router.post("/transactions/{tx_id}/accept", response_model=TransactionOut)
-async def accept_offer(tx_id: int, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
+async def accept_offer(tx_id: TxId, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
     return await _act(runtime, session, ctx, tx_id, "accept", _acting_user(ctx))
 
 
 @router.post("/transactions/{tx_id}/decline", response_model=TransactionOut)
-async def decline_offer(tx_id: int, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
+async def decline_offer(tx_id: TxId, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
     return await _act(runtime, session, ctx, tx_id, "decline", _acting_user(ctx))
 
 
 @router.post("/transactions/{tx_id}/claim", response_model=TransactionOut)
-async def claim_transaction(tx_id: int, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
+async def claim_transaction(tx_id: TxId, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
     return await _act(runtime, session, ctx, tx_id, "claim", _acting_user(ctx))
 
 
 @router.post("/transactions/{tx_id}/close", response_model=TransactionOut)
-async def close_transaction(tx_id: int, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
+async def close_transaction(tx_id: TxId, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
     acting = ctx.user.id if ctx.user is not None else 0
     return await _act(runtime, session, ctx, tx_id, "close", acting, ctx.is_supervisor)
 
 
 @router.post("/transactions/{tx_id}/transfer", response_model=TransactionOut)
-async def transfer_transaction(tx_id: int, body: TransferRequest, ctx: Supervisor, session: SessionDep,
+async def transfer_transaction(tx_id: TxId, body: TransferRequest, ctx: Supervisor, session: SessionDep,
                                runtime: RuntimeDep) -> TransactionOut:
     if (body.user_id is None) == (not body.to_queue):
         raise field_error(("body",), "give exactly one of user_id or to_queue: true")
@@ -150,7 +151,7 @@ async def transfer_transaction(tx_id: int, body: TransferRequest, ctx: Superviso
 
 
 @router.get("/inboxes/{inbox_id}/queue", response_model=list[QueueEntryOut])
-async def inbox_queue(inbox_id: int, ctx: OrgMember, session: SessionDep) -> list[QueueEntryOut]:
+async def inbox_queue(inbox_id: InboxId, ctx: OrgMember, session: SessionDep) -> list[QueueEntryOut]:
     inbox = await get_inbox(session, ctx.org.id, inbox_id)
     served = await _served_inboxes(session, ctx)
     if served is not None and inbox.id not in served:

@@ -47,18 +47,27 @@ async def rotate_verify_token(ctx: ConfigSupervisor, runtime: RuntimeDep, sessio
     return _endpoint(runtime, org.id, org.webhook_verify_token)
 
 
-async def _read_from_meta(runtime: Runtime, waba_id: str,
-                          access_token: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The WABA and all its numbers from the Graph API; Meta's refusal becomes a 422 naming the field."""
+async def _read_from_meta(runtime: Runtime, waba_id: str, access_token: str, *,
+                          stored: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The WABA and all its numbers from the Graph API.
+
+    Meta's refusal of what the caller sent is a 422 naming the field; a refusal of the token we
+    stored earlier (revoked, expired) is a 409: the link must be renewed, the request was fine.
+    """
     try:
         waba = await runtime.graph.get_waba(waba_id, access_token)
         numbers = await runtime.graph.list_phone_numbers(waba_id, access_token)
     except GraphAPIError as error:
         if error.code is None:
             raise ApiError(502, f"Meta's Graph API could not be reached: {error.message}") from error
+        meta_error = MetaErrorOut.of(error).model_dump()
+        if stored:
+            raise ApiError(409, f"Meta refused the stored access token: {error.message} (code {error.code}); "
+                                "unlink and link the account again with a valid token",
+                           extra={"meta_error": meta_error}) from error
         field = "access_token" if error.code in _TOKEN_ERROR_CODES else "waba_id"
         raise field_error(("body", field), f"Meta refused: {error.message} (code {error.code})",
-                          meta_error=MetaErrorOut.of(error).model_dump()) from error
+                          meta_error=meta_error) from error
     return waba, numbers
 
 
@@ -162,7 +171,8 @@ async def get_account(waba_id: str, ctx: ConfigSupervisor, session: SessionDep) 
 async def refresh_account(waba_id: str, ctx: ConfigSupervisor, runtime: RuntimeDep,
                           session: SessionDep) -> WhatsAppAccountOut:
     account = await _get_account(session, ctx.org.id, waba_id)
-    waba, numbers = await _read_from_meta(runtime, waba_id, runtime.secrets.decrypt(account.access_token_enc))
+    waba, numbers = await _read_from_meta(runtime, waba_id, runtime.secrets.decrypt(account.access_token_enc),
+                                          stored=True)
     account.name = waba.get("name") or account.name
     account.refreshed_at = utcnow()
     await _store_numbers(session, waba_id, numbers)
