@@ -1,16 +1,23 @@
-"""Orleans-style activation shared by the routing actors: state is loaded from the store on first use.
+"""Orleans-style activation shared by the routing actors: state is loaded from the store.
 
-A Ray actor's `__init__` is synchronous and runs again after every restart, so the async work of
-loading state happens lazily, once, in `_ensure_active`, which every public method awaits first.
+A Ray actor's `__init__` is synchronous and runs again after every restart. Under Ray it starts the
+activation at once (so a restarted inbox re-arms its offer timers without waiting for a call);
+every public method also awaits `_ensure_active`, which is how plain-Python use activates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from actors.directory import Directory, RayDirectory
 from config.settings import Settings
 from store.db import Database
+
+log = logging.getLogger(__name__)
+
+# Back-off between activation attempts while the store is unreachable.
+_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 
 
 class StoreBackedActor:
@@ -21,6 +28,25 @@ class StoreBackedActor:
         self._db: Database | None = None
         self._activated = False
         self._activation_lock = asyncio.Lock()
+        self._boot: asyncio.Task[None] | None = None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None  # plain Python (no event loop yet): activation happens on first call
+        if loop is not None:
+            self._boot = loop.create_task(self._activate_until_done())
+
+    async def _activate_until_done(self) -> None:
+        """A boot loop that never gives up: the store may be briefly unreachable after a restart."""
+        attempt = 0
+        while not self._activated:
+            try:
+                await self._ensure_active()
+            except Exception:
+                delay = _RETRY_DELAYS_S[min(attempt, len(_RETRY_DELAYS_S) - 1)]
+                log.exception("%s activation failed; retrying in %.1fs", type(self).__name__, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
 
     @property
     def db(self) -> Database:
@@ -38,8 +64,9 @@ class StoreBackedActor:
         if not self._activated:
             async with self._activation_lock:
                 if not self._activated:
-                    # A small pool: one actor process per inbox or agent, each with its own engine.
-                    self._db = Database(self._settings.database_url, pool_size=2)
+                    if self._db is None:
+                        # A small pool: one actor process per inbox or agent, each with its own engine.
+                        self._db = Database(self._settings.database_url, pool_size=2)
                     await self._load()
                     self._activated = True
                     if self._exists():

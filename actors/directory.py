@@ -25,11 +25,16 @@ class ActorUnavailable(Exception):
 
 
 class Proxy:
-    """`await proxy.method(*args)` runs `handle.method.remote(*args)` and awaits its result."""
+    """`await proxy.method(*args)` runs `handle.method.remote(*args)` and awaits its result.
 
-    def __init__(self, handle: Any, name: str) -> None:
+    When the actor is dead for good, `on_dead` lets the directory forget the handle, so the next
+    call activates the named actor again (its state is in the store).
+    """
+
+    def __init__(self, handle: Any, name: str, on_dead: Callable[[str], None] | None = None) -> None:
         self._handle = handle
         self.name = name
+        self._on_dead = on_dead
 
     def __getattr__(self, method: str) -> Callable[..., Awaitable[Any]]:
         remote_method = getattr(self._handle, method)
@@ -37,7 +42,12 @@ class Proxy:
         async def call(*args: Any, **kwargs: Any) -> Any:
             try:
                 return await remote_method.remote(*args, **kwargs)
+            except ray.exceptions.ActorDiedError as exc:
+                if self._on_dead is not None:
+                    self._on_dead(self.name)
+                raise ActorUnavailable(f"{self.name}: {exc}") from exc
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                # Restarting (or unreachable for a moment): the same handle works again soon.
                 raise ActorUnavailable(f"{self.name}: {exc}") from exc
 
         return call
@@ -111,9 +121,12 @@ class RayDirectory:
             handle = _remote_class(actor_class).options(
                 name=name, namespace=self._namespace, get_if_exists=True, lifetime="detached",
             ).remote(*args)
-            proxy = Proxy(handle, name)
+            proxy = Proxy(handle, name, on_dead=self._evict)
             self._cache[name] = proxy
         return proxy
+
+    def _evict(self, name: str) -> None:
+        self._cache.pop(name, None)
 
     def inbox(self, org_id: int, inbox_id: int) -> Proxy:
         from actors.inbox_actor import InboxActor

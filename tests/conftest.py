@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from hypothesis import settings as hypothesis_settings
 
 from actors.directory import RayDirectory
 from config.settings import Settings
@@ -19,6 +20,12 @@ from meta.simulator.app import create_simulator_app
 from meta.simulator.state import SimulatorState
 from tests.routing_support import Scenario, scenario
 from tests.support import Gateway
+
+# Shared, noisy machines: no per-example deadline. In CI the examples are derived from the test
+# itself (derandomized) so a submission's result does not depend on luck; locally they vary.
+hypothesis_settings.register_profile("dev", deadline=None)
+hypothesis_settings.register_profile("ci", deadline=None, derandomize=True)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 POSTGRES_ADMIN_URL = os.environ.get("WA_ROUTER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 

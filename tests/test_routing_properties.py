@@ -109,7 +109,10 @@ def by_id(request: RoutingRequest) -> dict[int, AgentSnapshot]:
 
 def sticky_redial_allowed(r: RoutingRequest) -> bool:
     """The spec's redial condition, restated independently of the implementation."""
-    if r.sticky_agent is None or r.sticky_declined or r.sticky_dials_made >= r.dials_per_agent:
+    # Only sticky mode dials a sticky agent; the other modes ignore one if given.
+    if r.mode is not AssignmentMode.STICKY or r.sticky_agent is None:
+        return False
+    if r.sticky_declined or r.sticky_dials_made >= r.dials_per_agent:
         return False
     agent = by_id(r).get(r.sticky_agent)
     return agent is not None and agent.is_eligible and r.sticky_agent not in r.tried

@@ -32,11 +32,24 @@ def _check_self_or_supervisor(ctx: OrgContext, user_id: int) -> None:
         raise forbidden("only the agent or a supervisor may do this")
 
 
+# How long an agent call waits for a restarting agent actor before answering 503.
+AGENT_RESTART_GRACE_S = 5.0
+
+
 async def agent_call(runtime: Runtime, org_id: int, user_id: int, method: str, *args: Any) -> Any:
-    try:
-        result = await getattr(runtime.routing.agent(org_id, user_id), method)(*args)
-    except ActorUnavailable as exc:
-        raise ApiError(503, "the agent's actor is restarting; retry shortly") from exc
+    """Call the agent's actor. Every call routed here is idempotent (a view, or setting a value),
+    so a restart in progress is waited out briefly instead of surfacing as an error."""
+    deadline = asyncio.get_running_loop().time() + AGENT_RESTART_GRACE_S
+    delay = 0.1
+    while True:
+        try:
+            result = await getattr(runtime.routing.agent(org_id, user_id), method)(*args)
+            break
+        except ActorUnavailable as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise ApiError(503, "the agent's actor is restarting; retry shortly") from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
     if result is None:
         raise not_found("agent")
     return result
