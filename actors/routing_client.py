@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select, union
 
 from actors.directory import ActorUnavailable, Directory
-from gateway.intake import StoredMessage
+from actors.messages import StoredMessage
 from store.db import Database
 from store.tables import InboundMessage, Inbox, Transaction
 

@@ -10,23 +10,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from actors.messages import StoredMessage
 from meta.webhook_parser import ParsedWebhook
 from store.tables import Base, InboundMessage, Inbox, MessageStatus, WebhookChange
 from store.upsert import insert_ignoring_duplicates
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """A newly stored inbound message, as handed to its inbox actor for routing."""
-
-    id: int
-    inbox_id: int
-    wamid: str
-    from_wa_id: str
-    customer_name: str | None
-    type: str
-    summary: str
-    sent_at: str
 
 
 @dataclass

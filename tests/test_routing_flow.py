@@ -346,3 +346,20 @@ def test_a_failing_inbox_does_not_hold_up_other_inboxes(sc: Scenario) -> None:
     offer = sock.next("offer", timeout=4)
     assert offer["inbox_id"] == healthy and offer["first_message"]["summary"] == "to the healthy inbox"
     assert [t["inbox_id"] for t in sc.transactions()] == [healthy]
+
+
+def test_revoking_the_whatsapp_licence_mid_offer_rescinds_it_and_reroutes(sc: Scenario) -> None:
+    first, second = sc.agents(2)
+    inbox = sc.inbox([first, second], reassign_after_s=60)
+    customer = customer_id()
+    with sc.socket(first) as socket:
+        sc.send(customer, "who will answer?")
+        tx_id = socket.next("offer")["transaction_id"]
+        sc.gateway.ok("PATCH", sc.org.path(f"/users/{first.id}"), sc.owner, json={"licenses": ["phone_system"]})
+        assert socket.next("offer_rescinded")["transaction_id"] == tx_id
+    sc.wait_state(tx_id, "offered", offered_to=second.id)
+    assert ("rescinded", first.id) in sc.kinds(tx_id)
+    agents = sc.gateway.ok("GET", sc.org.path(f"/inboxes/{inbox}"), sc.owner)["agents"]
+    assert [a["user_id"] for a in agents] == [second.id]
+    # The former agent can no longer act on it.
+    assert sc.act(tx_id, "accept", first).status_code in (403, 409)

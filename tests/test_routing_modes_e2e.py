@@ -210,3 +210,23 @@ def test_manual_mode_offers_nothing_and_first_claim_wins(sc: Scenario) -> None:
 
     # Nobody was ever offered anything in manual mode.
     assert all(sock.of_type("offer") == [] for sock in socks.values())
+
+
+def test_sticky_agent_who_declines_is_not_dialled_again(sc: Scenario) -> None:
+    a, b = sc.agents(2, max_concurrent=5)
+    sc.inbox([a, b], mode="sticky", reassign_after_s=30, dials_per_agent=3)
+    customer = customer_id()
+    tx1, first = offered_to(sc, customer)
+    assert first == a.id
+    sc.do(tx1, "accept", a)
+    sc.do(tx1, "close", a)
+    # The sticky agent refuses explicitly: the remaining dials are not used, the others get it.
+    tx2, dialled = offered_to(sc, customer)
+    assert dialled == a.id
+    sc.do(tx2, "decline", a)
+    sc.wait_state(tx2, "offered", offered_to=b.id)
+    assert sc.kinds(tx2) == [("queued", None), ("offered", a.id), ("declined", a.id), ("offered", b.id)]
+    # And once b declines too, everyone was tried: the conversation waits in the queue.
+    sc.do(tx2, "decline", b)
+    sc.wait_trail(tx2, "requeued")
+    assert sc.tx(tx2)["state"] == "queued"
