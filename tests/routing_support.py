@@ -236,6 +236,23 @@ class Scenario:
         self.sockets.append(sock)
         return sock
 
+    def busy_agent_and_waiting_customer(self) -> tuple[Agent, int, AgentSocket, int, int]:
+        """One agent at capacity (1) with an accepted chat, and a second customer waiting in the queue.
+
+        Returns (agent, inbox id, the agent's socket, the accepted transaction, the waiting one).
+        """
+        (agent,) = self.agents(1)
+        inbox = self.inbox([agent])
+        sock = self.socket(agent)
+        first, second = customer_id(), customer_id()
+        self.send(first)
+        accepted = sock.next("offer")["transaction_id"]
+        self.do(accepted, "accept", agent)
+        self.send(second)
+        waiting = self.tx_of(second)["id"]
+        assert [q["id"] for q in self.queue(inbox)] == [waiting]
+        return agent, inbox, sock, accepted, waiting
+
     # ------------------------------------------------------------------ actions
 
     def status(self, agent: Agent, status: str, token: str | None = None) -> dict[str, Any]:

@@ -98,16 +98,7 @@ def test_fifty_customers_over_two_inboxes_never_exceed_capacity(any_sc: Scenario
 
 
 def test_raising_max_concurrent_offers_waiting_work_at_once(sc: Scenario) -> None:
-    (a,) = sc.agents(1)
-    inbox = sc.inbox([a])
-    sock = sc.socket(a)
-    first, second = customer_id(), customer_id()
-    sc.send(first)
-    tx1 = sock.next("offer")["transaction_id"]
-    sc.do(tx1, "accept", a)
-    sc.send(second)
-    tx2 = sc.tx_of(second)["id"]
-    assert [q["id"] for q in sc.queue(inbox)] == [tx2]
+    a, _inbox, sock, tx1, tx2 = sc.busy_agent_and_waiting_customer()
     view = sc.gateway.ok("PATCH", sc.org.path(f"/agents/{a.id}"), sc.owner, json={"max_concurrent": 2})
     assert view["max_concurrent"] == 2
     assert sock.next("offer")["transaction_id"] == tx2

@@ -315,16 +315,7 @@ def test_stream_cursor_replays_missed_events(sc: Scenario) -> None:
 
 
 def test_close_requeues_nothing_and_frees_capacity_for_the_queue(sc: Scenario) -> None:
-    (a,) = sc.agents(1)
-    inbox = sc.inbox([a])
-    sock = sc.socket(a)
-    first, second = customer_id(), customer_id()
-    sc.send(first)
-    tx1 = sock.next("offer")["transaction_id"]
-    sc.do(tx1, "accept", a)
-    sc.send(second)
-    tx2 = sc.tx_of(second)["id"]
-    assert [q["id"] for q in sc.queue(inbox)] == [tx2]
+    a, _inbox, sock, tx1, tx2 = sc.busy_agent_and_waiting_customer()
     assert sc.tx(tx2)["state"] == "queued"  # a is at capacity (1)
     sc.do(tx1, "close", a)
     assert sock.next("offer")["transaction_id"] == tx2  # closing a chat makes a eligible again
