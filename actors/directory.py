@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import ray
@@ -163,20 +166,39 @@ class RayDirectory:
         return killed
 
 
-def connect_ray(settings: Settings) -> str | None:
-    """Join the configured cluster, or start a local instance with its dashboard; returns the dashboard URL."""
+@dataclass(frozen=True)
+class RayConnection:
+    dashboard_url: str | None
+    # True when this process started the local instance (and so shuts it down).
+    owns_instance: bool
+
+
+def connect_ray(settings: Settings) -> RayConnection:
+    """Join the configured cluster, or start a local instance with its dashboard."""
     if ray.is_initialized():
-        return None
+        return RayConnection(dashboard_url=None, owns_instance=False)
     kwargs: dict[str, Any] = {"namespace": settings.ray_namespace, "log_to_driver": True}
     if settings.ray_address:
         kwargs["address"] = settings.ray_address
     else:
-        kwargs.update(include_dashboard=True, dashboard_host=settings.ray_dashboard_host,
+        # "local" starts our own instance even if another cluster runs on this machine.
+        kwargs.update(address="local", include_dashboard=True, dashboard_host=settings.ray_dashboard_host,
                       dashboard_port=settings.ray_dashboard_port)
         if settings.ray_num_cpus is not None:
             kwargs["num_cpus"] = settings.ray_num_cpus
+    # ray.init replaces SIGTERM/SIGINT handlers with ones that exit at once; the server's own
+    # (graceful shutdown: drain requests, run the lifespan's cleanup) must stay in charge.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main_thread else {}
     context = ray.init(**kwargs)
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
     url = str(getattr(context, "dashboard_url", "") or "")
     if url and not url.startswith("http"):
         url = f"http://{url}"
-    return url or None
+    return RayConnection(dashboard_url=url or None, owns_instance=not settings.ray_address)
+
+
+def disconnect_ray(connection: RayConnection) -> None:
+    if connection.owns_instance and ray.is_initialized():
+        ray.shutdown()

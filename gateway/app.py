@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from actors.directory import RayDirectory, connect_ray
+from actors.directory import RayDirectory, connect_ray, disconnect_ray
 from actors.routing_client import RoutingClient
 from config.settings import Settings, get_settings
 from gateway.bootstrap import ensure_admin_token
@@ -31,13 +31,13 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         await upgrade_to_head_async(settings.database_url)
         db = Database(settings.database_url)
         graph = GraphClient(settings.graph_base_url, timeout_s=settings.graph_timeout_s)
-        dashboard_url = connect_ray(settings)
+        ray_connection = connect_ray(settings)
         routing = RoutingClient(RayDirectory(settings), db)
         runtime = Runtime(settings=settings, db=db, secrets=SecretBox(load_or_create_key(
             settings.secret_key, settings.secret_key_file)), graph=graph, routing=routing)
         runtime.generated_admin_token = await ensure_admin_token(db, settings.admin_token)
         app.state.runtime = runtime
-        app.state.dashboard_url = dashboard_url
+        app.state.dashboard_url = ray_connection.dashboard_url
         await routing.start()
         if on_ready is not None:
             on_ready(app)
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
             await routing.stop()
             await graph.aclose()
             await db.dispose()
+            disconnect_ray(ray_connection)
 
     app = FastAPI(
         title="wa-router",

@@ -36,7 +36,8 @@ _started: list[RayDirectory] = []
 @pytest.fixture(scope="session")
 def ray_instance() -> Iterator[None]:
     # One Ray instance for the whole session: ray.init() costs seconds on these machines.
-    ray.init(namespace="wa-router-tests", include_dashboard=False, num_cpus=2, log_to_driver=False,
+    # address="local": a fresh instance of our own, never a cluster someone left running here.
+    ray.init(address="local", namespace="wa-router-tests", include_dashboard=False, num_cpus=2, log_to_driver=False,
              configure_logging=False)
     yield
     ray.shutdown()
