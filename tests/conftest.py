@@ -15,7 +15,7 @@ from hypothesis import settings as hypothesis_settings
 from actors.directory import RayDirectory
 from config.settings import Settings
 from gateway.app import create_app
-from gateway.background_server import BackgroundServer
+from gateway.background_server import BackgroundServer, free_port
 from meta.simulator.app import create_simulator_app
 from meta.simulator.state import SimulatorState
 from tests.routing_support import Scenario, scenario
@@ -85,13 +85,14 @@ def postgres_url() -> Iterator[str]:
     asyncio.run(_drop_postgres_database(name))
 
 
-def _start_gateway(tmp: Path, database_url: str, simulator: tuple[SimulatorState, str]) -> Iterator[Gateway]:
+def _start_gateway(tmp: Path, database_url: str, simulator: tuple[SimulatorState, str],
+                   graph_url: str | None = None) -> Iterator[Gateway]:
     state, sim_url = simulator
     admin_token = f"admin-{uuid.uuid4().hex}"
     namespace = f"wa-router-test-{uuid.uuid4().hex[:8]}"
     settings = Settings(
         database_url=database_url, secret_key_file=tmp / "secret.key", admin_token=admin_token,
-        graph_url=f"{sim_url}/v25.0", ray_namespace=namespace, public_url="https://router.example.test",
+        graph_url=graph_url or f"{sim_url}/v25.0", ray_namespace=namespace, public_url="https://router.example.test",
     )
     server = BackgroundServer(create_app(settings))
     directory = RayDirectory(settings)
@@ -125,6 +126,15 @@ def pg_gateway(ray_instance: None, simulator: tuple[SimulatorState, str], postgr
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """The gateway on the real PostgreSQL server."""
     yield from _start_gateway(tmp_path_factory.mktemp("pg-gateway"), postgres_url, simulator)
+
+
+@pytest.fixture(scope="session")
+def gateway_without_meta(ray_instance: None, simulator: tuple[SimulatorState, str],
+                         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway whose Graph API URL points at a closed port (Meta unreachable)."""
+    tmp = tmp_path_factory.mktemp("no-meta-gateway")
+    yield from _start_gateway(tmp, f"sqlite+aiosqlite:///{tmp / 'wa_router.db'}", simulator,
+                              graph_url=f"http://127.0.0.1:{free_port()}/v25.0")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

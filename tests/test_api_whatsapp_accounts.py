@@ -209,3 +209,16 @@ def test_shared_waba_numbers_are_available_to_one_org_only(gateway: Gateway) -> 
     # Freeing Number 1 in A makes it available to B.
     gateway.ok("DELETE", a.path(f"/inboxes/{inbox['id']}"), a.owner_token, 204)
     assert _numbers(b)[number_1]["available"]
+
+
+def test_meta_unreachable_is_502_and_nothing_is_stored(gateway_without_meta: Gateway) -> None:
+    gateway = gateway_without_meta
+    org = create_org(gateway)
+    wid, token, secret, _ = add_simulated_waba(gateway)
+    response = gateway.call("POST", org.path("/whatsapp/accounts"), org.owner_token,
+                            json={"waba_id": wid, "access_token": token, "app_secret": secret})
+    assert response.status_code == 502
+    assert "could not be reached" in response.json()["detail"]
+    assert token not in response.text and secret not in response.text
+    assert gateway.ok("GET", org.path("/whatsapp/accounts"), org.owner_token) == []
+    assert gateway.ok("GET", org.path("/whatsapp/numbers"), org.owner_token) == []
