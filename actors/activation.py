@@ -34,6 +34,7 @@ class StoreBackedActor:
         except RuntimeError:
             loop = None  # plain Python (no event loop yet): activation happens on first call
         if loop is not None:
+            # Kept on the actor: the event loop holds tasks only weakly.
             self._boot = loop.create_task(self._activate_until_done())
 
     async def _activate_until_done(self) -> None:

@@ -300,10 +300,7 @@ class InboxActor(StoreBackedActor):
         user_id = tx.offered_to
         assert user_id is not None
         self._cancel_timer(tx.id)
-        released = await self._tell_agent(user_id, "release_offer", tx.id, kind)
-        if released is not None:
-            # Route the rest on the agent's state now, not on the push that follows.
-            self._update_agent(released)
+        await self._tell_agent_and_refresh(user_id, "release_offer", tx.id, kind)
         if count_as_tried:
             if tx.current_offer_is_sticky and kind == "declined":
                 tx.sticky_declined = True
@@ -430,7 +427,7 @@ class InboxActor(StoreBackedActor):
             if tx.state == "offered":
                 await self._end_offer(tx, "rescinded", count_as_tried=False, reason="closed by supervisor")
             if tx.state == "assigned" and tx.agent_id is not None:
-                await self._end_for_agent(tx.agent_id, tx.id, "closed")
+                await self._tell_agent_and_refresh(tx.agent_id, "transaction_ended", tx.id, "closed")
             tx.state = "closed"
             tx.closed_at = utcnow()
             await self._save(tx, "closed", user_id)
@@ -459,7 +456,7 @@ class InboxActor(StoreBackedActor):
             if tx.state == "offered":
                 await self._end_offer(tx, "rescinded", count_as_tried=False, reason="transferred")
             if previous is not None:
-                await self._end_for_agent(previous, tx.id, "transferred")
+                await self._tell_agent_and_refresh(previous, "transaction_ended", tx.id, "transferred")
             if to_user_id is not None:
                 await self._assign(tx, to_user_id, "transferred", from_agent=previous, by=by_user_id)
             else:
@@ -497,9 +494,10 @@ class InboxActor(StoreBackedActor):
         self._agents[snapshot["user_id"]] = snapshot
         return current is None or any(current.get(key) != snapshot.get(key) for key in ROUTING_FIELDS)
 
-    async def _end_for_agent(self, user_id: int, tx_id: int, reason: str) -> None:
-        """Tell the agent a transaction left it (closed or transferred away) and keep its new snapshot."""
-        snapshot = await self._tell_agent(user_id, "transaction_ended", tx_id, reason)
+    async def _tell_agent_and_refresh(self, user_id: int, method: str, *args: Any) -> None:
+        """Call an agent method that answers with its new snapshot (an offer released, a chat ended)
+        and route the rest on that state now, not on the push that follows."""
+        snapshot = await self._tell_agent(user_id, method, *args)
         if snapshot is not None:
             self._update_agent(snapshot)
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -113,10 +113,16 @@ def id_path(description: str) -> Any:
     return Path(description=description, ge=1, le=MAX_ID)
 
 
+def id_query(description: str) -> Any:
+    return Query(description=description, ge=1, le=MAX_ID)
+
+
 OrgId = Annotated[int, id_path("Organization id")]
 UserId = Annotated[int, id_path("User id")]
 InboxId = Annotated[int, id_path("Inbox id")]
 TxId = Annotated[int, id_path("Transaction id")]
+InboxFilter = Annotated[int | None, id_query("Only this inbox")]
+AgentFilter = Annotated[int | None, id_query("Only this agent")]
 
 
 async def get_org_context(

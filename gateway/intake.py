@@ -71,7 +71,7 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
             "phone_number_id": message.phone_number_id,
             "inbox_id": inbox_by_number.get(message.phone_number_id or ""),
             "from_wa_id": message.from_wa_id, "customer_name": message.customer_name,
-            "type": message.type[:32], "summary": message.summary, "sent_at": message.timestamp,
+            "type": message.type, "summary": message.summary, "sent_at": message.timestamp,
             "raw": message.raw,
         }, keys=("wamid",)))
     inserted = await insert_ignoring_duplicates(
@@ -102,7 +102,7 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
         key = _dedupe_key(update.waba_id, "message_template_status_update", update.raw)
         change_rows[key] = {
             "org_id": org_id, "waba_id": update.waba_id, "field": "message_template_status_update",
-            "event": (update.event or "")[:64] or None, "template_id": update.message_template_id,
+            "event": update.event or None, "template_id": update.message_template_id,
             "template_name": update.message_template_name, "template_language": update.message_template_language,
             "reason": update.reason, "value": update.raw, "dedupe_key": key,
         }
@@ -110,8 +110,8 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
         value = change.value if isinstance(change.value, dict) else {"value": change.value}
         key = _dedupe_key(change.waba_id, change.field, value)
         change_rows[key] = {
-            "org_id": org_id, "waba_id": change.waba_id, "field": change.field[:64],
-            "event": str(value.get("event"))[:64] if value.get("event") is not None else None,
+            "org_id": org_id, "waba_id": change.waba_id, "field": change.field,
+            "event": str(value.get("event")) if value.get("event") is not None else None,
             "template_id": None, "template_name": None, "template_language": None, "reason": None,
             "value": value, "dedupe_key": key,
         }

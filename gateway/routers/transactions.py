@@ -10,8 +10,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from actors.directory import ActorUnavailable
-from config.models import MAX_ID, TransferRequest
-from gateway.deps import InboxId, OrgContext, OrgMember, RuntimeDep, SessionDep, Supervisor, TxId
+from config.models import TransferRequest
+from gateway.deps import (
+    AgentFilter,
+    InboxFilter,
+    InboxId,
+    OrgContext,
+    OrgMember,
+    RuntimeDep,
+    SessionDep,
+    Supervisor,
+    TxId,
+)
 from gateway.errors import ApiError, field_error, forbidden, not_found
 from gateway.routers.inboxes import get_inbox
 from gateway.runtime import Runtime
@@ -59,8 +69,7 @@ async def _visible_transaction(session: AsyncSession, ctx: OrgContext, tx_id: in
 @router.get("/transactions", response_model=list[TransactionOut])
 async def list_transactions(
     ctx: OrgMember, session: SessionDep,
-    inbox_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None, state: State | None = None,
-    agent_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    inbox_id: InboxFilter = None, state: State | None = None, agent_id: AgentFilter = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[TransactionOut]:
     query = select(Transaction).where(Transaction.org_id == ctx.org.id)
