@@ -29,13 +29,17 @@ class StoreBackedActor:
         self._activated = False
         self._activation_lock = asyncio.Lock()
         self._boot: asyncio.Task[None] | None = None
+        # The loop of the default concurrency group: all state changes run there.
+        self._main_loop: asyncio.AbstractEventLoop | None = None
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None  # plain Python (no event loop yet): activation happens on first call
         if loop is not None:
+            self._main_loop = loop
             # Kept on the actor: the event loop holds tasks only weakly.
             self._boot = loop.create_task(self._activate_until_done())
+
 
     async def _activate_until_done(self) -> None:
         """A boot loop that never gives up: the store may be briefly unreachable after a restart."""
@@ -61,18 +65,31 @@ class StoreBackedActor:
         return self._directory
 
     async def _ensure_active(self) -> bool:
-        """Activate on first use; False when what the actor stands for no longer exists in the store."""
+        """Activate on first use; False when what the actor stands for no longer exists in the store.
+
+        Activated only once loading AND the work after it succeeded: a failure leaves the actor
+        unactivated (memory dropped), so the next call or the boot loop tries again.
+        """
         if not self._activated:
             async with self._activation_lock:
                 if not self._activated:
+                    if self._main_loop is None:
+                        self._main_loop = asyncio.get_running_loop()
                     if self._db is None:
                         # A small pool: one actor process per inbox or agent, each with its own engine.
                         self._db = Database(self._settings.database_url, pool_size=2)
-                    await self._load()
+                    try:
+                        await self._load()
+                        if self._exists():
+                            await self._on_activated()
+                    except BaseException:
+                        self._reset()
+                        raise
                     self._activated = True
-                    if self._exists():
-                        await self._on_activated()
         return self._exists()
+
+    def _reset(self) -> None:
+        """Forget the in-memory state (cancel timers) before loading it again."""
 
     async def _load(self) -> None:
         """Read the actor's state from the store."""

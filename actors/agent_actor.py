@@ -1,49 +1,119 @@
-"""AgentActor: owns one agent's presence, capacity, pending offer, active transactions and event stream.
+"""AgentActor: owns one agent's presence, capacity, held offers, active transactions and event stream.
 
-Deployed as the named Ray actor `agent:<org>:<user>`, activated when first needed. Capacity is
-reserved here, in code without an await between check and set, so two inboxes offering at the
-same instant can never push the agent over `max_concurrent`.
+Deployed as the named Ray actor `agent:<org>:<user>`, activated when first needed.
+
+Offers are reservations (Twilio TaskRouter's model): an inbox asks to `hold` an offer id, commits
+the offer to the store, then `publish`es it (the agent sees it), and later `confirm`s or `release`s
+it. Every call names the offer or transaction id and is idempotent, so an inbox may retry any of
+them after a lost reply. A hold the inbox never follows up lapses by itself at `expires_at`, and
+`resync` rebuilds what the agent holds from the store, the single truth.
+
+Every step runs in the default concurrency group, under one lock: decide, commit one store
+transaction (state and events together), then change memory, then tell the inboxes. Stream
+readers run in their own group ("stream"), so a thousand open event streams never starve the
+calls inboxes make; health checks have theirs ("health").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections import deque
-from datetime import datetime
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import ray
 from sqlalchemy import select, update
 
 from actors.activation import StoreBackedActor
-from actors.directory import Directory, spawn
+from actors.directory import Directory
+from actors.event_signal import EventSignal
+from actors.mailbox import Mailbox
 from config.settings import Settings
+from routing.presence import after_missed_offer, missed_reason
 from store import routing_repo as repo
+from store.db import Database
 from store.tables import AgentEvent, AgentState
 from store.types import utcnow
 
 log = logging.getLogger(__name__)
 
 # Events kept in memory for live subscribers; older cursors are served from the store.
-RECENT_EVENTS = 1000
+RECENT_EVENTS = 200
+# After `expires_at` the inbox's own timer normally ends the offer; the agent's lapse waits a little
+# longer so a confirm committed just before expiry is not beaten by it.
+HOLD_LAPSE_GRACE_S = 2.0
+# A hold the store does not show yet may still be in its inbox's commit: resync keeps it this long.
+UNCOMMITTED_HOLD_GRACE_S = 5.0
+# How long a claim's or transfer's hold may wait for its inbox's commit.
+DIRECT_HOLD_S = 15.0
+# Offer ids and message ids already dealt with, so a retried call does not act twice.
+REMEMBERED_IDS = 5000
+# How often the list of the agent's inboxes is read again (membership changes are rare).
+INBOX_LIST_TTL_S = 2.0
+
+
+@dataclass
+class Hold:
+    offer: dict[str, Any]
+    # A claim or a transfer: it takes capacity but is no "ringing" offer.
+    direct: bool
+    held_at: float
+    published: bool = False
+
+    @property
+    def transaction_id(self) -> int:
+        return int(self.offer["transaction_id"])
+
+    @property
+    def inbox_id(self) -> int:
+        return int(self.offer["inbox_id"])
+
+    @property
+    def expires_at(self) -> datetime | None:
+        value = self.offer.get("expires_at")
+        return datetime.fromisoformat(value) if value else None
+
+
+def _remember(ids: OrderedDict[Any, None], key: Any) -> None:
+    ids[key] = None
+    while len(ids) > REMEMBERED_IDS:
+        ids.popitem(last=False)
 
 
 class AgentActor(StoreBackedActor):
     def __init__(self, org_id: int, user_id: int, settings: Settings, directory: Directory | None = None) -> None:
         super().__init__(org_id, settings, directory)
         self.user_id = user_id
+        self._step_lock = asyncio.Lock()
+        self._signal = EventSignal()
+        self._stream_db: Database | None = None
+        self._inbox_ids: list[int] = []
+        self._inbox_ids_read_at = 0.0
+        self._mailboxes: dict[int, Mailbox] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        for timer in getattr(self, "_lapse_timers", {}).values():
+            timer.cancel()
         self._user_exists = False
-        self._emit_lock = asyncio.Lock()
-        self._new_event = asyncio.Condition()
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self.status = "offline"
+        self.status_reason: str | None = None
         self.max_concurrent = 1
         self.available_since: datetime | None = None
         self.last_chat_end_at: datetime | None = None
-        self.pending: dict[str, Any] | None = None
+        self.missed_in_a_row = 0
+        self.epoch = 0
+        self._seq = 0
+        self.holds: dict[str, Hold] = {}
         self.active: dict[int, int] = {}
+        self._finished_offers: OrderedDict[str, None] = OrderedDict()
+        self._delivered: OrderedDict[int, None] = OrderedDict()
+        self._lapse_timers: dict[str, asyncio.Task[None]] = {}
 
     def _exists(self) -> bool:
         return self._user_exists
@@ -51,14 +121,34 @@ class AgentActor(StoreBackedActor):
     async def _load(self) -> None:
         async with self.db.session() as session:
             state = await repo.load_agent_state(session, self.org_id, self.user_id)
-            if state is not None:
-                self._user_exists = True
-                self.status = state.status
-                self.max_concurrent = state.max_concurrent
-                self.available_since = state.available_since
-                self.last_chat_end_at = state.last_chat_end_at
-                # Offers and assignments are written by the inboxes: the store tells what we hold.
-                self.active, self.pending = await repo.agent_work(session, self.user_id)
+            if state is None:
+                return
+            active, offers = await repo.agent_work(session, self.user_id)
+            recent = (await session.scalars(
+                select(AgentEvent).where(AgentEvent.user_id == self.user_id)
+                .order_by(AgentEvent.id.desc()).limit(RECENT_EVENTS))).all()
+        # Committed (the epoch is taken): memory follows.
+        self._user_exists = True
+        self.status = state.status
+        self.status_reason = state.status_reason
+        self.max_concurrent = state.max_concurrent
+        self.available_since = state.available_since
+        self.last_chat_end_at = state.last_chat_end_at
+        self.missed_in_a_row = state.missed_in_a_row
+        self.epoch = state.epoch
+        self.active = active
+        self._recent.extend(_event_of(row) for row in reversed(recent))
+        announced = {e.get("offer_id") for e in self._recent if e["type"] == "offer"}
+        now = time.monotonic()
+        for offer in offers:
+            self.holds[offer.offer_id] = Hold(offer=_stored_offer(offer), direct=False, held_at=now,
+                                              published=offer.offer_id in announced)
+
+    async def _on_activated(self) -> None:
+        # A held offer not shown yet is shown when its inbox's (retried) publish arrives.
+        for hold in list(self.holds.values()):
+            self._arm_lapse(hold)
+        self._notify_inboxes()
 
     # ------------------------------------------------------------------ views
 
@@ -69,13 +159,21 @@ class AgentActor(StoreBackedActor):
     def _idle_since(self) -> datetime | None:
         return self.last_chat_end_at or self.available_since
 
+    def _load_count(self) -> int:
+        """Capacity in use: active transactions plus every hold (an offer may still be accepted)."""
+        return len(self.active) + len(self.holds)
+
+    def _ringing(self) -> Hold | None:
+        return next((h for h in self.holds.values() if not h.direct), None)
+
     def snapshot(self) -> dict[str, Any]:
-        """What inboxes route on (pushed to them on every change that affects eligibility)."""
+        """What inboxes route on; `version` orders snapshots: (activation epoch, sequence in it)."""
+        self._seq += 1
         idle = self._idle_since()
-        # `version` orders snapshots that reach an inbox through concurrent pushes.
         return {"user_id": self.user_id, "status": self.status, "max_concurrent": self.max_concurrent,
-                "active_count": len(self.active), "has_pending_offer": self.pending is not None,
-                "idle_since": idle.isoformat() if idle else None, "version": time.time_ns()}
+                "active_count": len(self.active) + sum(1 for h in self.holds.values() if h.direct),
+                "has_pending_offer": self._ringing() is not None,
+                "idle_since": idle.isoformat() if idle else None, "version": [self.epoch, self._seq]}
 
     async def view(self) -> dict[str, Any] | None:
         if not await self._ensure_active():
@@ -84,190 +182,380 @@ class AgentActor(StoreBackedActor):
 
     def _view(self) -> dict[str, Any]:
         idle = self._idle_since()
+        ringing = self._ringing()
         pending = None
-        if self.pending is not None:
-            pending = {key: self.pending.get(key) for key in ("transaction_id", "inbox_id", "expires_at")}
-        return {"user_id": self.user_id, "status": self.status, "max_concurrent": self.max_concurrent,
-                "active_transactions": sorted(self.active),
+        if ringing is not None:
+            pending = {key: ringing.offer.get(key) for key in ("transaction_id", "inbox_id", "expires_at")}
+        return {"user_id": self.user_id, "status": self.status, "status_reason": self.status_reason,
+                "max_concurrent": self.max_concurrent, "active_transactions": sorted(self.active),
                 "idle_since": idle.isoformat() if idle and not self.active else None,
                 "pending_offer": pending}
 
     # ------------------------------------------------------------------ presence and settings
 
-    async def set_status(self, status: str) -> dict[str, Any] | None:
+    async def set_status(self, status: str, reason: str | None = None) -> dict[str, Any] | None:
         if not await self._ensure_active():
             return None
-        if status == self.status:
-            return self._view()
-        now = utcnow()
-        self.status = status
-        if status == "available":
-            self.available_since = now
-        withdrawn = self.pending if status != "available" else None
-        if withdrawn is not None:
-            self.pending = None
-        await self._save_state(status=status, status_changed_at=now, available_since=self.available_since)
-        await self._emit("status", {"status": status})
-        if withdrawn is not None:
-            await self._emit("offer_rescinded", {"transaction_id": withdrawn["transaction_id"],
-                                                 "inbox_id": withdrawn["inbox_id"], "reason": f"agent {status}"})
-            # The inbox rescinds and reroutes at once; we do not wait for it (it may be calling us).
-            inbox = self.directory.inbox(self.org_id, withdrawn["inbox_id"])
-            spawn(inbox.agent_withdrew(self.user_id, withdrawn["transaction_id"]),
-                  f"withdraw offer {withdrawn['transaction_id']}")
-        await self._notify_inboxes()
+        async with self._step_lock:
+            if status == self.status and reason == self.status_reason:
+                return self._view()
+            withdrawn = await self._change_status(status, reason)
+        for hold in withdrawn:
+            # The inbox rescinds and reroutes at once (idempotent on the offer id).
+            self._mailbox(hold.inbox_id).post("agent_withdrew", self.user_id, hold.offer["offer_id"])
+        self._notify_inboxes()
         return self._view()
+
+    async def _change_status(self, status: str, reason: str | None,
+                             extra_events: list[tuple[str, dict[str, Any]]] | None = None,
+                             keep: str | None = None, **values: Any) -> list[Hold]:
+        """One step (lock held): the new status, its event and any withdrawn offers, in one transaction.
+
+        `keep`: an offer the caller ends itself (it is not withdrawn from its inbox).
+        """
+        now = utcnow()
+        available_since = now if status == "available" and self.status != "available" else self.available_since
+        withdrawn = [h for oid, h in self.holds.items() if not h.direct and oid != keep] \
+            if status != "available" else []
+        events = list(extra_events or [])
+        events.append(("status", {"status": status, "reason": reason}))
+        events += [("offer_rescinded", _rescinded(h, f"agent {status}")) for h in withdrawn if h.published]
+        missed = 0 if status == "available" else values.pop("missed_in_a_row", self.missed_in_a_row)
+        await self._commit(state=dict(status=status, status_reason=reason, status_changed_at=now,
+                                      available_since=available_since, missed_in_a_row=missed, **values),
+                           events=events)
+        self.status, self.status_reason, self.available_since = status, reason, available_since
+        self.missed_in_a_row = missed
+        for hold in withdrawn:
+            self._drop_hold(hold)
+        return withdrawn
 
     async def set_max_concurrent(self, max_concurrent: int) -> dict[str, Any] | None:
         if not await self._ensure_active():
             return None
-        self.max_concurrent = max_concurrent
-        await self._save_state(max_concurrent=max_concurrent)
-        await self._notify_inboxes()
+        async with self._step_lock:
+            await self._commit(state={"max_concurrent": max_concurrent})
+            self.max_concurrent = max_concurrent
+        self._notify_inboxes()
         return self._view()
 
     # ------------------------------------------------------------------ offers and assignments
 
-    async def reserve_offer(self, offer: dict[str, Any]) -> dict[str, Any]:
-        """Hold an offer for the agent if eligible. Check-and-set has no await in between: atomic."""
-        await self._ensure_active()
-        if self.pending is not None and self.pending["transaction_id"] == offer["transaction_id"]:
-            self.pending = offer  # a retried offer for the same transaction
-            return {"ok": True, "snapshot": self.snapshot()}
-        eligible = self.status == "available" and self.pending is None and len(self.active) < self.max_concurrent
-        if not self._user_exists or not eligible:
-            return {"ok": False, "snapshot": self.snapshot()}
-        self.pending = offer
-        await self._emit("offer", offer)
-        return {"ok": True, "snapshot": self.snapshot()}
+    async def hold(self, offer: dict[str, Any], direct: bool = False) -> dict[str, Any]:
+        """Reserve capacity for an offer (or a claim/transfer when `direct`); idempotent on the offer id.
 
-    async def confirm_offer(self, transaction_id: int) -> dict[str, Any]:
-        """The agent accepted: the held offer becomes an active transaction.
-
-        Answers with the new snapshot, so the offering inbox routes on it at once (the agent may
-        have capacity left); the other inboxes are told as well (they saw it holding an offer).
+        Nothing is written: the inbox commits the offer next, and a hold it never follows up lapses.
         """
-        await self._ensure_active()
-        if self.pending is None or self.pending["transaction_id"] != transaction_id:
-            return {"ok": False, "snapshot": self.snapshot()}
-        offer = self.pending
-        self.pending = None
-        self.active[transaction_id] = offer["inbox_id"]
-        await self._emit("assigned", {**offer, "kind": "accepted"})
-        await self._notify_inboxes()
-        return {"ok": True, "snapshot": self.snapshot()}
-
-    async def release_offer(self, transaction_id: int, reason: str) -> dict[str, Any]:
-        """The inbox ended its offer; answers with the snapshot the inbox routes on next."""
-        await self._ensure_active()
-        if self.pending is None or self.pending["transaction_id"] != transaction_id:
-            return self.snapshot()
-        offer = self.pending
-        self.pending = None
-        await self._emit("offer_rescinded", {"transaction_id": transaction_id, "inbox_id": offer["inbox_id"],
-                                             "reason": reason})
-        await self._notify_inboxes()
-        return self.snapshot()
-
-    async def assign_direct(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Take a transaction without an offer (a claim, or a supervisor's transfer)."""
         if not await self._ensure_active():
             return {"ok": False, "reason": "agent not found", "snapshot": self.snapshot()}
+        async with self._step_lock:
+            offer_id = offer["offer_id"]
+            if offer_id in self.holds:
+                return {"ok": True, "reason": None, "snapshot": self.snapshot()}
+            refusal = self._hold_refusal(offer_id, direct)
+            if refusal is not None:
+                return {"ok": False, "reason": refusal, "snapshot": self.snapshot()}
+            hold = Hold(offer=offer, direct=direct, held_at=time.monotonic())
+            if direct:
+                hold.offer = {**offer, "expires_at": (utcnow() + timedelta(seconds=DIRECT_HOLD_S)).isoformat()}
+            self.holds[offer_id] = hold
+            self._arm_lapse(hold)
+            return {"ok": True, "reason": None, "snapshot": self.snapshot()}
+
+    def _hold_refusal(self, offer_id: str, direct: bool) -> str | None:
+        if offer_id in self._finished_offers:
+            return "the offer is over"
         if self.status != "available":
-            return {"ok": False, "reason": f"agent is {self.status}", "snapshot": self.snapshot()}
-        # A held offer counts against capacity too: it may still be accepted.
-        held = len(self.active) + (1 if self.pending is not None else 0)
-        if held >= self.max_concurrent:
-            return {"ok": False, "reason": f"agent is at capacity ({held}/{self.max_concurrent})",
-                    "snapshot": self.snapshot()}
-        self.active[payload["transaction_id"]] = payload["inbox_id"]
-        kind = payload.get("kind", "assigned")
-        await self._emit("transferred" if kind == "transferred" else "assigned", payload)
-        await self._notify_inboxes()
-        return {"ok": True, "reason": None, "snapshot": self.snapshot()}
+            return f"agent is {self.status}"
+        if not direct and self._ringing() is not None:
+            return "agent has an offer ringing"
+        if self._load_count() >= self.max_concurrent:
+            return f"agent is at capacity ({self._load_count()}/{self.max_concurrent})"
+        return None
 
-    async def deliver_message(self, transaction_id: int, inbox_id: int, message: dict[str, Any]) -> None:
+    async def publish(self, offer: dict[str, Any]) -> dict[str, Any]:
+        """The inbox committed the offer: show it to the agent (once; idempotent on the offer id)."""
         await self._ensure_active()
-        await self._emit("message", {"transaction_id": transaction_id, "inbox_id": inbox_id, "message": message})
+        async with self._step_lock:
+            hold = self.holds.get(offer["offer_id"])
+            if hold is not None and not hold.published:
+                await self._commit(events=[("offer", offer)])
+                hold.offer = offer
+                hold.published = True
+            return self.snapshot()
 
-    async def transaction_ended(self, transaction_id: int, reason: str) -> dict[str, Any]:
-        """Closed or transferred away: capacity frees and the idle clock starts now.
+    async def confirm(self, offer_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """The inbox committed the assignment (accepted, claimed or transferred): the hold becomes active work.
 
-        The event is emitted before any other await, so the stream never shows a later assignment
-        ahead of this end (it would look like the agent was over capacity).
+        The store is the truth: a hold that lapsed meanwhile does not stop it.
         """
         await self._ensure_active()
-        inbox_id = self.active.pop(transaction_id, None)
-        now = utcnow()
-        self.last_chat_end_at = now
-        kind = "transaction_closed" if reason == "closed" else "transferred"
-        await self._emit(kind, {"transaction_id": transaction_id, "inbox_id": inbox_id, "reason": reason,
-                                "direction": "away" if kind == "transferred" else None})
-        await self._save_state(last_chat_end_at=now)
-        await self._notify_inboxes()
+        async with self._step_lock:
+            tx_id = int(payload["transaction_id"])
+            if tx_id in self.active:
+                return self.snapshot()
+            kind = payload.get("kind", "accepted")
+            state = {"missed_in_a_row": 0} if kind == "accepted" else None
+            await self._commit(state=state, events=[("transferred" if kind == "transferred" else "assigned",
+                                                     {**payload, "offer_id": offer_id})])
+            if state is not None:
+                self.missed_in_a_row = 0
+            hold = self.holds.get(offer_id)
+            if hold is not None:
+                self._drop_hold(hold)
+            _remember(self._finished_offers, offer_id)
+            self.active[tx_id] = int(payload["inbox_id"])
+        self._notify_inboxes()
         return self.snapshot()
 
-    # ------------------------------------------------------------------ event stream
+    async def release(self, offer_id: str, reason: str) -> dict[str, Any]:
+        """The inbox ended the offer (missed, declined, rescinded). Missing too many in a row sets the agent away."""
+        await self._ensure_active()
+        async with self._step_lock:
+            hold = self.holds.get(offer_id)
+            if hold is None:
+                _remember(self._finished_offers, offer_id)
+                return self.snapshot()
+            events = [("offer_rescinded", _rescinded(hold, reason))] if hold.published else []
+            if reason == "missed":
+                async with self.db.session() as session:
+                    threshold = await repo.missed_offers_before_away(session, self.org_id)
+                outcome = after_missed_offer(self.missed_in_a_row, threshold)
+                if outcome.set_away and self.status == "available":
+                    await self._change_status("away", missed_reason(threshold), extra_events=events,
+                                              keep=offer_id, missed_in_a_row=outcome.missed_in_a_row)
+                else:
+                    await self._commit(state={"missed_in_a_row": outcome.missed_in_a_row}, events=events)
+                    self.missed_in_a_row = outcome.missed_in_a_row
+            else:
+                state = {"missed_in_a_row": 0} if reason == "declined" else None
+                await self._commit(state=state, events=events)
+                if state is not None:
+                    self.missed_in_a_row = 0
+            self._drop_hold(hold)
+        self._notify_inboxes()
+        return self.snapshot()
 
-    async def _emit(self, kind: str, payload: dict[str, Any]) -> None:
-        # Serialised so event ids reach subscribers in the order the store gave them.
-        async with self._emit_lock:
+    async def end(self, transaction_id: int, reason: str) -> dict[str, Any]:
+        """Closed or transferred away: capacity frees and the idle clock starts now (idempotent)."""
+        await self._ensure_active()
+        async with self._step_lock:
+            if transaction_id not in self.active:
+                return self.snapshot()
             now = utcnow()
-            async with self.db.session() as session:
-                row = AgentEvent(org_id=self.org_id, user_id=self.user_id, kind=kind, payload=payload, created_at=now)
-                session.add(row)
-                await session.flush()
-                event = {"id": row.id, "type": kind, "at": now.isoformat(), **payload}
-            self._recent.append(event)
-        async with self._new_event:
-            self._new_event.notify_all()
+            kind = "transaction_closed" if reason == "closed" else "transferred"
+            await self._commit(state={"last_chat_end_at": now}, events=[(kind, {
+                "transaction_id": transaction_id, "inbox_id": self.active[transaction_id], "reason": reason,
+                "direction": "away" if kind == "transferred" else None})])
+            self.active.pop(transaction_id, None)
+            self.last_chat_end_at = now
+        self._notify_inboxes()
+        return self.snapshot()
 
+    async def deliver(self, transaction_id: int, inbox_id: int, messages: list[dict[str, Any]]) -> None:
+        """New customer messages of an active transaction; a message already delivered is skipped."""
+        await self._ensure_active()
+        async with self._step_lock:
+            fresh = [m for m in messages if m["id"] not in self._delivered]
+            if not fresh:
+                return
+            await self._commit(events=[("message", {"transaction_id": transaction_id, "inbox_id": inbox_id,
+                                                    "message": m}) for m in fresh])
+            for message in fresh:
+                _remember(self._delivered, message["id"])
+
+    async def resync(self) -> dict[str, Any]:
+        """Rebuild held offers and active work from the store (after an inbox restarted or lost contact)."""
+        if not await self._ensure_active():
+            return self.snapshot()
+        async with self._step_lock:
+            async with self.db.session() as session:
+                active, offers = await repo.agent_work(session, self.user_id)
+            now = time.monotonic()
+            stored = {o.offer_id: o for o in offers}
+            unstored = [h for oid, h in self.holds.items() if oid not in stored and not h.direct]
+            stale = [h for h in unstored if now - h.held_at > UNCOMMITTED_HOLD_GRACE_S]
+            if len(stale) < len(unstored):
+                # Some may still be committing: look again once their grace is over.
+                youngest = max(h.held_at for h in unstored if h not in stale)
+                asyncio.get_running_loop().call_later(
+                    UNCOMMITTED_HOLD_GRACE_S - (now - youngest) + 0.1,
+                    lambda: asyncio.ensure_future(self.resync()))
+            new = [o for oid, o in stored.items() if oid not in self.holds and oid not in self._finished_offers]
+            gone = [tx for tx in self.active if tx not in active]
+            came = {tx: inbox for tx, inbox in active.items() if tx not in self.active}
+            events = [("offer_rescinded", _rescinded(h, "withdrawn by the inbox")) for h in stale if h.published]
+            events += [("offer", _stored_offer(o)) for o in new]
+            events += [("transaction_closed", {"transaction_id": tx, "inbox_id": self.active[tx],
+                                               "reason": "reconciled", "direction": None}) for tx in gone]
+            events += [("assigned", {"transaction_id": tx, "inbox_id": inbox, "kind": "reconciled"})
+                       for tx, inbox in came.items()]
+            if events:
+                await self._commit(events=events)
+            for hold in stale:
+                self._drop_hold(hold)
+            for offer in new:
+                hold = Hold(offer=_stored_offer(offer), direct=False, held_at=now, published=True)
+                self.holds[offer.offer_id] = hold
+                self._arm_lapse(hold)
+            for tx in gone:
+                self.active.pop(tx, None)
+            self.active.update(came)
+        if events:
+            self._notify_inboxes()
+        return self.snapshot()
+
+    # ------------------------------------------------------------------ holds that lapse by themselves
+
+    def _arm_lapse(self, hold: Hold) -> None:
+        expires = hold.expires_at
+        delay = HOLD_LAPSE_GRACE_S + (max(0.0, (expires - utcnow()).total_seconds()) if expires else 0.0)
+        offer_id = hold.offer["offer_id"]
+        self._lapse_timers[offer_id] = asyncio.ensure_future(self._lapse_after(offer_id, delay))
+
+    def _drop_hold(self, hold: Hold) -> None:
+        offer_id = hold.offer["offer_id"]
+        self.holds.pop(offer_id, None)
+        _remember(self._finished_offers, offer_id)
+        timer = self._lapse_timers.pop(offer_id, None)
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+
+    async def _lapse_after(self, offer_id: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            async with self._step_lock:
+                hold = self.holds.get(offer_id)
+                if hold is None:
+                    return
+                if hold.published:
+                    await self._commit(events=[("offer_rescinded", _rescinded(hold, "expired"))])
+                self._drop_hold(hold)
+            self._notify_inboxes()
+        except Exception:
+            log.exception("lapse of offer %s failed; retrying", offer_id)
+            self._lapse_timers[offer_id] = asyncio.ensure_future(self._lapse_after(offer_id, 1.0))
+
+    # ------------------------------------------------------------------ event stream (own concurrency group)
+
+    async def _commit(self, state: dict[str, Any] | None = None,
+                      events: list[tuple[str, dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+        """One store transaction for a step: the agent's state row and its new events.
+
+        The caller holds the step lock, so event ids reach readers in the order the store gave them.
+        Memory (the recent-events buffer) changes only after the commit.
+        """
+        if not state and not events:
+            return []
+        now = utcnow()
+        rows = [AgentEvent(org_id=self.org_id, user_id=self.user_id, kind=kind, payload=payload, created_at=now)
+                for kind, payload in events or []]
+        async with self.db.session() as session:
+            if state:
+                await session.execute(update(AgentState).where(AgentState.user_id == self.user_id).values(**state))
+            session.add_all(rows)
+            await session.flush()
+        emitted = [_event_of(row) for row in rows]
+        self._recent.extend(emitted)
+        if emitted:
+            self._signal.notify()
+        return emitted
+
+    async def _wait_active(self) -> None:
+        """Activation runs on the main loop; a stream reader (another loop) waits for it there."""
+        if self._activated:
+            return
+        loop = asyncio.get_running_loop()
+        if self._main_loop is None or self._main_loop is loop:
+            await self._ensure_active()
+        else:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._ensure_active(), self._main_loop))
+
+    @ray.method(concurrency_group="stream")
     async def next_events(self, after_id: int, timeout_s: float = 20.0, limit: int = 500) -> list[dict[str, Any]]:
         """Events after the cursor; waits up to `timeout_s` for one when there are none yet."""
-        await self._ensure_active()
-        events = await self._events_after(after_id, limit)
-        if events:
-            return events
-        async with self._new_event:
-            # An event emitted while the store was read above is in `_recent` already: do not wait.
-            if self._recent and self._recent[-1]["id"] > after_id:
-                return await self._events_after(after_id, limit)
-            try:
-                await asyncio.wait_for(self._new_event.wait(), timeout=timeout_s)
-            except TimeoutError:
-                return []
+        await self._wait_active()
+        waiter = self._signal.register()
+        try:
+            events = await self._events_after(after_id, limit)
+            if events:
+                return events
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter[1].wait(), timeout=timeout_s)
+        finally:
+            self._signal.discard(waiter)
         return await self._events_after(after_id, limit)
 
+    @ray.method(concurrency_group="stream")
     async def last_event_id(self) -> int:
-        await self._ensure_active()
-        if self._recent:
-            return int(self._recent[-1]["id"])
-        async with self.db.session() as session:
+        await self._wait_active()
+        recent = list(self._recent)
+        if recent:
+            return int(recent[-1]["id"])
+        async with self._reader_db().session() as session:
             last = await session.scalar(select(AgentEvent.id).where(AgentEvent.user_id == self.user_id)
                                         .order_by(AgentEvent.id.desc()).limit(1))
         return int(last or 0)
 
+    def _reader_db(self) -> Database:
+        """The store as seen from the stream group's loop (an engine belongs to the loop that uses it)."""
+        if self._main_loop is None or asyncio.get_running_loop() is self._main_loop:
+            return self.db
+        if self._stream_db is None:
+            self._stream_db = Database(self._settings.database_url, pool_size=1)
+        return self._stream_db
+
     async def _events_after(self, after_id: int, limit: int) -> list[dict[str, Any]]:
-        if self._recent and self._recent[0]["id"] <= after_id + 1:
-            return [e for e in self._recent if e["id"] > after_id][:limit]
-        async with self.db.session() as session:
+        recent = list(self._recent)  # a copy: the main loop appends from another thread
+        if recent and recent[0]["id"] <= after_id + 1:
+            return [e for e in recent if e["id"] > after_id][:limit]
+        async with self._reader_db().session() as session:
             rows = (await session.scalars(
                 select(AgentEvent).where(AgentEvent.user_id == self.user_id, AgentEvent.id > after_id)
                 .order_by(AgentEvent.id).limit(limit)
             )).all()
-        return [{"id": r.id, "type": r.kind, "at": r.created_at.isoformat(), **r.payload} for r in rows]
+        return [_event_of(r) for r in rows]
 
-    # ------------------------------------------------------------------ persistence and notifications
+    # ------------------------------------------------------------------ telling inboxes
 
-    async def _save_state(self, **values: Any) -> None:
-        async with self.db.session() as session:
-            await session.execute(update(AgentState).where(AgentState.user_id == self.user_id).values(**values))
+    def _mailbox(self, inbox_id: int) -> Mailbox:
+        mailbox = self._mailboxes.get(inbox_id)
+        if mailbox is None:
+            inbox = self.directory.inbox(self.org_id, inbox_id)
 
-    async def _notify_inboxes(self) -> None:
-        """Push the new snapshot to every inbox the agent serves; fire-and-forget to avoid call cycles."""
-        async with self.db.session() as session:
-            inbox_ids = await repo.inboxes_of_agent(session, self.user_id)
+            async def send(method: str, args: tuple[Any, ...]) -> Any:
+                return await getattr(inbox, method)(*args)
+
+            mailbox = Mailbox(f"agent {self.user_id} -> inbox {inbox_id}", send,
+                              deadline_s=self._settings.actor_call_timeout_s, give_up_after_s=60.0)
+            self._mailboxes[inbox_id] = mailbox
+        return mailbox
+
+    def _notify_inboxes(self) -> None:
+        """Push the newest snapshot to every inbox the agent serves (retried; only the newest is kept)."""
+        spawn_notify = asyncio.ensure_future(self._push_snapshot())
+        spawn_notify.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _push_snapshot(self) -> None:
+        now = time.monotonic()
+        if now - self._inbox_ids_read_at > INBOX_LIST_TTL_S:
+            async with self.db.session() as session:
+                self._inbox_ids = await repo.inboxes_of_agent(session, self.user_id)
+            self._inbox_ids_read_at = now
         snapshot = self.snapshot()
-        for inbox_id in inbox_ids:
-            spawn(self.directory.inbox(self.org_id, inbox_id).agent_changed(snapshot),
-                  f"notify inbox {inbox_id} of agent {self.user_id}")
+        for inbox_id in self._inbox_ids:
+            self._mailbox(inbox_id).post("agent_changed", snapshot, key="snapshot")
+
+
+def _event_of(row: AgentEvent) -> dict[str, Any]:
+    return {"id": row.id, "type": row.kind, "at": row.created_at.isoformat(), **row.payload}
+
+
+def _stored_offer(offer: repo.StoredOffer) -> dict[str, Any]:
+    return {"offer_id": offer.offer_id, "transaction_id": offer.transaction_id, "inbox_id": offer.inbox_id,
+            "expires_at": offer.expires_at.isoformat() if offer.expires_at else None}
+
+
+def _rescinded(hold: Hold, reason: str) -> dict[str, Any]:
+    return {"transaction_id": hold.transaction_id, "inbox_id": hold.inbox_id, "offer_id": hold.offer["offer_id"],
+            "reason": reason}

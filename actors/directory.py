@@ -100,8 +100,9 @@ def _remote_class(actor_class: type) -> Any:
             # A call is not blindly replayed after a restart: its effect may already be in the store.
             max_task_retries=0,
             max_concurrency=1000,
-            # Health checks have their own group, so a busy actor still answers them.
-            concurrency_groups={"health": 1},
+            # Health checks have their own group, so a busy actor still answers them; an agent's
+            # stream readers have theirs, so open streams never starve the calls inboxes make.
+            concurrency_groups={"health": 1, "stream": 1000},
         )(actor_class)
         _remote_classes[actor_class] = remote
     return remote

@@ -1,10 +1,18 @@
 """InboxActor: owns one inbox's transactions — their queue, offers, timers, sticky memory and rotation.
 
 A plain class: `actors.directory.RayDirectory` deploys it as the named Ray actor `inbox:<org>:<inbox>`.
-Every state change happens under one lock and is written to the store before the caller is answered,
-so an activation (first call, or after a restart) rebuilds the same state and re-arms the offer timers.
-The agent actors are the authority on an agent's capacity: an offer exists only once the agent actor
-has reserved it.
+
+Every step is: decide (pure) → commit ONE store transaction → change memory → tell agents. The
+store is the single truth: an activation (first call, a restart, or after being fenced) reloads it,
+re-arms the offer timers and has the member agents reconcile. Each activation takes a new fencing
+epoch, and every write is conditional on it, so a stale owner (another deployment, a zombie) can
+never overwrite a newer one's work. A control loop checks the store every few seconds for a new
+configuration version, a newer owner, and stored messages no forward delivered.
+
+An offer is a reservation with an id (Twilio TaskRouter's model): the agent actor holds it, the
+inbox commits it, the agent publishes it; accept/decline/timeout end it. Calls to agents have
+deadlines, and their follow-ups go through per-agent mailboxes that retry until delivered, so a
+lost reply never leaves the two sides disagreeing.
 """
 
 from __future__ import annotations
@@ -12,19 +20,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import ray
 from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from actors.activation import StoreBackedActor
 from actors.directory import ActorUnavailable, Directory
+from actors.mailbox import Mailbox
 from actors.transaction_state import TxState
 from config.settings import Settings
-from routing import AgentSnapshot, AssignmentMode, Offer, RoutingRequest, decide
+from routing import AgentSnapshot, AssignmentMode, Offer, Queue, RoutingRequest, decide
 from store import routing_repo as repo
-from store.tables import Transaction
+from store.tables import InboundMessage, Transaction
 from store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -33,6 +47,10 @@ Result = dict[str, Any]
 
 # The snapshot fields routing decides on; a pushed snapshot that changes none of them is no event.
 ROUTING_FIELDS = ("status", "max_concurrent", "active_count", "has_pending_offer", "idle_since")
+# An agent whose actor did not answer in time is skipped this long, then tried again.
+UNREACHABLE_BACKOFF_S = 1.0
+# Unrouted messages are read from the store in pages of this size.
+INGEST_PAGE = 500
 
 
 def ok(tx_id: int) -> Result:
@@ -43,18 +61,41 @@ def refuse(status: int, detail: str) -> Result:
     return {"status": status, "detail": detail}
 
 
+RELOADING = refuse(503, "the inbox is reloading its state; retry shortly")
+
+
+def new_offer_id(tx_id: int) -> str:
+    # Unique even when a commit fails and the same sequence number is offered again.
+    return f"{tx_id}.{uuid.uuid4().hex[:12]}"
+
+
+def customer_key(message: dict[str, Any]) -> str:
+    return str(message["from_wa_id"])
+
+
 class InboxActor(StoreBackedActor):
     def __init__(self, org_id: int, inbox_id: int, settings: Settings, directory: Directory | None = None) -> None:
-        super().__init__(org_id, settings, directory)
         self.inbox_id = inbox_id
-        # One lock for every transition: routing, answers to offers, timers and ingest interleave
-        # at each await otherwise.
+        # One lock for every step: routing, answers to offers, timers and ingest interleave at each await otherwise.
         self._lock = asyncio.Lock()
+        self._mailboxes: dict[int, Mailbox] = {}
+        self._control: asyncio.Task[None] | None = None
+        self._taking_back: asyncio.Task[None] | None = None
+        self._timers: dict[int, asyncio.Task[None]] = {}
+        self._reset()
+        super().__init__(org_id, settings, directory)
+
+    def _reset(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers = {}
         self._config: repo.InboxConfig | None = None
+        self._config_stale = False
+        self._epoch = 0
         self._agents: dict[int, dict[str, Any]] = {}
+        self._unreachable: dict[int, float] = {}
         self._txs: dict[int, TxState] = {}
         self._by_customer: dict[str, int] = {}
-        self._timers: dict[int, asyncio.Task[None]] = {}
         self._routing_requested: asyncio.Task[None] | None = None
         self._routing_wanted = False
 
@@ -70,50 +111,125 @@ class InboxActor(StoreBackedActor):
 
     async def _load(self) -> None:
         async with self.db.session() as session:
-            self._config = await repo.load_inbox_config(session, self.inbox_id)
-            if self._config is None:
+            epoch = await repo.take_inbox_ownership(session, self.inbox_id)
+            if epoch is None:
                 return
-            self._agents = await repo.load_agent_snapshots(session, self._config.members)
+            config = await repo.load_inbox_config(session, self.inbox_id)
+            assert config is not None
+            agents = await repo.load_agent_snapshots(session, config.members)
             rows = await repo.load_open_transactions(session, self.inbox_id)
             ids = [row.id for row in rows]
             offerees = await repo.past_offerees(session, ids)
             firsts = await repo.first_messages(session, ids)
+            txs = []
             for row in rows:
-                tx = TxState.of(row)
-                tx.past_offerees = offerees.get(tx.id, set())
-                tx.first_message = firsts.get(tx.id)
-                tx.sticky_agent = await repo.sticky_agent_of(session, self.inbox_id, tx.customer_wa_id)
-                tx.current_offer_is_sticky = tx.state == "offered" and tx.offered_to == tx.sticky_agent
-                self._remember(tx)
+                key = row.customer_wa_id
+                sticky = await repo.sticky_agent_of(session, self.inbox_id, key)
+                txs.append(replace(TxState.of(row, key), sticky_agent=sticky,
+                                   past_offerees=frozenset(offerees.get(row.id, set())),
+                                   first_message=firsts.get(row.id),
+                                   current_offer_is_sticky=row.state == "offered" and row.offered_to == sticky))
+        # Committed: the new epoch is ours.
+        self._epoch, self._config, self._agents = epoch, config, agents
+        self._txs, self._by_customer = {}, {}
+        for tx in txs:
+            self._remember(tx)
 
     async def _on_activated(self) -> None:
         # Durable reminders become local timers again; an overdue one fires at once.
         for tx in self._txs.values():
             if tx.state == "offered":
                 self._arm_timer(tx)
+        # The agents reconcile their holds and work with what this inbox committed (offline agents
+        # without work here are left asleep: activating them would cost a process each).
+        involved = {tx.offered_to for tx in self._txs.values()} | {tx.agent_id for tx in self._txs.values()}
+        for user_id in self.config.members:
+            snapshot = self._agents.get(user_id)
+            if user_id in involved or (snapshot is not None and snapshot["status"] != "offline"):
+                self._tell(user_id, "resync")
         async with self._lock:
-            async with self.db.session() as session:
-                pending = await repo.unrouted_messages(session, self.inbox_id)
-            if pending:
-                await self._ingest_locked(pending)
-            await self._route_waiting(new_round=True)
+            await self._ingest_stored()
+            await self._route_waiting()
+        if self._control is None or self._control.done():
+            self._control = asyncio.ensure_future(self._control_forever())
 
     def _remember(self, tx: TxState) -> None:
         self._txs[tx.id] = tx
-        self._by_customer[tx.customer_wa_id] = tx.id
+        self._by_customer[tx.customer_key] = tx.id
 
     def _forget(self, tx: TxState) -> None:
         self._txs.pop(tx.id, None)
-        if self._by_customer.get(tx.customer_wa_id) == tx.id:
-            del self._by_customer[tx.customer_wa_id]
+        if self._by_customer.get(tx.customer_key) == tx.id:
+            del self._by_customer[tx.customer_key]
         self._cancel_timer(tx.id)
+
+    @contextlib.asynccontextmanager
+    async def _step(self) -> AsyncIterator[AsyncSession]:
+        """One store transaction of this owner: refused (Fenced) once a newer activation owns the inbox."""
+        async with self.db.session() as session:
+            version = await repo.fence(session, self.inbox_id, self._epoch)
+            if version != self.config.config_version:
+                self._config_stale = True
+            yield session
+
+    def _fenced(self) -> Result:
+        """A write was refused: another activation owns the inbox. Reload from the store under a newer epoch."""
+        if self._taking_back is None or self._taking_back.done():
+            log.warning("inbox %s: a newer activation owns it; reloading from the store", self.inbox_id)
+            self._taking_back = asyncio.ensure_future(self._take_back())
+        return refuse(409, "the inbox changed hands; retry")
+
+    async def _take_back(self) -> None:
+        # Under the step lock: no step is half-way through memory while it is dropped.
+        async with self._lock:
+            self._activated = False
+            self._reset()
+        await self._activate_until_done()
+
+    # ------------------------------------------------------------------ control loop
+
+    async def _control_forever(self) -> None:
+        """Never dies: configuration versions, ownership and stored-but-unrouted messages, every few seconds."""
+        while True:
+            await asyncio.sleep(self._settings.inbox_sync_interval_s)
+            try:
+                await self._control_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("inbox %s: control pass failed", self.inbox_id)
+
+    async def _control_pass(self) -> None:
+        if not self._activated or self._config is None:
+            return
+        async with self.db.session() as session:
+            watch = await repo.inbox_watch(session, self.inbox_id)
+        if watch is None:
+            return  # deleted: the gateway stops this actor
+        version, epoch, unrouted = watch
+        if epoch != self._epoch:
+            self._fenced()  # fenced by a newer activation: take the inbox back from the store
+            return
+        if version != self.config.config_version or unrouted or self._config_stale:
+            async with self._lock:
+                if not self._activated:
+                    return
+                try:
+                    if version != self.config.config_version:
+                        self._config_stale = True
+                    if unrouted:
+                        await self._ingest_stored()
+                    await self._route_waiting()
+                except repo.Fenced:
+                    self._fenced()
 
     # ------------------------------------------------------------------ health and views
 
     @ray.method(concurrency_group="health")
     async def ping(self) -> dict[str, Any]:
         """Liveness, served from its own concurrency group so a busy inbox still answers."""
-        return {"inbox_id": self.inbox_id, "activated": self._activated, "open": len(self._txs)}
+        return {"inbox_id": self.inbox_id, "activated": self._activated, "open": len(self._txs),
+                "epoch": self._epoch}
 
     async def activate(self) -> dict[str, Any]:
         exists = await self._ensure_active()
@@ -125,127 +241,161 @@ class InboxActor(StoreBackedActor):
     async def ingest(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         """Attach stored messages to their customer's transaction (opening one if needed) and route.
 
-        Idempotent: a message already attached (a redelivery, a recovery pass) is skipped.
+        Idempotent: a message already attached (a redelivery, a recovery pass) is skipped. Whatever
+        is not attached now (the inbox reloading, a failed commit) stays unattached in the store,
+        where the control loop finds it.
         """
         if not await self._ensure_active():
             return {"attached": 0}
         async with self._lock:
-            async with self.db.session() as session:
-                fresh = await repo.unrouted_messages(session, self.inbox_id, ids=[m["id"] for m in messages])
-            attached = await self._ingest_locked(fresh)
-            await self._route_waiting()
+            if not self._activated:
+                return {"attached": 0}
+            try:
+                attached = await self._ingest_page([m["id"] for m in messages])
+                await self._route_waiting()
+            except repo.Fenced:
+                self._fenced()
+                return {"attached": 0}
         return {"attached": attached}
 
-    async def _ingest_locked(self, messages: list[dict[str, Any]]) -> int:
-        now = utcnow()
-        for message in messages:
-            tx = self._txs.get(self._by_customer.get(message["from_wa_id"], -1))
-            async with self.db.session() as session:
-                if tx is None:
-                    tx = await self._open_transaction(session, message, now)
-                await repo.attach_messages(session, tx.id, [message["id"]])
-            if tx.state == "assigned" and tx.agent_id is not None:
-                await self._tell_agent(tx.agent_id, "deliver_message", tx.id, self.inbox_id, message)
-        return len(messages)
+    async def _ingest_stored(self) -> None:
+        """Attach every unrouted message of the inbox, page after page (lock held)."""
+        while await self._ingest_page(None) == INGEST_PAGE:
+            pass
 
-    async def _open_transaction(self, session: Any, message: dict[str, Any], now: datetime) -> TxState:
-        row = Transaction(org_id=self.org_id, inbox_id=self.inbox_id, customer_wa_id=message["from_wa_id"],
-                          customer_name=message.get("customer_name"), state="queued", waiting_since=now,
-                          created_at=now, updated_at=now, tried=[])
-        session.add(row)
-        await session.flush()
-        tx = TxState.of(row)
-        tx.first_message = message
-        tx.sticky_agent = await repo.sticky_agent_of(session, self.inbox_id, tx.customer_wa_id)
-        await repo.add_transaction_event(session, tx.id, "queued", None, now, customer=tx.customer_wa_id)
-        self._remember(tx)
-        return tx
+    async def _ingest_page(self, ids: list[int] | None) -> int:
+        """One step: open transactions for new customers and attach the messages, in one commit."""
+        now = utcnow()
+        opened: dict[str, TxState] = {}
+        async with self._step() as session:
+            fresh = await repo.unrouted_messages(session, self.inbox_id, ids=ids,
+                                                 limit=None if ids is not None else INGEST_PAGE)
+            if not fresh:
+                return 0
+            new_rows: dict[str, Transaction] = {}
+            for message in fresh:
+                key = customer_key(message)
+                if key not in self._by_customer and key not in new_rows:
+                    new_rows[key] = Transaction(
+                        org_id=self.org_id, inbox_id=self.inbox_id, customer_wa_id=message["from_wa_id"],
+                        customer_name=message.get("customer_name"), state="queued", waiting_since=now,
+                        created_at=now, updated_at=now, tried=[])
+            session.add_all(new_rows.values())
+            await session.flush()
+            first_of: dict[str, dict[str, Any]] = {}
+            by_tx: dict[int, list[dict[str, Any]]] = {}
+            for message in fresh:
+                key = customer_key(message)
+                tx_id = self._by_customer[key] if key in self._by_customer else new_rows[key].id
+                first_of.setdefault(key, message)
+                by_tx.setdefault(tx_id, []).append(message)
+            for key, row in new_rows.items():
+                sticky = await repo.sticky_agent_of(session, self.inbox_id, key)
+                opened[key] = replace(TxState.of(row, key), sticky_agent=sticky, first_message=first_of[key])
+                await repo.add_transaction_event(session, row.id, "queued", None, now, customer=row.customer_wa_id)
+            for tx_id, messages in by_tx.items():
+                await session.execute(update(InboundMessage).where(InboundMessage.id.in_([m["id"] for m in messages]))
+                                      .values(transaction_id=tx_id))
+        for tx in opened.values():
+            self._remember(tx)
+        for tx_id, messages in by_tx.items():
+            tx = self._txs[tx_id]
+            if tx.state == "assigned" and tx.agent_id is not None:
+                self._tell(tx.agent_id, "deliver", tx.id, self.inbox_id, messages)
+        return len(fresh)
 
     # ------------------------------------------------------------------ routing
 
     def _snapshots(self) -> tuple[AgentSnapshot, ...]:
+        now = time.monotonic()
         snapshots = []
         for user_id, (proficiency, licensed) in self.config.members.items():
             state = self._agents.get(user_id) or repo.agent_snapshot(None, user_id, 0, False)
             idle = state.get("idle_since")
+            unreachable = self._unreachable.get(user_id, 0.0) > now
             snapshots.append(AgentSnapshot(
-                user_id=user_id, order_key=user_id, status=state["status"], active_count=state["active_count"],
-                max_concurrent=state["max_concurrent"], has_pending_offer=state["has_pending_offer"],
-                proficiency=proficiency, idle_since=datetime.fromisoformat(idle) if idle else None,
-                licensed=licensed,
+                user_id=user_id, order_key=user_id, status="offline" if unreachable else state["status"],
+                active_count=state["active_count"], max_concurrent=state["max_concurrent"],
+                has_pending_offer=state["has_pending_offer"], proficiency=proficiency,
+                idle_since=datetime.fromisoformat(idle) if idle else None, licensed=licensed,
             ))
         return tuple(snapshots)
 
-    async def _route_waiting(self, *, new_round: bool = False) -> None:
-        """Offer every waiting transaction, oldest first, to the agent its mode picks (lock held).
+    def _request(self, tx: TxState) -> RoutingRequest:
+        sticky_mode = self.config.mode == AssignmentMode.STICKY
+        return RoutingRequest(
+            mode=AssignmentMode(self.config.mode), agents=self._snapshots(),
+            rotation_pointer=self.config.rotation_pointer, tried=frozenset(tx.tried),
+            sticky_agent=tx.sticky_agent if sticky_mode else None, sticky_dials_made=tx.sticky_dials,
+            dials_per_agent=self.config.dials_per_agent, sticky_declined=tx.sticky_declined,
+        )
 
-        A transaction every eligible agent passed on waits for an eligibility event (an agent's
-        presence or capacity changed, a chat ended, the inbox was edited): only a pass for such an
-        event (`new_round`) starts a new round over the agents for it, not any later pass (a new
-        customer's message, another transaction's decline).
-        """
+    async def _route_waiting(self) -> None:
+        """Offer every waiting transaction, oldest first, to the agent its mode picks (lock held)."""
+        if self._config_stale:
+            await self._reload_config()
         if self._config is None or self.config.mode == AssignmentMode.MANUAL:
             return
         waiting = sorted((tx for tx in self._txs.values() if tx.state == "queued"),
                          key=lambda tx: (tx.waiting_since, tx.id))
         for tx in waiting:
-            if tx.round_over:
-                if not new_round:
-                    continue
-                tx.round_over = False
-            await self._route_one(tx)
+            if not any(s.is_eligible for s in self._snapshots()):
+                return  # nobody can take anything now; an agent's next snapshot asks for a pass
+            await self._route_one(tx.id)
 
-    async def _route_one(self, tx: TxState) -> None:
-        # Each refused reservation refreshes that agent's snapshot, so the loop always ends.
-        for _attempt in range(len(self.config.members) + 1):
-            if tx.state != "queued":
+    async def _route_one(self, tx_id: int) -> None:
+        # Each refused hold refreshes that agent's snapshot (or marks it unreachable), so the loop ends.
+        for _attempt in range(2 * len(self.config.members) + 2):
+            tx = self._txs.get(tx_id)
+            if tx is None or tx.state != "queued":
                 return
-            decision = decide(RoutingRequest(
-                mode=AssignmentMode(self.config.mode), agents=self._snapshots(),
-                rotation_pointer=self.config.rotation_pointer, tried=frozenset(tx.tried),
-                sticky_agent=tx.sticky_agent if self.config.mode == AssignmentMode.STICKY else None,
-                sticky_dials_made=tx.sticky_dials, dials_per_agent=self.config.dials_per_agent,
-                sticky_declined=tx.sticky_declined,
-            ))
+            decision = decide(self._request(tx))
+            new_round = isinstance(decision, Queue) and decision.reset_tried
+            if new_round:
+                # Every eligible agent passed on it: a new round starts at once, in the mode's order.
+                tx = tx.new_round()
+                decision = decide(self._request(tx))
             if not isinstance(decision, Offer):
-                if decision.reset_tried and tx.tried:
-                    # Everyone had a chance: wait for the next eligibility event, then start a new round.
-                    tx.tried = []
-                    tx.round_over = True
-                    await self._save(tx, "requeued", None, reason=decision.reason)
                 return
-            if await self._offer(tx, decision):
+            if await self._offer(tx, decision, new_round=new_round):
                 return
 
-    async def _offer(self, tx: TxState, decision: Offer) -> bool:
+    async def _offer(self, tx: TxState, decision: Offer, *, new_round: bool) -> bool:
+        user_id = decision.user_id
         now = utcnow()
         expires_at = now + timedelta(seconds=self.config.reassign_after_s)
-        offer = {**tx.summary(self.inbox_id, self.config.name), "expires_at": expires_at.isoformat(),
-                 "offer_seq": tx.offer_seq + 1}
-        try:
-            answer = await self.directory.agent(self.org_id, decision.user_id).reserve_offer(offer)
-        except ActorUnavailable:
-            log.warning("agent %s unreachable while offering transaction %s", decision.user_id, tx.id)
-            self._agents[decision.user_id] = {**self._agents.get(decision.user_id, {}), "status": "offline",
-                                              "active_count": 0, "max_concurrent": 1, "has_pending_offer": False,
-                                              "idle_since": None}
+        offered = tx.offered(user_id, expires_at, sticky_dial=decision.sticky_dial, offer_id=new_offer_id(tx.id))
+        assert offered.offer_id is not None
+        offer = {**offered.summary(self.inbox_id, self.config.name), "offer_id": offered.offer_id,
+                 "expires_at": expires_at.isoformat()}
+        answer = await self._call_agent(user_id, "hold", offer)
+        if answer is None:
+            # The hold may have been taken with its reply lost: release it (a no-op otherwise).
+            self._tell(user_id, "release", offered.offer_id, "rescinded")
             return False
         self._update_agent(answer["snapshot"])
         if not answer["ok"]:
             return False
-        tx.state = "offered"
-        tx.offered_to = decision.user_id
-        tx.offer_expires_at = expires_at
-        tx.offer_seq += 1
-        tx.current_offer_is_sticky = decision.sticky_dial
-        tx.past_offerees.add(decision.user_id)
-        if decision.new_rotation_pointer is not None and decision.new_rotation_pointer != self.config.rotation_pointer:
-            self.config.rotation_pointer = decision.new_rotation_pointer
-            async with self.db.session() as session:
-                await repo.save_rotation_pointer(session, self.inbox_id, decision.new_rotation_pointer)
-        await self._save(tx, "offered", decision.user_id, reason=decision.reason, expires_at=expires_at.isoformat(),
-                         sticky_dial=decision.sticky_dial)
-        self._arm_timer(tx)
+        pointer = decision.new_rotation_pointer
+        try:
+            async with self._step() as session:
+                await session.execute(update(Transaction).where(Transaction.id == tx.id)
+                                      .values(**offered.columns(now)))
+                if pointer is not None and pointer != self.config.rotation_pointer:
+                    await repo.save_rotation_pointer(session, self.inbox_id, pointer)
+                detail: dict[str, Any] = {"reason": decision.reason, "expires_at": expires_at.isoformat(),
+                                          "sticky_dial": decision.sticky_dial, "offer_id": offered.offer_id}
+                if new_round:
+                    detail["new_round"] = True
+                await repo.add_transaction_event(session, tx.id, "offered", user_id, now, **detail)
+        except BaseException:
+            self._tell(user_id, "release", offered.offer_id, "rescinded")
+            raise
+        if pointer is not None:
+            self.config.rotation_pointer = pointer
+        self._remember(offered)
+        self._arm_timer(offered)
+        self._tell(user_id, "publish", offer)
         return True
 
     def request_routing(self) -> None:
@@ -263,7 +413,10 @@ class InboxActor(StoreBackedActor):
                 self._routing_wanted = False
                 try:
                     async with self._lock:
-                        await self._route_waiting(new_round=True)
+                        if self._activated:
+                            await self._route_waiting()
+                except repo.Fenced:
+                    self._fenced()
                 except Exception:
                     log.exception("routing pass failed for inbox %s", self.inbox_id)
 
@@ -273,49 +426,43 @@ class InboxActor(StoreBackedActor):
 
     def _arm_timer(self, tx: TxState) -> None:
         self._cancel_timer(tx.id)
-        assert tx.offer_expires_at is not None
+        assert tx.offer_expires_at is not None and tx.offer_id is not None
         delay = max(0.0, (tx.offer_expires_at - utcnow()).total_seconds())
-        self._timers[tx.id] = asyncio.ensure_future(self._expire_after(tx.id, tx.offer_seq, delay))
+        self._timers[tx.id] = asyncio.ensure_future(self._expire_after(tx.id, tx.offer_id, delay))
 
     def _cancel_timer(self, tx_id: int) -> None:
         timer = self._timers.pop(tx_id, None)
         if timer is not None and timer is not asyncio.current_task():
             timer.cancel()
 
-    async def _expire_after(self, tx_id: int, offer_seq: int, delay: float) -> None:
+    async def _expire_after(self, tx_id: int, offer_id: str, delay: float) -> None:
         await asyncio.sleep(delay)
-        try:
-            async with self._lock:
-                tx = self._txs.get(tx_id)
-                # A stale timer (the offer was answered or replaced) does nothing.
-                if tx is not None and tx.state == "offered" and tx.offer_seq == offer_seq:
-                    self._timers.pop(tx_id, None)
-                    await self._end_offer(tx, "missed")
-                    await self._route_waiting()
-        except Exception:
-            log.exception("offer timer failed for transaction %s", tx_id)
+        while True:
+            try:
+                async with self._lock:
+                    tx = self._txs.get(tx_id)
+                    # A stale timer (the offer was answered or replaced) does nothing.
+                    if tx is not None and tx.state == "offered" and tx.offer_id == offer_id:
+                        await self._end_offer(tx, "missed")
+                        await self._route_waiting()
+                return
+            except repo.Fenced:
+                self._fenced()
+                return
+            except Exception:
+                # The store may be briefly unreachable: the offer must still end, so try again.
+                log.exception("offer timer failed for transaction %s; retrying", tx_id)
+                await asyncio.sleep(1.0)
 
     async def _end_offer(self, tx: TxState, kind: str, *, count_as_tried: bool = True, **detail: Any) -> None:
-        """The pending offer is over (missed, declined or rescinded): release the agent, requeue."""
-        user_id = tx.offered_to
-        assert user_id is not None
+        """One step: the pending offer is over (missed, declined or rescinded); release the agent, requeue."""
+        user_id, offer_id = tx.offered_to, tx.offer_id
+        assert user_id is not None and offer_id is not None
+        requeued = tx.requeued(kind, self.config.dials_per_agent, count_as_tried=count_as_tried)
+        await self._save(requeued, kind, user_id, offer_id=offer_id, **detail)
         self._cancel_timer(tx.id)
-        await self._tell_agent_and_refresh(user_id, "release_offer", tx.id, kind)
-        if count_as_tried:
-            if tx.current_offer_is_sticky and kind == "declined":
-                tx.sticky_declined = True
-                tx.tried.append(user_id)
-            elif tx.current_offer_is_sticky:
-                tx.sticky_dials += 1
-                if tx.sticky_dials >= self.config.dials_per_agent:
-                    tx.tried.append(user_id)
-            elif user_id not in tx.tried:
-                tx.tried.append(user_id)
-        tx.state = "queued"
-        tx.offered_to = None
-        tx.offer_expires_at = None
-        tx.current_offer_is_sticky = False
-        await self._save(tx, kind, user_id, **detail)
+        self._remember(requeued)
+        self._tell(user_id, "release", offer_id, kind)
 
     # ------------------------------------------------------------------ answers from agents
 
@@ -332,63 +479,88 @@ class InboxActor(StoreBackedActor):
         if not await self._ensure_active():
             return refuse(404, "inbox not found")
         async with self._lock:
-            tx = self._txs.get(tx_id)
-            refusal = self._offer_check(tx, user_id)
-            if refusal is not None:
-                return refusal
-            assert tx is not None and tx.offer_expires_at is not None
-            if utcnow() >= tx.offer_expires_at:  # the timer is due but has not run yet
-                await self._end_offer(tx, "missed")
-                await self._route_waiting()
-                return refuse(409, "the offer expired")
+            if not self._activated:
+                return RELOADING
             try:
-                confirmed = await self.directory.agent(self.org_id, user_id).confirm_offer(tx.id)
-            except ActorUnavailable:
-                confirmed = {"ok": False, "snapshot": None}
-            if confirmed["snapshot"] is not None:
-                self._update_agent(confirmed["snapshot"])
-            if not confirmed["ok"]:
-                # The agent withdrew (presence change) between offer and answer.
-                await self._end_offer(tx, "rescinded", count_as_tried=False, reason="agent withdrew")
-                await self._route_waiting()
-                return refuse(409, "the offer was withdrawn")
-            await self._assign(tx, user_id, "accepted")
-            # No longer holding an offer, the agent may take more work if under capacity.
+                return await self._accept(tx_id, user_id)
+            except repo.Fenced:
+                return self._fenced()
+
+    async def _accept(self, tx_id: int, user_id: int) -> Result:
+        tx = self._txs.get(tx_id)
+        refusal = self._offer_check(tx, user_id)
+        if refusal is not None:
+            return refusal
+        assert tx is not None and tx.offer_expires_at is not None and tx.offer_id is not None
+        if utcnow() >= tx.offer_expires_at:  # the timer is due but has not run yet
+            await self._end_offer(tx, "missed")
             await self._route_waiting()
-            return ok(tx.id)
+            return refuse(409, "the offer expired")
+        assigned, unseen = await self._assign(tx, user_id, "accepted", offer_id=tx.offer_id)
+        await self._confirm(user_id, tx.offer_id, assigned, "accepted", unseen)
+        # No longer holding an offer, the agent may take more work if under capacity.
+        await self._route_waiting()
+        return ok(tx.id)
 
     async def decline(self, tx_id: int, user_id: int) -> Result:
         if not await self._ensure_active():
             return refuse(404, "inbox not found")
         async with self._lock:
+            if not self._activated:
+                return RELOADING
             tx = self._txs.get(tx_id)
             refusal = self._offer_check(tx, user_id)
             if refusal is not None:
                 return refusal
             assert tx is not None
-            await self._end_offer(tx, "declined")
-            await self._route_waiting()
+            try:
+                await self._end_offer(tx, "declined")
+                await self._route_waiting()
+            except repo.Fenced:
+                return self._fenced()
             return ok(tx.id)
 
-    async def _assign(self, tx: TxState, user_id: int, kind: str, **detail: Any) -> None:
+    async def _assign(self, tx: TxState, user_id: int, kind: str, **detail: Any) -> tuple[TxState, list[Any]]:
+        """One step: the transaction is the agent's; they become the customer's sticky agent here.
+
+        Also answers the messages the agent has not been sent yet (those that came while it was
+        queued or offered), to deliver once the agent has confirmed.
+        """
         now = utcnow()
+        assigned = tx.assigned(user_id, now)
+        async with self._step() as session:
+            await session.execute(update(Transaction).where(Transaction.id == tx.id).values(**assigned.columns(now)))
+            await repo.remember_sticky_agent(session, self.inbox_id, tx.customer_key, user_id)
+            await repo.add_transaction_event(session, tx.id, kind, user_id, now, **detail)
+            shown = (tx.first_message or {}).get("id")
+            unseen = [m for m in await repo.latest_messages(session, tx.id) if m["id"] != shown]
         self._cancel_timer(tx.id)
-        tx.state = "assigned"
-        tx.agent_id = user_id
-        tx.assigned_at = now
-        tx.offered_to = None
-        tx.offer_expires_at = None
-        tx.current_offer_is_sticky = False
-        async with self.db.session() as session:
-            # Whoever handles the customer becomes their sticky agent on this inbox.
-            await repo.remember_sticky_agent(session, self.inbox_id, tx.customer_wa_id, user_id)
-        tx.sticky_agent = user_id
-        await self._save(tx, kind, user_id, **detail)
+        self._remember(assigned)
+        return assigned, unseen
+
+    async def _confirm(self, user_id: int, offer_id: str, tx: TxState, kind: str, unseen: list[Any]) -> None:
+        """Tell the agent its assignment (then what it has not seen); the caller answers once the agent shows it."""
+        payload = {**tx.summary(self.inbox_id, self.config.name), "kind": kind}
+        await self._tell_and_wait(user_id, "confirm", offer_id, payload)
+        if unseen:
+            self._tell(user_id, "deliver", tx.id, self.inbox_id, unseen)
+
+    async def _tell_and_wait(self, user_id: int, method: str, *args: Any) -> None:
+        """Tell (in order, retried), then wait a bounded time for it: an API answer should find the
+        agent's view and stream already showing the change; if the agent is slow, it still arrives."""
+        answer = await self._mailbox(user_id).post_and_wait(method, *args,
+                                                           timeout_s=self._settings.actor_call_timeout_s)
+        if isinstance(answer, dict) and "version" in answer:
+            self._update_agent(answer)
 
     async def claim(self, tx_id: int, user_id: int) -> Result:
         if not await self._ensure_active():
             return refuse(404, "inbox not found")
         async with self._lock:
+            if not self._activated:
+                return RELOADING
+            if self.config.mode != AssignmentMode.MANUAL:
+                return refuse(409, f"only manual inboxes take claims; this inbox routes by {self.config.mode}")
             tx = self._txs.get(tx_id)
             if tx is None or tx.state == "assigned":
                 return refuse(409, "the transaction was already claimed")
@@ -397,42 +569,58 @@ class InboxActor(StoreBackedActor):
             membership = self.config.members.get(user_id)
             if membership is None or not membership[1]:
                 return refuse(403, "only a licensed agent of this inbox may claim its transactions")
-            answer = await self._take_directly(tx, user_id, "claimed")
-            if answer is not None:
-                return answer
-            await self._assign(tx, user_id, "claimed")
-            return ok(tx.id)
+            try:
+                return await self._take_directly(tx, user_id, "claimed")
+            except repo.Fenced:
+                return self._fenced()
 
-    async def _take_directly(self, tx: TxState, user_id: int, kind: str) -> Result | None:
-        """Ask the agent actor to take the transaction outside an offer; a refusal becomes a 409."""
-        payload = {**tx.summary(self.inbox_id, self.config.name), "kind": kind}
-        try:
-            answer = await self.directory.agent(self.org_id, user_id).assign_direct(payload)
-        except ActorUnavailable:
+    async def _take_directly(self, tx: TxState, user_id: int, kind: str, **detail: Any) -> Result:
+        """A claim or a transfer: hold the agent's capacity, commit the assignment, confirm it."""
+        offer_id = new_offer_id(tx.id)
+        answer = await self._call_agent(user_id, "hold", {**tx.summary(self.inbox_id, self.config.name),
+                                                          "offer_id": offer_id, "kind": kind}, True)
+        if answer is None:
+            self._tell(user_id, "release", offer_id, "rescinded")
             return refuse(409, "the agent is unavailable right now")
         self._update_agent(answer["snapshot"])
         if not answer["ok"]:
             return refuse(409, answer["reason"])
-        return None
+        previous_agent = tx.agent_id if tx.state == "assigned" else None
+        previous_offer = (tx.offered_to, tx.offer_id) if tx.state == "offered" else None
+        try:
+            assigned, unseen = await self._assign(tx, user_id, kind, offer_id=offer_id, **detail)
+        except BaseException:
+            self._tell(user_id, "release", offer_id, "rescinded")
+            raise
+        if previous_offer is not None and previous_offer[0] is not None and previous_offer[1] is not None:
+            self._tell(previous_offer[0], "release", previous_offer[1], "rescinded")
+        if previous_agent is not None:
+            await self._tell_and_wait(previous_agent, "end", tx.id, "transferred")
+        await self._confirm(user_id, offer_id, assigned, kind, unseen)
+        return ok(tx.id)
 
     async def close(self, tx_id: int, user_id: int, by_supervisor: bool) -> Result:
         if not await self._ensure_active():
             return refuse(404, "inbox not found")
         async with self._lock:
+            if not self._activated:
+                return RELOADING
             tx = self._txs.get(tx_id)
             if tx is None:
                 return refuse(409, "the transaction is already closed")
             if not by_supervisor and not (tx.state == "assigned" and tx.agent_id == user_id):
                 return refuse(403, "only the agent handling this transaction may close it")
-            if tx.state == "offered":
-                await self._end_offer(tx, "rescinded", count_as_tried=False, reason="closed by supervisor")
-            if tx.state == "assigned" and tx.agent_id is not None:
-                await self._tell_agent_and_refresh(tx.agent_id, "transaction_ended", tx.id, "closed")
-            tx.state = "closed"
-            tx.closed_at = utcnow()
-            await self._save(tx, "closed", user_id)
-            self._forget(tx)
-            await self._route_waiting(new_round=True)
+            try:
+                closed = tx.closed(utcnow())
+                await self._save(closed, "closed", user_id)
+                self._forget(tx)
+                if tx.state == "assigned" and tx.agent_id is not None:
+                    await self._tell_and_wait(tx.agent_id, "end", tx.id, "closed")
+                if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:
+                    self._tell(tx.offered_to, "release", tx.offer_id, "rescinded")
+                await self._route_waiting()
+            except repo.Fenced:
+                return self._fenced()
             return ok(tx.id)
 
     async def transfer(self, tx_id: int, by_user_id: int | None, to_user_id: int | None) -> Result:
@@ -440,33 +628,35 @@ class InboxActor(StoreBackedActor):
         if not await self._ensure_active():
             return refuse(404, "inbox not found")
         async with self._lock:
+            if not self._activated:
+                return RELOADING
             tx = self._txs.get(tx_id)
             if tx is None:
                 return refuse(409, "the transaction is closed")
             previous = tx.agent_id if tx.state == "assigned" else None
-            if to_user_id is not None:
-                membership = self.config.members.get(to_user_id)
-                if membership is None or not membership[1]:
-                    return refuse(422, f"user {to_user_id} is not a licensed agent of this inbox")
-                if previous == to_user_id:
-                    return refuse(409, "the transaction is already with that agent")
-                answer = await self._take_directly(tx, to_user_id, "transferred")
-                if answer is not None:
-                    return answer
-            if tx.state == "offered":
-                await self._end_offer(tx, "rescinded", count_as_tried=False, reason="transferred")
-            if previous is not None:
-                await self._tell_agent_and_refresh(previous, "transaction_ended", tx.id, "transferred")
-            if to_user_id is not None:
-                await self._assign(tx, to_user_id, "transferred", from_agent=previous, by=by_user_id)
-            else:
-                tx.state = "queued"
-                tx.agent_id = None
-                tx.assigned_at = None
-                tx.tried = [previous] if previous is not None else []
-                await self._save(tx, "transferred", None, from_agent=previous, to_queue=True, by=by_user_id)
-            # The previous agent has room again; the queue may move.
-            await self._route_waiting(new_round=True)
+            try:
+                if to_user_id is not None:
+                    membership = self.config.members.get(to_user_id)
+                    if membership is None or not membership[1]:
+                        return refuse(422, f"user {to_user_id} is not a licensed agent of this inbox")
+                    if previous == to_user_id:
+                        return refuse(409, "the transaction is already with that agent")
+                    answer = await self._take_directly(tx, to_user_id, "transferred", from_agent=previous,
+                                                       by=by_user_id)
+                    if answer["status"] != 200:
+                        return answer
+                else:
+                    queued = tx.back_to_queue(previous)
+                    await self._save(queued, "transferred", None, from_agent=previous, to_queue=True, by=by_user_id)
+                    self._cancel_timer(tx.id)
+                    self._remember(queued)
+                    if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:
+                        self._tell(tx.offered_to, "release", tx.offer_id, "rescinded")
+                    if previous is not None:
+                        await self._tell_and_wait(previous, "end", tx.id, "transferred")
+                await self._route_waiting()
+            except repo.Fenced:
+                return self._fenced()
             return ok(tx.id)
 
     # ------------------------------------------------------------------ events from agents and config
@@ -474,72 +664,116 @@ class InboxActor(StoreBackedActor):
     async def agent_changed(self, snapshot: dict[str, Any]) -> None:
         """An agent of this inbox changed presence or capacity: refresh it and route what waits.
 
-        A push that only repeats what an answer of the agent already told us is no new event
-        (otherwise a transaction every agent passed on would be offered again at once). Compared
-        under the lock: the push may overtake the answer of the call that caused it.
+        A push that only repeats what an answer of the agent already told us is no new event.
+        Snapshots carry (epoch, sequence): an older one that overtakes a newer one is ignored.
         """
         if not await self._ensure_active():
             return
-        async with self._lock:
-            changed = self._config is not None and snapshot["user_id"] in self.config.members \
-                and self._update_agent(snapshot)
-        if changed:
+        if self._config is not None and snapshot["user_id"] in self.config.members and self._update_agent(snapshot):
             self.request_routing()
 
     def _update_agent(self, snapshot: dict[str, Any]) -> bool:
         """Keep the newest snapshot of an agent; True when it changes what routing decides on."""
         current = self._agents.get(snapshot["user_id"])
-        if current is not None and snapshot.get("version", 0) < current.get("version", 0):
+        if current is not None and tuple(snapshot.get("version") or (0, 0)) < tuple(current.get("version") or (0, 0)):
             return False
         self._agents[snapshot["user_id"]] = snapshot
+        self._unreachable.pop(snapshot["user_id"], None)
         return current is None or any(current.get(key) != snapshot.get(key) for key in ROUTING_FIELDS)
 
-    async def _tell_agent_and_refresh(self, user_id: int, method: str, *args: Any) -> None:
-        """Call an agent method that answers with its new snapshot (an offer released, a chat ended)
-        and route the rest on that state now, not on the push that follows."""
-        snapshot = await self._tell_agent(user_id, method, *args)
-        if snapshot is not None:
-            self._update_agent(snapshot)
-
-    async def agent_withdrew(self, user_id: int, tx_id: int) -> None:
-        """The agent went away or offline while holding our offer: rescind it and reroute at once."""
+    async def agent_withdrew(self, user_id: int, offer_id: str) -> None:
+        """The agent went away or offline while holding our offer: rescind it and reroute at once (idempotent)."""
         if not await self._ensure_active():
             return
         async with self._lock:
-            tx = self._txs.get(tx_id)
+            if not self._activated:
+                return
+            tx = next((t for t in self._txs.values() if t.offer_id == offer_id), None)
             if tx is not None and tx.state == "offered" and tx.offered_to == user_id:
-                await self._end_offer(tx, "rescinded", count_as_tried=False, reason="agent unavailable")
-                await self._route_waiting()
+                try:
+                    await self._end_offer(tx, "rescinded", count_as_tried=False, reason="agent unavailable")
+                    await self._route_waiting()
+                except repo.Fenced:
+                    self._fenced()
 
     async def config_changed(self) -> dict[str, Any]:
-        """Mode, agents, proficiency or timers were edited: apply live, keeping queued and offered work."""
-        if not self._activated:
-            return await self.activate()
-        async with self._lock:
-            async with self.db.session() as session:
-                config = await repo.load_inbox_config(session, self.inbox_id)
-                if config is None:
-                    self._config = None
-                    return {"inbox_id": self.inbox_id, "exists": False}
-                self._config = config
-                self._agents = await repo.load_agent_snapshots(session, config.members)
-            for tx in list(self._txs.values()):
-                if tx.state == "offered" and tx.offered_to not in config.members:
-                    await self._end_offer(tx, "rescinded", count_as_tried=False, reason="agent left the inbox")
-            await self._route_waiting(new_round=True)
-        return {"inbox_id": self.inbox_id, "exists": True, "open": len(self._txs)}
+        """Mode, agents, proficiency or timers were edited: apply live, keeping queued and offered work.
 
-    # ------------------------------------------------------------------ persistence helpers
+        Only a hint: the control loop finds the new configuration version in the store anyway.
+        """
+        if not await self._ensure_active():
+            return {"inbox_id": self.inbox_id, "exists": False}
+        async with self._lock:
+            if self._activated:
+                try:
+                    self._config_stale = True
+                    await self._route_waiting()
+                except repo.Fenced:
+                    self._fenced()
+        return {"inbox_id": self.inbox_id, "exists": self._config is not None, "open": len(self._txs)}
+
+    async def _reload_config(self) -> None:
+        """Reload the configuration (lock held); offers to agents no longer in the inbox are rescinded."""
+        async with self.db.session() as session:
+            config = await repo.load_inbox_config(session, self.inbox_id)
+            if config is None:
+                return
+            agents = await repo.load_agent_snapshots(session, config.members)
+        self._config_stale = False
+        known = self._agents
+        self._config = config
+        # A live snapshot pushed by an agent is newer than what the store says of it.
+        self._agents = {uid: known.get(uid) or snapshot for uid, snapshot in agents.items()}
+        for tx in list(self._txs.values()):
+            membership = config.members.get(tx.offered_to) if tx.offered_to is not None else None
+            if tx.state == "offered" and (membership is None or not membership[1]):
+                await self._end_offer(tx, "rescinded", count_as_tried=False, reason="agent left the inbox")
+
+    # ------------------------------------------------------------------ store and agents
 
     async def _save(self, tx: TxState, event: str, agent_id: int | None, **detail: Any) -> None:
+        """One step's commit: the transaction row and its audit event."""
         now = utcnow()
-        async with self.db.session() as session:
+        async with self._step() as session:
             await session.execute(update(Transaction).where(Transaction.id == tx.id).values(**tx.columns(now)))
             await repo.add_transaction_event(session, tx.id, event, agent_id, now, **detail)
 
-    async def _tell_agent(self, user_id: int, method: str, *args: Any) -> Any:
-        """Call an agent actor; its unavailability must not stall the inbox (its state is in the store)."""
-        with contextlib.suppress(ActorUnavailable):
-            return await getattr(self.directory.agent(self.org_id, user_id), method)(*args)
-        log.warning("agent %s unreachable for %s", user_id, method)
-        return None
+    async def _call_agent(self, user_id: int, method: str, *args: Any) -> Any:
+        """A call whose answer the step needs now, with a deadline; None if the agent did not answer.
+
+        An unanswered agent is skipped briefly (not taken for offline), then tried again.
+        """
+        try:
+            return await asyncio.wait_for(getattr(self.directory.agent(self.org_id, user_id), method)(*args),
+                                          self._settings.actor_call_timeout_s)
+        except (ActorUnavailable, TimeoutError) as exc:
+            log.warning("agent %s did not answer %s: %s", user_id, method, type(exc).__name__)
+            self._unreachable[user_id] = time.monotonic() + UNREACHABLE_BACKOFF_S
+            asyncio.get_running_loop().call_later(UNREACHABLE_BACKOFF_S, self.request_routing)
+            return None
+
+    def _mailbox(self, user_id: int) -> Mailbox:
+        mailbox = self._mailboxes.get(user_id)
+        if mailbox is None:
+            async def send(method: str, args: tuple[Any, ...]) -> Any:
+                return await getattr(self.directory.agent(self.org_id, user_id), method)(*args)
+
+            mailbox = Mailbox(f"inbox {self.inbox_id} -> agent {user_id}", send,
+                              deadline_s=self._settings.actor_call_timeout_s, give_up_after_s=120.0,
+                              on_give_up=lambda _letter: self._tell(user_id, "resync"))
+            self._mailboxes[user_id] = mailbox
+        return mailbox
+
+    def _tell(self, user_id: int, method: str, *args: Any) -> None:
+        """A follow-up call the step does not wait for: delivered in order, retried; answers a snapshot."""
+        result = self._mailbox(user_id).post(method, *args)
+
+        def absorb(future: asyncio.Future[Any]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                return
+            answer = future.result()
+            if isinstance(answer, dict) and "version" in answer and self._config is not None \
+                    and answer.get("user_id") in self.config.members and self._update_agent(answer):
+                self.request_routing()
+
+        result.add_done_callback(absorb)

@@ -1,8 +1,10 @@
 """The gateway's side of routing: forwards stored messages to inbox actors and relays API actions.
 
 Messages are in the store before they reach this class, so a forward that fails (actor restarting,
-gateway stopping) loses nothing: the inbox actor picks up unattached messages when it activates,
-and `recover()` activates every inbox with pending work at start.
+gateway stopping) loses nothing. Three paths lead every stored message to its inbox: the forward
+(retried on any failure), the live inbox actor's control loop (it attaches what it finds unrouted),
+and this gateway's recovery loop (it activates every inbox with unrouted messages, at start and
+every few seconds, in case no actor of that inbox is alive).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from store.tables import InboundMessage, Inbox, Transaction
 
 log = logging.getLogger(__name__)
 
-# Delivery attempts of one batch to an inbox actor before leaving it to activation-time recovery.
-_FORWARD_ATTEMPTS = 8
+# Delivery attempts of one batch to an inbox actor before leaving it to the recovery paths.
+_FORWARD_ATTEMPTS = 12
+# How often the gateway looks for inboxes with messages no actor attached.
+_RECOVERY_INTERVAL_S = 10.0
 
 
 class RoutingClient:
@@ -36,27 +40,43 @@ class RoutingClient:
         # One forwarder task per inbox with work: an inbox's messages go in order, inboxes independently.
         self._waiting: dict[tuple[int, int], list[dict[str, Any]]] = {}
         self._forwarders: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self._recovery: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="wa-router-dispatcher")
         await self.recover()
+        self._recovery = asyncio.create_task(self._recover_forever(), name="wa-router-recovery")
 
     async def stop(self) -> None:
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+        for task in (self._dispatcher, self._recovery):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for task in list(self._forwarders.values()):
             task.cancel()
 
-    async def recover(self) -> int:
-        """Activate every inbox with open transactions or unattached messages (re-arms offer timers)."""
+    async def _recover_forever(self) -> None:
+        # A control loop that never dies.
+        while True:
+            await asyncio.sleep(_RECOVERY_INTERVAL_S)
+            try:
+                await self.recover(open_work=False)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("recovery pass failed")
+
+    async def recover(self, *, open_work: bool = True) -> int:
+        """Activate every inbox with unattached messages, and (`open_work`) with open transactions.
+
+        An activation re-arms offer timers and attaches what is unrouted; a live actor just answers.
+        """
         async with self._db.session() as session:
-            query = union(
-                select(Transaction.inbox_id).where(Transaction.state != "closed"),
-                select(InboundMessage.inbox_id).where(InboundMessage.inbox_id.is_not(None),
-                                                      InboundMessage.transaction_id.is_(None)),
-            ).subquery()
+            unrouted = select(InboundMessage.inbox_id).where(InboundMessage.inbox_id.is_not(None),
+                                                             InboundMessage.transaction_id.is_(None))
+            query = (union(select(Transaction.inbox_id).where(Transaction.state != "closed"), unrouted)
+                     if open_work else unrouted).subquery()
             rows = (await session.execute(
                 select(Inbox.org_id, Inbox.id).where(Inbox.id.in_(select(query.c[0]))))).all()
         results = await asyncio.gather(*(self.directory.inbox(org, inbox).activate() for org, inbox in rows),
@@ -112,11 +132,14 @@ class RoutingClient:
             try:
                 await self.directory.inbox(org_id, inbox_id).ingest(messages)
                 return
-            except ActorUnavailable as exc:
-                log.warning("inbox %s:%s unavailable (%s); retrying", org_id, inbox_id, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Any failure: the messages are stored, so trying again is always safe (ingest is idempotent).
+                log.warning("forward to inbox %s:%s failed (%s); retrying", org_id, inbox_id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        log.error("inbox %s:%s kept failing; %d messages wait for its next activation",
+        log.error("inbox %s:%s kept failing; %d messages wait for the recovery paths",
                   org_id, inbox_id, len(messages))
 
     # ------------------------------------------------------------------ configuration changes

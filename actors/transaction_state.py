@@ -1,54 +1,111 @@
-"""The inbox actor's in-memory view of one open transaction, and its mapping to the store row."""
+"""The inbox actor's view of one open transaction, its pure transitions, and its mapping to the store row.
+
+Transitions return a new `TxState` and never change the old one: the inbox actor commits the new
+state to the store first and only then replaces its in-memory copy, so a failed commit leaves the
+actor believing exactly what the store holds.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from store.tables import Transaction
 
 
-@dataclass
+@dataclass(frozen=True)
 class TxState:
     id: int
+    customer_key: str
     customer_wa_id: str
     customer_name: str | None
     state: str
     waiting_since: datetime
     agent_id: int | None = None
     offered_to: int | None = None
+    offer_id: str | None = None
     offer_expires_at: datetime | None = None
     offer_seq: int = 0
     sticky_dials: int = 0
-    tried: list[int] = field(default_factory=list)
+    sticky_declined: bool = False
+    tried: tuple[int, ...] = ()
     assigned_at: datetime | None = None
     closed_at: datetime | None = None
-    # Not persisted as columns: rebuilt from the store on activation.
+    # Not columns: rebuilt from the store on activation.
     sticky_agent: int | None = None
-    sticky_declined: bool = False
     current_offer_is_sticky: bool = False
-    # Every eligible agent passed on it: it waits for an eligibility event before a new round.
-    round_over: bool = False
-    past_offerees: set[int] = field(default_factory=set)
-    first_message: dict[str, Any] | None = None
+    past_offerees: frozenset[int] = frozenset()
+    first_message: dict[str, Any] | None = field(default=None, compare=False)
 
     @classmethod
-    def of(cls, row: Transaction) -> TxState:
+    def of(cls, row: Transaction, customer_key: str) -> TxState:
         return cls(
-            id=row.id, customer_wa_id=row.customer_wa_id, customer_name=row.customer_name, state=row.state,
-            waiting_since=row.waiting_since, agent_id=row.agent_id, offered_to=row.offered_to,
+            id=row.id, customer_key=customer_key, customer_wa_id=row.customer_wa_id,
+            customer_name=row.customer_name, state=row.state, waiting_since=row.waiting_since,
+            agent_id=row.agent_id, offered_to=row.offered_to, offer_id=row.offer_id,
             offer_expires_at=row.offer_expires_at, offer_seq=row.offer_seq, sticky_dials=row.sticky_dials,
-            tried=list(row.tried or []), assigned_at=row.assigned_at, closed_at=row.closed_at,
+            sticky_declined=row.sticky_declined, tried=tuple(row.tried or []), assigned_at=row.assigned_at,
+            closed_at=row.closed_at,
         )
+
+    # ------------------------------------------------------------------ transitions (pure)
+
+    def new_round(self) -> TxState:
+        """Every eligible agent passed: forget who was tried and the sticky counters, start over."""
+        return replace(self, tried=(), sticky_dials=0, sticky_declined=False)
+
+    def offered(self, user_id: int, expires_at: datetime, *, sticky_dial: bool, offer_id: str) -> TxState:
+        return replace(self, state="offered", offered_to=user_id, offer_seq=self.offer_seq + 1, offer_id=offer_id,
+                       offer_expires_at=expires_at, current_offer_is_sticky=sticky_dial,
+                       past_offerees=self.past_offerees | {user_id})
+
+    def requeued(self, kind: str, dials_per_agent: int, *, count_as_tried: bool = True) -> TxState:
+        """The pending offer ended (missed, declined or rescinded): back to the queue.
+
+        A missed sticky dial spends one dial; the sticky agent joins `tried` once its dials are
+        spent or it declined, so the fallback round tries the others first.
+        """
+        user_id = self.offered_to
+        tried = list(self.tried)
+        dials, declined = self.sticky_dials, self.sticky_declined
+        if count_as_tried and user_id is not None:
+            if self.current_offer_is_sticky and kind == "declined":
+                declined = True
+                tried.append(user_id)
+            elif self.current_offer_is_sticky:
+                dials += 1
+                if dials >= dials_per_agent:
+                    tried.append(user_id)
+            elif user_id not in tried:
+                tried.append(user_id)
+        return replace(self, state="queued", offered_to=None, offer_id=None, offer_expires_at=None,
+                       current_offer_is_sticky=False, tried=tuple(dict.fromkeys(tried)), sticky_dials=dials,
+                       sticky_declined=declined)
+
+    def assigned(self, user_id: int, now: datetime) -> TxState:
+        return replace(self, state="assigned", agent_id=user_id, assigned_at=now, offered_to=None, offer_id=None,
+                       offer_expires_at=None, current_offer_is_sticky=False, sticky_agent=user_id)
+
+    def back_to_queue(self, previous: int | None) -> TxState:
+        """A supervisor sent an assigned transaction back to the queue: the previous agent is tried."""
+        return replace(self, state="queued", agent_id=None, assigned_at=None, offered_to=None, offer_id=None,
+                       offer_expires_at=None, tried=(previous,) if previous is not None else (),
+                       sticky_dials=0, sticky_declined=False)
+
+    def closed(self, now: datetime) -> TxState:
+        return replace(self, state="closed", closed_at=now, offered_to=None, offer_id=None, offer_expires_at=None)
+
+    # ------------------------------------------------------------------ store mapping and views
 
     def columns(self, now: datetime) -> dict[str, Any]:
         """The persisted columns, for an UPDATE after each transition."""
         return {
             "state": self.state, "agent_id": self.agent_id, "offered_to": self.offered_to,
-            "offer_expires_at": self.offer_expires_at, "offer_seq": self.offer_seq,
-            "sticky_dials": self.sticky_dials, "tried": list(self.tried), "waiting_since": self.waiting_since,
-            "assigned_at": self.assigned_at, "closed_at": self.closed_at, "updated_at": now,
+            "offer_id": self.offer_id, "offer_expires_at": self.offer_expires_at, "offer_seq": self.offer_seq,
+            "sticky_dials": self.sticky_dials, "sticky_declined": self.sticky_declined, "tried": list(self.tried),
+            "waiting_since": self.waiting_since, "assigned_at": self.assigned_at, "closed_at": self.closed_at,
+            "updated_at": now,
         }
 
     def summary(self, inbox_id: int, inbox_name: str) -> dict[str, Any]:

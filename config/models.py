@@ -105,6 +105,11 @@ class OrganizationCreate(_Strict):
     owner: OwnerIn
 
 
+class OrganizationUpdate(_Strict):
+    # Offers an agent may let ring out in a row before being set away (0 = never).
+    missed_offers_before_away: Annotated[int, Field(ge=0, le=100)]
+
+
 class UserCreate(_Strict):
     name: Name
     email: Email

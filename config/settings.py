@@ -39,6 +39,15 @@ class Settings(BaseSettings):
     ray_dashboard_port: int = 8265
     ray_num_cpus: int | None = None
 
+    # Routing actors: the deadline of one call between inbox and agent actors (retried after it),
+    # and how often an inbox checks the store for configuration changes and unrouted messages.
+    actor_call_timeout_s: float = Field(default=2.0, gt=0)
+    inbox_sync_interval_s: float = Field(default=2.0, gt=0)
+    # The deployment lease: a gateway heartbeats it; another Ray cluster may take the store only
+    # once the lease is this old.
+    deployment_heartbeat_s: float = Field(default=5.0, gt=0)
+    deployment_lease_s: float = Field(default=20.0, gt=0)
+
     # Meta retries a webhook it did not get a 2xx for; anything larger than this is refused with 413.
     max_webhook_body_bytes: int = 1024 * 1024
 

@@ -12,6 +12,7 @@ from actors.directory import RayDirectory, connect_ray, disconnect_ray
 from actors.routing_client import RoutingClient
 from config.settings import Settings, get_settings
 from gateway.bootstrap import ensure_admin_token
+from gateway.deployment import DeploymentConflict, DeploymentLease, cluster_identity
 from gateway.errors import install_error_handlers
 from gateway.routers import api_routers
 from gateway.runtime import Runtime
@@ -32,6 +33,17 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         db = Database(settings.database_url)
         graph = GraphClient(settings.graph_base_url, timeout_s=settings.graph_timeout_s)
         ray_connection = connect_ray(settings)
+        lease = DeploymentLease(db, cluster_identity(), heartbeat_s=settings.deployment_heartbeat_s,
+                                lease_s=settings.deployment_lease_s)
+        try:
+            # Before any inbox is touched: another live cluster on this store would fight over them.
+            await lease.start()
+        except DeploymentConflict as exc:
+            log.error("%s", exc)
+            await graph.aclose()
+            await db.dispose()
+            disconnect_ray(ray_connection)
+            raise
         routing = RoutingClient(RayDirectory(settings), db)
         runtime = Runtime(settings=settings, db=db, secrets=SecretBox(load_or_create_key(
             settings.secret_key, settings.secret_key_file)), graph=graph, routing=routing)
@@ -45,6 +57,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
             yield
         finally:
             await routing.stop()
+            await lease.stop()
             await graph.aclose()
             await db.dispose()
             disconnect_ray(ray_connection)

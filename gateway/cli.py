@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.bootstrap import rotate_admin_token
+from gateway.deployment import DeploymentConflict, check_free
 from gateway.runtime import Runtime
 from store.db import Database
 from store.migrate import upgrade_to_head
@@ -38,9 +39,32 @@ def _banner(app: FastAPI) -> None:
     print("\n".join(lines), flush=True)
 
 
+def _store_in_use(settings: Settings) -> str | None:
+    """Fail fast, before starting Ray: a new local cluster may not join a store a live deployment holds."""
+    if settings.ray_address:
+        return None  # joining a cluster: the lease is compared with that cluster's identity at start
+    upgrade_to_head(settings.database_url)
+
+    async def run() -> str | None:
+        db = Database(settings.database_url, pool_size=1)
+        try:
+            await check_free(db, None, settings.deployment_lease_s)
+        except DeploymentConflict as exc:
+            return str(exc)
+        finally:
+            await db.dispose()
+        return None
+
+    return asyncio.run(run())
+
+
 def serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     settings = Settings(**overrides)
+    conflict = _store_in_use(settings)
+    if conflict is not None:
+        print(conflict, file=sys.stderr, flush=True)
+        return 1
     app = create_app(settings, on_ready=_banner)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, ws="websockets-sansio")
     return 0

@@ -27,6 +27,7 @@ class OrganizationOut(BaseModel):
     id: int
     name: str
     created_at: datetime
+    missed_offers_before_away: int
 
 
 class UserOut(BaseModel):
@@ -135,6 +136,8 @@ class PendingOfferOut(BaseModel):
 class AgentOut(BaseModel):
     user_id: int
     status: str
+    # Set when the router changed the status (e.g. "missed 3 offers in a row"); None when the agent did.
+    status_reason: str | None = None
     max_concurrent: int
     active_transactions: list[int]
     idle_since: str | None

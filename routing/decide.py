@@ -118,7 +118,13 @@ def _sticky_dialable(request: RoutingRequest) -> AgentSnapshot | None:
 
 
 def pick_sticky(request: RoutingRequest) -> Decision:
-    """Redial the customer's last agent while it has dials left, else round robin among the others."""
+    """Redial the customer's last agent while it has dials left, else round robin among everyone.
+
+    The fallback pool includes the sticky agent: once its dials are spent (or it declined) the
+    caller puts it in ``tried``, so the others come first, and when they have all passed too the
+    next round starts with the sticky agent again. Excluding it would leave the customer waiting
+    whenever it is the only agent available.
+    """
     if request.sticky_agent is None:
         # First transaction of this customer on this inbox: nobody to stick to yet.
         return _round_robin_offer(eligible_agents(request.agents), request, "round robin (no sticky agent)")
@@ -132,13 +138,7 @@ def pick_sticky(request: RoutingRequest) -> Decision:
             sticky_dial=True,
             reason=f"sticky agent (dial {dial} of {request.dials_per_agent})",
         )
-    others = [a for a in eligible_agents(request.agents) if a.user_id != request.sticky_agent]
-    return _round_robin_offer(
-        others,
-        request,
-        "sticky fallback: round robin",
-        empty_reason="no eligible agent other than the sticky agent",
-    )
+    return _round_robin_offer(eligible_agents(request.agents), request, "sticky fallback: round robin")
 
 
 def _idle_key(agent: AgentSnapshot) -> tuple[int, object]:

@@ -37,6 +37,9 @@ class Database:
             if path and ":memory:" not in path:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
+            if path and ":memory:" not in path:
+                # SQLite has one writer at a time whatever the pool; the pool only bounds waiting readers.
+                kwargs.update(pool_size=pool_size, max_overflow=2 * pool_size)
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)

@@ -16,6 +16,7 @@ from store.tables import (
     InboundMessage,
     Inbox,
     InboxAgent,
+    Organization,
     StickyAgent,
     Transaction,
     TransactionEvent,
@@ -33,6 +34,7 @@ class InboxConfig:
     reassign_after_s: int
     dials_per_agent: int
     rotation_pointer: int | None
+    config_version: int = 0
     # user_id -> (proficiency, licensed)
     members: dict[int, tuple[int, bool]] = field(default_factory=dict)
 
@@ -48,9 +50,49 @@ async def load_inbox_config(session: AsyncSession, inbox_id: int) -> InboxConfig
     return InboxConfig(
         org_id=inbox.org_id, name=inbox.name, mode=inbox.assignment_mode,
         reassign_after_s=inbox.reassign_after_s, dials_per_agent=inbox.dials_per_agent,
-        rotation_pointer=inbox.rotation_pointer,
+        rotation_pointer=inbox.rotation_pointer, config_version=inbox.config_version,
         members={user_id: (proficiency, holds_agent_licenses(licenses)) for user_id, proficiency, licenses in rows},
     )
+
+
+class Fenced(Exception):
+    """The inbox was activated elsewhere since this owner took it: its writes are refused."""
+
+
+async def take_inbox_ownership(session: AsyncSession, inbox_id: int) -> int | None:
+    """The next fencing epoch of the inbox (None when it no longer exists)."""
+    return await session.scalar(update(Inbox).where(Inbox.id == inbox_id)
+                                .values(owner_epoch=Inbox.owner_epoch + 1).returning(Inbox.owner_epoch))
+
+
+async def fence(session: AsyncSession, inbox_id: int, epoch: int) -> int:
+    """First statement of every write of an inbox's owner: refuses a stale owner, answers the config version.
+
+    A no-op update rather than a read, so the row stays locked (PostgreSQL) until the commit and a
+    newer owner cannot slip in between the check and the write.
+    """
+    version = await session.scalar(update(Inbox).where(Inbox.id == inbox_id, Inbox.owner_epoch == epoch)
+                                   .values(owner_epoch=epoch).returning(Inbox.config_version))
+    if version is None:
+        raise Fenced(f"inbox {inbox_id} is owned by a newer activation than epoch {epoch}")
+    return int(version)
+
+
+async def inbox_watch(session: AsyncSession, inbox_id: int) -> tuple[int, int, bool] | None:
+    """(config version, owner epoch, has unrouted messages) — what an inbox's control loop checks."""
+    row = (await session.execute(select(Inbox.config_version, Inbox.owner_epoch).where(Inbox.id == inbox_id))).first()
+    if row is None:
+        return None
+    unrouted = await session.scalar(select(InboundMessage.id).where(
+        InboundMessage.inbox_id == inbox_id, InboundMessage.transaction_id.is_(None)).limit(1))
+    return int(row[0]), int(row[1]), unrouted is not None
+
+
+async def bump_config_version(session: AsyncSession, inbox_ids: Iterable[int]) -> None:
+    """In the same transaction as a configuration write: the inboxes' actors reload even if not told."""
+    ids = sorted(set(inbox_ids))
+    if ids:
+        await session.execute(update(Inbox).where(Inbox.id.in_(ids)).values(config_version=Inbox.config_version + 1))
 
 
 async def save_rotation_pointer(session: AsyncSession, inbox_id: int, pointer: int | None) -> None:
@@ -121,13 +163,26 @@ async def first_messages(session: AsyncSession, transaction_ids: Sequence[int]) 
     return {m.transaction_id: message_payload(m) for m in messages if m.transaction_id is not None}
 
 
+async def latest_messages(session: AsyncSession, transaction_id: int, limit: int = 50) -> list[dict[str, Any]]:
+    """The transaction's newest messages, oldest first (what an agent taking it over has not seen)."""
+    rows = (await session.scalars(select(InboundMessage).where(InboundMessage.transaction_id == transaction_id)
+                                  .order_by(InboundMessage.id.desc()).limit(limit))).all()
+    return [message_payload(m) for m in reversed(rows)]
+
+
 async def unrouted_messages(session: AsyncSession, inbox_id: int, ids: Sequence[int] | None = None,
-                            limit: int = 5000) -> list[dict[str, Any]]:
-    """Messages stored for this inbox but not yet attached to a transaction, oldest first."""
+                            limit: int | None = None) -> list[dict[str, Any]]:
+    """Messages stored for this inbox but not yet attached to a transaction, in arrival order.
+
+    With `limit`, a page: the caller loops until a page comes back short (never a silent cut).
+    """
     query = select(InboundMessage).where(InboundMessage.inbox_id == inbox_id, InboundMessage.transaction_id.is_(None))
     if ids is not None:
         query = query.where(InboundMessage.id.in_(ids))
-    messages = (await session.scalars(query.order_by(InboundMessage.sent_at, InboundMessage.id).limit(limit))).all()
+    query = query.order_by(InboundMessage.id)
+    if limit is not None:
+        query = query.limit(limit)
+    messages = (await session.scalars(query)).all()
     return [message_payload(m) for m in messages]
 
 
@@ -153,34 +208,45 @@ async def add_transaction_event(session: AsyncSession, transaction_id: int, kind
 
 
 async def load_agent_state(session: AsyncSession, org_id: int, user_id: int) -> AgentState | None:
-    """The agent's persisted presence; a user never seen before starts offline."""
+    """The agent's persisted presence, under a new activation epoch; a user never seen before starts offline."""
     user = await session.get(User, user_id)
     if user is None or user.org_id != org_id:
         return None
     state = await session.get(AgentState, user_id)
     if state is None:
         state = AgentState(user_id=user_id, org_id=org_id, status="offline", max_concurrent=1,
-                           status_changed_at=utcnow())
+                           status_changed_at=utcnow(), missed_in_a_row=0, epoch=0)
         session.add(state)
-        await session.flush()
+    state.epoch = (state.epoch or 0) + 1
+    await session.flush()
     return state
 
 
-async def agent_work(session: AsyncSession, user_id: int) -> tuple[dict[int, int], dict[str, Any] | None]:
-    """Active transactions (id -> inbox) and the pending offer of an agent, as the inboxes persisted them."""
+async def missed_offers_before_away(session: AsyncSession, org_id: int) -> int:
+    return int(await session.scalar(select(Organization.missed_offers_before_away)
+                                    .where(Organization.id == org_id)) or 0)
+
+
+@dataclass(frozen=True)
+class StoredOffer:
+    offer_id: str
+    transaction_id: int
+    inbox_id: int
+    expires_at: datetime | None
+
+
+async def agent_work(session: AsyncSession, user_id: int) -> tuple[dict[int, int], list[StoredOffer]]:
+    """Active transactions (id -> inbox) and the pending offers of an agent, as the inboxes committed them."""
     rows = (await session.execute(
-        select(Transaction.id, Transaction.inbox_id, Transaction.state, Transaction.offer_expires_at)
+        select(Transaction.id, Transaction.inbox_id, Transaction.state, Transaction.offer_id,
+               Transaction.offer_expires_at)
         .where(((Transaction.agent_id == user_id) & (Transaction.state == "assigned"))
                | ((Transaction.offered_to == user_id) & (Transaction.state == "offered")))
     )).all()
-    active = {tx_id: inbox_id for tx_id, inbox_id, state, _ in rows if state == "assigned"}
-    offers = [(tx_id, inbox_id, expires) for tx_id, inbox_id, state, expires in rows if state == "offered"]
-    pending = None
-    if offers:
-        tx_id, inbox_id, expires = max(offers, key=lambda o: o[0])
-        pending = {"transaction_id": tx_id, "inbox_id": inbox_id,
-                   "expires_at": expires.isoformat() if expires else None}
-    return active, pending
+    active = {tx_id: inbox_id for tx_id, inbox_id, state, _, _ in rows if state == "assigned"}
+    offers = [StoredOffer(offer_id or f"{tx_id}.0", tx_id, inbox_id, expires)
+              for tx_id, inbox_id, state, offer_id, expires in rows if state == "offered"]
+    return active, offers
 
 
 async def inboxes_of_agent(session: AsyncSession, user_id: int) -> list[int]:

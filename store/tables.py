@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     ForeignKey,
     Index,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -41,9 +43,14 @@ class Base(DeclarativeBase):
 
 class Organization(Base):
     __tablename__ = "organizations"
+    __table_args__ = (
+        CheckConstraint("missed_offers_before_away BETWEEN 0 AND 100", name="missed_offers_before_away"),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))
     webhook_verify_token: Mapped[str] = mapped_column(String(128))
+    # An agent who lets this many offers in a row ring out is set away (0 = never).
+    missed_offers_before_away: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -129,6 +136,12 @@ class Inbox(Base):
     dials_per_agent: Mapped[int] = mapped_column(Integer, default=1)
     # Round-robin memory: the order key (user id) of the last agent offered a transaction.
     rotation_pointer: Mapped[int | None] = mapped_column(BigId)
+    # Bumped by every configuration write that concerns the inbox (its settings, members, their
+    # licences): the live inbox actor compares it and reloads, even if no notification reached it.
+    config_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Fencing epoch: each activation of the inbox's actor takes the next one, and every write of
+    # that actor is conditional on it, so a stale owner's writes are refused.
+    owner_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -231,6 +244,11 @@ class AgentState(Base):
     status_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     available_since: Mapped[datetime | None]
     last_chat_end_at: Mapped[datetime | None]
+    # Why the status was last set by the router rather than the agent (e.g. missed offers).
+    status_reason: Mapped[str | None] = mapped_column(String(200))
+    missed_in_a_row: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Taken anew by each activation of the agent's actor: snapshots are ordered by (epoch, sequence).
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Transaction(Base):
@@ -262,7 +280,10 @@ class Transaction(Base):
     offer_expires_at: Mapped[datetime | None]
     # Monotonic per transaction: a timer or an answer for an older offer is recognised as stale.
     offer_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # The pending offer's reservation id ("<tx>.<seq>"): every inbox<->agent call about it names it.
+    offer_id: Mapped[str | None] = mapped_column(String(64))
     sticky_dials: Mapped[int] = mapped_column(Integer, default=0)
+    sticky_declined: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     tried: Mapped[list[Any]] = mapped_column(default=list)
     waiting_since: Mapped[datetime] = mapped_column(default=utcnow)
     assigned_at: Mapped[datetime | None]
@@ -302,3 +323,19 @@ class AgentEvent(Base):
     kind: Mapped[str] = mapped_column(String(32))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Deployment(Base):
+    """The one deployment (Ray cluster and namespace) acting on this store, held as a heartbeat lease.
+
+    A second deployment started against a store whose lease is live refuses to start, so two Ray
+    clusters never act on the same inboxes.
+    """
+
+    __tablename__ = "deployments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cluster_id: Mapped[str] = mapped_column(String(200))
+    # host:pid of the gateway that wrote last: a dead process on this host holds no live lease.
+    holder: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime | None]

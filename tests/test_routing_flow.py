@@ -106,27 +106,24 @@ def test_decline_offers_next_agent_and_rescinds(sc: Scenario) -> None:
     assert inbox == sc.tx(tx_id)["inbox_id"]
 
 
-def test_everyone_declined_waits_in_queue_until_an_agent_becomes_eligible(sc: Scenario) -> None:
+def test_when_everyone_declined_a_new_round_starts_at_once(sc: Scenario) -> None:
     (a,) = sc.agents(1)
-    inbox = sc.inbox([a])
+    sc.inbox([a])
     sock = sc.socket(a)
     sc.send(customer_id(), "anyone?")
-    tx_id = sock.next("offer")["transaction_id"]
+    first = sock.next("offer")
+    tx_id = first["transaction_id"]
     sc.do(tx_id, "decline", a)
-    sock.next("offer_rescinded")
-    trail = sc.wait_trail(tx_id, "requeued")
-    assert trail[:3] == [("queued", None), ("offered", a.id), ("declined", a.id)]
-    queued = sc.queue(inbox)
-    assert [(q["id"], q["state"], q["offered_to"]) for q in queued] == [(tx_id, "queued", None)], "\n".join(
-        str((e["kind"], e["agent_id"], e["at"], e["detail"])) for e in sc.trail(tx_id))
-    assert sc.agent_view(a)["pending_offer"] is None, sc.trail(tx_id)
-
-    # Becoming available again is the eligibility event that offers it anew.
-    sc.status(a, "away")
-    sc.status(a, "available")
-    assert sock.next("offer")["transaction_id"] == tx_id
+    assert sock.next("offer_rescinded")["offer_id"] == first["offer_id"]
+    # The only agent passed: a new round starts at once (a new offer id), no other event needed.
+    again = sock.next("offer")
+    assert again["transaction_id"] == tx_id and again["offer_id"] != first["offer_id"]
+    trail = sc.trail(tx_id)
+    assert [(e["kind"], e["agent_id"]) for e in trail] == [("queued", None), ("offered", a.id), ("declined", a.id),
+                                                           ("offered", a.id)]
+    assert trail[-1]["detail"]["new_round"] is True
     sc.do(tx_id, "accept", a)
-    assert sc.kinds(tx_id)[-2:] == [("offered", a.id), ("accepted", a.id)]
+    assert sc.kinds(tx_id)[-1] == ("accepted", a.id)
 
 
 def test_timer_rescinds_offer_and_late_accept_is_409(sc: Scenario) -> None:

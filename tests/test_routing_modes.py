@@ -315,7 +315,7 @@ def test_sticky_first_transaction_is_round_robin() -> None:
     )
 
 
-def test_sticky_dials_then_falls_back_to_others() -> None:
+def test_sticky_dials_then_falls_back_to_the_others_first() -> None:
     agents = [agent(1), agent(2), agent(3)]
     for made in range(3):
         d = decide(req(STICKY, agents, pointer=3, sticky_agent=1, sticky_dials_made=made, dials_per_agent=3))
@@ -325,25 +325,38 @@ def test_sticky_dials_then_falls_back_to_others() -> None:
             sticky_dial=True,
             reason=f"sticky agent (dial {made + 1} of 3)",
         )
-    # Dials exhausted: the rotation says 1 is next (pointer 3 wraps), but 1 is the sticky agent.
-    d = decide(req(STICKY, agents, pointer=3, sticky_agent=1, sticky_dials_made=3, dials_per_agent=3))
+    # Dials exhausted: the inbox puts the sticky agent in `tried`, so the fallback tries the others first.
+    d = decide(req(STICKY, agents, pointer=3, sticky_agent=1, tried={1}, sticky_dials_made=3, dials_per_agent=3))
     assert d == Offer(
         user_id=2, new_rotation_pointer=2, sticky_dial=False, reason="sticky fallback: round robin"
     )
 
 
-def test_sticky_fallback_excludes_sticky_even_if_not_in_tried() -> None:
+def test_sticky_fallback_includes_the_sticky_agent() -> None:
+    # The fallback is round robin among ALL available agents: dials spent, not yet tried this round.
     agents = [agent(1), agent(2), agent(3)]
     d = decide(req(STICKY, agents, pointer=None, sticky_agent=1, sticky_dials_made=1, dials_per_agent=1))
-    assert offered(d) == 2
+    assert offered(d) == 1
+    assert isinstance(d, Offer) and not d.sticky_dial
 
 
-def test_sticky_fallback_rotates_over_others() -> None:
+def test_sticky_agent_alone_is_offered_again_in_a_new_round() -> None:
+    # The sticky agent is the only one available and has spent its dials (or declined): everyone
+    # passed, so the inbox starts a new round at once, which dials the sticky agent again.
+    only = [agent(1), agent(2, status="away")]
+    d = decide(req(STICKY, only, sticky_agent=1, tried={1}, sticky_dials_made=1, dials_per_agent=1,
+                   sticky_declined=True))
+    assert d == Queue(reason="every eligible agent tried", reset_tried=True)
+    again = decide(req(STICKY, only, sticky_agent=1, dials_per_agent=1))
+    assert isinstance(again, Offer) and again.user_id == 1 and again.sticky_dial
+
+
+def test_sticky_fallback_rotates_over_everyone_untried() -> None:
     agents = [agent(1), agent(2), agent(3), agent(4)]
     pointer: int | None = 2
     picks = []
     for _ in range(4):
-        d = decide(req(STICKY, agents, pointer, sticky_agent=3, sticky_declined=True))
+        d = decide(req(STICKY, agents, pointer, sticky_agent=3, tried={3}, sticky_declined=True))
         assert isinstance(d, Offer) and not d.sticky_dial
         picks.append(d.user_id)
         pointer = d.new_rotation_pointer
@@ -353,7 +366,7 @@ def test_sticky_fallback_rotates_over_others() -> None:
 def test_sticky_declined_falls_back_immediately() -> None:
     agents = [agent(1), agent(2)]
     d = decide(
-        req(STICKY, agents, sticky_agent=1, sticky_dials_made=0, dials_per_agent=3, sticky_declined=True)
+        req(STICKY, agents, sticky_agent=1, tried={1}, sticky_dials_made=0, dials_per_agent=3, sticky_declined=True)
     )
     assert d == Offer(
         user_id=2, new_rotation_pointer=2, sticky_dial=False, reason="sticky fallback: round robin"
@@ -390,8 +403,8 @@ def test_sticky_agent_in_tried_is_never_redialled() -> None:
 
 
 def test_sticky_zero_dials_means_straight_fallback() -> None:
-    d = decide(req(STICKY, [agent(1), agent(2)], sticky_agent=1, dials_per_agent=0))
-    assert offered(d) == 2
+    d = decide(req(STICKY, [agent(1), agent(2)], sticky_agent=1, dials_per_agent=0, pointer=1))
+    assert offered(d) == 2 and isinstance(d, Offer) and not d.sticky_dial
 
 
 def test_sticky_fallback_respects_tried_and_resets() -> None:
@@ -402,10 +415,11 @@ def test_sticky_fallback_respects_tried_and_resets() -> None:
     assert d == Queue(reason="every eligible agent tried", reset_tried=True)
 
 
-def test_sticky_exhausted_and_no_other_agent_queues_without_reset() -> None:
+def test_sticky_exhausted_and_no_other_agent_is_offered_to_the_sticky_agent_in_fallback() -> None:
+    # Excluding the sticky agent here left the customer waiting while it was free.
     agents = [agent(1), agent(2, status="away")]
     d = decide(req(STICKY, agents, sticky_agent=1, sticky_dials_made=1, dials_per_agent=1))
-    assert d == Queue(reason="no eligible agent other than the sticky agent", reset_tried=False)
+    assert d == Offer(user_id=1, new_rotation_pointer=1, sticky_dial=False, reason="sticky fallback: round robin")
 
 
 def test_sticky_nobody_eligible() -> None:

@@ -19,6 +19,7 @@ from routing import (
     queue_order,
     rotate_after,
 )
+from routing.presence import MissedOutcome, after_missed_offer
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -123,8 +124,7 @@ def offer_pool(r: RoutingRequest) -> list[AgentSnapshot]:
     eligible = [a for a in r.agents if a.is_eligible]
     if r.mode is AssignmentMode.LONGEST_IDLE:
         return [a for a in eligible if a.active_count == 0]
-    if r.mode is AssignmentMode.STICKY and r.sticky_agent is not None:
-        return [a for a in eligible if a.user_id != r.sticky_agent]
+    # Sticky mode's fallback is round robin among ALL eligible agents, the sticky agent included.
     return eligible
 
 
@@ -188,13 +188,58 @@ def test_longest_idle_offers_min_idle_among_eligible_untried_idle(r: RoutingRequ
 
 @settings(max_examples=300)
 @given(sticky_requests())
-def test_sticky_dials_iff_allowed_and_fallback_avoids_sticky(r: RoutingRequest) -> None:
+def test_sticky_dials_iff_allowed_and_fallback_is_round_robin_over_everyone_untried(r: RoutingRequest) -> None:
     d = decide(r)
     if sticky_redial_allowed(r):
         assert isinstance(d, Offer) and d.sticky_dial and d.user_id == r.sticky_agent
     elif isinstance(d, Offer):
         assert not d.sticky_dial
-        assert d.user_id != r.sticky_agent
+        fresh = sorted(a.order_key for a in r.agents if a.is_eligible and a.user_id not in r.tried)
+        after = [k for k in fresh if r.rotation_pointer is None or k > r.rotation_pointer]
+        assert by_id(r)[d.user_id].order_key == (after or fresh)[0]
+
+
+@settings(max_examples=400)
+@given(any_requests)
+def test_after_everyone_passed_a_new_round_offers_whenever_anyone_is_offerable(r: RoutingRequest) -> None:
+    """The inbox's new-round rule: a reset decision is followed at once by deciding with a clean slate,
+    which offers whenever the mode has anyone offerable: nobody waits while an agent is free."""
+    d = decide(r)
+    if not (isinstance(d, Queue) and d.reset_tried):
+        return
+    fresh = replace(r, tried=frozenset(), sticky_dials_made=0, sticky_declined=False)
+    again = decide(fresh)
+    assert isinstance(again, Offer), (r, again)
+    assert again.user_id in {a.user_id for a in offer_pool(fresh)} | (
+        {r.sticky_agent} if sticky_redial_allowed(fresh) else set())
+    if sticky_redial_allowed(fresh):
+        assert again.sticky_dial and again.user_id == r.sticky_agent
+
+
+@given(st.integers(0, 200), st.integers(0, 100))
+def test_missed_offers_set_away_exactly_at_the_threshold(missed: int, threshold: int) -> None:
+    outcome = after_missed_offer(missed, threshold)
+    if threshold == 0:
+        assert outcome == MissedOutcome(missed_in_a_row=missed + 1, set_away=False)
+    elif missed + 1 >= threshold:
+        assert outcome == MissedOutcome(missed_in_a_row=0, set_away=True)
+    else:
+        assert outcome == MissedOutcome(missed_in_a_row=missed + 1, set_away=False)
+
+
+@given(st.integers(1, 20), st.lists(st.sampled_from(["missed", "answered"]), max_size=60))
+def test_an_agent_is_set_away_only_after_threshold_consecutive_misses(threshold: int, answers: list[str]) -> None:
+    count, run = 0, 0
+    for answer in answers:
+        if answer == "answered":
+            count, run = 0, 0
+            continue
+        run += 1
+        outcome = after_missed_offer(count, threshold)
+        assert outcome.set_away == (run == threshold)
+        count = outcome.missed_in_a_row
+        if outcome.set_away:
+            run = 0
 
 
 @settings(max_examples=400)
@@ -207,13 +252,10 @@ def test_queue_reset_only_when_every_eligible_agent_tried(r: RoutingRequest) -> 
     if isinstance(d, Queue) and d.reset_tried:
         assert pool, "reset with nobody eligible would loop forever"
         assert all(a.user_id in r.tried for a in pool)
-        # Every eligible agent is tried, or excluded by the mode itself: busy agents in
-        # longest_idle, the (exhausted / declined) sticky agent in sticky mode.
+        # Every eligible agent is tried, or excluded by the mode itself: busy agents in longest_idle.
         for a in r.agents:
             if a.is_eligible and a.user_id not in r.tried:
-                assert (r.mode is AssignmentMode.LONGEST_IDLE and a.active_count > 0) or (
-                    r.mode is AssignmentMode.STICKY and a.user_id == r.sticky_agent
-                )
+                assert r.mode is AssignmentMode.LONGEST_IDLE and a.active_count > 0
     # Conversely an untried offerable agent always gets an offer, and a fully tried
     # non-empty pool always asks for a reset.
     if any(a.user_id not in r.tried for a in pool) or sticky_redial_allowed(r):

@@ -146,6 +146,8 @@ async def update_inbox(inbox_id: InboxId, body: InboxUpdate, ctx: ConfigSupervis
     if body.assignment_mode is not None:
         inbox.assignment_mode = body.assignment_mode.value
     inbox.updated_at = utcnow()
+    # The live inbox actor reloads on this version even if the notification below never reaches it.
+    inbox.config_version = inbox.config_version + 1
     try:
         await session.commit()
     except IntegrityError as exc:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from config.models import OrganizationCreate, Role
-from gateway.deps import OrgMember, PlatformAdmin, SessionDep
+from config.models import OrganizationCreate, OrganizationUpdate, Role
+from gateway.deps import ConfigSupervisor, OrgMember, PlatformAdmin, SessionDep
 from gateway.routers.users import add_user
 from gateway.schemas import OrganizationCreated, OrganizationOut, OwnerCreated
 from gateway.security import new_verify_token
@@ -31,9 +31,24 @@ async def create_organization(body: OrganizationCreate, _admin: PlatformAdmin,
 @router.get("", response_model=list[OrganizationOut])
 async def list_organizations(_admin: PlatformAdmin, session: SessionDep) -> list[OrganizationOut]:
     orgs = (await session.scalars(select(Organization).order_by(Organization.id))).all()
-    return [OrganizationOut(id=o.id, name=o.name, created_at=o.created_at) for o in orgs]
+    return [organization_out(o) for o in orgs]
+
+
+def organization_out(org: Organization) -> OrganizationOut:
+    return OrganizationOut(id=org.id, name=org.name, created_at=org.created_at,
+                           missed_offers_before_away=org.missed_offers_before_away)
 
 
 @router.get("/{org_id}", response_model=OrganizationOut)
 async def get_organization(ctx: OrgMember) -> OrganizationOut:
-    return OrganizationOut(id=ctx.org.id, name=ctx.org.name, created_at=ctx.org.created_at)
+    return organization_out(ctx.org)
+
+
+@router.patch("/{org_id}", response_model=OrganizationOut)
+async def update_organization(body: OrganizationUpdate, ctx: ConfigSupervisor, session: SessionDep) -> OrganizationOut:
+    """Organization-wide routing settings (supervisors). Agents read them at the next missed offer."""
+    org = await session.get(Organization, ctx.org.id)
+    assert org is not None
+    org.missed_offers_before_away = body.missed_offers_before_away
+    await session.commit()
+    return organization_out(org)

@@ -113,8 +113,12 @@ async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgContext, tx_id: 
     tx = await session.get(Transaction, tx_id)
     if tx is None or tx.org_id != ctx.org.id:
         raise not_found("transaction")
+    inbox_id = tx.inbox_id
+    # Give the connection back while the inbox actor works: under load, requests waiting on actors
+    # must not hold the pool the webhook intake needs.
+    await session.rollback()
     try:
-        result = await getattr(runtime.routing.inbox(ctx.org.id, tx.inbox_id), method)(tx_id, *args)
+        result = await getattr(runtime.routing.inbox(ctx.org.id, inbox_id), method)(tx_id, *args)
     except ActorUnavailable as exc:
         raise ApiError(503, "the inbox's actor is restarting; retry shortly") from exc
     if result["status"] != 200:

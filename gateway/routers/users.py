@@ -14,6 +14,7 @@ from gateway.deps import OrgMember, RuntimeDep, SessionDep, Supervisor, UserId
 from gateway.errors import conflict, forbidden, not_found
 from gateway.schemas import UserCreated, UserOut
 from gateway.security import hash_token, new_token
+from store.routing_repo import bump_config_version
 from store.tables import ApiToken, InboxAgent, Transaction, User
 
 router = APIRouter(prefix="/v1/orgs/{org_id}/users", tags=["users"])
@@ -99,6 +100,8 @@ async def update_user(user_id: UserId, body: UserUpdate, ctx: Supervisor, sessio
             removed_from = list((await session.scalars(
                 delete(InboxAgent).where(InboxAgent.user_id == user.id).returning(InboxAgent.inbox_id)
             )).all())
+    # In the same commit: the inboxes' actors reload even if the notification below never reaches them.
+    await bump_config_version(session, removed_from)
     await session.commit()
     if removed_from:
         await runtime.routing.inboxes_changed(ctx.org.id, removed_from)
@@ -118,6 +121,7 @@ async def delete_user(user_id: UserId, ctx: Supervisor, session: SessionDep, run
     if open_chats:
         raise conflict(f"user {user.id} still handles {open_chats} conversation(s); transfer them first")
     inbox_ids = list((await session.scalars(select(InboxAgent.inbox_id).where(InboxAgent.user_id == user.id))).all())
+    await bump_config_version(session, inbox_ids)
     await session.delete(user)
     await session.commit()
     await runtime.routing.agent_deleted(ctx.org.id, user_id, inbox_ids)

@@ -1,0 +1,143 @@
+"""The deployment lease: exactly one Ray cluster acts on a store's inboxes.
+
+A gateway holds the lease (the `deployments` row) while it runs, heartbeating it. Gateways of the
+same Ray cluster (several workers, or a restart that joins the same cluster) share it. A gateway of
+ANOTHER cluster refuses to start while the lease is live, before it touches any inbox: two clusters
+would each run an actor for the same inbox. The per-inbox fencing epochs are the second line of
+defence, should a stale owner act anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from store.db import Database
+from store.tables import Deployment
+from store.types import utcnow
+from store.upsert import upsert
+
+log = logging.getLogger(__name__)
+
+LEASE_ROW = 1
+
+
+class DeploymentConflict(Exception):
+    """The store is in use by a live deployment of another Ray cluster."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    cluster_id: str
+    holder: str
+    heartbeat_at: datetime | None
+
+
+def this_host_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def cluster_identity() -> str:
+    """The Ray cluster this process is connected to: its session (unique per cluster start)."""
+    import ray
+
+    node = getattr(getattr(ray._private.worker, "global_worker", None), "node", None)
+    session = getattr(node, "session_name", None)
+    return str(session or ray.get_runtime_context().gcs_address)
+
+
+async def read_lease(db: Database) -> Lease | None:
+    async with db.session() as session:
+        row = await session.get(Deployment, LEASE_ROW)
+        return None if row is None else Lease(row.cluster_id, row.holder, row.heartbeat_at)
+
+
+def conflict_message(lease: Lease, database_url: str, now: datetime) -> str:
+    age = (now - lease.heartbeat_at).total_seconds() if lease.heartbeat_at else 0.0
+    return (f"wa-router: the store {database_url} is in use by a live deployment (Ray cluster "
+            f"{lease.cluster_id}, last heartbeat {age:.0f}s ago); stop it, or use another data directory "
+            f"(WA_ROUTER_DATABASE_URL)")
+
+
+def _holder_alive(holder: str) -> bool:
+    """A holder on this host is alive while its process is; one elsewhere cannot be checked from here."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_live(lease: Lease | None, lease_s: float, now: datetime) -> bool:
+    return lease is not None and lease.heartbeat_at is not None \
+        and now - lease.heartbeat_at < timedelta(seconds=lease_s) and _holder_alive(lease.holder)
+
+
+async def check_free(db: Database, cluster_id: str | None, lease_s: float) -> None:
+    """Raise DeploymentConflict when another cluster holds a live lease (`cluster_id` None: a new cluster)."""
+    lease = await read_lease(db)
+    now = utcnow()
+    if is_live(lease, lease_s, now) and lease is not None and lease.cluster_id != cluster_id:
+        raise DeploymentConflict(conflict_message(lease, db.url, now))
+
+
+class DeploymentLease:
+    """Held from start to stop of a gateway; `start` fails with DeploymentConflict."""
+
+    def __init__(self, db: Database, cluster_id: str, *, heartbeat_s: float, lease_s: float) -> None:
+        self._db = db
+        self.cluster_id = cluster_id
+        self._heartbeat_s = heartbeat_s
+        self._lease_s = lease_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await check_free(self._db, self.cluster_id, self._lease_s)
+        now = utcnow()
+        async with self._db.session() as session:
+            await upsert(session, Deployment, [{"id": LEASE_ROW, "cluster_id": self.cluster_id,
+                                                "holder": this_host_process(), "started_at": now,
+                                                "heartbeat_at": now}], key=["id"])
+        self._task = asyncio.create_task(self._beat_forever(), name="wa-router-deployment-lease")
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            try:
+                async with self._db.session() as session:
+                    row = await session.get(Deployment, LEASE_ROW)
+                    if row is None or row.cluster_id == self.cluster_id:
+                        await upsert(session, Deployment, [{"id": LEASE_ROW, "cluster_id": self.cluster_id,
+                                                            "holder": this_host_process(),
+                                                            "started_at": row.started_at if row else utcnow(),
+                                                            "heartbeat_at": utcnow()}], key=["id"])
+                    else:
+                        log.error("the deployment lease was taken by Ray cluster %s", row.cluster_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("deployment lease heartbeat failed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        # Released only if still ours; the heartbeat cleared, another cluster may start at once.
+        with contextlib.suppress(Exception):
+            async with self._db.session() as session:
+                row = await session.scalar(select(Deployment).where(Deployment.id == LEASE_ROW))
+                if row is not None and row.cluster_id == self.cluster_id:
+                    row.heartbeat_at = None

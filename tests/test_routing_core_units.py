@@ -1,0 +1,132 @@
+"""Ray-free parts of the routing core: transaction transitions, mailboxes, cross-loop wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from actors.event_signal import EventSignal
+from actors.mailbox import Mailbox
+from actors.transaction_state import TxState
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def queued(**kw: Any) -> TxState:
+    return TxState(id=7, customer_key="c", customer_wa_id="1555", customer_name=None, state="queued",
+                   waiting_since=T0, **kw)
+
+
+# ------------------------------------------------------------------ transitions are pure
+
+
+def test_transitions_return_new_states_and_leave_the_old_one_alone() -> None:
+    tx = queued()
+    offered = tx.offered(3, T0 + timedelta(seconds=30), sticky_dial=False, offer_id="7.a")
+    assert (tx.state, tx.offer_seq, tx.offer_id) == ("queued", 0, None)
+    assert (offered.state, offered.offered_to, offered.offer_seq, offered.offer_id) == ("offered", 3, 1, "7.a")
+    assert offered.past_offerees == frozenset({3})
+    missed = offered.requeued("missed", dials_per_agent=1)
+    assert (missed.state, missed.offered_to, missed.offer_id, missed.tried) == ("queued", None, None, (3,))
+    assert offered.state == "offered"  # unchanged: memory only follows a commit
+    assigned = offered.assigned(3, T0)
+    assert (assigned.state, assigned.agent_id, assigned.offer_id, assigned.sticky_agent) == ("assigned", 3, None, 3)
+
+
+def test_sticky_dials_are_spent_then_the_sticky_agent_counts_as_tried() -> None:
+    tx = queued(sticky_agent=5)
+    for dial in range(1, 3):
+        offered = tx.offered(5, T0, sticky_dial=True, offer_id=f"7.{dial}")
+        tx = offered.requeued("missed", dials_per_agent=2)
+        assert tx.sticky_dials == dial
+    assert tx.tried == (5,)
+    declined = queued(sticky_agent=5).offered(5, T0, sticky_dial=True, offer_id="7.x").requeued("declined", 3)
+    assert declined.sticky_declined and declined.tried == (5,)
+
+
+def test_a_rescinded_offer_is_not_counted_and_a_new_round_clears_every_counter() -> None:
+    tx = queued(tried=(1,), sticky_dials=2, sticky_declined=True)
+    rescinded = tx.offered(2, T0, sticky_dial=False, offer_id="7.r").requeued("rescinded", 1, count_as_tried=False)
+    assert rescinded.tried == (1,)
+    fresh = rescinded.new_round()
+    assert (fresh.tried, fresh.sticky_dials, fresh.sticky_declined) == ((), 0, False)
+    assert fresh.columns(T0)["sticky_declined"] is False  # persisted, so a restart keeps the outcome
+
+
+# ------------------------------------------------------------------ mailboxes
+
+
+def test_mailbox_delivers_in_order_retries_failures_and_answers_each_letter() -> None:
+    async def run() -> tuple[list[tuple[str, tuple[Any, ...]]], list[Any]]:
+        delivered: list[tuple[str, tuple[Any, ...]]] = []
+        failures = {"b": 2}
+
+        async def send(method: str, args: tuple[Any, ...]) -> Any:
+            if failures.get(method, 0) > 0:
+                failures[method] -= 1
+                raise ConnectionError("lost")
+            delivered.append((method, args))
+            return f"{method}-ok"
+
+        box = Mailbox("test", send, deadline_s=1.0, give_up_after_s=10.0)
+        answers = await asyncio.gather(box.post("a", 1), box.post("b", 2), box.post("c", 3))
+        return delivered, list(answers)
+
+    delivered, answers = asyncio.run(run())
+    assert delivered == [("a", (1,)), ("b", (2,)), ("c", (3,))]
+    assert answers == ["a-ok", "b-ok", "c-ok"]
+
+
+def test_mailbox_keeps_only_the_newest_keyed_letter_and_reports_give_ups() -> None:
+    async def run_quiet() -> tuple[list[Any], list[str]]:
+        sent: list[Any] = []
+        given_up: list[str] = []
+
+        async def send(method: str, args: tuple[Any, ...]) -> Any:
+            if method == "never":
+                raise TimeoutError
+            sent.append(args[0])
+            return None
+
+        box = Mailbox("test", send, deadline_s=0.05, give_up_after_s=0.2,
+                      on_give_up=lambda letter: given_up.append(letter.method))
+        first = box.post("snapshot", 1, key="s")
+        for version in (2, 3, 4):
+            box.post("snapshot", version, key="s")
+        await first
+        assert await box.post_and_wait("never", timeout_s=2.0) is None
+        return sent, given_up
+
+    sent, given_up = asyncio.run(run_quiet())
+    assert sent == [1, 4]
+    assert given_up == ["never"]
+
+
+# ------------------------------------------------------------------ wake-ups across event loops
+
+
+def test_event_signal_wakes_a_reader_waiting_on_another_threads_loop() -> None:
+    signal = EventSignal()
+    registered = threading.Event()
+    woke: list[bool] = []
+
+    def reader() -> None:
+        async def wait() -> None:
+            waiter = signal.register()
+            registered.set()
+            try:
+                await asyncio.wait_for(waiter[1].wait(), timeout=5)
+                woke.append(True)
+            finally:
+                signal.discard(waiter)
+
+        asyncio.run(wait())
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert registered.wait(5)
+    signal.notify()
+    thread.join(5)
+    assert woke == [True]
