@@ -53,7 +53,7 @@ class InboxActor(StoreBackedActor):
         self._config: repo.InboxConfig | None = None
         self._agents: dict[int, dict[str, Any]] = {}
         self._txs: dict[int, TxState] = {}
-        self._by_customer: dict[str, int] = {}
+        self._by_customer: dict[int, int] = {}
         self._timers: dict[int, asyncio.Task[None]] = {}
         self._routing_requested: asyncio.Task[None] | None = None
         self._routing_wanted = False
@@ -78,11 +78,13 @@ class InboxActor(StoreBackedActor):
             ids = [row.id for row in rows]
             offerees = await repo.past_offerees(session, ids)
             firsts = await repo.first_messages(session, ids)
+            customers = await repo.customers_of(session, [row.customer_id for row in rows])
             for row in rows:
                 tx = TxState.of(row)
                 tx.past_offerees = offerees.get(tx.id, set())
                 tx.first_message = firsts.get(tx.id)
-                tx.sticky_agent = await repo.sticky_agent_of(session, self.inbox_id, tx.customer_wa_id)
+                tx.customer = customers.get(tx.customer_id, {})
+                tx.sticky_agent = await repo.sticky_agent_of(session, self.inbox_id, tx.customer_id)
                 tx.current_offer_is_sticky = tx.state == "offered" and tx.offered_to == tx.sticky_agent
                 self._remember(tx)
 
@@ -100,12 +102,12 @@ class InboxActor(StoreBackedActor):
 
     def _remember(self, tx: TxState) -> None:
         self._txs[tx.id] = tx
-        self._by_customer[tx.customer_wa_id] = tx.id
+        self._by_customer[tx.customer_id] = tx.id
 
     def _forget(self, tx: TxState) -> None:
         self._txs.pop(tx.id, None)
-        if self._by_customer.get(tx.customer_wa_id) == tx.id:
-            del self._by_customer[tx.customer_wa_id]
+        if self._by_customer.get(tx.customer_id) == tx.id:
+            del self._by_customer[tx.customer_id]
         self._cancel_timer(tx.id)
 
     # ------------------------------------------------------------------ health and views
@@ -139,25 +141,30 @@ class InboxActor(StoreBackedActor):
     async def _ingest_locked(self, messages: list[dict[str, Any]]) -> int:
         now = utcnow()
         for message in messages:
-            tx = self._txs.get(self._by_customer.get(message["from_wa_id"], -1))
+            # The customer's open conversation, else one of a customer merged into it (store/customers.py).
+            tx = next((self._txs[self._by_customer[c]] for c in message["customer_ids"] if c in self._by_customer),
+                      None)
             async with self.db.session() as session:
                 if tx is None:
                     tx = await self._open_transaction(session, message, now)
                 await repo.attach_messages(session, tx.id, [message["id"]])
+            tx.customer = message["customer"]
             if tx.state == "assigned" and tx.agent_id is not None:
                 await self._tell_agent(tx.agent_id, "deliver_message", tx.id, self.inbox_id, message)
         return len(messages)
 
     async def _open_transaction(self, session: Any, message: dict[str, Any], now: datetime) -> TxState:
-        row = Transaction(org_id=self.org_id, inbox_id=self.inbox_id, customer_wa_id=message["from_wa_id"],
-                          customer_name=message.get("customer_name"), state="queued", waiting_since=now,
+        row = Transaction(org_id=self.org_id, inbox_id=self.inbox_id, customer_id=message["customer_id"],
+                          customer_wa_id=message["customer"].get("wa_id"),
+                          customer_name=message["customer"].get("name"), state="queued", waiting_since=now,
                           created_at=now, updated_at=now, tried=[])
         session.add(row)
         await session.flush()
         tx = TxState.of(row)
         tx.first_message = message
-        tx.sticky_agent = await repo.sticky_agent_of(session, self.inbox_id, tx.customer_wa_id)
-        await repo.add_transaction_event(session, tx.id, "queued", None, now, customer=tx.customer_wa_id)
+        tx.customer = message["customer"]
+        tx.sticky_agent = await repo.sticky_agent_of(session, self.inbox_id, tx.customer_id)
+        await repo.add_transaction_event(session, tx.id, "queued", None, now, customer=tx.customer_id)
         self._remember(tx)
         return tx
 
@@ -381,7 +388,7 @@ class InboxActor(StoreBackedActor):
         tx.current_offer_is_sticky = False
         async with self.db.session() as session:
             # Whoever handles the customer becomes their sticky agent on this inbox.
-            await repo.remember_sticky_agent(session, self.inbox_id, tx.customer_wa_id, user_id)
+            await repo.remember_sticky_agent(session, self.inbox_id, tx.customer_id, user_id)
         tx.sticky_agent = user_id
         await self._save(tx, kind, user_id, **detail)
 
