@@ -181,7 +181,8 @@ def test_sticky_agent_follows_a_customer_who_later_comes_with_a_bsuid(sc: Scenar
     sc.send(None, "username only", user_id=user, username="@carla")
     again = socks[second_agent.id].next("offer")
     assert again["customer"]["id"] == linked["customer"]["id"]
-    assert ("offered", second_agent.id) in sc.kinds(again["transaction_id"])
+    # The offer reaches the agent just before the inbox records it: wait for the record.
+    assert ("offered", second_agent.id) in sc.wait_trail(again["transaction_id"], "offered")
     assert all(o["transaction_id"] != again["transaction_id"] for o in socks[first_agent.id].of_type("offer"))
     assert sc.trail(again["transaction_id"])[1]["detail"]["sticky_dial"] is True
     assert len(customers_of_org(sc)) == 1

@@ -36,6 +36,10 @@ def _foreign_keys_off() -> None:
         raise RuntimeError("cannot disable SQLite foreign keys to migrate existing transactions safely")
 
 
+def _untyped(name: str, *columns: str) -> sa.TableClause:
+    return sa.table(name, *(sa.column(c) for c in columns))
+
+
 def upgrade() -> None:
     _foreign_keys_off()
     op.create_table(
@@ -120,7 +124,7 @@ def upgrade() -> None:
         JOIN inboxes i ON i.id = s.inbox_id JOIN customers c ON c.org_id = i.org_id AND c.wa_id = s.customer_wa_id
     """)).all()
     op.drop_table("sticky_agents")
-    sticky_table = op.create_table(
+    op.create_table(
         "sticky_agents",
         sa.Column("inbox_id", BIG_ID, nullable=False),
         sa.Column("customer_id", BIG_ID, nullable=False),
@@ -134,9 +138,9 @@ def upgrade() -> None:
                                 ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("inbox_id", "customer_id", name=op.f("pk_sticky_agents")),
     )
-    if sticky:
-        op.bulk_insert(sticky_table, [{"inbox_id": i, "customer_id": c, "user_id": u, "updated_at": at}
-                                      for i, c, u, at in sticky])
+    if sticky:  # untyped columns: the stored values go back as read
+        op.bulk_insert(_untyped("sticky_agents", "inbox_id", "customer_id", "user_id", "updated_at"),
+                       [{"inbox_id": i, "customer_id": c, "user_id": u, "updated_at": at} for i, c, u, at in sticky])
 
     with op.batch_alter_table("transactions", schema=None) as batch_op:
         batch_op.drop_index("uq_transactions_open_customer", sqlite_where=OPEN, postgresql_where=OPEN)
@@ -157,7 +161,7 @@ def downgrade() -> None:
         JOIN customers c ON c.id = s.customer_id WHERE c.wa_id IS NOT NULL
     """)).all()
     op.drop_table("sticky_agents")
-    sticky_table = op.create_table(
+    op.create_table(
         "sticky_agents",
         sa.Column("inbox_id", BIG_ID, nullable=False),
         sa.Column("customer_wa_id", sa.String(length=64), nullable=False),
@@ -170,8 +174,8 @@ def downgrade() -> None:
         sa.PrimaryKeyConstraint("inbox_id", "customer_wa_id", name=op.f("pk_sticky_agents")),
     )
     if sticky:
-        op.bulk_insert(sticky_table, [{"inbox_id": i, "customer_wa_id": w, "user_id": u, "updated_at": at}
-                                      for i, w, u, at in sticky])
+        op.bulk_insert(_untyped("sticky_agents", "inbox_id", "customer_wa_id", "user_id", "updated_at"),
+                       [{"inbox_id": i, "customer_wa_id": w, "user_id": u, "updated_at": at} for i, w, u, at in sticky])
     # A customer known only by BSUID has no phone number to go back to: its conversations keep a
     # distinct placeholder so the one-open-conversation index still holds.
     op.execute(sa.text("""
