@@ -170,7 +170,10 @@ async def _resolve_one(session: AsyncSession, org_id: int, identity: Identity) -
     same: list[Customer] = []
     for row in await _rows(session, org_id, *conditions):
         # A row with another BSUID is another person who had this number before: not this customer.
-        if row.user_id in user_ids or row.user_id is None or not user_ids:
+        # Unless Meta says this number was the sender's until now (`user_changed_number`): a number
+        # change regenerates the BSUID.
+        if row.user_id in user_ids or row.user_id is None or not user_ids or (
+                identity.previous_wa_id is not None and row.wa_id == identity.previous_wa_id):
             same.append(row)
     final_user = identity.user_id or next((r.user_id for r in same if r.user_id), None)
     final_wa = identity.wa_id or next((r.wa_id for r in same if r.wa_id), None)

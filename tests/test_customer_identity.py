@@ -146,6 +146,20 @@ def test_user_changed_number_keeps_the_conversation(sc: Scenario) -> None:
     assert sc.tx(tx["id"])["customer"]["wa_id"] == new
 
 
+def test_user_changed_number_with_a_new_bsuid_keeps_the_conversation(sc: Scenario) -> None:
+    """A number change regenerates the BSUID: the system message names the new number and BSUID."""
+    (agent,) = sc.agents(1)
+    inbox = sc.inbox([agent])
+    old, new, old_user, new_user = customer_id(), customer_id(), bsuid(), bsuid()
+    sc.send(old, "before", user_id=old_user)
+    tx = sc.tx_of(old)
+    send_system(sc, payloads.system_message(old, new, "changed", user_id=new_user))
+    sc.send(new, "after", user_id=new_user)
+    wait_messages(sc, tx["id"], ["before", "changed", "after"])
+    assert len(sc.transactions(inbox_id=inbox)) == 1
+    assert [(c[1], c[2]) for c in customers_of_org(sc)] == [(new_user, new)]
+
+
 def test_user_changed_user_id_keeps_the_conversation(sc: Scenario) -> None:
     (agent,) = sc.agents(1)
     inbox = sc.inbox([agent])
