@@ -69,10 +69,6 @@ def new_offer_id(tx_id: int) -> str:
     return f"{tx_id}.{uuid.uuid4().hex[:12]}"
 
 
-def customer_key(message: dict[str, Any]) -> str:
-    return str(message["from_wa_id"])
-
-
 class InboxActor(StoreBackedActor):
     def __init__(self, org_id: int, inbox_id: int, settings: Settings, directory: Directory | None = None) -> None:
         self.inbox_id = inbox_id
@@ -95,7 +91,7 @@ class InboxActor(StoreBackedActor):
         self._agents: dict[int, dict[str, Any]] = {}
         self._unreachable: dict[int, float] = {}
         self._txs: dict[int, TxState] = {}
-        self._by_customer: dict[str, int] = {}
+        self._by_customer: dict[int, int] = {}
         self._routing_requested: asyncio.Task[None] | None = None
         self._routing_wanted = False
 
@@ -121,13 +117,13 @@ class InboxActor(StoreBackedActor):
             ids = [row.id for row in rows]
             offerees = await repo.past_offerees(session, ids)
             firsts = await repo.first_messages(session, ids)
+            customers = await repo.customers_of(session, [row.customer_id for row in rows])
             txs = []
             for row in rows:
-                key = row.customer_wa_id
-                sticky = await repo.sticky_agent_of(session, self.inbox_id, key)
-                txs.append(replace(TxState.of(row, key), sticky_agent=sticky,
+                sticky = await repo.sticky_agent_of(session, self.inbox_id, row.customer_id)
+                txs.append(replace(TxState.of(row), sticky_agent=sticky,
                                    past_offerees=frozenset(offerees.get(row.id, set())),
-                                   first_message=firsts.get(row.id),
+                                   first_message=firsts.get(row.id), customer=customers.get(row.customer_id, {}),
                                    current_offer_is_sticky=row.state == "offered" and row.offered_to == sticky))
         # Committed: the new epoch is ours.
         self._epoch, self._config, self._agents = epoch, config, agents
@@ -155,12 +151,12 @@ class InboxActor(StoreBackedActor):
 
     def _remember(self, tx: TxState) -> None:
         self._txs[tx.id] = tx
-        self._by_customer[tx.customer_key] = tx.id
+        self._by_customer[tx.customer_id] = tx.id
 
     def _forget(self, tx: TxState) -> None:
         self._txs.pop(tx.id, None)
-        if self._by_customer.get(tx.customer_key) == tx.id:
-            del self._by_customer[tx.customer_key]
+        if self._by_customer.get(tx.customer_id) == tx.id:
+            del self._by_customer[tx.customer_id]
         self._cancel_timer(tx.id)
 
     @contextlib.asynccontextmanager
@@ -266,40 +262,50 @@ class InboxActor(StoreBackedActor):
     async def _ingest_page(self, ids: list[int] | None) -> int:
         """One step: open transactions for new customers and attach the messages, in one commit."""
         now = utcnow()
-        opened: dict[str, TxState] = {}
+        opened: dict[int, TxState] = {}
         async with self._step() as session:
             fresh = await repo.unrouted_messages(session, self.inbox_id, ids=ids,
                                                  limit=None if ids is not None else INGEST_PAGE)
             if not fresh:
                 return 0
-            new_rows: dict[str, Transaction] = {}
+
+            def open_tx_of(message: dict[str, Any]) -> int | None:
+                # The customer's open conversation, else one of a customer merged into it (store/customers.py).
+                return next((self._by_customer[c] for c in message["customer_ids"] if c in self._by_customer), None)
+
+            new_rows: dict[int, Transaction] = {}
             for message in fresh:
-                key = customer_key(message)
-                if key not in self._by_customer and key not in new_rows:
+                key = message["customer_id"]
+                if open_tx_of(message) is None and key not in new_rows:
                     new_rows[key] = Transaction(
-                        org_id=self.org_id, inbox_id=self.inbox_id, customer_wa_id=message["from_wa_id"],
-                        customer_name=message.get("customer_name"), state="queued", waiting_since=now,
-                        created_at=now, updated_at=now, tried=[])
+                        org_id=self.org_id, inbox_id=self.inbox_id, customer_id=key,
+                        customer_wa_id=message["customer"].get("wa_id"), customer_name=message["customer"].get("name"),
+                        state="queued", waiting_since=now, created_at=now, updated_at=now, tried=[])
             session.add_all(new_rows.values())
             await session.flush()
-            first_of: dict[str, dict[str, Any]] = {}
+            first_of: dict[int, dict[str, Any]] = {}
             by_tx: dict[int, list[dict[str, Any]]] = {}
+            customer_of_tx: dict[int, dict[str, Any]] = {}
             for message in fresh:
-                key = customer_key(message)
-                tx_id = self._by_customer[key] if key in self._by_customer else new_rows[key].id
+                key = message["customer_id"]
+                existing = open_tx_of(message)
+                tx_id = existing if existing is not None else new_rows[key].id
                 first_of.setdefault(key, message)
                 by_tx.setdefault(tx_id, []).append(message)
+                customer_of_tx[tx_id] = message["customer"]
             for key, row in new_rows.items():
                 sticky = await repo.sticky_agent_of(session, self.inbox_id, key)
-                opened[key] = replace(TxState.of(row, key), sticky_agent=sticky, first_message=first_of[key])
-                await repo.add_transaction_event(session, row.id, "queued", None, now, customer=row.customer_wa_id)
+                opened[key] = replace(TxState.of(row), sticky_agent=sticky, first_message=first_of[key],
+                                      customer=first_of[key]["customer"])
+                await repo.add_transaction_event(session, row.id, "queued", None, now, customer=key)
             for tx_id, messages in by_tx.items():
                 await session.execute(update(InboundMessage).where(InboundMessage.id.in_([m["id"] for m in messages]))
                                       .values(transaction_id=tx_id))
         for tx in opened.values():
             self._remember(tx)
         for tx_id, messages in by_tx.items():
-            tx = self._txs[tx_id]
+            tx = replace(self._txs[tx_id], customer=customer_of_tx[tx_id])  # the newest identity
+            self._txs[tx_id] = tx
             if tx.state == "assigned" and tx.agent_id is not None:
                 self._tell(tx.agent_id, "deliver", tx.id, self.inbox_id, messages)
         return len(fresh)
@@ -530,7 +536,7 @@ class InboxActor(StoreBackedActor):
         assigned = tx.assigned(user_id, now)
         async with self._step() as session:
             await session.execute(update(Transaction).where(Transaction.id == tx.id).values(**assigned.columns(now)))
-            await repo.remember_sticky_agent(session, self.inbox_id, tx.customer_key, user_id)
+            await repo.remember_sticky_agent(session, self.inbox_id, tx.customer_id, user_id)
             await repo.add_transaction_event(session, tx.id, kind, user_id, now, **detail)
             shown = (tx.first_message or {}).get("id")
             unseen = [m for m in await repo.latest_messages(session, tx.id) if m["id"] != shown]

@@ -17,9 +17,8 @@ from store.tables import Transaction
 @dataclass(frozen=True)
 class TxState:
     id: int
-    customer_key: str
-    customer_wa_id: str
-    customer_name: str | None
+    # The customer (store/customers.py): conversations and sticky memory follow it, not a number.
+    customer_id: int
     state: str
     waiting_since: datetime
     agent_id: int | None = None
@@ -37,12 +36,13 @@ class TxState:
     current_offer_is_sticky: bool = False
     past_offerees: frozenset[int] = frozenset()
     first_message: dict[str, Any] | None = field(default=None, compare=False)
+    # {id, user_id, wa_id, username, name} as agents are shown it; refreshed by each message.
+    customer: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def of(cls, row: Transaction, customer_key: str) -> TxState:
+    def of(cls, row: Transaction) -> TxState:
         return cls(
-            id=row.id, customer_key=customer_key, customer_wa_id=row.customer_wa_id,
-            customer_name=row.customer_name, state=row.state, waiting_since=row.waiting_since,
+            id=row.id, customer_id=row.customer_id, state=row.state, waiting_since=row.waiting_since,
             agent_id=row.agent_id, offered_to=row.offered_to, offer_id=row.offer_id,
             offer_expires_at=row.offer_expires_at, offer_seq=row.offer_seq, sticky_dials=row.sticky_dials,
             sticky_declined=row.sticky_declined, tried=tuple(row.tried or []), assigned_at=row.assigned_at,
@@ -112,7 +112,9 @@ class TxState:
         """What an agent is shown about the transaction (offer, assignment, transfer events)."""
         return {
             "transaction_id": self.id, "inbox_id": inbox_id, "inbox_name": inbox_name,
-            "customer": {"wa_id": self.customer_wa_id, "name": self.customer_name},
+            "customer": {"id": self.customer_id, "user_id": self.customer.get("user_id"),
+                         "wa_id": self.customer.get("wa_id"), "username": self.customer.get("username"),
+                         "name": self.customer.get("name")},
             "first_message": self.first_message,
             "waiting_since": self.waiting_since.isoformat(),
         }
