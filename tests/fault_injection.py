@@ -217,6 +217,7 @@ class SenderFigures:
     retried: int = 0  # deliveries that needed more than one attempt (gateway down, 5xx, timeouts)
     acknowledged: set[str] = field(default_factory=set)
     unacknowledged: dict[str, str] = field(default_factory=dict)  # wamid -> last outcome
+    first_sent_s: dict[str, float] = field(default_factory=dict)  # wamid -> seconds into the storm
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -256,6 +257,7 @@ class WebhookStream:
         self.deliveries = deliveries
         self.figures = SenderFigures()
         self.done = threading.Event()
+        self.began = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="webhook-stream", daemon=True)
         self._local = threading.local()
 
@@ -273,6 +275,7 @@ class WebhookStream:
         return client
 
     def _deliver(self, delivery: Delivery) -> None:
+        self.figures.first_sent_s.setdefault(delivery.wamid, time.monotonic() - self.began)
         headers = signed_headers(delivery.body, self.app_secret)
         deadline = time.monotonic() + self.plan.ack_deadline_s
         attempt = 0
@@ -298,7 +301,7 @@ class WebhookStream:
 
     def _run(self) -> None:
         interval = 1.0 / self.plan.send_rate_per_s
-        began = time.monotonic()
+        began = self.began = time.monotonic()
         with ThreadPoolExecutor(self.plan.sender_threads, thread_name_prefix="webhook") as pool:
             for n, delivery in enumerate(self.deliveries):
                 # A fixed schedule (not "as fast as acks come"): outages pile up retries like Meta's.
@@ -537,6 +540,7 @@ class Killer:
                         "agent": [f"agent:{org_id}:{a}" for a in agent_ids]}
         self.records: list[KillRecord] = []
         self.errors: list[str] = []
+        self._watchers: list[threading.Thread] = []
         self._thread = threading.Thread(target=self._run, name="killer", daemon=True)
         self._began = 0.0
 
@@ -546,6 +550,8 @@ class Killer:
 
     def join(self) -> None:
         self._thread.join()
+        for watcher in self._watchers:
+            watcher.join()
 
     def _pending_offers(self) -> list[tuple[int, int, int]]:
         rows = query_db(self.store, "SELECT id, offered_to, offer_seq FROM transactions "
@@ -571,16 +577,22 @@ class Killer:
             if pid is None:
                 continue
             os.kill(pid, signal.SIGKILL)
-            began = time.monotonic()
-            recovered_pid = None
-            while time.monotonic() - began < 30:
-                recovered_pid = actor_pid(name, self.namespace, timeout_s=2)
-                if recovered_pid is not None and recovered_pid != pid:
-                    break
-                time.sleep(0.2)
-            ok = recovered_pid is not None and recovered_pid != pid
-            return KillRecord(at_s, kind, name, pid, ok, time.monotonic() - began if ok else None, pending)
+            record = KillRecord(at_s, kind, name, pid, False, None, pending)
+            # Watched from its own thread, so the next kill keeps to the schedule.
+            watcher = threading.Thread(target=self._watch_restart, args=(record,), daemon=True)
+            watcher.start()
+            self._watchers.append(watcher)
+            return record
         return KillRecord(at_s, kind, "-", None, False, None, pending, note="no live actor of this kind to kill")
+
+    def _watch_restart(self, record: KillRecord) -> None:
+        began = time.monotonic()
+        while time.monotonic() - began < 30:
+            pid = actor_pid(record.target, self.namespace, timeout_s=2)
+            if pid is not None and pid != record.old_pid:
+                record.recovered, record.recovery_s = True, time.monotonic() - began
+                return
+            time.sleep(0.2)
 
     def _kill_gateway(self, at_s: float) -> KillRecord:
         pending = self._pending_offers()
@@ -665,25 +677,42 @@ def _trail_holders(trail: list[dict[str, Any]]) -> tuple[list[str], bool]:
 
 
 def _stream_holdings(streams: dict[int, list[Event]], limit: int) -> tuple[dict[int, list[tuple[int, str, str]]],
-                                                                           list[str]]:
+                                                                           list[tuple[int, int, dict[int, str]]]]:
     """From every agent's stream: tx -> [(agent, assigned at, released at)], and over-capacity moments."""
     holdings: dict[int, list[tuple[int, str, str]]] = defaultdict(list)
-    over: list[str] = []
+    over: list[tuple[int, int, dict[int, str]]] = []
     for agent_id, events in streams.items():
         active: dict[int, str] = {}
+        how: dict[int, str] = {}
         for event in events:
             kind = event["type"]
             tx = int(event.get("transaction_id") or 0)
             if kind == "assigned" or (kind == "transferred" and event.get("direction") != "away"):
                 active[tx] = str(event["at"])
+                how[tx] = f"{event.get('kind', kind)} at {str(event['at'])[11:23]}"
                 if len(active) > limit:
-                    over.append(f"agent {agent_id}: {len(active)} > {limit} at event {event['id']} "
-                                f"({sorted(active)})")
+                    over.append((agent_id, int(event["id"]), {t: how[t] for t in sorted(active)}))
             elif kind in ("transaction_closed", "transferred") and tx in active:
                 holdings[tx].append((agent_id, active.pop(tx), str(event["at"])))
         for tx, since in active.items():
             holdings[tx].append((agent_id, since, "9999"))
     return holdings, over
+
+
+def _unrouted_diagnosis(rows: list[tuple[Any, ...]], acked: set[str], sender: WebhookStream,
+                        killer: Killer) -> list[str]:
+    """Where in the run the unrouted messages were sent, per inbox, and which kills were near then."""
+    lines: list[str] = []
+    by_inbox: dict[int, list[float]] = defaultdict(list)
+    for r in rows:
+        if r[0] in acked and r[1] is None:
+            by_inbox[int(r[2])].append(sender.figures.first_sent_s.get(r[0], -1.0))
+    for inbox, times in sorted(by_inbox.items()):
+        low, high = min(times), max(times)
+        near = [f"{k.kind} {k.target} at {k.at_s:.1f}s" for k in killer.records if low - 15 <= k.at_s <= high + 2]
+        lines.append(f"[inbox {inbox}: {len(times)} messages first sent {low:.1f} to {high:.1f}s into the storm; "
+                     f"kills near then: {', '.join(near) or 'none'}]")
+    return lines
 
 
 def check_invariants(plan: FaultPlan, store: Gateway, owner_token: str, org_id: int, sender: WebhookStream,
@@ -714,7 +743,8 @@ def check_invariants(plan: FaultPlan, store: Gateway, owner_token: str, org_id: 
                          f"customer {r[5]}" for r in rows if r[1] is not None and (r[2], r[3]) != (r[4], r[5]))
     add("acknowledged wamids not stored", lost)
     add("wamids stored more than once", duplicated)
-    add("acknowledged messages attached to no conversation (stored, never routed)", unattached)
+    add("acknowledged messages attached to no conversation (stored, never routed)",
+        _unrouted_diagnosis(rows, acked, sender, killer) + unattached if unattached else [])
     add("messages attached to another customer's or inbox's conversation", misattached)
     figures.update(lost=len(lost) + len(unattached), duplicated=len(duplicated))
 
@@ -756,7 +786,11 @@ def check_invariants(plan: FaultPlan, store: Gateway, owner_token: str, org_id: 
     add("conversations held by two agents at once (agents' streams)",
         [f"tx {tx}: {'; '.join(d)}" for tx, d in sorted(stream_doubles.items())])
     figures["double_assigned"] = len(doubled)
-    add("agents over max_concurrent (their streams)", over)
+    final_states = {int(t[0]): f"{t[1]}" + (f" by {t[2]}" if t[2] else "") for t in txs}
+    add(f"agents over max_concurrent={max_concurrent} (their streams: assigned without a close between)",
+        [f"agent {agent}: {len(active)} at stream event {event_id}: "
+         + "; ".join(f"tx {t} {how} (store now: {final_states.get(t, '?')})" for t, how in active.items())
+         for agent, event_id, active in over])
     figures["over_capacity"] = len(over)
 
     # -- each agent's view matches the store (the store is the single truth)
