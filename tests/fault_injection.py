@@ -180,7 +180,7 @@ def free_port() -> int:
 # ==================================================================== HTTP with retries across gateway deaths
 
 
-def call_through_outages(client: httpx.Client, method: str, path: str, *, give_up_after_s: float = 30.0,
+def call_through_outages(client: httpx.Client, method: str, path: str, *, give_up_after_s: float = 60.0,
                          **kwargs: Any) -> httpx.Response | None:
     """A request retried while the gateway is down or restarting (no answer, 502/503); None if it never answered."""
     deadline = time.monotonic() + give_up_after_s
@@ -218,6 +218,8 @@ class SenderFigures:
     acknowledged: set[str] = field(default_factory=set)
     unacknowledged: dict[str, str] = field(default_factory=dict)  # wamid -> last outcome
     first_sent_s: dict[str, float] = field(default_factory=dict)  # wamid -> seconds into the storm
+    ack_latency_s: list[float] = field(default_factory=list)  # of each 200 (the attempt that got it)
+    finished_s: float = 0.0  # when the last delivery ended, seconds into the storm
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -267,6 +269,18 @@ class WebhookStream:
     def join(self) -> None:
         self._thread.join()
 
+    def latency_note(self) -> str:
+        """Ack latency and the achieved rate: the figures to read when a run is slower than planned."""
+        latencies = sorted(self.figures.ack_latency_s) or [0.0]
+
+        def pct(p: float) -> float:
+            return latencies[min(len(latencies) - 1, int(p * len(latencies)))]
+
+        rate = self.figures.posted / self.figures.finished_s if self.figures.finished_s else 0.0
+        return (f"webhook acks: p50 {pct(0.5) * 1000:.0f} ms, p95 {pct(0.95) * 1000:.0f} ms, max "
+                f"{latencies[-1] * 1000:.0f} ms; planned {self.plan.send_rate_per_s:.0f}/s, achieved {rate:.1f}/s "
+                f"over {self.figures.finished_s:.0f}s")
+
     def _client(self) -> httpx.Client:
         client: httpx.Client | None = getattr(self._local, "client", None)
         if client is None:
@@ -283,9 +297,11 @@ class WebhookStream:
         while time.monotonic() < deadline:
             attempt += 1
             try:
+                sent = time.monotonic()
                 response = self._client().post(self.url, content=delivery.body, headers=headers)
                 if response.status_code == 200:
                     with self.figures.lock:
+                        self.figures.ack_latency_s.append(time.monotonic() - sent)
                         self.figures.attempts += attempt
                         self.figures.retried += attempt > 1
                         self.figures.acknowledged.add(delivery.wamid)
@@ -311,6 +327,7 @@ class WebhookStream:
                 pool.submit(self._deliver, delivery)
                 self.figures.posted += 1
         with self.figures.lock:
+            self.figures.finished_s = time.monotonic() - began
             self.figures.unacknowledged = {w: o for w, o in self.figures.unacknowledged.items()
                                            if w not in self.figures.acknowledged}
         self.done.set()
@@ -617,7 +634,7 @@ class Violation:
     examples: list[str]
 
     def render(self) -> str:
-        shown = "\n      ".join(self.examples[:6])
+        shown = "\n      ".join(self.examples[:8])
         return f"  ✗ {self.invariant}: {self.count}\n      {shown}"
 
 
@@ -676,6 +693,37 @@ def _trail_holders(trail: list[dict[str, Any]]) -> tuple[list[str], bool]:
     return doubles, held
 
 
+def _trail_over_capacity(trails: dict[int, list[dict[str, Any]]], limit: int) -> list[str]:
+    """Per agent, the most conversations held at one instant according to the audit trail (store clock)."""
+    spans: dict[int, list[tuple[str, int, int]]] = defaultdict(list)  # agent -> (time, +1/-1, tx)
+    for tx, trail in trails.items():
+        holder: int | None = None
+        for event in trail:
+            kind, agent, at = event["kind"], event["agent_id"], str(event["at"])
+            if kind in ("accepted", "claimed", "transferred") and agent is not None:
+                if holder is not None:
+                    spans[holder].append((at, -1, tx))
+                holder = int(agent)
+                spans[holder].append((at, 1, tx))
+            elif kind in ("closed", "requeued") and holder is not None:
+                spans[holder].append((at, -1, tx))
+                holder = None
+    over: list[str] = []
+    for agent, marks in sorted(spans.items()):
+        held: set[int] = set()
+        worst: tuple[int, str, list[int]] = (0, "", [])
+        for at, step, tx in sorted(marks, key=lambda m: (m[0], m[1])):  # an end before a start at one instant
+            if step > 0:
+                held.add(tx)
+            else:
+                held.discard(tx)
+            if len(held) > worst[0]:
+                worst = (len(held), at, sorted(held))
+        if worst[0] > limit:
+            over.append(f"agent {agent}: {worst[0]} held at {worst[1]} ({worst[2]})")
+    return over
+
+
 def _stream_holdings(streams: dict[int, list[Event]], limit: int) -> tuple[dict[int, list[tuple[int, str, str]]],
                                                                            list[tuple[int, int, dict[int, str]]]]:
     """From every agent's stream: tx -> [(agent, assigned at, released at)], and over-capacity moments."""
@@ -722,9 +770,9 @@ def check_invariants(plan: FaultPlan, store: Gateway, owner_token: str, org_id: 
     http = store.http
     figures: dict[str, Any] = {}
 
-    def add(invariant: str, items: list[str]) -> None:
+    def add(invariant: str, items: list[str], diagnosis: list[str] | None = None) -> None:
         if items:
-            violations.append(Violation(invariant, len(items), items))
+            violations.append(Violation(invariant, len(items), (diagnosis or []) + items))
 
     # -- the sender itself: every delivery eventually acknowledged
     add("webhook deliveries never acknowledged (retried until the deadline)",
@@ -744,7 +792,7 @@ def check_invariants(plan: FaultPlan, store: Gateway, owner_token: str, org_id: 
     add("acknowledged wamids not stored", lost)
     add("wamids stored more than once", duplicated)
     add("acknowledged messages attached to no conversation (stored, never routed)",
-        _unrouted_diagnosis(rows, acked, sender, killer) + unattached if unattached else [])
+        unattached, _unrouted_diagnosis(rows, acked, sender, killer))
     add("messages attached to another customer's or inbox's conversation", misattached)
     figures.update(lost=len(lost) + len(unattached), duplicated=len(duplicated))
 
@@ -791,7 +839,9 @@ def check_invariants(plan: FaultPlan, store: Gateway, owner_token: str, org_id: 
         [f"agent {agent}: {len(active)} at stream event {event_id}: "
          + "; ".join(f"tx {t} {how} (store now: {final_states.get(t, '?')})" for t, how in active.items())
          for agent, event_id, active in over])
-    figures["over_capacity"] = len(over)
+    trail_over = _trail_over_capacity(trails, max_concurrent)
+    add(f"agents over max_concurrent={max_concurrent} (audit trail: accepted/claimed to closed)", trail_over)
+    figures["over_capacity"] = len(over) + len(trail_over)
 
     # -- each agent's view matches the store (the store is the single truth)
     mismatches: list[str] = []
@@ -957,10 +1007,12 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
         notes.append(f"{figures['transactions']} conversations; {sender.figures.retried} deliveries retried "
                      f"({sender.figures.attempts} attempts); {figures['reconnects']} stream reconnects; "
                      f"offers pending at kills resolved by {figures['pending_resolved_by']}")
+        notes.append(sender.latency_note())
         notes += [f"killer: {e}" for e in killer.errors]
         unanswered = sum(len(w.unanswered) for w in workers)
         if unanswered:
-            notes.append(f"{unanswered} agent requests never answered (gateway down > 30s)")
+            notes.append(f"{unanswered} agent requests got no answer within 60s: "
+                         f"{[u for w in workers for u in w.unanswered][:6]}")
         return FaultReport(plan, database, figures, violations, notes)
     finally:
         for worker in workers:
