@@ -63,13 +63,16 @@ class FaultPlan:
     agents: int = 6
     max_concurrent: int = 2
     send_rate_per_s: float = 30.0
-    sender_threads: int = 6
+    sender_threads: int = 32
     reassign_after_s: int = 1
     sticky_dials: int = 2
     inbox_kills: int = 3
     agent_kills: int = 3
     gateway_kills: int = 3
     gateway_down_s: float = 1.5
+    # Right before each gateway kill a spike of deliveries, so some are stored but not yet forwarded.
+    burst_before_gateway_kill: int = 40
+    kill_after_burst_s: float = 0.3
     # Agent behaviour while faults are injected.
     accept_p: float = 0.6
     decline_p: float = 0.15  # the rest is ignored (the 1-second timer fires)
@@ -260,6 +263,9 @@ class WebhookStream:
         self.figures = SenderFigures()
         self.done = threading.Event()
         self.began = time.monotonic()
+        self._cursor = 0
+        self._cursor_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self._thread = threading.Thread(target=self._run, name="webhook-stream", daemon=True)
         self._local = threading.local()
 
@@ -315,17 +321,34 @@ class WebhookStream:
             if delivery.wamid not in self.figures.acknowledged:
                 self.figures.unacknowledged[delivery.wamid] = outcome
 
+    def _take(self, count: int) -> list[Delivery]:
+        with self._cursor_lock:
+            taken = self.deliveries[self._cursor:self._cursor + count]
+            self._cursor += len(taken)
+            self.figures.posted += len(taken)
+            return taken
+
+    def burst(self, count: int) -> None:
+        """Post the next `count` deliveries at once (Meta's traffic spikes), ahead of the schedule."""
+        if self._pool is not None:
+            for delivery in self._take(count):
+                self._pool.submit(self._deliver, delivery)
+
     def _run(self) -> None:
         interval = 1.0 / self.plan.send_rate_per_s
         began = self.began = time.monotonic()
         with ThreadPoolExecutor(self.plan.sender_threads, thread_name_prefix="webhook") as pool:
-            for n, delivery in enumerate(self.deliveries):
+            self._pool = pool
+            while True:
                 # A fixed schedule (not "as fast as acks come"): outages pile up retries like Meta's.
-                delay = began + n * interval - time.monotonic()
+                delay = began + self._cursor * interval - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                pool.submit(self._deliver, delivery)
-                self.figures.posted += 1
+                taken = self._take(1)
+                if not taken:
+                    break
+                pool.submit(self._deliver, taken[0])
+            self._pool = None
         with self.figures.lock:
             self.figures.finished_s = time.monotonic() - began
             self.figures.unacknowledged = {w: o for w, o in self.figures.unacknowledged.items()
@@ -540,8 +563,10 @@ class Killer:
     """SIGKILLs inbox actors, agent actors and the gateway process on a seeded schedule."""
 
     def __init__(self, plan: FaultPlan, gateway: GatewayProcess, store: Gateway, namespace: str, org_id: int,
-                 inbox_ids: list[int], agent_ids: list[int], window_s: float, rng: random.Random) -> None:
+                 inbox_ids: list[int], agent_ids: list[int], window_s: float, rng: random.Random,
+                 sender: WebhookStream) -> None:
         self.plan = plan
+        self.sender = sender
         self.gateway = gateway
         self.store = store
         self.namespace = namespace
@@ -612,6 +637,8 @@ class Killer:
             time.sleep(0.2)
 
     def _kill_gateway(self, at_s: float) -> KillRecord:
+        self.sender.burst(self.plan.burst_before_gateway_kill)
+        time.sleep(self.plan.kill_after_burst_s)
         pending = self._pending_offers()
         pid = self.gateway.process.pid if self.gateway.process else None
         self.gateway.kill()
@@ -969,7 +996,7 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
         sender = WebhookStream(plan, f"{store.url}/webhooks/whatsapp/{org.id}", org.app_secret, deliveries)
         window_s = len(deliveries) / plan.send_rate_per_s
         killer = Killer(plan, process, store, namespace, org.id, inbox_ids, [a.id for a in agents], window_s,
-                        random.Random(rng.random()))
+                        random.Random(rng.random()), sender)
         log(f"[{database}] sending {len(deliveries)} deliveries ({plan.messages} messages) over ~{window_s:.0f}s "
             f"with {plan.kills} kills")
         sender.start()
