@@ -539,7 +539,7 @@ class AgentWorker:
 
 @dataclass
 class KillRecord:
-    at_s: float
+    at_s: float  # seconds into the storm when the SIGKILL was sent
     kind: str  # inbox | agent | gateway
     target: str
     old_pid: int | None
@@ -619,7 +619,7 @@ class Killer:
             if pid is None:
                 continue
             os.kill(pid, signal.SIGKILL)
-            record = KillRecord(at_s, kind, name, pid, False, None, pending)
+            record = KillRecord(self._now_s(), kind, name, pid, False, None, pending)
             # Watched from its own thread, so the next kill keeps to the schedule.
             watcher = threading.Thread(target=self._watch_restart, args=(record,), daemon=True)
             watcher.start()
@@ -627,9 +627,13 @@ class Killer:
             return record
         return KillRecord(at_s, kind, "-", None, False, None, pending, note="no live actor of this kind to kill")
 
+    def _now_s(self) -> float:
+        """Seconds into the storm (the sender's clock), for lining kills up with messages."""
+        return time.monotonic() - self.sender.began
+
     def _watch_restart(self, record: KillRecord) -> None:
         began = time.monotonic()
-        while time.monotonic() - began < 30:
+        while time.monotonic() - began < 60:
             pid = actor_pid(record.target, self.namespace, timeout_s=2)
             if pid is not None and pid != record.old_pid:
                 record.recovered, record.recovery_s = True, time.monotonic() - began
@@ -642,6 +646,7 @@ class Killer:
         pending = self._pending_offers()
         pid = self.gateway.process.pid if self.gateway.process else None
         self.gateway.kill()
+        at_s = self._now_s()
         time.sleep(self.plan.gateway_down_s)  # deliveries pile up and are retried, as Meta does
         began = time.monotonic()
         try:
@@ -926,7 +931,7 @@ def check_invariants(plan: FaultPlan, store: Gateway, owner_token: str, org_id: 
 
     # -- the harness's own observations that a user would call failures
     add("kills after which the actor or gateway did not come back",
-        [f"{r.kind} {r.target} at {r.at_s:.1f}s: {r.note or 'no new process within 30s'}"
+        [f"{r.kind} {r.target} at {r.at_s:.1f}s: {r.note or 'no new process within 60s'}"
          for r in killer.records if not r.recovered and r.note != "no live actor of this kind to kill"])
     add("agent requests that got a 5xx", [f"agent {w.agent.id}: {dict(w.http_failures)}" for w in workers
                                            if any(k.split()[-1].startswith("5") for k in w.http_failures)])
