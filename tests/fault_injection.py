@@ -387,6 +387,7 @@ class AgentWorker:
         self._jobs: queue.Queue[Event | None] = queue.Queue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._presence_lock = threading.Lock()
         self._http = httpx.Client(base_url=gateway.url, timeout=15, headers=auth(agent.token))
         self._threads = [threading.Thread(target=self._stream, name=f"agent-{agent.id}-stream", daemon=True),
                          threading.Thread(target=self._work, name=f"agent-{agent.id}-work", daemon=True),
@@ -499,16 +500,18 @@ class AgentWorker:
                 if self.manual_inbox is not None and now >= next_claim:
                     next_claim = now + self.plan.claim_every_s
                     self._claim_one()
-            if self.phase == "chaos":
-                if back_at is None and now >= next_toggle:
-                    self._put_status("away")
-                    back_at = now + self.rng.uniform(*self.plan.away_for_s)
-                elif back_at is not None and now >= back_at:
-                    self._put_status("available")
+            # Under the presence lock: a toggle never lands after `enter` made the agent available.
+            with self._presence_lock:
+                if self.phase == "chaos":
+                    if back_at is None and now >= next_toggle:
+                        self._put_status("away")
+                        back_at = now + self.rng.uniform(*self.plan.away_for_s)
+                    elif back_at is not None and now >= back_at:
+                        self._put_status("available")
+                        back_at = None
+                        next_toggle = now + self.rng.uniform(*self.plan.presence_toggle_every_s)
+                elif back_at is not None:
                     back_at = None
-                    next_toggle = now + self.rng.uniform(*self.plan.presence_toggle_every_s)
-            elif back_at is not None:
-                back_at = None
 
     def _claim_one(self) -> None:
         with self._lock:
@@ -525,9 +528,10 @@ class AgentWorker:
         return self.plan.max_concurrent
 
     def enter(self, phase: str) -> None:
-        self.phase = phase
-        if phase != "chaos":
-            self._put_status("available")
+        with self._presence_lock:
+            self.phase = phase
+            if phase != "chaos":
+                self._put_status("available")
 
     def stream(self) -> list[Event]:
         with self._lock:
