@@ -222,6 +222,8 @@ class SenderFigures:
     unacknowledged: dict[str, str] = field(default_factory=dict)  # wamid -> last outcome
     first_sent_s: dict[str, float] = field(default_factory=dict)  # wamid -> seconds into the storm
     ack_latency_s: list[float] = field(default_factory=list)  # of each 200 (the attempt that got it)
+    acked_at_s: dict[str, float] = field(default_factory=dict)  # wamid -> first 200, seconds into the storm
+    failed_attempts: Counter[str] = field(default_factory=Counter)  # outcome of attempts that got no 200
     finished_s: float = 0.0  # when the last delivery ended, seconds into the storm
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -283,7 +285,8 @@ class WebhookStream:
             return latencies[min(len(latencies) - 1, int(p * len(latencies)))]
 
         rate = self.figures.posted / self.figures.finished_s if self.figures.finished_s else 0.0
-        return (f"webhook acks: p50 {pct(0.5) * 1000:.0f} ms, p95 {pct(0.95) * 1000:.0f} ms, max "
+        failed = ", ".join(f"{k} x{n}" for k, n in self.figures.failed_attempts.most_common())
+        return (f"attempts without a 200: {failed or 'none'}; webhook acks: p50 {pct(0.5) * 1000:.0f} ms, p95 {pct(0.95) * 1000:.0f} ms, max "
                 f"{latencies[-1] * 1000:.0f} ms; planned {self.plan.send_rate_per_s:.0f}/s, achieved {rate:.1f}/s "
                 f"over {self.figures.finished_s:.0f}s")
 
@@ -308,13 +311,18 @@ class WebhookStream:
                 if response.status_code == 200:
                     with self.figures.lock:
                         self.figures.ack_latency_s.append(time.monotonic() - sent)
+                        self.figures.acked_at_s.setdefault(delivery.wamid, time.monotonic() - self.began)
                         self.figures.attempts += attempt
                         self.figures.retried += attempt > 1
                         self.figures.acknowledged.add(delivery.wamid)
                     return
                 outcome = f"HTTP {response.status_code}: {response.text[:120]}"
+                kind = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 outcome = repr(exc)[:120]
+                kind = type(exc).__name__
+            with self.figures.lock:
+                self.figures.failed_attempts[kind] += 1
             time.sleep(RETRY_BACKOFF_S[min(attempt - 1, len(RETRY_BACKOFF_S) - 1)])
         with self.figures.lock:
             self.figures.attempts += attempt
@@ -790,11 +798,11 @@ def _unrouted_diagnosis(rows: list[tuple[Any, ...]], acked: set[str], sender: We
     by_inbox: dict[int, list[float]] = defaultdict(list)
     for r in rows:
         if r[0] in acked and r[1] is None:
-            by_inbox[int(r[2])].append(sender.figures.first_sent_s.get(r[0], -1.0))
+            by_inbox[int(r[2])].append(sender.figures.acked_at_s.get(r[0], -1.0))
     for inbox, times in sorted(by_inbox.items()):
         low, high = min(times), max(times)
         near = [f"{k.kind} {k.target} at {k.at_s:.1f}s" for k in killer.records if low - 15 <= k.at_s <= high + 2]
-        lines.append(f"[inbox {inbox}: {len(times)} messages first sent {low:.1f} to {high:.1f}s into the storm; "
+        lines.append(f"[inbox {inbox}: {len(times)} messages acknowledged {low:.1f} to {high:.1f}s into the storm; "
                      f"kills near then: {', '.join(near) or 'none'}]")
     return lines
 
