@@ -286,7 +286,8 @@ class WebhookStream:
 
         rate = self.figures.posted / self.figures.finished_s if self.figures.finished_s else 0.0
         failed = ", ".join(f"{k} x{n}" for k, n in self.figures.failed_attempts.most_common())
-        return (f"attempts without a 200: {failed or 'none'}; webhook acks: p50 {pct(0.5) * 1000:.0f} ms, p95 {pct(0.95) * 1000:.0f} ms, max "
+        return (f"attempts without a 200: {failed or 'none'}; webhook acks: p50 {pct(0.5) * 1000:.0f} ms, "
+                f"p95 {pct(0.95) * 1000:.0f} ms, max "
                 f"{latencies[-1] * 1000:.0f} ms; planned {self.plan.send_rate_per_s:.0f}/s, achieved {rate:.1f}/s "
                 f"over {self.figures.finished_s:.0f}s")
 
