@@ -587,6 +587,10 @@ class Killer:
         self.rng = rng
         kinds = ["inbox"] * plan.inbox_kills + ["agent"] * plan.agent_kills + ["gateway"] * plan.gateway_kills
         rng.shuffle(kinds)
+        if "gateway" in kinds:
+            # The last kill is the gateway's: a later inbox restart cannot heal what that one loses.
+            kinds.remove("gateway")
+            kinds.append("gateway")
         # Spread over the send window, leaving its first and last tenths quiet.
         count = max(len(kinds), 1)
         self.schedule = [(window_s * (0.1 + 0.8 * (i + rng.uniform(0.2, 0.8)) / count), kind)
