@@ -185,18 +185,23 @@ def free_port() -> int:
 
 def call_through_outages(client: httpx.Client, method: str, path: str, *, give_up_after_s: float = 60.0,
                          **kwargs: Any) -> httpx.Response | None:
-    """A request retried while the gateway is down or restarting (no answer, 502/503); None if it never answered."""
+    """A request retried while the gateway is down or restarting (no answer, 502/503).
+
+    Gives up after `give_up_after_s` with the last 502/503 answer, or None if nothing ever answered.
+    """
     deadline = time.monotonic() + give_up_after_s
     attempt = 0
+    last: httpx.Response | None = None
     while True:
         try:
             response = client.request(method, path, **kwargs)
             if response.status_code not in (502, 503):
                 return response
+            last = response
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            return None
+            return last
         time.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
         attempt += 1
 
@@ -848,10 +853,8 @@ def check_invariants(plan: FaultPlan, store: Gateway, owner_token: str, org_id: 
     # -- conversations: none stuck, each held by one agent at a time (audit trail)
     txs = query_db(store, "SELECT id, state, agent_id, offered_to, offer_seq, inbox_id FROM transactions "
                    "WHERE org_id = :org ORDER BY id", org=org_id)
-    stuck = [f"tx {t[0]} (inbox {t[5]}) {t[1]}" + (f" to agent {t[3]}" if t[3] else "") for t in txs
-             if t[1] in ("queued", "offered")]
-    add("conversations stuck queued or offered after quiescence", stuck)
-    figures["stuck"] = len(stuck)
+    stuck_ids = [int(t[0]) for t in txs if t[1] in ("queued", "offered")]
+    figures["stuck"] = len(stuck_ids)
     trail_doubles: dict[int, list[str]] = {}
     never_held_closed: list[str] = []
     trails: dict[int, list[dict[str, Any]]] = {}
@@ -866,6 +869,14 @@ def check_invariants(plan: FaultPlan, store: Gateway, owner_token: str, org_id: 
         if t[1] == "closed" and not held:
             never_held_closed.append(f"tx {t[0]}: {[e['kind'] for e in trail]}")
     add("closed conversations that no agent ever held", never_held_closed)
+    modes = {int(i): str(m) for i, m in query_db(store, "SELECT id, assignment_mode FROM inboxes WHERE org_id = :org",
+                                                  org=org_id)}
+    by_id = {int(t[0]): t for t in txs}
+    add("conversations stuck queued or offered after quiescence (every agent available and accepting)",
+        [f"tx {tx} (inbox {by_id[tx][5]}) {by_id[tx][1]}" + (f" to agent {by_id[tx][3]}" if by_id[tx][3] else "")
+         + "; trail ends " + ", ".join(f"{e['kind']}({e['agent_id'] or '-'}) {str(e['at'])[11:19]}"
+                                       for e in trails[tx][-4:]) for tx in stuck_ids],
+        [f"[stuck per inbox: {dict(Counter(f'{by_id[tx][5]} ({modes.get(int(by_id[tx][5]))})' for tx in stuck_ids))}]"])
 
     streams = {w.agent.id: w.stream() for w in workers}
     # max_concurrent never changes during a run: the plan's value is the limit throughout.
@@ -950,8 +961,9 @@ def check_invariants(plan: FaultPlan, store: Gateway, owner_token: str, org_id: 
     add("kills after which the actor or gateway did not come back",
         [f"{r.kind} {r.target} at {r.at_s:.1f}s: {r.note or 'no new process within 60s'}"
          for r in killer.records if not r.recovered and r.note != "no live actor of this kind to kill"])
-    add("agent requests that got a 5xx", [f"agent {w.agent.id}: {dict(w.http_failures)}" for w in workers
-                                           if any(k.split()[-1].startswith("5") for k in w.http_failures)])
+    add("agent requests answered 5xx (503s retried for 60 s first)",
+        [f"agent {w.agent.id}: {dict(w.http_failures)}" for w in workers
+         if any(k.split()[-1].startswith("5") for k in w.http_failures)])
     figures["transactions"] = len(txs)
     return violations, figures
 
