@@ -4,7 +4,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: install run test lint simulator clean
+.PHONY: install run test soak lint simulator clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: install
 ## Lint, type-check and run the whole test-suite (SQLite and PostgreSQL, real Ray, real HTTP).
 test: install lint
 	$(VENV)/bin/pytest -q
+
+## The long fault-injection run (issue 6) on SQLite and PostgreSQL; prints its figures, fails on any violation.
+soak: install
+	$(PY) -m tests.fault_injection --long
 
 lint: install
 	$(VENV)/bin/ruff check .

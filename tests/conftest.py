@@ -19,15 +19,19 @@ from gateway.background_server import BackgroundServer, free_port
 from meta.simulator.app import create_simulator_app
 from meta.simulator.state import SimulatorState
 from tests.routing_support import Scenario, scenario
-from tests.support import Gateway
+from tests.support import (
+    POSTGRES_ADMIN_URL,
+    Gateway,
+    create_postgres_database,
+    drop_postgres_database,
+    postgres_database_url,
+)
 
 # Shared, noisy machines: no per-example deadline. In CI the examples are derived from the test
 # itself (derandomized) so a submission's result does not depend on luck; locally they vary.
 hypothesis_settings.register_profile("dev", deadline=None)
 hypothesis_settings.register_profile("ci", deadline=None, derandomize=True)
 hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
-
-POSTGRES_ADMIN_URL = os.environ.get("WA_ROUTER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 # Directories of the gateways started this session: their actors are stopped after every test.
 _started: list[RayDirectory] = []
@@ -50,43 +54,13 @@ def simulator() -> Iterator[tuple[SimulatorState, str]]:
         yield state, server.url
 
 
-async def _create_postgres_database() -> str | None:
-    import asyncpg
-
-    name = f"wa_router_test_{uuid.uuid4().hex[:10]}"
-    try:
-        connection = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
-    except (OSError, asyncpg.PostgresError):
-        return None
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    return name
-
-
-async def _drop_postgres_database(name: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-
-def postgres_admin_base() -> str:
-    """The server part of an asyncpg URL for the test PostgreSQL (append `/<database>`)."""
-    return POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    name = asyncio.run(_create_postgres_database())
+    name = asyncio.run(create_postgres_database())
     if name is None:
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}")
-    yield f"{postgres_admin_base()}/{name}"
-    asyncio.run(_drop_postgres_database(name))
+    yield postgres_database_url(name)
+    asyncio.run(drop_postgres_database(name))
 
 
 def _start_gateway(tmp: Path, database_url: str, simulator: tuple[SimulatorState, str],

@@ -109,6 +109,11 @@ class AgentSocket:
                                          f"(closed={self._closed}, error={self.error!r}); got {kinds}")
                 self._cond.wait(remaining)
 
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block until the server ends the stream (e.g. the gateway died); True once it has."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._closed, timeout)
+
     def of_type(self, type: str) -> list[Event]:
         with self._cond:
             return [e for e in self.events if e.get("type") == type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -168,3 +169,40 @@ def assert_invalid(response: httpx.Response, *loc: str | int) -> None:
     """A 422 that names the offending field by its full location, e.g. ("body", "reassign_after_s")."""
     assert response.status_code == 422, f"expected 422 for {list(loc)}: {response.status_code} {response.text}"
     assert list(loc) in error_locs(response), f"422 does not name {list(loc)}: {response.text}"
+
+
+# ---- PostgreSQL databases of the test-suite (created and dropped by the tests) --------------------
+
+POSTGRES_ADMIN_URL = os.environ.get("WA_ROUTER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def create_postgres_database() -> str | None:
+    """A fresh, empty database on the test server; None when no server answers."""
+    import asyncpg
+
+    name = f"wa_router_test_{uuid.uuid4().hex[:10]}"
+    try:
+        connection = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+    except (OSError, asyncpg.PostgresError):
+        return None
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return name
+
+
+async def drop_postgres_database(name: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+def postgres_database_url(name: str) -> str:
+    """The SQLAlchemy (asyncpg) URL of database `name` on the test server."""
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    return f"{base}/{name}"

@@ -253,12 +253,12 @@ async def _migrate_legacy_store(url: str) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def test_migration_0002_gives_existing_conversations_their_customers(tmp_path: Any) -> None:
-    from tests.conftest import _create_postgres_database, _drop_postgres_database, postgres_admin_base
+    from tests.support import create_postgres_database, drop_postgres_database, postgres_database_url
 
     urls = [f"sqlite+aiosqlite:///{tmp_path / 'legacy.db'}"]
-    pg_name = asyncio.run(_create_postgres_database())
+    pg_name = asyncio.run(create_postgres_database())
     if pg_name is not None:
-        urls.append(f"{postgres_admin_base()}/{pg_name}")
+        urls.append(postgres_database_url(pg_name))
     try:
         for url in urls:
             got = asyncio.run(_migrate_legacy_store(url))
@@ -275,4 +275,4 @@ def test_migration_0002_gives_existing_conversations_their_customers(tmp_path: A
             assert got["events"] == [(1, "closed")]  # rebuilding the tables cascaded nothing away
     finally:
         if pg_name is not None:
-            asyncio.run(_drop_postgres_database(pg_name))
+            asyncio.run(drop_postgres_database(pg_name))
