@@ -8,6 +8,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+RAY_MAIN_LOOP = "Worker.main_loop"
+
 
 def py_spy() -> str | None:
     candidate = Path(sys.executable).parent / "py-spy"
@@ -41,7 +43,9 @@ def summarise(collapsed: Path, top: int = 15) -> dict[str, object]:
             continue
         count = int(count_text)
         frames = [_short(f) for f in stack.split(";") if f]
-        if not frames:
+        # A Ray worker's main thread waits inside Ray's C++ task loop; the actor's own code runs on
+        # its asyncio thread. Only the latter is the actor's work.
+        if not frames or any(f.startswith(RAY_MAIN_LOOP) for f in frames):
             continue
         total += count
         self_counts[frames[-1]] += count

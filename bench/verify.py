@@ -71,18 +71,20 @@ def settled(view: StoreView, acked: set[str]) -> bool:
 
 
 def wait_until_settled(database_url: str, org_id: int, wamid_prefix: str, timer_inbox_id: int | None,
-                       acked: set[str], timeout_s: float) -> tuple[StoreView, float]:
-    """Poll the store until the step has settled (or the timeout): (last view, seconds waited)."""
+                       acked: set[str], timeout_s: float) -> tuple[StoreView, float, int]:
+    """Poll the store until the step has settled (or the timeout): (last view, seconds waited, polls)."""
 
-    async def run() -> tuple[StoreView, float]:
+    async def run() -> tuple[StoreView, float, int]:
         db = Database(database_url, pool_size=1)
         began = time.monotonic()
+        polls = 0
         try:
             while True:
                 view = await read_step(db, org_id, wamid_prefix, timer_inbox_id)
+                polls += 1
                 waited = time.monotonic() - began
                 if settled(view, acked) or waited > timeout_s:
-                    return view, waited
+                    return view, waited, polls
                 await asyncio.sleep(1.0)
         finally:
             await db.dispose()
