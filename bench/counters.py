@@ -4,20 +4,31 @@ dashboard) and, on PostgreSQL, committed store transactions (`pg_stat_database.x
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
 import sys
 from typing import Any
 
+_SUMMARY = """
+import json, sys
+from ray.util.state import summarize_tasks
+print(json.dumps(summarize_tasks(address=sys.argv[1], timeout=60, raise_on_missing_output=False)))
+"""
+
 
 def actor_calls(dashboard_url: str) -> dict[str, int]:
-    """Finished and running actor tasks per `Class.method` so far; empty when the summary is unavailable."""
-    os.environ.setdefault("RAY_AUTH_MODE", "token")  # the local instance uses token authentication
-    try:
-        from ray.util.state import summarize_tasks
+    """Finished and running actor tasks per `Class.method` so far; empty when the summary is unavailable.
 
-        summary: Any = summarize_tasks(address=dashboard_url, timeout=60, raise_on_missing_output=False)
-    except Exception as exc:  # best effort: the figure is left out, the run goes on
-        print(f"[bench] Ray task summary unavailable: {exc!r}"[:500], file=sys.stderr, flush=True)
+    Read in a fresh process: Ray settles its authentication mode once per process, and the local
+    instance uses token authentication (the token in ~/.ray/auth_token).
+    """
+    done = subprocess.run([sys.executable, "-c", _SUMMARY, dashboard_url], capture_output=True, timeout=120,
+                          env={**os.environ, "RAY_AUTH_MODE": "token"})
+    try:
+        summary: Any = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    except (IndexError, ValueError):  # best effort: the figure is left out, the run goes on
+        print(f"[bench] Ray task summary unavailable: {done.stderr.decode()[-300:]}", file=sys.stderr, flush=True)
         return {}
     groups = summary.get("cluster", {}).get("summary", {}) if isinstance(summary, dict) else {}
     counts: dict[str, int] = {}
