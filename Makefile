@@ -4,7 +4,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: install run test soak lint simulator clean
+.PHONY: install run test soak lint simulator bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,11 +28,16 @@ soak: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy actors gateway config store meta routing
+	$(VENV)/bin/mypy actors gateway config store meta routing bench
 
 ## The Meta Cloud API simulator with a seeded demo WABA (for the README walk-through).
 simulator: install
 	$(PY) -m meta.simulator --port 9000 --seed demo
+
+## The benchmark of issue 7: ceilings, then the real stack under stepped open-loop load (~15 min).
+## Writes bench/results/latest.json and the py-spy profiles next to it.
+bench: install
+	$(VENV)/bin/wa-router bench --profile --output bench/results/latest.json
 
 clean:
 	rm -rf data .pytest_cache .mypy_cache .ruff_cache

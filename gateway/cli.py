@@ -9,6 +9,7 @@ import sys
 import uvicorn
 from fastapi import FastAPI
 
+from bench.options import add_bench_arguments
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.bootstrap import rotate_admin_token
@@ -85,6 +86,12 @@ def rotate(_args: argparse.Namespace) -> int:
     return 0
 
 
+def bench(args: argparse.Namespace) -> int:
+    from bench.run import main as run_bench  # the harness's heavier imports only when asked for
+
+    return run_bench(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wa-router", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.set_defaults(handler=serve)
     rotate_cmd = commands.add_parser("rotate-admin-token", help="replace the platform admin token")
     rotate_cmd.set_defaults(handler=rotate)
+    bench_cmd = commands.add_parser("bench", help="benchmark the real stack under open-loop webhook load (issue 7)")
+    add_bench_arguments(bench_cmd)
+    bench_cmd.set_defaults(handler=bench)
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

@@ -1,0 +1,80 @@
+"""The actor ceiling, in its own process and Ray instance: `python -m bench.ceiling_actor DURATION_S`.
+
+Raw Ray async actor calls with the routing actors' options (`num_cpus=0`, high `max_concurrency`):
+throughput with many calls in flight, and the latency of one call at a time. Also an EMPTY actor's
+unique memory (USS) and idle CPU, the baseline an agent actor is compared with. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import psutil
+import ray
+
+from bench.stats import summary_ms
+
+
+class EchoActor:
+    async def call(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return payload
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class EmptyActor:
+    def pid(self) -> int:
+        return os.getpid()
+
+
+async def measure(duration_s: float) -> dict[str, Any]:
+    options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 1000}
+    echo: Any = ray.remote(**options)(EchoActor).remote()  # type: ignore[call-overload]
+    empty: Any = ray.remote(num_cpus=0)(EmptyActor).remote()
+    payload = {"transaction_id": 1, "inbox_id": 1, "message": {"id": 1, "wamid": "wamid.x", "summary": "hello"}}
+    await echo.call.remote(payload)
+
+    latencies: list[float] = []
+    deadline = time.time() + duration_s / 2
+    while time.time() < deadline:
+        began = time.perf_counter()
+        await echo.call.remote(payload)
+        latencies.append(time.perf_counter() - began)
+
+    calls = 0
+    deadline = time.time() + duration_s / 2
+    began = time.perf_counter()
+    while time.time() < deadline:
+        await asyncio.gather(*(echo.call.remote(payload) for _ in range(200)))
+        calls += 200
+    throughput = calls / (time.perf_counter() - began)
+
+    empty_process = psutil.Process(await empty.pid.remote())
+    await asyncio.sleep(3.0)  # let it settle
+    cpu_before = sum(empty_process.cpu_times()[:2])
+    await asyncio.sleep(5.0)
+    idle_cpu = 100 * (sum(empty_process.cpu_times()[:2]) - cpu_before) / 5.0
+    return {"calls_per_s": round(throughput, 1), "sequential_call_ms": summary_ms(latencies),
+            "empty_actor_uss_mib": round(empty_process.memory_full_info().uss / 2**20, 1),
+            "empty_actor_idle_cpu_percent": round(idle_cpu, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        result = asyncio.run(measure(float(args[0]) if args else 10.0))
+    finally:
+        ray.shutdown()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Work counted per message: Ray actor calls by method (Ray's task summary, read from the gateway's
+dashboard) and, on PostgreSQL, committed store transactions (`pg_stat_database.xact_commit`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+_SUMMARY = """
+import json, sys
+from ray.util.state import summarize_tasks
+print(json.dumps(summarize_tasks(address=sys.argv[1], timeout=60, raise_on_missing_output=False)))
+"""
+
+
+def actor_calls(dashboard_url: str) -> dict[str, int]:
+    """Finished and running actor tasks per `Class.method` so far; empty when the summary is unavailable.
+
+    Read in a fresh process: Ray settles its authentication mode once per process, and the local
+    instance uses token authentication (the token in ~/.ray/auth_token).
+    """
+    done = subprocess.run([sys.executable, "-c", _SUMMARY, dashboard_url], capture_output=True, timeout=120,
+                          env={**os.environ, "RAY_AUTH_MODE": "token"})
+    try:
+        summary: Any = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    except (IndexError, ValueError):  # best effort: the figure is left out, the run goes on
+        print(f"[bench] Ray task summary unavailable: {done.stderr.decode()[-300:]}", file=sys.stderr, flush=True)
+        return {}
+    groups = summary.get("cluster", {}).get("summary", {}) if isinstance(summary, dict) else {}
+    counts: dict[str, int] = {}
+    for name, group in groups.items():
+        states = group.get("state_counts", {}) if isinstance(group, dict) else {}
+        counts[name] = int(sum(states.values()))
+    return counts
+
+
+def per_message(before: dict[str, int], after: dict[str, int], messages: int) -> dict[str, float]:
+    """Calls per message of each actor method that ran in between (methods of the routing actors only)."""
+    if not messages or not after:
+        return {}
+    deltas = {name: after[name] - before.get(name, 0) for name in after}
+    return {name: round(delta / messages, 2) for name, delta in sorted(deltas.items(), key=lambda kv: -kv[1])
+            if delta > 0 and name.startswith(("InboxActor.", "AgentActor."))}
+
+
+def postgres_commits(database_url: str) -> int | None:
+    """Committed transactions of the store's PostgreSQL database so far; None on SQLite."""
+    if not database_url.startswith("postgresql"):
+        return None
+
+    async def read() -> int:
+        import asyncpg
+
+        server, name = database_url.replace("postgresql+asyncpg://", "postgresql://").rsplit("/", 1)
+        connection = await asyncpg.connect(f"{server}/{name}", timeout=10)
+        try:
+            value = await connection.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", name)
+        finally:
+            await connection.close()
+        return int(value)
+
+    try:
+        return asyncio.run(read())
+    except Exception:
+        return None

@@ -1,0 +1,24 @@
+"""A ~10-second run of the benchmark harness (`wa-router bench --smoke`) on its own stack.
+
+Only correctness is asserted: nothing lost, duplicated or double-assigned. Timings never are (the
+machine is shared); they are the benchmark's business (`make bench`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_smoke_run_loses_nothing(tmp_path: Path) -> None:
+    output = tmp_path / "smoke.json"
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "bench", "--smoke", "--output", str(output)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(output.read_text())
+    (step,) = report["steps"]
+    assert step["acknowledged"] > 0, step["ack_failure_examples"]
+    assert (step["lost"], step["duplicated"], step["double_assigned"]) == (0, 0, 0)
+    assert report["lost_total"] == report["duplicated_total"] == report["double_assigned_total"] == 0
