@@ -52,8 +52,6 @@ UNCOMMITTED_HOLD_GRACE_S = 5.0
 DIRECT_HOLD_S = 15.0
 # Offer ids and message ids already dealt with, so a retried call does not act twice.
 REMEMBERED_IDS = 5000
-# How often the list of the agent's inboxes is read again (membership changes are rare).
-INBOX_LIST_TTL_S = 2.0
 
 
 @dataclass
@@ -91,8 +89,6 @@ class AgentActor(StoreBackedActor):
         self._step_lock = asyncio.Lock()
         self._signal = EventSignal()
         self._stream_db: Database | None = None
-        self._inbox_ids: list[int] = []
-        self._inbox_ids_read_at = 0.0
         self._mailboxes: dict[int, Mailbox] = {}
         self._reset()
 
@@ -537,13 +533,11 @@ class AgentActor(StoreBackedActor):
         spawn_notify.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     async def _push_snapshot(self) -> None:
-        now = time.monotonic()
-        if now - self._inbox_ids_read_at > INBOX_LIST_TTL_S:
-            async with self.db.session() as session:
-                self._inbox_ids = await repo.inboxes_of_agent(session, self.user_id)
-            self._inbox_ids_read_at = now
+        # Read every time (one indexed query per change): an inbox the agent just joined must hear of it.
+        async with self.db.session() as session:
+            inbox_ids = await repo.inboxes_of_agent(session, self.user_id)
         snapshot = self.snapshot()
-        for inbox_id in self._inbox_ids:
+        for inbox_id in inbox_ids:
             self._mailbox(inbox_id).post("agent_changed", snapshot, key="snapshot")
 
 

@@ -468,7 +468,8 @@ class InboxActor(StoreBackedActor):
         await self._save(requeued, kind, user_id, offer_id=offer_id, **detail)
         self._cancel_timer(tx.id)
         self._remember(requeued)
-        self._tell(user_id, "release", offer_id, kind)
+        # Waited for (bounded): the next decision must see the agent free again, or set away.
+        await self._tell_and_wait(user_id, "release", offer_id, kind)
 
     # ------------------------------------------------------------------ answers from agents
 

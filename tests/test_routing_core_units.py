@@ -15,7 +15,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def queued(**kw: Any) -> TxState:
-    return TxState(id=7, customer_key="c", customer_wa_id="1555", customer_name=None, state="queued",
+    return TxState(id=7, customer_id=3, state="queued",
                    waiting_since=T0, **kw)
 
 

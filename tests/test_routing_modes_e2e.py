@@ -214,7 +214,7 @@ def test_manual_mode_offers_nothing_and_first_claim_wins(sc: Scenario) -> None:
     assert all(sock.of_type("offer") == [] for sock in socks.values())
 
 
-def test_sticky_agent_who_declines_is_not_dialled_again(sc: Scenario) -> None:
+def test_sticky_agent_who_declines_is_not_dialled_again_until_a_new_round(sc: Scenario) -> None:
     a, b = sc.agents(2, max_concurrent=5)
     sc.inbox([a, b], mode="sticky", reassign_after_s=30, dials_per_agent=3)
     customer = customer_id()
@@ -228,7 +228,8 @@ def test_sticky_agent_who_declines_is_not_dialled_again(sc: Scenario) -> None:
     sc.do(tx2, "decline", a)
     sc.wait_state(tx2, "offered", offered_to=b.id)
     assert sc.kinds(tx2) == [("queued", None), ("offered", a.id), ("declined", a.id), ("offered", b.id)]
-    # And once b declines too, everyone was tried: the conversation waits in the queue.
+    # And once b declines too, everyone passed: a new round starts at once, with the sticky agent's dials.
     sc.do(tx2, "decline", b)
-    sc.wait_trail(tx2, "requeued")
-    assert sc.tx(tx2)["state"] == "queued"
+    sc.wait_state(tx2, "offered", offered_to=a.id)
+    offered = [e for e in sc.trail(tx2) if e["kind"] == "offered"]
+    assert offered[-1]["detail"]["new_round"] is True and offered[-1]["detail"]["sticky_dial"] is True

@@ -18,7 +18,7 @@ from config.settings import Settings
 from gateway.intake import store_delivery
 from meta.webhook_parser import parse_webhook
 from store.db import Database
-from tests.routing_support import Scenario, customer_id
+from tests.routing_support import Agent, Scenario, customer_id
 from tests.support import eventually, query_db, text_from
 
 
@@ -35,6 +35,17 @@ def write_db(sc: Scenario, sql: str, **params: Any) -> None:
             await db.dispose()
 
     asyncio.run(run())
+
+
+def offered_to_the_first_of_two(sc: Scenario) -> tuple[Agent, Agent, int, int]:
+    """Two agents in a round-robin inbox and a customer whose conversation is offered to the first."""
+    a, b = sc.agents(2)
+    inbox = sc.inbox([a, b], reassign_after_s=60)
+    customer = customer_id()
+    sc.send(customer)
+    tx_id = sc.tx_of(customer)["id"]
+    sc.wait_state(tx_id, "offered", offered_to=a.id)
+    return a, b, inbox, tx_id
 
 
 def agent_actor(sc: Scenario, user_id: int) -> Any:
@@ -218,12 +229,7 @@ def test_snapshots_are_ordered_by_activation_epoch_and_sequence_not_wall_clock()
 
 
 def test_an_agent_removed_without_notification_loses_the_offer_to_the_live_inbox(sc: Scenario) -> None:
-    a, b = sc.agents(2)
-    inbox = sc.inbox([a, b], reassign_after_s=60)
-    customer = customer_id()
-    sc.send(customer)
-    tx_id = sc.tx_of(customer)["id"]
-    sc.wait_state(tx_id, "offered", offered_to=a.id)
+    a, b, inbox, tx_id = offered_to_the_first_of_two(sc)
     # What a gateway that died right after its commit leaves behind: the change, no notification.
     write_db(sc, "DELETE FROM inbox_agents WHERE inbox_id = :inbox AND user_id = :user", inbox=inbox, user=a.id)
     write_db(sc, "UPDATE inboxes SET config_version = config_version + 1 WHERE id = :inbox", inbox=inbox)
@@ -264,12 +270,7 @@ def test_a_message_stored_but_never_forwarded_reaches_the_live_inbox(sc: Scenari
 
 
 def test_a_newer_owner_fences_the_old_one_which_reloads_and_keeps_routing(sc: Scenario) -> None:
-    a, b = sc.agents(2)
-    inbox = sc.inbox([a, b], reassign_after_s=60)
-    customer = customer_id()
-    sc.send(customer)
-    tx_id = sc.tx_of(customer)["id"]
-    sc.wait_state(tx_id, "offered", offered_to=a.id)
+    a, b, inbox, tx_id = offered_to_the_first_of_two(sc)
     (epoch,) = query_db(sc.gateway, "SELECT owner_epoch FROM inboxes WHERE id = :i", i=inbox)[0]
     # Another deployment activated the inbox and wrote an offer to b that the live actors know nothing of.
     write_db(sc, "UPDATE inboxes SET owner_epoch = owner_epoch + 1 WHERE id = :i", i=inbox)

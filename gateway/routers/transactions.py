@@ -124,8 +124,8 @@ async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgContext, tx_id: 
         raise not_found("transaction")
     inbox_id = tx.inbox_id
     # Give the connection back while the inbox actor works: under load, requests waiting on actors
-    # must not hold the pool the webhook intake needs.
-    await session.rollback()
+    # must not hold the pool the webhook intake needs (a commit, unlike a rollback, expires nothing).
+    await session.commit()
     try:
         result = await getattr(runtime.routing.inbox(ctx.org.id, inbox_id), method)(tx_id, *args)
     except ActorUnavailable as exc:
