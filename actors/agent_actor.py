@@ -50,6 +50,10 @@ HOLD_LAPSE_GRACE_S = 2.0
 UNCOMMITTED_HOLD_GRACE_S = 5.0
 # How long a claim's or transfer's hold may wait for its inbox's commit.
 DIRECT_HOLD_S = 15.0
+# The events that open or end an agent's work, and how many of them a reload reads to know what the
+# stream has shown as open.
+WORK_EVENTS = ("assigned", "transferred", "transaction_closed")
+STREAM_WORK_HISTORY = 1000
 # Offer ids and message ids already dealt with, so a retried call does not act twice.
 REMEMBERED_IDS = 5000
 
@@ -107,6 +111,8 @@ class AgentActor(StoreBackedActor):
         self._seq = 0
         self.holds: dict[str, Hold] = {}
         self.active: dict[int, int] = {}
+        # Transactions the event stream has shown as open (assigned, not yet closed or transferred away).
+        self._shown_open: dict[int, int] = {}
         self._finished_offers: OrderedDict[str, None] = OrderedDict()
         self._delivered: OrderedDict[int, None] = OrderedDict()
         self._lapse_timers: dict[str, asyncio.Task[None]] = {}
@@ -123,6 +129,9 @@ class AgentActor(StoreBackedActor):
             recent = (await session.scalars(
                 select(AgentEvent).where(AgentEvent.user_id == self.user_id)
                 .order_by(AgentEvent.id.desc()).limit(RECENT_EVENTS))).all()
+            work_events = (await session.scalars(
+                select(AgentEvent).where(AgentEvent.user_id == self.user_id, AgentEvent.kind.in_(WORK_EVENTS))
+                .order_by(AgentEvent.id.desc()).limit(STREAM_WORK_HISTORY))).all()
         # Committed (the epoch is taken): memory follows.
         self._user_exists = True
         self.status = state.status
@@ -133,6 +142,8 @@ class AgentActor(StoreBackedActor):
         self.missed_in_a_row = state.missed_in_a_row
         self.epoch = state.epoch
         self.active = active
+        for row in reversed(work_events):
+            self._track(row.kind, row.payload)
         self._recent.extend(_event_of(row) for row in reversed(recent))
         announced = {e.get("offer_id") for e in self._recent if e["type"] == "offer"}
         now = time.monotonic()
@@ -144,7 +155,29 @@ class AgentActor(StoreBackedActor):
         # A held offer not shown yet is shown when its inbox's (retried) publish arrives.
         for hold in list(self.holds.values()):
             self._arm_lapse(hold)
+        # Work that started or ended while this actor was down reaches the stream now.
+        async with self._step_lock:
+            await self._commit(events=self._stream_catch_up(self.active))
         self._notify_inboxes()
+
+    def _track(self, kind: str, payload: dict[str, Any]) -> None:
+        """What the event stream has shown as the agent's open work (a workspace rebuilds it the same way)."""
+        tx_id = payload.get("transaction_id")
+        if tx_id is None or kind not in WORK_EVENTS:
+            return
+        if kind == "transaction_closed" or (kind == "transferred" and payload.get("direction") == "away"):
+            self._shown_open.pop(int(tx_id), None)
+        else:
+            self._shown_open[int(tx_id)] = int(payload.get("inbox_id") or 0)
+
+    def _stream_catch_up(self, active: dict[int, int]) -> list[tuple[str, dict[str, Any]]]:
+        """Events that make the stream's open work equal `active` (after a crash between a commit and its event)."""
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("transaction_closed", {"transaction_id": tx, "inbox_id": inbox, "reason": "reconciled", "direction": None})
+            for tx, inbox in self._shown_open.items() if tx not in active]
+        events += [("assigned", {"transaction_id": tx, "inbox_id": inbox, "kind": "reconciled"})
+                   for tx, inbox in active.items() if tx not in self._shown_open]
+        return events
 
     # ------------------------------------------------------------------ views
 
@@ -336,10 +369,16 @@ class AgentActor(StoreBackedActor):
         """Closed or transferred away: capacity frees and the idle clock starts now (idempotent)."""
         await self._ensure_active()
         async with self._step_lock:
+            kind = "transaction_closed" if reason == "closed" else "transferred"
             if transaction_id not in self.active:
+                # Already gone from memory (a reload read the store after the commit), maybe not from the stream.
+                inbox_id = self._shown_open.get(transaction_id)
+                if inbox_id is not None:
+                    await self._commit(events=[(kind, {"transaction_id": transaction_id, "inbox_id": inbox_id,
+                                                       "reason": reason,
+                                                       "direction": "away" if kind == "transferred" else None})])
                 return self.snapshot()
             now = utcnow()
-            kind = "transaction_closed" if reason == "closed" else "transferred"
             await self._commit(state={"last_chat_end_at": now}, events=[(kind, {
                 "transaction_id": transaction_id, "inbox_id": self.active[transaction_id], "reason": reason,
                 "direction": "away" if kind == "transferred" else None})])
@@ -378,14 +417,10 @@ class AgentActor(StoreBackedActor):
                     UNCOMMITTED_HOLD_GRACE_S - (now - youngest) + 0.1,
                     lambda: asyncio.ensure_future(self.resync()))
             new = [o for oid, o in stored.items() if oid not in self.holds and oid not in self._finished_offers]
-            gone = [tx for tx in self.active if tx not in active]
-            came = {tx: inbox for tx, inbox in active.items() if tx not in self.active}
+            changed_work = active != self.active
             events = [("offer_rescinded", _rescinded(h, "withdrawn by the inbox")) for h in stale if h.published]
             events += [("offer", _stored_offer(o)) for o in new]
-            events += [("transaction_closed", {"transaction_id": tx, "inbox_id": self.active[tx],
-                                               "reason": "reconciled", "direction": None}) for tx in gone]
-            events += [("assigned", {"transaction_id": tx, "inbox_id": inbox, "kind": "reconciled"})
-                       for tx, inbox in came.items()]
+            events += self._stream_catch_up(active)
             if events:
                 await self._commit(events=events)
             for hold in stale:
@@ -394,12 +429,16 @@ class AgentActor(StoreBackedActor):
                 hold = Hold(offer=_stored_offer(offer), direct=False, held_at=now, published=True)
                 self.holds[offer.offer_id] = hold
                 self._arm_lapse(hold)
-            for tx in gone:
-                self.active.pop(tx, None)
-            self.active.update(came)
-        if events:
+            self.active = active
+        if events or changed_work:
             self._notify_inboxes()
         return self.snapshot()
+
+    async def push_event(self, kind: str, payload: dict[str, Any]) -> None:
+        """Append an event to the agent's stream (messaging: `message`, `message_status`); one step."""
+        await self._ensure_active()
+        async with self._step_lock:
+            await self._commit(events=[(kind, payload)])
 
     # ------------------------------------------------------------------ holds that lapse by themselves
 
@@ -452,6 +491,8 @@ class AgentActor(StoreBackedActor):
             session.add_all(rows)
             await session.flush()
         emitted = [_event_of(row) for row in rows]
+        for row in rows:
+            self._track(row.kind, row.payload)
         self._recent.extend(emitted)
         if emitted:
             self._signal.notify()

@@ -20,11 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import ray
@@ -32,11 +31,11 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from actors.activation import StoreBackedActor
-from actors.directory import ActorUnavailable, Directory
-from actors.mailbox import Mailbox
+from actors.agent_link import AgentLink
+from actors.directory import Directory
 from actors.transaction_state import TxState
 from config.settings import Settings
-from routing import AgentSnapshot, AssignmentMode, Offer, Queue, RoutingRequest, decide
+from routing import AssignmentMode, Offer, Queue, RoutingRequest, decide
 from store import routing_repo as repo
 from store.tables import InboundMessage, Transaction
 from store.types import utcnow
@@ -45,10 +44,6 @@ log = logging.getLogger(__name__)
 
 Result = dict[str, Any]
 
-# The snapshot fields routing decides on; a pushed snapshot that changes none of them is no event.
-ROUTING_FIELDS = ("status", "max_concurrent", "active_count", "has_pending_offer", "idle_since")
-# An agent whose actor did not answer in time is skipped this long, then tried again.
-UNREACHABLE_BACKOFF_S = 1.0
 # Unrouted messages are read from the store in pages of this size.
 INGEST_PAGE = 500
 
@@ -74,7 +69,7 @@ class InboxActor(StoreBackedActor):
         self.inbox_id = inbox_id
         # One lock for every step: routing, answers to offers, timers and ingest interleave at each await otherwise.
         self._lock = asyncio.Lock()
-        self._mailboxes: dict[int, Mailbox] = {}
+        self._link = AgentLink(org_id, inbox_id, settings, lambda: self.directory, self.request_routing)
         self._control: asyncio.Task[None] | None = None
         self._taking_back: asyncio.Task[None] | None = None
         self._timers: dict[int, asyncio.Task[None]] = {}
@@ -88,8 +83,6 @@ class InboxActor(StoreBackedActor):
         self._config: repo.InboxConfig | None = None
         self._config_stale = False
         self._epoch = 0
-        self._agents: dict[int, dict[str, Any]] = {}
-        self._unreachable: dict[int, float] = {}
         self._txs: dict[int, TxState] = {}
         self._by_customer: dict[int, int] = {}
         self._routing_requested: asyncio.Task[None] | None = None
@@ -126,7 +119,8 @@ class InboxActor(StoreBackedActor):
                                    first_message=firsts.get(row.id), customer=customers.get(row.customer_id, {}),
                                    current_offer_is_sticky=row.state == "offered" and row.offered_to == sticky))
         # Committed: the new epoch is ours.
-        self._epoch, self._config, self._agents = epoch, config, agents
+        self._epoch, self._config = epoch, config
+        self._link.load(frozenset(config.members), agents)
         self._txs, self._by_customer = {}, {}
         for tx in txs:
             self._remember(tx)
@@ -140,9 +134,8 @@ class InboxActor(StoreBackedActor):
         # without work here are left asleep: activating them would cost a process each).
         involved = {tx.offered_to for tx in self._txs.values()} | {tx.agent_id for tx in self._txs.values()}
         for user_id in self.config.members:
-            snapshot = self._agents.get(user_id)
-            if user_id in involved or (snapshot is not None and snapshot["status"] != "offline"):
-                self._tell(user_id, "resync")
+            if user_id in involved or self._link.status_of(user_id) not in (None, "offline"):
+                self._link.tell(user_id, "resync")
         async with self._lock:
             await self._ingest_stored()
             await self._route_waiting()
@@ -307,30 +300,15 @@ class InboxActor(StoreBackedActor):
             tx = replace(self._txs[tx_id], customer=customer_of_tx[tx_id])  # the newest identity
             self._txs[tx_id] = tx
             if tx.state == "assigned" and tx.agent_id is not None:
-                self._tell(tx.agent_id, "deliver", tx.id, self.inbox_id, messages)
+                self._link.tell(tx.agent_id, "deliver", tx.id, self.inbox_id, messages)
         return len(fresh)
 
     # ------------------------------------------------------------------ routing
 
-    def _snapshots(self) -> tuple[AgentSnapshot, ...]:
-        now = time.monotonic()
-        snapshots = []
-        for user_id, (proficiency, licensed) in self.config.members.items():
-            state = self._agents.get(user_id) or repo.agent_snapshot(None, user_id, 0, False)
-            idle = state.get("idle_since")
-            unreachable = self._unreachable.get(user_id, 0.0) > now
-            snapshots.append(AgentSnapshot(
-                user_id=user_id, order_key=user_id, status="offline" if unreachable else state["status"],
-                active_count=state["active_count"], max_concurrent=state["max_concurrent"],
-                has_pending_offer=state["has_pending_offer"], proficiency=proficiency,
-                idle_since=datetime.fromisoformat(idle) if idle else None, licensed=licensed,
-            ))
-        return tuple(snapshots)
-
     def _request(self, tx: TxState) -> RoutingRequest:
         sticky_mode = self.config.mode == AssignmentMode.STICKY
         return RoutingRequest(
-            mode=AssignmentMode(self.config.mode), agents=self._snapshots(),
+            mode=AssignmentMode(self.config.mode), agents=self._link.routing_view(self.config.members),
             rotation_pointer=self.config.rotation_pointer, tried=frozenset(tx.tried),
             sticky_agent=tx.sticky_agent if sticky_mode else None, sticky_dials_made=tx.sticky_dials,
             dials_per_agent=self.config.dials_per_agent, sticky_declined=tx.sticky_declined,
@@ -345,7 +323,7 @@ class InboxActor(StoreBackedActor):
         waiting = sorted((tx for tx in self._txs.values() if tx.state == "queued"),
                          key=lambda tx: (tx.waiting_since, tx.id))
         for tx in waiting:
-            if not any(s.is_eligible for s in self._snapshots()):
+            if not any(s.is_eligible for s in self._link.routing_view(self.config.members)):
                 return  # nobody can take anything now; an agent's next snapshot asks for a pass
             await self._route_one(tx.id)
 
@@ -374,12 +352,12 @@ class InboxActor(StoreBackedActor):
         assert offered.offer_id is not None
         offer = {**offered.summary(self.inbox_id, self.config.name), "offer_id": offered.offer_id,
                  "expires_at": expires_at.isoformat()}
-        answer = await self._call_agent(user_id, "hold", offer)
+        answer = await self._link.call(user_id, "hold", offer)
         if answer is None:
             # The hold may have been taken with its reply lost: release it (a no-op otherwise).
-            self._tell(user_id, "release", offered.offer_id, "rescinded")
+            self._link.tell(user_id, "release", offered.offer_id, "rescinded")
             return False
-        self._update_agent(answer["snapshot"])
+        self._link.update(answer["snapshot"])
         if not answer["ok"]:
             return False
         pointer = decision.new_rotation_pointer
@@ -395,13 +373,13 @@ class InboxActor(StoreBackedActor):
                     detail["new_round"] = True
                 await repo.add_transaction_event(session, tx.id, "offered", user_id, now, **detail)
         except BaseException:
-            self._tell(user_id, "release", offered.offer_id, "rescinded")
+            self._link.tell(user_id, "release", offered.offer_id, "rescinded")
             raise
         if pointer is not None:
             self.config.rotation_pointer = pointer
         self._remember(offered)
         self._arm_timer(offered)
-        self._tell(user_id, "publish", offer)
+        self._link.tell(user_id, "publish", offer)
         return True
 
     def request_routing(self) -> None:
@@ -469,7 +447,7 @@ class InboxActor(StoreBackedActor):
         self._cancel_timer(tx.id)
         self._remember(requeued)
         # Waited for (bounded): the next decision must see the agent free again, or set away.
-        await self._tell_and_wait(user_id, "release", offer_id, kind)
+        await self._link.tell_and_wait(user_id, "release", offer_id, kind)
 
     # ------------------------------------------------------------------ answers from agents
 
@@ -482,16 +460,33 @@ class InboxActor(StoreBackedActor):
             return refuse(409, "the offer expired or was withdrawn")
         return refuse(403, "this transaction is not offered to you")
 
-    async def accept(self, tx_id: int, user_id: int) -> Result:
+    async def _answer(self, step: Callable[[], Awaitable[Result]]) -> Result:
+        """Run an API action as one locked step; a reloading or fenced inbox answers so the caller may retry."""
         if not await self._ensure_active():
             return refuse(404, "inbox not found")
         async with self._lock:
             if not self._activated:
                 return RELOADING
             try:
-                return await self._accept(tx_id, user_id)
+                return await step()
             except repo.Fenced:
                 return self._fenced()
+
+    async def accept(self, tx_id: int, user_id: int) -> Result:
+        return await self._answer(lambda: self._accept(tx_id, user_id))
+
+    async def decline(self, tx_id: int, user_id: int) -> Result:
+        return await self._answer(lambda: self._decline(tx_id, user_id))
+
+    async def claim(self, tx_id: int, user_id: int) -> Result:
+        return await self._answer(lambda: self._claim(tx_id, user_id))
+
+    async def close(self, tx_id: int, user_id: int, by_supervisor: bool) -> Result:
+        return await self._answer(lambda: self._close(tx_id, user_id, by_supervisor))
+
+    async def transfer(self, tx_id: int, by_user_id: int | None, to_user_id: int | None) -> Result:
+        """A supervisor moves a transaction to another agent of the inbox, or back to the queue (None)."""
+        return await self._answer(lambda: self._transfer(tx_id, by_user_id, to_user_id))
 
     async def _accept(self, tx_id: int, user_id: int) -> Result:
         tx = self._txs.get(tx_id)
@@ -509,23 +504,15 @@ class InboxActor(StoreBackedActor):
         await self._route_waiting()
         return ok(tx.id)
 
-    async def decline(self, tx_id: int, user_id: int) -> Result:
-        if not await self._ensure_active():
-            return refuse(404, "inbox not found")
-        async with self._lock:
-            if not self._activated:
-                return RELOADING
-            tx = self._txs.get(tx_id)
-            refusal = self._offer_check(tx, user_id)
-            if refusal is not None:
-                return refusal
-            assert tx is not None
-            try:
-                await self._end_offer(tx, "declined")
-                await self._route_waiting()
-            except repo.Fenced:
-                return self._fenced()
-            return ok(tx.id)
+    async def _decline(self, tx_id: int, user_id: int) -> Result:
+        tx = self._txs.get(tx_id)
+        refusal = self._offer_check(tx, user_id)
+        if refusal is not None:
+            return refusal
+        assert tx is not None
+        await self._end_offer(tx, "declined")
+        await self._route_waiting()
+        return ok(tx.id)
 
     async def _assign(self, tx: TxState, user_id: int, kind: str, **detail: Any) -> tuple[TxState, list[Any]]:
         """One step: the transaction is the agent's; they become the customer's sticky agent here.
@@ -548,123 +535,144 @@ class InboxActor(StoreBackedActor):
     async def _confirm(self, user_id: int, offer_id: str, tx: TxState, kind: str, unseen: list[Any]) -> None:
         """Tell the agent its assignment (then what it has not seen); the caller answers once the agent shows it."""
         payload = {**tx.summary(self.inbox_id, self.config.name), "kind": kind}
-        await self._tell_and_wait(user_id, "confirm", offer_id, payload)
+        await self._link.tell_and_wait(user_id, "confirm", offer_id, payload)
         if unseen:
-            self._tell(user_id, "deliver", tx.id, self.inbox_id, unseen)
+            self._link.tell(user_id, "deliver", tx.id, self.inbox_id, unseen)
 
-    async def _tell_and_wait(self, user_id: int, method: str, *args: Any) -> None:
-        """Tell (in order, retried), then wait a bounded time for it: an API answer should find the
-        agent's view and stream already showing the change; if the agent is slow, it still arrives."""
-        answer = await self._mailbox(user_id).post_and_wait(method, *args,
-                                                           timeout_s=self._settings.actor_call_timeout_s)
-        if isinstance(answer, dict) and "version" in answer:
-            self._update_agent(answer)
+    def _licensed_member(self, user_id: int) -> bool:
+        membership = self.config.members.get(user_id)
+        return membership is not None and membership[1]
 
-    async def claim(self, tx_id: int, user_id: int) -> Result:
-        if not await self._ensure_active():
-            return refuse(404, "inbox not found")
-        async with self._lock:
-            if not self._activated:
-                return RELOADING
-            if self.config.mode != AssignmentMode.MANUAL:
-                return refuse(409, f"only manual inboxes take claims; this inbox routes by {self.config.mode}")
-            tx = self._txs.get(tx_id)
-            if tx is None or tx.state == "assigned":
-                return refuse(409, "the transaction was already claimed")
-            if tx.state != "queued":
-                return refuse(409, "the transaction is offered to another agent")
-            membership = self.config.members.get(user_id)
-            if membership is None or not membership[1]:
-                return refuse(403, "only a licensed agent of this inbox may claim its transactions")
-            try:
-                return await self._take_directly(tx, user_id, "claimed")
-            except repo.Fenced:
-                return self._fenced()
+    async def _claim(self, tx_id: int, user_id: int) -> Result:
+        if self.config.mode != AssignmentMode.MANUAL:
+            return refuse(409, f"only manual inboxes take claims; this inbox routes by {self.config.mode}")
+        tx = self._txs.get(tx_id)
+        if tx is None or tx.state == "assigned":
+            return refuse(409, "the transaction was already claimed")
+        if tx.state != "queued":
+            return refuse(409, "the transaction is offered to another agent")
+        if not self._licensed_member(user_id):
+            return refuse(403, "only a licensed agent of this inbox may claim its transactions")
+        return await self._take_directly(tx, user_id, "claimed")
+
+    async def _hold_directly(self, summary: dict[str, Any], user_id: int, kind: str) -> tuple[str, Result | None]:
+        """Reserve the agent's capacity outside routing (a claim, a transfer, WhatsApp Back): (offer id, refusal)."""
+        offer_id = new_offer_id(summary["transaction_id"])
+        answer = await self._link.call(user_id, "hold", {**summary, "offer_id": offer_id, "kind": kind}, True)
+        if answer is None:
+            self._link.tell(user_id, "release", offer_id, "rescinded")
+            return offer_id, refuse(409, "the agent is unavailable right now")
+        self._link.update(answer["snapshot"])
+        return offer_id, None if answer["ok"] else refuse(409, answer["reason"])
 
     async def _take_directly(self, tx: TxState, user_id: int, kind: str, **detail: Any) -> Result:
         """A claim or a transfer: hold the agent's capacity, commit the assignment, confirm it."""
-        offer_id = new_offer_id(tx.id)
-        answer = await self._call_agent(user_id, "hold", {**tx.summary(self.inbox_id, self.config.name),
-                                                          "offer_id": offer_id, "kind": kind}, True)
-        if answer is None:
-            self._tell(user_id, "release", offer_id, "rescinded")
-            return refuse(409, "the agent is unavailable right now")
-        self._update_agent(answer["snapshot"])
-        if not answer["ok"]:
-            return refuse(409, answer["reason"])
+        offer_id, refusal = await self._hold_directly(tx.summary(self.inbox_id, self.config.name), user_id, kind)
+        if refusal is not None:
+            return refusal
         previous_agent = tx.agent_id if tx.state == "assigned" else None
         previous_offer = (tx.offered_to, tx.offer_id) if tx.state == "offered" else None
         try:
             assigned, unseen = await self._assign(tx, user_id, kind, offer_id=offer_id, **detail)
         except BaseException:
-            self._tell(user_id, "release", offer_id, "rescinded")
+            self._link.tell(user_id, "release", offer_id, "rescinded")
             raise
         if previous_offer is not None and previous_offer[0] is not None and previous_offer[1] is not None:
-            self._tell(previous_offer[0], "release", previous_offer[1], "rescinded")
+            self._link.tell(previous_offer[0], "release", previous_offer[1], "rescinded")
         if previous_agent is not None:
-            await self._tell_and_wait(previous_agent, "end", tx.id, "transferred")
+            await self._link.tell_and_wait(previous_agent, "end", tx.id, "transferred")
         await self._confirm(user_id, offer_id, assigned, kind, unseen)
         return ok(tx.id)
 
-    async def close(self, tx_id: int, user_id: int, by_supervisor: bool) -> Result:
-        if not await self._ensure_active():
-            return refuse(404, "inbox not found")
-        async with self._lock:
-            if not self._activated:
-                return RELOADING
-            tx = self._txs.get(tx_id)
-            if tx is None:
-                return refuse(409, "the transaction is already closed")
-            if not by_supervisor and not (tx.state == "assigned" and tx.agent_id == user_id):
-                return refuse(403, "only the agent handling this transaction may close it")
-            try:
-                closed = tx.closed(utcnow())
-                await self._save(closed, "closed", user_id)
-                self._forget(tx)
-                if tx.state == "assigned" and tx.agent_id is not None:
-                    await self._tell_and_wait(tx.agent_id, "end", tx.id, "closed")
-                if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:
-                    self._tell(tx.offered_to, "release", tx.offer_id, "rescinded")
-                await self._route_waiting()
-            except repo.Fenced:
-                return self._fenced()
-            return ok(tx.id)
+    async def _close(self, tx_id: int, user_id: int, by_supervisor: bool) -> Result:
+        tx = self._txs.get(tx_id)
+        if tx is None:
+            return refuse(409, "the transaction is already closed")
+        if not by_supervisor and not (tx.state == "assigned" and tx.agent_id == user_id):
+            return refuse(403, "only the agent handling this transaction may close it")
+        await self._save(tx.closed(utcnow()), "closed", user_id)
+        self._forget(tx)
+        if tx.state == "assigned" and tx.agent_id is not None:
+            await self._link.tell_and_wait(tx.agent_id, "end", tx.id, "closed")
+        if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:
+            self._link.tell(tx.offered_to, "release", tx.offer_id, "rescinded")
+        await self._route_waiting()
+        return ok(tx.id)
 
-    async def transfer(self, tx_id: int, by_user_id: int | None, to_user_id: int | None) -> Result:
-        """A supervisor moves a transaction to another agent of the inbox, or back to the queue (None)."""
-        if not await self._ensure_active():
-            return refuse(404, "inbox not found")
-        async with self._lock:
-            if not self._activated:
-                return RELOADING
-            tx = self._txs.get(tx_id)
-            if tx is None:
-                return refuse(409, "the transaction is closed")
-            previous = tx.agent_id if tx.state == "assigned" else None
-            try:
-                if to_user_id is not None:
-                    membership = self.config.members.get(to_user_id)
-                    if membership is None or not membership[1]:
-                        return refuse(422, f"user {to_user_id} is not a licensed agent of this inbox")
-                    if previous == to_user_id:
-                        return refuse(409, "the transaction is already with that agent")
-                    answer = await self._take_directly(tx, to_user_id, "transferred", from_agent=previous,
-                                                       by=by_user_id)
-                    if answer["status"] != 200:
-                        return answer
-                else:
-                    queued = tx.back_to_queue(previous)
-                    await self._save(queued, "transferred", None, from_agent=previous, to_queue=True, by=by_user_id)
-                    self._cancel_timer(tx.id)
-                    self._remember(queued)
-                    if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:
-                        self._tell(tx.offered_to, "release", tx.offer_id, "rescinded")
-                    if previous is not None:
-                        await self._tell_and_wait(previous, "end", tx.id, "transferred")
-                await self._route_waiting()
-            except repo.Fenced:
-                return self._fenced()
-            return ok(tx.id)
+    async def _transfer(self, tx_id: int, by_user_id: int | None, to_user_id: int | None) -> Result:
+        tx = self._txs.get(tx_id)
+        if tx is None:
+            return refuse(409, "the transaction is closed")
+        previous = tx.agent_id if tx.state == "assigned" else None
+        if to_user_id is not None:
+            if not self._licensed_member(to_user_id):
+                return refuse(422, f"user {to_user_id} is not a licensed agent of this inbox")
+            if previous == to_user_id:
+                return refuse(409, "the transaction is already with that agent")
+            answer = await self._take_directly(tx, to_user_id, "transferred", from_agent=previous, by=by_user_id)
+            if answer["status"] != 200:
+                return answer
+        else:
+            queued = tx.back_to_queue(previous)
+            await self._save(queued, "transferred", None, from_agent=previous, to_queue=True, by=by_user_id)
+            self._cancel_timer(tx.id)
+            self._remember(queued)
+            if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:
+                self._link.tell(tx.offered_to, "release", tx.offer_id, "rescinded")
+            if previous is not None:
+                await self._link.tell_and_wait(previous, "end", tx.id, "transferred")
+        await self._route_waiting()
+        return ok(tx.id)
+
+    # ------------------------------------------------------------------ WhatsApp Back
+
+    async def open_outbound(self, customer: dict[str, Any], user_id: int) -> Result:
+        """A conversation an agent starts (with an approved template), assigned to that agent from the start.
+
+        `customer` is the customers row as a dict (`id`, `user_id`, `wa_id`, `username`, `name`). The
+        customer's open conversation on this inbox is reused when it is already that agent's
+        (`reused: true`); 409 when it is queued, offered or another agent's, or when the agent cannot
+        take one more (presence, capacity); 403 for anyone but a licensed agent of the inbox. The
+        customer's reply then attaches to it like any message and reaches the same agent.
+        """
+        return await self._answer(lambda: self._open_outbound(customer, user_id))
+
+    async def _open_outbound(self, customer: dict[str, Any], user_id: int) -> Result:
+        if not self._licensed_member(user_id):
+            return refuse(403, "only a licensed agent of this inbox may start a conversation on it")
+        current_id = self._by_customer.get(int(customer["id"]))
+        current = self._txs.get(current_id) if current_id is not None else None
+        if current is not None:
+            if current.state == "assigned" and current.agent_id == user_id:
+                return {**ok(current.id), "reused": True}
+            owner = "another agent's" if current.state == "assigned" else f"{current.state} for routing"
+            return refuse(409, f"the customer already has an open conversation on this inbox ({owner})")
+        # Capacity first (nothing is written if the agent cannot take it), then one commit.
+        offer_id, refusal = await self._hold_directly(
+            {"transaction_id": 0, "inbox_id": self.inbox_id, "customer": customer}, user_id, "outbound")
+        if refusal is not None:
+            return refusal
+        now = utcnow()
+        try:
+            async with self._step() as session:
+                row = Transaction(org_id=self.org_id, inbox_id=self.inbox_id, customer_id=customer["id"],
+                                  customer_wa_id=customer.get("wa_id"), customer_name=customer.get("name"),
+                                  state="assigned", agent_id=user_id, assigned_at=now, waiting_since=now,
+                                  created_at=now, updated_at=now, tried=[])
+                session.add(row)
+                await session.flush()
+                await repo.remember_sticky_agent(session, self.inbox_id, row.customer_id, user_id)
+                await repo.add_transaction_event(session, row.id, "opened_outbound", user_id, now,
+                                                 customer=row.customer_id)
+                await repo.add_transaction_event(session, row.id, "assigned", user_id, now, offer_id=offer_id,
+                                                 outbound=True)
+        except BaseException:
+            self._link.tell(user_id, "release", offer_id, "rescinded")
+            raise
+        tx = replace(TxState.of(row), customer=customer, sticky_agent=user_id)
+        self._remember(tx)
+        await self._confirm(user_id, offer_id, tx, "assigned", [])
+        return {**ok(tx.id), "reused": False}
 
     # ------------------------------------------------------------------ events from agents and config
 
@@ -676,17 +684,8 @@ class InboxActor(StoreBackedActor):
         """
         if not await self._ensure_active():
             return
-        if self._config is not None and snapshot["user_id"] in self.config.members and self._update_agent(snapshot):
+        if self._config is not None and self._link.update(snapshot):
             self.request_routing()
-
-    def _update_agent(self, snapshot: dict[str, Any]) -> bool:
-        """Keep the newest snapshot of an agent; True when it changes what routing decides on."""
-        current = self._agents.get(snapshot["user_id"])
-        if current is not None and tuple(snapshot.get("version") or (0, 0)) < tuple(current.get("version") or (0, 0)):
-            return False
-        self._agents[snapshot["user_id"]] = snapshot
-        self._unreachable.pop(snapshot["user_id"], None)
-        return current is None or any(current.get(key) != snapshot.get(key) for key in ROUTING_FIELDS)
 
     async def agent_withdrew(self, user_id: int, offer_id: str) -> None:
         """The agent went away or offline while holding our offer: rescind it and reroute at once (idempotent)."""
@@ -727,10 +726,8 @@ class InboxActor(StoreBackedActor):
                 return
             agents = await repo.load_agent_snapshots(session, config.members)
         self._config_stale = False
-        known = self._agents
         self._config = config
-        # A live snapshot pushed by an agent is newer than what the store says of it.
-        self._agents = {uid: known.get(uid) or snapshot for uid, snapshot in agents.items()}
+        self._link.load(frozenset(config.members), agents)
         for tx in list(self._txs.values()):
             membership = config.members.get(tx.offered_to) if tx.offered_to is not None else None
             if tx.state == "offered" and (membership is None or not membership[1]):
@@ -744,43 +741,3 @@ class InboxActor(StoreBackedActor):
         async with self._step() as session:
             await session.execute(update(Transaction).where(Transaction.id == tx.id).values(**tx.columns(now)))
             await repo.add_transaction_event(session, tx.id, event, agent_id, now, **detail)
-
-    async def _call_agent(self, user_id: int, method: str, *args: Any) -> Any:
-        """A call whose answer the step needs now, with a deadline; None if the agent did not answer.
-
-        An unanswered agent is skipped briefly (not taken for offline), then tried again.
-        """
-        try:
-            return await asyncio.wait_for(getattr(self.directory.agent(self.org_id, user_id), method)(*args),
-                                          self._settings.actor_call_timeout_s)
-        except (ActorUnavailable, TimeoutError) as exc:
-            log.warning("agent %s did not answer %s: %s", user_id, method, type(exc).__name__)
-            self._unreachable[user_id] = time.monotonic() + UNREACHABLE_BACKOFF_S
-            asyncio.get_running_loop().call_later(UNREACHABLE_BACKOFF_S, self.request_routing)
-            return None
-
-    def _mailbox(self, user_id: int) -> Mailbox:
-        mailbox = self._mailboxes.get(user_id)
-        if mailbox is None:
-            async def send(method: str, args: tuple[Any, ...]) -> Any:
-                return await getattr(self.directory.agent(self.org_id, user_id), method)(*args)
-
-            mailbox = Mailbox(f"inbox {self.inbox_id} -> agent {user_id}", send,
-                              deadline_s=self._settings.actor_call_timeout_s, give_up_after_s=120.0,
-                              on_give_up=lambda _letter: self._tell(user_id, "resync"))
-            self._mailboxes[user_id] = mailbox
-        return mailbox
-
-    def _tell(self, user_id: int, method: str, *args: Any) -> None:
-        """A follow-up call the step does not wait for: delivered in order, retried; answers a snapshot."""
-        result = self._mailbox(user_id).post(method, *args)
-
-        def absorb(future: asyncio.Future[Any]) -> None:
-            if future.cancelled() or future.exception() is not None:
-                return
-            answer = future.result()
-            if isinstance(answer, dict) and "version" in answer and self._config is not None \
-                    and answer.get("user_id") in self.config.members and self._update_agent(answer):
-                self.request_routing()
-
-        result.add_done_callback(absorb)

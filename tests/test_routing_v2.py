@@ -14,6 +14,8 @@ from typing import Any
 
 import ray
 
+from actors.agent_link import AgentLink
+from actors.directory import RayDirectory
 from config.settings import Settings
 from gateway.intake import store_delivery
 from meta.webhook_parser import parse_webhook
@@ -213,16 +215,19 @@ def test_inbox_and_agent_agree_after_the_inbox_restarts_between_reserve_and_comm
 
 
 def test_snapshots_are_ordered_by_activation_epoch_and_sequence_not_wall_clock() -> None:
-    from actors.inbox_actor import InboxActor
-
-    inbox = InboxActor(1, 1, Settings(database_url="sqlite+aiosqlite:///:memory:"))
+    link = AgentLink(1, 1, Settings(), lambda: RayDirectory(Settings()), lambda: None)
     base = {"user_id": 5, "status": "available", "max_concurrent": 1, "active_count": 0,
             "has_pending_offer": False, "idle_since": None}
-    assert inbox._update_agent({**base, "version": [1, 7]})
-    assert not inbox._update_agent({**base, "status": "away", "version": [1, 6]})  # overtaken: ignored
+    link.load(frozenset({5}), {5: base})
+    assert link.update({**base, "version": [1, 7], "max_concurrent": 2})
+    assert not link.update({**base, "status": "away", "version": [1, 6]})  # overtaken: ignored
+    assert link.status_of(5) == "available"
     # A restarted agent (next epoch) wins whatever its clock or sequence says.
-    assert inbox._update_agent({**base, "status": "away", "version": [2, 1]})
-    assert inbox._agents[5]["status"] == "away"
+    assert link.update({**base, "status": "away", "version": [2, 1]})
+    assert link.status_of(5) == "away"
+    # Reloading the configuration keeps what the agent pushed over what the store says.
+    link.load(frozenset({5}), {5: base})
+    assert link.status_of(5) == "away"
 
 
 # ------------------------------------------------------------------ 7. configuration changes always arrive
@@ -290,7 +295,9 @@ def test_a_second_deployment_on_a_live_store_fails_fast_before_touching_any_inbo
         sc: Scenario, tmp_path: Path) -> None:
     (a,) = sc.agents(1)
     inbox = sc.inbox([a])
-    sc.send(customer_id())
+    customer = customer_id()
+    sc.send(customer)
+    sc.wait_state(sc.tx_of(customer)["id"], "offered", offered_to=a.id)  # the live deployment acts on it
     before = query_db(sc.gateway, "SELECT owner_epoch, config_version FROM inboxes WHERE id = :i", i=inbox)
     env = {**os.environ, "WA_ROUTER_DATABASE_URL": sc.gateway.database_url,
            "WA_ROUTER_SECRET_KEY_FILE": str(tmp_path / "secret.key"), "WA_ROUTER_PORT": "0",
