@@ -271,3 +271,8 @@ class AgentActor(StoreBackedActor):
         for inbox_id in inbox_ids:
             spawn(self.directory.inbox(self.org_id, inbox_id).agent_changed(snapshot),
                   f"notify inbox {inbox_id} of agent {self.user_id}")
+
+    async def push_event(self, kind: str, payload: dict[str, Any]) -> None:
+        """Append an event to the agent's stream (messaging: `message`, `message_status`), stored first."""
+        await self._ensure_active()
+        await self._emit(kind, payload)

@@ -189,3 +189,51 @@ class QueueEntryOut(BaseModel):
     waiting_since: datetime
     offered_to: int | None
     first_message: str | None
+
+
+# ---------------------------------------------------------------- messaging
+
+
+class TemplateLanguageOut(BaseModel):
+    language: str
+    status: str
+    reason: str | None
+    meta_template_id: str | None
+    updated_at: datetime
+
+
+class TemplateOut(BaseModel):
+    name: str
+    waba_id: str
+    category: str
+    header: str | None
+    body: str | None
+    footer: str | None
+    # Placeholders a send must fill: `parameters` (body) and `header_parameters`.
+    body_parameters: int
+    header_parameters: int
+    languages: list[TemplateLanguageOut]
+
+
+class DeliveryErrorOut(BaseModel):
+    code: int | None
+    title: str | None
+    details: str | None
+
+
+class OutboundMessageOut(BaseModel):
+    id: int
+    state: str
+    transaction_id: int | None
+    inbox_id: int | None
+    agent_id: int | None
+    type: str
+    summary: str
+    to_wa_id: str | None
+    to_user_id: str | None
+    wamid: str | None
+    reply_to: str | None
+    attempts: int
+    status_at: datetime | None
+    error: DeliveryErrorOut | None
+    created_at: datetime
