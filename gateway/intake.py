@@ -12,13 +12,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from actors.messages import StoredMessage
 from meta.webhook_parser import ParsedWebhook
+from store.outbox import StatusChange, apply_status
 from store.tables import Base, InboundMessage, Inbox, MessageStatus, WebhookChange
+from store.templates_repo import apply_status_event
 from store.upsert import insert_ignoring_duplicates
+
+FOREIGN_SIGNATURE_FLAG = ("the number belongs to an inbox of organization {owner}, but the delivery's signature "
+                          "does not verify with the app secret that organization stored for WABA {waba}")
 
 
 @dataclass
 class IntakeResult:
-    new_messages: list[StoredMessage] = field(default_factory=list)
+    # Messages to route, per organization owning the number's inbox (the receiving one or another).
+    new_messages: dict[int, list[StoredMessage]] = field(default_factory=dict)
+    status_changes: list[StatusChange] = field(default_factory=list)
     new_message_count: int = 0
     duplicate_messages: int = 0
     statuses: int = 0
@@ -50,14 +57,23 @@ def _dedupe_key(waba_id: str, field_name: str, value: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebhook) -> IntakeResult:
-    """Write everything in the delivery; redelivered items are skipped by unique constraints."""
+async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebhook,
+                         verified: dict[str, set[int]] | None = None) -> IntakeResult:
+    """Write everything in the delivery; redelivered items are skipped by unique constraints.
+
+    `verified` maps each WABA of the delivery to the organizations whose stored app secret verifies
+    its signature (the receiving one always). A message for a number whose inbox belongs to another
+    organization goes to that organization only when it is among them; otherwise it stays here,
+    flagged, unrouted.
+    """
     result = IntakeResult()
+    verified = verified or {}
     numbers = {m.phone_number_id for m in parsed.messages if m.phone_number_id}
-    inbox_by_number: dict[str, int] = {}
+    # A number is used by at most one inbox anywhere: its owner decides where the message belongs.
+    owner_of_number: dict[str, tuple[int, int]] = {}
     if numbers:
-        inbox_by_number = {number: inbox_id for inbox_id, number in (await session.execute(
-            select(Inbox.id, Inbox.phone_number_id).where(Inbox.org_id == org_id, Inbox.phone_number_id.in_(numbers))
+        owner_of_number = {number: (inbox_id, owner) for inbox_id, number, owner in (await session.execute(
+            select(Inbox.id, Inbox.phone_number_id, Inbox.org_id).where(Inbox.phone_number_id.in_(numbers))
         )).all()}
 
     rows = []
@@ -66,24 +82,31 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
         if message.wamid in seen:  # the same message twice in one body
             continue
         seen.add(message.wamid)
+        target_org, inbox_id, flag = org_id, None, None
+        owner = owner_of_number.get(message.phone_number_id or "")
+        if owner is not None:
+            owner_inbox, owner_org = owner
+            if owner_org == org_id or owner_org in verified.get(message.waba_id, set()):
+                target_org, inbox_id = owner_org, owner_inbox
+            else:
+                flag = FOREIGN_SIGNATURE_FLAG.format(owner=owner_org, waba=message.waba_id)
         rows.append(_fit_row(InboundMessage, {
-            "org_id": org_id, "wamid": message.wamid, "waba_id": message.waba_id,
-            "phone_number_id": message.phone_number_id,
-            "inbox_id": inbox_by_number.get(message.phone_number_id or ""),
+            "org_id": target_org, "wamid": message.wamid, "waba_id": message.waba_id,
+            "phone_number_id": message.phone_number_id, "inbox_id": inbox_id,
             "from_wa_id": message.from_wa_id, "customer_name": message.customer_name,
             "type": message.type, "summary": message.summary, "sent_at": message.timestamp,
-            "raw": message.raw,
+            "raw": message.raw, "flag": flag,
         }, keys=("wamid",)))
     inserted = await insert_ignoring_duplicates(
-        session, InboundMessage, rows, conflict_on=["org_id", "wamid"], returning=["id", "wamid"]
+        session, InboundMessage, rows, conflict_on=["org_id", "wamid"], returning=["id", "org_id", "wamid"]
     )
-    ids = {wamid: row_id for row_id, wamid in inserted}
+    ids = {(row_org, wamid): row_id for row_id, row_org, wamid in inserted}
     result.new_message_count = len(ids)
     result.duplicate_messages = len(parsed.messages) - len(ids)
     for row in rows:
-        row_id = ids.get(row["wamid"])
+        row_id = ids.get((row["org_id"], row["wamid"]))
         if row_id is not None and row["inbox_id"] is not None:
-            result.new_messages.append(StoredMessage(
+            result.new_messages.setdefault(row["org_id"], []).append(StoredMessage(
                 id=row_id, inbox_id=row["inbox_id"], wamid=row["wamid"], from_wa_id=row["from_wa_id"],
                 customer_name=row["customer_name"], type=row["type"], summary=row["summary"],
                 sent_at=row["sent_at"].isoformat(),
@@ -96,6 +119,17 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
     }, keys=("wamid", "status")) for s in parsed.statuses]
     result.statuses = len(await insert_ignoring_duplicates(
         session, MessageStatus, status_rows, conflict_on=["org_id", "wamid", "status"]))
+    # Statuses move our outbound messages forward (never back), in Meta's time order; a delivery
+    # may only touch messages of organizations whose secret verified it.
+    for status in sorted(parsed.statuses, key=lambda s: s.timestamp):
+        moved = await apply_status(session, verified.get(status.waba_id, {org_id}), status.wamid, status.status,
+                                   status.timestamp, status.errors)
+        if moved is not None:
+            result.status_changes.append(moved)
+    for update in parsed.template_updates:
+        await apply_status_event(session, verified.get(update.waba_id, {org_id}), update.waba_id,
+                                 update.message_template_id, update.message_template_name,
+                                 update.message_template_language, update.event, update.reason)
 
     change_rows: dict[str, dict[str, Any]] = {}
     for update in parsed.template_updates:

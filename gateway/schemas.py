@@ -65,6 +65,8 @@ class PhoneNumberOut(BaseModel):
     display_phone_number: str | None
     verified_name: str | None
     quality_rating: str | None
+    # Outbound throughput setting of the number (None: the default, 80/s).
+    messages_per_second: int | None = None
     available: bool
     # Set when an inbox of *this* organization uses the number; other organizations stay invisible.
     inbox_id: int | None = None
@@ -161,16 +163,31 @@ class TransactionOut(BaseModel):
     created_at: datetime
 
 
+class DeliveryErrorOut(BaseModel):
+    code: int | None
+    title: str | None
+    details: str | None
+
+
 class MessageOut(BaseModel):
     id: int
-    wamid: str
+    # Customer's messages are `inbound`; the agents' replies `outbound` (ids are per direction).
+    direction: str = "inbound"
+    wamid: str | None
     type: str
     summary: str
     sent_at: datetime
     received_at: datetime
+    # Outbound only: delivery state (queued .. read, or failed with Meta's reason), author, quote.
+    state: str | None = None
+    agent_id: int | None = None
+    reply_to: str | None = None
+    error: DeliveryErrorOut | None = None
 
 
 class TransactionDetailOut(TransactionOut):
+    # Free-form replies are possible until then (24 h after the customer's last message).
+    window_expires_at: datetime | None = None
     messages: list[MessageOut]
 
 
@@ -213,12 +230,6 @@ class TemplateOut(BaseModel):
     body_parameters: int
     header_parameters: int
     languages: list[TemplateLanguageOut]
-
-
-class DeliveryErrorOut(BaseModel):
-    code: int | None
-    title: str | None
-    details: str | None
 
 
 class OutboundMessageOut(BaseModel):

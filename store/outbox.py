@@ -143,7 +143,8 @@ async def mark_accepted(session: AsyncSession, outbound_id: int, wamid: str) -> 
         return []
     early = (await session.execute(
         select(MessageStatus.status, MessageStatus.occurred_at, MessageStatus.errors)
-        .where(MessageStatus.wamid == wamid, MessageStatus.org_id == row[0])
+        # By wamid alone: Meta's ids are unique, and a status may have reached another linked org's endpoint.
+        .where(MessageStatus.wamid == wamid)
         .order_by(MessageStatus.occurred_at, MessageStatus.id)
     )).all()
     changes = []
