@@ -543,3 +543,44 @@ class InboxActor(StoreBackedActor):
             return await getattr(self.directory.agent(self.org_id, user_id), method)(*args)
         log.warning("agent %s unreachable for %s", user_id, method)
         return None
+
+    async def open_outbound(self, customer_wa_id: str, user_id: int) -> Result:
+        """WhatsApp Back: a conversation an agent starts, assigned to that agent from the start.
+
+        Reuses the customer's open conversation on this inbox when it is already that agent's
+        (`reused: true`); refuses (409) when it is queued, offered or assigned to anyone else, or the
+        agent cannot take one more (presence, capacity); 403 for a non-member. The customer's reply
+        then attaches to it like any message and reaches the same agent.
+        """
+        if not await self._ensure_active():
+            return refuse(404, "inbox not found")
+        async with self._lock:
+            membership = self.config.members.get(user_id)
+            if membership is None or not membership[1]:
+                return refuse(403, "only a licensed agent of this inbox may start a conversation on it")
+            current = self._txs.get(self._by_customer.get(customer_wa_id, -1))
+            if current is not None:
+                if current.state == "assigned" and current.agent_id == user_id:
+                    return {**ok(current.id), "reused": True}
+                owner = "another agent's" if current.state == "assigned" else f"{current.state} for routing"
+                return refuse(409, f"the customer already has an open conversation on this inbox ({owner})")
+            now = utcnow()
+            async with self.db.session() as session:
+                row = Transaction(org_id=self.org_id, inbox_id=self.inbox_id, customer_wa_id=customer_wa_id,
+                                  state="queued", waiting_since=now, created_at=now, updated_at=now, tried=[])
+                session.add(row)
+                await session.flush()
+                tx = TxState.of(row)
+                tx.sticky_agent = await repo.sticky_agent_of(session, self.inbox_id, customer_wa_id)
+                await repo.add_transaction_event(session, tx.id, "opened_outbound", user_id, now,
+                                                 customer=customer_wa_id)
+            self._remember(tx)
+            refusal = await self._take_directly(tx, user_id, "assigned")
+            if refusal is not None:
+                tx.state = "closed"
+                tx.closed_at = utcnow()
+                await self._save(tx, "closed", user_id, reason=refusal["detail"])
+                self._forget(tx)
+                return refusal
+            await self._assign(tx, user_id, "assigned", outbound=True)
+            return {**ok(tx.id), "reused": False}

@@ -248,3 +248,10 @@ class OutboundMessageOut(BaseModel):
     status_at: datetime | None
     error: DeliveryErrorOut | None
     created_at: datetime
+
+
+class OutboundStartOut(BaseModel):
+    transaction_id: int
+    # True when the customer's open conversation with this agent was reused.
+    reused: bool
+    message: OutboundMessageOut

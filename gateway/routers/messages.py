@@ -6,10 +6,11 @@ from fastapi import APIRouter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from actors.directory import spawn
-from config.messaging import MessageRequest, TextReply
-from gateway.deps import OrgMember, RuntimeDep, SessionDep, TxId
-from gateway.errors import conflict, field_error, forbidden, not_found
+from actors.directory import ActorUnavailable, spawn
+from config.messaging import MessageRequest, OutboundStart, TextReply
+from config.models import holds_agent_licenses
+from gateway.deps import InboxId, OrgMember, RuntimeDep, SessionDep, TxId
+from gateway.errors import ApiError, conflict, field_error, forbidden, not_found
 from gateway.outbound import (
     approved_template,
     enqueue,
@@ -21,8 +22,9 @@ from gateway.outbound import (
     wake_sender,
     window_expires_at,
 )
+from gateway.routers.inboxes import get_inbox
 from gateway.routers.transactions import _visible_transaction
-from gateway.schemas import OutboundMessageOut
+from gateway.schemas import OutboundMessageOut, OutboundStartOut
 from store.tables import InboundMessage, Inbox, InboxAgent, OutboundMessage, Transaction
 from store.types import utcnow
 
@@ -78,6 +80,43 @@ async def send_message(tx_id: TxId, body: MessageRequest, ctx: OrgMember, sessio
         spawn(runtime.routing.agent(ctx.org.id, user_id).push_event("message", outbound_event(row)),
               f"echo message {row.id} to agent {user_id}")
     return outbound_out(row)
+
+
+@router.post("/inboxes/{inbox_id}/outbound", status_code=202, response_model=OutboundStartOut)
+async def start_conversation(inbox_id: InboxId, body: OutboundStart, ctx: OrgMember, session: SessionDep,
+                             runtime: RuntimeDep) -> OutboundStartOut:
+    """WhatsApp Back: an agent of the inbox writes first, with an approved template."""
+    inbox = await get_inbox(session, ctx.org.id, inbox_id)
+    if ctx.user is None:
+        raise forbidden("the platform admin cannot act as an agent")
+    user_id = ctx.user.id
+    member = await session.scalar(select(InboxAgent.user_id).where(InboxAgent.inbox_id == inbox.id,
+                                                                   InboxAgent.user_id == user_id))
+    if member is None or not holds_agent_licenses(ctx.user.licenses):
+        raise forbidden("only a licensed agent of this inbox may start a conversation on it")
+    waba_id = await waba_of_number(session, inbox.phone_number_id)
+    template = await approved_template(session, ctx.org.id, waba_id, body.template, ("body", "template"))
+    if body.to.wa_id is None:
+        raise field_error(("body", "to", "user_id"), "customers known only by their user id can be written to "
+                                                     "once they have written to the business")
+    await session.commit()  # release the read transaction (SQLite) while the inbox actor writes
+    try:
+        opened = await runtime.routing.inbox(ctx.org.id, inbox.id).open_outbound(body.to.wa_id, user_id)
+    except ActorUnavailable as exc:
+        raise ApiError(503, "the inbox's actor is restarting; retry shortly") from exc
+    if opened["status"] != 200:
+        raise ApiError(opened["status"], opened["detail"])
+    row = enqueue(session, org_id=ctx.org.id, waba_id=waba_id, phone_number_id=inbox.phone_number_id,
+                  inbox_id=inbox.id, transaction_id=opened["transaction_id"], agent_id=user_id,
+                  to_wa_id=body.to.wa_id, to_user_id=None, msg_type="template",
+                  content=template_body(body.template), summary=template_summary(template, body.template),
+                  reply_to=None)
+    await session.commit()
+    wake_sender(runtime, inbox.phone_number_id)
+    spawn(runtime.routing.agent(ctx.org.id, user_id).push_event("message", outbound_event(row)),
+          f"echo message {row.id} to agent {user_id}")
+    return OutboundStartOut(transaction_id=opened["transaction_id"], reused=opened["reused"],
+                            message=outbound_out(row))
 
 
 @router.get("/transactions/{tx_id}/outbound", response_model=list[OutboundMessageOut])
