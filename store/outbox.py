@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, and_, case, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.tables import MessageStatus, OutboundMessage
-from store.types import utcnow
+from store.types import storable, utcnow
 
 # Progress of a delivery; `failed` stands apart (it wins over earlier steps only when newer).
 PROGRESS = {"queued": 0, "sending": 0, "accepted": 1, "sent": 2, "delivered": 3, "read": 4, "played": 5}
@@ -87,16 +87,17 @@ def _first_error(errors: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     data = error.get("error_data")
     details = data.get("details") if isinstance(data, dict) else None
     code = error.get("code")
-    return {"code": int(code) if isinstance(code, int | str) and str(code).isdigit() else None,
-            "title": str(error.get("title") or error.get("message") or ""),
-            "details": details if isinstance(details, str) else None}
+    return {"code": int(code) if isinstance(code, int | str) and str(code).isdigit() and len(str(code)) < 10
+            else None,
+            "title": storable(str(error.get("title") or error.get("message") or "")),
+            "details": storable(details) if isinstance(details, str) else None}
 
 
 async def apply_status(session: AsyncSession, org_ids: Iterable[int], wamid: str, status: str, at: datetime,
                        errors: Sequence[dict[str, Any]] = ()) -> StatusChange | None:
     """Apply one delivery status to the outbound message `wamid` of one of `org_ids`, if it moves it."""
     orgs = list(org_ids)
-    if status not in DELIVERY_STATUSES or not orgs or not wamid:
+    if status not in DELIVERY_STATUSES or not orgs or not wamid or "\x00" in wamid:
         return None
     values: dict[str, Any] = {"state": status, "status_at": at, "updated_at": utcnow()}
     error = _first_error(errors) if status == "failed" else None

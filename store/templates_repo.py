@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.messaging import placeholders
 from store.tables import MessageTemplate
-from store.types import utcnow
+from store.types import storable, utcnow
 from store.upsert import upsert
 
 # Meta's review events that are statuses of their own; REINSTATED puts a paused template back in use.
@@ -37,6 +37,9 @@ async def apply_status_event(session: AsyncSession, org_ids: Iterable[int], waba
     orgs = list(org_ids)
     if not orgs or not event:
         return 0
+    # Webhook values are Meta's: cleaned so the store can compare and hold them.
+    meta_template_id, name = storable(meta_template_id, 64), storable(name, 512)
+    language, reason, event = storable(language, 32), storable(reason), storable(event) or ""
     match = []
     if meta_template_id:
         match.append(MessageTemplate.meta_template_id == meta_template_id)
@@ -44,7 +47,7 @@ async def apply_status_event(session: AsyncSession, org_ids: Iterable[int], waba
         match.append((MessageTemplate.name == name) & (MessageTemplate.language == language))
     if not match:
         return 0
-    status = _EVENT_STATUS.get(event.upper(), event.upper())
+    status = _EVENT_STATUS.get(event.upper(), event.upper())[:32]
     result = await session.execute(
         update(MessageTemplate)
         .where(MessageTemplate.waba_id == waba_id, MessageTemplate.org_id.in_(orgs), or_(*match))
