@@ -53,7 +53,7 @@ class InboxActor(StoreBackedActor):
         self._config: repo.InboxConfig | None = None
         self._agents: dict[int, dict[str, Any]] = {}
         self._txs: dict[int, TxState] = {}
-        self._by_customer: dict[str, int] = {}
+        self._by_customer: dict[int, int] = {}
         self._timers: dict[int, asyncio.Task[None]] = {}
         self._routing_requested: asyncio.Task[None] | None = None
         self._routing_wanted = False
@@ -78,11 +78,13 @@ class InboxActor(StoreBackedActor):
             ids = [row.id for row in rows]
             offerees = await repo.past_offerees(session, ids)
             firsts = await repo.first_messages(session, ids)
+            customers = await repo.customers_of(session, [row.customer_id for row in rows])
             for row in rows:
                 tx = TxState.of(row)
                 tx.past_offerees = offerees.get(tx.id, set())
                 tx.first_message = firsts.get(tx.id)
-                tx.sticky_agent = await repo.sticky_agent_of(session, self.inbox_id, tx.customer_wa_id)
+                tx.customer = customers.get(tx.customer_id, {})
+                tx.sticky_agent = await repo.sticky_agent_of(session, self.inbox_id, tx.customer_id)
                 tx.current_offer_is_sticky = tx.state == "offered" and tx.offered_to == tx.sticky_agent
                 self._remember(tx)
 
@@ -100,12 +102,12 @@ class InboxActor(StoreBackedActor):
 
     def _remember(self, tx: TxState) -> None:
         self._txs[tx.id] = tx
-        self._by_customer[tx.customer_wa_id] = tx.id
+        self._by_customer[tx.customer_id] = tx.id
 
     def _forget(self, tx: TxState) -> None:
         self._txs.pop(tx.id, None)
-        if self._by_customer.get(tx.customer_wa_id) == tx.id:
-            del self._by_customer[tx.customer_wa_id]
+        if self._by_customer.get(tx.customer_id) == tx.id:
+            del self._by_customer[tx.customer_id]
         self._cancel_timer(tx.id)
 
     # ------------------------------------------------------------------ health and views
@@ -139,25 +141,30 @@ class InboxActor(StoreBackedActor):
     async def _ingest_locked(self, messages: list[dict[str, Any]]) -> int:
         now = utcnow()
         for message in messages:
-            tx = self._txs.get(self._by_customer.get(message["from_wa_id"], -1))
+            # The customer's open conversation, else one of a customer merged into it (store/customers.py).
+            tx = next((self._txs[self._by_customer[c]] for c in message["customer_ids"] if c in self._by_customer),
+                      None)
             async with self.db.session() as session:
                 if tx is None:
                     tx = await self._open_transaction(session, message, now)
                 await repo.attach_messages(session, tx.id, [message["id"]])
+            tx.customer = message["customer"]
             if tx.state == "assigned" and tx.agent_id is not None:
                 await self._tell_agent(tx.agent_id, "deliver_message", tx.id, self.inbox_id, message)
         return len(messages)
 
     async def _open_transaction(self, session: Any, message: dict[str, Any], now: datetime) -> TxState:
-        row = Transaction(org_id=self.org_id, inbox_id=self.inbox_id, customer_wa_id=message["from_wa_id"],
-                          customer_name=message.get("customer_name"), state="queued", waiting_since=now,
+        row = Transaction(org_id=self.org_id, inbox_id=self.inbox_id, customer_id=message["customer_id"],
+                          customer_wa_id=message["customer"].get("wa_id"),
+                          customer_name=message["customer"].get("name"), state="queued", waiting_since=now,
                           created_at=now, updated_at=now, tried=[])
         session.add(row)
         await session.flush()
         tx = TxState.of(row)
         tx.first_message = message
-        tx.sticky_agent = await repo.sticky_agent_of(session, self.inbox_id, tx.customer_wa_id)
-        await repo.add_transaction_event(session, tx.id, "queued", None, now, customer=tx.customer_wa_id)
+        tx.customer = message["customer"]
+        tx.sticky_agent = await repo.sticky_agent_of(session, self.inbox_id, tx.customer_id)
+        await repo.add_transaction_event(session, tx.id, "queued", None, now, customer=tx.customer_id)
         self._remember(tx)
         return tx
 
@@ -381,7 +388,7 @@ class InboxActor(StoreBackedActor):
         tx.current_offer_is_sticky = False
         async with self.db.session() as session:
             # Whoever handles the customer becomes their sticky agent on this inbox.
-            await repo.remember_sticky_agent(session, self.inbox_id, tx.customer_wa_id, user_id)
+            await repo.remember_sticky_agent(session, self.inbox_id, tx.customer_id, user_id)
         tx.sticky_agent = user_id
         await self._save(tx, kind, user_id, **detail)
 
@@ -544,9 +551,10 @@ class InboxActor(StoreBackedActor):
         log.warning("agent %s unreachable for %s", user_id, method)
         return None
 
-    async def open_outbound(self, customer_wa_id: str, user_id: int) -> Result:
+    async def open_outbound(self, customer: dict[str, Any], user_id: int) -> Result:
         """WhatsApp Back: a conversation an agent starts, assigned to that agent from the start.
 
+        `customer` is the customers row as a dict (`id`, `user_id`, `wa_id`, `username`, `name`).
         Reuses the customer's open conversation on this inbox when it is already that agent's
         (`reused: true`); refuses (409) when it is queued, offered or assigned to anyone else, or the
         agent cannot take one more (presence, capacity); 403 for a non-member. The customer's reply
@@ -558,7 +566,7 @@ class InboxActor(StoreBackedActor):
             membership = self.config.members.get(user_id)
             if membership is None or not membership[1]:
                 return refuse(403, "only a licensed agent of this inbox may start a conversation on it")
-            current = self._txs.get(self._by_customer.get(customer_wa_id, -1))
+            current = self._txs.get(self._by_customer.get(customer["id"], -1))
             if current is not None:
                 if current.state == "assigned" and current.agent_id == user_id:
                     return {**ok(current.id), "reused": True}
@@ -566,14 +574,16 @@ class InboxActor(StoreBackedActor):
                 return refuse(409, f"the customer already has an open conversation on this inbox ({owner})")
             now = utcnow()
             async with self.db.session() as session:
-                row = Transaction(org_id=self.org_id, inbox_id=self.inbox_id, customer_wa_id=customer_wa_id,
+                row = Transaction(org_id=self.org_id, inbox_id=self.inbox_id, customer_id=customer["id"],
+                                  customer_wa_id=customer.get("wa_id"), customer_name=customer.get("name"),
                                   state="queued", waiting_since=now, created_at=now, updated_at=now, tried=[])
                 session.add(row)
                 await session.flush()
                 tx = TxState.of(row)
-                tx.sticky_agent = await repo.sticky_agent_of(session, self.inbox_id, customer_wa_id)
+                tx.customer = customer
+                tx.sticky_agent = await repo.sticky_agent_of(session, self.inbox_id, tx.customer_id)
                 await repo.add_transaction_event(session, tx.id, "opened_outbound", user_id, now,
-                                                 customer=customer_wa_id)
+                                                 customer=tx.customer_id)
             self._remember(tx)
             refusal = await self._take_directly(tx, user_id, "assigned")
             if refusal is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,3 +18,7 @@ class StoredMessage:
     type: str
     summary: str
     sent_at: str
+    # The customer (see store/customers.py): conversations are keyed by this id, not by a number.
+    customer_id: int
+    # {id, user_id, wa_id, username, name}
+    customer: dict[str, Any]

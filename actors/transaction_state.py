@@ -12,8 +12,7 @@ from store.tables import Transaction
 @dataclass
 class TxState:
     id: int
-    customer_wa_id: str
-    customer_name: str | None
+    customer_id: int
     state: str
     waiting_since: datetime
     agent_id: int | None = None
@@ -32,11 +31,13 @@ class TxState:
     round_over: bool = False
     past_offerees: set[int] = field(default_factory=set)
     first_message: dict[str, Any] | None = None
+    # {id, user_id, wa_id, username, name} as agents are shown it; refreshed by each message.
+    customer: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, row: Transaction) -> TxState:
         return cls(
-            id=row.id, customer_wa_id=row.customer_wa_id, customer_name=row.customer_name, state=row.state,
+            id=row.id, customer_id=row.customer_id, state=row.state,
             waiting_since=row.waiting_since, agent_id=row.agent_id, offered_to=row.offered_to,
             offer_expires_at=row.offer_expires_at, offer_seq=row.offer_seq, sticky_dials=row.sticky_dials,
             tried=list(row.tried or []), assigned_at=row.assigned_at, closed_at=row.closed_at,
@@ -55,7 +56,9 @@ class TxState:
         """What an agent is shown about the transaction (offer, assignment, transfer events)."""
         return {
             "transaction_id": self.id, "inbox_id": inbox_id, "inbox_name": inbox_name,
-            "customer": {"wa_id": self.customer_wa_id, "name": self.customer_name},
+            "customer": {"id": self.customer_id, "user_id": self.customer.get("user_id"),
+                         "wa_id": self.customer.get("wa_id"), "username": self.customer.get("username"),
+                         "name": self.customer.get("name")},
             "first_message": self.first_message,
             "waiting_since": self.waiting_since.isoformat(),
         }

@@ -8,12 +8,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from actors.messages import StoredMessage
+from meta.webhook_parser import InboundMessage as ParsedMessage
 from meta.webhook_parser import ParsedWebhook
+from store.customers import CustomerRef, Identity, new_anonymous_customer, resolve_customers
 from store.outbox import StatusChange, apply_status
-from store.tables import Base, InboundMessage, Inbox, MessageStatus, WebhookChange
+from store.tables import Base, Customer, InboundMessage, Inbox, MessageStatus, WebhookChange
 from store.templates_repo import apply_status_event
 from store.upsert import insert_ignoring_duplicates
 
@@ -57,14 +60,33 @@ def _dedupe_key(waba_id: str, field_name: str, value: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _identity(message: ParsedMessage) -> Identity:
+    """Who sent the message; for an identity-change system message, the previous and the new identifiers."""
+    wa_id, user_id = message.from_wa_id or None, message.from_user_id
+    previous_wa_id = previous_user_id = None
+    change = message.identity_change
+    if change is not None:
+        if change.new_wa_id and change.new_wa_id != wa_id:
+            previous_wa_id, wa_id = wa_id, change.new_wa_id
+        if change.new_user_id and change.new_user_id != user_id:
+            previous_user_id, user_id = user_id, change.new_user_id
+        previous_user_id = change.previous_user_id or previous_user_id
+    # Identifiers are keys: made storable like every other column, cut ones stay distinct (hashed).
+    current = _fit_row(Customer, {"user_id": user_id, "wa_id": wa_id, "username": message.username,
+                                  "name": message.customer_name}, keys=("user_id", "wa_id"))
+    previous = _fit_row(Customer, {"user_id": previous_user_id, "wa_id": previous_wa_id}, keys=("user_id", "wa_id"))
+    return Identity(user_id=current["user_id"], wa_id=current["wa_id"], username=current["username"],
+                    name=current["name"], previous_user_id=previous["user_id"], previous_wa_id=previous["wa_id"])
+
+
 async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebhook,
                          verified: dict[str, set[int]] | None = None) -> IntakeResult:
     """Write everything in the delivery; redelivered items are skipped by unique constraints.
 
     `verified` maps each WABA of the delivery to the organizations whose stored app secret verifies
     its signature (the receiving one always). A message for a number whose inbox belongs to another
-    organization goes to that organization only when it is among them; otherwise it stays here,
-    flagged, unrouted.
+    organization goes to that organization (and its customers) only when it is among them;
+    otherwise it stays here, flagged, unrouted.
     """
     result = IntakeResult()
     verified = verified or {}
@@ -76,27 +98,42 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
             select(Inbox.id, Inbox.phone_number_id, Inbox.org_id).where(Inbox.phone_number_id.in_(numbers))
         )).all()}
 
-    rows = []
-    seen: set[str] = set()
+    unique_messages: dict[str, ParsedMessage] = {}
     for message in parsed.messages:
-        if message.wamid in seen:  # the same message twice in one body
-            continue
-        seen.add(message.wamid)
-        target_org, inbox_id, flag = org_id, None, None
+        unique_messages.setdefault(message.wamid, message)  # the same message twice in one body: once
+    # Where each message belongs: (organization, inbox or None, flag or None).
+    placement: dict[str, tuple[int, int | None, str | None]] = {}
+    for message in unique_messages.values():
         owner = owner_of_number.get(message.phone_number_id or "")
-        if owner is not None:
-            owner_inbox, owner_org = owner
-            if owner_org == org_id or owner_org in verified.get(message.waba_id, set()):
-                target_org, inbox_id = owner_org, owner_inbox
-            else:
-                flag = FOREIGN_SIGNATURE_FLAG.format(owner=owner_org, waba=message.waba_id)
-        rows.append(_fit_row(InboundMessage, {
+        if owner is None:
+            placement[message.wamid] = (org_id, None, None)
+        elif owner[1] == org_id or owner[1] in verified.get(message.waba_id, set()):
+            placement[message.wamid] = (owner[1], owner[0], None)
+        else:
+            placement[message.wamid] = (org_id, None, FOREIGN_SIGNATURE_FLAG.format(owner=owner[1],
+                                                                                    waba=message.waba_id))
+    # Customers belong to an organization: resolved in the organization each message goes to.
+    # Same database transaction as the messages: a delivery is stored with its customers or not at all.
+    customer_of_wamid: dict[str, CustomerRef | None] = {}
+    for target in sorted({org for org, _, _ in placement.values()}):
+        batch = [m for m in unique_messages.values() if placement[m.wamid][0] == target]
+        resolved = await resolve_customers(session, target, [_identity(m) for m in batch])
+        customer_of_wamid.update({m.wamid: c for m, c in zip(batch, resolved, strict=True)})
+    customer_of: dict[tuple[int, str], CustomerRef | None] = {}
+    rows = []
+    for message in unique_messages.values():
+        target_org, inbox_id, flag = placement[message.wamid]
+        customer = customer_of_wamid[message.wamid]
+        row = _fit_row(InboundMessage, {
             "org_id": target_org, "wamid": message.wamid, "waba_id": message.waba_id,
             "phone_number_id": message.phone_number_id, "inbox_id": inbox_id,
-            "from_wa_id": message.from_wa_id, "customer_name": message.customer_name,
+            "from_wa_id": message.from_wa_id, "from_user_id": message.from_user_id,
+            "customer_id": customer.id if customer else None, "customer_name": message.customer_name,
             "type": message.type, "summary": message.summary, "sent_at": message.timestamp,
             "raw": message.raw, "flag": flag,
-        }, keys=("wamid",)))
+        }, keys=("wamid",))
+        customer_of[(target_org, row["wamid"])] = customer
+        rows.append(row)
     inserted = await insert_ignoring_duplicates(
         session, InboundMessage, rows, conflict_on=["org_id", "wamid"], returning=["id", "org_id", "wamid"]
     )
@@ -105,12 +142,21 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
     result.duplicate_messages = len(parsed.messages) - len(ids)
     for row in rows:
         row_id = ids.get((row["org_id"], row["wamid"]))
-        if row_id is not None and row["inbox_id"] is not None:
-            result.new_messages.setdefault(row["org_id"], []).append(StoredMessage(
-                id=row_id, inbox_id=row["inbox_id"], wamid=row["wamid"], from_wa_id=row["from_wa_id"],
-                customer_name=row["customer_name"], type=row["type"], summary=row["summary"],
-                sent_at=row["sent_at"].isoformat(),
-            ))
+        if row_id is None or row["inbox_id"] is None:
+            continue
+        customer = customer_of[(row["org_id"], row["wamid"])]
+        if customer is None:
+            # No number and no BSUID: a conversation of its own, never one shared by strangers.
+            anonymous = await new_anonymous_customer(session, row["org_id"], row["customer_name"])
+            await session.execute(sql_update(InboundMessage).where(InboundMessage.id == row_id)
+                                  .values(customer_id=anonymous))
+            customer = CustomerRef(id=anonymous, user_id=None, wa_id=None, username=None,
+                                   name=row["customer_name"])
+        result.new_messages.setdefault(row["org_id"], []).append(StoredMessage(
+            id=row_id, inbox_id=row["inbox_id"], wamid=row["wamid"], from_wa_id=row["from_wa_id"],
+            customer_name=row["customer_name"], type=row["type"], summary=row["summary"],
+            sent_at=row["sent_at"].isoformat(), customer_id=customer.id, customer=customer.as_dict(),
+        ))
 
     status_rows = [_fit_row(MessageStatus, {
         "org_id": org_id, "wamid": s.wamid, "waba_id": s.waba_id, "phone_number_id": s.phone_number_id,

@@ -18,6 +18,7 @@ from config.messaging import TemplateRef
 from gateway.errors import ApiError, field_error
 from gateway.runtime import Runtime
 from gateway.schemas import DeliveryErrorOut, MessageOut, OutboundMessageOut
+from store.customers import aliases_of
 from store.outbox import new_idempotency_key
 from store.tables import InboundMessage, MessageTemplate, OutboundMessage, PhoneNumber
 
@@ -25,11 +26,16 @@ from store.tables import InboundMessage, MessageTemplate, OutboundMessage, Phone
 SERVICE_WINDOW = timedelta(hours=24)
 
 
-async def window_expires_at(session: AsyncSession, org_id: int, phone_number_id: str, wa_id: str) -> datetime | None:
-    """When the customer's window on this number closes (None: they never wrote to it)."""
+async def window_expires_at(session: AsyncSession, org_id: int, phone_number_id: str,
+                            customer_id: int) -> datetime | None:
+    """When the customer's window on this number closes (None: they never wrote to it).
+
+    Per customer, whichever identifier (phone number, BSUID) their messages came with, including
+    customers later merged into this one."""
+    ids = (await aliases_of(session, [customer_id])).get(customer_id, [customer_id])
     last = await session.scalar(select(func.max(InboundMessage.sent_at)).where(
         InboundMessage.org_id == org_id, InboundMessage.phone_number_id == phone_number_id,
-        InboundMessage.from_wa_id == wa_id))
+        InboundMessage.customer_id.in_(ids)))
     if last is None:
         return None
     if isinstance(last, str):  # SQLite's max() hands back the stored text

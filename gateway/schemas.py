@@ -144,7 +144,13 @@ class AgentOut(BaseModel):
 
 
 class CustomerOut(BaseModel):
-    wa_id: str
+    """The customer of a conversation: `user_id` is Meta's business-scoped user id (BSUID), `wa_id` the
+    phone number; either may be unknown (a username user may share no number)."""
+
+    id: int
+    user_id: str | None
+    wa_id: str | None
+    username: str | None
     name: str | None
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 __all__ = [
     "SUMMARY_MAX_CHARS",
+    "IdentityChange",
     "InboundMessage",
     "OtherChange",
     "ParsedWebhook",
@@ -49,6 +50,19 @@ class WebhookPayloadError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityChange:
+    """A `system` message saying the sender's number (`user_changed_number`) or business-scoped user id
+    (`user_changed_user_id`) changed. The previous identifiers are the message's sender (`from`,
+    `from_user_id`) and `system.previous_user_id`; the new ones are `system.wa_id`/`new_wa_id` and
+    `system.user_id`/`new_user_id`."""
+
+    kind: str
+    new_wa_id: str | None
+    new_user_id: str | None
+    previous_user_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class InboundMessage:
     """One object from `value.messages[]` (customer message, or an echo/edit/revoke Meta put there)."""
 
@@ -65,8 +79,12 @@ class InboundMessage:
     referral: dict[str, Any] | None
     errors: list[dict[str, Any]]
     raw: dict[str, Any]
-    # Business-scoped user id (Meta's newer `from_user_id`), when present.
+    # Business-scoped user id (BSUID: `from_user_id`, else the sender's `contacts[].user_id`), when present.
+    # A user who adopted a username may come with a BSUID only: then `from_wa_id` is "".
     from_user_id: str | None = None
+    # The sender's WhatsApp username (`contacts[].profile.username`), when shared.
+    username: str | None = None
+    identity_change: IdentityChange | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,21 +343,33 @@ def _summarize(msg: Mapping[str, Any], msg_type: str, depth: int = 0) -> str:
 # --------------------------------------------------------------------------- records
 
 
-def _customer_name(contacts: list[dict[str, Any]], from_wa_id: str, from_user_id: str | None) -> str | None:
-    """Profile name of the sender: matching contact first, else the first contact."""
-    chosen: dict[str, Any] | None = None
+def _sender_contacts(contacts: list[dict[str, Any]], from_wa_id: str,
+                     from_user_id: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(contact shown for the profile name, contact trusted for the sender's identity).
+
+    The matching contact (by number or BSUID) is both. Without a match the name still falls back to
+    the first contact, but identifiers only come from the sole contact of a message naming no sender."""
     for contact in contacts:
         if (from_wa_id and _opt_str(contact.get("wa_id")) == from_wa_id) or (
             from_user_id and _opt_str(contact.get("user_id")) == from_user_id
         ):
-            chosen = contact
-            break
-    if chosen is None and contacts:
-        chosen = contacts[0]
-    if chosen is None:
+            return contact, contact
+    first = contacts[0] if contacts else {}
+    anonymous = not from_wa_id and not from_user_id and len(contacts) == 1
+    return first, first if anonymous else {}
+
+
+def _identity_change(msg: dict[str, Any], msg_type: str) -> IdentityChange | None:
+    system = _opt_dict(msg.get("system")) if msg_type == "system" else None
+    kind = _opt_str(system.get("type")) if system else None
+    if system is None or kind not in ("user_changed_number", "user_changed_user_id"):
         return None
-    profile = _opt_dict(chosen.get("profile")) or {}
-    return _opt_str(profile.get("name"))
+    return IdentityChange(
+        kind=kind,
+        new_wa_id=_opt_str(system.get("new_wa_id")) or _opt_str(system.get("wa_id")),
+        new_user_id=_opt_str(system.get("new_user_id")) or _opt_str(system.get("user_id")),
+        previous_user_id=_opt_str(system.get("previous_user_id")),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +386,10 @@ class _ChangeCtx:
 def _inbound(msg: dict[str, Any], ctx: _ChangeCtx) -> InboundMessage:
     from_wa_id = _opt_str(msg.get("from")) or ""
     from_user_id = _opt_str(msg.get("from_user_id"))
+    shown, sender = _sender_contacts(ctx.contacts, from_wa_id, from_user_id)
+    profile = _opt_dict(shown.get("profile")) or {}
+    from_wa_id = from_wa_id or _opt_str(sender.get("wa_id")) or ""
+    from_user_id = from_user_id or _opt_str(sender.get("user_id"))
     msg_type = _opt_str(msg.get("type")) or "unknown"
     return InboundMessage(
         wamid=_opt_str(msg["id"]) or "",
@@ -363,7 +397,7 @@ def _inbound(msg: dict[str, Any], ctx: _ChangeCtx) -> InboundMessage:
         phone_number_id=ctx.phone_number_id,
         display_phone_number=ctx.display_phone_number,
         from_wa_id=from_wa_id,
-        customer_name=_customer_name(ctx.contacts, from_wa_id, from_user_id),
+        customer_name=_opt_str(profile.get("name")),
         type=msg_type,
         timestamp=_parse_timestamp(msg.get("timestamp"), ctx.now),
         summary=_clip(_summarize(msg, msg_type)),
@@ -372,6 +406,8 @@ def _inbound(msg: dict[str, Any], ctx: _ChangeCtx) -> InboundMessage:
         errors=_dict_list(msg.get("errors")),
         raw=msg,
         from_user_id=from_user_id,
+        username=_opt_str((_opt_dict(sender.get("profile")) or {}).get("username")),
+        identity_change=_identity_change(msg, msg_type),
     )
 
 

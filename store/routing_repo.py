@@ -11,6 +11,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.models import holds_agent_licenses
+from store import customers
 from store.tables import (
     AgentState,
     InboundMessage,
@@ -106,10 +107,30 @@ async def past_offerees(session: AsyncSession, transaction_ids: Sequence[int]) -
     return result
 
 
-def message_payload(message: InboundMessage) -> dict[str, Any]:
+def message_payload(message: InboundMessage, customer: dict[str, Any] | None = None,
+                    customer_ids: list[int] | None = None) -> dict[str, Any]:
+    """A stored message as an inbox actor routes it. `customer_ids`: its customer's id first, then the
+    customers merged into it, whose open conversations (if any) are this customer's too."""
+    assert message.customer_id is not None or customer_ids
     return {"id": message.id, "inbox_id": message.inbox_id, "wamid": message.wamid,
-            "from_wa_id": message.from_wa_id, "customer_name": message.customer_name, "type": message.type,
+            "from_wa_id": message.from_wa_id, "from_user_id": message.from_user_id,
+            "customer_id": customer_ids[0] if customer_ids else message.customer_id,
+            "customer_ids": customer_ids or [message.customer_id], "customer": customer or {},
+            "customer_name": message.customer_name, "type": message.type,
             "summary": message.summary, "sent_at": message.sent_at.isoformat()}
+
+
+async def _payloads(session: AsyncSession, messages: Sequence[InboundMessage]) -> list[dict[str, Any]]:
+    for message in messages:
+        if message.customer_id is None:
+            # Stored before customers existed, naming no sender: a conversation of its own.
+            message.customer_id = await customers.new_anonymous_customer(
+                session, message.org_id, message.customer_name)
+    ids = {m.customer_id for m in messages if m.customer_id is not None}
+    aliases = await customers.aliases_of(session, ids)
+    shown = await customers.customers_by_id(session, ids)
+    return [message_payload(m, shown.get(m.customer_id), aliases.get(m.customer_id))
+            for m in messages if m.customer_id is not None]
 
 
 async def first_messages(session: AsyncSession, transaction_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -118,7 +139,8 @@ async def first_messages(session: AsyncSession, transaction_ids: Sequence[int]) 
     first_ids = select(func.min(InboundMessage.id)).where(
         InboundMessage.transaction_id.in_(transaction_ids)).group_by(InboundMessage.transaction_id)
     messages = (await session.scalars(select(InboundMessage).where(InboundMessage.id.in_(first_ids)))).all()
-    return {m.transaction_id: message_payload(m) for m in messages if m.transaction_id is not None}
+    payloads = await _payloads(session, messages)
+    return {m.transaction_id: p for m, p in zip(messages, payloads, strict=True) if m.transaction_id is not None}
 
 
 async def unrouted_messages(session: AsyncSession, inbox_id: int, ids: Sequence[int] | None = None,
@@ -128,7 +150,12 @@ async def unrouted_messages(session: AsyncSession, inbox_id: int, ids: Sequence[
     if ids is not None:
         query = query.where(InboundMessage.id.in_(ids))
     messages = (await session.scalars(query.order_by(InboundMessage.sent_at, InboundMessage.id).limit(limit))).all()
-    return [message_payload(m) for m in messages]
+    return await _payloads(session, messages)
+
+
+async def customers_of(session: AsyncSession, customer_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Each customer id -> {id, user_id, wa_id, username, name}, as shown to agents."""
+    return await customers.customers_by_id(session, customer_ids)
 
 
 async def attach_messages(session: AsyncSession, transaction_id: int, message_ids: Sequence[int]) -> None:
@@ -136,15 +163,18 @@ async def attach_messages(session: AsyncSession, transaction_id: int, message_id
                           .values(transaction_id=transaction_id))
 
 
-async def sticky_agent_of(session: AsyncSession, inbox_id: int, customer_wa_id: str) -> int | None:
-    row = await session.get(StickyAgent, (inbox_id, customer_wa_id))
+async def sticky_agent_of(session: AsyncSession, inbox_id: int, customer_id: int) -> int | None:
+    # Sticky memory follows a customer merged into another one.
+    survivor = await customers.survivor_of(session, customer_id)
+    row = await session.get(StickyAgent, (inbox_id, survivor))
     return row.user_id if row else None
 
 
-async def remember_sticky_agent(session: AsyncSession, inbox_id: int, customer_wa_id: str, user_id: int) -> None:
-    await upsert(session, StickyAgent, [{"inbox_id": inbox_id, "customer_wa_id": customer_wa_id,
+async def remember_sticky_agent(session: AsyncSession, inbox_id: int, customer_id: int, user_id: int) -> None:
+    survivor = await customers.survivor_of(session, customer_id)
+    await upsert(session, StickyAgent, [{"inbox_id": inbox_id, "customer_id": survivor,
                                          "user_id": user_id, "updated_at": utcnow()}],
-                 key=["inbox_id", "customer_wa_id"])
+                 key=["inbox_id", "customer_id"])
 
 
 async def add_transaction_event(session: AsyncSession, transaction_id: int, kind: str, agent_id: int | None,

@@ -145,6 +145,34 @@ class InboxAgent(Base):
     proficiency: Mapped[int] = mapped_column(Integer, default=1)
 
 
+# ---------------------------------------------------------------- customers
+
+
+class Customer(Base):
+    """A WhatsApp user writing to the organization: known by business-scoped user id (BSUID, `user_id`)
+    when Meta gives one, else by phone number (`wa_id`). Both are unique per organization when set,
+    so concurrent intake of the same new customer cannot create two rows. A customer found to be
+    another one (first seen by phone, later by BSUID) is merged into the older row: `merged_into`
+    points at it and the merged row keeps no identifier (see `store/customers.py`)."""
+
+    __tablename__ = "customers"
+    __table_args__ = (
+        Index("uq_customers_org_user_id", "org_id", "user_id", unique=True,
+              sqlite_where=text("user_id IS NOT NULL"), postgresql_where=text("user_id IS NOT NULL")),
+        Index("uq_customers_org_wa_id", "org_id", "wa_id", unique=True,
+              sqlite_where=text("wa_id IS NOT NULL"), postgresql_where=text("wa_id IS NOT NULL")),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str | None] = mapped_column(String(128))
+    wa_id: Mapped[str | None] = mapped_column(String(64))
+    username: Mapped[str | None] = mapped_column(String(256))
+    name: Mapped[str | None] = mapped_column(String(256))
+    merged_into: Mapped[int | None] = mapped_column(ForeignKey("customers.id", ondelete="SET NULL"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 # ---------------------------------------------------------------- webhook intake
 
 
@@ -166,7 +194,11 @@ class InboundMessage(Base):
     transaction_id: Mapped[int | None] = mapped_column(
         ForeignKey("transactions.id", ondelete="SET NULL"), index=True
     )
+    # "" when Meta gave no phone number (a username user known only by BSUID).
     from_wa_id: Mapped[str] = mapped_column(String(64))
+    from_user_id: Mapped[str | None] = mapped_column(String(128))
+    # NULL only for a message that named no sender at all.
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id", ondelete="SET NULL"), index=True)
     customer_name: Mapped[str | None] = mapped_column(String(256))
     type: Mapped[str] = mapped_column(String(32))
     summary: Mapped[str] = mapped_column(Text)
@@ -248,7 +280,7 @@ class Transaction(Base):
         Index(
             "uq_transactions_open_customer",
             "inbox_id",
-            "customer_wa_id",
+            "customer_id",
             unique=True,
             sqlite_where=text("state != 'closed'"),
             postgresql_where=text("state != 'closed'"),
@@ -259,7 +291,9 @@ class Transaction(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     inbox_id: Mapped[int] = mapped_column(ForeignKey("inboxes.id", ondelete="CASCADE"), index=True)
-    customer_wa_id: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), index=True)
+    # Display copies of the customer as first seen; the customers row is the truth.
+    customer_wa_id: Mapped[str | None] = mapped_column(String(64))
     customer_name: Mapped[str | None] = mapped_column(String(256))
     state: Mapped[str] = mapped_column(String(16), default="queued")
     agent_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
@@ -291,7 +325,7 @@ class TransactionEvent(Base):
 class StickyAgent(Base):
     __tablename__ = "sticky_agents"
     inbox_id: Mapped[int] = mapped_column(ForeignKey("inboxes.id", ondelete="CASCADE"), primary_key=True)
-    customer_wa_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Insert
+from sqlalchemy import ColumnElement, Insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,14 +19,16 @@ def _insert(session: AsyncSession, model: type[Base]) -> Any:
 
 
 async def insert_ignoring_duplicates(session: AsyncSession, model: type[Base], rows: Sequence[dict[str, Any]],
-                                     *, conflict_on: Sequence[str], returning: Sequence[str] = ("id",)
-                                     ) -> list[Any]:
-    """Insert rows, silently skipping those that collide on `conflict_on`; return the inserted rows."""
+                                     *, conflict_on: Sequence[str], returning: Sequence[str] = ("id",),
+                                     index_where: ColumnElement[bool] | None = None) -> list[Any]:
+    """Insert rows, silently skipping those that collide on `conflict_on`; return the inserted rows.
+
+    `index_where` names the predicate of a partial unique index (e.g. `user_id IS NOT NULL`)."""
     if not rows:
         return []
     table = model.__table__
     statement: Insert = _insert(session, model).values(list(rows)).on_conflict_do_nothing(
-        index_elements=list(conflict_on)
+        index_elements=list(conflict_on), index_where=index_where
     ).returning(*(table.c[name] for name in returning))  # type: ignore[attr-defined]
     return list((await session.execute(statement)).all())
 

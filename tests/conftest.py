@@ -77,13 +77,17 @@ async def _drop_postgres_database(name: str) -> None:
         await connection.close()
 
 
+def postgres_admin_base() -> str:
+    """The server part of an asyncpg URL for the test PostgreSQL (append `/<database>`)."""
+    return POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     name = asyncio.run(_create_postgres_database())
     if name is None:
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}")
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    yield f"{base}/{name}"
+    yield f"{postgres_admin_base()}/{name}"
     asyncio.run(_drop_postgres_database(name))
 
 

@@ -260,8 +260,9 @@ class Scenario:
                                                  token or agent.token, json={"status": status})
         return result
 
-    def send(self, customer: str, text: str = "hello", number: int = 0) -> None:
-        response = self.org.sender().send_sync(text_from(self.org, number, customer, text))
+    def send(self, customer: str | None, text: str = "hello", number: int = 0, **identity: Any) -> None:
+        """A customer's text; `identity` may add `user_id` (BSUID), `username` and `name`."""
+        response = self.org.sender().send_sync(text_from(self.org, number, customer, text, **identity))
         assert response.status_code == 200, response.text
 
     def act(self, tx_id: int, action: str, agent: Agent) -> httpx.Response:

@@ -116,11 +116,12 @@ def org_with_waba(gateway: Gateway, numbers: int = 2) -> Org:
     return org
 
 
-def text_from(org: Org, number_index: int, customer: str, text: str = "hello",
-              name: str = "Customer") -> dict[str, Any]:
+def text_from(org: Org, number_index: int, customer: str | None, text: str = "hello",
+              name: str = "Customer", *, user_id: str | None = None, username: str | None = None) -> dict[str, Any]:
+    """A text from phone number `customer` and/or business-scoped user id `user_id` (None: not sent)."""
     phone_id = org.numbers[number_index]
     return payloads.inbound_message(org.waba_id, phone_id, f"+1 555 {phone_id[-7:]}", customer, name,
-                                    type="text", body=text)
+                                    type="text", body=text, user_id=user_id, username=username)
 
 
 def eventually(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:

@@ -76,7 +76,8 @@ def test_offer_accept_stream_close_with_actor_names_audit_and_store(any_sc: Scen
     assert query_db(gw, "SELECT state, agent_id FROM transactions WHERE id = :id", id=tx_id) == [("closed", a.id)]
     assert query_db(gw, "SELECT status, last_chat_end_at IS NOT NULL FROM agent_states WHERE user_id = :u",
                     u=a.id) == [("available", True)]
-    assert query_db(gw, "SELECT user_id FROM sticky_agents WHERE inbox_id = :i AND customer_wa_id = :c",
+    assert query_db(gw, "SELECT s.user_id FROM sticky_agents s JOIN customers c ON c.id = s.customer_id "
+                    "WHERE s.inbox_id = :i AND c.wa_id = :c",
                     i=inbox, c=customer) == [(a.id,)]
     kinds = [k for (k,) in query_db(gw, "SELECT kind FROM agent_events WHERE user_id = :u ORDER BY id", u=a.id)]
     assert [k for k in kinds if k != "status"] == ["offer", "assigned", "message", "transaction_closed"]

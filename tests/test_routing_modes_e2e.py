@@ -108,7 +108,8 @@ def test_sticky_dials_last_agent_then_falls_back_and_moves_stickiness(sc: Scenar
     assert [e["transaction_id"] for e in sock_a.of_type("offer")] == [tx2, tx2]
     sc.do(tx2, "accept", b)
     sc.do(tx2, "close", b)
-    assert query_db(sc.gateway, "SELECT user_id FROM sticky_agents WHERE inbox_id = :i AND customer_wa_id = :c",
+    assert query_db(sc.gateway, "SELECT s.user_id FROM sticky_agents s JOIN customers c ON c.id = s.customer_id "
+                    "WHERE s.inbox_id = :i AND c.wa_id = :c",
                     i=inbox, c=customer) == [(b.id,)]
 
     # Whoever handled it is the new sticky agent.
@@ -124,7 +125,8 @@ def test_sticky_dials_last_agent_then_falls_back_and_moves_stickiness(sc: Scenar
     assert other == a.id
     assert [k for k, _ in sc.kinds(tx4)] == ["queued", "offered"]
     sc.do(tx4, "accept", a)
-    assert query_db(sc.gateway, "SELECT user_id FROM sticky_agents WHERE inbox_id = :i AND customer_wa_id = :c",
+    assert query_db(sc.gateway, "SELECT s.user_id FROM sticky_agents s JOIN customers c ON c.id = s.customer_id "
+                    "WHERE s.inbox_id = :i AND c.wa_id = :c",
                     i=inbox, c=customer) == [(a.id,)]
 
     # A different customer is not sticky to anyone.

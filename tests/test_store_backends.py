@@ -200,3 +200,79 @@ def test_text_the_store_cannot_hold_is_a_named_422_not_a_crash(any_gateway: Gate
     assert any_gateway.ok("GET", org.path("/inboxes"), org.owner_token) == []
     for path in ("/whatsapp/accounts/12%0034", "/whatsapp/accounts/" + "9" * 300):
         assert any_gateway.call("GET", org.path(path), org.owner_token).status_code in (404, 422)
+
+
+# ---- revision 0002 (customers) on a store holding data of revision 0001
+
+
+_LEGACY_ROWS = [
+    "INSERT INTO organizations (id, name, webhook_verify_token, created_at) VALUES (1, 'Org', 'v', CURRENT_TIMESTAMP)",
+    "INSERT INTO users (id, org_id, name, email, role, licenses, created_at) "
+    "VALUES (1, 1, 'Ada', 'ada@example.com', 'member', '[]', CURRENT_TIMESTAMP)",
+    "INSERT INTO phone_numbers (phone_number_id, waba_id, updated_at) VALUES ('p1', 'w1', CURRENT_TIMESTAMP)",
+    "INSERT INTO inboxes (id, org_id, name, type, phone_number_id, assignment_mode, reassign_after_s, "
+    "dials_per_agent, created_at, updated_at) VALUES (1, 1, 'In', 'whatsapp', 'p1', 'sticky', 30, 1, "
+    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    *(f"INSERT INTO transactions (id, org_id, inbox_id, customer_wa_id, customer_name, state, offer_seq, "
+      f"sticky_dials, tried, waiting_since, created_at, updated_at) VALUES ({tx}, 1, 1, '{wa}', 'N{tx}', '{state}', "
+      f"0, 0, '[]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+      for tx, wa, state in ((1, "111", "closed"), (2, "111", "queued"), (3, "", "queued"), (4, "", "closed"))),
+    "INSERT INTO transaction_events (transaction_id, kind, detail, at) VALUES (1, 'closed', '{}', CURRENT_TIMESTAMP)",
+    *(f"INSERT INTO inbound_messages (id, org_id, wamid, waba_id, phone_number_id, inbox_id, transaction_id, "
+      f"from_wa_id, customer_name, type, summary, sent_at, received_at, raw) VALUES ({i}, 1, 'wamid.{i}', 'w1', "
+      f"'p1', 1, {tx}, '{wa}', 'Name {wa}', 'text', 'hi', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, '{{}}')"
+      for i, tx, wa in ((1, "1", "111"), (2, "3", ""), (3, "NULL", "222"))),
+    "INSERT INTO sticky_agents (inbox_id, customer_wa_id, user_id, updated_at) VALUES (1, '111', 1, CURRENT_TIMESTAMP)",
+]
+
+
+async def _migrate_legacy_store(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    from alembic import command
+    from sqlalchemy import text
+
+    from store.migrate import alembic_config, upgrade_to_head
+
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0001")
+    db = Database(url, pool_size=1)
+    try:
+        async with db.session() as session:
+            for statement in _LEGACY_ROWS:
+                await session.execute(text(statement))
+        await asyncio.to_thread(upgrade_to_head, url)
+        queries = {
+            "customers": "SELECT id, wa_id, user_id, name FROM customers ORDER BY id",
+            "transactions": "SELECT id, customer_id FROM transactions ORDER BY id",
+            "messages": "SELECT id, customer_id FROM inbound_messages ORDER BY id",
+            "sticky": "SELECT inbox_id, customer_id, user_id FROM sticky_agents",
+            "events": "SELECT transaction_id, kind FROM transaction_events",
+        }
+        async with db.session() as session:
+            return {name: [tuple(r) for r in (await session.execute(text(sql))).all()] for name, sql in queries.items()}
+    finally:
+        await db.dispose()
+
+
+def test_migration_0002_gives_existing_conversations_their_customers(tmp_path: Any) -> None:
+    from tests.conftest import _create_postgres_database, _drop_postgres_database, postgres_admin_base
+
+    urls = [f"sqlite+aiosqlite:///{tmp_path / 'legacy.db'}"]
+    pg_name = asyncio.run(_create_postgres_database())
+    if pg_name is not None:
+        urls.append(f"{postgres_admin_base()}/{pg_name}")
+    try:
+        for url in urls:
+            got = asyncio.run(_migrate_legacy_store(url))
+            by_wa = {wa: cid for cid, wa, _user, _name in got["customers"] if wa is not None}
+            assert set(by_wa) == {"111", "222"}, (url, got["customers"])
+            names = {cid: name for cid, _wa, _user, name in got["customers"]}
+            assert names[by_wa["111"]] == "Name 111"
+            tx_customer = dict(got["transactions"])
+            assert tx_customer[1] == tx_customer[2] == by_wa["111"]
+            # The two conversations stored under the empty wa_id were strangers: a customer each.
+            assert len({tx_customer[3], tx_customer[4], by_wa["111"], by_wa["222"]}) == 4
+            assert dict(got["messages"]) == {1: by_wa["111"], 2: tx_customer[3], 3: by_wa["222"]}
+            assert got["sticky"] == [(1, by_wa["111"], 1)]
+            assert got["events"] == [(1, "closed")]  # rebuilding the tables cascaded nothing away
+    finally:
+        if pg_name is not None:
+            asyncio.run(_drop_postgres_database(pg_name))

@@ -356,9 +356,64 @@ def test_invalid_timestamp_defaults_to_now_utc() -> None:
 
 def test_integer_timestamp_and_missing_from() -> None:
     msg = {"id": "wamid.NOFROM", "timestamp": int(TS), "type": "text", "text": {"body": "hi"}}
+    assert _parse_one(msg, contacts=[]).from_wa_id == ""
     m = _parse_one(msg)
     assert m.timestamp == TS_DT
-    assert m.from_wa_id == ""
+    # No `from`, one contact: the contact is the sender (Meta lists the senders of a change there).
+    assert m.from_wa_id == CUSTOMER
+
+
+# --------------------------------------------------------------------------- sender identity (BSUID, username)
+
+
+def test_business_scoped_user_id_and_username_of_a_sender_without_phone_number() -> None:
+    contacts = [{"profile": {"name": "Pat", "username": "@pat.shop"}, "user_id": "US.13491208655302741918"}]
+    msg = {"from_user_id": "US.13491208655302741918", "id": "wamid.U", "timestamp": TS, "type": "text",
+           "text": {"body": "hi"}}
+    m = _parse_one(msg, contacts=contacts)
+    assert (m.from_wa_id, m.from_user_id, m.username, m.customer_name) == (
+        "", "US.13491208655302741918", "@pat.shop", "Pat")
+    assert m.identity_change is None
+
+
+def test_business_scoped_user_id_from_the_matching_contact_when_the_message_has_only_a_number() -> None:
+    contacts = [{"profile": {"name": "Other"}, "wa_id": "15550000000", "user_id": "US.OTHER"},
+                {"profile": {"name": "Ada", "username": "ada"}, "wa_id": CUSTOMER, "user_id": "DE.ADA1"}]
+    m = _parse_one(_message("text", {"body": "hi"}), contacts=contacts)
+    assert (m.from_wa_id, m.from_user_id, m.username, m.customer_name) == (CUSTOMER, "DE.ADA1", "ada", "Ada")
+
+
+def test_a_contact_of_another_sender_lends_no_identity() -> None:
+    contacts = [{"profile": {"name": "Else", "username": "else"}, "wa_id": "15550000000", "user_id": "US.ELSE"}]
+    m = _parse_one(_message("text", {"body": "hi"}), contacts=contacts)
+    assert (m.from_wa_id, m.from_user_id, m.username) == (CUSTOMER, None, None)
+
+
+def test_sender_without_from_takes_the_identity_of_the_sole_contact() -> None:
+    contacts = [{"profile": {"name": "Uma", "username": "uma"}, "user_id": "BR.UMA"}]
+    msg = {"id": "wamid.N", "timestamp": TS, "type": "text", "text": {"body": "oi"}}
+    m = _parse_one(msg, contacts=contacts)
+    assert (m.from_wa_id, m.from_user_id, m.username) == ("", "BR.UMA", "uma")
+
+
+def test_user_changed_number_system_message() -> None:
+    msg = _message("system", {"body": "User A changed from 1 to 2", "wa_id": "15559990000",
+                              "type": "user_changed_number", "user_id": "US.NEW", "previous_user_id": "US.OLD"})
+    m = _parse_one(msg, contacts=[])
+    assert m.from_wa_id == CUSTOMER
+    assert m.identity_change is not None
+    assert (m.identity_change.kind, m.identity_change.new_wa_id, m.identity_change.new_user_id,
+            m.identity_change.previous_user_id) == ("user_changed_number", "15559990000", "US.NEW", "US.OLD")
+
+
+def test_user_changed_user_id_system_message() -> None:
+    msg = {"from_user_id": "US.OLD", "id": "wamid.S", "timestamp": TS, "type": "system",
+           "system": {"body": "id changed", "type": "user_changed_user_id", "new_user_id": "US.NEW"}}
+    m = _parse_one(msg, contacts=[])
+    assert m.identity_change is not None
+    assert (m.from_user_id, m.identity_change.new_user_id, m.identity_change.new_wa_id) == ("US.OLD", "US.NEW", None)
+    other = _parse_one(_message("system", {"body": "x", "type": "customer_identity_changed"}))
+    assert other.identity_change is None
 
 
 # --------------------------------------------------------------------------- statuses

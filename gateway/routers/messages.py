@@ -25,6 +25,7 @@ from gateway.outbound import (
 from gateway.routers.inboxes import get_inbox
 from gateway.routers.transactions import _visible_transaction
 from gateway.schemas import OutboundMessageOut, OutboundStartOut
+from store.customers import Identity, customers_by_id, resolve_customers
 from store.tables import InboundMessage, Inbox, InboxAgent, OutboundMessage, Transaction
 from store.types import utcnow
 
@@ -61,8 +62,11 @@ async def send_message(tx_id: TxId, body: MessageRequest, ctx: OrgMember, sessio
     waba_id = await waba_of_number(session, inbox.phone_number_id)
     if body.reply_to is not None and not await _quoted_exists(session, tx, body.reply_to):
         raise field_error(("body", "reply_to"), "no message with this wamid in the conversation")
+    customer = (await customers_by_id(session, [tx.customer_id])).get(tx.customer_id, {})
+    if not customer.get("wa_id") and not customer.get("user_id"):
+        raise conflict("the customer sent no phone number and no user id: there is no one to write to")
     if isinstance(body, TextReply):
-        expires = await window_expires_at(session, ctx.org.id, inbox.phone_number_id, tx.customer_wa_id)
+        expires = await window_expires_at(session, ctx.org.id, inbox.phone_number_id, tx.customer_id)
         if expires is None or expires <= utcnow():
             raise conflict("the customer's 24-hour window is closed (their last message is older than 24 h): "
                            "send an approved template instead ({\"type\": \"template\", ...})")
@@ -72,8 +76,9 @@ async def send_message(tx_id: TxId, body: MessageRequest, ctx: OrgMember, sessio
         msg_type, content = "template", template_body(body.template)
         summary = template_summary(template, body.template)
     row = enqueue(session, org_id=ctx.org.id, waba_id=waba_id, phone_number_id=inbox.phone_number_id,
-                  inbox_id=inbox.id, transaction_id=tx.id, agent_id=user_id, to_wa_id=tx.customer_wa_id,
-                  to_user_id=None, msg_type=msg_type, content=content, summary=summary, reply_to=body.reply_to)
+                  inbox_id=inbox.id, transaction_id=tx.id, agent_id=user_id, to_wa_id=customer.get("wa_id"),
+                  to_user_id=customer.get("user_id"), msg_type=msg_type, content=content, summary=summary,
+                  reply_to=body.reply_to)
     await session.commit()
     wake_sender(runtime, inbox.phone_number_id)
     if user_id is not None:
@@ -96,19 +101,20 @@ async def start_conversation(inbox_id: InboxId, body: OutboundStart, ctx: OrgMem
         raise forbidden("only a licensed agent of this inbox may start a conversation on it")
     waba_id = await waba_of_number(session, inbox.phone_number_id)
     template = await approved_template(session, ctx.org.id, waba_id, body.template, ("body", "template"))
-    if body.to.wa_id is None:
-        raise field_error(("body", "to", "user_id"), "customers known only by their user id can be written to "
-                                                     "once they have written to the business")
-    await session.commit()  # release the read transaction (SQLite) while the inbox actor writes
+    # The customer by phone number or BSUID: the known one, or a new customers row.
+    (customer,) = await resolve_customers(session, ctx.org.id, [Identity(user_id=body.to.user_id,
+                                                                         wa_id=body.to.wa_id)])
+    assert customer is not None  # the request names exactly one identifier
+    await session.commit()  # the customer exists before the inbox actor opens a conversation with them
     try:
-        opened = await runtime.routing.inbox(ctx.org.id, inbox.id).open_outbound(body.to.wa_id, user_id)
+        opened = await runtime.routing.inbox(ctx.org.id, inbox.id).open_outbound(customer.as_dict(), user_id)
     except ActorUnavailable as exc:
         raise ApiError(503, "the inbox's actor is restarting; retry shortly") from exc
     if opened["status"] != 200:
         raise ApiError(opened["status"], opened["detail"])
     row = enqueue(session, org_id=ctx.org.id, waba_id=waba_id, phone_number_id=inbox.phone_number_id,
                   inbox_id=inbox.id, transaction_id=opened["transaction_id"], agent_id=user_id,
-                  to_wa_id=body.to.wa_id, to_user_id=None, msg_type="template",
+                  to_wa_id=customer.wa_id, to_user_id=customer.user_id, msg_type="template",
                   content=template_body(body.template), summary=template_summary(template, body.template),
                   reply_to=None)
     await session.commit()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
@@ -34,6 +35,7 @@ from gateway.schemas import (
     TransactionEventOut,
     TransactionOut,
 )
+from store.customers import customers_by_id
 from store.tables import InboundMessage, Inbox, InboxAgent, Transaction, TransactionEvent
 
 router = APIRouter(prefix="/v1/orgs/{org_id}", tags=["transactions"])
@@ -41,10 +43,15 @@ router = APIRouter(prefix="/v1/orgs/{org_id}", tags=["transactions"])
 State = Literal["queued", "offered", "assigned", "closed"]
 
 
-def transaction_out(tx: Transaction) -> TransactionOut:
+async def _customers(session: AsyncSession, txs: Sequence[Transaction]) -> dict[int, CustomerOut]:
+    """The customer of each transaction's customer id, as it is known now (merged ones as their survivor)."""
+    return {cid: CustomerOut(**customer)
+            for cid, customer in (await customers_by_id(session, {tx.customer_id for tx in txs})).items()}
+
+
+def transaction_out(tx: Transaction, customer: CustomerOut) -> TransactionOut:
     return TransactionOut(
-        id=tx.id, org_id=tx.org_id, inbox_id=tx.inbox_id,
-        customer=CustomerOut(wa_id=tx.customer_wa_id, name=tx.customer_name), state=tx.state,
+        id=tx.id, org_id=tx.org_id, inbox_id=tx.inbox_id, customer=customer, state=tx.state,
         agent_id=tx.agent_id, offered_to=tx.offered_to, offer_expires_at=tx.offer_expires_at,
         waiting_since=tx.waiting_since, assigned_at=tx.assigned_at, closed_at=tx.closed_at, created_at=tx.created_at,
     )
@@ -84,7 +91,8 @@ async def list_transactions(
     if agent_id is not None:
         query = query.where(Transaction.agent_id == agent_id)
     rows = (await session.scalars(query.order_by(Transaction.id).limit(limit))).all()
-    return [transaction_out(tx) for tx in rows]
+    customers = await _customers(session, rows)
+    return [transaction_out(tx, customers[tx.customer_id]) for tx in rows]
 
 
 @router.get("/transactions/{tx_id}", response_model=TransactionDetailOut)
@@ -94,14 +102,16 @@ async def read_transaction(tx_id: TxId, ctx: OrgMember, session: SessionDep) -> 
         select(InboundMessage).where(InboundMessage.transaction_id == tx.id)
         .order_by(InboundMessage.sent_at, InboundMessage.id)
     )).all()
+    customers = await _customers(session, [tx])
     shown = [MessageOut(id=m.id, wamid=m.wamid, type=m.type, summary=m.summary, sent_at=m.sent_at,
                         received_at=m.received_at) for m in messages]
     shown += await outbound_messages_of(session, tx.id)
     # One conversation in time order: the customer's by Meta's timestamp, replies by when they were written.
     shown.sort(key=lambda m: m.sent_at)
     inbox = await session.get(Inbox, tx.inbox_id)
-    window = await window_expires_at(session, tx.org_id, inbox.phone_number_id, tx.customer_wa_id) if inbox else None
-    return TransactionDetailOut(**transaction_out(tx).model_dump(), window_expires_at=window, messages=shown)
+    window = await window_expires_at(session, tx.org_id, inbox.phone_number_id, tx.customer_id) if inbox else None
+    return TransactionDetailOut(**transaction_out(tx, customers[tx.customer_id]).model_dump(),
+                                window_expires_at=window, messages=shown)
 
 
 @router.get("/transactions/{tx_id}/events", response_model=list[TransactionEventOut])
@@ -125,7 +135,7 @@ async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgContext, tx_id: 
     if result["status"] != 200:
         raise ApiError(result["status"], result["detail"])
     await session.refresh(tx)
-    return transaction_out(tx)
+    return transaction_out(tx, (await _customers(session, [tx]))[tx.customer_id])
 
 
 def _acting_user(ctx: OrgContext) -> int:
@@ -180,6 +190,7 @@ async def inbox_queue(inbox_id: InboxId, ctx: OrgMember, session: SessionDep) ->
         .where(Transaction.inbox_id == inbox.id, Transaction.state.in_(("queued", "offered")))
         .order_by(Transaction.waiting_since, Transaction.id)
     )).all()
-    return [QueueEntryOut(id=tx.id, customer=CustomerOut(wa_id=tx.customer_wa_id, name=tx.customer_name),
+    customers = await _customers(session, [tx for tx, _ in rows])
+    return [QueueEntryOut(id=tx.id, customer=customers[tx.customer_id],
                           state=tx.state, waiting_since=tx.waiting_since, offered_to=tx.offered_to,
                           first_message=summary) for tx, summary in rows]

@@ -71,8 +71,24 @@ def metadata(phone_number_id: str, display_phone_number: str) -> Json:
     return {"display_phone_number": display_phone_number, "phone_number_id": phone_number_id}
 
 
-def contact(wa_id: str, name: str) -> Json:
-    return {"profile": {"name": name}, "wa_id": wa_id}
+def contact(wa_id: str | None, name: str, *, user_id: str | None = None, username: str | None = None) -> Json:
+    """The sender's contact. Since 2026 Meta adds the business-scoped user id (`user_id`, e.g.
+    ``US.13491208655302741918``) and, for users who adopted one, `profile.username`; such a user may
+    share no phone number, and then `wa_id` is absent."""
+    profile: Json = {"name": name}
+    if username is not None:
+        profile["username"] = username
+    entry: Json = {"profile": profile}
+    if wa_id is not None:
+        entry["wa_id"] = wa_id
+    if user_id is not None:
+        entry["user_id"] = user_id
+    return entry
+
+
+def sender_of(message: Json) -> tuple[str | None, str | None]:
+    """(phone number, business-scoped user id) of an inbound message object."""
+    return message.get("from"), message.get("from_user_id")
 
 
 def messages_value(phone_number_id: str, display_phone_number: str, messages: Sequence[Json],
@@ -82,10 +98,10 @@ def messages_value(phone_number_id: str, display_phone_number: str, messages: Se
     Without `contacts`, one contact per distinct sender is made with the wa_id as the name.
     """
     if contacts is None:
-        seen: dict[str, Json] = {}
+        seen: dict[tuple[str | None, str | None], Json] = {}
         for message in messages:
-            sender = message["from"]
-            seen.setdefault(sender, contact(sender, sender))
+            wa_id, user_id = sender_of(message)
+            seen.setdefault((wa_id, user_id), contact(wa_id, wa_id or user_id or "", user_id=user_id))
         contacts = list(seen.values())
     return {
         "messaging_product": "whatsapp",
@@ -141,11 +157,19 @@ def ad_referral(source_url: str = "https://fb.me/ad", source_id: str = "12020000
 # ---- inbound message objects -----------------------------------------------------------------------
 
 
-def message(from_wa_id: str, type_: str, content: Any | None = None, *, context: Json | None = None,
+def message(from_wa_id: str | None, type_: str, content: Any | None = None, *, context: Json | None = None,
             referral: Json | None = None, errors: list[Json] | None = None, message_id: str | None = None,
-            timestamp: float | int | None = None) -> Json:
-    """One inbound message object; `content` goes under the key named by the type."""
-    msg: Json = {"from": from_wa_id, "id": message_id or new_wamid(), "timestamp": _ts(timestamp)}
+            timestamp: float | int | None = None, from_user_id: str | None = None) -> Json:
+    """One inbound message object; `content` goes under the key named by the type.
+
+    `from_user_id` is the sender's business-scoped user id; `from_wa_id=None` omits `from` (a
+    username user who shares no phone number)."""
+    msg: Json = {}
+    if from_wa_id is not None:
+        msg["from"] = from_wa_id
+    if from_user_id is not None:
+        msg["from_user_id"] = from_user_id
+    msg.update({"id": message_id or new_wamid(), "timestamp": _ts(timestamp)})
     if context is not None:
         msg["context"] = context
     if referral is not None:
@@ -268,11 +292,20 @@ def order_message(from_wa_id: str, catalog_id: str = "1234567890",
     return message(from_wa_id, "order", content, **common)
 
 
-def system_message(from_wa_id: str, new_wa_id: str, body: str | None = None,
-                   system_type: str = "user_changed_number", **common: Any) -> Json:
-    """The customer changed their number (sent from the old number)."""
-    content = {"body": body or f"User {from_wa_id} changed from {from_wa_id} to {new_wa_id}",
-               "wa_id": new_wa_id, "type": system_type}
+def system_message(from_wa_id: str | None, new_wa_id: str | None, body: str | None = None,
+                   system_type: str = "user_changed_number", *, user_id: str | None = None,
+                   previous_user_id: str | None = None, **common: Any) -> Json:
+    """The customer changed their number (`user_changed_number`, sent from the old number, `wa_id` the
+    new one) or their business-scoped user id (`user_changed_user_id`: `user_id` the new one,
+    `previous_user_id` the old). Meta sends no contacts with system messages."""
+    content: Json = {"body": body or f"User {from_wa_id} changed from {from_wa_id} to {new_wa_id}"}
+    if new_wa_id is not None:
+        content["wa_id"] = new_wa_id
+    if user_id is not None:
+        content["user_id"] = user_id
+    if previous_user_id is not None:
+        content["previous_user_id"] = previous_user_id
+    content["type"] = system_type
     return message(from_wa_id, "system", content, **common)
 
 
@@ -316,7 +349,7 @@ MESSAGE_BUILDERS: dict[str, Callable[..., Json]] = {
 }
 
 
-def build_message(from_wa_id: str, type_: str = "text", /, **fields: Any) -> Json:
+def build_message(from_wa_id: str | None, type_: str = "text", /, **fields: Any) -> Json:
     """A message object of `type_` (a key of MESSAGE_BUILDERS) with builder-specific `fields`."""
     try:
         builder = MESSAGE_BUILDERS[type_]
@@ -329,16 +362,20 @@ def build_message(from_wa_id: str, type_: str = "text", /, **fields: Any) -> Jso
 # ---- whole bodies ----------------------------------------------------------------------------------
 
 
-def inbound_message(waba_id: str, phone_number_id: str, display_phone_number: str, from_wa_id: str,
-                    name: str, /, type: str = "text", **fields: Any) -> Json:
+def inbound_message(waba_id: str, phone_number_id: str, display_phone_number: str, from_wa_id: str | None,
+                    name: str, /, type: str = "text", *, user_id: str | None = None, username: str | None = None,
+                    **fields: Any) -> Json:
     """A complete webhook body with one inbound message from customer `from_wa_id` called `name`.
 
     `fields` go to the type's builder (e.g. ``body=`` for text, ``caption=`` for image, ``name=``
     for a location's place name -- hence the positional-only contact name) and may include the
-    common ``context``, ``referral``, ``message_id`` and ``timestamp``.
+    common ``context``, ``referral``, ``message_id`` and ``timestamp``. `user_id` (business-scoped
+    user id) is sent as the message's `from_user_id` and the contact's `user_id`, `username` in the
+    contact's profile; `from_wa_id=None` sends neither `from` nor `wa_id`.
     """
-    msg = build_message(from_wa_id, type, **fields)
-    value = messages_value(phone_number_id, display_phone_number, [msg], [contact(from_wa_id, name)])
+    msg = build_message(from_wa_id, type, from_user_id=user_id, **fields)
+    sender = contact(from_wa_id, name, user_id=user_id, username=username)
+    value = messages_value(phone_number_id, display_phone_number, [msg], [sender])
     return envelope(waba_id, [change(value)])
 
 
@@ -346,8 +383,9 @@ def inbound_messages(waba_id: str, phone_number_id: str, display_phone_number: s
                      messages: Sequence[Json], names: dict[str, str] | None = None) -> Json:
     """One body batching several message objects (Meta batches under load); `names` maps wa_id -> name."""
     names = names or {}
-    senders = list(dict.fromkeys(m["from"] for m in messages))
-    contacts = [contact(s, names.get(s, s)) for s in senders]
+    senders = list(dict.fromkeys(sender_of(m) for m in messages))
+    contacts = [contact(wa_id, names.get(wa_id or user_id or "", wa_id or user_id or ""), user_id=user_id)
+                for wa_id, user_id in senders]
     value = messages_value(phone_number_id, display_phone_number, messages, contacts)
     return envelope(waba_id, [change(value)])
 

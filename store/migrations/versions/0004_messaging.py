@@ -1,7 +1,7 @@
 """messaging: templates, the outbound outbox, per-number throughput, flagged foreign deliveries
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-25 13:58:29.702349
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,234 @@
+"""Who a message is from: one customers row per WhatsApp user, found by BSUID first, phone number second.
+
+`resolve_customers` runs inside the transaction that stores a webhook delivery. It serialises every
+delivery naming the same identifiers (PostgreSQL: transaction-scoped advisory locks on each BSUID and
+number; SQLite: the database write lock, taken by its first statement), so redeliveries and concurrent
+first deliveries of one new customer find or create exactly one row; the partial unique indexes on
+(org, user_id) and (org, wa_id) back this up, and creation goes through INSERT ... ON CONFLICT DO NOTHING.
+
+Linking rules, applied per identity:
+* found by BSUID: a missing number, username or name is filled in (a new number replaces the old);
+* found only by number: it gains the BSUID — unless it already has a *different* BSUID: then the
+  number now belongs to someone else, moves to the new customer, and the old row keeps its BSUID;
+* found as two rows (one by BSUID, one by number): merged into the older row (`merged_into` on the
+  other, which keeps no identifier). Messages, closed conversations and sticky memory move to the
+  survivor. An open conversation of the merged row stays on it (the unique index allows one open
+  conversation per customer and inbox, and both may already have one, each with its own agent):
+  it keeps working until closed; the inbox routes the customer's new messages to the survivor's open
+  conversation if it has one, else to that one (see `aliases_of`), so no message is lost or split;
+* `user_changed_number` / `user_changed_user_id` system messages carry the previous identifiers:
+  the customer found by them takes the new number / BSUID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from store.tables import Customer, InboundMessage, StickyAgent, Transaction
+from store.types import utcnow
+from store.upsert import insert_ignoring_duplicates
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What one message says about its sender; `previous_*` come from identity-change system messages."""
+
+    user_id: str | None = None
+    wa_id: str | None = None
+    username: str | None = None
+    name: str | None = None
+    previous_user_id: str | None = None
+    previous_wa_id: str | None = None
+
+    @property
+    def user_ids(self) -> set[str]:
+        return {u for u in (self.user_id, self.previous_user_id) if u}
+
+    @property
+    def wa_ids(self) -> set[str]:
+        return {w for w in (self.wa_id, self.previous_wa_id) if w}
+
+    @property
+    def known(self) -> bool:
+        return bool(self.user_ids or self.wa_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerRef:
+    id: int
+    user_id: str | None
+    wa_id: str | None
+    username: str | None
+    name: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "user_id": self.user_id, "wa_id": self.wa_id, "username": self.username,
+                "name": self.name}
+
+    @classmethod
+    def of(cls, row: Customer) -> CustomerRef:
+        return cls(id=row.id, user_id=row.user_id, wa_id=row.wa_id, username=row.username, name=row.name)
+
+
+async def resolve_customers(session: AsyncSession, org_id: int,
+                            identities: Sequence[Identity]) -> list[CustomerRef | None]:
+    """The customer of each identity (None when it names no BSUID and no number), created or linked."""
+    if not any(identity.known for identity in identities):
+        return [None] * len(identities)
+    await _lock(session, org_id, identities)
+    ids = [await _resolve_one(session, org_id, identity) if identity.known else None for identity in identities]
+    # A later identity of the same delivery may have merged an earlier one's customer away.
+    survivors = await _survivor_ids(session, {i for i in ids if i is not None})
+    rows = {row.id: row for row in (await session.scalars(
+        select(Customer).where(Customer.id.in_(set(survivors.values())))
+        .execution_options(populate_existing=True))).all()}
+    return [CustomerRef.of(rows[survivors[i]]) if i is not None else None for i in ids]
+
+
+async def new_anonymous_customer(session: AsyncSession, org_id: int, name: str | None) -> int:
+    """A customer for a message that named no sender: alone, rather than mixed with other strangers."""
+    now = utcnow()
+    row = Customer(org_id=org_id, name=name, created_at=now, updated_at=now)
+    session.add(row)
+    await session.flush()
+    return row.id
+
+
+async def aliases_of(session: AsyncSession, customer_ids: Iterable[int]) -> dict[int, list[int]]:
+    """Each customer id -> [its survivor, then every customer merged into that survivor]."""
+    survivors = await _survivor_ids(session, set(customer_ids))
+    merged: dict[int, list[int]] = {}
+    if survivors:
+        for row_id, into in (await session.execute(
+                select(Customer.id, Customer.merged_into).where(Customer.merged_into.in_(set(survivors.values())))
+                .order_by(Customer.id))).tuples().all():
+            if into is not None:
+                merged.setdefault(into, []).append(row_id)
+    return {cid: [survivor, *merged.get(survivor, [])] for cid, survivor in survivors.items()}
+
+
+async def survivor_of(session: AsyncSession, customer_id: int) -> int:
+    return (await _survivor_ids(session, {customer_id})).get(customer_id, customer_id)
+
+
+async def customers_by_id(session: AsyncSession, customer_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """Each customer id -> the customer as shown (its survivor's identity when it was merged)."""
+    survivors = await _survivor_ids(session, set(customer_ids))
+    rows = {row.id: row for row in (await session.scalars(
+        select(Customer).where(Customer.id.in_(set(survivors.values()))))).all()}
+    return {cid: CustomerRef.of(rows[s]).as_dict() for cid, s in survivors.items() if s in rows}
+
+
+# ---------------------------------------------------------------- internals
+
+
+def _lock_key(org_id: int, kind: str, value: str) -> int:
+    digest = hashlib.sha256(f"wa-router:customer:{org_id}:{kind}:{value}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def _lock(session: AsyncSession, org_id: int, identities: Sequence[Identity]) -> None:
+    """Serialise deliveries naming the same identifiers until this transaction ends."""
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        keys = sorted({_lock_key(org_id, "u", u) for i in identities for u in i.user_ids}
+                      | {_lock_key(org_id, "w", w) for i in identities for w in i.wa_ids})
+        for key in keys:  # one order everywhere: no deadlock between two deliveries
+            await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    else:
+        # SQLite takes its single write lock at a transaction's first write and holds it to the end.
+        await session.execute(update(Customer).where(text("1 = 0")).values(updated_at=Customer.updated_at))
+
+
+async def _survivor_ids(session: AsyncSession, customer_ids: set[int]) -> dict[int, int]:
+    if not customer_ids:
+        return {}
+    rows = (await session.execute(select(Customer.id, func.coalesce(Customer.merged_into, Customer.id))
+                                  .where(Customer.id.in_(customer_ids)))).all()
+    return {row_id: survivor for row_id, survivor in rows}
+
+
+async def _rows(session: AsyncSession, org_id: int, *conditions: Any) -> list[Customer]:
+    return list((await session.scalars(
+        select(Customer).where(Customer.org_id == org_id, Customer.merged_into.is_(None), or_(*conditions))
+        .order_by(Customer.id).execution_options(populate_existing=True))).all())
+
+
+async def _resolve_one(session: AsyncSession, org_id: int, identity: Identity) -> int:
+    user_ids, wa_ids = identity.user_ids, identity.wa_ids
+    conditions = []
+    if user_ids:
+        conditions.append(Customer.user_id.in_(user_ids))
+    if wa_ids:
+        conditions.append(Customer.wa_id.in_(wa_ids))
+    same: list[Customer] = []
+    for row in await _rows(session, org_id, *conditions):
+        # A row with another BSUID is another person who had this number before: not this customer.
+        # Unless Meta says this number was the sender's until now (`user_changed_number`): a number
+        # change regenerates the BSUID.
+        if row.user_id in user_ids or row.user_id is None or not user_ids or (
+                identity.previous_wa_id is not None and row.wa_id == identity.previous_wa_id):
+            same.append(row)
+    final_user = identity.user_id or next((r.user_id for r in same if r.user_id), None)
+    final_wa = identity.wa_id or next((r.wa_id for r in same if r.wa_id), None)
+    if final_wa is not None:
+        await _release_number(session, org_id, final_wa, keep={r.id for r in same})
+    now = utcnow()
+    if not same:
+        values = {"org_id": org_id, "user_id": final_user, "wa_id": final_wa, "username": identity.username,
+                  "name": identity.name, "created_at": now, "updated_at": now}
+        if final_user is not None:
+            await insert_ignoring_duplicates(session, Customer, [values], conflict_on=["org_id", "user_id"],
+                                             index_where=Customer.user_id.is_not(None))
+            found = await _rows(session, org_id, Customer.user_id == final_user)
+        else:
+            await insert_ignoring_duplicates(session, Customer, [values], conflict_on=["org_id", "wa_id"],
+                                             index_where=Customer.wa_id.is_not(None))
+            found = await _rows(session, org_id, Customer.wa_id == final_wa)
+        return found[0].id
+    survivor, *others = same  # ordered by id: the older row survives
+    username = identity.username or next((r.username for r in same if r.username), None)
+    name = identity.name or next((r.name for r in same if r.name), None)
+    for other in others:
+        await _merge(session, other.id, survivor.id)
+    await session.execute(update(Customer).where(Customer.id == survivor.id).values(
+        user_id=final_user, wa_id=final_wa, username=username, name=name, updated_at=now))
+    return survivor.id
+
+
+async def _release_number(session: AsyncSession, org_id: int, wa_id: str, keep: set[int]) -> None:
+    """The number now belongs to this customer: another row holding it (another BSUID) lets it go."""
+    await session.execute(update(Customer).where(
+        Customer.org_id == org_id, Customer.wa_id == wa_id, Customer.id.not_in(keep),
+    ).values(wa_id=None, updated_at=utcnow()))
+
+
+async def _merge(session: AsyncSession, loser: int, survivor: int) -> None:
+    """Fold `loser` into `survivor` (see the module's docstring for what moves and what stays)."""
+    now = utcnow()
+    # Identifiers first, so the survivor can take them without touching the unique indexes twice.
+    await session.execute(update(Customer).where(Customer.id == loser).values(
+        user_id=None, wa_id=None, merged_into=survivor, updated_at=now))
+    await session.execute(update(Customer).where(Customer.merged_into == loser).values(merged_into=survivor))
+    await session.execute(update(InboundMessage).where(InboundMessage.customer_id == loser)
+                          .values(customer_id=survivor))
+    await session.execute(update(Transaction).where(Transaction.customer_id == loser, Transaction.state == "closed")
+                          .values(customer_id=survivor))
+    # Sticky memory: per inbox, the more recent of the two memories wins.
+    mine = {row.inbox_id: row for row in (await session.scalars(
+        select(StickyAgent).where(StickyAgent.customer_id == survivor))).all()}
+    for theirs in (await session.scalars(select(StickyAgent).where(StickyAgent.customer_id == loser))).all():
+        kept = mine.get(theirs.inbox_id)
+        if kept is None:
+            session.add(StickyAgent(inbox_id=theirs.inbox_id, customer_id=survivor, user_id=theirs.user_id,
+                                    updated_at=theirs.updated_at))
+        elif theirs.updated_at > kept.updated_at:
+            kept.user_id, kept.updated_at = theirs.user_id, theirs.updated_at
+        await session.delete(theirs)
+    await session.flush()
