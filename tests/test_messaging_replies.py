@@ -185,3 +185,23 @@ def test_transient_errors_are_retried_without_a_duplicate_and_permanent_ones_fai
     event = socket.next("message_status", where=lambda e: e["message_id"] == failed_id)
     assert event["status"] == "failed" and event["error"]["code"] == 131026
     assert len(sent_to(sc, customer)) == 2
+
+
+def test_a_reply_to_a_customer_known_only_by_their_bsuid_goes_to_the_user_id(sc: Scenario) -> None:
+    connect_callback(sc)
+    (agent,) = sc.agents(1)
+    sc.inbox([agent])
+    socket = sc.socket(agent)
+    bsuid = f"US.{customer_id()}{customer_id()}"
+    # A username user who shares no phone number: Meta sends only the business-scoped user id.
+    sc.gateway.simulator.record_inbound(sc.org.numbers[0], bsuid)
+    sc.send(None, "hi, no number here", user_id=bsuid, username="@carla")
+    tx_id = int(socket.next("offer")["transaction_id"])
+    sc.do(tx_id, "accept", agent)
+    assert sc.tx(tx_id)["window_expires_at"] is not None
+    accepted = reply(sc, agent, tx_id, "Hello Carla")
+    assert accepted["to_wa_id"] is None and accepted["to_user_id"] == bsuid
+    wait_states(sc, tx_id, {"accepted", "sent", "delivered", "read"})
+    (at_meta,) = sent_to(sc, bsuid)
+    assert at_meta["payload"]["recipient"] == bsuid and "to" not in at_meta["payload"]
+    assert at_meta["payload"]["text"]["body"] == "Hello Carla"

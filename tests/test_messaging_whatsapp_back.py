@@ -50,3 +50,23 @@ def test_an_agent_starts_a_conversation_and_the_customers_reply_reaches_them(sc:
     reply(sc, first, tx_id, "Done, two are reserved for you")
     wait_states(sc, tx_id, {"accepted", "sent", "delivered", "read"}, count=3)
     assert [m["type"] for m in sent_to(sc, customer)] == ["template", "template", "text"]
+
+
+def test_whatsapp_back_to_a_bsuid_reaches_the_customer_by_user_id(sc: Scenario) -> None:
+    connect_callback(sc)
+    (agent,) = sc.agents(1)
+    inbox = sc.inbox([agent])
+    approved_template(sc, "hello_again", "Hello again, {{1}}!")
+    bsuid = f"US.{customer_id()}"
+    started = sc.gateway.ok("POST", sc.org.path(f"/inboxes/{inbox}/outbound"), agent.token, 202, json={
+        "to": {"user_id": bsuid}, "template": {"name": "hello_again", "language": "en_US", "parameters": ["Bo"]}})
+    assert started["message"]["to_user_id"] == bsuid
+    assert sc.tx(started["transaction_id"])["customer"]["user_id"] == bsuid
+    wait_states(sc, started["transaction_id"], {"accepted", "sent", "delivered", "read"})
+    (at_meta,) = sent_to(sc, bsuid)
+    assert at_meta["payload"]["recipient"] == bsuid and at_meta["type"] == "template"
+    # The customer answers with their BSUID: the same conversation.
+    socket = sc.socket(agent, cursor=0)
+    sc.send(None, "who is this?", user_id=bsuid)
+    message = socket.next("message", where=lambda e: e["message"].get("direction") != "outbound")
+    assert message["transaction_id"] == started["transaction_id"]
