@@ -142,17 +142,15 @@ class SenderActor(StoreBackedActor):
             if ready > now:
                 wait = min(wait, ready - now)
                 continue
-            slot = self._rate.reserve(now)
-            self._pairs.sent(recipient, slot)
+            self._pairs.sent(recipient, now)
             self._in_flight.add(recipient)
-            spawn(self._send(recipient, head, slot), f"sender {self.phone_number_id} message {head}")
+            spawn(self._send(recipient, head), f"sender {self.phone_number_id} message {head}")
         return max(wait, 0.001)
 
-    async def _send(self, recipient: str, outbound_id: int, slot: float) -> None:
+    async def _send(self, recipient: str, outbound_id: int) -> None:
         done = False
         try:
-            await asyncio.sleep(max(0.0, slot - time.monotonic()))
-            done = await self._attempt(outbound_id)
+            done = await self._attempt(outbound_id, recipient)
         except Exception:
             log.exception("sender %s: message %s attempt crashed; retrying", self.phone_number_id, outbound_id)
             self._due[outbound_id] = time.monotonic() + 1.0
@@ -166,7 +164,7 @@ class SenderActor(StoreBackedActor):
                 # `_known` keeps the id: a stale read of the outbox must not queue it again.
             self._wake.set()
 
-    async def _attempt(self, outbound_id: int) -> bool:
+    async def _attempt(self, outbound_id: int, recipient: str) -> bool:
         """One send; True when the message left the outbox (accepted or failed for good)."""
         async with self.db.session() as session:
             message = await outbox.mark_sending(session, outbound_id)
@@ -176,6 +174,11 @@ class SenderActor(StoreBackedActor):
             payload, key, attempts = dict(message.payload), message.idempotency_key, message.attempts
         try:
             token = await self._token(org_id, waba_id)
+            # The number's rate slot is taken right before the request, so the pace holds on the wire
+            # whatever the store's latency was; the pair gate counts from the same moment.
+            slot = self._rate.reserve(time.monotonic())
+            await asyncio.sleep(max(0.0, slot - time.monotonic()))
+            self._pairs.sent(recipient, time.monotonic())
             answer = await self._graph.send_message(self.phone_number_id, token, payload, idempotency_key=key)
         except GraphAPIError as error:
             return await self._failed(outbound_id, attempts, error)

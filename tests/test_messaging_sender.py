@@ -68,9 +68,11 @@ def test_a_burst_stays_under_the_numbers_rate_in_order_per_conversation(sc: Scen
     assert len(sent) == 6 * per_customer
     times = sorted(m["timestamp"] for m in sent)
     measured = (len(times) - 1) / (times[-1] - times[0])
-    # At or under the configured 8/s (with a margin for loopback jitter), and actually paced by it.
+    # At or under the configured 8/s (with a margin for loopback jitter on a loaded machine), and
+    # actually paced by it: the burst took as long as the rate demands.
     assert measured <= 8 * 1.1, measured
-    assert max(sum(1 for t in times if start <= t < start + 1.0) for start in times) <= 8 + 1
+    assert times[-1] - times[0] >= (len(times) - 1) / 8 * 0.9
+    assert max(sum(1 for t in times if start <= t < start + 1.0) for start in times) <= 8 + 2
     for customer, _ in pairs:
         assert [m["payload"]["text"]["body"] for m in sent_to(sc, customer)] == [
             f"part {i}" for i in range(per_customer)]
