@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import ray
 
-from actors.names import agent_actor_name, inbox_actor_name
+from actors.names import agent_actor_name, inbox_actor_name, sender_actor_name
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,13 @@ class Proxy:
 
 
 class Directory(Protocol):
-    """How actors and the gateway reach inbox and agent actors."""
+    """How actors and the gateway reach inbox, agent and sender actors."""
 
     def inbox(self, org_id: int, inbox_id: int) -> Any: ...
 
     def agent(self, org_id: int, user_id: int) -> Any: ...
+
+    def sender(self, phone_number_id: str) -> Any: ...
 
     def forget_inbox(self, org_id: int, inbox_id: int) -> None: ...
 
@@ -141,6 +143,11 @@ class RayDirectory:
         from actors.agent_actor import AgentActor
 
         return self._get_or_create(agent_actor_name(org_id, user_id), AgentActor, org_id, user_id, self._settings)
+
+    def sender(self, phone_number_id: str) -> Proxy:
+        from actors.sender_actor import SenderActor
+
+        return self._get_or_create(sender_actor_name(phone_number_id), SenderActor, phone_number_id, self._settings)
 
     def _kill(self, name: str) -> None:
         self._cache.pop(name, None)

@@ -9,3 +9,7 @@ def inbox_actor_name(org_id: int, inbox_id: int) -> str:
 
 def agent_actor_name(org_id: int, user_id: int) -> str:
     return f"agent:{org_id}:{user_id}"
+
+
+def sender_actor_name(phone_number_id: str) -> str:
+    return f"sender:{phone_number_id}"

@@ -20,6 +20,7 @@ from sqlalchemy import select, union
 
 from actors.directory import ActorUnavailable, Directory
 from actors.messages import StoredMessage
+from store import outbox
 from store.db import Database
 from store.tables import InboundMessage, Inbox, Transaction
 
@@ -45,7 +46,18 @@ class RoutingClient:
     async def start(self) -> None:
         self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="wa-router-dispatcher")
         await self.recover()
+        await self.recover_senders()
         self._recovery = asyncio.create_task(self._recover_forever(), name="wa-router-recovery")
+
+    async def recover_senders(self) -> int:
+        """Wake the sender of every number with messages still in the outbox (accepted, not yet sent)."""
+        async with self._db.session() as session:
+            numbers = await outbox.numbers_with_pending(session)
+        results = await asyncio.gather(*(self.directory.sender(n).wake() for n in numbers), return_exceptions=True)
+        for number, result in zip(numbers, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("sender %s did not activate: %s", number, result)
+        return len(numbers)
 
     async def stop(self) -> None:
         for task in (self._dispatcher, self._recovery):
@@ -62,6 +74,7 @@ class RoutingClient:
             await asyncio.sleep(_RECOVERY_INTERVAL_S)
             try:
                 await self.recover(open_work=False)
+                await self.recover_senders()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -166,3 +179,6 @@ class RoutingClient:
 
     def agent(self, org_id: int, user_id: int) -> Any:
         return self.directory.agent(org_id, user_id)
+
+    def sender(self, phone_number_id: str) -> Any:
+        return self.directory.sender(phone_number_id)

@@ -51,6 +51,17 @@ class Settings(BaseSettings):
     # Meta retries a webhook it did not get a 2xx for; anything larger than this is refused with 413.
     max_webhook_body_bytes: int = 1024 * 1024
 
+    # Outbound sending (one sender actor per number): Meta's default throughput per number, unless the
+    # number has its own setting (up to 1,000/s); Meta's pair limit (about one message every 6 s to
+    # the same customer), respected by pacing; retries with exponential back-off and jitter.
+    send_rate_per_number: float = Field(default=80.0, gt=0, le=1000)
+    send_pair_interval_s: float = Field(default=6.0, ge=0)
+    send_timeout_s: float = Field(default=10.0, gt=0)
+    send_retry_base_s: float = Field(default=0.5, gt=0)
+    send_retry_max_s: float = Field(default=60.0, gt=0)
+    # After this many attempts a message that keeps failing transiently fails (visible to the agent).
+    send_max_attempts: int = Field(default=25, ge=1)
+
     @field_validator("database_url")
     @classmethod
     def _absolute_sqlite_path(cls, value: str) -> str:

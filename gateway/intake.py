@@ -15,13 +15,20 @@ from actors.messages import StoredMessage
 from meta.webhook_parser import InboundMessage as ParsedMessage
 from meta.webhook_parser import ParsedWebhook
 from store.customers import CustomerRef, Identity, new_anonymous_customer, resolve_customers
+from store.outbox import StatusChange, apply_status
 from store.tables import Base, Customer, InboundMessage, Inbox, MessageStatus, WebhookChange
+from store.templates_repo import apply_status_event
 from store.upsert import insert_ignoring_duplicates
+
+FOREIGN_SIGNATURE_FLAG = ("the number belongs to an inbox of organization {owner}, but the delivery's signature "
+                          "does not verify with the app secret that organization stored for WABA {waba}")
 
 
 @dataclass
 class IntakeResult:
-    new_messages: list[StoredMessage] = field(default_factory=list)
+    # Messages to route, per organization owning the number's inbox (the receiving one or another).
+    new_messages: dict[int, list[StoredMessage]] = field(default_factory=dict)
+    status_changes: list[StatusChange] = field(default_factory=list)
     new_message_count: int = 0
     duplicate_messages: int = 0
     statuses: int = 0
@@ -72,55 +79,80 @@ def _identity(message: ParsedMessage) -> Identity:
                     name=current["name"], previous_user_id=previous["user_id"], previous_wa_id=previous["wa_id"])
 
 
-async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebhook) -> IntakeResult:
-    """Write everything in the delivery; redelivered items are skipped by unique constraints."""
+async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebhook,
+                         verified: dict[str, set[int]] | None = None) -> IntakeResult:
+    """Write everything in the delivery; redelivered items are skipped by unique constraints.
+
+    `verified` maps each WABA of the delivery to the organizations whose stored app secret verifies
+    its signature (the receiving one always). A message for a number whose inbox belongs to another
+    organization goes to that organization (and its customers) only when it is among them;
+    otherwise it stays here, flagged, unrouted.
+    """
     result = IntakeResult()
+    verified = verified or {}
     numbers = {m.phone_number_id for m in parsed.messages if m.phone_number_id}
-    inbox_by_number: dict[str, int] = {}
+    # A number is used by at most one inbox anywhere: its owner decides where the message belongs.
+    owner_of_number: dict[str, tuple[int, int]] = {}
     if numbers:
-        inbox_by_number = {number: inbox_id for inbox_id, number in (await session.execute(
-            select(Inbox.id, Inbox.phone_number_id).where(Inbox.org_id == org_id, Inbox.phone_number_id.in_(numbers))
+        owner_of_number = {number: (inbox_id, owner) for inbox_id, number, owner in (await session.execute(
+            select(Inbox.id, Inbox.phone_number_id, Inbox.org_id).where(Inbox.phone_number_id.in_(numbers))
         )).all()}
 
     unique_messages: dict[str, ParsedMessage] = {}
     for message in parsed.messages:
         unique_messages.setdefault(message.wamid, message)  # the same message twice in one body: once
-    identities = [_identity(message) for message in unique_messages.values()]
+    # Where each message belongs: (organization, inbox or None, flag or None).
+    placement: dict[str, tuple[int, int | None, str | None]] = {}
+    for message in unique_messages.values():
+        owner = owner_of_number.get(message.phone_number_id or "")
+        if owner is None:
+            placement[message.wamid] = (org_id, None, None)
+        elif owner[1] == org_id or owner[1] in verified.get(message.waba_id, set()):
+            placement[message.wamid] = (owner[1], owner[0], None)
+        else:
+            placement[message.wamid] = (org_id, None, FOREIGN_SIGNATURE_FLAG.format(owner=owner[1],
+                                                                                    waba=message.waba_id))
+    # Customers belong to an organization: resolved in the organization each message goes to.
     # Same database transaction as the messages: a delivery is stored with its customers or not at all.
-    customers = await resolve_customers(session, org_id, identities)
-    customer_of: dict[str, CustomerRef | None] = {}
+    customer_of_wamid: dict[str, CustomerRef | None] = {}
+    for target in sorted({org for org, _, _ in placement.values()}):
+        batch = [m for m in unique_messages.values() if placement[m.wamid][0] == target]
+        resolved = await resolve_customers(session, target, [_identity(m) for m in batch])
+        customer_of_wamid.update({m.wamid: c for m, c in zip(batch, resolved, strict=True)})
+    customer_of: dict[tuple[int, str], CustomerRef | None] = {}
     rows = []
-    for message, customer in zip(unique_messages.values(), customers, strict=True):
+    for message in unique_messages.values():
+        target_org, inbox_id, flag = placement[message.wamid]
+        customer = customer_of_wamid[message.wamid]
         row = _fit_row(InboundMessage, {
-            "org_id": org_id, "wamid": message.wamid, "waba_id": message.waba_id,
-            "phone_number_id": message.phone_number_id,
-            "inbox_id": inbox_by_number.get(message.phone_number_id or ""),
+            "org_id": target_org, "wamid": message.wamid, "waba_id": message.waba_id,
+            "phone_number_id": message.phone_number_id, "inbox_id": inbox_id,
             "from_wa_id": message.from_wa_id, "from_user_id": message.from_user_id,
             "customer_id": customer.id if customer else None, "customer_name": message.customer_name,
             "type": message.type, "summary": message.summary, "sent_at": message.timestamp,
-            "raw": message.raw,
+            "raw": message.raw, "flag": flag,
         }, keys=("wamid",))
-        customer_of[row["wamid"]] = customer
+        customer_of[(target_org, row["wamid"])] = customer
         rows.append(row)
     inserted = await insert_ignoring_duplicates(
-        session, InboundMessage, rows, conflict_on=["org_id", "wamid"], returning=["id", "wamid"]
+        session, InboundMessage, rows, conflict_on=["org_id", "wamid"], returning=["id", "org_id", "wamid"]
     )
-    ids = {wamid: row_id for row_id, wamid in inserted}
+    ids = {(row_org, wamid): row_id for row_id, row_org, wamid in inserted}
     result.new_message_count = len(ids)
     result.duplicate_messages = len(parsed.messages) - len(ids)
     for row in rows:
-        row_id = ids.get(row["wamid"])
+        row_id = ids.get((row["org_id"], row["wamid"]))
         if row_id is None or row["inbox_id"] is None:
             continue
-        customer = customer_of[row["wamid"]]
+        customer = customer_of[(row["org_id"], row["wamid"])]
         if customer is None:
             # No number and no BSUID: a conversation of its own, never one shared by strangers.
-            anonymous = await new_anonymous_customer(session, org_id, row["customer_name"])
+            anonymous = await new_anonymous_customer(session, row["org_id"], row["customer_name"])
             await session.execute(sql_update(InboundMessage).where(InboundMessage.id == row_id)
                                   .values(customer_id=anonymous))
             customer = CustomerRef(id=anonymous, user_id=None, wa_id=None, username=None,
                                    name=row["customer_name"])
-        result.new_messages.append(StoredMessage(
+        result.new_messages.setdefault(row["org_id"], []).append(StoredMessage(
             id=row_id, inbox_id=row["inbox_id"], wamid=row["wamid"], from_wa_id=row["from_wa_id"],
             customer_name=row["customer_name"], type=row["type"], summary=row["summary"],
             sent_at=row["sent_at"].isoformat(), customer_id=customer.id, customer=customer.as_dict(),
@@ -133,6 +165,17 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
     }, keys=("wamid", "status")) for s in parsed.statuses]
     result.statuses = len(await insert_ignoring_duplicates(
         session, MessageStatus, status_rows, conflict_on=["org_id", "wamid", "status"]))
+    # Statuses move our outbound messages forward (never back), in Meta's time order; a delivery
+    # may only touch messages of organizations whose secret verified it.
+    for status in sorted(parsed.statuses, key=lambda s: s.timestamp):
+        moved = await apply_status(session, verified.get(status.waba_id, {org_id}), status.wamid, status.status,
+                                   status.timestamp, status.errors)
+        if moved is not None:
+            result.status_changes.append(moved)
+    for update in parsed.template_updates:
+        await apply_status_event(session, verified.get(update.waba_id, {org_id}), update.waba_id,
+                                 update.message_template_id, update.message_template_name,
+                                 update.message_template_language, update.event, update.reason)
 
     change_rows: dict[str, dict[str, Any]] = {}
     for update in parsed.template_updates:

@@ -66,6 +66,8 @@ class PhoneNumberOut(BaseModel):
     display_phone_number: str | None
     verified_name: str | None
     quality_rating: str | None
+    # Outbound throughput setting of the number (None: the default, 80/s).
+    messages_per_second: int | None = None
     available: bool
     # Set when an inbox of *this* organization uses the number; other organizations stay invisible.
     inbox_id: int | None = None
@@ -170,16 +172,31 @@ class TransactionOut(BaseModel):
     created_at: datetime
 
 
+class DeliveryErrorOut(BaseModel):
+    code: int | None
+    title: str | None
+    details: str | None
+
+
 class MessageOut(BaseModel):
     id: int
-    wamid: str
+    # Customer's messages are `inbound`; the agents' replies `outbound` (ids are per direction).
+    direction: str = "inbound"
+    wamid: str | None
     type: str
     summary: str
     sent_at: datetime
     received_at: datetime
+    # Outbound only: delivery state (queued .. read, or failed with Meta's reason), author, quote.
+    state: str | None = None
+    agent_id: int | None = None
+    reply_to: str | None = None
+    error: DeliveryErrorOut | None = None
 
 
 class TransactionDetailOut(TransactionOut):
+    # Free-form replies are possible until then (24 h after the customer's last message).
+    window_expires_at: datetime | None = None
     messages: list[MessageOut]
 
 
@@ -198,3 +215,52 @@ class QueueEntryOut(BaseModel):
     waiting_since: datetime
     offered_to: int | None
     first_message: str | None
+
+
+# ---------------------------------------------------------------- messaging
+
+
+class TemplateLanguageOut(BaseModel):
+    language: str
+    status: str
+    reason: str | None
+    meta_template_id: str | None
+    updated_at: datetime
+
+
+class TemplateOut(BaseModel):
+    name: str
+    waba_id: str
+    category: str
+    header: str | None
+    body: str | None
+    footer: str | None
+    # Placeholders a send must fill: `parameters` (body) and `header_parameters`.
+    body_parameters: int
+    header_parameters: int
+    languages: list[TemplateLanguageOut]
+
+
+class OutboundMessageOut(BaseModel):
+    id: int
+    state: str
+    transaction_id: int | None
+    inbox_id: int | None
+    agent_id: int | None
+    type: str
+    summary: str
+    to_wa_id: str | None
+    to_user_id: str | None
+    wamid: str | None
+    reply_to: str | None
+    attempts: int
+    status_at: datetime | None
+    error: DeliveryErrorOut | None
+    created_at: datetime
+
+
+class OutboundStartOut(BaseModel):
+    transaction_id: int
+    # True when the customer's open conversation with this agent was reused.
+    reused: bool
+    message: OutboundMessageOut

@@ -156,9 +156,17 @@ class GraphClient:
                                  {"fields": PHONE_NUMBER_FIELDS})
 
     async def send_message(self, phone_number_id: str, access_token: str,
-                           payload: dict[str, Any]) -> dict[str, Any]:
+                           payload: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        # The key makes a retry after a lost answer safe where the server honours it (the simulator).
+        extra = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return await self._request("POST", f"/{_segment(phone_number_id)}/messages", access_token,
-                                   json=payload)
+                                   json=payload, headers=extra)
+
+    async def delete_template(self, waba_id: str, access_token: str, name: str,
+                              hsm_id: str | None = None) -> dict[str, Any]:
+        params = {"name": name, **({"hsm_id": hsm_id} if hsm_id else {})}
+        return await self._request("DELETE", f"/{_segment(waba_id)}/message_templates", access_token,
+                                   params=params)
 
     async def create_template(self, waba_id: str, access_token: str,
                               template: dict[str, Any]) -> dict[str, Any]:
@@ -205,9 +213,10 @@ class GraphClient:
         raise GraphAPIError(502, f"Graph API paging for {path} exceeded {MAX_PAGES} pages")
 
     async def _request(self, method: str, path_or_url: str, access_token: str,
-                       params: dict[str, str] | None = None, json: Any = None) -> dict[str, Any]:
+                       params: dict[str, str] | None = None, json: Any = None,
+                       headers: dict[str, str] | None = None) -> dict[str, Any]:
         url = path_or_url if path_or_url.startswith(("http://", "https://")) else self.base_url + path_or_url
-        headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
+        headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json", **(headers or {})}
         try:
             response = await self._client.request(method, url, params=params, json=json, headers=headers,
                                                   timeout=self.timeout_s)

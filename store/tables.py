@@ -109,6 +109,8 @@ class PhoneNumber(Base):
     verified_name: Mapped[str | None] = mapped_column(String(200))
     quality_rating: Mapped[str | None] = mapped_column(String(32))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Outbound throughput for this number (Meta's default 80/s; up to 1,000 when Meta raised it).
+    messages_per_second: Mapped[int | None] = mapped_column(Integer)
 
 
 # ---------------------------------------------------------------- inboxes
@@ -216,6 +218,9 @@ class InboundMessage(Base):
     sent_at: Mapped[datetime]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     raw: Mapped[dict[str, Any]]
+    # Set when the message names another organization's number but the delivery's signature does not
+    # verify with that organization's app secret: kept here for review, never routed.
+    flag: Mapped[str | None] = mapped_column(Text)
 
 
 class MessageStatus(Base):
@@ -373,3 +378,79 @@ class Deployment(Base):
     holder: Mapped[str] = mapped_column(String(200))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime | None]
+
+
+# ---------------------------------------------------------------- messaging: templates and the outbox
+
+
+class MessageTemplate(Base):
+    """One language of a WhatsApp message template, with the review status Meta reported for it."""
+
+    __tablename__ = "message_templates"
+    __table_args__ = (
+        UniqueConstraint("org_id", "waba_id", "name", "language", name="uq_message_templates_org_waba_name_lang"),
+        Index("ix_message_templates_waba_meta_id", "waba_id", "meta_template_id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    waba_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(512))
+    language: Mapped[str] = mapped_column(String(32))
+    category: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(32), default="PENDING")
+    reason: Mapped[str | None] = mapped_column(Text)
+    meta_template_id: Mapped[str | None] = mapped_column(String(64))
+    components: Mapped[list[Any]] = mapped_column(default=list)
+    # Placeholders ({{1}}..) a send must fill, counted once here.
+    header_params: Mapped[int] = mapped_column(Integer, default=0)
+    body_params: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+OUTBOUND_STATES = ("queued", "sending", "accepted", "sent", "delivered", "read", "played", "failed")
+
+
+class OutboundMessage(Base):
+    """A message to a customer: the persisted outbox entry (queued, sending) and then its delivery record.
+
+    Accepted by the API before it is sent; the number's sender actor sends it with `idempotency_key`,
+    so a retry after a crash or a lost answer is not sent twice. `state` only moves forward.
+    """
+
+    __tablename__ = "outbound_messages"
+    __table_args__ = (
+        UniqueConstraint("idempotency_key", name="uq_outbound_messages_idempotency_key"),
+        UniqueConstraint("wamid", name="uq_outbound_messages_wamid"),
+        Index("ix_outbound_messages_number_state", "phone_number_id", "state"),
+        Index("ix_outbound_messages_transaction_id", "transaction_id"),
+        CheckConstraint("state IN (" + ", ".join(f"'{s}'" for s in OUTBOUND_STATES) + ")", name="state"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    waba_id: Mapped[str] = mapped_column(String(64))
+    phone_number_id: Mapped[str] = mapped_column(String(64))
+    inbox_id: Mapped[int | None] = mapped_column(ForeignKey("inboxes.id", ondelete="SET NULL"))
+    transaction_id: Mapped[int | None] = mapped_column(ForeignKey("transactions.id", ondelete="SET NULL"))
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # The customer: phone number (wa_id) when known, else the business-scoped user id (BSUID).
+    to_wa_id: Mapped[str | None] = mapped_column(String(64))
+    to_user_id: Mapped[str | None] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(32))
+    summary: Mapped[str] = mapped_column(Text)
+    # The Graph API body, ready to POST to /{phone_number_id}/messages.
+    payload: Mapped[dict[str, Any]]
+    reply_to: Mapped[str | None] = mapped_column(String(256))
+    idempotency_key: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    # Meta's timestamp of the status `state` reflects (statuses arrive out of order).
+    status_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    wamid: Mapped[str | None] = mapped_column(String(256))
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_title: Mapped[str | None] = mapped_column(Text)
+    error_details: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+

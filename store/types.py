@@ -36,3 +36,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def storable(value: str | None, length: int | None = None) -> str | None:
+    """Text PostgreSQL accepts (no NUL characters; even a bound WHERE parameter may not hold one), cut to fit."""
+    if value is None:
+        return None
+    clean = value.replace("\x00", "")
+    return clean if length is None else clean[:length]

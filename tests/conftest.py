@@ -49,7 +49,9 @@ def ray_instance() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def simulator() -> Iterator[tuple[SimulatorState, str]]:
-    state = SimulatorState()
+    # Meta's pair limit (about 6 s) shortened so tests sending several replies to one customer stay fast;
+    # the gateways pace a little slower than this (send_pair_interval_s below).
+    state = SimulatorState(pair_interval_s=0.2)
     with BackgroundServer(create_simulator_app(state)) as server:
         yield state, server.url
 
@@ -71,6 +73,8 @@ def _start_gateway(tmp: Path, database_url: str, simulator: tuple[SimulatorState
     settings = Settings(
         database_url=database_url, secret_key_file=tmp / "secret.key", admin_token=admin_token,
         graph_url=graph_url or f"{sim_url}/v25.0", ray_namespace=namespace, public_url="https://router.example.test",
+        # Outbound sending at test speed: short pair interval, quick retries, a timeout tests can provoke.
+        send_pair_interval_s=0.25, send_retry_base_s=0.05, send_retry_max_s=0.5, send_timeout_s=2.0,
     )
     server = BackgroundServer(create_app(settings))
     directory = RayDirectory(settings)

@@ -57,7 +57,8 @@ class Tenant:
 @pytest.fixture(scope="module")
 def sim() -> Iterator[Sim]:
     clock = FakeClock()
-    state = SimulatorState(clock=clock)
+    # No pair limit here: these tests are about throughput and the window, not repeated sends to one customer.
+    state = SimulatorState(clock=clock, pair_interval_s=0)
     with BackgroundServer(create_simulator_app(state, API)) as server:
         yield Sim(server.url, state, clock)
 
@@ -328,7 +329,8 @@ def test_template_review_flow(sim: Sim, tenant: Tenant) -> None:
     assert created["status"] == "PENDING" and created["category"] == "UTILITY" and created["id"]
     send = {"messaging_product": "whatsapp", "to": customer, "type": "template",
             "template": {"name": "order_update", "language": {"code": "en_US"},
-                         "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}]}}
+                         "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"},
+                                                                        {"type": "text", "text": "A-1"}]}]}}
 
     # Not approved yet: Meta refuses it (no inbound needed for templates, so only the template matters).
     err = graph_error(lambda c: c.send_message(number, tenant.token, send), sim.graph_url)

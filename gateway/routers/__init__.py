@@ -2,14 +2,16 @@
 
 from fastapi import APIRouter
 
-from gateway.routers import agents, inboxes, orgs, transactions, users, webhooks, whatsapp
+from gateway.routers import agents, inboxes, messages, orgs, templates, transactions, users, webhooks, whatsapp
 
 api_routers: list[APIRouter] = [
     orgs.router,
     users.router,
     whatsapp.router,
+    templates.router,
     inboxes.router,
     agents.router,
     transactions.router,
+    messages.router,
     webhooks.router,
 ]

@@ -24,6 +24,7 @@ from gateway.deps import (
     TxId,
 )
 from gateway.errors import ApiError, field_error, forbidden, not_found
+from gateway.outbound import outbound_messages_of, window_expires_at
 from gateway.routers.inboxes import get_inbox
 from gateway.runtime import Runtime
 from gateway.schemas import (
@@ -35,7 +36,7 @@ from gateway.schemas import (
     TransactionOut,
 )
 from store.customers import customers_by_id
-from store.tables import InboundMessage, InboxAgent, Transaction, TransactionEvent
+from store.tables import InboundMessage, Inbox, InboxAgent, Transaction, TransactionEvent
 
 router = APIRouter(prefix="/v1/orgs/{org_id}", tags=["transactions"])
 
@@ -102,10 +103,15 @@ async def read_transaction(tx_id: TxId, ctx: OrgMember, session: SessionDep) -> 
         .order_by(InboundMessage.sent_at, InboundMessage.id)
     )).all()
     customers = await _customers(session, [tx])
-    return TransactionDetailOut(**transaction_out(tx, customers[tx.customer_id]).model_dump(), messages=[
-        MessageOut(id=m.id, wamid=m.wamid, type=m.type, summary=m.summary, sent_at=m.sent_at,
-                   received_at=m.received_at) for m in messages
-    ])
+    shown = [MessageOut(id=m.id, wamid=m.wamid, type=m.type, summary=m.summary, sent_at=m.sent_at,
+                        received_at=m.received_at) for m in messages]
+    shown += await outbound_messages_of(session, tx.id)
+    # One conversation in time order: the customer's by Meta's timestamp, replies by when they were written.
+    shown.sort(key=lambda m: m.sent_at)
+    inbox = await session.get(Inbox, tx.inbox_id)
+    window = await window_expires_at(session, tx.org_id, inbox.phone_number_id, tx.customer_id) if inbox else None
+    return TransactionDetailOut(**transaction_out(tx, customers[tx.customer_id]).model_dump(),
+                                window_expires_at=window, messages=shown)
 
 
 @router.get("/transactions/{tx_id}/events", response_model=list[TransactionEventOut])

@@ -9,10 +9,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from actors.directory import spawn
 from gateway.deps import OrgId, RuntimeDep, SessionDep
 from gateway.errors import ApiError
 from gateway.intake import store_delivery
+from gateway.runtime import Runtime
 from gateway.schemas import WebhookAck
 from meta import signature
 from meta.webhook_parser import WebhookPayloadError, parse_webhook
@@ -72,6 +75,22 @@ def _waba_ids(payload: object) -> list[str]:
     return ids
 
 
+async def _verifying_orgs(session: AsyncSession, runtime: Runtime, body: bytes, header: str,
+                          waba_ids: list[str]) -> dict[str, set[int]]:
+    """For each WABA, the organizations linking it whose stored app secret verifies the signature.
+
+    One WABA may be linked to several organizations while Meta calls one callback per app: a
+    delivery may concern another linked organization's number, and may go there only if it is
+    signed with the secret *that* organization stored.
+    """
+    verified: dict[str, set[int]] = {waba_id: set() for waba_id in waba_ids}
+    accounts = (await session.scalars(select(WhatsAppAccount).where(WhatsAppAccount.waba_id.in_(waba_ids)))).all()
+    for account in accounts:
+        if signature.verify(body, header, runtime.secrets.decrypt(account.app_secret_enc)):
+            verified[account.waba_id].add(account.org_id)
+    return verified
+
+
 @router.post("/{org_id}", response_model=WebhookAck)
 async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep, session: SessionDep) -> WebhookAck:
     body = await _read_body(request, runtime.settings.max_webhook_body_bytes)
@@ -88,22 +107,23 @@ async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep,
     except RecursionError as exc:  # absurdly deep nesting: json gives up, which must not be a 500
         raise ApiError(400, "body is not valid JSON: nested too deeply") from exc
     waba_ids = _waba_ids(payload)
-    accounts = {a.waba_id: a for a in (await session.scalars(
-        select(WhatsAppAccount).where(WhatsAppAccount.org_id == org_id, WhatsAppAccount.waba_id.in_(waba_ids))
-    )).all()}
+    verified = await _verifying_orgs(session, runtime, body, header, waba_ids)
     for waba_id in waba_ids:
-        account = accounts.get(waba_id)
         # An unknown WABA and a wrong signature look the same to the caller: nothing to learn.
-        if account is None or not signature.verify(body, header, runtime.secrets.decrypt(account.app_secret_enc)):
+        if org_id not in verified[waba_id]:
             raise ApiError(403, "signature does not match")
     try:
         parsed = parse_webhook(payload)
     except WebhookPayloadError as exc:
         raise ApiError(400, f"{exc.field}: {exc.message}") from exc
-    result = await store_delivery(session, org_id, parsed)
+    result = await store_delivery(session, org_id, parsed, verified)
     await session.commit()
     # Durable now; routing happens after the answer, and is recovered from the store if interrupted.
-    if result.new_messages:
-        runtime.routing.submit_messages(org_id, result.new_messages)
+    for owner_org, messages in result.new_messages.items():
+        runtime.routing.submit_messages(owner_org, messages)
+    for change in result.status_changes:
+        if change.agent_id is not None:
+            spawn(runtime.routing.agent(change.org_id, change.agent_id).push_event("message_status", change.event()),
+                  f"message_status to agent {change.agent_id}")
     return WebhookAck(messages=result.new_message_count, duplicate_messages=result.duplicate_messages,
                       statuses=result.statuses, other_changes=result.other_changes)

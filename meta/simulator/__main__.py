@@ -13,7 +13,7 @@ import json
 import uvicorn
 
 from meta.simulator.app import create_simulator_app
-from meta.simulator.state import SimulatorState, seed_demo
+from meta.simulator.state import DeliveryPlan, ReviewPlan, SimulatorState, seed_demo
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,9 +27,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--app-secret", help="app secret for the demo WABA (random when omitted)")
     parser.add_argument("--callback-url", help="wa-router webhook URL the simulator posts to")
     parser.add_argument("--mps", type=float, default=80.0, help="default per-number messages/second")
+    parser.add_argument("--pair-interval", type=float, default=6.0,
+                        help="seconds between two messages to the same customer (error 131056)")
+    parser.add_argument("--no-statuses", action="store_true",
+                        help="do not send sent/delivered/read webhooks for accepted messages")
+    parser.add_argument("--review-delay", type=float, default=None,
+                        help="approve every new template after this many seconds (demo WABA)")
     args = parser.parse_args(argv)
 
-    state = SimulatorState(default_mps=args.mps)
+    state = SimulatorState(default_mps=args.mps, pair_interval_s=args.pair_interval)
+    state.default_delivery = DeliveryPlan(enabled=not args.no_statuses)
     if args.seed == "demo":
         seeded = seed_demo(state, args.access_token, args.app_secret, args.callback_url)
         base = f"http://{args.host}:{args.port}/{args.api_version}"
@@ -39,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Demo access token: {seeded['access_token']}")
         print(f"Demo app secret:   {seeded['app_secret']}")
         print("Demo numbers:", json.dumps(seeded["numbers"]))
+        if args.review_delay is not None:
+            state.set_review_plan(seeded["waba_id"], ReviewPlan(enabled=True, delay_s=args.review_delay))
     uvicorn.run(create_simulator_app(state, args.api_version), host=args.host, port=args.port,
                 log_level="warning")
 

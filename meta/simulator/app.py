@@ -8,8 +8,13 @@ Graph API surface, under `/{api_version}` (default `/v25.0`), authenticated with
     GET  /{waba_id}/phone_numbers        paged: `limit` (default 25), `after` / `before` cursors
     POST /{phone_number_id}/messages     send; 131047 outside the 24 h window, 130429 over the
                                          per-number throughput, 132001 for an unapproved template
+                                         (also 131056 over the pair limit, 132000 for a wrong
+                                         parameter count; `to` or a BSUID `recipient`; an
+                                         `Idempotency-Key` header makes a retry return the first
+                                         answer instead of sending twice -- a simulator aid)
     POST /{waba_id}/message_templates    create (validated) -> {"id", "status": "PENDING", "category"}
     GET  /{waba_id}/message_templates    paged; filters `name`, `status`, `language`
+    DELETE /{waba_id}/message_templates  `?name=` (every language) [`&hsm_id=` one of them]
 
 Error codes: 190 (HTTP 401) for a missing/invalid/revoked token; 100 with subcode 33 (HTTP 400,
 GraphMethodException) for an object the token cannot reach or that does not exist; 100
@@ -33,8 +38,17 @@ Control API under `/_sim/` (not Meta's; JSON in and out, for tests and demos):
                                                 "type"?, "fields"?, "deliver"? (default true),
                                                 "age_s"?}; opens the 24 h window (backdated by
                                                 age_s) and POSTs the signed webhook to the callback
-    POST   /_sim/statuses                       {"message_id", "status", "errors"?}: delivers a status
-                                                webhook for a message wa-router sent
+    POST   /_sim/statuses                       {"message_id", "status", "errors"?, "timestamp"?}: delivers
+                                                a status webhook for a message wa-router sent
+    POST   /_sim/numbers/{id}/pair_interval     {"seconds"}: pair limit (131056) to one customer
+    PUT    /_sim/numbers/{id}/delivery          automatic status webhooks for each accepted message:
+                                                {"enabled", "sent_delay_s", "delivered_delay_s",
+                                                "read_delay_s", "reorder", "duplicate", "fail_all",
+                                                "fail_recipients", "failure_code", "failure_title"}
+    POST   /_sim/numbers/{id}/failures          {"failures": [{"http_status", "code", "message",
+                                                "accept", "delay_s"}]}: the next sends fail so
+    PUT    /_sim/wabas/{waba_id}/review         automatic template review: {"enabled", "delay_s",
+                                                "status", "reason", "by_name": {name: {status, reason}}}
 
 Webhook deliveries answer `{"payload", "delivered", "webhook_status", "webhook_error"}`; without a
 callback URL `delivered` is false and the payload is still returned.
@@ -42,19 +56,29 @@ callback URL `delivered` is false and the payload is still returned.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import secrets
+import time
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from meta.simulator import payloads
 from meta.simulator.state import (
+    TEMPLATE_REVIEW_STATUSES,
+    DeliveryPlan,
+    InjectedDelay,
+    InjectedFailure,
+    ReviewPlan,
+    SentMessage,
     SimulatorError,
     SimulatorState,
     Waba,
@@ -203,12 +227,58 @@ class InboundIn(BaseModel):
     fields: dict[str, Any] = Field(default_factory=dict)
     deliver: bool = True
     age_s: float = Field(default=0.0, ge=0)
+    # The customer's business-scoped user id (BSUID): the window opens for it too.
+    user_id: str | None = None
 
 
 class StatusIn(BaseModel):
     message_id: str
     status: str
     errors: list[dict[str, Any]] | None = None
+    # Meta's event time (epoch seconds); now when omitted.
+    timestamp: float | None = None
+
+
+class PairIntervalIn(BaseModel):
+    seconds: float = Field(ge=0)
+
+
+class DeliveryPlanIn(BaseModel):
+    enabled: bool = True
+    sent_delay_s: float | None = Field(default=0.05, ge=0)
+    delivered_delay_s: float | None = Field(default=0.1, ge=0)
+    read_delay_s: float | None = Field(default=0.2, ge=0)
+    reorder: bool = False
+    duplicate: bool = False
+    fail_all: bool = False
+    fail_recipients: list[str] = Field(default_factory=list)
+    failure_code: int = 131026
+    failure_title: str = "Message undeliverable"
+
+
+class ReviewOutcomeIn(BaseModel):
+    status: str
+    reason: str | None = None
+
+
+class ReviewPlanIn(BaseModel):
+    enabled: bool = True
+    delay_s: float = Field(default=0.2, ge=0)
+    status: str = "APPROVED"
+    reason: str | None = None
+    by_name: dict[str, ReviewOutcomeIn] = Field(default_factory=dict)
+
+
+class InjectedFailureIn(BaseModel):
+    http_status: int = Field(default=500, ge=400, le=599)
+    code: int = 131000
+    message: str = "Something went wrong"
+    accept: bool = False
+    delay_s: float = Field(default=0.0, ge=0)
+
+
+class FailuresIn(BaseModel):
+    failures: list[InjectedFailureIn]
 
 
 # ---- app -------------------------------------------------------------------------------------------
@@ -246,14 +316,37 @@ def create_simulator_app(state: SimulatorState, api_version: str = "v25.0") -> F
     async def send_message(phone_number_id: str, request: Request) -> dict[str, Any]:
         token = _token(request)
         state.number_for(token, phone_number_id, method="post")  # auth before parsing, like Graph
-        return state.send_message(token, phone_number_id, await _json_body(request))
+        payload = await _json_body(request)
+        try:
+            response, sent = state.accept_message(token, phone_number_id, payload,
+                                                  request.headers.get("idempotency-key"))
+        except InjectedDelay as slow:
+            schedule_statuses(slow.sent)
+            await asyncio.sleep(slow.delay_s)
+            return slow.response
+        if sent is not None:
+            schedule_statuses(sent)
+        return response
 
     @graph.post("/{waba_id}/message_templates")
     async def create_template(waba_id: str, request: Request) -> dict[str, Any]:
         token = _token(request)
         state.waba_for(token, waba_id, method="post")
         template = state.create_template(token, waba_id, await _json_body(request))
+        plan = state.review_plan(waba_id)
+        if plan.enabled:
+            status, reason = plan.outcome(template.name)
+            background(review_later(template.id, plan.delay_s, status, reason))
         return {"id": template.id, "status": template.status, "category": template.category}
+
+    @graph.delete("/{waba_id}/message_templates")
+    async def delete_template(waba_id: str, request: Request) -> dict[str, Any]:
+        name = request.query_params.get("name")
+        if not name:
+            state.waba_for(_token(request), waba_id, method="delete")
+            raise invalid_parameter("The parameter name is required.")
+        state.delete_template(_token(request), waba_id, name, request.query_params.get("hsm_id"))
+        return {"success": True}
 
     @graph.get("/{waba_id}/message_templates")
     async def list_templates(waba_id: str, request: Request) -> dict[str, Any]:
@@ -272,6 +365,68 @@ def create_simulator_app(state: SimulatorState, api_version: str = "v25.0") -> F
         raise invalid_parameter(f"Unknown path components: /{edge}")
 
     app.include_router(graph)
+
+    # -- webhooks the simulator sends by itself (statuses, template reviews) -----------------------
+
+    tasks: set[asyncio.Task[Any]] = set()
+    clients: dict[str, httpx.AsyncClient] = {}
+
+    def background(coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def post_webhook(waba: Waba, payload: dict[str, Any]) -> None:
+        if not waba.callback_url:
+            return
+        # One pooled client for the simulator's own webhooks (bursts post hundreds of statuses).
+        client = clients.get("webhooks")
+        if client is None:
+            client = clients["webhooks"] = httpx.AsyncClient(timeout=10.0)
+        # Like Meta, an unreachable receiver just misses it (Meta would retry later).
+        with contextlib.suppress(httpx.HTTPError):
+            await WebhookSender(waba.callback_url, waba.app_secret, client=client).send(payload)
+
+    def schedule_statuses(sent: SentMessage) -> None:
+        plan = state.delivery_plan(sent.phone_number_id)
+        if plan.enabled:
+            background(post_statuses(sent, plan))
+
+    async def post_statuses(sent: SentMessage, plan: DeliveryPlan) -> None:
+        number = state.numbers[sent.phone_number_id]
+        waba = state.wabas[number.waba_id]
+        category = _category_of(sent)
+        started = time.monotonic()
+        for post_after, status, happened_after in plan.statuses_for(sent.to):
+            await asyncio.sleep(max(0.0, started + post_after - time.monotonic()))
+            errors = [payloads.error_object(plan.failure_code, plan.failure_title,
+                                            "Message failed to send.")] if status == "failed" else None
+            payload = payloads.status_update(number.waba_id, number.id, number.display_phone_number, sent.id,
+                                             sent.to, status, category=category, errors=errors,
+                                             timestamp=sent.timestamp + happened_after)
+            await post_webhook(waba, payload)
+
+    async def review_later(template_id: str, delay_s: float, status: str, reason: str | None) -> None:
+        await asyncio.sleep(delay_s)
+        if template_id not in state.templates:
+            return
+        template = state.review_template(template_id, status, reason)
+        await post_webhook(state.wabas[template.waba_id], payloads.template_status_update(
+            template.waba_id, template.id, template.name, template.language, template.status,
+            template.rejected_reason))
+
+    def _category_of(sent: SentMessage) -> str:
+        if sent.type != "template":
+            return "service"  # free-form replies inside the window are service messages
+        name = sent.payload.get("template", {}).get("name")
+        waba = state.wabas[state.numbers[sent.phone_number_id].waba_id]
+        return next((state.templates[t].category.lower() for t in waba.template_ids
+                     if state.templates[t].name == name), "marketing")
+
+    @app.on_event("shutdown")
+    async def _close_clients() -> None:
+        for client in clients.values():
+            await client.aclose()
 
     # -- control API -------------------------------------------------------------------------------
 
@@ -342,6 +497,41 @@ def create_simulator_app(state: SimulatorState, api_version: str = "v25.0") -> F
         state.set_throughput(phone_number_id, body.messages_per_second)
         return {"phone_number_id": phone_number_id, "messages_per_second": body.messages_per_second}
 
+    @sim.post("/numbers/{phone_number_id}/pair_interval")
+    async def pair_interval(phone_number_id: str, body: PairIntervalIn) -> Any:
+        if phone_number_id not in state.numbers:
+            return not_found("phone number")
+        state.set_pair_interval(phone_number_id, body.seconds)
+        return {"phone_number_id": phone_number_id, "seconds": body.seconds}
+
+    @sim.put("/numbers/{phone_number_id}/delivery")
+    async def delivery_plan(phone_number_id: str, body: DeliveryPlanIn) -> Any:
+        if phone_number_id not in state.numbers:
+            return not_found("phone number")
+        state.set_delivery_plan(phone_number_id, DeliveryPlan(**{**body.model_dump(),
+                                                                 "fail_recipients": set(body.fail_recipients)}))
+        return {"phone_number_id": phone_number_id, **body.model_dump()}
+
+    @sim.post("/numbers/{phone_number_id}/failures")
+    async def inject_failures(phone_number_id: str, body: FailuresIn) -> Any:
+        if phone_number_id not in state.numbers:
+            return not_found("phone number")
+        state.inject_send_failures(phone_number_id, [InjectedFailure(**f.model_dump()) for f in body.failures])
+        return {"phone_number_id": phone_number_id, "queued": len(body.failures)}
+
+    @sim.put("/wabas/{waba_id}/review")
+    async def review_plan(waba_id: str, body: ReviewPlanIn) -> Any:
+        if waba_id not in state.wabas:
+            return not_found("WABA")
+        statuses = [body.status, *(o.status for o in body.by_name.values())]
+        unknown = [s for s in statuses if s.upper() not in TEMPLATE_REVIEW_STATUSES]
+        if unknown:
+            return JSONResponse({"detail": f"unknown template status {unknown[0]}"}, status_code=422)
+        state.set_review_plan(waba_id, ReviewPlan(
+            enabled=body.enabled, delay_s=body.delay_s, status=body.status.upper(), reason=body.reason,
+            by_name={name: (o.status.upper(), o.reason) for name, o in body.by_name.items()}))
+        return {"waba_id": waba_id, **body.model_dump()}
+
     @sim.post("/templates/{template_id}/review")
     async def review_template(template_id: str, body: ReviewIn) -> Any:
         if template_id not in state.templates:
@@ -382,6 +572,8 @@ def create_simulator_app(state: SimulatorState, api_version: str = "v25.0") -> F
         except (TypeError, ValueError) as exc:
             return JSONResponse({"detail": str(exc)}, status_code=422)
         state.record_inbound(number.id, body.from_, at=timestamp)
+        if body.user_id:
+            state.record_inbound(number.id, body.user_id, at=timestamp)
         message_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
         result = {"message_id": message_id, "payload": payload, "delivered": False,
                   "webhook_status": None, "webhook_error": None}
@@ -395,15 +587,10 @@ def create_simulator_app(state: SimulatorState, api_version: str = "v25.0") -> F
         if sent is None:
             return not_found("sent message")
         number = state.numbers[sent.phone_number_id]
-        category = "service"  # free-form replies inside the window are service messages
-        if sent.type == "template":
-            name = sent.payload.get("template", {}).get("name")
-            waba = state.wabas[number.waba_id]
-            category = next((state.templates[t].category.lower() for t in waba.template_ids
-                             if state.templates[t].name == name), "marketing")
         try:
             payload = payloads.status_update(number.waba_id, number.id, number.display_phone_number, sent.id,
-                                             sent.to, body.status, category=category, errors=body.errors)
+                                             sent.to, body.status, category=_category_of(sent), errors=body.errors,
+                                             timestamp=body.timestamp)
         except ValueError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=422)
         return await deliver(state.wabas[number.waba_id], payload)

@@ -40,6 +40,9 @@ MESSAGE_TYPES = frozenset({
 _MEDIA_TYPES = frozenset({"image", "audio", "video", "document", "sticker"})
 _TEMPLATE_NAME_RE = re.compile(r"^[a-z0-9_]{1,512}$")
 _LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(_[A-Za-z]{2,4})?$")
+_PLACEHOLDER_RE = re.compile(r"\{\{\s*(\d+)\s*\}\}")
+# Meta's pair limit: about one message every 6 s to the same customer from one number (error 131056).
+DEFAULT_PAIR_INTERVAL_S = 6.0
 
 
 def fbtrace_id() -> str:
@@ -126,6 +129,13 @@ class Template:
     status: str = "PENDING"
     rejected_reason: str = "NONE"
 
+    def placeholder_count(self, kind: str) -> int:
+        """How many distinct {{n}} placeholders the component of `kind` (HEADER/BODY) holds."""
+        for component in self.components:
+            if str(component.get("type", "")).upper() == kind and isinstance(component.get("text"), str):
+                return len(set(_PLACEHOLDER_RE.findall(component["text"])))
+        return 0
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -161,6 +171,69 @@ class Waba:
 
 
 @dataclass
+class DeliveryPlan:
+    """How the simulator reports delivery of each accepted message through status webhooks.
+
+    Statuses go out `sent_delay_s`, `delivered_delay_s`, `read_delay_s` after the send (None: that
+    status never comes). `reorder` posts them newest first; `duplicate` posts each twice; messages to
+    `fail_recipients` (or every message with `fail_all`) get `sent` then `failed` with `failure_code`.
+    """
+
+    enabled: bool = False
+    sent_delay_s: float | None = 0.05
+    delivered_delay_s: float | None = 0.1
+    read_delay_s: float | None = 0.2
+    reorder: bool = False
+    duplicate: bool = False
+    fail_all: bool = False
+    fail_recipients: set[str] = field(default_factory=set)
+    failure_code: int = 131026
+    failure_title: str = "Message undeliverable"
+
+    def statuses_for(self, recipient: str) -> list[tuple[float, str, float]]:
+        """(post after s, status, happened after s) in the order they are posted."""
+        failing = self.fail_all or recipient in self.fail_recipients
+        steps = [(self.sent_delay_s, "sent")]
+        steps += [(self.delivered_delay_s, "failed")] if failing else [
+            (self.delivered_delay_s, "delivered"), (self.read_delay_s, "read")]
+        planned = [(delay, status, delay) for delay, status in steps if delay is not None]
+        if self.reorder:
+            # Newest first, all at the latest delay: the receiver sees them backwards, Meta's
+            # timestamps still telling the true order.
+            last = max((d for d, _, _ in planned), default=0.0)
+            planned = [(last, status, happened) for _, status, happened in reversed(planned)]
+        if self.duplicate:
+            planned = [item for item in planned for _ in range(2)]
+        return planned
+
+
+@dataclass
+class ReviewPlan:
+    """Template review: after `delay_s`, each new template gets `status` (per-name overrides win)."""
+
+    enabled: bool = False
+    delay_s: float = 0.2
+    status: str = "APPROVED"
+    reason: str | None = None
+    by_name: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+
+    def outcome(self, name: str) -> tuple[str, str | None]:
+        return self.by_name.get(name, (self.status, self.reason))
+
+
+@dataclass
+class InjectedFailure:
+    """The next send on a number fails like this; `accept` records the message first (an in-doubt
+    send: Meta accepted it but the answer never reached the client); `delay_s` answers late."""
+
+    http_status: int = 500
+    code: int = 131000
+    message: str = "Something went wrong"
+    accept: bool = False
+    delay_s: float = 0.0
+
+
+@dataclass
 class SentMessage:
     """One message wa-router sent through the simulator, as accepted."""
 
@@ -170,18 +243,23 @@ class SentMessage:
     type: str
     payload: dict[str, Any]
     timestamp: float
+    # The client's Idempotency-Key header, when it sent one (a retry with it is not sent twice).
+    idempotency_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "phone_number_id": self.phone_number_id, "to": self.to, "type": self.type,
-                "payload": self.payload, "timestamp": self.timestamp}
+                "payload": self.payload, "timestamp": self.timestamp, "idempotency_key": self.idempotency_key}
 
 
 class SimulatorState:
     """The simulated Meta side. `clock` is injectable so tests can age the 24-hour window."""
 
-    def __init__(self, clock: Callable[[], float] = time.time, default_mps: float = DEFAULT_MPS) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, default_mps: float = DEFAULT_MPS,
+                 pair_interval_s: float = DEFAULT_PAIR_INTERVAL_S) -> None:
         self.clock = clock
         self.default_mps = default_mps
+        self.default_pair_interval_s = pair_interval_s
+        self.default_delivery = DeliveryPlan()
         self.wabas: dict[str, Waba] = {}
         self.numbers: dict[str, PhoneNumber] = {}
         self.templates: dict[str, Template] = {}
@@ -193,6 +271,14 @@ class SimulatorState:
         self._last_inbound: dict[tuple[str, str], float] = {}
         self._mps: dict[str, float] = {}
         self._send_times: dict[str, deque[float]] = {}
+        self._pair_interval: dict[str, float] = {}
+        # (phone_number_id, recipient) -> when the last message to that customer was accepted.
+        self._last_pair_send: dict[tuple[str, str], float] = {}
+        self._delivery: dict[str, DeliveryPlan] = {}
+        self._reviews: dict[str, ReviewPlan] = {}
+        self._injected: dict[str, deque[InjectedFailure]] = {}
+        # (phone_number_id, idempotency key) -> the answer first given for it.
+        self._idempotent: dict[tuple[str, str], dict[str, Any]] = {}
         self._next_id = 100_000_000_000_000
         self._lock = threading.RLock()
 
@@ -256,6 +342,30 @@ class SimulatorState:
         with self._lock:
             self._mps[phone_number_id] = messages_per_second
 
+    def set_pair_interval(self, phone_number_id: str, seconds: float) -> None:
+        """Per-number pair limit (131056): at most one message per `seconds` to the same customer."""
+        with self._lock:
+            self._pair_interval[phone_number_id] = seconds
+
+    def set_delivery_plan(self, phone_number_id: str, plan: DeliveryPlan) -> None:
+        with self._lock:
+            self._delivery[phone_number_id] = plan
+
+    def delivery_plan(self, phone_number_id: str) -> DeliveryPlan:
+        return self._delivery.get(phone_number_id, self.default_delivery)
+
+    def set_review_plan(self, waba_id: str, plan: ReviewPlan) -> None:
+        with self._lock:
+            self._reviews[waba_id] = plan
+
+    def review_plan(self, waba_id: str) -> ReviewPlan:
+        return self._reviews.get(waba_id, ReviewPlan())
+
+    def inject_send_failures(self, phone_number_id: str, failures: Iterable[InjectedFailure]) -> None:
+        """The next sends on the number fail like these, in order (then sends succeed again)."""
+        with self._lock:
+            self._injected.setdefault(phone_number_id, deque()).extend(failures)
+
     def record_inbound(self, phone_number_id: str, wa_id: str, at: float | None = None) -> None:
         """The customer wrote to this number at `at` (default now): opens the 24-hour window."""
         with self._lock:
@@ -295,17 +405,31 @@ class SimulatorState:
         waba = self.waba_for(token, waba_id)
         return [self.numbers[i] for i in waba.number_ids]
 
-    def send_message(self, token: str | None, phone_number_id: str, payload: Any) -> dict[str, Any]:
+    def send_message(self, token: str | None, phone_number_id: str, payload: Any,
+                     idempotency_key: str | None = None) -> dict[str, Any]:
         """POST /{phone_number_id}/messages: validate, enforce window/throughput/template, record."""
+        return self.accept_message(token, phone_number_id, payload, idempotency_key)[0]
+
+    def accept_message(self, token: str | None, phone_number_id: str, payload: Any,
+                       idempotency_key: str | None = None) -> tuple[dict[str, Any], SentMessage | None]:
+        """As `send_message`, also returning the newly recorded message (None for an idempotent replay)."""
         number = self.number_for(token, phone_number_id, method="post")
         if not isinstance(payload, dict):
             raise invalid_parameter("Request body must be a JSON object")
         if payload.get("messaging_product") != "whatsapp":
             raise invalid_parameter("The parameter messaging_product is required and must be 'whatsapp'.")
         to = payload.get("to")
-        if not isinstance(to, str) or not to.lstrip("+").isdigit():
-            raise invalid_parameter("The parameter to is required and must be a phone number (digits).")
-        wa_id = to.lstrip("+")
+        recipient = payload.get("recipient")
+        if to is None and isinstance(recipient, str) and recipient.strip():
+            # A business-scoped user id (BSUID): customers known only by it, without a phone number.
+            key = recipient.strip()
+            contact = {"input": recipient, "user_id": key}
+        elif not isinstance(to, str) or not to.lstrip("+").isdigit():
+            raise invalid_parameter("The parameter to is required and must be a phone number (digits), "
+                                    "or give recipient (a business-scoped user id).")
+        else:
+            key = to.lstrip("+")
+            contact = {"input": to, "wa_id": key}
         msg_type = payload.get("type", "text")
         if msg_type not in MESSAGE_TYPES:
             raise invalid_parameter(f"Param type must be one of {{{', '.join(sorted(MESSAGE_TYPES))}}}"
@@ -316,27 +440,54 @@ class SimulatorState:
         _validate_message_body(msg_type, body)
 
         with self._lock:
+            if idempotency_key is not None and (phone_number_id, idempotency_key) in self._idempotent:
+                return self._idempotent[(phone_number_id, idempotency_key)], None
             now = self.clock()
+            injected = self._injected.get(phone_number_id)
+            failure = injected.popleft() if injected else None
+            if failure is not None and not failure.accept and failure.delay_s == 0:
+                raise SimulatorError(failure.http_status, failure.code, failure.message, type_="OAuthException")
             self._check_throughput(phone_number_id, now)
             if msg_type == "template":
                 self._check_template(number.waba_id, body)
             else:
-                last = self._last_inbound.get((phone_number_id, wa_id))
+                last = self._last_inbound.get((phone_number_id, key))
                 # Free-form messages only inside the customer service window.
                 if last is None or now - last > SERVICE_WINDOW_S:
                     raise SimulatorError(
                         400, 131047, "Re-engagement message",
                         details="Message failed to send because more than 24 hours have passed since the "
                                 "customer last replied to this number.")
+            self._check_pair_limit(phone_number_id, key, now)
             message_id = new_wamid()
-            self.sent_messages.append(SentMessage(id=message_id, phone_number_id=phone_number_id, to=wa_id,
-                                                  type=msg_type, payload=payload, timestamp=now))
-        return {
-            "messaging_product": "whatsapp",
-            "contacts": [{"input": to, "wa_id": wa_id}],
-            "messages": [{"id": message_id, "message_status": "accepted"}] if msg_type == "template"
-            else [{"id": message_id}],
-        }
+            sent = SentMessage(id=message_id, phone_number_id=phone_number_id, to=key, type=msg_type,
+                               payload=payload, timestamp=now, idempotency_key=idempotency_key)
+            self.sent_messages.append(sent)
+            response = {
+                "messaging_product": "whatsapp",
+                "contacts": [contact],
+                "messages": [{"id": message_id, "message_status": "accepted"}] if msg_type == "template"
+                else [{"id": message_id}],
+            }
+            if idempotency_key is not None:
+                self._idempotent[(phone_number_id, idempotency_key)] = response
+            if failure is not None and failure.delay_s == 0:
+                # Accepted, yet the client is told it failed: its retry must not send it twice.
+                raise SimulatorError(failure.http_status, failure.code, failure.message)
+        if failure is not None:
+            # Answer late (after `delay_s`): the app sleeps on `InjectedDelay` before answering.
+            raise InjectedDelay(failure.delay_s, response, sent)
+        return response, sent
+
+    def _check_pair_limit(self, phone_number_id: str, recipient: str, now: float) -> None:
+        interval = self._pair_interval.get(phone_number_id, self.default_pair_interval_s)
+        last = self._last_pair_send.get((phone_number_id, recipient))
+        if interval > 0 and last is not None and now - last < interval:
+            raise SimulatorError(
+                400, 131056, "(Business Account, Consumer Account) pair rate limit hit",
+                details="Too many messages sent from the sender phone number to the same recipient phone "
+                        "number in a short period of time.")
+        self._last_pair_send[(phone_number_id, recipient)] = now
 
     def _check_throughput(self, phone_number_id: str, now: float) -> None:
         # Sliding one-second window of accepted sends per number.
@@ -357,13 +508,40 @@ class SimulatorState:
         code = language.get("code") if isinstance(language, dict) else None
         if not isinstance(name, str) or not isinstance(code, str):
             raise invalid_parameter("template requires name and language.code")
-        for template_id in self.wabas[waba_id].template_ids:
-            template = self.templates[template_id]
-            if template.name == name and template.language == code and template.status == "APPROVED":
-                return
-        raise SimulatorError(
-            404, 132001, "Template name does not exist in the translation",
-            details=f"template name ({name}) does not exist in {code}")
+        template = next((self.templates[t] for t in self.wabas[waba_id].template_ids
+                         if self.templates[t].name == name and self.templates[t].language == code), None)
+        if template is None or template.status in {"PENDING", "REJECTED"}:
+            raise SimulatorError(
+                404, 132001, "Template name does not exist in the translation",
+                details=f"template name ({name}) does not exist in {code}")
+        if template.status == "PAUSED":
+            raise SimulatorError(400, 132015, "Template is paused",
+                                 details=f"template ({name}) is paused because of low quality")
+        if template.status == "DISABLED":
+            raise SimulatorError(400, 132016, "Template is disabled",
+                                 details=f"template ({name}) has been paused too many times and is disabled")
+        for kind in ("HEADER", "BODY"):
+            expected = template.placeholder_count(kind)
+            given = _parameter_count(body.get("components"), kind.lower())
+            if given != expected:
+                raise SimulatorError(
+                    400, 132000, "Number of parameters does not match the expected number of params",
+                    details=f"{kind.lower()}: number of localizable_params ({given}) does not match the "
+                            f"expected number of params ({expected})")
+
+    def delete_template(self, token: str | None, waba_id: str, name: str, hsm_id: str | None = None) -> int:
+        """DELETE /{waba_id}/message_templates?name=: every language of the name (or just `hsm_id`)."""
+        waba = self.waba_for(token, waba_id, method="delete")
+        with self._lock:
+            doomed = [t for t in waba.template_ids if self.templates[t].name == name
+                      and (hsm_id is None or t == hsm_id)]
+            if not doomed:
+                raise SimulatorError(400, 100, f"(#100) Message template \"{name}\" not found",
+                                     error_subcode=2593002)
+            for template_id in doomed:
+                waba.template_ids.remove(template_id)
+                del self.templates[template_id]
+            return len(doomed)
 
     def create_template(self, token: str | None, waba_id: str, body: Any) -> Template:
         """POST /{waba_id}/message_templates: validate like Meta, store as PENDING."""
@@ -410,6 +588,26 @@ class SimulatorState:
             template.status = status
             template.rejected_reason = (reason or "INVALID_FORMAT") if status == "REJECTED" else "NONE"
             return template
+
+
+class InjectedDelay(Exception):
+    """The message was accepted; the answer is to be given after `delay_s` (a slow Meta)."""
+
+    def __init__(self, delay_s: float, response: dict[str, Any], sent: SentMessage) -> None:
+        super().__init__(f"answer after {delay_s}s")
+        self.delay_s = delay_s
+        self.response = response
+        self.sent = sent
+
+
+def _parameter_count(components: Any, kind: str) -> int:
+    if not isinstance(components, list):
+        return 0
+    for component in components:
+        if isinstance(component, dict) and str(component.get("type", "")).lower() == kind:
+            parameters = component.get("parameters")
+            return len(parameters) if isinstance(parameters, list) else 0
+    return 0
 
 
 def _validate_message_body(msg_type: str, body: dict[str, Any]) -> None:
