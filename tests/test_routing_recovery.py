@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import ray
 
 from tests.routing_support import Scenario, customer_id
@@ -37,7 +39,16 @@ def test_restarted_agent_still_holds_its_offer_and_replays_its_stream(sc: Scenar
         cursor_before = offer["id"] - 1
     _crash(sc, f"agent:{sc.org.id}:{agent.id}", restart=True)
     # The pending offer is rebuilt from what the inbox stored; accepting works after the restart.
-    view = eventually(lambda: (v := sc.agent_view(agent))["pending_offer"] and v, what="offer after restart")
+    def restarted_view() -> dict[str, Any] | None:
+        # While Ray restarts the actor the API answers 503 "retry shortly": a client retries.
+        response = sc.gateway.call("GET", sc.org.path(f"/agents/{agent.id}"), sc.owner)
+        if response.status_code == 503:
+            return None
+        assert response.status_code == 200, response.text
+        view: dict[str, Any] = response.json()
+        return view if view["pending_offer"] else None
+
+    view = eventually(restarted_view, timeout=45, what="offer after restart")
     assert view["pending_offer"]["transaction_id"] == offer["transaction_id"]
     assert sc.do(offer["transaction_id"], "accept", agent)["state"] == "assigned"
     # A reconnecting workspace gets what it missed from the stored stream, in order.
