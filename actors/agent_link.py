@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 
 # The snapshot fields routing decides on; a snapshot that changes none of them is no event.
 ROUTING_FIELDS = ("status", "max_concurrent", "active_count", "has_pending_offer", "idle_since")
-# An agent whose actor did not answer in time is skipped this long, then tried again.
+# An agent whose actor did not answer in time is skipped for a while, then tried again; the wait doubles
+# while it keeps not answering (a dead or hung agent must not cost every decision a full deadline).
 UNREACHABLE_BACKOFF_S = 1.0
+UNREACHABLE_BACKOFF_MAX_S = 30.0
 # Follow-ups are retried this long, then the agent is asked to reconcile with the store instead.
 GIVE_UP_AFTER_S = 120.0
 
@@ -47,7 +49,8 @@ class AgentLink:
         self._on_change = on_change
         self._members: frozenset[int] = frozenset()
         self.snapshots: dict[int, dict[str, Any]] = {}
-        self._unreachable: dict[int, float] = {}
+        # user id -> (skipped until, current backoff)
+        self._unreachable: dict[int, tuple[float, float]] = {}
         self._mailboxes: dict[int, Mailbox] = {}
 
     def load(self, members: frozenset[int], stored: dict[int, dict[str, Any]]) -> None:
@@ -79,7 +82,7 @@ class AgentLink:
         for user_id, (proficiency, licensed) in members.items():
             state = self.snapshots.get(user_id) or repo.agent_snapshot(None, user_id, 0, False)
             idle = state.get("idle_since")
-            unreachable = self._unreachable.get(user_id, 0.0) > now
+            unreachable = self._unreachable.get(user_id, (0.0, 0.0))[0] > now
             view.append(AgentSnapshot(
                 user_id=user_id, order_key=user_id, status="offline" if unreachable else state["status"],
                 active_count=state["active_count"], max_concurrent=state["max_concurrent"],
@@ -98,9 +101,12 @@ class AgentLink:
             return await asyncio.wait_for(getattr(self._directory().agent(self._org_id, user_id), method)(*args),
                                           self._settings.actor_call_timeout_s)
         except (ActorUnavailable, TimeoutError) as exc:
-            log.warning("agent %s did not answer %s: %s", user_id, method, type(exc).__name__)
-            self._unreachable[user_id] = time.monotonic() + UNREACHABLE_BACKOFF_S
-            asyncio.get_running_loop().call_later(UNREACHABLE_BACKOFF_S, self._on_change)
+            previous = self._unreachable.get(user_id, (0.0, 0.0))[1]
+            backoff = min(max(UNREACHABLE_BACKOFF_S, 2 * previous), UNREACHABLE_BACKOFF_MAX_S)
+            log.warning("agent %s did not answer %s (%s); skipped for %.0fs", user_id, method,
+                        type(exc).__name__, backoff)
+            self._unreachable[user_id] = (time.monotonic() + backoff, backoff)
+            asyncio.get_running_loop().call_later(backoff, self._on_change)
             return None
 
     def tell(self, user_id: int, method: str, *args: Any) -> asyncio.Future[Any]:
