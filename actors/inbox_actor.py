@@ -37,7 +37,7 @@ from actors.transaction_state import TxState
 from config.settings import Settings
 from routing import AssignmentMode, Offer, Queue, RoutingRequest, decide
 from store import routing_repo as repo
-from store.tables import InboundMessage, Transaction
+from store.tables import Transaction
 from store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -292,8 +292,7 @@ class InboxActor(StoreBackedActor):
                                       customer=first_of[key]["customer"])
                 await repo.add_transaction_event(session, row.id, "queued", None, now, customer=key)
             for tx_id, messages in by_tx.items():
-                await session.execute(update(InboundMessage).where(InboundMessage.id.in_([m["id"] for m in messages]))
-                                      .values(transaction_id=tx_id))
+                await repo.attach_messages(session, tx_id, [m["id"] for m in messages])
         for tx in opened.values():
             self._remember(tx)
         for tx_id, messages in by_tx.items():
