@@ -138,9 +138,11 @@ class InboxActor(StoreBackedActor):
                 self._link.tell(user_id, "resync")
         async with self._lock:
             await self._ingest_stored()
-            await self._route_waiting()
         if self._control is None or self._control.done():
             self._control = asyncio.ensure_future(self._control_forever())
+        # Routing starts once the activation counts: calls waiting on the activation (accepts, ingests)
+        # are not held behind hold calls to agents that may be restarting too.
+        self.request_routing()
 
     def _remember(self, tx: TxState) -> None:
         self._txs[tx.id] = tx
