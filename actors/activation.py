@@ -21,6 +21,9 @@ _RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 
 
 class StoreBackedActor:
+    # Whether the actor's engine keeps PostgreSQL connections open between steps (see AgentActor).
+    HOLDS_CONNECTIONS = True
+
     def __init__(self, org_id: int, settings: Settings, directory: Directory | None) -> None:
         self.org_id = org_id
         self._settings = settings
@@ -77,7 +80,8 @@ class StoreBackedActor:
                         self._main_loop = asyncio.get_running_loop()
                     if self._db is None:
                         # A small pool: one actor process per inbox or agent, each with its own engine.
-                        self._db = Database(self._settings.database_url, pool_size=2)
+                        self._db = Database(self._settings.database_url, pool_size=2,
+                                            hold_connections=self.HOLDS_CONNECTIONS)
                     try:
                         await self._load()
                         if self._exists():

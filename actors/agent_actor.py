@@ -87,6 +87,10 @@ def _remember(ids: OrderedDict[Any, None], key: Any) -> None:
 
 
 class AgentActor(StoreBackedActor):
+    # Agents are many and mostly idle: holding no PostgreSQL connection between steps keeps the
+    # server's connection count to the agents stepping at that moment, not the agents online.
+    HOLDS_CONNECTIONS = False
+
     def __init__(self, org_id: int, user_id: int, settings: Settings, directory: Directory | None = None) -> None:
         super().__init__(org_id, settings, directory)
         self.user_id = user_id
@@ -94,6 +98,9 @@ class AgentActor(StoreBackedActor):
         self._signal = EventSignal()
         self._stream_db: Database | None = None
         self._mailboxes: dict[int, Mailbox] = {}
+        self._notifying: asyncio.Task[None] | None = None
+        self._retirement: asyncio.Task[None] | None = None
+        self._last_call = time.monotonic()
         self._reset()
 
     def _reset(self) -> None:
@@ -159,6 +166,13 @@ class AgentActor(StoreBackedActor):
         async with self._step_lock:
             await self._commit(events=self._stream_catch_up(self.active))
         self._notify_inboxes()
+        if self._settings.agent_deactivate_after_s > 0 and _in_ray_actor() and self._retirement is None:
+            self._retirement = asyncio.ensure_future(self._retire_when_idle())
+
+    async def _ensure_active(self) -> bool:
+        # Every public method starts here: the idle clock of deactivation restarts with each call.
+        self._last_call = time.monotonic()
+        return await super()._ensure_active()
 
     def _track(self, kind: str, payload: dict[str, Any]) -> None:
         """What the event stream has shown as the agent's open work (a workspace rebuilds it the same way)."""
@@ -500,6 +514,7 @@ class AgentActor(StoreBackedActor):
 
     async def _wait_active(self) -> None:
         """Activation runs on the main loop; a stream reader (another loop) waits for it there."""
+        self._last_call = time.monotonic()
         if self._activated:
             return
         loop = asyncio.get_running_loop()
@@ -521,6 +536,7 @@ class AgentActor(StoreBackedActor):
                 await asyncio.wait_for(waiter[1].wait(), timeout=timeout_s)
         finally:
             self._signal.discard(waiter)
+            self._last_call = time.monotonic()
         return await self._events_after(after_id, limit)
 
     @ray.method(concurrency_group="stream")
@@ -539,7 +555,7 @@ class AgentActor(StoreBackedActor):
         if self._main_loop is None or asyncio.get_running_loop() is self._main_loop:
             return self.db
         if self._stream_db is None:
-            self._stream_db = Database(self._settings.database_url, pool_size=1)
+            self._stream_db = Database(self._settings.database_url, pool_size=1, hold_connections=False)
         return self._stream_db
 
     async def _events_after(self, after_id: int, limit: int) -> list[dict[str, Any]]:
@@ -570,8 +586,8 @@ class AgentActor(StoreBackedActor):
 
     def _notify_inboxes(self) -> None:
         """Push the newest snapshot to every inbox the agent serves (retried; only the newest is kept)."""
-        spawn_notify = asyncio.ensure_future(self._push_snapshot())
-        spawn_notify.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        self._notifying = asyncio.ensure_future(self._push_snapshot())
+        self._notifying.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     async def _push_snapshot(self) -> None:
         # Read every time (one indexed query per change): an inbox the agent just joined must hear of it.
@@ -580,6 +596,39 @@ class AgentActor(StoreBackedActor):
         snapshot = self.snapshot()
         for inbox_id in inbox_ids:
             self._mailbox(inbox_id).post("agent_changed", snapshot, key="snapshot")
+
+    # ------------------------------------------------------------------ deactivation
+
+    def _idle_enough_to_retire(self) -> bool:
+        """Offline, no work, no offer held, no stream reader, nothing still being told: the store holds all of it."""
+        return (self._activated and self.status == "offline" and not self.active and not self.holds
+                and not self._signal.has_waiters() and not any(len(m) for m in self._mailboxes.values())
+                and (self._notifying is None or self._notifying.done())
+                and time.monotonic() - self._last_call >= self._settings.agent_deactivate_after_s)
+
+    async def _retire_when_idle(self) -> None:
+        """Orleans' idle deactivation: an agent process costs ~50 MiB, so an absent agent gives it back.
+
+        The check is cheap and rare (a few times per deactivation period). A call that races the exit
+        sees the actor gone and its caller activates it again, from the store.
+        """
+        period = max(1.0, self._settings.agent_deactivate_after_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                if self._idle_enough_to_retire():
+                    async with self._step_lock:  # no step is half-way while the process goes
+                        if self._idle_enough_to_retire():
+                            log.info("agent %s: offline with no work for %.0fs; deactivating", self.user_id,
+                                     self._settings.agent_deactivate_after_s)
+                            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                            return
+            except Exception:
+                log.exception("agent %s: deactivation check failed", self.user_id)
+
+
+def _in_ray_actor() -> bool:
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
 def _event_of(row: AgentEvent) -> dict[str, Any]:

@@ -89,6 +89,26 @@ def spawn(coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
     return task
 
 
+# Attempts (about 30 s) to show an event on an agent's stream while its actor restarts or reactivates.
+_PUSH_ATTEMPTS = 20
+
+
+async def push_agent_event(directory: Directory, org_id: int, user_id: int, kind: str,
+                           payload: dict[str, Any]) -> None:
+    """Append an event to an agent's stream, waiting out a restart or a deactivation (the next attempt
+    activates the agent again from the store)."""
+    delay = 0.1
+    for _attempt in range(_PUSH_ATTEMPTS):
+        try:
+            await directory.agent(org_id, user_id).push_event(kind, payload)
+            return
+        except ActorUnavailable as exc:
+            log.warning("agent %s:%s unavailable for a %s event (%s); retrying", org_id, user_id, kind, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    log.error("agent %s:%s: %s event not shown after %d attempts", org_id, user_id, kind, _PUSH_ATTEMPTS)
+
+
 _remote_classes: dict[type, Any] = {}
 
 

@@ -26,6 +26,10 @@ class EventSignal:
         with self._lock:
             self._waiters.discard(waiter)
 
+    def has_waiters(self) -> bool:
+        with self._lock:
+            return bool(self._waiters)
+
     def notify(self) -> None:
         with self._lock:
             waiters = list(self._waiters)

@@ -243,10 +243,11 @@ class InboxActor(StoreBackedActor):
                 return {"attached": 0}
             try:
                 attached = await self._ingest_page([m["id"] for m in messages])
-                await self._route_waiting()
             except repo.Fenced:
                 self._fenced()
                 return {"attached": 0}
+        # Routed in a pass of its own: ingests arriving meanwhile share it, and the forward returns at once.
+        self.request_routing()
         return {"attached": attached}
 
     async def _ingest_stored(self) -> None:
@@ -491,18 +492,21 @@ class InboxActor(StoreBackedActor):
 
     async def _accept(self, tx_id: int, user_id: int) -> Result:
         tx = self._txs.get(tx_id)
+        if tx is not None and tx.state == "assigned" and tx.agent_id == user_id:
+            return ok(tx.id)  # a repeated accept (a retry after a lost answer) answers as the first did
         refusal = self._offer_check(tx, user_id)
         if refusal is not None:
             return refusal
         assert tx is not None and tx.offer_expires_at is not None and tx.offer_id is not None
         if utcnow() >= tx.offer_expires_at:  # the timer is due but has not run yet
             await self._end_offer(tx, "missed")
-            await self._route_waiting()
+            self.request_routing()
             return refuse(409, "the offer expired")
         assigned, unseen = await self._assign(tx, user_id, "accepted", offer_id=tx.offer_id)
         await self._confirm(user_id, tx.offer_id, assigned, "accepted", unseen)
-        # No longer holding an offer, the agent may take more work if under capacity.
-        await self._route_waiting()
+        # No longer holding an offer, the agent may take more work if under capacity. The pass runs
+        # after this answer (as after every API step): an accept never waits for the queue's routing.
+        self.request_routing()
         return ok(tx.id)
 
     async def _decline(self, tx_id: int, user_id: int) -> Result:
@@ -512,7 +516,7 @@ class InboxActor(StoreBackedActor):
             return refusal
         assert tx is not None
         await self._end_offer(tx, "declined")
-        await self._route_waiting()
+        self.request_routing()
         return ok(tx.id)
 
     async def _assign(self, tx: TxState, user_id: int, kind: str, **detail: Any) -> tuple[TxState, list[Any]]:
@@ -597,7 +601,7 @@ class InboxActor(StoreBackedActor):
             await self._link.tell_and_wait(tx.agent_id, "end", tx.id, "closed")
         if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:
             self._link.tell(tx.offered_to, "release", tx.offer_id, "rescinded")
-        await self._route_waiting()
+        self.request_routing()
         return ok(tx.id)
 
     async def _transfer(self, tx_id: int, by_user_id: int | None, to_user_id: int | None) -> Result:
@@ -622,7 +626,7 @@ class InboxActor(StoreBackedActor):
                 self._link.tell(tx.offered_to, "release", tx.offer_id, "rescinded")
             if previous is not None:
                 await self._link.tell_and_wait(previous, "end", tx.id, "transferred")
-        await self._route_waiting()
+        self.request_routing()
         return ok(tx.id)
 
     # ------------------------------------------------------------------ WhatsApp Back

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import select, union
 
-from actors.directory import ActorUnavailable, Directory
+from actors.directory import ActorUnavailable, Directory, push_agent_event
 from actors.messages import StoredMessage
 from store import outbox
 from store.db import Database
@@ -179,6 +179,9 @@ class RoutingClient:
 
     def agent(self, org_id: int, user_id: int) -> Any:
         return self.directory.agent(org_id, user_id)
+
+    async def push_event(self, org_id: int, user_id: int, kind: str, payload: dict[str, Any]) -> None:
+        await push_agent_event(self.directory, org_id, user_id, kind, payload)
 
     def sender(self, phone_number_id: str) -> Any:
         return self.directory.sender(phone_number_id)

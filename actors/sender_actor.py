@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import select
 
 from actors.activation import StoreBackedActor
-from actors.directory import Directory, spawn
+from actors.directory import Directory, push_agent_event, spawn
 from actors.pacing import PairGate, RateGate, backoff_s
 from config.settings import Settings
 from meta.graph_client import GraphAPIError, GraphClient
@@ -222,9 +222,8 @@ class SenderActor(StoreBackedActor):
         """Tell the agent who wrote the message how it went (fire-and-forget: the store has it)."""
         for change in changes:
             if change.agent_id is not None:
-                spawn(self.directory.agent(change.org_id, change.agent_id).push_event("message_status",
-                                                                                       change.event()),
-                      f"message_status to agent {change.agent_id}")
+                spawn(push_agent_event(self.directory, change.org_id, change.agent_id, "message_status",
+                                       change.event()), f"message_status to agent {change.agent_id}")
 
 
 def _wamid_of(answer: dict[str, Any]) -> str:

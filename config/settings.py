@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # and how often an inbox checks the store for configuration changes and unrouted messages.
     actor_call_timeout_s: float = Field(default=2.0, gt=0)
     inbox_sync_interval_s: float = Field(default=2.0, gt=0)
+    # An agent actor (a process) that has been offline with no work, no held offer and no stream reader
+    # for this long stops; the next call activates it again from the store. 0 keeps it forever.
+    agent_deactivate_after_s: float = Field(default=300.0, ge=0)
     # The deployment lease: a gateway heartbeats it; another Ray cluster may take the store only
     # once the lease is this old.
     deployment_heartbeat_s: float = Field(default=5.0, gt=0)

@@ -63,9 +63,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _dbapi(_request: Request, exc: DBAPIError) -> JSONResponse:
         # SQLSTATE class 22 is a value the column cannot hold (PostgreSQL checks lengths, ranges, NUL
         # characters; asyncpg reports it as a plain DBAPIError, not DataError): bad input, not a crash.
-        if isinstance(exc, DataError) or str(getattr(exc.orig, "sqlstate", "") or "").startswith("22"):
+        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+        if isinstance(exc, DataError) or sqlstate.startswith("22"):
             log.info("value refused by the store: %s", exc.orig)
             return JSONResponse(status_code=422, content={"detail": "a value is out of range for the store"})
+        if sqlstate[:2] in ("08", "53", "57"):
+            # Connection trouble, the server out of connections or shutting down: retry later.
+            log.warning("store unavailable: %s", exc.orig)
+            return JSONResponse(status_code=503, content={"detail": "store temporarily unavailable"},
+                                headers={"Retry-After": "1"})
         log.error("store error", exc_info=exc)
         return JSONResponse(status_code=500, content={"detail": "internal store error"})
 

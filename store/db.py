@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
 
 
 def is_sqlite(url: str) -> bool:
@@ -29,7 +30,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """One engine per process; `session()` yields a session that commits or rolls back."""
 
-    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10, hold_connections: bool = True) -> None:
+        """`hold_connections=False`: a PostgreSQL connection is opened for each session and closed after it,
+        so a process that is mostly idle (an agent actor) holds none between its steps."""
         self.url = url
         kwargs: dict[str, Any] = {"echo": echo}
         if is_sqlite(url):
@@ -40,6 +43,8 @@ class Database:
             if path and ":memory:" not in path:
                 # SQLite has one writer at a time whatever the pool; the pool only bounds waiting readers.
                 kwargs.update(pool_size=pool_size, max_overflow=2 * pool_size)
+        elif not hold_connections:
+            kwargs.update(poolclass=NullPool)
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)

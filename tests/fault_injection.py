@@ -206,6 +206,14 @@ def call_through_outages(client: httpx.Client, method: str, path: str, *, give_u
         attempt += 1
 
 
+def _detail(response: httpx.Response) -> str:
+    """The error's `detail` (which of the 503s it was: a restarting actor, a reloading inbox, the store)."""
+    try:
+        return str(response.json().get("detail"))
+    except ValueError:
+        return response.text[:80]
+
+
 # ==================================================================== webhooks, the way Meta sends them
 
 
@@ -457,7 +465,7 @@ class AgentWorker:
             self.unanswered.append(what)
             return None
         if response.status_code >= 500:
-            self.http_failures[f"{what.split()[0]} {response.status_code}"] += 1
+            self.http_failures[f"{what.split()[0]} {response.status_code} {_detail(response)}"] += 1
         return response.status_code
 
     def _put_status(self, status: str) -> None:

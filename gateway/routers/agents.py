@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from actors.directory import ActorUnavailable
 from config.models import AgentSettingsUpdate, PresenceUpdate
+from gateway.actor_calls import call_through_restart
 from gateway.deps import OrgContext, OrgId, OrgMember, RuntimeDep, SessionDep, Supervisor, UserId, resolve_token
-from gateway.errors import ApiError, forbidden, not_found
+from gateway.errors import forbidden, not_found
 from gateway.runtime import Runtime
 from gateway.schemas import AgentOut
 from store.tables import User
@@ -32,24 +33,10 @@ def _check_self_or_supervisor(ctx: OrgContext, user_id: int) -> None:
         raise forbidden("only the agent or a supervisor may do this")
 
 
-# How long an agent call waits for a restarting agent actor before answering 503.
-AGENT_RESTART_GRACE_S = 5.0
-
-
 async def agent_call(runtime: Runtime, org_id: int, user_id: int, method: str, *args: Any) -> Any:
-    """Call the agent's actor. Every call routed here is idempotent (a view, or setting a value),
-    so a restart in progress is waited out briefly instead of surfacing as an error."""
-    deadline = asyncio.get_running_loop().time() + AGENT_RESTART_GRACE_S
-    delay = 0.1
-    while True:
-        try:
-            result = await getattr(runtime.routing.agent(org_id, user_id), method)(*args)
-            break
-        except ActorUnavailable as exc:
-            if asyncio.get_running_loop().time() + delay > deadline:
-                raise ApiError(503, "the agent's actor is restarting; retry shortly") from exc
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+    """Call the agent's actor (a view, or setting a value: safe to repeat through a restart)."""
+    result = await call_through_restart(lambda: runtime.routing.agent(org_id, user_id), method, *args,
+                                        unavailable="the agent's actor is restarting; retry shortly")
     if result is None:
         raise not_found("agent")
     return result

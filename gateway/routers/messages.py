@@ -6,9 +6,10 @@ from fastapi import APIRouter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from actors.directory import ActorUnavailable, spawn
+from actors.directory import spawn
 from config.messaging import MessageRequest, OutboundStart, TextReply
 from config.models import holds_agent_licenses
+from gateway.actor_calls import call_through_restart
 from gateway.deps import InboxId, OrgMember, RuntimeDep, SessionDep, TxId
 from gateway.errors import ApiError, conflict, field_error, forbidden, not_found
 from gateway.outbound import (
@@ -82,7 +83,7 @@ async def send_message(tx_id: TxId, body: MessageRequest, ctx: OrgMember, sessio
     await session.commit()
     wake_sender(runtime, inbox.phone_number_id)
     if user_id is not None:
-        spawn(runtime.routing.agent(ctx.org.id, user_id).push_event("message", outbound_event(row)),
+        spawn(runtime.routing.push_event(ctx.org.id, user_id, "message", outbound_event(row)),
               f"echo message {row.id} to agent {user_id}")
     return outbound_out(row)
 
@@ -106,10 +107,10 @@ async def start_conversation(inbox_id: InboxId, body: OutboundStart, ctx: OrgMem
                                                                          wa_id=body.to.wa_id)])
     assert customer is not None  # the request names exactly one identifier
     await session.commit()  # the customer exists before the inbox actor opens a conversation with them
-    try:
-        opened = await runtime.routing.inbox(ctx.org.id, inbox.id).open_outbound(customer.as_dict(), user_id)
-    except ActorUnavailable as exc:
-        raise ApiError(503, "the inbox's actor is restarting; retry shortly") from exc
+    inbox_id = inbox.id
+    opened = await call_through_restart(lambda: runtime.routing.inbox(ctx.org.id, inbox_id), "open_outbound",
+                                        customer.as_dict(), user_id,
+                                        unavailable="the inbox's actor is restarting; retry shortly")
     if opened["status"] != 200:
         raise ApiError(opened["status"], opened["detail"])
     row = enqueue(session, org_id=ctx.org.id, waba_id=waba_id, phone_number_id=inbox.phone_number_id,
@@ -119,7 +120,7 @@ async def start_conversation(inbox_id: InboxId, body: OutboundStart, ctx: OrgMem
                   reply_to=None)
     await session.commit()
     wake_sender(runtime, inbox.phone_number_id)
-    spawn(runtime.routing.agent(ctx.org.id, user_id).push_event("message", outbound_event(row)),
+    spawn(runtime.routing.push_event(ctx.org.id, user_id, "message", outbound_event(row)),
           f"echo message {row.id} to agent {user_id}")
     return OutboundStartOut(transaction_id=opened["transaction_id"], reused=opened["reused"],
                             message=outbound_out(row))

@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from actors.directory import ActorUnavailable
 from config.models import TransferRequest
+from gateway.actor_calls import call_through_restart
 from gateway.deps import (
     AgentFilter,
     InboxFilter,
@@ -132,10 +132,8 @@ async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgContext, tx_id: 
     # Give the connection back while the inbox actor works: under load, requests waiting on actors
     # must not hold the pool the webhook intake needs (a commit, unlike a rollback, expires nothing).
     await session.commit()
-    try:
-        result = await getattr(runtime.routing.inbox(ctx.org.id, inbox_id), method)(tx_id, *args)
-    except ActorUnavailable as exc:
-        raise ApiError(503, "the inbox's actor is restarting; retry shortly") from exc
+    result = await call_through_restart(lambda: runtime.routing.inbox(ctx.org.id, inbox_id), method, tx_id, *args,
+                                        unavailable="the inbox's actor is restarting; retry shortly")
     if result["status"] != 200:
         raise ApiError(result["status"], result["detail"])
     await session.refresh(tx)

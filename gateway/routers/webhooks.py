@@ -123,7 +123,7 @@ async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep,
         runtime.routing.submit_messages(owner_org, messages)
     for change in result.status_changes:
         if change.agent_id is not None:
-            spawn(runtime.routing.agent(change.org_id, change.agent_id).push_event("message_status", change.event()),
+            spawn(runtime.routing.push_event(change.org_id, change.agent_id, "message_status", change.event()),
                   f"message_status to agent {change.agent_id}")
     return WebhookAck(messages=result.new_message_count, duplicate_messages=result.duplicate_messages,
                       statuses=result.statuses, other_changes=result.other_changes)
