@@ -42,6 +42,9 @@ class Window:
     kinds: dict[int, str] = field(default_factory=dict)
 
 
+MEMORY_EVERY = 5
+
+
 class ProcessSampler:
     def __init__(self, roles: dict[int, str], interval_s: float = 1.0) -> None:
         # roles: pid -> kind for the processes the harness started; their descendants are classified.
@@ -71,8 +74,12 @@ class ProcessSampler:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        # USS reads every process's smaps (~10 ms for a Ray worker): sampled every 5th tick only, or the
+        # harness itself would take a third of a core from the stack it measures with 60+ processes.
+        ticks = 0
         while not self._stop.wait(self.interval_s):
-            self.sample()
+            ticks += 1
+            self.sample(with_memory=ticks % MEMORY_EVERY == 0)
 
     def _tree(self) -> list[psutil.Process]:
         found: dict[int, psutil.Process] = {}
