@@ -107,7 +107,6 @@ async def start_conversation(inbox_id: InboxId, body: OutboundStart, ctx: OrgMem
                                                                          wa_id=body.to.wa_id)])
     assert customer is not None  # the request names exactly one identifier
     await session.commit()  # the customer exists before the inbox actor opens a conversation with them
-    inbox_id = inbox.id
     opened = await call_through_restart(lambda: runtime.routing.inbox(ctx.org.id, inbox_id), "open_outbound",
                                         customer.as_dict(), user_id,
                                         unavailable="the inbox's actor is restarting; retry shortly")
