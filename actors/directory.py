@@ -89,24 +89,40 @@ def spawn(coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
     return task
 
 
-# Attempts (about 30 s) to show an event on an agent's stream while its actor restarts or reactivates.
-_PUSH_ATTEMPTS = 20
+async def call_while_unavailable(proxy: Callable[[], Any], method: str, *args: Any, within_s: float,
+                                 again: Callable[[Any], bool] | None = None) -> Any:
+    """`proxy().method(*args)`, tried again while the actor is unavailable (restarting, or deactivated:
+    `proxy()` is asked anew each time, so a dead handle is replaced by a new activation) or while
+    `again(result)`. After `within_s` the last ActorUnavailable is raised, or the last result returned.
+    Only for calls that are safe to repeat."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    delay = 0.1
+    while True:
+        try:
+            result = await getattr(proxy(), method)(*args)
+            if again is None or not again(result) or loop.time() + delay > deadline:
+                return result
+        except ActorUnavailable:
+            if loop.time() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+# How long an event for an agent's stream waits for its actor to restart or reactivate.
+_PUSH_WITHIN_S = 30.0
 
 
 async def push_agent_event(directory: Directory, org_id: int, user_id: int, kind: str,
                            payload: dict[str, Any]) -> None:
     """Append an event to an agent's stream, waiting out a restart or a deactivation (the next attempt
     activates the agent again from the store)."""
-    delay = 0.1
-    for _attempt in range(_PUSH_ATTEMPTS):
-        try:
-            await directory.agent(org_id, user_id).push_event(kind, payload)
-            return
-        except ActorUnavailable as exc:
-            log.warning("agent %s:%s unavailable for a %s event (%s); retrying", org_id, user_id, kind, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-    log.error("agent %s:%s: %s event not shown after %d attempts", org_id, user_id, kind, _PUSH_ATTEMPTS)
+    try:
+        await call_while_unavailable(lambda: directory.agent(org_id, user_id), "push_event", kind, payload,
+                                     within_s=_PUSH_WITHIN_S)
+    except ActorUnavailable as exc:
+        log.error("agent %s:%s: %s event not shown within %.0fs: %s", org_id, user_id, kind, _PUSH_WITHIN_S, exc)
 
 
 _remote_classes: dict[type, Any] = {}

@@ -8,11 +8,10 @@ agent who already did them (a repeated accept answers as the first did).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from actors.directory import ActorUnavailable
+from actors.directory import ActorUnavailable, call_while_unavailable
 from gateway.errors import ApiError
 
 # How long a call waits for a restarting actor before answering 503 (restarts take ~1-6 s).
@@ -20,23 +19,12 @@ RESTART_GRACE_S = 10.0
 
 
 async def call_through_restart(proxy: Callable[[], Any], method: str, *args: Any, unavailable: str) -> Any:
-    """`proxy()` is asked again on each attempt: a dead actor's handle is replaced by a new activation.
+    """A result dict with status 503 (an inbox reloading) is retried like an unavailable actor."""
+    try:
+        return await call_while_unavailable(proxy, method, *args, within_s=RESTART_GRACE_S, again=_reloading)
+    except ActorUnavailable as exc:
+        raise ApiError(503, unavailable) from exc
 
-    A result dict with status 503 (an inbox reloading) is retried like an unavailable actor.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + RESTART_GRACE_S
-    delay = 0.1
-    while True:
-        try:
-            result = await getattr(proxy(), method)(*args)
-            if not (isinstance(result, dict) and result.get("status") == 503):
-                return result
-        except ActorUnavailable as exc:
-            if loop.time() + delay > deadline:
-                raise ApiError(503, unavailable) from exc
-        else:
-            if loop.time() + delay > deadline:
-                return result
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 1.0)
+
+def _reloading(result: Any) -> bool:
+    return isinstance(result, dict) and result.get("status") == 503
