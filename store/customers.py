@@ -82,7 +82,14 @@ async def resolve_customers(session: AsyncSession, org_id: int,
     if not any(identity.known for identity in identities):
         return [None] * len(identities)
     await _lock(session, org_id, identities)
-    ids = [await _resolve_one(session, org_id, identity) if identity.known else None for identity in identities]
+    resolved = [await _resolve_one(session, org_id, identity) if identity.known else None
+                for identity in identities]
+    ids = [r.ref.id if r is not None else None for r in resolved]
+    if all(r is None or r.touched_only_itself for r in resolved):
+        # Nothing merged and no other row changed: each row is as its identity left it (the last
+        # identity naming a row wrote it last), so reading the rows back would return the same.
+        final = {r.ref.id: r.ref for r in resolved if r is not None}
+        return [final[i] if i is not None else None for i in ids]
     # A later identity of the same delivery may have merged an earlier one's customer away.
     survivors = await _survivor_ids(session, {i for i in ids if i is not None})
     rows = {row.id: row for row in (await session.scalars(
@@ -111,6 +118,27 @@ async def aliases_of(session: AsyncSession, customer_ids: Iterable[int]) -> dict
             if into is not None:
                 merged.setdefault(into, []).append(row_id)
     return {cid: [survivor, *merged.get(survivor, [])] for cid, survivor in survivors.items()}
+
+
+async def aliases_and_views(session: AsyncSession, customer_ids: Iterable[int]
+                            ) -> tuple[dict[int, list[int]], dict[int, dict[str, Any]]]:
+    """`aliases_of` and `customers_by_id` together, in two statements instead of four (the inbox's hot path)."""
+    survivors = await _survivor_ids(session, set(customer_ids))
+    if not survivors:
+        return {}, {}
+    wanted = set(survivors.values())
+    rows = (await session.scalars(select(Customer).where(
+        or_(Customer.id.in_(wanted), Customer.merged_into.in_(wanted))).order_by(Customer.id))).all()
+    merged: dict[int, list[int]] = {}
+    shown: dict[int, CustomerRef] = {}
+    for row in rows:
+        if row.id in wanted:
+            shown[row.id] = CustomerRef.of(row)
+        if row.merged_into in wanted:
+            merged.setdefault(row.merged_into, []).append(row.id)
+    aliases = {cid: [survivor, *merged.get(survivor, [])] for cid, survivor in survivors.items()}
+    views = {cid: shown[s].as_dict() for cid, s in survivors.items() if s in shown}
+    return aliases, views
 
 
 async def survivor_of(session: AsyncSession, customer_id: int) -> int:
@@ -160,15 +188,22 @@ async def _rows(session: AsyncSession, org_id: int, *conditions: Any) -> list[Cu
         .order_by(Customer.id).execution_options(populate_existing=True))).all())
 
 
-async def _resolve_one(session: AsyncSession, org_id: int, identity: Identity) -> int:
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    ref: CustomerRef  # the row as this identity left it
+    touched_only_itself: bool  # no merge, and no other row gave up its number
+
+
+async def _resolve_one(session: AsyncSession, org_id: int, identity: Identity) -> _Resolved:
     user_ids, wa_ids = identity.user_ids, identity.wa_ids
     conditions = []
     if user_ids:
         conditions.append(Customer.user_id.in_(user_ids))
     if wa_ids:
         conditions.append(Customer.wa_id.in_(wa_ids))
+    found_rows = await _rows(session, org_id, *conditions)
     same: list[Customer] = []
-    for row in await _rows(session, org_id, *conditions):
+    for row in found_rows:
         # A row with another BSUID is another person who had this number before: not this customer.
         # Unless Meta says this number was the sender's until now (`user_changed_number`): a number
         # change regenerates the BSUID.
@@ -177,8 +212,13 @@ async def _resolve_one(session: AsyncSession, org_id: int, identity: Identity) -
             same.append(row)
     final_user = identity.user_id or next((r.user_id for r in same if r.user_id), None)
     final_wa = identity.wa_id or next((r.wa_id for r in same if r.wa_id), None)
-    if final_wa is not None:
-        await _release_number(session, org_id, final_wa, keep={r.id for r in same})
+    keep = {r.id for r in same}
+    # A number is held by at most one row (unique index). When it is one this identity names, the query
+    # above found its holder; otherwise it came from one of `same`. Only another holder must let it go.
+    released = final_wa is not None and any(r.wa_id == final_wa and r.id not in keep for r in found_rows)
+    if released:
+        assert final_wa is not None
+        await _release_number(session, org_id, final_wa, keep=keep)
     now = utcnow()
     if not same:
         values = {"org_id": org_id, "user_id": final_user, "wa_id": final_wa, "username": identity.username,
@@ -191,15 +231,18 @@ async def _resolve_one(session: AsyncSession, org_id: int, identity: Identity) -
             await insert_ignoring_duplicates(session, Customer, [values], conflict_on=["org_id", "wa_id"],
                                              index_where=Customer.wa_id.is_not(None))
             found = await _rows(session, org_id, Customer.wa_id == final_wa)
-        return found[0].id
+        return _Resolved(CustomerRef.of(found[0]), touched_only_itself=not released)
     survivor, *others = same  # ordered by id: the older row survives
     username = identity.username or next((r.username for r in same if r.username), None)
     name = identity.name or next((r.name for r in same if r.name), None)
     for other in others:
         await _merge(session, other.id, survivor.id)
-    await session.execute(update(Customer).where(Customer.id == survivor.id).values(
-        user_id=final_user, wa_id=final_wa, username=username, name=name, updated_at=now))
-    return survivor.id
+    ref = CustomerRef(id=survivor.id, user_id=final_user, wa_id=final_wa, username=username, name=name)
+    if others or ref != CustomerRef.of(survivor):
+        # `updated_at` says when the identity last changed: an unchanged one is not written again.
+        await session.execute(update(Customer).where(Customer.id == survivor.id).values(
+            user_id=final_user, wa_id=final_wa, username=username, name=name, updated_at=now))
+    return _Resolved(ref, touched_only_itself=not released and not others)
 
 
 async def _release_number(session: AsyncSession, org_id: int, wa_id: str, keep: set[int]) -> None:

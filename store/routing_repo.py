@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import load_only
 
 from config.models import holds_agent_licenses
 from store import customers
@@ -162,6 +163,14 @@ def message_payload(message: InboundMessage, customer: dict[str, Any] | None = N
             "summary": message.summary, "sent_at": message.sent_at.isoformat()}
 
 
+# What routing reads of a message: never `raw` (Meta's whole payload, decoded for nothing on the hot path).
+_ROUTED_COLUMNS = load_only(
+    InboundMessage.id, InboundMessage.org_id, InboundMessage.inbox_id, InboundMessage.transaction_id,
+    InboundMessage.wamid, InboundMessage.from_wa_id, InboundMessage.from_user_id, InboundMessage.customer_id,
+    InboundMessage.customer_name, InboundMessage.type, InboundMessage.summary, InboundMessage.sent_at,
+)
+
+
 async def _payloads(session: AsyncSession, messages: Sequence[InboundMessage]) -> list[dict[str, Any]]:
     for message in messages:
         if message.customer_id is None:
@@ -169,8 +178,7 @@ async def _payloads(session: AsyncSession, messages: Sequence[InboundMessage]) -
             message.customer_id = await customers.new_anonymous_customer(
                 session, message.org_id, message.customer_name)
     ids = {m.customer_id for m in messages if m.customer_id is not None}
-    aliases = await customers.aliases_of(session, ids)
-    shown = await customers.customers_by_id(session, ids)
+    aliases, shown = await customers.aliases_and_views(session, ids)
     return [message_payload(m, shown.get(m.customer_id), aliases.get(m.customer_id))
             for m in messages if m.customer_id is not None]
 
@@ -180,14 +188,16 @@ async def first_messages(session: AsyncSession, transaction_ids: Sequence[int]) 
         return {}
     first_ids = select(func.min(InboundMessage.id)).where(
         InboundMessage.transaction_id.in_(transaction_ids)).group_by(InboundMessage.transaction_id)
-    messages = (await session.scalars(select(InboundMessage).where(InboundMessage.id.in_(first_ids)))).all()
+    messages = (await session.scalars(select(InboundMessage).options(_ROUTED_COLUMNS)
+                                      .where(InboundMessage.id.in_(first_ids)))).all()
     payloads = await _payloads(session, messages)
     return {m.transaction_id: p for m, p in zip(messages, payloads, strict=True) if m.transaction_id is not None}
 
 
 async def latest_messages(session: AsyncSession, transaction_id: int, limit: int = 50) -> list[dict[str, Any]]:
     """The transaction's newest messages, oldest first (what an agent taking it over has not seen)."""
-    rows = (await session.scalars(select(InboundMessage).where(InboundMessage.transaction_id == transaction_id)
+    rows = (await session.scalars(select(InboundMessage).options(_ROUTED_COLUMNS)
+                                  .where(InboundMessage.transaction_id == transaction_id)
                                   .order_by(InboundMessage.id.desc()).limit(limit))).all()
     return await _payloads(session, list(reversed(rows)))
 
@@ -198,7 +208,8 @@ async def unrouted_messages(session: AsyncSession, inbox_id: int, ids: Sequence[
 
     With `limit`, a page: the caller loops until a page comes back short (never a silent cut).
     """
-    query = select(InboundMessage).where(InboundMessage.inbox_id == inbox_id, InboundMessage.transaction_id.is_(None))
+    query = select(InboundMessage).options(_ROUTED_COLUMNS).where(InboundMessage.inbox_id == inbox_id,
+                                                                  InboundMessage.transaction_id.is_(None))
     if ids is not None:
         query = query.where(InboundMessage.id.in_(ids))
     query = query.order_by(InboundMessage.id)

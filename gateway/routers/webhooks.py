@@ -75,8 +75,17 @@ def _waba_ids(payload: object) -> list[str]:
     return ids
 
 
-async def _verifying_orgs(session: AsyncSession, runtime: Runtime, body: bytes, header: str,
-                          waba_ids: list[str]) -> dict[str, set[int]]:
+async def _accounts_sharing_a_waba(session: AsyncSession, org_id: int) -> list[WhatsAppAccount]:
+    """Every organization's link of the WABAs this organization links (none: an unknown organization).
+
+    Only these can verify a delivery to this organization: each WABA it names must be linked here.
+    """
+    linked_here = select(WhatsAppAccount.waba_id).where(WhatsAppAccount.org_id == org_id)
+    return list((await session.scalars(select(WhatsAppAccount).where(WhatsAppAccount.waba_id.in_(linked_here)))).all())
+
+
+def _verifying_orgs(accounts: list[WhatsAppAccount], runtime: Runtime, body: bytes, header: str,
+                    waba_ids: list[str]) -> dict[str, set[int]]:
     """For each WABA, the organizations linking it whose stored app secret verifies the signature.
 
     One WABA may be linked to several organizations while Meta calls one callback per app: a
@@ -84,9 +93,9 @@ async def _verifying_orgs(session: AsyncSession, runtime: Runtime, body: bytes, 
     signed with the secret *that* organization stored.
     """
     verified: dict[str, set[int]] = {waba_id: set() for waba_id in waba_ids}
-    accounts = (await session.scalars(select(WhatsAppAccount).where(WhatsAppAccount.waba_id.in_(waba_ids)))).all()
     for account in accounts:
-        if signature.verify(body, header, runtime.secrets.decrypt(account.app_secret_enc)):
+        if account.waba_id in verified and signature.verify(body, header,
+                                                            runtime.secrets.decrypt(account.app_secret_enc)):
             verified[account.waba_id].add(account.org_id)
     return verified
 
@@ -97,8 +106,8 @@ async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep,
     header = request.headers.get(signature.HEADER)
     if not header:
         raise ApiError(401, f"missing {signature.HEADER} header")
-    org = await session.get(Organization, org_id)
-    if org is None:  # no secret can match: the same answer as a wrong signature
+    accounts = await _accounts_sharing_a_waba(session, org_id)
+    if not accounts:  # an unknown organization, or one with no WABA: no secret can match
         raise ApiError(403, "signature does not match")
     try:
         payload = json.loads(body, parse_constant=_reject_constant)
@@ -107,7 +116,7 @@ async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep,
     except RecursionError as exc:  # absurdly deep nesting: json gives up, which must not be a 500
         raise ApiError(400, "body is not valid JSON: nested too deeply") from exc
     waba_ids = _waba_ids(payload)
-    verified = await _verifying_orgs(session, runtime, body, header, waba_ids)
+    verified = _verifying_orgs(accounts, runtime, body, header, waba_ids)
     for waba_id in waba_ids:
         # An unknown WABA and a wrong signature look the same to the caller: nothing to learn.
         if org_id not in verified[waba_id]:
