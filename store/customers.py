@@ -109,20 +109,12 @@ async def new_anonymous_customer(session: AsyncSession, org_id: int, name: str |
 
 async def aliases_of(session: AsyncSession, customer_ids: Iterable[int]) -> dict[int, list[int]]:
     """Each customer id -> [its survivor, then every customer merged into that survivor]."""
-    survivors = await _survivor_ids(session, set(customer_ids))
-    merged: dict[int, list[int]] = {}
-    if survivors:
-        for row_id, into in (await session.execute(
-                select(Customer.id, Customer.merged_into).where(Customer.merged_into.in_(set(survivors.values())))
-                .order_by(Customer.id))).tuples().all():
-            if into is not None:
-                merged.setdefault(into, []).append(row_id)
-    return {cid: [survivor, *merged.get(survivor, [])] for cid, survivor in survivors.items()}
+    return (await aliases_and_views(session, customer_ids))[0]
 
 
 async def aliases_and_views(session: AsyncSession, customer_ids: Iterable[int]
                             ) -> tuple[dict[int, list[int]], dict[int, dict[str, Any]]]:
-    """`aliases_of` and `customers_by_id` together, in two statements instead of four (the inbox's hot path)."""
+    """`aliases_of` and `customers_by_id` together, in two statements (the inbox's hot path needs both)."""
     survivors = await _survivor_ids(session, set(customer_ids))
     if not survivors:
         return {}, {}
@@ -147,10 +139,7 @@ async def survivor_of(session: AsyncSession, customer_id: int) -> int:
 
 async def customers_by_id(session: AsyncSession, customer_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     """Each customer id -> the customer as shown (its survivor's identity when it was merged)."""
-    survivors = await _survivor_ids(session, set(customer_ids))
-    rows = {row.id: row for row in (await session.scalars(
-        select(Customer).where(Customer.id.in_(set(survivors.values()))))).all()}
-    return {cid: CustomerRef.of(rows[s]).as_dict() for cid, s in survivors.items() if s in rows}
+    return (await aliases_and_views(session, customer_ids))[1]
 
 
 # ---------------------------------------------------------------- internals
