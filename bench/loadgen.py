@@ -28,6 +28,9 @@ from bench.stats import percentile, summary_ms
 from bench.workload import ScheduledMessage, build_schedule, signed_request
 
 REQUEST_TIMEOUT_S = 30.0
+# uvicorn closes a kept-alive connection after 5 s without a request: one idle longer than this is not
+# reused, or a request could be written into a connection the server is closing (answered by nothing).
+KEEP_ALIVE_REUSE_S = 4.0
 
 
 @dataclass
@@ -43,20 +46,25 @@ class ConnectionPool:
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        # (reader, writer, when it was given back), the most recent last
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self.opened = 0
 
     async def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._idle:
-            return self._idle.pop()
+        now = time.monotonic()
+        while self._idle:
+            reader, writer, since = self._idle.pop()
+            if now - since < KEEP_ALIVE_REUSE_S and not reader.at_eof():
+                return reader, writer
+            writer.close()
         self.opened += 1
         return await asyncio.open_connection(self.host, self.port)
 
     def give_back(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
-        self._idle.append(conn)
+        self._idle.append((*conn, time.monotonic()))
 
     def close(self) -> None:
-        for _reader, writer in self._idle:
+        for _reader, writer, _since in self._idle:
             writer.close()
         self._idle.clear()
 

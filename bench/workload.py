@@ -108,6 +108,10 @@ def set_up(gateway_url: str, admin_token: str, simulator_url: str, shape: Worklo
     org = ok("POST", "/v1/orgs", admin_token, 201, json={
         "name": "Bench Contact Center", "owner": {"name": "Bench Owner", "email": "owner@bench.test"}})
     org_id, owner = org["id"], org["owner"]["token"]
+    if shape.timer_inbox:
+        # The silent agent must keep ringing: after 3 missed offers in a row the product would set it away
+        # (the default), and the offer timers the workload means to exercise would stop after three.
+        ok("PATCH", f"/v1/orgs/{org_id}", owner, json={"missed_offers_before_away": 0})
     waba = add_simulated_waba(simulator_url, shape.inboxes)
     ok("POST", f"/v1/orgs/{org_id}/whatsapp/accounts", owner, 201, json={
         "waba_id": waba["waba_id"], "access_token": waba["access_token"], "app_secret": waba["app_secret"]})
