@@ -11,6 +11,8 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from store.sqlite_writers import take_turns
+
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
@@ -39,7 +41,8 @@ class Database:
             path = url.split("///", 1)[-1]
             if path and ":memory:" not in path:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 30}
+            # No statement cache: writers' turns are taken where SQLite prepares a statement.
+            kwargs["connect_args"] = {"timeout": 30, "cached_statements": 0}
             if path and ":memory:" not in path:
                 # SQLite has one writer at a time whatever the pool; the pool only bounds waiting readers.
                 kwargs.update(pool_size=pool_size, max_overflow=2 * pool_size)
@@ -50,6 +53,8 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if is_sqlite(url):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            if path and ":memory:" not in path:
+                take_turns(self.engine, path, wait_s=30.0)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @asynccontextmanager

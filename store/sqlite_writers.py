@@ -1,0 +1,129 @@
+"""SQLite writers of every process take turns through a lock file instead of SQLite's busy handler.
+
+SQLite has one writer at a time; the gateway and every actor process write to the same file. A
+writer that finds the lock taken waits in SQLite's busy handler, which sleeps 1, 2, 5, ... up to
+100 ms between tries: under load the lock is often free while every waiter sleeps (measured: a
+webhook waited up to 2.5 s for it at 20 msg/s with 51 agents). Here each write transaction first
+takes an exclusive `flock` on `<database>.writers` and lets it go at its commit or rollback; a
+waiter blocks in the kernel, which wakes it the moment the lock is free.
+
+The turn is taken where SQLite prepares the transaction's first write statement (an authorizer
+callback, in the connection's own thread; the statement cache is off so every statement is
+prepared), and released by the dialect's commit, rollback, close and terminate. A process that
+dies releases it with its file descriptors. A turn not granted within `wait_s` is given up: the
+transaction goes on under SQLite's own locking (busy_timeout), never worse than without this.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+import weakref
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import await_
+
+_WRITE_ACTIONS = frozenset({sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE})
+
+
+class WriterTurn:
+    """One connection's hold on the writers' lock file (held from its first write to its commit)."""
+
+    def __init__(self, lock_path: str, wait_s: float) -> None:
+        self._lock_path = lock_path
+        self._wait_s = wait_s
+        self._fd: int | None = None
+        self._guard = threading.Lock()  # taken in the connection's thread, released from the event loop's
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def authorize(self, action: int, *_: Any) -> int:
+        if action in _WRITE_ACTIONS and self._fd is None:
+            self._take()
+        return sqlite3.SQLITE_OK
+
+    def _take(self) -> None:
+        # A descriptor per turn: closing it is the release, whichever thread does it.
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not self._wait_in_kernel(fd):
+                return  # given up: SQLite's own lock and busy timeout still apply
+        with self._guard:
+            self._fd = fd
+
+    def _wait_in_kernel(self, fd: int) -> bool:
+        """Block in `flock` (the kernel wakes the waiter the moment the lock is free), at most `wait_s`.
+
+        A blocked `flock` cannot be interrupted, so it runs in a helper thread: one that is given up
+        on closes its descriptor as soon as it gets the lock, which passes the turn on.
+        """
+        granted = threading.Event()
+        outcome = threading.Lock()
+        abandoned = False
+
+        def wait() -> None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with outcome:
+                if abandoned:
+                    os.close(fd)
+                else:
+                    granted.set()
+
+        threading.Thread(target=wait, name="sqlite-writer-turn", daemon=True).start()
+        if granted.wait(self._wait_s):
+            return True
+        with outcome:
+            if granted.is_set():
+                return True
+            abandoned = True
+        return False
+
+    def release(self) -> None:
+        with self._guard:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def take_turns(engine: AsyncEngine, database_path: str, wait_s: float) -> None:
+    """Make every connection of `engine` take a writer's turn (see the module's docstring)."""
+    lock_path = database_path + ".writers"
+    # Keyed by aiosqlite's connection object: the pool passes its proxy to some dialect calls and
+    # the adapted connection to others; both lead to it.
+    turns: weakref.WeakKeyDictionary[Any, WriterTurn] = weakref.WeakKeyDictionary()
+
+    def aiosqlite_connection(connection: Any) -> Any:
+        raw = getattr(connection, "dbapi_connection", connection)  # a pool proxy's raw connection
+        return getattr(raw, "_connection", None)
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        turn = WriterTurn(lock_path, wait_s)
+        aio = dbapi_connection._connection
+        # sqlite3 objects belong to the thread that made them: set the authorizer from aiosqlite's thread.
+        await_(aio._execute(aio._conn.set_authorizer, turn.authorize))
+        turns[aio] = turn
+        weakref.finalize(aio, turn.release)  # a connection dropped without close still lets go
+
+    def releasing(call: Any) -> Any:
+        def wrapped(connection: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return call(connection, *args, **kwargs)
+            finally:
+                aio = aiosqlite_connection(connection)
+                turn = turns.get(aio) if aio is not None else None
+                if turn is not None:
+                    turn.release()
+        return wrapped
+
+    event.listen(engine.sync_engine, "connect", on_connect)
+    dialect = engine.sync_engine.dialect
+    for name in ("do_commit", "do_rollback", "do_close", "do_terminate"):
+        setattr(dialect, name, releasing(getattr(dialect, name)))
