@@ -218,6 +218,12 @@ def test_unknown_organization_is_refused_like_a_wrong_secret(gateway: Gateway) -
     handshake = {"hub.mode": "subscribe", "hub.verify_token": "x", "hub.challenge": "1"}
     assert gateway.http.post("/webhooks/whatsapp/999999999", content=body, headers=headers).status_code == 403
     assert gateway.http.get("/webhooks/whatsapp/999999999", params=handshake).status_code == 403
+    # An organization that links no WABA has no secret that could verify anything: refused the same way,
+    # whatever the body (another organization's signed delivery, or signed bytes that are not JSON).
+    lonely = create_org(gateway)
+    assert _post_raw(lonely, body, headers).status_code == 403
+    assert _post_raw(lonely, b"{not json", _signed(b"{not json", org.app_secret)).status_code == 403
+    assert query_db(gateway, "SELECT count(*) FROM inbound_messages WHERE org_id = :o", o=lonely.id)[0][0] == 0
     for org_id in (str(2**70), "abc", "0"):
         assert gateway.http.post(f"/webhooks/whatsapp/{org_id}", content=body, headers=headers).status_code == 422
         assert gateway.http.get(f"/webhooks/whatsapp/{org_id}", params=handshake).status_code == 422
