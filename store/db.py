@@ -37,13 +37,13 @@ class Database:
         so a process that is mostly idle (an agent actor) holds none between its steps."""
         self.url = url
         kwargs: dict[str, Any] = {"echo": echo}
+        path = url.split("///", 1)[-1]
+        file_backed = is_sqlite(url) and bool(path) and ":memory:" not in path
         if is_sqlite(url):
-            path = url.split("///", 1)[-1]
-            if path and ":memory:" not in path:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
             # No statement cache: writers' turns are taken where SQLite prepares a statement.
             kwargs["connect_args"] = {"timeout": 30, "cached_statements": 0}
-            if path and ":memory:" not in path:
+            if file_backed:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
                 # SQLite has one writer at a time whatever the pool; the pool only bounds waiting readers.
                 kwargs.update(pool_size=pool_size, max_overflow=2 * pool_size)
         elif not hold_connections:
@@ -53,8 +53,8 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if is_sqlite(url):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            if path and ":memory:" not in path:
-                take_turns(self.engine, path, wait_s=30.0)
+        if file_backed:
+            take_turns(self.engine, path, wait_s=30.0)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @asynccontextmanager
