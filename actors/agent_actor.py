@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import ray
-from sqlalchemy import select, update
+from sqlalchemy import Connection, insert, select, update
 
 from actors.activation import StoreBackedActor
 from actors.directory import Directory
@@ -497,16 +497,21 @@ class AgentActor(StoreBackedActor):
         if not state and not events:
             return []
         now = utcnow()
-        rows = [AgentEvent(org_id=self.org_id, user_id=self.user_id, kind=kind, payload=payload, created_at=now)
-                for kind, payload in events or []]
-        async with self.db.session() as session:
+        new_events = list(events or [])
+        user_id, org_id = self.user_id, self.org_id
+
+        def statements(connection: Connection) -> list[int]:
             if state:
-                await session.execute(update(AgentState).where(AgentState.user_id == self.user_id).values(**state))
-            session.add_all(rows)
-            await session.flush()
-        emitted = [_event_of(row) for row in rows]
-        for row in rows:
-            self._track(row.kind, row.payload)
+                connection.execute(update(AgentState).where(AgentState.user_id == user_id).values(**state))
+            return [int(connection.execute(insert(AgentEvent).values(
+                org_id=org_id, user_id=user_id, kind=kind, payload=payload, created_at=now,
+            ).returning(AgentEvent.id)).scalar_one()) for kind, payload in new_events]
+
+        ids = await self.db.write(statements)
+        emitted = [_event(event_id, kind, now, payload)
+                   for event_id, (kind, payload) in zip(ids, new_events, strict=True)]
+        for kind, payload in new_events:
+            self._track(kind, payload)
         self._recent.extend(emitted)
         if emitted:
             self._signal.notify()
@@ -631,8 +636,12 @@ def _in_ray_actor() -> bool:
     return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
+def _event(event_id: int, kind: str, at: datetime, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"id": event_id, "type": kind, "at": at.isoformat(), **payload}
+
+
 def _event_of(row: AgentEvent) -> dict[str, Any]:
-    return {"id": row.id, "type": row.kind, "at": row.created_at.isoformat(), **row.payload}
+    return _event(row.id, row.kind, row.created_at, row.payload)
 
 
 def _stored_offer(offer: repo.StoredOffer) -> dict[str, Any]:

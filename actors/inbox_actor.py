@@ -18,17 +18,15 @@ lost reply never leaves the two sides disagreeing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
-from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection
 
 from actors.activation import StoreBackedActor
 from actors.agent_link import AgentLink
@@ -37,10 +35,11 @@ from actors.transaction_state import TxState
 from config.settings import Settings
 from routing import AssignmentMode, Offer, Queue, RoutingRequest, decide
 from store import routing_repo as repo
-from store.tables import Transaction
 from store.types import utcnow
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Result = dict[str, Any]
 
@@ -154,14 +153,20 @@ class InboxActor(StoreBackedActor):
             del self._by_customer[tx.customer_id]
         self._cancel_timer(tx.id)
 
-    @contextlib.asynccontextmanager
-    async def _step(self) -> AsyncIterator[AsyncSession]:
-        """One store transaction of this owner: refused (Fenced) once a newer activation owns the inbox."""
-        async with self.db.session() as session:
-            version = await repo.fence(session, self.inbox_id, self._epoch)
-            if version != self.config.config_version:
-                self._config_stale = True
-            yield session
+    async def _write(self, statements: Callable[[Connection], T]) -> T:
+        """A step's one store transaction, after its reads: refused (Fenced) once a newer activation owns the inbox.
+
+        `statements` run on a worker thread (file-backed SQLite): they touch no memory of this actor.
+        """
+        inbox_id, epoch = self.inbox_id, self._epoch
+
+        def fenced(connection: Connection) -> tuple[int, T]:
+            return repo.fence(connection, inbox_id, epoch), statements(connection)
+
+        version, result = await self.db.write(fenced)
+        if version != self.config.config_version:
+            self._config_stale = True
+        return result
 
     def _fenced(self) -> Result:
         """A write was refused: another activation owns the inbox. Reload from the store under a newer epoch."""
@@ -258,48 +263,44 @@ class InboxActor(StoreBackedActor):
     async def _ingest_page(self, ids: list[int] | None) -> int:
         """One step: open transactions for new customers and attach the messages, in one commit."""
         now = utcnow()
-        opened: dict[int, TxState] = {}
-        async with self._step() as session:
+        async with self.db.session() as session:
             fresh = await repo.unrouted_messages(session, self.inbox_id, ids=ids,
                                                  limit=None if ids is not None else INGEST_PAGE)
             if not fresh:
                 return 0
-
-            def open_tx_of(message: dict[str, Any]) -> int | None:
-                # The customer's open conversation, else one of a customer merged into it (store/customers.py).
-                return next((self._by_customer[c] for c in message["customer_ids"] if c in self._by_customer), None)
-
-            new_rows: dict[int, Transaction] = {}
-            for message in fresh:
-                key = message["customer_id"]
-                if open_tx_of(message) is None and key not in new_rows:
-                    new_rows[key] = Transaction(
-                        org_id=self.org_id, inbox_id=self.inbox_id, customer_id=key,
-                        customer_wa_id=message["customer"].get("wa_id"), customer_name=message["customer"].get("name"),
-                        state="queued", waiting_since=now, created_at=now, updated_at=now, tried=[])
-            session.add_all(new_rows.values())
-            await session.flush()
+            # The customer's open conversation, else one of a customer merged into it (store/customers.py).
+            open_tx = {m["id"]: next((self._by_customer[c] for c in m["customer_ids"] if c in self._by_customer), None)
+                       for m in fresh}
             first_of: dict[int, dict[str, Any]] = {}
-            by_tx: dict[int, list[dict[str, Any]]] = {}
-            customer_of_tx: dict[int, dict[str, Any]] = {}
             for message in fresh:
-                key = message["customer_id"]
-                existing = open_tx_of(message)
-                tx_id = existing if existing is not None else new_rows[key].id
-                first_of.setdefault(key, message)
-                by_tx.setdefault(tx_id, []).append(message)
-                customer_of_tx[tx_id] = message["customer"]
-            for key, row in new_rows.items():
-                sticky = await repo.sticky_agent_of(session, self.inbox_id, key)
-                opened[key] = replace(TxState.of(row), sticky_agent=sticky, first_message=first_of[key],
-                                      customer=first_of[key]["customer"])
-                await repo.add_transaction_event(session, row.id, "queued", None, now, customer=key)
+                if open_tx[message["id"]] is None:
+                    first_of.setdefault(message["customer_id"], message)
+            sticky = {key: await repo.sticky_agent_of(session, self.inbox_id, key) for key in first_of}
+        new_rows = {key: {"org_id": self.org_id, "inbox_id": self.inbox_id, "customer_id": key,
+                          "customer_wa_id": first["customer"].get("wa_id"),
+                          "customer_name": first["customer"].get("name"), "state": "queued", "waiting_since": now,
+                          "created_at": now, "updated_at": now, "tried": []}
+                    for key, first in first_of.items()}
+
+        def statements(connection: Connection) -> tuple[dict[int, int], dict[int, list[dict[str, Any]]]]:
+            opened = {key: repo.insert_transaction(connection, row) for key, row in new_rows.items()}
+            for key, tx_id in opened.items():
+                repo.add_transaction_event(connection, tx_id, "queued", None, now, customer=key)
+            by_tx: dict[int, list[dict[str, Any]]] = {}
+            for message in fresh:
+                existing = open_tx[message["id"]]
+                by_tx.setdefault(opened[message["customer_id"]] if existing is None else existing, []).append(message)
             for tx_id, messages in by_tx.items():
-                await repo.attach_messages(session, tx_id, [m["id"] for m in messages])
-        for tx in opened.values():
-            self._remember(tx)
+                repo.attach_messages(connection, tx_id, [m["id"] for m in messages])
+            return opened, by_tx
+
+        opened, by_tx = await self._write(statements)
+        for key, tx_id in opened.items():
+            self._remember(TxState(id=tx_id, customer_id=key, state="queued", waiting_since=now,
+                                   sticky_agent=sticky[key], first_message=first_of[key],
+                                   customer=first_of[key]["customer"]))
         for tx_id, messages in by_tx.items():
-            tx = replace(self._txs[tx_id], customer=customer_of_tx[tx_id])  # the newest identity
+            tx = replace(self._txs[tx_id], customer=messages[-1]["customer"])  # the newest identity
             self._txs[tx_id] = tx
             if tx.state == "assigned" and tx.agent_id is not None:
                 self._link.tell(tx.agent_id, "deliver", tx.id, self.inbox_id, messages)
@@ -363,17 +364,20 @@ class InboxActor(StoreBackedActor):
         if not answer["ok"]:
             return False
         pointer = decision.new_rotation_pointer
+        new_pointer = pointer is not None and pointer != self.config.rotation_pointer
+        detail: dict[str, Any] = {"reason": decision.reason, "expires_at": expires_at.isoformat(),
+                                  "sticky_dial": decision.sticky_dial, "offer_id": offered.offer_id}
+        if new_round:
+            detail["new_round"] = True
+
+        def statements(connection: Connection) -> None:
+            repo.save_transaction(connection, tx.id, offered.columns(now))
+            if new_pointer:
+                repo.save_rotation_pointer(connection, self.inbox_id, pointer)
+            repo.add_transaction_event(connection, tx.id, "offered", user_id, now, **detail)
+
         try:
-            async with self._step() as session:
-                await session.execute(update(Transaction).where(Transaction.id == tx.id)
-                                      .values(**offered.columns(now)))
-                if pointer is not None and pointer != self.config.rotation_pointer:
-                    await repo.save_rotation_pointer(session, self.inbox_id, pointer)
-                detail: dict[str, Any] = {"reason": decision.reason, "expires_at": expires_at.isoformat(),
-                                          "sticky_dial": decision.sticky_dial, "offer_id": offered.offer_id}
-                if new_round:
-                    detail["new_round"] = True
-                await repo.add_transaction_event(session, tx.id, "offered", user_id, now, **detail)
+            await self._write(statements)
         except BaseException:
             self._link.tell(user_id, "release", offered.offer_id, "rescinded")
             raise
@@ -527,12 +531,17 @@ class InboxActor(StoreBackedActor):
         """
         now = utcnow()
         assigned = tx.assigned(user_id, now)
-        async with self._step() as session:
-            await session.execute(update(Transaction).where(Transaction.id == tx.id).values(**assigned.columns(now)))
-            await repo.remember_sticky_agent(session, self.inbox_id, tx.customer_id, user_id)
-            await repo.add_transaction_event(session, tx.id, kind, user_id, now, **detail)
+        async with self.db.session() as session:
+            sticky_customer = await repo.sticky_customer(session, tx.customer_id)
             shown = (tx.first_message or {}).get("id")
             unseen = [m for m in await repo.latest_messages(session, tx.id) if m["id"] != shown]
+
+        def statements(connection: Connection) -> None:
+            repo.save_transaction(connection, tx.id, assigned.columns(now))
+            repo.remember_sticky_agent(connection, self.inbox_id, sticky_customer, user_id)
+            repo.add_transaction_event(connection, tx.id, kind, user_id, now, **detail)
+
+        await self._write(statements)
         self._cancel_timer(tx.id)
         self._remember(assigned)
         return assigned, unseen
@@ -658,23 +667,30 @@ class InboxActor(StoreBackedActor):
         if refusal is not None:
             return refusal
         now = utcnow()
+        customer_id = int(customer["id"])
+        row: dict[str, Any] = {
+            "org_id": self.org_id, "inbox_id": self.inbox_id, "customer_id": customer_id,
+            "customer_wa_id": customer.get("wa_id"), "customer_name": customer.get("name"), "state": "assigned",
+            "agent_id": user_id, "assigned_at": now, "waiting_since": now, "created_at": now, "updated_at": now,
+            "tried": []}
         try:
-            async with self._step() as session:
-                row = Transaction(org_id=self.org_id, inbox_id=self.inbox_id, customer_id=customer["id"],
-                                  customer_wa_id=customer.get("wa_id"), customer_name=customer.get("name"),
-                                  state="assigned", agent_id=user_id, assigned_at=now, waiting_since=now,
-                                  created_at=now, updated_at=now, tried=[])
-                session.add(row)
-                await session.flush()
-                await repo.remember_sticky_agent(session, self.inbox_id, row.customer_id, user_id)
-                await repo.add_transaction_event(session, row.id, "opened_outbound", user_id, now,
-                                                 customer=row.customer_id)
-                await repo.add_transaction_event(session, row.id, "assigned", user_id, now, offer_id=offer_id,
-                                                 outbound=True)
+            async with self.db.session() as session:
+                sticky_customer = await repo.sticky_customer(session, customer_id)
+
+            def statements(connection: Connection) -> int:
+                tx_id = repo.insert_transaction(connection, row)
+                repo.remember_sticky_agent(connection, self.inbox_id, sticky_customer, user_id)
+                repo.add_transaction_event(connection, tx_id, "opened_outbound", user_id, now, customer=customer_id)
+                repo.add_transaction_event(connection, tx_id, "assigned", user_id, now, offer_id=offer_id,
+                                           outbound=True)
+                return tx_id
+
+            tx_id = await self._write(statements)
         except BaseException:
             self._link.tell(user_id, "release", offer_id, "rescinded")
             raise
-        tx = replace(TxState.of(row), customer=customer, sticky_agent=user_id)
+        tx = TxState(id=tx_id, customer_id=customer_id, state="assigned", waiting_since=now, agent_id=user_id,
+                     assigned_at=now, customer=customer, sticky_agent=user_id)
         self._remember(tx)
         await self._confirm(user_id, offer_id, tx, "assigned", [])
         return {**ok(tx.id), "reused": False}
@@ -743,6 +759,9 @@ class InboxActor(StoreBackedActor):
     async def _save(self, tx: TxState, event: str, agent_id: int | None, **detail: Any) -> None:
         """One step's commit: the transaction row and its audit event."""
         now = utcnow()
-        async with self._step() as session:
-            await session.execute(update(Transaction).where(Transaction.id == tx.id).values(**tx.columns(now)))
-            await repo.add_transaction_event(session, tx.id, event, agent_id, now, **detail)
+
+        def statements(connection: Connection) -> None:
+            repo.save_transaction(connection, tx.id, tx.columns(now))
+            repo.add_transaction_event(connection, tx.id, event, agent_id, now, **detail)
+
+        await self._write(statements)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import load_only
 
@@ -25,7 +25,7 @@ from store.tables import (
     User,
 )
 from store.types import utcnow
-from store.upsert import upsert
+from store.upsert import upsert_statement
 
 
 @dataclass
@@ -67,14 +67,14 @@ async def take_inbox_ownership(session: AsyncSession, inbox_id: int) -> int | No
                                 .values(owner_epoch=Inbox.owner_epoch + 1).returning(Inbox.owner_epoch))
 
 
-async def fence(session: AsyncSession, inbox_id: int, epoch: int) -> int:
+def fence(connection: Connection, inbox_id: int, epoch: int) -> int:
     """First statement of every write of an inbox's owner: refuses a stale owner, answers the config version.
 
     A no-op update rather than a read, so the row stays locked (PostgreSQL) until the commit and a
     newer owner cannot slip in between the check and the write.
     """
-    version = await session.scalar(update(Inbox).where(Inbox.id == inbox_id, Inbox.owner_epoch == epoch)
-                                   .values(owner_epoch=epoch).returning(Inbox.config_version))
+    version = connection.execute(update(Inbox).where(Inbox.id == inbox_id, Inbox.owner_epoch == epoch)
+                                 .values(owner_epoch=epoch).returning(Inbox.config_version)).scalar_one_or_none()
     if version is None:
         raise Fenced(f"inbox {inbox_id} is owned by a newer activation than epoch {epoch}")
     return int(version)
@@ -97,8 +97,8 @@ async def bump_config_version(session: AsyncSession, inbox_ids: Iterable[int]) -
         await session.execute(update(Inbox).where(Inbox.id.in_(ids)).values(config_version=Inbox.config_version + 1))
 
 
-async def save_rotation_pointer(session: AsyncSession, inbox_id: int, pointer: int | None) -> None:
-    await session.execute(update(Inbox).where(Inbox.id == inbox_id).values(rotation_pointer=pointer))
+def save_rotation_pointer(connection: Connection, inbox_id: int, pointer: int | None) -> None:
+    connection.execute(update(Inbox).where(Inbox.id == inbox_id).values(rotation_pointer=pointer))
 
 
 def agent_snapshot(state: AgentState | None, user_id: int, active_count: int,
@@ -224,9 +224,18 @@ async def customers_of(session: AsyncSession, customer_ids: Sequence[int]) -> di
     return await customers.customers_by_id(session, customer_ids)
 
 
-async def attach_messages(session: AsyncSession, transaction_id: int, message_ids: Sequence[int]) -> None:
-    await session.execute(update(InboundMessage).where(InboundMessage.id.in_(message_ids))
-                          .values(transaction_id=transaction_id))
+def attach_messages(connection: Connection, transaction_id: int, message_ids: Sequence[int]) -> None:
+    connection.execute(update(InboundMessage).where(InboundMessage.id.in_(message_ids))
+                       .values(transaction_id=transaction_id))
+
+
+def insert_transaction(connection: Connection, row: dict[str, Any]) -> int:
+    """A new transaction row (the columns of `Transaction`); its id."""
+    return int(connection.execute(insert(Transaction).values(**row).returning(Transaction.id)).scalar_one())
+
+
+def save_transaction(connection: Connection, transaction_id: int, columns: dict[str, Any]) -> None:
+    connection.execute(update(Transaction).where(Transaction.id == transaction_id).values(**columns))
 
 
 async def sticky_agent_of(session: AsyncSession, inbox_id: int, customer_id: int) -> int | None:
@@ -236,16 +245,22 @@ async def sticky_agent_of(session: AsyncSession, inbox_id: int, customer_id: int
     return row.user_id if row else None
 
 
-async def remember_sticky_agent(session: AsyncSession, inbox_id: int, customer_id: int, user_id: int) -> None:
-    survivor = await customers.survivor_of(session, customer_id)
-    await upsert(session, StickyAgent, [{"inbox_id": inbox_id, "customer_id": survivor,
-                                         "user_id": user_id, "updated_at": utcnow()}],
-                 key=["inbox_id", "customer_id"])
+async def sticky_customer(session: AsyncSession, customer_id: int) -> int:
+    """The customer whose sticky memory a conversation writes: a merged customer's survivor."""
+    return await customers.survivor_of(session, customer_id)
 
 
-async def add_transaction_event(session: AsyncSession, transaction_id: int, kind: str, agent_id: int | None,
-                                at: datetime, **detail: Any) -> None:
-    session.add(TransactionEvent(transaction_id=transaction_id, kind=kind, agent_id=agent_id, at=at, detail=detail))
+def remember_sticky_agent(connection: Connection, inbox_id: int, sticky_customer_id: int, user_id: int) -> None:
+    """`sticky_customer_id` as `sticky_customer` answered it (a read, done before the write)."""
+    connection.execute(upsert_statement(connection.dialect.name, StickyAgent, [
+        {"inbox_id": inbox_id, "customer_id": sticky_customer_id, "user_id": user_id, "updated_at": utcnow()}],
+        key=["inbox_id", "customer_id"]))
+
+
+def add_transaction_event(connection: Connection, transaction_id: int, kind: str, agent_id: int | None,
+                          at: datetime, **detail: Any) -> None:
+    connection.execute(insert(TransactionEvent).values(transaction_id=transaction_id, kind=kind, agent_id=agent_id,
+                                                       at=at, detail=detail))
 
 
 async def load_agent_state(session: AsyncSession, org_id: int, user_id: int) -> AgentState | None:

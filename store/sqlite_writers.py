@@ -45,10 +45,11 @@ class WriterTurn:
 
     def authorize(self, action: int, *_: Any) -> int:
         if action in _WRITE_ACTIONS and self._fd is None:
-            self._take()
+            self.take()
         return sqlite3.SQLITE_OK
 
-    def _take(self) -> None:
+    def take(self) -> None:
+        """Wait for the turn (at most `wait_s`; then go on without it). Blocks the calling thread."""
         # A descriptor per turn: closing it is the release, whichever thread does it.
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:

@@ -12,8 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from store.tables import Base
 
 
-def _insert(session: AsyncSession, model: type[Base]) -> Any:
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+def _dialect_of(session: AsyncSession) -> str:
+    return session.bind.dialect.name if session.bind is not None else "sqlite"
+
+
+def _insert(dialect: str, model: type[Base]) -> Any:
     module = postgresql if dialect == "postgresql" else sqlite
     return module.insert(model)
 
@@ -27,17 +30,21 @@ async def insert_ignoring_duplicates(session: AsyncSession, model: type[Base], r
     if not rows:
         return []
     table = model.__table__
-    statement: Insert = _insert(session, model).values(list(rows)).on_conflict_do_nothing(
+    statement: Insert = _insert(_dialect_of(session), model).values(list(rows)).on_conflict_do_nothing(
         index_elements=list(conflict_on), index_where=index_where
     ).returning(*(table.c[name] for name in returning))  # type: ignore[attr-defined]
     return list((await session.execute(statement)).all())
 
 
+def upsert_statement(dialect: str, model: type[Base], rows: Sequence[dict[str, Any]], *, key: Sequence[str]) -> Any:
+    """INSERT the rows or, on a key collision, overwrite the non-key columns given (`rows` not empty)."""
+    statement = _insert(dialect, model).values(list(rows))
+    updates = {name: statement.excluded[name] for name in rows[0] if name not in key}
+    return statement.on_conflict_do_update(index_elements=list(key), set_=updates)
+
+
 async def upsert(session: AsyncSession, model: type[Base], rows: Sequence[dict[str, Any]], *,
                  key: Sequence[str]) -> None:
     """Insert rows or, on a key collision, overwrite the non-key columns given."""
-    if not rows:
-        return
-    statement = _insert(session, model).values(list(rows))
-    updates = {name: statement.excluded[name] for name in rows[0] if name not in key}
-    await session.execute(statement.on_conflict_do_update(index_elements=list(key), set_=updates))
+    if rows:
+        await session.execute(upsert_statement(_dialect_of(session), model, rows, key=key))
