@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from store.sqlite_writers import WriterTurn, take_turns
+from store.thread_session import ThreadSession, run_to_end
 
 T = TypeVar("T")
 
@@ -103,6 +105,26 @@ class Database:
         except asyncio.CancelledError:
             await asyncio.wait([running])
             raise
+
+    async def write_session(self, step: Callable[[AsyncSession], Coroutine[Any, Any, T]]) -> T:
+        """Run an async `step` written against a session as one transaction; its result once committed.
+
+        Elsewhere than file-backed SQLite this is `session()`. There, like `write`, the step runs whole in
+        a worker thread, on a synchronous session behind the same methods (`store.thread_session`): it
+        may await only the session's own methods.
+        """
+        if self._writer is None:
+            async with self.session() as session:
+                return await step(session)
+
+        def statements(connection: Connection) -> T:
+            with Session(bind=connection, expire_on_commit=False) as session:
+                # ThreadSession offers the AsyncSession methods the store's write steps use.
+                result = run_to_end(step(cast(AsyncSession, ThreadSession(session))))
+                session.flush()
+                return result
+
+        return await self.write(statements)
 
     def _write_now(self, statements: Callable[[Connection], T]) -> T:
         assert self._writer is not None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.db import Database
 
@@ -118,3 +119,31 @@ def test_a_cancelled_caller_is_cancelled_only_once_its_transaction_ended_whole(t
     waited, notes = asyncio.run(run())
     assert waited >= 0.3
     assert notes == ["one", "two"]
+
+
+def test_a_session_step_runs_whole_in_the_write_thread_and_one_that_would_suspend_writes_nothing(
+        tmp_path: Path) -> None:
+    url = _sqlite_url(tmp_path)
+
+    async def step(session: AsyncSession) -> str:
+        await session.execute(text("INSERT INTO notes VALUES ('whole')"))
+        return threading.current_thread().name
+
+    async def suspends(session: AsyncSession) -> None:
+        await session.execute(text("INSERT INTO notes VALUES ('half')"))
+        await asyncio.sleep(0)  # would need an event loop: there is none in the write thread
+
+    async def run() -> tuple[str, list[str]]:
+        db = Database(url, pool_size=1)
+        try:
+            await _create(db, "notes")
+            thread = await db.write_session(step)
+            with pytest.raises(RuntimeError, match="suspends"):
+                await db.write_session(suspends)
+            return thread, await _notes(db, "notes")
+        finally:
+            await db.dispose()
+
+    thread, notes = asyncio.run(run())
+    assert thread.startswith("sqlite-write")
+    assert notes == ["whole"]

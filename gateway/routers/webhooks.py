@@ -125,8 +125,7 @@ async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep,
         parsed = parse_webhook(payload)
     except WebhookPayloadError as exc:
         raise ApiError(400, f"{exc.field}: {exc.message}") from exc
-    result = await store_delivery(session, org_id, parsed, verified)
-    await session.commit()
+    result = await runtime.db.write_session(lambda writing: store_delivery(writing, org_id, parsed, verified))
     # Durable now; routing happens after the answer, and is recovered from the store if interrupted.
     for owner_org, messages in result.new_messages.items():
         runtime.routing.submit_messages(owner_org, messages)

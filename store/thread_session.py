@@ -1,0 +1,65 @@
+"""An async step written against a session, run whole in a SQLite write thread (`Database.write_session`).
+
+The intake's store code (customers, messages, statuses) is written once, against `AsyncSession`. On
+file-backed SQLite, `Database.write_session` runs it in a worker thread on a synchronous session
+behind the same methods: its awaits never suspend, so the coroutine runs to its end in one go,
+holding SQLite's write lock only for its statements and never across the gateway's event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from sqlalchemy import Result, ScalarResult
+from sqlalchemy.orm import Session
+
+T = TypeVar("T")
+
+
+class ThreadSession:
+    """The `AsyncSession` methods the store's write steps use, done synchronously (no await suspends)."""
+
+    def __init__(self, session: Session) -> None:
+        self.sync_session = session
+
+    @property
+    def bind(self) -> Any:
+        return self.sync_session.bind
+
+    def get_bind(self) -> Any:
+        return self.sync_session.get_bind()
+
+    def add(self, instance: object) -> None:
+        self.sync_session.add(instance)
+
+    def add_all(self, instances: Any) -> None:
+        self.sync_session.add_all(instances)
+
+    async def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Result[Any]:
+        return self.sync_session.execute(statement, params, **kwargs)
+
+    async def scalars(self, statement: Any, params: Any = None, **kwargs: Any) -> ScalarResult[Any]:
+        return self.sync_session.scalars(statement, params, **kwargs)
+
+    async def scalar(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        return self.sync_session.scalar(statement, params, **kwargs)
+
+    async def get(self, entity: Any, ident: Any, **kwargs: Any) -> Any:
+        return self.sync_session.get(entity, ident, **kwargs)
+
+    async def flush(self, objects: Any = None) -> None:
+        self.sync_session.flush(objects)
+
+    async def delete(self, instance: object) -> None:
+        self.sync_session.delete(instance)
+
+
+def run_to_end(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (it awaits only `ThreadSession` methods) and return its result."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise RuntimeError("a write step run in the SQLite write thread awaited something that suspends")
