@@ -14,6 +14,7 @@ from config.settings import Settings, get_settings
 from gateway.bootstrap import ensure_admin_token
 from gateway.deployment import DeploymentConflict, DeploymentLease, cluster_identity
 from gateway.errors import install_error_handlers
+from gateway.group_commit import DeliveryGroupCommit
 from gateway.routers import api_routers
 from gateway.runtime import Runtime
 from meta.graph_client import GraphClient
@@ -46,7 +47,8 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
             raise
         routing = RoutingClient(RayDirectory(settings), db)
         runtime = Runtime(settings=settings, db=db, secrets=SecretBox(load_or_create_key(
-            settings.secret_key, settings.secret_key_file)), graph=graph, routing=routing)
+            settings.secret_key, settings.secret_key_file)), graph=graph, routing=routing,
+                          intake=DeliveryGroupCommit(db))
         runtime.generated_admin_token = await ensure_admin_token(db, settings.admin_token)
         app.state.runtime = runtime
         app.state.dashboard_url = ray_connection.dashboard_url

@@ -12,6 +12,7 @@ from store.db import Database
 
 if TYPE_CHECKING:
     from actors.routing_client import RoutingClient
+    from gateway.group_commit import DeliveryGroupCommit
 
 
 @dataclass
@@ -21,5 +22,7 @@ class Runtime:
     secrets: SecretBox
     graph: GraphClient
     routing: RoutingClient
+    # Webhook deliveries stored together (group commit).
+    intake: DeliveryGroupCommit
     # The admin token generated at this start (None when it came from settings or an earlier start).
     generated_admin_token: str | None = field(default=None, repr=False)

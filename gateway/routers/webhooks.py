@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from actors.directory import spawn
 from gateway.deps import OrgId, RuntimeDep, SessionDep
 from gateway.errors import ApiError
-from gateway.intake import store_delivery
 from gateway.runtime import Runtime
 from gateway.schemas import WebhookAck
 from meta import signature
@@ -125,7 +124,7 @@ async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep,
         parsed = parse_webhook(payload)
     except WebhookPayloadError as exc:
         raise ApiError(400, f"{exc.field}: {exc.message}") from exc
-    result = await runtime.db.write_session(lambda writing: store_delivery(writing, org_id, parsed, verified))
+    result = await runtime.intake.store(org_id, parsed, verified)
     # Durable now; routing happens after the answer, and is recovered from the store if interrupted.
     for owner_org, messages in result.new_messages.items():
         runtime.routing.submit_messages(owner_org, messages)
