@@ -106,6 +106,8 @@ async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep,
     if not header:
         raise ApiError(401, f"missing {signature.HEADER} header")
     accounts = await _accounts_sharing_a_waba(session, org_id)
+    # The read is done: its pooled connection goes back before the (grouped) write needs one.
+    await session.commit()
     if not accounts:  # an unknown organization, or one with no WABA: no secret can match
         raise ApiError(403, "signature does not match")
     try:
