@@ -348,7 +348,7 @@ class AgentActor(StoreBackedActor):
                 self._drop_hold(hold)
             _remember(self._finished_offers, offer_id)
             self.active[tx_id] = int(payload["inbox_id"])
-        self._notify_inboxes()
+        self._notify_inboxes(answered=int(payload["inbox_id"]))
         return self.snapshot()
 
     async def release(self, offer_id: str, reason: str) -> dict[str, Any]:
@@ -376,7 +376,7 @@ class AgentActor(StoreBackedActor):
                 if state is not None:
                     self.missed_in_a_row = 0
             self._drop_hold(hold)
-        self._notify_inboxes()
+        self._notify_inboxes(answered=hold.inbox_id)
         return self.snapshot()
 
     async def end(self, transaction_id: int, reason: str) -> dict[str, Any]:
@@ -396,9 +396,9 @@ class AgentActor(StoreBackedActor):
             await self._commit(state={"last_chat_end_at": now}, events=[(kind, {
                 "transaction_id": transaction_id, "inbox_id": self.active[transaction_id], "reason": reason,
                 "direction": "away" if kind == "transferred" else None})])
-            self.active.pop(transaction_id, None)
+            inbox_id = self.active.pop(transaction_id)
             self.last_chat_end_at = now
-        self._notify_inboxes()
+        self._notify_inboxes(answered=inbox_id)
         return self.snapshot()
 
     async def deliver(self, transaction_id: int, inbox_id: int, messages: list[dict[str, Any]]) -> None:
@@ -589,18 +589,23 @@ class AgentActor(StoreBackedActor):
             self._mailboxes[inbox_id] = mailbox
         return mailbox
 
-    def _notify_inboxes(self) -> None:
-        """Push the newest snapshot to every inbox the agent serves (retried; only the newest is kept)."""
-        self._notifying = asyncio.ensure_future(self._push_snapshot())
+    def _notify_inboxes(self, answered: int | None = None) -> None:
+        """Push the newest snapshot to every inbox the agent serves (retried; only the newest is kept).
+
+        `answered`: the inbox whose call this step answers. The answer carries the snapshot, which that
+        inbox absorbs whenever it arrives (`AgentLink.tell`), so it is not pushed there too.
+        """
+        self._notifying = asyncio.ensure_future(self._push_snapshot(answered))
         self._notifying.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
-    async def _push_snapshot(self) -> None:
+    async def _push_snapshot(self, answered: int | None) -> None:
         # Read every time (one indexed query per change): an inbox the agent just joined must hear of it.
         async with self.db.session() as session:
             inbox_ids = await repo.inboxes_of_agent(session, self.user_id)
         snapshot = self.snapshot()
         for inbox_id in inbox_ids:
-            self._mailbox(inbox_id).post("agent_changed", snapshot, key="snapshot")
+            if inbox_id != answered:
+                self._mailbox(inbox_id).post("agent_changed", snapshot, key="snapshot")
 
     # ------------------------------------------------------------------ deactivation
 

@@ -10,6 +10,7 @@ snapshot — is absorbed when it comes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from actors.directory import ActorUnavailable, Directory
-from actors.mailbox import Letter, Mailbox
+from actors.mailbox import Letter, Mailbox, MailboxGaveUp
 from config.settings import Settings
 from routing import AgentSnapshot
 from store import routing_repo as repo
@@ -125,11 +126,11 @@ class AgentLink:
 
     async def tell_and_wait(self, user_id: int, method: str, *args: Any) -> None:
         """Tell, then wait a bounded time: an API answer should find the agent's view already showing the
-        change. If the agent is slow, the follow-up still arrives (the mailbox keeps retrying)."""
-        answer = await self._mailbox(user_id).post_and_wait(method, *args,
-                                                           timeout_s=self._settings.actor_call_timeout_s)
-        if isinstance(answer, dict) and "version" in answer:
-            self.update(answer)
+        change. If the agent is slow, the follow-up still arrives (the mailbox keeps retrying), and its
+        answer is absorbed whenever it comes: the agent pushes its new snapshot to its other inboxes only."""
+        answer = self.tell(user_id, method, *args)
+        with contextlib.suppress(TimeoutError, MailboxGaveUp):
+            await asyncio.wait_for(asyncio.shield(answer), self._settings.actor_call_timeout_s)
 
     def _mailbox(self, user_id: int) -> Mailbox:
         mailbox = self._mailboxes.get(user_id)

@@ -60,14 +60,6 @@ class Mailbox:
             self._worker = asyncio.ensure_future(self._deliver_all())
         return letter.result
 
-    async def post_and_wait(self, method: str, *args: Any, timeout_s: float) -> Any:
-        """Post, then wait up to `timeout_s` for the answer; None if it has not come by then (it still will)."""
-        result = self.post(method, *args)
-        try:
-            return await asyncio.wait_for(asyncio.shield(result), timeout_s)
-        except (TimeoutError, MailboxGaveUp):
-            return None
-
     def close(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
