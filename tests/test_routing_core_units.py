@@ -133,3 +133,42 @@ def test_event_signal_wakes_a_reader_waiting_on_another_threads_loop() -> None:
     signal.notify()
     thread.join(5)
     assert woke == [True]
+
+
+# ------------------------------------------------------------------ an agent's answers reach its inbox
+
+
+def test_an_answer_that_comes_after_the_inbox_stopped_waiting_is_still_absorbed() -> None:
+    """Agents push their new snapshot to their other inboxes only: the calling inbox learns it from the answer."""
+    from actors.agent_link import AgentLink
+    from config.settings import Settings
+
+    snapshot = {"user_id": 5, "status": "available", "max_concurrent": 2, "active_count": 0,
+                "has_pending_offer": False, "idle_since": None, "version": [1, 9]}
+
+    calls: list[int] = []
+
+    class SlowAgent:
+        async def end(self, transaction_id: int, reason: str) -> dict[str, Any]:
+            calls.append(transaction_id)
+            if len(calls) == 1:
+                await asyncio.sleep(0.3)  # the first answer is lost in a slow call: the mailbox sends it again
+            return snapshot
+
+    class Agents:
+        def agent(self, org_id: int, user_id: int) -> SlowAgent:
+            return SlowAgent()
+
+    async def run() -> tuple[dict[str, Any] | None, dict[str, Any] | None, int]:
+        changes: list[None] = []
+        link = AgentLink(1, 1, Settings(actor_call_timeout_s=0.1), lambda: Agents(),  # type: ignore[arg-type,return-value]
+                         lambda: changes.append(None))
+        link.load(frozenset({5}), {5: {**snapshot, "active_count": 1, "version": None}})
+        await link.tell_and_wait(5, "end", 11, "closed")
+        after_wait = link.snapshots.get(5)
+        await asyncio.sleep(0.4)
+        return after_wait, link.snapshots.get(5), len(changes)
+
+    after_wait, later, changes = asyncio.run(run())
+    assert after_wait is not None and after_wait["active_count"] == 1  # not answered within the wait
+    assert later == snapshot and changes == 1  # absorbed when it came, and routing asked to look again
