@@ -74,6 +74,11 @@ class Database:
                                          pool_size=2, max_overflow=_SQLITE_WRITE_THREADS)
             event.listen(self._writer, "connect", _sqlite_pragmas)
 
+    @property
+    def one_writer(self) -> bool:
+        """SQLite: one write transaction at a time in the whole store, whichever process writes."""
+        return is_sqlite(self.url)
+
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self.sessions() as session:

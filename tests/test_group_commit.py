@@ -101,3 +101,22 @@ def test_a_delivery_that_cannot_be_stored_fails_alone_and_its_group_is_still_sto
     assert isinstance(results[1], Exception) and "FOREIGN KEY" in str(results[1])
     assert [r.new_message_count for i, r in enumerate(results) if i != 1] == [1, 1, 1]
     assert stored == ["wamid.a", "wamid.c", "wamid.d"]
+
+
+def test_with_postgresql_each_delivery_is_its_own_transaction_side_by_side(postgres_url: str) -> None:
+    upgrade_to_head(postgres_url)
+
+    async def run() -> tuple[list[IntakeResult], int]:
+        db = CountingDatabase(postgres_url, pool_size=4)
+        try:
+            org_id = await _org(db)
+            intake = DeliveryGroupCommit(db)
+            results = await asyncio.gather(*(intake.store(org_id, _delivery(f"wamid.pg.{org_id}.{i}", f"49160{i:05d}"),
+                                                          {WABA: {org_id}}) for i in range(10)))
+            return list(results), db.transactions
+        finally:
+            await db.dispose()
+
+    results, transactions = asyncio.run(run())
+    assert [r.new_message_count for r in results] == [1] * 10
+    assert transactions == 10  # no group: PostgreSQL runs them side by side
