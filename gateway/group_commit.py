@@ -56,13 +56,15 @@ class DeliveryGroupCommit:
     async def store(self, org_id: int, parsed: ParsedWebhook, verified: dict[str, set[int]]) -> IntakeResult:
         """Store one delivery durably (`store_delivery`), in the next group; its own result once committed."""
         if not self._db.one_writer:
-            return (await self._db.write_session(functools.partial(_store_all,
-                                                                   deliveries=[(org_id, parsed, verified)])))[0]
+            return await self._store_alone((org_id, parsed, verified))
         future: asyncio.Future[IntakeResult] = asyncio.get_running_loop().create_future()
         self._waiting.append(((org_id, parsed, verified), future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._write_groups())
         return await future
+
+    async def _store_alone(self, delivery: Delivery) -> IntakeResult:
+        return (await self._db.write_session(functools.partial(_store_all, deliveries=[delivery])))[0]
 
     async def _write_groups(self) -> None:
         try:
@@ -87,11 +89,11 @@ class DeliveryGroupCommit:
             log.warning("a group of %d deliveries failed (%s); storing each on its own", len(group), exc)
             for delivery, future in group:
                 try:
-                    alone = await self._db.write_session(functools.partial(_store_all, deliveries=[delivery]))
+                    alone = await self._store_alone(delivery)
                 except Exception as error:
                     _settle(future, error=error)
                 else:
-                    _settle(future, alone[0])
+                    _settle(future, alone)
             return
         for (_, future), result in zip(group, results, strict=True):
             _settle(future, result)

@@ -14,13 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from store.sqlite_writers import WriterTurn, take_turns
+from store.sqlite_writers import WriterTurn, lock_path_of, take_turns
 from store.thread_session import ThreadSession, run_to_end
 
 T = TypeVar("T")
 
 # Threads that run whole SQLite write transactions (`Database.write`); they mostly wait for the turn.
 _SQLITE_WRITE_THREADS = 4
+# How long a SQLite writer waits for its turn before going on under SQLite's own lock.
+_TURN_WAIT_S = 30.0
 
 
 def is_sqlite(url: str) -> bool:
@@ -63,16 +65,18 @@ class Database:
         if is_sqlite(url):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         if file_backed:
-            take_turns(self.engine, path, wait_s=30.0)
+            take_turns(self.engine, path, wait_s=_TURN_WAIT_S)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # File-backed SQLite: `write` runs on a synchronous engine of its own, in a worker thread.
         self._writer: Engine | None = None
         self._writer_threads: ThreadPoolExecutor | None = None
-        self._turns_path = path + ".writers"
+        self._turns_path = ""
         if file_backed:
+            # At most one connection per write thread.
             self._writer = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False},
-                                         pool_size=2, max_overflow=_SQLITE_WRITE_THREADS)
+                                         pool_size=_SQLITE_WRITE_THREADS, max_overflow=0)
             event.listen(self._writer, "connect", _sqlite_pragmas)
+            self._turns_path = lock_path_of(path)
 
     @property
     def one_writer(self) -> bool:
@@ -133,7 +137,7 @@ class Database:
 
     def _write_now(self, statements: Callable[[Connection], T]) -> T:
         assert self._writer is not None
-        turn = WriterTurn(self._turns_path, wait_s=30.0)
+        turn = WriterTurn(self._turns_path, wait_s=_TURN_WAIT_S)
         turn.take()
         try:
             with self._writer.begin() as connection:

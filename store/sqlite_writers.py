@@ -30,6 +30,11 @@ from sqlalchemy.util import await_
 _WRITE_ACTIONS = frozenset({sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE})
 
 
+def lock_path_of(database_path: str) -> str:
+    """The lock file every writer of the database at `database_path` takes its turn on."""
+    return database_path + ".writers"
+
+
 class WriterTurn:
     """One connection's hold on the writers' lock file (held from its first write to its commit)."""
 
@@ -96,7 +101,7 @@ class WriterTurn:
 
 def take_turns(engine: AsyncEngine, database_path: str, wait_s: float) -> None:
     """Make every connection of `engine` take a writer's turn (see the module's docstring)."""
-    lock_path = database_path + ".writers"
+    lock_path = lock_path_of(database_path)
     # Keyed by aiosqlite's connection object: the pool passes its proxy to some dialect calls and
     # the adapted connection to others; both lead to it.
     turns: weakref.WeakKeyDictionary[Any, WriterTurn] = weakref.WeakKeyDictionary()

@@ -33,9 +33,6 @@ class ThreadSession:
     def add(self, instance: object) -> None:
         self.sync_session.add(instance)
 
-    def add_all(self, instances: Any) -> None:
-        self.sync_session.add_all(instances)
-
     async def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Result[Any]:
         return self.sync_session.execute(statement, params, **kwargs)
 
