@@ -197,7 +197,8 @@ class AgentActor(StoreBackedActor):
 
     @ray.method(concurrency_group="health")
     async def ping(self) -> dict[str, Any]:
-        return {"user_id": self.user_id, "activated": self._activated, "status": self.status}
+        return {"user_id": self.user_id, "activated": self._activated, "status": self.status,
+                "node_id": ray.get_runtime_context().get_node_id()}
 
     def _idle_since(self) -> datetime | None:
         return self.last_chat_end_at or self.available_since

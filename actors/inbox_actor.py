@@ -223,9 +223,9 @@ class InboxActor(StoreBackedActor):
 
     @ray.method(concurrency_group="health")
     async def ping(self) -> dict[str, Any]:
-        """Liveness, served from its own concurrency group so a busy inbox still answers."""
+        """Liveness, served from its own concurrency group so a busy inbox still answers; the node it runs on."""
         return {"inbox_id": self.inbox_id, "activated": self._activated, "open": len(self._txs),
-                "epoch": self._epoch}
+                "epoch": self._epoch, "node_id": ray.get_runtime_context().get_node_id()}
 
     async def activate(self) -> dict[str, Any]:
         exists = await self._ensure_active()

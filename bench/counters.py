@@ -1,5 +1,6 @@
 """Work counted per message: Ray actor calls by method (Ray's task summary, read from the gateway's
-dashboard) and, on PostgreSQL, committed store transactions (`pg_stat_database.xact_commit`)."""
+dashboard) and, on PostgreSQL, committed store transactions (`pg_stat_database.xact_commit`); where the
+actors run (one node, or several in a cluster run)."""
 
 from __future__ import annotations
 
@@ -16,25 +17,47 @@ from ray.util.state import summarize_tasks
 print(json.dumps(summarize_tasks(address=sys.argv[1], timeout=60, raise_on_missing_output=False)))
 """
 
+_PLACEMENT = """
+import json, sys
+from ray.util.state import list_actors
+rows = list_actors(address=sys.argv[1], filters=[("state", "=", "ALIVE")], limit=10_000, timeout=60,
+                   raise_on_missing_output=False)
+print(json.dumps([[row.class_name, row.node_id] for row in rows]))
+"""
 
-def actor_calls(dashboard_url: str) -> dict[str, int]:
-    """Finished and running actor tasks per `Class.method` so far; empty when the summary is unavailable.
 
-    Read in a fresh process: Ray settles its authentication mode once per process, and the local
-    instance uses token authentication (the token in ~/.ray/auth_token).
+def _state_query(script: str, dashboard_url: str, token_auth: bool) -> Any:
+    """Run a query of Ray's state API in a fresh process; None when it is unavailable.
+
+    A fresh process: Ray settles its authentication mode once per process. The gateway's local instance
+    uses token authentication (the token in ~/.ray/auth_token); the bench's cluster does not.
     """
-    done = subprocess.run([sys.executable, "-c", _SUMMARY, dashboard_url], capture_output=True, timeout=120,
-                          env={**os.environ, "RAY_AUTH_MODE": "token"})
+    env = {**os.environ, "RAY_AUTH_MODE": "token"} if token_auth else dict(os.environ)
+    done = subprocess.run([sys.executable, "-c", script, dashboard_url], capture_output=True, timeout=120, env=env)
     try:
-        summary: Any = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        return json.loads(done.stdout.decode().strip().splitlines()[-1])
     except (IndexError, ValueError):  # best effort: the figure is left out, the run goes on
-        print(f"[bench] Ray task summary unavailable: {done.stderr.decode()[-300:]}", file=sys.stderr, flush=True)
-        return {}
+        print(f"[bench] Ray state API unavailable: {done.stderr.decode()[-300:]}", file=sys.stderr, flush=True)
+        return None
+
+
+def actor_calls(dashboard_url: str, token_auth: bool = True) -> dict[str, int]:
+    """Finished and running actor tasks per `Class.method` so far; empty when the summary is unavailable."""
+    summary = _state_query(_SUMMARY, dashboard_url, token_auth)
     groups = summary.get("cluster", {}).get("summary", {}) if isinstance(summary, dict) else {}
     counts: dict[str, int] = {}
     for name, group in groups.items():
         states = group.get("state_counts", {}) if isinstance(group, dict) else {}
         counts[name] = int(sum(states.values()))
+    return counts
+
+
+def actor_placement(dashboard_url: str, token_auth: bool = True) -> dict[str, dict[str, int]]:
+    """Live actors per class and per node (the node id's first 8 characters)."""
+    counts: dict[str, dict[str, int]] = {}
+    for class_name, node_id in _state_query(_PLACEMENT, dashboard_url, token_auth) or []:
+        per_node = counts.setdefault(str(class_name), {})
+        per_node[str(node_id)[:8]] = per_node.get(str(node_id)[:8], 0) + 1
     return counts
 
 

@@ -34,6 +34,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     stack.add_argument("--database-url",
                        help="store: SQLite in a temporary directory by default; a PostgreSQL URL names the "
                             "server, on which a fresh database is created and dropped")
+    stack.add_argument("--cluster-workers", type=int, default=0, metavar="N",
+                       help="run the gateway on a Ray cluster of this machine: a head and N worker nodes "
+                            "(ray.cluster_utils.Cluster); the report says on which node each actor ran")
     stack.add_argument("--no-ceilings", dest="ceilings", action="store_false",
                        help="skip the HTTP and actor ceilings")
     stack.add_argument("--idle-seconds", type=float, default=10.0,

@@ -49,6 +49,16 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
                          f"{report['actor_ceiling_ratio']}")
     console.print(ceilings)
 
+    cluster = report.get("cluster")
+    if cluster:
+        nodes = Table(title=f"Ray cluster: {len(cluster['nodes'])} nodes on this machine, live actors per node")
+        nodes.add_column("actor class")
+        for node in cluster["nodes"]:
+            nodes.add_column(node["node_id"] + (" (head)" if node["head"] else ""), justify="right")
+        for class_name, per_node in sorted(cluster.get("placement", {}).items()):
+            nodes.add_row(class_name, *(str(per_node.get(node["node_id"], 0)) for node in cluster["nodes"]))
+        console.print(nodes)
+
     resources = Table(title=f"resources at step {report.get('figures_from_step')}")
     resources.add_column("process kind")
     resources.add_column("CPU % of a core", justify="right")

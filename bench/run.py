@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import psutil
 
-from bench.counters import actor_calls, per_message, postgres_commits
+from bench.counters import actor_calls, actor_placement, per_message, postgres_commits
 from bench.options import apply_smoke
 from bench.procstats import ProcessSampler
 from bench.profiles import record, summarise
@@ -113,7 +113,8 @@ def run_step(args: argparse.Namespace, stack: Stack, plan: Plan, agents: subproc
     spec_path.write_text(json.dumps(spec))
     schedule = build_schedule(workload)
     dashboard = f"http://127.0.0.1:{stack.dashboard_port}"
-    calls_before = actor_calls(dashboard)
+    local_instance = not stack.ray_address  # the gateway's own instance, with token authentication
+    calls_before = actor_calls(dashboard, local_instance)
     commits_before = postgres_commits(stack.database_url)
     sampler.reset_peaks()
     window = sampler.open_window()
@@ -141,7 +142,7 @@ def run_step(args: argparse.Namespace, stack: Stack, plan: Plan, agents: subproc
                                              plan.timer_inbox_id, acked, args.drain_timeout)
     settled = waited <= args.drain_timeout
     commits_after = postgres_commits(stack.database_url)
-    calls_after = actor_calls(dashboard)
+    calls_after = actor_calls(dashboard, local_instance)
     time.sleep(0.5)  # the last WebSocket frames
     dump = workdir / f"agents-{step}.json"
     assert agents.stdin is not None and agents.stdout is not None
@@ -209,6 +210,38 @@ def run_step(args: argparse.Namespace, stack: Stack, plan: Plan, agents: subproc
     return result
 
 
+# ---------------------------------------------------------------------- a cluster on this machine
+
+
+def start_cluster(workers: int, dashboard_port: int, log_path: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """A head and `workers` worker nodes in a process of their own (`bench/cluster.py`)."""
+    with log_path.open("wb") as errors:
+        helper = subprocess.Popen([PY, "-m", "bench.cluster", str(workers), str(dashboard_port)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
+    assert helper.stdout is not None
+    try:
+        cluster: dict[str, Any] = json.loads(_read_line(helper.stdout, 300, helper))
+    except BaseException:
+        tell_to_quit(helper, timeout_s=120)
+        raise
+    return helper, cluster
+
+
+def tell_to_quit(helper: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """A helper process that reads commands on its standard input: `quit`, then SIGKILL if it hangs."""
+    if helper.stdin is not None:
+        try:
+            helper.stdin.write(b"quit\n")
+            helper.stdin.flush()
+        except BrokenPipeError:
+            pass
+    try:
+        helper.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        helper.kill()
+        helper.wait(timeout=10)
+
+
 # ---------------------------------------------------------------------- idle agents
 
 
@@ -260,7 +293,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["actor_ceiling"] = actor_ceiling()
         log(f"  {report['actor_ceiling']['calls_per_s']} calls/s")
     steps: list[dict[str, Any]] = []
-    with Stack(args.database_url, log_dir=workdir) as stack:
+    cluster_helper: subprocess.Popen[bytes] | None = None
+    ray_address, dashboard_port = None, None
+    if args.cluster_workers:
+        dashboard_port = free_port()
+        log(f"Ray cluster: a head and {args.cluster_workers} worker nodes")
+        cluster_helper, cluster = start_cluster(args.cluster_workers, dashboard_port, workdir / "cluster.log")
+        ray_address = cluster["address"]
+        report["cluster"] = {"nodes": cluster["nodes"]}
+    try:
+        _run_steps(args, report, steps, rates, shape, output, workdir, run_tag, ray_address, dashboard_port,
+                   cluster_helper)
+    finally:
+        if cluster_helper is not None:
+            tell_to_quit(cluster_helper, timeout_s=120)
+    report["steps"] = steps
+    report["machine"]["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
+    report.update(headline(report, steps))
+    output.write_text(json.dumps(report, indent=2))
+    report["output"] = str(output)
+    return report
+
+
+def _run_steps(args: argparse.Namespace, report: dict[str, Any], steps: list[dict[str, Any]], rates: list[float],
+               shape: WorkloadShape, output: Path, workdir: Path, run_tag: str, ray_address: str | None,
+               dashboard_port: int | None, cluster_helper: subprocess.Popen[bytes] | None) -> None:
+    with Stack(args.database_url, log_dir=workdir, ray_address=ray_address, dashboard_port=dashboard_port) as stack:
         report["store"] = "postgresql" if stack.database_url.startswith("postgresql") else "sqlite"
         log(f"stack up (gateway {stack.gateway_url}, store {report['store']}); setting up the workload")
         assert stack.gateway is not None and stack.simulator is not None
@@ -273,8 +331,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             assert agents.stdout is not None and agents.stdin is not None
             _read_line(agents.stdout, 300, agents)
             log(f"{len(plan.agents)} agents online on WebSockets")
-            sampler = ProcessSampler({stack.gateway.pid: "gateway", stack.simulator.pid: "meta_simulator",
-                                      agents.pid: "simulated_agents"}).start()
+            roles = {stack.gateway.pid: "gateway", stack.simulator.pid: "meta_simulator",
+                     agents.pid: "simulated_agents"}
+            if cluster_helper is not None:  # the cluster's raylets, GCS and actors are its descendants
+                roles[cluster_helper.pid] = "ray_system"
+            sampler = ProcessSampler(roles).start()
             customer_offset = 0
             for index, rate in enumerate(rates):
                 log(f"step {index}: {rate:g} messages/s for {args.duration:g}s")
@@ -286,6 +347,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"{step['double_assigned']}: {'pass' if step['passed'] else 'FAIL'}")
                 if not step["passed"]:
                     break
+            if cluster_helper is not None:
+                dashboard = f"http://127.0.0.1:{stack.dashboard_port}"
+                report["cluster"]["placement"] = actor_placement(dashboard, token_auth=False)
+                log(f"actors per node: {report['cluster']['placement']}")
             log("idle agents")
             report["idle"] = idle_figures(sampler, args.idle_seconds)
             if args.profile:
@@ -297,22 +362,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 report["profile"] = {"rate": profile_rate, **profiled.get("profiles", {})}
             sampler.stop()
         finally:
-            if agents.stdin is not None:
-                try:
-                    agents.stdin.write(b"quit\n")
-                    agents.stdin.flush()
-                except BrokenPipeError:
-                    pass
-            try:
-                agents.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                agents.kill()
-    report["steps"] = steps
-    report["machine"]["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
-    report.update(headline(report, steps))
-    output.write_text(json.dumps(report, indent=2))
-    report["output"] = str(output)
-    return report
+            tell_to_quit(agents, timeout_s=20)
 
 
 def headline(report: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:

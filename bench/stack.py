@@ -1,5 +1,6 @@
 """The real stack in subprocesses: the Meta simulator and the gateway (`wa-router serve`, which starts
-its own local Ray instance and actors), on a fresh SQLite file or a fresh PostgreSQL database."""
+its own local Ray instance and actors, or joins a cluster), on a fresh SQLite file or a fresh PostgreSQL
+database."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ class Stack:
     A PostgreSQL `database_url` names the server: a fresh database is created on it and dropped after.
     """
 
-    def __init__(self, database_url: str | None = None, log_dir: Path | None = None) -> None:
+    def __init__(self, database_url: str | None = None, log_dir: Path | None = None,
+                 ray_address: str | None = None, dashboard_port: int | None = None) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="wa-router-bench-"))
         self.log_dir = log_dir or self.workdir
         self.admin_token = "bench-admin-" + secrets.token_hex(16)
@@ -78,7 +80,10 @@ class Stack:
             self.database_url = database_url or f"sqlite+aiosqlite:///{self.workdir / 'wa_router.db'}"
         self.simulator_port = free_port()
         self.gateway_port = free_port()
-        self.dashboard_port = free_port()
+        # A cluster run's gateway joins `ray_address` (whose dashboard is `dashboard_port`); by default the
+        # gateway starts a local Ray instance of its own.
+        self.ray_address = ray_address or ""
+        self.dashboard_port = dashboard_port or free_port()
         self.simulator: subprocess.Popen[bytes] | None = None
         self.gateway: subprocess.Popen[bytes] | None = None
         self._logs: list[IO[bytes]] = []
@@ -113,7 +118,7 @@ class Stack:
                "WA_ROUTER_ADMIN_TOKEN": self.admin_token,
                "WA_ROUTER_GRAPH_URL": f"{self.simulator_url}/v25.0",
                "WA_ROUTER_RAY_NAMESPACE": self.ray_namespace,
-               "WA_ROUTER_RAY_ADDRESS": "",
+               "WA_ROUTER_RAY_ADDRESS": self.ray_address,
                "WA_ROUTER_RAY_DASHBOARD_PORT": str(self.dashboard_port)}
         self.gateway = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.gateway_port), "--log-level", "warning"],

@@ -22,3 +22,22 @@ def test_bench_smoke_run_loses_nothing(tmp_path: Path) -> None:
     assert step["acknowledged"] > 0, step["ack_failure_examples"]
     assert (step["lost"], step["duplicated"], step["double_assigned"]) == (0, 0, 0)
     assert report["lost_total"] == report["duplicated_total"] == report["double_assigned_total"] == 0
+
+
+def test_bench_smoke_run_on_a_three_node_cluster_loses_nothing(tmp_path: Path) -> None:
+    """The cluster run (`--cluster-workers 2`): the gateway joins a head and two worker nodes."""
+    output = tmp_path / "cluster.json"
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "bench", "--smoke", "--cluster-workers", "2",
+                           "--output", str(output)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(output.read_text())
+    (step,) = report["steps"]
+    assert step["acknowledged"] > 0, step["ack_failure_examples"]
+    assert (step["lost"], step["duplicated"], step["double_assigned"]) == (0, 0, 0)
+    nodes = {node["node_id"] for node in report["cluster"]["nodes"]}
+    assert len(nodes) == 3
+    placement = report["cluster"]["placement"]
+    assert sum(placement["InboxActor"].values()) == report["workload"]["inboxes"]
+    assert set(placement["InboxActor"]) | set(placement["AgentActor"]) <= nodes
+    # 4 inboxes and 9 agents placed at random over 3 nodes: all on one node once in ~530,000 runs.
+    assert len(set(placement["InboxActor"]) | set(placement["AgentActor"])) >= 2, placement
