@@ -17,6 +17,8 @@ def main(argv: list[str]) -> int:
     import ray
     from ray.cluster_utils import Cluster
 
+    from bench.counters import short_node_id
+
     workers, dashboard_port = int(argv[0]), int(argv[1])
     # Routing actors reserve no CPU (num_cpus=0): a node's CPU count only bounds Ray's own task workers.
     cluster = Cluster(initialize_head=True, head_node_args={
@@ -26,7 +28,7 @@ def main(argv: list[str]) -> int:
             cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
-        nodes: list[dict[str, Any]] = [{"node_id": n["NodeID"][:8], "head": n.get("Resources", {}).get(
+        nodes: list[dict[str, Any]] = [{"node_id": short_node_id(n["NodeID"]), "head": n.get("Resources", {}).get(
             "node:__internal_head__") is not None} for n in ray.nodes() if n.get("Alive")]
         ray.shutdown()
         print(json.dumps({"address": cluster.address, "nodes": nodes}), flush=True)

@@ -41,7 +41,7 @@ def _state_query(script: str, dashboard_url: str, token_auth: bool) -> Any:
         return None
 
 
-def actor_calls(dashboard_url: str, token_auth: bool = True) -> dict[str, int]:
+def actor_calls(dashboard_url: str, token_auth: bool) -> dict[str, int]:
     """Finished and running actor tasks per `Class.method` so far; empty when the summary is unavailable."""
     summary = _state_query(_SUMMARY, dashboard_url, token_auth)
     groups = summary.get("cluster", {}).get("summary", {}) if isinstance(summary, dict) else {}
@@ -52,12 +52,18 @@ def actor_calls(dashboard_url: str, token_auth: bool = True) -> dict[str, int]:
     return counts
 
 
-def actor_placement(dashboard_url: str, token_auth: bool = True) -> dict[str, dict[str, int]]:
-    """Live actors per class and per node (the node id's first 8 characters)."""
+def short_node_id(node_id: str) -> str:
+    """How the report names a node (Ray's ids are 56 hex digits)."""
+    return node_id[:8]
+
+
+def actor_placement(dashboard_url: str, token_auth: bool) -> dict[str, dict[str, int]]:
+    """Live actors per class and per node (`short_node_id`)."""
     counts: dict[str, dict[str, int]] = {}
     for class_name, node_id in _state_query(_PLACEMENT, dashboard_url, token_auth) or []:
         per_node = counts.setdefault(str(class_name), {})
-        per_node[str(node_id)[:8]] = per_node.get(str(node_id)[:8], 0) + 1
+        node = short_node_id(str(node_id))
+        per_node[node] = per_node.get(node, 0) + 1
     return counts
 
 

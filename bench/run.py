@@ -8,6 +8,7 @@ from psutil over the gateway's process tree (Ray's daemons and actors included).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -213,18 +216,29 @@ def run_step(args: argparse.Namespace, stack: Stack, plan: Plan, agents: subproc
 # ---------------------------------------------------------------------- a cluster on this machine
 
 
-def start_cluster(workers: int, dashboard_port: int, log_path: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """A head and `workers` worker nodes in a process of their own (`bench/cluster.py`)."""
+@dataclass(frozen=True)
+class LocalCluster:
+    """A head and worker nodes on this machine (`bench/cluster.py`), for the gateway to join."""
+
+    process: subprocess.Popen[bytes]  # its raylets, GCS and actors are this process's descendants
+    address: str
+    dashboard_port: int
+    nodes: list[dict[str, Any]]
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int, log_path: Path) -> Iterator[LocalCluster]:
+    log(f"Ray cluster: a head and {workers} worker nodes")
+    dashboard_port = free_port()
     with log_path.open("wb") as errors:
         helper = subprocess.Popen([PY, "-m", "bench.cluster", str(workers), str(dashboard_port)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
     assert helper.stdout is not None
     try:
-        cluster: dict[str, Any] = json.loads(_read_line(helper.stdout, 300, helper))
-    except BaseException:
+        started = json.loads(_read_line(helper.stdout, 300, helper))
+        yield LocalCluster(helper, started["address"], dashboard_port, started["nodes"])
+    finally:
         tell_to_quit(helper, timeout_s=120)
-        raise
-    return helper, cluster
 
 
 def tell_to_quit(helper: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -293,20 +307,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["actor_ceiling"] = actor_ceiling()
         log(f"  {report['actor_ceiling']['calls_per_s']} calls/s")
     steps: list[dict[str, Any]] = []
-    cluster_helper: subprocess.Popen[bytes] | None = None
-    ray_address, dashboard_port = None, None
-    if args.cluster_workers:
-        dashboard_port = free_port()
-        log(f"Ray cluster: a head and {args.cluster_workers} worker nodes")
-        cluster_helper, cluster = start_cluster(args.cluster_workers, dashboard_port, workdir / "cluster.log")
-        ray_address = cluster["address"]
-        report["cluster"] = {"nodes": cluster["nodes"]}
-    try:
-        _run_steps(args, report, steps, rates, shape, output, workdir, run_tag, ray_address, dashboard_port,
-                   cluster_helper)
-    finally:
-        if cluster_helper is not None:
-            tell_to_quit(cluster_helper, timeout_s=120)
+    with (local_cluster(args.cluster_workers, workdir / "cluster.log") if args.cluster_workers
+          else contextlib.nullcontext()) as cluster:
+        if cluster is not None:
+            report["cluster"] = {"nodes": cluster.nodes}
+        _run_steps(args, report, steps, rates, shape, output, workdir, run_tag, cluster)
     report["steps"] = steps
     report["machine"]["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
     report.update(headline(report, steps))
@@ -316,9 +321,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_steps(args: argparse.Namespace, report: dict[str, Any], steps: list[dict[str, Any]], rates: list[float],
-               shape: WorkloadShape, output: Path, workdir: Path, run_tag: str, ray_address: str | None,
-               dashboard_port: int | None, cluster_helper: subprocess.Popen[bytes] | None) -> None:
-    with Stack(args.database_url, log_dir=workdir, ray_address=ray_address, dashboard_port=dashboard_port) as stack:
+               shape: WorkloadShape, output: Path, workdir: Path, run_tag: str, cluster: LocalCluster | None) -> None:
+    with Stack(args.database_url, log_dir=workdir, ray_address=cluster.address if cluster else None,
+               dashboard_port=cluster.dashboard_port if cluster else None) as stack:
         report["store"] = "postgresql" if stack.database_url.startswith("postgresql") else "sqlite"
         log(f"stack up (gateway {stack.gateway_url}, store {report['store']}); setting up the workload")
         assert stack.gateway is not None and stack.simulator is not None
@@ -333,8 +338,8 @@ def _run_steps(args: argparse.Namespace, report: dict[str, Any], steps: list[dic
             log(f"{len(plan.agents)} agents online on WebSockets")
             roles = {stack.gateway.pid: "gateway", stack.simulator.pid: "meta_simulator",
                      agents.pid: "simulated_agents"}
-            if cluster_helper is not None:  # the cluster's raylets, GCS and actors are its descendants
-                roles[cluster_helper.pid] = "ray_system"
+            if cluster is not None:
+                roles[cluster.process.pid] = "ray_system"
             sampler = ProcessSampler(roles).start()
             customer_offset = 0
             for index, rate in enumerate(rates):
@@ -347,8 +352,8 @@ def _run_steps(args: argparse.Namespace, report: dict[str, Any], steps: list[dic
                     f"{step['double_assigned']}: {'pass' if step['passed'] else 'FAIL'}")
                 if not step["passed"]:
                     break
-            if cluster_helper is not None:
-                dashboard = f"http://127.0.0.1:{stack.dashboard_port}"
+            if cluster is not None:
+                dashboard = f"http://127.0.0.1:{cluster.dashboard_port}"
                 report["cluster"]["placement"] = actor_placement(dashboard, token_auth=False)
                 log(f"actors per node: {report['cluster']['placement']}")
             log("idle agents")

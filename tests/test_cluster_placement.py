@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 _SCRIPT = """
@@ -53,8 +52,8 @@ def test_inbox_and_agent_actors_spread_over_the_nodes_of_a_cluster(tmp_path: Pat
     assert done.returncode == 0, done.stderr[-3000:]
     placed = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(placed["nodes"]) == 3
-    inboxes, agents = Counter(placed["inboxes"]), Counter(placed["agents"])
-    assert set(inboxes) <= set(placed["nodes"]) and set(agents) <= set(placed["nodes"])
+    hosts = set(placed["inboxes"]) | set(placed["agents"])
+    assert hosts <= set(placed["nodes"])
     # Ray places actors that reserve no CPU at random over the alive nodes: twelve of them all on one
     # node would happen once in ~180,000 runs, so more than one node hosts them.
-    assert len(set(inboxes) | set(agents)) >= 2, (inboxes, agents)
+    assert len(hosts) >= 2, placed
