@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict, deque
@@ -27,6 +28,7 @@ from typing import Any
 
 import ray
 from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from actors.activation import StoreBackedActor
 from actors.directory import Directory
@@ -504,9 +506,11 @@ class AgentActor(StoreBackedActor):
         def statements(connection: Connection) -> list[int]:
             if state:
                 connection.execute(update(AgentState).where(AgentState.user_id == user_id).values(**state))
-            return [int(connection.execute(insert(AgentEvent).values(
-                org_id=org_id, user_id=user_id, kind=kind, payload=payload, created_at=now,
-            ).returning(AgentEvent.id)).scalar_one()) for kind, payload in new_events]
+            if not new_events:
+                return []
+            rows = [{"org_id": org_id, "user_id": user_id, "kind": kind, "payload": payload, "created_at": now}
+                    for kind, payload in new_events]
+            return [int(event_id) for event_id in connection.execute(_INSERT_EVENTS, rows).scalars()]
 
         ids = await self.db.write(statements)
         emitted = [_event(event_id, kind, now, payload)
@@ -551,14 +555,17 @@ class AgentActor(StoreBackedActor):
         recent = list(self._recent)
         if recent:
             return int(recent[-1]["id"])
-        async with self._reader_db().session() as session:
-            last = await session.scalar(select(AgentEvent.id).where(AgentEvent.user_id == self.user_id)
-                                        .order_by(AgentEvent.id.desc()).limit(1))
+        newest = select(AgentEvent.id).where(AgentEvent.user_id == self.user_id).order_by(AgentEvent.id.desc()).limit(1)
+
+        async def read(session: AsyncSession) -> int | None:
+            return await session.scalar(newest)  # type: ignore[no-any-return]
+
+        last = await self._reader_db().read(read)
         return int(last or 0)
 
     def _reader_db(self) -> Database:
-        """The store as seen from the stream group's loop (an engine belongs to the loop that uses it)."""
-        if self._main_loop is None or asyncio.get_running_loop() is self._main_loop:
+        """The store as seen from the stream group's loop (an async engine belongs to the loop that uses it)."""
+        if self._main_loop is None or asyncio.get_running_loop() is self._main_loop or self.db.reads_from_any_loop:
             return self.db
         if self._stream_db is None:
             self._stream_db = Database(self._settings.database_url, pool_size=1, hold_connections=False)
@@ -568,12 +575,15 @@ class AgentActor(StoreBackedActor):
         recent = list(self._recent)  # a copy: the main loop appends from another thread
         if recent and recent[0]["id"] <= after_id + 1:
             return [e for e in recent if e["id"] > after_id][:limit]
-        async with self._reader_db().session() as session:
-            rows = (await session.scalars(
-                select(AgentEvent).where(AgentEvent.user_id == self.user_id, AgentEvent.id > after_id)
-                .order_by(AgentEvent.id).limit(limit)
-            )).all()
-        return [_event_of(r) for r in rows]
+        user_id = self.user_id
+
+        async def read(session: AsyncSession) -> list[dict[str, Any]]:
+            rows = (await session.scalars(select(AgentEvent).where(AgentEvent.user_id == user_id,
+                                                                   AgentEvent.id > after_id)
+                                          .order_by(AgentEvent.id).limit(limit))).all()
+            return [_event_of(r) for r in rows]
+
+        return await self._reader_db().read(read)
 
     # ------------------------------------------------------------------ telling inboxes
 
@@ -601,8 +611,7 @@ class AgentActor(StoreBackedActor):
 
     async def _push_snapshot(self, answered: int | None) -> None:
         # Read every time (one indexed query per change): an inbox the agent just joined must hear of it.
-        async with self.db.session() as session:
-            inbox_ids = await repo.inboxes_of_agent(session, self.user_id)
+        inbox_ids = await self.db.read(functools.partial(repo.inboxes_of_agent, user_id=self.user_id))
         snapshot = self.snapshot()
         for inbox_id in inbox_ids:
             if inbox_id != answered:
@@ -640,6 +649,11 @@ class AgentActor(StoreBackedActor):
 
 def _in_ray_actor() -> bool:
     return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
+# Built once: a statement object keeps its cache key, so a step neither builds nor keys it again. One
+# statement for all of a step's events; the ids come back in the order of the rows.
+_INSERT_EVENTS = insert(AgentEvent).returning(AgentEvent.id, sort_by_parameter_order=True)
 
 
 def _event(event_id: int, kind: str, at: datetime, payload: dict[str, Any]) -> dict[str, Any]:

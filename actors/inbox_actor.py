@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import ray
 from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from actors.activation import StoreBackedActor
 from actors.agent_link import AgentLink
@@ -247,35 +248,86 @@ class InboxActor(StoreBackedActor):
             if not self._activated:
                 return {"attached": 0}
             try:
-                attached = await self._ingest_page([m["id"] for m in messages])
+                attached, opened = await self._ingest_forwarded(messages)
             except repo.Fenced:
                 self._fenced()
                 return {"attached": 0}
-        # Routed in a pass of its own: ingests arriving meanwhile share it, and the forward returns at once.
-        self.request_routing()
+        if opened:
+            # Routed in a pass of its own: ingests arriving meanwhile share it, and the forward returns at once.
+            # Follow-ups of open conversations change nobody's eligibility: no pass for them.
+            self.request_routing()
         return {"attached": attached}
+
+    async def _ingest_forwarded(self, messages: list[dict[str, Any]]) -> tuple[int, int]:
+        """(messages attached, conversations opened).
+
+        Forwarded messages of customers with an open conversation here are attached without reading the
+        store first (the gateway sent what it stored): one write. The rest, and any the write left alone
+        (attached meanwhile, customer merged since), go through the step that reads the store."""
+        known: dict[int, list[dict[str, Any]]] = {}  # transaction id -> its messages, in order
+        for message in messages:
+            payload = repo.forwarded_payload(message)
+            tx_id = self._by_customer.get(payload["customer_id"]) if payload is not None else None
+            if payload is not None and tx_id is not None:
+                known.setdefault(tx_id, []).append(payload)
+        attached: set[int] = set()
+        if known:
+            inbox_id = self.inbox_id
+
+            def statements(connection: Connection) -> set[int]:
+                done: set[int] = set()
+                for tx_id, payloads in known.items():  # one customer per conversation
+                    done |= repo.attach_if_unattached(connection, tx_id, inbox_id, payloads[0]["customer_id"],
+                                                      [m["id"] for m in payloads])
+                return done
+
+            attached = await self._write(statements)
+            self._absorb_attached({tx_id: [m for m in payloads if m["id"] in attached]
+                                   for tx_id, payloads in known.items()})
+        rest = [m["id"] for m in messages if m["id"] not in attached]
+        attached_rest, opened = await self._ingest_page(rest) if rest else (0, 0)
+        return len(attached) + attached_rest, opened
+
+    def _absorb_attached(self, by_tx: dict[int, list[dict[str, Any]]]) -> None:
+        """After the commit: each conversation shows its customer's newest identity, and its agent gets the messages."""
+        for tx_id, messages in by_tx.items():
+            tx = self._txs.get(tx_id)
+            if tx is None or not messages:
+                continue
+            tx = replace(tx, customer=messages[-1]["customer"])
+            self._txs[tx_id] = tx
+            if tx.state == "assigned" and tx.agent_id is not None:
+                self._link.tell(tx.agent_id, "deliver", tx.id, self.inbox_id, messages)
 
     async def _ingest_stored(self) -> None:
         """Attach every unrouted message of the inbox, page after page (lock held)."""
-        while await self._ingest_page(None) == INGEST_PAGE:
+        while (await self._ingest_page(None))[0] == INGEST_PAGE:
             pass
 
-    async def _ingest_page(self, ids: list[int] | None) -> int:
-        """One step: open transactions for new customers and attach the messages, in one commit."""
+    async def _ingest_page(self, ids: list[int] | None) -> tuple[int, int]:
+        """One step: open transactions for new customers and attach the messages, in one commit.
+
+        (messages attached, conversations opened)."""
         now = utcnow()
-        async with self.db.session() as session:
-            fresh = await repo.unrouted_messages(session, self.inbox_id, ids=ids,
+        inbox_id, by_customer = self.inbox_id, dict(self._by_customer)  # the read step runs in another thread
+
+        async def read(session: AsyncSession) -> tuple[list[dict[str, Any]], dict[int, int | None],
+                                                        dict[int, dict[str, Any]], dict[int, int | None]]:
+            fresh = await repo.unrouted_messages(session, inbox_id, ids=ids,
                                                  limit=None if ids is not None else INGEST_PAGE)
-            if not fresh:
-                return 0
             # The customer's open conversation, else one of a customer merged into it (store/customers.py).
-            open_tx = {m["id"]: next((self._by_customer[c] for c in m["customer_ids"] if c in self._by_customer), None)
+            open_tx = {m["id"]: next((by_customer[c] for c in m["customer_ids"] if c in by_customer), None)
                        for m in fresh}
             first_of: dict[int, dict[str, Any]] = {}
             for message in fresh:
                 if open_tx[message["id"]] is None:
                     first_of.setdefault(message["customer_id"], message)
-            sticky = {key: await repo.sticky_agent_of(session, self.inbox_id, key) for key in first_of}
+            sticky = {key: await repo.sticky_agent_of(session, inbox_id, key) for key in first_of}
+            return fresh, open_tx, first_of, sticky
+
+        fresh, open_tx, first_of, sticky = await self.db.read(read)
+        if not fresh:
+            return 0, 0
         new_rows = {key: {"org_id": self.org_id, "inbox_id": self.inbox_id, "customer_id": key,
                           "customer_wa_id": first["customer"].get("wa_id"),
                           "customer_name": first["customer"].get("name"), "state": "queued", "waiting_since": now,
@@ -299,12 +351,8 @@ class InboxActor(StoreBackedActor):
             self._remember(TxState(id=tx_id, customer_id=key, state="queued", waiting_since=now,
                                    sticky_agent=sticky[key], first_message=first_of[key],
                                    customer=first_of[key]["customer"]))
-        for tx_id, messages in by_tx.items():
-            tx = replace(self._txs[tx_id], customer=messages[-1]["customer"])  # the newest identity
-            self._txs[tx_id] = tx
-            if tx.state == "assigned" and tx.agent_id is not None:
-                self._link.tell(tx.agent_id, "deliver", tx.id, self.inbox_id, messages)
-        return len(fresh)
+        self._absorb_attached(by_tx)
+        return len(fresh), len(opened)
 
     # ------------------------------------------------------------------ routing
 

@@ -14,6 +14,7 @@ class StoredMessage:
     inbox_id: int
     wamid: str
     from_wa_id: str
+    from_user_id: str | None
     customer_name: str | None
     type: str
     summary: str

@@ -154,8 +154,9 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
                                    name=row["customer_name"])
         result.new_messages.setdefault(row["org_id"], []).append(StoredMessage(
             id=row_id, inbox_id=row["inbox_id"], wamid=row["wamid"], from_wa_id=row["from_wa_id"],
-            customer_name=row["customer_name"], type=row["type"], summary=row["summary"],
-            sent_at=row["sent_at"].isoformat(), customer_id=customer.id, customer=customer.as_dict(),
+            from_user_id=row["from_user_id"], customer_name=row["customer_name"], type=row["type"],
+            summary=row["summary"], sent_at=row["sent_at"].isoformat(), customer_id=customer.id,
+            customer=customer.as_dict(),
         ))
 
     status_rows = [_fit_row(MessageStatus, {

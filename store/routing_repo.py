@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import load_only
 
@@ -67,14 +67,26 @@ async def take_inbox_ownership(session: AsyncSession, inbox_id: int) -> int | No
                                 .values(owner_epoch=Inbox.owner_epoch + 1).returning(Inbox.owner_epoch))
 
 
+# Statements every inbox step runs are built once: a statement object keeps its cache key, so running it
+# again neither builds nor keys it.
+# (bindparam names differ from the columns': SQLAlchemy reserves those of an UPDATE's SET clause.)
+_FENCE = (update(Inbox).where(Inbox.id == bindparam("inbox"), Inbox.owner_epoch == bindparam("epoch"))
+          .values(owner_epoch=bindparam("epoch")).returning(Inbox.config_version))
+_ATTACH_IF_UNATTACHED = (
+    update(InboundMessage).where(InboundMessage.id.in_(bindparam("ids", expanding=True)),
+                                 InboundMessage.inbox_id == bindparam("inbox"),
+                                 InboundMessage.customer_id == bindparam("customer"),
+                                 InboundMessage.transaction_id.is_(None))
+    .values(transaction_id=bindparam("transaction")).returning(InboundMessage.id))
+
+
 def fence(connection: Connection, inbox_id: int, epoch: int) -> int:
     """First statement of every write of an inbox's owner: refuses a stale owner, answers the config version.
 
     A no-op update rather than a read, so the row stays locked (PostgreSQL) until the commit and a
     newer owner cannot slip in between the check and the write.
     """
-    version = connection.execute(update(Inbox).where(Inbox.id == inbox_id, Inbox.owner_epoch == epoch)
-                                 .values(owner_epoch=epoch).returning(Inbox.config_version)).scalar_one_or_none()
+    version = connection.execute(_FENCE, {"inbox": inbox_id, "epoch": epoch}).scalar_one_or_none()
     if version is None:
         raise Fenced(f"inbox {inbox_id} is owned by a newer activation than epoch {epoch}")
     return int(version)
@@ -163,6 +175,20 @@ def message_payload(message: InboundMessage, customer: dict[str, Any] | None = N
             "summary": message.summary, "sent_at": message.sent_at.isoformat()}
 
 
+_FORWARDED_FIELDS = ("id", "inbox_id", "wamid", "from_wa_id", "from_user_id", "customer_id", "customer",
+                     "customer_name", "type", "summary", "sent_at")
+
+
+def forwarded_payload(message: dict[str, Any]) -> dict[str, Any] | None:
+    """A message as the gateway forwarded it (`actors.messages.StoredMessage`), in `message_payload`'s shape;
+    None when it lacks a field (then it is read from the store). Its customer as resolved when it was stored."""
+    if any(name not in message for name in _FORWARDED_FIELDS) or not isinstance(message["customer_id"], int):
+        return None
+    payload = {name: message[name] for name in _FORWARDED_FIELDS}
+    payload["customer_ids"] = [message["customer_id"]]
+    return payload
+
+
 # What routing reads of a message: never `raw` (Meta's whole payload, decoded for nothing on the hot path).
 _ROUTED_COLUMNS = load_only(
     InboundMessage.id, InboundMessage.org_id, InboundMessage.inbox_id, InboundMessage.transaction_id,
@@ -227,6 +253,18 @@ async def customers_of(session: AsyncSession, customer_ids: Sequence[int]) -> di
 def attach_messages(connection: Connection, transaction_id: int, message_ids: Sequence[int]) -> None:
     connection.execute(update(InboundMessage).where(InboundMessage.id.in_(message_ids))
                        .values(transaction_id=transaction_id))
+
+
+def attach_if_unattached(connection: Connection, transaction_id: int, inbox_id: int, customer_id: int,
+                         message_ids: Sequence[int]) -> set[int]:
+    """Attach those of the messages that are still unattached and still the customer's; their ids.
+
+    A message attached meanwhile (a redelivered forward, the control loop) is left alone; one whose
+    customer was merged into another since it was forwarded is left for a step that reads the store.
+    """
+    return set(connection.execute(_ATTACH_IF_UNATTACHED, {
+        "ids": list(message_ids), "inbox": inbox_id, "customer": customer_id, "transaction": transaction_id,
+    }).scalars())
 
 
 def insert_transaction(connection: Connection, row: dict[str, Any]) -> int:

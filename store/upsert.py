@@ -30,10 +30,12 @@ async def insert_ignoring_duplicates(session: AsyncSession, model: type[Base], r
     if not rows:
         return []
     table = model.__table__
-    statement: Insert = _insert(_dialect_of(session), model).values(list(rows)).on_conflict_do_nothing(
+    # The rows go as parameters, not into the statement: a statement holding them (a JSON value is a dict)
+    # has no cache key, so it would be compiled again for every delivery.
+    statement: Insert = _insert(_dialect_of(session), model).on_conflict_do_nothing(
         index_elements=list(conflict_on), index_where=index_where
     ).returning(*(table.c[name] for name in returning))  # type: ignore[attr-defined]
-    return list((await session.execute(statement)).all())
+    return list((await session.execute(statement, list(rows))).all())
 
 
 def upsert_statement(dialect: str, model: type[Base], rows: Sequence[dict[str, Any]], *, key: Sequence[str]) -> Any:

@@ -6,6 +6,8 @@ store, and messages the gateway stored are routed whatever dies when.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import os
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from actors.directory import RayDirectory
 from config.settings import Settings
 from gateway.intake import store_delivery
 from meta.webhook_parser import parse_webhook
+from store import routing_repo as repo
 from store.db import Database
 from tests.routing_support import Agent, Scenario, customer_id
 from tests.support import eventually, query_db, text_from
@@ -269,6 +272,67 @@ def test_a_message_stored_but_never_forwarded_reaches_the_live_inbox(sc: Scenari
     tx = sc.tx_of(late)
     assert tx["inbox_id"] == inbox
     assert [m["summary"] for m in sc.tx(tx["id"])["messages"]] == ["committed, never forwarded"]
+
+
+def test_a_follow_up_forwarded_to_the_live_inbox_reaches_the_agent_as_the_store_holds_it(sc: Scenario) -> None:
+    (a,) = sc.agents(1)
+    sc.inbox([a], reassign_after_s=60)
+    customer = customer_id()
+    sc.send(customer, "first")
+    tx_id = sc.tx_of(customer)["id"]
+    sc.wait_state(tx_id, "offered", offered_to=a.id)
+    with sc.socket(a) as socket:
+        sc.do(tx_id, "accept", a)
+        # The conversation is open in the inbox's memory: the forward is attached without a read first.
+        sc.send(customer, "second")
+        pushed = socket.next("message", where=lambda e: e["message"]["summary"] == "second")
+
+    async def from_store() -> dict[str, Any]:
+        db = Database(sc.gateway.database_url, pool_size=1)
+        try:
+            async with db.session() as session:
+                return (await repo.latest_messages(session, tx_id))[-1]
+        finally:
+            await db.dispose()
+
+    assert pushed["transaction_id"] == tx_id
+    assert pushed["message"] == asyncio.run(from_store())
+
+
+def test_a_forward_naming_a_customer_the_store_no_longer_gives_the_message_is_routed_as_stored(
+        sc: Scenario) -> None:
+    (a,) = sc.agents(1)
+    inbox = sc.inbox([a], reassign_after_s=60)
+    first = customer_id()
+    sc.send(first, "first")
+    open_tx = sc.tx_of(first)["id"]
+    sc.wait_state(open_tx, "offered", offered_to=a.id)
+    # Stored for another customer, then forwarded naming the first one (as a merge between storing and
+    # forwarding would leave it): the inbox's write checks the store and routes it as stored.
+    other = customer_id()
+
+    async def store_then_forward() -> list[dict[str, Any]]:
+        db = Database(sc.gateway.database_url, pool_size=1)
+        try:
+            async with db.session() as session:
+                result = await store_delivery(session, sc.org.id, parse_webhook(text_from(sc.org, 0, other, "moved")))
+            (stored,) = result.new_messages[sc.org.id]
+            first_customer = (await db.read(functools.partial(
+                repo.customers_of, customer_ids=[sc.tx(open_tx)["customer"]["id"]])))
+            forward = {**dataclasses.asdict(stored), "customer_id": next(iter(first_customer)),
+                       "customer": next(iter(first_customer.values()))}
+            inbox_actor = ray.get_actor(f"inbox:{sc.org.id}:{inbox}", namespace=sc.gateway.namespace)
+            answers = [await inbox_actor.ingest.remote([forward]) for _ in range(2)]  # and a redelivered forward
+            return answers
+        finally:
+            await db.dispose()
+
+    answers = asyncio.run(store_then_forward())
+    assert answers == [{"attached": 1}, {"attached": 0}]
+    moved = sc.tx_of(other)
+    assert moved["id"] != open_tx
+    assert [m["summary"] for m in sc.tx(moved["id"])["messages"]] == ["moved"]
+    assert [m["summary"] for m in sc.tx(open_tx)["messages"]] == ["first"]
 
 
 # ------------------------------------------------------------------ 9. one owner per inbox
