@@ -267,8 +267,7 @@ class InboxActor(StoreBackedActor):
         known: dict[int, list[dict[str, Any]]] = {}  # transaction id -> its messages, in order
         for message in messages:
             payload = repo.forwarded_payload(message)
-            tx_id = self._by_customer.get(payload["customer_id"]) if payload is not None else None
-            if payload is not None and tx_id is not None:
+            if payload is not None and (tx_id := self._by_customer.get(payload["customer_id"])) is not None:
                 known.setdefault(tx_id, []).append(payload)
         attached: set[int] = set()
         if known:

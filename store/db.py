@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -15,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from store.sqlite_writers import WriterTurn, lock_path_of, take_turns
+from store.sqlite_writers import WriterTurn, lock_path_of, take_turns, take_turns_when_writing, turn_of
 from store.thread_session import ThreadSession, run_to_end
 
 T = TypeVar("T")
@@ -81,8 +80,9 @@ class Database:
             # At most one connection per thread. The writer takes its turn itself (`_write_now`); a read
             # step that writes after all takes it at its first write statement, like an async session.
             self._writer = _thread_engine(path, _SQLITE_WRITE_THREADS)
+            # No statement cache on the reader: the turn's authorizer must see every statement prepared.
             self._reader = _thread_engine(path, _SQLITE_READ_THREADS, cached_statements=0)
-            event.listen(self._reader, "connect", functools.partial(_take_turns_when_writing, self._turns_path))
+            take_turns_when_writing(self._reader, path, wait_s=_TURN_WAIT_S)
 
     @property
     def one_writer(self) -> bool:
@@ -165,7 +165,7 @@ class Database:
     def _read_now(self, step: Callable[[AsyncSession], Coroutine[Any, Any, T]]) -> T:
         assert self._reader is not None
         with self._reader.connect() as connection:
-            turn: WriterTurn = connection.connection.info[_TURN_KEY]
+            turn = turn_of(connection)
             try:
                 with connection.begin(), Session(bind=connection, expire_on_commit=False) as session:
                     result = run_to_end(step(cast(AsyncSession, ThreadSession(session))))
@@ -194,19 +194,9 @@ class Database:
                 threads.shutdown(wait=False)
 
 
-_TURN_KEY = "wa_router_writer_turn"
-
-
 def _thread_engine(path: str, connections: int, **connect_args: Any) -> Engine:
     """A synchronous engine on the SQLite file, for worker threads (one connection per thread)."""
     engine = create_engine(f"sqlite:///{path}", pool_size=connections, max_overflow=0,
                            connect_args={"timeout": 30, "check_same_thread": False, **connect_args})
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
-
-
-def _take_turns_when_writing(turns_path: str, dbapi_connection: Any, record: Any) -> None:
-    # The statement cache is off on these connections: the authorizer sees every statement prepared.
-    turn = WriterTurn(turns_path, wait_s=_TURN_WAIT_S)
-    dbapi_connection.set_authorizer(turn.authorize)
-    record.info[_TURN_KEY] = turn

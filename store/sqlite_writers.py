@@ -9,7 +9,8 @@ waiter blocks in the kernel, which wakes it the moment the lock is free.
 
 The turn is taken where SQLite prepares the transaction's first write statement (an authorizer
 callback, in the connection's own thread; the statement cache is off so every statement is
-prepared), and released by the dialect's commit, rollback, close and terminate. A process that
+prepared), and released by the dialect's commit, rollback, close and terminate (on the synchronous
+engine of `Database.read`, by the caller after each transaction: `take_turns_when_writing`). A process that
 dies releases it with its file descriptors. A turn not granted within `wait_s` is given up: the
 transaction goes on under SQLite's own locking (busy_timeout), never worse than without this.
 """
@@ -23,7 +24,7 @@ import threading
 import weakref
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_
 
@@ -133,3 +134,26 @@ def take_turns(engine: AsyncEngine, database_path: str, wait_s: float) -> None:
     dialect = engine.sync_engine.dialect
     for name in ("do_commit", "do_rollback", "do_close", "do_terminate"):
         setattr(dialect, name, releasing(getattr(dialect, name)))
+
+
+_TURN_KEY = "wa_router_writer_turn"
+
+
+def take_turns_when_writing(engine: Engine, database_path: str, wait_s: float) -> None:
+    """A synchronous engine's connections take a writer's turn at their first write statement, like
+    `take_turns`; the caller, which ends each transaction itself, lets it go after the commit or
+    rollback with `turn_of(connection).release()` (before the connection goes back to the pool)."""
+    lock_path = lock_path_of(database_path)
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        turn = WriterTurn(lock_path, wait_s)
+        dbapi_connection.set_authorizer(turn.authorize)
+        record.info[_TURN_KEY] = turn
+
+    event.listen(engine, "connect", on_connect)
+
+
+def turn_of(connection: Connection) -> WriterTurn:
+    """The writer's turn of a connection of an engine set up by `take_turns_when_writing`."""
+    turn: WriterTurn = connection.connection.info[_TURN_KEY]
+    return turn
