@@ -81,7 +81,8 @@ class StoreBackedActor:
                     if self._db is None:
                         # A small pool: one actor process per inbox or agent, each with its own engine.
                         self._db = Database(self._settings.database_url, pool_size=2,
-                                            hold_connections=self.HOLDS_CONNECTIONS)
+                                            hold_connections=self.HOLDS_CONNECTIONS,
+                                            release_idle_after_s=self._settings.agent_connection_linger_s)
                     try:
                         await self._load()
                         if self._exists():

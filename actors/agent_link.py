@@ -39,6 +39,11 @@ def _version(snapshot: dict[str, Any] | None) -> tuple[int, ...]:
     return tuple((snapshot or {}).get("version") or (0, 0))
 
 
+def _join_deliveries(queued: tuple[Any, ...], newer: tuple[Any, ...]) -> tuple[Any, ...]:
+    inbox_id, deliveries = queued
+    return inbox_id, deliveries + newer[1]
+
+
 class AgentLink:
     def __init__(self, org_id: int, inbox_id: int, settings: Settings, directory: Callable[[], Directory],
                  on_change: Callable[[], None]) -> None:
@@ -123,6 +128,11 @@ class AgentLink:
 
         result.add_done_callback(absorb)
         return result
+
+    def deliver(self, user_id: int, transaction_id: int, messages: list[dict[str, Any]]) -> None:
+        """Customer messages for the agent's active transaction; deliveries waiting behind a call on the
+        wire go to the agent together, in one call and one commit of its events."""
+        self._mailbox(user_id).post("deliver", self._inbox_id, [(transaction_id, messages)], merge=_join_deliveries)
 
     async def tell_and_wait(self, user_id: int, method: str, *args: Any) -> None:
         """Tell, then wait a bounded time: an API answer should find the agent's view already showing the

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -54,6 +54,25 @@ class Proxy:
                 raise ActorUnavailable(f"{self.name}: {exc}") from exc
 
         return call
+
+    async def stream(self, method: str, *args: Any) -> AsyncIterator[Any]:
+        """The items of a generator method, each as it is yielded (one call for all of them).
+
+        Ray does not stop an actor's generator when its caller goes away, so leaving early cancels it;
+        the generator should also end by itself (its caller may die without cancelling).
+        """
+        generator = getattr(self._handle, method).remote(*args)
+        try:
+            async for ref in generator:
+                yield await ref
+        except ray.exceptions.ActorDiedError as exc:
+            if self._on_dead is not None:
+                self._on_dead(self.name)
+            raise ActorUnavailable(f"{self.name}: {exc}") from exc
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            raise ActorUnavailable(f"{self.name}: {exc}") from exc
+        finally:
+            ray.cancel(generator)
 
 
 class Directory(Protocol):

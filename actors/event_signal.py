@@ -27,8 +27,11 @@ class EventSignal:
             self._waiters.discard(waiter)
 
     def has_waiters(self) -> bool:
+        return self.waiting() > 0
+
+    def waiting(self) -> int:
         with self._lock:
-            return bool(self._waiters)
+            return len(self._waiters)
 
     def notify(self) -> None:
         with self._lock:

@@ -296,7 +296,7 @@ class InboxActor(StoreBackedActor):
             tx = replace(tx, customer=messages[-1]["customer"])
             self._txs[tx_id] = tx
             if tx.state == "assigned" and tx.agent_id is not None:
-                self._link.tell(tx.agent_id, "deliver", tx.id, self.inbox_id, messages)
+                self._link.deliver(tx.agent_id, tx.id, messages)
 
     async def _ingest_stored(self) -> None:
         """Attach every unrouted message of the inbox, page after page (lock held)."""
@@ -598,7 +598,7 @@ class InboxActor(StoreBackedActor):
         payload = {**tx.summary(self.inbox_id, self.config.name), "kind": kind}
         await self._link.tell_and_wait(user_id, "confirm", offer_id, payload)
         if unseen:
-            self._link.tell(user_id, "deliver", tx.id, self.inbox_id, unseen)
+            self._link.deliver(user_id, tx.id, unseen)
 
     def _licensed_member(self, user_id: int) -> bool:
         membership = self.config.members.get(user_id)

@@ -22,6 +22,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, tuple[Any, ...]], Awaitable[Any]]
+# Combines the arguments of an unsent letter with those of a newer letter of the same method.
+Merge = Callable[[tuple[Any, ...], tuple[Any, ...]], tuple[Any, ...]]
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Letter:
     args: tuple[Any, ...]
     # Letters with the same key replace each other while unsent (only the newest snapshot matters).
     key: str | None = None
+    merge: Merge | None = None
     result: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -47,14 +50,25 @@ class Mailbox:
     def __len__(self) -> int:
         return len(self._letters)
 
-    def post(self, method: str, *args: Any, key: str | None = None) -> asyncio.Future[Any]:
-        """Queue a call; the future resolves with its first successful answer (or the give-up error)."""
+    def post(self, method: str, *args: Any, key: str | None = None, merge: Merge | None = None
+             ) -> asyncio.Future[Any]:
+        """Queue a call; the future resolves with its first successful answer (or the give-up error).
+
+        `key`: replaces an unsent letter with the same key. `merge`: joins the newest letter when it is
+        unsent and of the same method (one call carries both; the receiver must take the merged form),
+        so while a call is on the wire the ones behind it become one: fewer calls the busier it gets.
+        """
         if key is not None:
             for queued in list(self._letters)[1:]:  # the first may be on the wire already
                 if queued.key == key:
                     queued.args = args
                     return queued.result
-        letter = Letter(method, args, key)
+        if merge is not None and len(self._letters) > 1:
+            newest = self._letters[-1]
+            if newest.method == method and newest.merge is merge:
+                newest.args = merge(newest.args, args)
+                return newest.result
+        letter = Letter(method, args, key, merge)
         self._letters.append(letter)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.ensure_future(self._deliver_all())

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # An agent actor (a process) that has been offline with no work, no held offer and no stream reader
     # for this long stops; the next call activates it again from the store. 0 keeps it forever.
     agent_deactivate_after_s: float = Field(default=300.0, ge=0)
+    # PostgreSQL: an agent actor keeps its connections this long after its last step (a busy agent does
+    # not open one per step), then gives them back; 0 opens and closes one per step.
+    agent_connection_linger_s: float = Field(default=5.0, ge=0)
     # The deployment lease: a gateway heartbeats it; another Ray cluster may take the store only
     # once the lease is this old.
     deployment_heartbeat_s: float = Field(default=5.0, gt=0)

@@ -107,6 +107,35 @@ def test_mailbox_keeps_only_the_newest_keyed_letter_and_reports_give_ups() -> No
     assert given_up == ["never"]
 
 
+def test_mailbox_merges_letters_waiting_behind_the_one_on_the_wire_and_keeps_their_order() -> None:
+    def join(queued: tuple[Any, ...], newer: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (queued[0] + newer[0],)
+
+    async def run() -> tuple[list[tuple[str, tuple[Any, ...]]], list[Any]]:
+        sent: list[tuple[str, tuple[Any, ...]]] = []
+        first_on_wire = asyncio.Event()
+
+        async def send(method: str, args: tuple[Any, ...]) -> Any:
+            sent.append((method, args))
+            if len(sent) == 1:
+                await first_on_wire.wait()
+            return len(sent)
+
+        box = Mailbox("test", send, deadline_s=1.0, give_up_after_s=10.0)
+        answers = [box.post("deliver", [1], merge=join)]
+        await asyncio.sleep(0)  # [1] is on the wire: nothing may join it
+        answers += [box.post("deliver", [2], merge=join), box.post("deliver", [3], merge=join),
+                    box.post("other", "x"), box.post("deliver", [4], merge=join), box.post("deliver", [5])]
+        first_on_wire.set()
+        return sent, list(await asyncio.gather(*answers))
+
+    sent, answers = asyncio.run(run())
+    # Merged only with the newest unsent letter of its method, never across another call or a plain letter.
+    assert sent == [("deliver", ([1],)), ("deliver", ([2, 3],)), ("other", ("x",)), ("deliver", ([4],)),
+                    ("deliver", ([5],))]
+    assert answers == [1, 2, 2, 3, 4, 5]
+
+
 # ------------------------------------------------------------------ wake-ups across event loops
 
 

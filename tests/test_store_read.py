@@ -133,3 +133,36 @@ def test_a_read_step_that_would_suspend_fails_clearly(tmp_path: Path) -> None:
             await db.dispose()
 
     asyncio.run(run())
+
+
+def test_a_lingering_postgres_pool_reuses_its_connection_then_gives_it_back(postgres_url: str) -> None:
+    """An agent actor's engine (`hold_connections=False`): one connection across steps that follow each
+    other closely, none once it has been idle for the linger."""
+
+    async def backend(session: AsyncSession) -> int:
+        return int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+    async def run() -> tuple[int, int, bool, bool, int]:
+        db = Database(postgres_url, pool_size=1, hold_connections=False, release_idle_after_s=0.5)
+        watcher = Database(postgres_url, pool_size=1)
+
+        async def alive(pid: int) -> bool:
+            async with watcher.session() as session:
+                return bool((await session.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"),
+                                                    {"pid": pid})).scalar_one())
+
+        try:
+            first = await db.read(backend)
+            second = await db.read(backend)
+            held = await alive(second)
+            await asyncio.sleep(1.5)
+            given_back = not await alive(second)
+            third = await db.read(backend)
+            return first, second, held, given_back, third
+        finally:
+            await db.dispose()
+            await watcher.dispose()
+
+    first, second, held, given_back, third = asyncio.run(run())
+    assert first == second and held  # the second step reused the first one's connection
+    assert given_back and third != second  # idle past the linger: closed; the next step opens another

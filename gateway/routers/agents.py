@@ -94,20 +94,26 @@ async def agent_events(
         await websocket.send_json({"type": "hello", "cursor": last_id, "agent": await agent.view()})
         position = cursor if cursor is not None else last_id
         receiver = asyncio.create_task(_drain(websocket))
-        while not receiver.done():
-            waiter = asyncio.ensure_future(agent.next_events(position, 15.0))
-            done, _ = await asyncio.wait({waiter, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            if waiter not in done:
-                waiter.cancel()
-                break
-            for event in waiter.result():
-                await websocket.send_json(event)
-                position = event["id"]
+        sender = asyncio.create_task(_send_events(websocket, agent, position))
+        await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (sender, receiver):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, ActorUnavailable, RuntimeError):
+                await task
     except (WebSocketDisconnect, ActorUnavailable):
         pass
     finally:
         with contextlib.suppress(Exception):
             await websocket.close()
+
+
+async def _send_events(websocket: WebSocket, agent: Any, position: int) -> None:
+    """The agent's events after `position`, one frame each, stream after stream (each ends by itself)."""
+    while True:
+        async for events in agent.stream("stream_events", position):
+            for event in events:
+                await websocket.send_json(event)
+                position = event["id"]
 
 
 async def _drain(websocket: WebSocket) -> None:
