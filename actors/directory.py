@@ -45,15 +45,16 @@ class Proxy:
         async def call(*args: Any, **kwargs: Any) -> Any:
             try:
                 return await remote_method.remote(*args, **kwargs)
-            except ray.exceptions.ActorDiedError as exc:
-                if self._on_dead is not None:
-                    self._on_dead(self.name)
-                raise ActorUnavailable(f"{self.name}: {exc}") from exc
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-                # Restarting (or unreachable for a moment): the same handle works again soon.
-                raise ActorUnavailable(f"{self.name}: {exc}") from exc
+                raise self._unavailable(exc) from exc
 
         return call
+
+    def _unavailable(self, exc: Exception) -> ActorUnavailable:
+        # Dead for good: forget the handle. Restarting (or unreachable for a moment): it works again soon.
+        if isinstance(exc, ray.exceptions.ActorDiedError) and self._on_dead is not None:
+            self._on_dead(self.name)
+        return ActorUnavailable(f"{self.name}: {exc}")
 
     async def stream(self, method: str, *args: Any) -> AsyncIterator[Any]:
         """The items of a generator method, each as it is yielded (one call for all of them).
@@ -65,14 +66,11 @@ class Proxy:
         try:
             async for ref in generator:
                 yield await ref
-        except ray.exceptions.ActorDiedError as exc:
-            if self._on_dead is not None:
-                self._on_dead(self.name)
-            raise ActorUnavailable(f"{self.name}: {exc}") from exc
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-            raise ActorUnavailable(f"{self.name}: {exc}") from exc
+            raise self._unavailable(exc) from exc
         finally:
-            ray.cancel(generator)
+            with contextlib.suppress(Exception):  # already ended, or its actor gone: nothing to stop
+                ray.cancel(generator)
 
 
 class Directory(Protocol):
