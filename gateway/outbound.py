@@ -141,6 +141,21 @@ def outbound_event(row: OutboundMessage) -> dict[str, Any]:
             "message": {**outbound_out(row).model_dump(mode="json"), "direction": "outbound"}}
 
 
+def conversation_order(message: MessageOut) -> tuple[datetime, int, int]:
+    """Where a message stands in its conversation's time order.
+
+    A reply carries our own clock's time. A customer's message carries Meta's timestamp, which has whole
+    seconds: it was written within that second, and not after we received it, so it stands at the earlier
+    of the two. A reply written in the same second before the customer's message was received stays ahead
+    of it (by Meta's second alone, the customer's message would jump ahead); a message Meta redelivers
+    days later stays where it was written.
+    """
+    at = message.sent_at
+    if message.direction == "inbound":
+        at = min(message.received_at, message.sent_at + timedelta(seconds=1))
+    return at, 0 if message.direction == "inbound" else 1, message.id
+
+
 async def outbound_messages_of(session: AsyncSession, transaction_id: int) -> list[MessageOut]:
     """The conversation's replies as entries of its message list."""
     rows = (await session.scalars(select(OutboundMessage).where(OutboundMessage.transaction_id == transaction_id)

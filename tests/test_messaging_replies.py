@@ -6,6 +6,8 @@ import datetime as dt
 import time
 from typing import Any
 
+from gateway.outbound import conversation_order
+from gateway.schemas import MessageOut
 from tests.messaging_support import (
     approved_template,
     connect_callback,
@@ -205,3 +207,24 @@ def test_a_reply_to_a_customer_known_only_by_their_bsuid_goes_to_the_user_id(sc:
     (at_meta,) = sent_to(sc, bsuid)
     assert at_meta["payload"]["recipient"] == bsuid and "to" not in at_meta["payload"]
     assert at_meta["payload"]["text"]["body"] == "Hello Carla"
+
+
+def test_a_conversation_orders_the_customers_whole_second_timestamps_against_replies() -> None:
+    def message(direction: str, mid: int, sent: str, received: str | None = None) -> MessageOut:
+        at = dt.datetime.fromisoformat(f"2026-11-26T{sent}+00:00")
+        got = dt.datetime.fromisoformat(f"2026-11-26T{received}+00:00") if received else at
+        return MessageOut(id=mid, direction=direction, wamid=None, type="text", summary=f"{direction} {mid}",
+                          sent_at=at, received_at=got)
+
+    shown = [
+        # Meta says 12:00:00 (whole seconds); we received it at .900, after the reply written at .600.
+        message("inbound", 2, "12:00:00", "12:00:00.900"),
+        message("outbound", 1, "12:00:00.600"),
+        # Received before the reply was written: the customer wrote first.
+        message("inbound", 1, "12:00:00", "12:00:00.300"),
+        # Redelivered by Meta an hour late: it stays where it was written, before the 11:30 reply.
+        message("inbound", 3, "11:00:00", "12:00:05"),
+        message("outbound", 2, "11:30:00"),
+    ]
+    assert [m.summary for m in sorted(shown, key=conversation_order)] == [
+        "inbound 3", "outbound 2", "inbound 1", "outbound 1", "inbound 2"]

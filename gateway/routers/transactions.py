@@ -24,7 +24,7 @@ from gateway.deps import (
     TxId,
 )
 from gateway.errors import ApiError, field_error, forbidden, not_found
-from gateway.outbound import outbound_messages_of, window_expires_at
+from gateway.outbound import conversation_order, outbound_messages_of, window_expires_at
 from gateway.routers.inboxes import get_inbox
 from gateway.runtime import Runtime
 from gateway.schemas import (
@@ -106,8 +106,8 @@ async def read_transaction(tx_id: TxId, ctx: OrgMember, session: SessionDep) -> 
     shown = [MessageOut(id=m.id, wamid=m.wamid, type=m.type, summary=m.summary, sent_at=m.sent_at,
                         received_at=m.received_at) for m in messages]
     shown += await outbound_messages_of(session, tx.id)
-    # One conversation in time order: the customer's by Meta's timestamp, replies by when they were written.
-    shown.sort(key=lambda m: m.sent_at)
+    # One conversation in time order (Meta's timestamps have whole seconds: see conversation_order).
+    shown.sort(key=conversation_order)
     inbox = await session.get(Inbox, tx.inbox_id)
     window = await window_expires_at(session, tx.org_id, inbox.phone_number_id, tx.customer_id) if inbox else None
     return TransactionDetailOut(**transaction_out(tx, customers[tx.customer_id]).model_dump(),
