@@ -201,3 +201,34 @@ def test_an_answer_that_comes_after_the_inbox_stopped_waiting_is_still_absorbed(
     after_wait, later, changes = asyncio.run(run())
     assert after_wait is not None and after_wait["active_count"] == 1  # not answered within the wait
     assert later == snapshot and changes == 1  # absorbed when it came, and routing asked to look again
+
+
+def test_an_inbox_joins_the_deliveries_that_wait_behind_a_slow_delivery_to_the_same_agent() -> None:
+    from actors.agent_link import AgentLink
+    from config.settings import Settings
+
+    received: list[tuple[int, list[tuple[int, list[dict[str, Any]]]]]] = []
+
+    class SlowAgent:
+        async def deliver(self, inbox_id: int, deliveries: list[tuple[int, list[dict[str, Any]]]]) -> None:
+            received.append((inbox_id, deliveries))
+            if len(received) == 1:
+                await asyncio.sleep(0.2)  # the first call is on the wire while three more wait
+
+    class Agents:
+        def agent(self, org_id: int, user_id: int) -> SlowAgent:
+            return SlowAgent()
+
+    async def run() -> None:
+        link = AgentLink(1, 7, Settings(actor_call_timeout_s=2.0), lambda: Agents(),  # type: ignore[arg-type,return-value]
+                         lambda: None)
+        link.deliver(5, 11, [{"id": 1}])
+        await asyncio.sleep(0.05)
+        link.deliver(5, 11, [{"id": 2}])
+        link.deliver(5, 12, [{"id": 3}])
+        link.deliver(5, 11, [{"id": 4}, {"id": 5}])
+        await asyncio.sleep(0.4)
+
+    asyncio.run(run())
+    assert received == [(7, [(11, [{"id": 1}])]),
+                        (7, [(11, [{"id": 2}]), (12, [{"id": 3}]), (11, [{"id": 4}, {"id": 5}])])]
