@@ -11,7 +11,7 @@ import asyncio
 import logging
 
 from actors.directory import Directory, RayDirectory
-from config.settings import Settings
+from config.actor_settings import ActorSettings
 from store.db import Database
 
 log = logging.getLogger(__name__)
@@ -24,9 +24,9 @@ class StoreBackedActor:
     # Whether the actor's engine keeps PostgreSQL connections open between steps (see AgentActor).
     HOLDS_CONNECTIONS = True
 
-    def __init__(self, org_id: int, settings: Settings, directory: Directory | None) -> None:
+    def __init__(self, org_id: int, settings: ActorSettings, directory: Directory | None) -> None:
         self.org_id = org_id
-        self._settings = settings
+        self._settings = ActorSettings.from_settings(settings)  # plain Python (tests) may hand `Settings`
         self._directory = directory
         self._db: Database | None = None
         self._activated = False

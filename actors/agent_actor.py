@@ -34,7 +34,7 @@ from actors.activation import StoreBackedActor
 from actors.directory import Directory
 from actors.event_signal import EventSignal
 from actors.mailbox import Mailbox
-from config.settings import Settings
+from config.actor_settings import ActorSettings
 from routing.presence import after_missed_offer, missed_reason
 from store import routing_repo as repo
 from store.db import Database
@@ -97,7 +97,7 @@ class AgentActor(StoreBackedActor):
     # lately, not the agents online.
     HOLDS_CONNECTIONS = False
 
-    def __init__(self, org_id: int, user_id: int, settings: Settings, directory: Directory | None = None) -> None:
+    def __init__(self, org_id: int, user_id: int, settings: ActorSettings, directory: Directory | None = None) -> None:
         super().__init__(org_id, settings, directory)
         self.user_id = user_id
         self._step_lock = asyncio.Lock()

@@ -19,7 +19,7 @@ from typing import Any
 
 from actors.directory import ActorUnavailable, Directory
 from actors.mailbox import Letter, Mailbox, MailboxGaveUp
-from config.settings import Settings
+from config.actor_settings import ActorSettings
 from routing import AgentSnapshot
 from store import routing_repo as repo
 
@@ -45,7 +45,7 @@ def _join_deliveries(queued: tuple[Any, ...], newer: tuple[Any, ...]) -> tuple[A
 
 
 class AgentLink:
-    def __init__(self, org_id: int, inbox_id: int, settings: Settings, directory: Callable[[], Directory],
+    def __init__(self, org_id: int, inbox_id: int, settings: ActorSettings, directory: Callable[[], Directory],
                  on_change: Callable[[], None]) -> None:
         self._org_id = org_id
         self._inbox_id = inbox_id

@@ -13,12 +13,15 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ray
 
 from actors.names import agent_actor_name, inbox_actor_name, sender_actor_name
-from config.settings import Settings
+from config.actor_settings import ActorSettings
+
+if TYPE_CHECKING:  # only the gateway connects to Ray; actors' processes need no pydantic
+    from config.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +148,9 @@ async def push_agent_event(directory: Directory, org_id: int, user_id: int, kind
 _remote_classes: dict[type, Any] = {}
 
 
-def _remote_class(actor_class: type) -> Any:
-    """The Ray actor class with the options every routing actor shares (made once per process)."""
+def routing_actor_class(actor_class: type) -> Any:
+    """The Ray actor class with the options every routing actor shares (made once per process; the
+    benchmark's design skeleton uses it too, so its actors run as ours do)."""
     remote = _remote_classes.get(actor_class)
     if remote is None:
         remote = ray.remote(  # type: ignore[call-overload]  # Ray's stubs omit the concurrency options
@@ -169,15 +173,16 @@ class RayDirectory:
     Options are set here, where the actors are created (as Ray Serve's controller does).
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, settings: ActorSettings | Settings) -> None:
+        # What actors are given (pickled into their processes): the plain values, not pydantic's `Settings`.
+        self._settings = ActorSettings.from_settings(settings)
         self._namespace = settings.ray_namespace
         self._cache: dict[str, Proxy] = {}
 
     def _get_or_create(self, name: str, actor_class: type, *args: Any) -> Proxy:
         proxy = self._cache.get(name)
         if proxy is None:
-            handle = _remote_class(actor_class).options(
+            handle = routing_actor_class(actor_class).options(
                 name=name, namespace=self._namespace, get_if_exists=True, lifetime="detached",
             ).remote(*args)
             proxy = Proxy(handle, name, on_dead=self._evict)

@@ -33,7 +33,7 @@ from actors.activation import StoreBackedActor
 from actors.agent_link import AgentLink
 from actors.directory import Directory
 from actors.transaction_state import TxState
-from config.settings import Settings
+from config.actor_settings import ActorSettings
 from routing import AssignmentMode, Offer, Queue, RoutingRequest, decide
 from store import routing_repo as repo
 from store.types import utcnow
@@ -65,7 +65,7 @@ def new_offer_id(tx_id: int) -> str:
 
 
 class InboxActor(StoreBackedActor):
-    def __init__(self, org_id: int, inbox_id: int, settings: Settings, directory: Directory | None = None) -> None:
+    def __init__(self, org_id: int, inbox_id: int, settings: ActorSettings, directory: Directory | None = None) -> None:
         self.inbox_id = inbox_id
         # One lock for every step: routing, answers to offers, timers and ingest interleave at each await otherwise.
         self._lock = asyncio.Lock()

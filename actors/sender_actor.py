@@ -31,7 +31,7 @@ from sqlalchemy import select
 from actors.activation import StoreBackedActor
 from actors.directory import Directory, push_agent_event, spawn
 from actors.pacing import PairGate, RateGate, backoff_s
-from config.settings import Settings
+from config.actor_settings import ActorSettings
 from meta.graph_client import GraphAPIError, GraphClient
 from store import outbox
 from store.crypto import SecretBox, load_or_create_key
@@ -45,7 +45,7 @@ _POLL_S = 1.0
 
 
 class SenderActor(StoreBackedActor):
-    def __init__(self, phone_number_id: str, settings: Settings, directory: Directory | None = None) -> None:
+    def __init__(self, phone_number_id: str, settings: ActorSettings, directory: Directory | None = None) -> None:
         self.phone_number_id = phone_number_id
         self._graph = GraphClient(settings.graph_base_url, timeout_s=settings.send_timeout_s)
         self._secrets = SecretBox(load_or_create_key(settings.secret_key, settings.secret_key_file))

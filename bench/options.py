@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 DEFAULT_RATES = "20,40,80,160,320,640,1280,2560"
+DEFAULT_DESIGN_RATES = "100,200,400,800,1600,3200"
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +39,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                        help="run the gateway on a Ray cluster of this machine: a head and N worker nodes "
                             "(ray.cluster_utils.Cluster); the report says on which node each actor ran")
     stack.add_argument("--no-ceilings", dest="ceilings", action="store_false",
-                       help="skip the HTTP and actor ceilings")
+                       help="skip the HTTP, actor and design ceilings")
+    stack.add_argument("--design-rates", default=DEFAULT_DESIGN_RATES,
+                       help="rates for the design ceiling, the design's bare skeleton (bench/skeleton.py), "
+                            "10 s each; run with the other ceilings (default %(default)s)")
     stack.add_argument("--idle-seconds", type=float, default=10.0,
                        help="how long idle agent actors are watched for CPU (default %(default)s)")
     stack.add_argument("--profile", action="store_true",

@@ -47,6 +47,16 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         ceilings.add_row("actor ceiling: raw Ray async actor calls",
                          f"{actor['calls_per_s']:g} calls/s (one call {actor['sequential_call_ms']['p50']} ms)",
                          f"{report['actor_ceiling_ratio']}")
+    design = report.get("design_ceiling")
+    if design:
+        passed = [s for s in design["steps"] if s["passed"]]
+        best = passed[-1] if passed else None
+        detail = (f"; at it ack p99 {_ms(best['ack_ms'], 'p99')} ms, webhook → stream p50/p99 "
+                  f"{_ms(best['webhook_to_stream_ms'], 'p50')}/{_ms(best['webhook_to_stream_ms'], 'p99')} ms, "
+                  f"{best['cpu_ms_per_message']['design_total']:g} ms CPU/msg" if best else "")
+        ceilings.add_row("design ceiling: this design's bare skeleton (HTTP, inbox and agent actors, streams; "
+                         "no store, no logic)", f"{design['max_sustainable_rate']:g} msg/s{detail}",
+                         f"{report.get('design_ceiling_ratio')}")
     console.print(ceilings)
 
     cluster = report.get("cluster")

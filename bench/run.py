@@ -28,6 +28,7 @@ from bench.counters import actor_calls, actor_placement, per_message, postgres_c
 from bench.options import apply_smoke
 from bench.procstats import ProcessSampler
 from bench.profiles import record, summarise
+from bench.skeleton import DESIGN_STEP_S, design_ceiling
 from bench.stack import Stack, stop_process, wait_http
 from bench.stats import summary_ms
 from bench.verify import count_problems, wait_until_settled
@@ -305,7 +306,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["http_ceiling"] = http_ceiling(workdir)
         log(f"  {report['http_ceiling']['requests_per_s']} requests/s; actor ceiling (raw Ray async calls)")
         report["actor_ceiling"] = actor_ceiling()
-        log(f"  {report['actor_ceiling']['calls_per_s']} calls/s")
+        log(f"  {report['actor_ceiling']['calls_per_s']} calls/s; design ceiling (the design's bare skeleton)")
+        report["design_ceiling"] = design_ceiling(
+            workdir, [float(r) for r in args.design_rates.split(",") if r.strip()], DESIGN_STEP_S, shape,
+            args.ack_target_ms, log)
+        log(f"  {report['design_ceiling']['max_sustainable_rate']:g} msg/s")
     steps: list[dict[str, Any]] = []
     with (local_cluster(args.cluster_workers, workdir / "cluster.log") if args.cluster_workers
           else contextlib.nullcontext()) as cluster:
@@ -377,6 +382,7 @@ def headline(report: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, A
     rate = best["rate"] if passing else 0.0
     http = report.get("http_ceiling", {}).get("requests_per_s")
     actor = report.get("actor_ceiling", {}).get("calls_per_s")
+    design = report.get("design_ceiling", {}).get("max_sustainable_rate")
     idle = report.get("idle", {})
     empty = report.get("actor_ceiling", {}).get("empty_actor_uss_mib")
     keys = ("offered_msg_s", "achieved_msg_s", "ack_ms", "webhook_to_offer_ms", "followup_to_message_ms",
@@ -385,6 +391,7 @@ def headline(report: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, A
         "max_sustainable_rate": rate,
         "http_ceiling_ratio": round(rate / http, 4) if http else None,
         "actor_ceiling_ratio": round(rate / actor, 4) if actor else None,
+        "design_ceiling_ratio": round(rate / design, 4) if design else None,
         "figures_from_step": best.get("step"),
         **{key: best.get(key) for key in keys},
         "lost_total": sum(s["lost"] for s in steps),

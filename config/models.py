@@ -7,10 +7,19 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from config.licenses import (
+    AGENT_LICENSES,
+    SUPERVISOR_CONFIG_LICENSE,
+    License,
+    holds_agent_licenses,
+    missing_agent_license,
+)
 from routing.model import AssignmentMode
 
 __all__ = [
+    "AGENT_LICENSES",
     "MAX_ID",
+    "SUPERVISOR_CONFIG_LICENSE",
     "AgentPresence",
     "AgentSettingsUpdate",
     "AssignmentMode",
@@ -27,6 +36,8 @@ __all__ = [
     "UserCreate",
     "UserUpdate",
     "WhatsAppAccountLink",
+    "holds_agent_licenses",
+    "missing_agent_license",
 ]
 
 
@@ -38,28 +49,6 @@ class Role(StrEnum):
     @property
     def is_supervisor(self) -> bool:
         return self in (Role.owner, Role.admin)
-
-
-class License(StrEnum):
-    phone_system = "phone_system"
-    contact_center = "contact_center"
-    contact_center_whatsapp = "contact_center_whatsapp"
-
-
-# Agents need the base licence and the WhatsApp add-on; supervisors need Contact Center.
-AGENT_LICENSES = frozenset({License.phone_system, License.contact_center_whatsapp})
-SUPERVISOR_CONFIG_LICENSE = License.contact_center
-
-
-def holds_agent_licenses(licenses: list[str] | set[str]) -> bool:
-    return set(licenses) >= AGENT_LICENSES
-
-
-def missing_agent_license(licenses: list[str] | set[str]) -> License | None:
-    for license_ in (License.phone_system, License.contact_center_whatsapp):
-        if license_ not in set(licenses):
-            return license_
-    return None
 
 
 # Store ids are 64-bit integers; a larger number names nothing and would overflow the driver.

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import load_only
 
-from config.models import holds_agent_licenses
+from config.licenses import holds_agent_licenses
 from store import customers
 from store.tables import (
     AgentState,

@@ -41,3 +41,18 @@ def test_bench_smoke_run_on_a_three_node_cluster_loses_nothing(tmp_path: Path) -
     assert set(placement["InboxActor"]) | set(placement["AgentActor"]) <= nodes
     # 4 inboxes and 9 agents placed at random over 3 nodes: all on one node once in ~530,000 runs.
     assert len(set(placement["InboxActor"]) | set(placement["AgentActor"])) >= 2, placement
+
+
+def test_design_skeleton_carries_every_message_to_a_stream_once(tmp_path: Path) -> None:
+    """The design ceiling's skeleton (`python -m bench.skeleton`): webhooks through inbox and agent actors
+    back to the gateway on the agents' streams; only that every message arrives once is asserted."""
+    output = tmp_path / "skeleton.json"
+    done = subprocess.run([sys.executable, "-m", "bench.skeleton", "--rates", "40", "--duration", "3",
+                           "--inboxes", "2", "--agents", "4", "--output", str(output)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(output.read_text())
+    (step,) = report["steps"]
+    assert step["posted"] > 0 and step["acknowledged"] == step["posted"]
+    assert (step["lost"], step["duplicated"]) == (0, 0)
+    assert step["webhook_to_stream_ms"]["count"] == step["posted"]
