@@ -23,6 +23,8 @@ _RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 class StoreBackedActor:
     # Whether the actor's engine keeps PostgreSQL connections open between steps (see AgentActor).
     HOLDS_CONNECTIONS = True
+    # PostgreSQL connections its engine keeps, and as many more while steps overlap (closed after use).
+    POOL_SIZE = 2
 
     def __init__(self, org_id: int, settings: ActorSettings, directory: Directory | None) -> None:
         self.org_id = org_id
@@ -80,7 +82,7 @@ class StoreBackedActor:
                         self._main_loop = asyncio.get_running_loop()
                     if self._db is None:
                         # A small pool: one actor process per inbox or agent, each with its own engine.
-                        self._db = Database(self._settings.database_url, pool_size=2,
+                        self._db = Database(self._settings.database_url, pool_size=self.POOL_SIZE,
                                             hold_connections=self.HOLDS_CONNECTIONS,
                                             release_idle_after_s=self._settings.agent_connection_linger_s)
                     try:

@@ -96,6 +96,9 @@ class AgentActor(StoreBackedActor):
     # `agent_connection_linger_s` after) keeps the server's connection count to the agents busy
     # lately, not the agents online.
     HOLDS_CONNECTIONS = False
+    # One connection lingers per busy agent (a second only while two of its steps overlap): with 51 busy
+    # agents, two lingering each exhausted PostgreSQL's default 100 connections.
+    POOL_SIZE = 1
 
     def __init__(self, org_id: int, user_id: int, settings: ActorSettings, directory: Directory | None = None) -> None:
         super().__init__(org_id, settings, directory)

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 
 from store.db import Database
 from store.tables import InboundMessage, Transaction, TransactionEvent
@@ -79,9 +80,15 @@ def wait_until_settled(database_url: str, org_id: int, wamid_prefix: str, timer_
         began = time.monotonic()
         polls = 0
         try:
+            view = StoreView()
             while True:
-                view = await read_step(db, org_id, wamid_prefix, timer_inbox_id)
-                polls += 1
+                try:
+                    view = await read_step(db, org_id, wamid_prefix, timer_inbox_id)
+                    polls += 1  # committed reads, taken off the step's commit count
+                except DBAPIError as exc:
+                    # PostgreSQL out of connections ("too many clients") is a finding of the step, not
+                    # the end of the run: poll again; the step fails on its timeout if it never settles.
+                    print(f"store poll failed: {exc.orig}", flush=True)
                 waited = time.monotonic() - began
                 if settled(view, acked) or waited > timeout_s:
                     return view, waited, polls
