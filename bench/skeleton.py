@@ -81,6 +81,7 @@ def _step(server_port: int, spec: dict[str, Any], sampler: ProcessSampler, workd
         "achieved_msg_s": round(len(acked) / finished, 1) if finished > 0 else 0.0,
         "ack_ms": ack_summary, "webhook_to_stream_ms": summary_ms(delivered),
         "lost": lost, "duplicated": duplicated, "settle_s": round(settle_s, 1),
+        "conversations": len({m["conversation"] for m in messages}),
         "generator": {"lateness_ms": load["lateness_ms"], "cpu_percent": load["cpu_percent"]},
         "cpu_percent": cpu, "cpu_ms_per_message": per_message,
     }
@@ -116,7 +117,7 @@ def design_ceiling(workdir: Path, rates: list[float], duration_s: float, shape: 
             for index, rate in enumerate(rates):
                 step = _step(port, spec, sampler, workdir, index, rate, duration_s, customer_offset,
                              ack_target_ms, drain_s)
-                customer_offset += round(rate * duration_s / (1 + shape.followups))
+                customer_offset += step["conversations"]  # the next step's customers follow on, as the product's
                 steps.append(step)
                 log(f"  skeleton {rate:g}/s: ack p50/p99 {step['ack_ms']['p50']}/{step['ack_ms']['p99']} ms, "
                     f"stream p99 {step['webhook_to_stream_ms']['p99']} ms, lost {step['lost']}, "
