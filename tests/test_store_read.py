@@ -166,3 +166,31 @@ def test_a_lingering_postgres_pool_reuses_its_connection_then_gives_it_back(post
     first, second, held, given_back, third = asyncio.run(run())
     assert first == second and held  # the second step reused the first one's connection
     assert given_back and third != second  # idle past the linger: closed; the next step opens another
+
+
+def test_an_agent_actors_engine_keeps_one_postgres_connection_after_overlapping_steps(postgres_url: str) -> None:
+    """An agent actor's engine, made as the actor makes it: two overlapping steps use two connections, and
+    only one of them lingers afterwards (with 51 busy agents, two lingering each filled PostgreSQL's 100)."""
+    from actors.agent_actor import AgentActor
+
+    async def slow_backend(session: AsyncSession) -> int:
+        return int((await session.execute(text("SELECT pg_backend_pid() FROM pg_sleep(0.3)"))).scalar_one())
+
+    async def run() -> tuple[set[int], int]:
+        db = Database(postgres_url, pool_size=AgentActor.POOL_SIZE, hold_connections=AgentActor.HOLDS_CONNECTIONS,
+                      release_idle_after_s=30.0)
+        watcher = Database(postgres_url, pool_size=1)
+        try:
+            pids = set(await asyncio.gather(db.read(slow_backend), db.read(slow_backend)))
+            async with watcher.session() as session:
+                alive = int((await session.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:pids)"),
+                    {"pids": list(pids)})).scalar_one())
+            return pids, alive
+        finally:
+            await db.dispose()
+            await watcher.dispose()
+
+    pids, alive = asyncio.run(run())
+    assert len(pids) == 2  # the steps overlapped: each had a connection of its own
+    assert alive == 1  # one lingers for the agent's next step; the other was closed when it came back
