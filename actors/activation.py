@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from actors.directory import Directory, RayDirectory
 from config.actor_settings import ActorSettings
-from store.db import Database
+
+if TYPE_CHECKING:
+    from store.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +24,7 @@ _RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 
 
 class StoreBackedActor:
-    # Whether the actor's engine keeps PostgreSQL connections open between steps (see AgentActor).
-    HOLDS_CONNECTIONS = True
-    # PostgreSQL connections its engine keeps, and as many more while steps overlap (closed after use).
+    # PostgreSQL connections an inbox's or sender's engine keeps, as many more while steps overlap.
     POOL_SIZE = 2
 
     def __init__(self, org_id: int, settings: ActorSettings, directory: Directory | None) -> None:
@@ -80,11 +81,7 @@ class StoreBackedActor:
                 if not self._activated:
                     if self._main_loop is None:
                         self._main_loop = asyncio.get_running_loop()
-                    if self._db is None:
-                        # A small pool: one actor process per inbox or agent, each with its own engine.
-                        self._db = Database(self._settings.database_url, pool_size=self.POOL_SIZE,
-                                            hold_connections=self.HOLDS_CONNECTIONS,
-                                            release_idle_after_s=self._settings.agent_connection_linger_s)
+                    self._open_store()
                     try:
                         await self._load()
                         if self._exists():
@@ -94,6 +91,15 @@ class StoreBackedActor:
                         raise
                     self._activated = True
         return self._exists()
+
+    def _open_store(self) -> None:
+        """Open the actor's store once (activation may be tried again after a failure)."""
+        if self._db is None:
+            # Imported here, not at the top: an agent actor's process never loads SQLAlchemy (see AgentActor).
+            from store.db import Database
+
+            # A small pool: one actor process per inbox or sender, each with its own engine.
+            self._db = Database(self._settings.database_url, pool_size=self.POOL_SIZE)
 
     def _reset(self) -> None:
         """Forget the in-memory state (cancel timers) before loading it again."""

@@ -17,7 +17,6 @@ calls inboxes make; health checks have theirs ("health").
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import OrderedDict, deque
@@ -27,8 +26,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import ray
-from sqlalchemy import Connection, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from actors.activation import StoreBackedActor
 from actors.directory import Directory
@@ -36,10 +33,8 @@ from actors.event_signal import EventSignal
 from actors.mailbox import Mailbox
 from config.actor_settings import ActorSettings
 from routing.presence import after_missed_offer, missed_reason
-from store import routing_repo as repo
-from store.db import Database
-from store.tables import AgentEvent, AgentState
-from store.types import utcnow
+from store.agent_store import AgentStore, StoredEvent, StoredOffer, open_agent_store
+from store.clock import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -92,20 +87,13 @@ def _remember(ids: OrderedDict[Any, None], key: Any) -> None:
 
 
 class AgentActor(StoreBackedActor):
-    # Agents are many and mostly idle: holding PostgreSQL connections only while stepping (and
-    # `agent_connection_linger_s` after) keeps the server's connection count to the agents busy
-    # lately, not the agents online.
-    HOLDS_CONNECTIONS = False
-    # One connection lingers per busy agent (a second only while two of its steps overlap): with 51 busy
-    # agents, two lingering each exhausted PostgreSQL's default 100 connections.
-    POOL_SIZE = 1
-
     def __init__(self, org_id: int, user_id: int, settings: ActorSettings, directory: Directory | None = None) -> None:
         super().__init__(org_id, settings, directory)
         self.user_id = user_id
         self._step_lock = asyncio.Lock()
         self._signal = EventSignal()
-        self._stream_db: Database | None = None
+        self._store: AgentStore | None = None
+        self._stream_store: AgentStore | None = None
         self._mailboxes: dict[int, Mailbox] = {}
         self._notifying: asyncio.Task[None] | None = None
         self._retirement: asyncio.Task[None] | None = None
@@ -136,18 +124,27 @@ class AgentActor(StoreBackedActor):
     def _exists(self) -> bool:
         return self._user_exists
 
+    def _open_store(self) -> None:
+        # Agents are many and mostly idle: their store is plain SQL on the driver, without SQLAlchemy (~26 MiB
+        # per process), and holds a PostgreSQL connection only while stepping and `agent_connection_linger_s`
+        # after, so the server's connections follow the agents busy lately, not the agents online.
+        if self._store is None:
+            self._store = open_agent_store(self._settings.database_url,
+                                           linger_s=self._settings.agent_connection_linger_s,
+                                           name=f"wa-router agent {self.user_id}")
+
+    @property
+    def store(self) -> AgentStore:
+        assert self._store is not None, "AgentActor used before activation"
+        return self._store
+
     async def _load(self) -> None:
-        async with self.db.session() as session:
-            state = await repo.load_agent_state(session, self.org_id, self.user_id)
-            if state is None:
-                return
-            active, offers = await repo.agent_work(session, self.user_id)
-            recent = (await session.scalars(
-                select(AgentEvent).where(AgentEvent.user_id == self.user_id)
-                .order_by(AgentEvent.id.desc()).limit(RECENT_EVENTS))).all()
-            work_events = (await session.scalars(
-                select(AgentEvent).where(AgentEvent.user_id == self.user_id, AgentEvent.kind.in_(WORK_EVENTS))
-                .order_by(AgentEvent.id.desc()).limit(STREAM_WORK_HISTORY))).all()
+        loaded = await self.store.load(self.org_id, self.user_id, recent=RECENT_EVENTS, work_kinds=WORK_EVENTS,
+                                       work_history=STREAM_WORK_HISTORY)
+        if loaded is None:
+            return
+        state, active, offers = loaded.state, loaded.active, loaded.offers
+        recent, work_events = loaded.recent, loaded.work_events
         # Committed (the epoch is taken): memory follows.
         self._user_exists = True
         self.status = state.status
@@ -371,8 +368,7 @@ class AgentActor(StoreBackedActor):
                 return self.snapshot()
             events = [("offer_rescinded", _rescinded(hold, reason))] if hold.published else []
             if reason == "missed":
-                async with self.db.session() as session:
-                    threshold = await repo.missed_offers_before_away(session, self.org_id)
+                threshold = await self.store.missed_offers_before_away(self.org_id)
                 outcome = after_missed_offer(self.missed_in_a_row, threshold)
                 if outcome.set_away and self.status == "available":
                     await self._change_status("away", missed_reason(threshold), extra_events=events,
@@ -433,8 +429,7 @@ class AgentActor(StoreBackedActor):
         if not await self._ensure_active():
             return self.snapshot()
         async with self._step_lock:
-            async with self.db.session() as session:
-                active, offers = await repo.agent_work(session, self.user_id)
+            active, offers = await self.store.work(self.user_id)
             now = time.monotonic()
             stored = {o.offer_id: o for o in offers}
             unstored = [h for oid, h in self.holds.items() if oid not in stored and not h.direct]
@@ -513,18 +508,7 @@ class AgentActor(StoreBackedActor):
             return []
         now = utcnow()
         new_events = list(events or [])
-        user_id, org_id = self.user_id, self.org_id
-
-        def statements(connection: Connection) -> list[int]:
-            if state:
-                connection.execute(update(AgentState).where(AgentState.user_id == user_id).values(**state))
-            if not new_events:
-                return []
-            rows = [{"org_id": org_id, "user_id": user_id, "kind": kind, "payload": payload, "created_at": now}
-                    for kind, payload in new_events]
-            return [int(event_id) for event_id in connection.execute(_INSERT_EVENTS, rows).scalars()]
-
-        ids = await self.db.write(statements)
+        ids = await self.store.commit(self.org_id, self.user_id, state, new_events, now)
         emitted = [_event(event_id, kind, now, payload)
                    for event_id, (kind, payload) in zip(ids, new_events, strict=True)]
         for kind, payload in new_events:
@@ -584,36 +568,23 @@ class AgentActor(StoreBackedActor):
         recent = list(self._recent)
         if recent:
             return int(recent[-1]["id"])
-        newest = select(AgentEvent.id).where(AgentEvent.user_id == self.user_id).order_by(AgentEvent.id.desc()).limit(1)
+        return await self._reader_store().last_event_id(self.user_id)
 
-        async def read(session: AsyncSession) -> int | None:
-            return await session.scalar(newest)  # type: ignore[no-any-return]
-
-        last = await self._reader_db().read(read)
-        return int(last or 0)
-
-    def _reader_db(self) -> Database:
-        """The store as seen from the stream group's loop (an async engine belongs to the loop that uses it)."""
-        if self._main_loop is None or asyncio.get_running_loop() is self._main_loop or self.db.reads_from_any_loop:
-            return self.db
-        if self._stream_db is None:
-            self._stream_db = Database(self._settings.database_url, pool_size=1, hold_connections=False,
-                                       release_idle_after_s=self._settings.agent_connection_linger_s)
-        return self._stream_db
+    def _reader_store(self) -> AgentStore:
+        """The store as seen from the stream group's loop (a PostgreSQL connection belongs to the loop that uses it)."""
+        if self._main_loop is None or asyncio.get_running_loop() is self._main_loop or self.store.reads_from_any_loop:
+            return self.store
+        if self._stream_store is None:
+            self._stream_store = open_agent_store(self._settings.database_url,
+                                                  linger_s=self._settings.agent_connection_linger_s,
+                                                  name=f"wa-router agent {self.user_id} stream")
+        return self._stream_store
 
     async def _events_after(self, after_id: int, limit: int) -> list[dict[str, Any]]:
         recent = list(self._recent)  # a copy: the main loop appends from another thread
         if recent and recent[0]["id"] <= after_id + 1:
             return [e for e in recent if e["id"] > after_id][:limit]
-        user_id = self.user_id
-
-        async def read(session: AsyncSession) -> list[dict[str, Any]]:
-            rows = (await session.scalars(select(AgentEvent).where(AgentEvent.user_id == user_id,
-                                                                   AgentEvent.id > after_id)
-                                          .order_by(AgentEvent.id).limit(limit))).all()
-            return [_event_of(r) for r in rows]
-
-        return await self._reader_db().read(read)
+        return [_event_of(row) for row in await self._reader_store().events_after(self.user_id, after_id, limit)]
 
     # ------------------------------------------------------------------ telling inboxes
 
@@ -641,7 +612,7 @@ class AgentActor(StoreBackedActor):
 
     async def _push_snapshot(self, answered: int | None) -> None:
         # Read every time (one indexed query per change): an inbox the agent just joined must hear of it.
-        inbox_ids = await self.db.read(functools.partial(repo.inboxes_of_agent, user_id=self.user_id))
+        inbox_ids = await self.store.inboxes_of(self.user_id)
         snapshot = self.snapshot()
         for inbox_id in inbox_ids:
             if inbox_id != answered:
@@ -681,20 +652,15 @@ def _in_ray_actor() -> bool:
     return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
-# Built once: a statement object keeps its cache key, so a step neither builds nor keys it again. One
-# statement for all of a step's events; the ids come back in the order of the rows.
-_INSERT_EVENTS = insert(AgentEvent).returning(AgentEvent.id, sort_by_parameter_order=True)
-
-
 def _event(event_id: int, kind: str, at: datetime, payload: dict[str, Any]) -> dict[str, Any]:
     return {"id": event_id, "type": kind, "at": at.isoformat(), **payload}
 
 
-def _event_of(row: AgentEvent) -> dict[str, Any]:
+def _event_of(row: StoredEvent) -> dict[str, Any]:
     return _event(row.id, row.kind, row.created_at, row.payload)
 
 
-def _stored_offer(offer: repo.StoredOffer) -> dict[str, Any]:
+def _stored_offer(offer: StoredOffer) -> dict[str, Any]:
     return {"offer_id": offer.offer_id, "transaction_id": offer.transaction_id, "inbox_id": offer.inbox_id,
             "expires_at": offer.expires_at.isoformat() if offer.expires_at else None}
 

@@ -15,13 +15,18 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors.directory import ActorUnavailable, Directory
+from actors.lazy_store import lazy_module
 from actors.mailbox import Letter, Mailbox, MailboxGaveUp
 from config.actor_settings import ActorSettings
 from routing import AgentSnapshot
-from store import routing_repo as repo
+
+if TYPE_CHECKING:
+    from store import routing_repo as repo
+else:
+    repo = lazy_module("store.routing_repo")  # see actors.lazy_store
 
 log = logging.getLogger(__name__)
 

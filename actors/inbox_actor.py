@@ -23,20 +23,27 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ray
-from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from actors.activation import StoreBackedActor
 from actors.agent_link import AgentLink
 from actors.directory import Directory
+from actors.lazy_store import lazy_module
 from actors.transaction_state import TxState
 from config.actor_settings import ActorSettings
 from routing import AssignmentMode, Offer, Queue, RoutingRequest, decide
-from store import routing_repo as repo
-from store.types import utcnow
+from store.clock import utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from store import routing_repo as repo
+else:
+    # Loaded at the inbox's activation: an agent's process loads this class to call inboxes (`actors.lazy_store`).
+    repo = lazy_module("store.routing_repo")
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from store.tables import Transaction
+if TYPE_CHECKING:
+    from store.tables import Transaction
+
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,13 @@ import json
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psutil
 import ray
 
+from actors.directory import routing_actor_class
 from bench.stats import summary_ms
 
 
@@ -33,10 +35,31 @@ class EmptyActor:
         return os.getpid()
 
 
+class EmptyRoutingActor:
+    """An actor of an agent actor's shape doing nothing: async, the routing actors' options and concurrency
+    groups (an event loop and thread each), one event stream read. What Ray costs an agent before our code."""
+
+    async def pid(self) -> int:
+        return os.getpid()
+
+    @ray.method(concurrency_group="health")
+    async def ping(self) -> bool:
+        return True
+
+    @ray.method(concurrency_group="stream")
+    async def stream(self, count: int) -> AsyncIterator[list[int]]:
+        for n in range(count):
+            yield [n]
+
+
 async def measure(duration_s: float) -> dict[str, Any]:
     options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 1000}
     echo: Any = ray.remote(**options)(EchoActor).remote()  # type: ignore[call-overload]
     empty: Any = ray.remote(num_cpus=0)(EmptyActor).remote()
+    shaped: Any = routing_actor_class(EmptyRoutingActor).remote()
+    await shaped.ping.remote()
+    streamed = [batch async for batch in shaped.stream.options(num_returns="streaming").remote(3)]
+    assert len(streamed) == 3
     payload = {"transaction_id": 1, "inbox_id": 1, "message": {"id": 1, "wamid": "wamid.x", "summary": "hello"}}
     await echo.call.remote(payload)
 
@@ -56,12 +79,14 @@ async def measure(duration_s: float) -> dict[str, Any]:
     throughput = calls / (time.perf_counter() - began)
 
     empty_process = psutil.Process(await empty.pid.remote())
+    shaped_process = psutil.Process(await shaped.pid.remote())
     await asyncio.sleep(3.0)  # let it settle
     cpu_before = sum(empty_process.cpu_times()[:2])
     await asyncio.sleep(5.0)
     idle_cpu = 100 * (sum(empty_process.cpu_times()[:2]) - cpu_before) / 5.0
     return {"calls_per_s": round(throughput, 1), "sequential_call_ms": summary_ms(latencies),
             "empty_actor_uss_mib": round(empty_process.memory_full_info().uss / 2**20, 1),
+            "empty_routing_actor_uss_mib": round(shaped_process.memory_full_info().uss / 2**20, 1),
             "empty_actor_idle_cpu_percent": round(idle_cpu, 3)}
 
 

@@ -385,6 +385,8 @@ def headline(report: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, A
     design = report.get("design_ceiling", {}).get("max_sustainable_rate")
     idle = report.get("idle", {})
     empty = report.get("actor_ceiling", {}).get("empty_actor_uss_mib")
+    shaped = report.get("actor_ceiling", {}).get("empty_routing_actor_uss_mib")
+    agent_uss = idle.get("agent_actor_uss_mib")
     keys = ("offered_msg_s", "achieved_msg_s", "ack_ms", "webhook_to_offer_ms", "followup_to_message_ms",
             "timer_lateness_ms", "lost", "duplicated", "double_assigned", "peak_memory_mib", "cpu_percent")
     return {
@@ -397,10 +399,12 @@ def headline(report: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, A
         "lost_total": sum(s["lost"] for s in steps),
         "duplicated_total": sum(s["duplicated"] for s in steps),
         "double_assigned_total": sum(s["double_assigned"] for s in steps),
-        "idle_agent_actor_uss_mib": idle.get("agent_actor_uss_mib"),
+        "idle_agent_actor_uss_mib": agent_uss,
         "empty_actor_uss_mib": empty,
-        "idle_agent_vs_empty_actor_memory": round(idle["agent_actor_uss_mib"] / empty, 2)
-        if empty and idle.get("agent_actor_uss_mib") else None,
+        "idle_agent_vs_empty_actor_memory": round(agent_uss / empty, 2) if empty and agent_uss else None,
+        # The same empty actor in an agent actor's shape (async, its concurrency groups, a stream read).
+        "empty_routing_actor_uss_mib": shaped,
+        "idle_agent_vs_empty_routing_actor_memory": round(agent_uss / shaped, 2) if shaped and agent_uss else None,
         "idle_cpu_percent_per_agent_actor": idle.get("agent_actor_idle_cpu_percent"),
     }
 

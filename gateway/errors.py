@@ -9,6 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
+from store.agent_store import StoreUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -80,6 +82,13 @@ def install_error_handlers(app: FastAPI) -> None:
         # SQLite's driver raises this for integers beyond 64 bits (an id no row can have).
         log.info("integer out of range: %s", exc)
         return JSONResponse(status_code=422, content={"detail": "a number is out of range"})
+
+    @app.exception_handler(StoreUnavailable)
+    async def _agent_store_unavailable(_request: Request, exc: StoreUnavailable) -> JSONResponse:
+        # Raised by an agent actor's store (plain SQL, no SQLAlchemy) and carried back through the Ray call.
+        log.warning("store unavailable to an agent actor: %s", exc)
+        return JSONResponse(status_code=503, content={"detail": "store temporarily unavailable"},
+                            headers={"Retry-After": "1"})
 
     @app.exception_handler(OperationalError)
     async def _operational(_request: Request, exc: OperationalError) -> JSONResponse:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -13,10 +12,11 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool, QueuePool
 
-from store.sqlite_writers import WriterTurn, lock_path_of, take_turns, take_turns_when_writing, turn_of
-from store.thread_session import ThreadSession, run_to_end
+from store.coroutines import run_to_end
+from store.sqlite_file import PRAGMAS, WriterTurn, lock_path_of
+from store.sqlite_writers import take_turns, take_turns_when_writing, turn_of
+from store.thread_session import ThreadSession
 
 T = TypeVar("T")
 
@@ -33,24 +33,18 @@ def is_sqlite(url: str) -> bool:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers run beside the writer; busy_timeout makes concurrent writers (the gateway
-    # and the actor processes) wait for the lock instead of failing.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
+    for pragma in PRAGMAS:
+        cursor.execute(pragma)
     cursor.close()
 
 
 class Database:
     """One engine per process; `session()` yields a session that commits or rolls back."""
 
-    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10, hold_connections: bool = True,
-                 release_idle_after_s: float = 5.0) -> None:
-        """`hold_connections=False`: PostgreSQL connections are given back once none has been used for
-        `release_idle_after_s`, so a process that is mostly idle (an agent actor) holds none, and a busy
-        one does not open a connection per step (each costs PostgreSQL a backend and the driver's set-up)."""
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
+        """PostgreSQL: `pool_size` connections kept, as many more while steps overlap (closed after use).
+        Agent actors, which are many and mostly idle, use `store.agent_store` instead."""
         self.url = url
         kwargs: dict[str, Any] = {"echo": echo}
         path = url.split("///", 1)[-1]
@@ -62,8 +56,6 @@ class Database:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 # SQLite has one writer at a time whatever the pool; the pool only bounds waiting readers.
                 kwargs.update(pool_size=pool_size, max_overflow=2 * pool_size)
-        elif not hold_connections and release_idle_after_s <= 0:
-            kwargs.update(poolclass=NullPool)
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
@@ -71,8 +63,6 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         if file_backed:
             take_turns(self.engine, path, wait_s=_TURN_WAIT_S)
-        if not is_sqlite(url) and not hold_connections and release_idle_after_s > 0:
-            release_when_idle(self.engine, release_idle_after_s)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # File-backed SQLite: `write` and `read` run on synchronous engines of their own, in worker threads.
         self._writer: Engine | None = None
@@ -197,46 +187,6 @@ class Database:
         for threads in (self._writer_threads, self._reader_threads):
             if threads is not None:
                 threads.shutdown(wait=False)
-
-
-def release_when_idle(engine: AsyncEngine, after_s: float) -> None:
-    """Close the pool's connections once none has been checked out for `after_s` (SQLAlchemy's pools keep
-    idle connections for ever). Armed on the event loop using the engine, at a check-in."""
-    _IdleRelease(engine, after_s)
-
-
-class _IdleRelease:
-    def __init__(self, engine: AsyncEngine, after_s: float) -> None:
-        self._engine = engine
-        self._after_s = after_s
-        self._last_checkin = 0.0
-        self._armed = False
-        self._disposing: asyncio.Task[None] | None = None
-        # Pool events move to the fresh pool that dispose() swaps in.
-        event.listen(engine.sync_engine.pool, "checkin", self._on_checkin)
-
-    def _on_checkin(self, _dbapi_connection: Any, _record: Any) -> None:
-        self._last_checkin = time.monotonic()
-        if self._armed:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # checked in off the engine's loop (garbage collection): the next check-in arms
-            return
-        self._armed = True
-        loop.call_later(self._after_s, self._check)
-
-    def _check(self) -> None:
-        idle_for = time.monotonic() - self._last_checkin
-        pool = self._engine.sync_engine.pool
-        if isinstance(pool, QueuePool) and pool.checkedout() > 0:
-            self._armed = False  # in use: its check-in arms the next check
-        elif idle_for < self._after_s:
-            asyncio.get_running_loop().call_later(self._after_s - idle_for, self._check)
-        else:
-            self._armed = False
-            # Connections checked out while this runs are closed when they come back to the old pool.
-            self._disposing = asyncio.ensure_future(self._engine.dispose())
 
 
 def _thread_engine(path: str, connections: int, **connect_args: Any) -> Engine:

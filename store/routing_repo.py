@@ -18,7 +18,6 @@ from store.tables import (
     InboundMessage,
     Inbox,
     InboxAgent,
-    Organization,
     StickyAgent,
     Transaction,
     TransactionEvent,
@@ -299,49 +298,3 @@ def add_transaction_event(connection: Connection, transaction_id: int, kind: str
                           at: datetime, **detail: Any) -> None:
     connection.execute(insert(TransactionEvent).values(transaction_id=transaction_id, kind=kind, agent_id=agent_id,
                                                        at=at, detail=detail))
-
-
-async def load_agent_state(session: AsyncSession, org_id: int, user_id: int) -> AgentState | None:
-    """The agent's persisted presence, under a new activation epoch; a user never seen before starts offline."""
-    user = await session.get(User, user_id)
-    if user is None or user.org_id != org_id:
-        return None
-    state = await session.get(AgentState, user_id)
-    if state is None:
-        state = AgentState(user_id=user_id, org_id=org_id, status="offline", max_concurrent=1,
-                           status_changed_at=utcnow(), missed_in_a_row=0, epoch=0)
-        session.add(state)
-    state.epoch = (state.epoch or 0) + 1
-    await session.flush()
-    return state
-
-
-async def missed_offers_before_away(session: AsyncSession, org_id: int) -> int:
-    return int(await session.scalar(select(Organization.missed_offers_before_away)
-                                    .where(Organization.id == org_id)) or 0)
-
-
-@dataclass(frozen=True)
-class StoredOffer:
-    offer_id: str
-    transaction_id: int
-    inbox_id: int
-    expires_at: datetime | None
-
-
-async def agent_work(session: AsyncSession, user_id: int) -> tuple[dict[int, int], list[StoredOffer]]:
-    """Active transactions (id -> inbox) and the pending offers of an agent, as the inboxes committed them."""
-    rows = (await session.execute(
-        select(Transaction.id, Transaction.inbox_id, Transaction.state, Transaction.offer_id,
-               Transaction.offer_expires_at)
-        .where(((Transaction.agent_id == user_id) & (Transaction.state == "assigned"))
-               | ((Transaction.offered_to == user_id) & (Transaction.state == "offered")))
-    )).all()
-    active = {tx_id: inbox_id for tx_id, inbox_id, state, _, _ in rows if state == "assigned"}
-    offers = [StoredOffer(offer_id or f"{tx_id}.0", tx_id, inbox_id, expires)
-              for tx_id, inbox_id, state, offer_id, expires in rows if state == "offered"]
-    return active, offers
-
-
-async def inboxes_of_agent(session: AsyncSession, user_id: int) -> list[int]:
-    return list((await session.scalars(select(InboxAgent.inbox_id).where(InboxAgent.user_id == user_id))).all())

@@ -17,10 +17,6 @@ transaction goes on under SQLite's own locking (busy_timeout), never worse than 
 
 from __future__ import annotations
 
-import fcntl
-import os
-import sqlite3
-import threading
 import weakref
 from typing import Any
 
@@ -28,76 +24,7 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_
 
-_WRITE_ACTIONS = frozenset({sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE})
-
-
-def lock_path_of(database_path: str) -> str:
-    """The lock file every writer of the database at `database_path` takes its turn on."""
-    return database_path + ".writers"
-
-
-class WriterTurn:
-    """One connection's hold on the writers' lock file (held from its first write to its commit)."""
-
-    def __init__(self, lock_path: str, wait_s: float) -> None:
-        self._lock_path = lock_path
-        self._wait_s = wait_s
-        self._fd: int | None = None
-        self._guard = threading.Lock()  # taken in the connection's thread, released from the event loop's
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def authorize(self, action: int, *_: Any) -> int:
-        if action in _WRITE_ACTIONS and self._fd is None:
-            self.take()
-        return sqlite3.SQLITE_OK
-
-    def take(self) -> None:
-        """Wait for the turn (at most `wait_s`; then go on without it). Blocks the calling thread."""
-        # A descriptor per turn: closing it is the release, whichever thread does it.
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not self._wait_in_kernel(fd):
-                return  # given up: SQLite's own lock and busy timeout still apply
-        with self._guard:
-            self._fd = fd
-
-    def _wait_in_kernel(self, fd: int) -> bool:
-        """Block in `flock` (the kernel wakes the waiter the moment the lock is free), at most `wait_s`.
-
-        A blocked `flock` cannot be interrupted, so it runs in a helper thread: one that is given up
-        on closes its descriptor as soon as it gets the lock, which passes the turn on.
-        """
-        granted = threading.Event()
-        outcome = threading.Lock()
-        abandoned = False
-
-        def wait() -> None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            with outcome:
-                if abandoned:
-                    os.close(fd)
-                else:
-                    granted.set()
-
-        threading.Thread(target=wait, name="sqlite-writer-turn", daemon=True).start()
-        if granted.wait(self._wait_s):
-            return True
-        with outcome:
-            if granted.is_set():
-                return True
-            abandoned = True
-        return False
-
-    def release(self) -> None:
-        with self._guard:
-            fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+from store.sqlite_file import WriterTurn, lock_path_of
 
 
 def take_turns(engine: AsyncEngine, database_path: str, wait_s: float) -> None:

@@ -8,13 +8,10 @@ holding SQLite's write lock only for its statements and never across the gateway
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Result, ScalarResult
 from sqlalchemy.orm import Session
-
-T = TypeVar("T")
 
 
 class ThreadSession:
@@ -50,13 +47,3 @@ class ThreadSession:
 
     async def delete(self, instance: object) -> None:
         self.sync_session.delete(instance)
-
-
-def run_to_end(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine that never suspends (it awaits only `ThreadSession` methods) and return its result."""
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-    coroutine.close()
-    raise RuntimeError("a write step run in the SQLite write thread awaited something that suspends")

@@ -1,8 +1,10 @@
-"""Routing actors' code loads no pydantic: actors get `ActorSettings`, not pydantic's `Settings`.
+"""What routing actors' processes load: no pydantic-settings in any, no SQLAlchemy in an agent's.
 
-An actor's process imports its class's module and unpickles its constructor arguments; the check runs
-both in a fresh interpreter. (A Ray worker imports pydantic for its serialization context anyway, so
-what this keeps out of every actor process is pydantic-settings: 1.5 MiB per agent actor, measured.)
+An actor's process imports its class's module and unpickles its constructor arguments; the checks run
+both in a fresh interpreter. Actors get `ActorSettings`, not pydantic's `Settings` (a Ray worker imports
+pydantic for its serialization context anyway, so this keeps out pydantic-settings: 1.5 MiB per agent
+actor, measured). Agents, the many processes, reach the store through `store.agent_store` (plain SQL on
+the driver): SQLAlchemy, its ORM and the mapped tables are ~26 MiB per process.
 """
 
 from __future__ import annotations
@@ -31,6 +33,20 @@ def test_actor_processes_load_no_pydantic(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", ACTOR_PROCESS], input=given, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout.decode().splitlines() == ["ActorSettings 3.5", "[]"]
+
+
+# An agent's process loads the inbox's class too: Ray loads an actor's class wherever a handle to it is used.
+AGENT_PROCESS = """
+import sys
+import actors.agent_actor, actors.inbox_actor
+print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'asyncpg', 'aiosqlite', 'greenlet', 'alembic'}))
+"""
+
+
+def test_an_agent_actors_process_loads_no_sqlalchemy_even_with_the_inbox_class_it_calls() -> None:
+    done = subprocess.run([sys.executable, "-c", AGENT_PROCESS], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().splitlines() == ["[]"]
 
 
 def test_actor_settings_carry_the_gateways_values(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from store.db import Database
-from store.sqlite_writers import WriterTurn
+from store.sqlite_file import WriterTurn
 
 
 def _authorize_in_thread(turn: WriterTurn) -> tuple[threading.Thread, list[float]]:

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.db import Database
-from store.sqlite_writers import lock_path_of
+from store.sqlite_file import lock_path_of
 
 
 def _sqlite_path(tmp_path: Path) -> Path:
@@ -133,64 +133,3 @@ def test_a_read_step_that_would_suspend_fails_clearly(tmp_path: Path) -> None:
             await db.dispose()
 
     asyncio.run(run())
-
-
-def test_a_lingering_postgres_pool_reuses_its_connection_then_gives_it_back(postgres_url: str) -> None:
-    """An agent actor's engine (`hold_connections=False`): one connection across steps that follow each
-    other closely, none once it has been idle for the linger."""
-
-    async def backend(session: AsyncSession) -> int:
-        return int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
-
-    async def run() -> tuple[int, int, bool, bool, int]:
-        db = Database(postgres_url, pool_size=1, hold_connections=False, release_idle_after_s=0.5)
-        watcher = Database(postgres_url, pool_size=1)
-
-        async def alive(pid: int) -> bool:
-            async with watcher.session() as session:
-                return bool((await session.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"),
-                                                    {"pid": pid})).scalar_one())
-
-        try:
-            first = await db.read(backend)
-            second = await db.read(backend)
-            held = await alive(second)
-            await asyncio.sleep(1.5)
-            given_back = not await alive(second)
-            third = await db.read(backend)
-            return first, second, held, given_back, third
-        finally:
-            await db.dispose()
-            await watcher.dispose()
-
-    first, second, held, given_back, third = asyncio.run(run())
-    assert first == second and held  # the second step reused the first one's connection
-    assert given_back and third != second  # idle past the linger: closed; the next step opens another
-
-
-def test_an_agent_actors_engine_keeps_one_postgres_connection_after_overlapping_steps(postgres_url: str) -> None:
-    """An agent actor's engine, made as the actor makes it: two overlapping steps use two connections, and
-    only one of them lingers afterwards (with 51 busy agents, two lingering each filled PostgreSQL's 100)."""
-    from actors.agent_actor import AgentActor
-
-    async def slow_backend(session: AsyncSession) -> int:
-        return int((await session.execute(text("SELECT pg_backend_pid() FROM pg_sleep(0.3)"))).scalar_one())
-
-    async def run() -> tuple[set[int], int]:
-        db = Database(postgres_url, pool_size=AgentActor.POOL_SIZE, hold_connections=AgentActor.HOLDS_CONNECTIONS,
-                      release_idle_after_s=30.0)
-        watcher = Database(postgres_url, pool_size=1)
-        try:
-            pids = set(await asyncio.gather(db.read(slow_backend), db.read(slow_backend)))
-            async with watcher.session() as session:
-                alive = int((await session.execute(
-                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:pids)"),
-                    {"pids": list(pids)})).scalar_one())
-            return pids, alive
-        finally:
-            await db.dispose()
-            await watcher.dispose()
-
-    pids, alive = asyncio.run(run())
-    assert len(pids) == 2  # the steps overlapped: each had a connection of its own
-    assert alive == 1  # one lingers for the agent's next step; the other was closed when it came back

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.exc import DBAPIError
 
 from gateway.errors import install_error_handlers
+from store.agent_store import StoreUnavailable
 
 
 class DriverError(Exception):
@@ -38,3 +39,18 @@ def test_too_many_connections_or_a_lost_server_is_a_503_with_retry_after(sqlstat
 def test_a_value_the_store_cannot_hold_stays_a_422_and_anything_else_a_500() -> None:
     assert client_raising("22001").get("/").status_code == 422
     assert client_raising("XX000").get("/").status_code == 500
+
+
+def test_an_agent_actors_store_unavailable_is_a_503_too() -> None:
+    """Agents reach the store without SQLAlchemy (`store.agent_store`); their connection trouble reaches
+    the gateway through the Ray call as `StoreUnavailable`."""
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/")
+    async def fail() -> None:
+        raise StoreUnavailable("PostgreSQL: too many clients already")
+
+    response = TestClient(app, raise_server_exceptions=False).get("/")
+    assert (response.status_code, response.headers["retry-after"]) == (503, "1")
+    assert response.json() == {"detail": "store temporarily unavailable"}

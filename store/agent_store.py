@@ -1,0 +1,541 @@
+"""The agent actor's store: its few statements as plain SQL on the database drivers, without SQLAlchemy.
+
+Agents are the many processes (one Ray actor each). SQLAlchemy, its ORM and the store's mapped tables
+cost ~26 MiB in every one of them, against ~48 MiB for an empty Ray actor, so an agent's process loads
+only a driver (`sqlite3`, or `asyncpg` for PostgreSQL) and the statements below. They act on the tables
+of `store.tables` and write values as SQLAlchemy writes them there (UTC datetimes, JSON text), so the
+gateway and the inboxes read an agent's rows through the ORM unchanged (tests/test_agent_store.py checks
+both ways, on both backends).
+
+Each step is written once, as a coroutine against `_Tx`. On PostgreSQL it runs on an asyncpg connection;
+on SQLite it runs whole in a worker thread (its awaits never suspend), a write step taking the writers'
+turn first like every other SQLite writer (`store.sqlite_file`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from store.clock import utcnow
+from store.coroutines import run_to_end
+from store.sqlite_file import PRAGMAS, WriterTurn, lock_path_of
+
+T = TypeVar("T")
+
+# The columns of `agent_states` a step may set (`AgentStore.commit`): their names go into the SQL.
+STATE_COLUMNS = frozenset({"status", "status_reason", "status_changed_at", "available_since", "last_chat_end_at",
+                           "missed_in_a_row", "max_concurrent"})
+_STATE_READ = "status, status_reason, max_concurrent, available_since, last_chat_end_at, missed_in_a_row, epoch"
+_EVENT_READ = "SELECT id, kind, payload, created_at FROM agent_events"
+# SQLite: worker threads (a connection each) running whole steps: an agent's steps follow each other (its
+# step lock), and only its stream's reads and snapshot pushes run beside them. A write waits for the
+# writers' turn at most this long, then goes on under SQLite's own lock (as `store.db` does).
+_SQLITE_THREADS = 2
+_TURN_WAIT_S = 30.0
+# Each connection's page cache, in KiB (SQLite's default is 2 MiB): an agent reads a few indexed rows, and
+# the cache is private memory of every agent process.
+_SQLITE_CACHE_KIB = 256
+# PostgreSQL: connections of one store at once, the kept one and one more while two steps overlap.
+_POSTGRES_CONNECTIONS = 2
+_CONNECT_TIMEOUT_S = 10.0
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached, or was busy past waiting: the step did not happen; try again later."""
+
+
+class _StaleConnection(Exception):
+    """A kept connection failed at BEGIN: it died while idle, and nothing was done on it."""
+
+
+@dataclass(frozen=True)
+class AgentRow:
+    status: str
+    status_reason: str | None
+    max_concurrent: int
+    available_since: datetime | None
+    last_chat_end_at: datetime | None
+    missed_in_a_row: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class StoredOffer:
+    offer_id: str
+    transaction_id: int
+    inbox_id: int
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class LoadedAgent:
+    state: AgentRow
+    active: dict[int, int]  # transaction id -> inbox id
+    offers: list[StoredOffer]
+    recent: list[StoredEvent]  # newest first
+    work_events: list[StoredEvent]  # newest first
+
+
+class _Tx(Protocol):
+    """One transaction, in SQL with `?` parameters; values converted as the backend stores them."""
+
+    async def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
+
+    async def execute(self, sql: str, *args: Any) -> None: ...
+
+    async def insert_events(self, org_id: int, user_id: int, events: Sequence[tuple[str, dict[str, Any]]],
+                            at: datetime) -> list[int]: ...
+
+    def when(self, value: Any) -> datetime | None: ...
+
+    def document(self, value: Any) -> dict[str, Any]: ...
+
+
+Step = Callable[[_Tx], Coroutine[Any, Any, T]]
+
+
+# ---------------------------------------------------------------- the steps
+
+
+async def _load(tx: _Tx, org_id: int, user_id: int, recent: int, work_kinds: Sequence[str],
+                work_history: int) -> LoadedAgent | None:
+    """The agent's row under a new activation epoch (a user never seen before starts offline), its work and
+    its latest events; None when the user is not this organization's."""
+    owner = await tx.rows("SELECT org_id FROM users WHERE id = ?", user_id)
+    if not owner or owner[0][0] != org_id:
+        return None
+    await tx.execute("INSERT INTO agent_states (user_id, org_id, status, max_concurrent, status_changed_at, "
+                     "missed_in_a_row, epoch) VALUES (?, ?, 'offline', 1, ?, 0, 0) ON CONFLICT (user_id) DO NOTHING",
+                     user_id, org_id, utcnow())
+    (row,) = await tx.rows(f"UPDATE agent_states SET epoch = epoch + 1 WHERE user_id = ? RETURNING {_STATE_READ}",
+                           user_id)
+    status, reason, max_concurrent, available_since, last_chat_end_at, missed, epoch = row
+    state = AgentRow(status, reason, int(max_concurrent), tx.when(available_since), tx.when(last_chat_end_at),
+                     int(missed), int(epoch))
+    active, offers = await _work(tx, user_id)
+    latest = await tx.rows(f"{_EVENT_READ} WHERE user_id = ? ORDER BY id DESC LIMIT ?", user_id, recent)
+    kinds = ", ".join("?" for _ in work_kinds)
+    work = await tx.rows(f"{_EVENT_READ} WHERE user_id = ? AND kind IN ({kinds}) ORDER BY id DESC LIMIT ?",
+                         user_id, *work_kinds, work_history) if work_kinds else []
+    return LoadedAgent(state, active, offers, [_event(tx, r) for r in latest], [_event(tx, r) for r in work])
+
+
+async def _work(tx: _Tx, user_id: int) -> tuple[dict[int, int], list[StoredOffer]]:
+    rows = await tx.rows("SELECT id, inbox_id, state, offer_id, offer_expires_at FROM transactions "
+                         "WHERE (agent_id = ? AND state = 'assigned') OR (offered_to = ? AND state = 'offered')",
+                         user_id, user_id)
+    active = {int(tx_id): int(inbox_id) for tx_id, inbox_id, state, _, _ in rows if state == "assigned"}
+    offers = [StoredOffer(offer_id or f"{tx_id}.0", int(tx_id), int(inbox_id), tx.when(expires))
+              for tx_id, inbox_id, state, offer_id, expires in rows if state == "offered"]
+    return active, offers
+
+
+async def _commit(tx: _Tx, org_id: int, user_id: int, state: dict[str, Any] | None,
+                  events: Sequence[tuple[str, dict[str, Any]]], at: datetime) -> list[int]:
+    if state:
+        columns = sorted(state)
+        await tx.execute(f"UPDATE agent_states SET {', '.join(f'{c} = ?' for c in columns)} WHERE user_id = ?",
+                         *(state[c] for c in columns), user_id)
+    return await tx.insert_events(org_id, user_id, events, at) if events else []
+
+
+async def _one_value(tx: _Tx, sql: str, args: Sequence[Any]) -> Any:
+    rows = await tx.rows(sql, *args)
+    return rows[0][0] if rows else None
+
+
+async def _column(tx: _Tx, sql: str, args: Sequence[Any]) -> list[Any]:
+    return [row[0] for row in await tx.rows(sql, *args)]
+
+
+async def _events(tx: _Tx, sql: str, args: Sequence[Any]) -> list[StoredEvent]:
+    return [_event(tx, row) for row in await tx.rows(sql, *args)]
+
+
+def _event(tx: _Tx, row: tuple[Any, ...]) -> StoredEvent:
+    event_id, kind, payload, created_at = row
+    at = tx.when(created_at)
+    assert at is not None  # the column is NOT NULL
+    return StoredEvent(int(event_id), kind, tx.document(payload), at)
+
+
+# ---------------------------------------------------------------- the store
+
+
+class AgentStore:
+    """An agent actor's reads and writes; each method is one transaction."""
+
+    # Whether the methods may be awaited on any event loop of the process (else: one store per loop).
+    reads_from_any_loop = False
+
+    async def load(self, org_id: int, user_id: int, *, recent: int, work_kinds: Sequence[str],
+                   work_history: int) -> LoadedAgent | None:
+        return await self._run(functools.partial(_load, org_id=org_id, user_id=user_id, recent=recent,
+                                                 work_kinds=work_kinds, work_history=work_history), write=True)
+
+    async def commit(self, org_id: int, user_id: int, state: dict[str, Any] | None,
+                     events: Sequence[tuple[str, dict[str, Any]]], at: datetime) -> list[int]:
+        """Set `state`'s columns on the agent's row and append `events`: their ids, in order."""
+        unknown = set(state or ()) - STATE_COLUMNS
+        if unknown:
+            raise ValueError(f"not a column an agent's step sets: {sorted(unknown)}")
+        return await self._run(functools.partial(_commit, org_id=org_id, user_id=user_id, state=state,
+                                                 events=events, at=at), write=True)
+
+    async def work(self, user_id: int) -> tuple[dict[int, int], list[StoredOffer]]:
+        """Active transactions (id -> inbox) and pending offers, as the inboxes committed them."""
+        return await self._run(functools.partial(_work, user_id=user_id))
+
+    async def missed_offers_before_away(self, org_id: int) -> int:
+        value = await self._run(functools.partial(
+            _one_value, sql="SELECT missed_offers_before_away FROM organizations WHERE id = ?", args=(org_id,)))
+        return int(value or 0)
+
+    async def inboxes_of(self, user_id: int) -> list[int]:
+        return [int(i) for i in await self._run(functools.partial(
+            _column, sql="SELECT inbox_id FROM inbox_agents WHERE user_id = ?", args=(user_id,)))]
+
+    async def events_after(self, user_id: int, after_id: int, limit: int) -> list[StoredEvent]:
+        return await self._run(functools.partial(
+            _events, sql=f"{_EVENT_READ} WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?",
+            args=(user_id, after_id, limit)))
+
+    async def last_event_id(self, user_id: int) -> int:
+        value = await self._run(functools.partial(
+            _one_value, sql="SELECT max(id) FROM agent_events WHERE user_id = ?", args=(user_id,)))
+        return int(value or 0)
+
+    async def _run(self, step: Step[T], write: bool = False) -> T:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+def open_agent_store(url: str, *, linger_s: float, name: str) -> AgentStore:
+    """The store at a `WA_ROUTER_DATABASE_URL`. PostgreSQL: the connection kept between steps is closed once
+    unused for `linger_s` (0: a connection per step); `name` is its `application_name`."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if not path or ":memory:" in path:
+            raise ValueError("an agent actor needs the store's file: an in-memory SQLite database is the gateway's own")
+        return _SqliteStore(path)
+    if url.startswith(("postgresql", "postgres:")):
+        return _PostgresStore(url, linger_s=linger_s, name=name)
+    raise ValueError(f"agent actors support SQLite and PostgreSQL, not {url.split(':', 1)[0]}")
+
+
+async def _not_abandoned(running: Awaitable[T]) -> T:
+    """Await a started transaction; a caller cancelled meanwhile is cancelled only once it has ended (the
+    caller changes memory after the commit, so it must not go on believing it did not happen)."""
+    future = asyncio.ensure_future(running)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        raise
+
+
+# ---------------------------------------------------------------- SQLite
+
+
+def _sqlite_time(value: datetime) -> str:
+    # As SQLAlchemy stores a DateTime on SQLite: UTC, no zone, always microseconds.
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _sqlite_args(args: Sequence[Any]) -> list[Any]:
+    return [_sqlite_time(a) if isinstance(a, datetime) else a for a in args]
+
+
+class _SqliteTx:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    async def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return self._connection.execute(sql, _sqlite_args(args)).fetchall()
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        self._connection.execute(sql, _sqlite_args(args))
+
+    async def insert_events(self, org_id: int, user_id: int, events: Sequence[tuple[str, dict[str, Any]]],
+                            at: datetime) -> list[int]:
+        # In-process: a statement per event costs no round trip, and lastrowid keeps the order.
+        ids = []
+        for kind, payload in events:
+            cursor = self._connection.execute(
+                "INSERT INTO agent_events (org_id, user_id, kind, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+                (org_id, user_id, kind, json.dumps(payload), _sqlite_time(at)))
+            assert cursor.lastrowid is not None
+            ids.append(cursor.lastrowid)
+        return ids
+
+    def when(self, value: Any) -> datetime | None:
+        return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+    def document(self, value: Any) -> dict[str, Any]:
+        return json.loads(value) if isinstance(value, str | bytes) else value  # type: ignore[no-any-return]
+
+
+class _SqliteStore(AgentStore):
+    reads_from_any_loop = True
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._turns = lock_path_of(path)
+        self._threads: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+
+    def _connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            # Autocommit mode: each step issues its own BEGIN and COMMIT.
+            connection = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
+            for pragma in PRAGMAS:
+                connection.execute(pragma)
+            connection.execute(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
+            self._local.connection = connection
+            self._opened.append(connection)
+        return connection
+
+    def _run_now(self, step: Step[T], write: bool) -> T:
+        connection = self._connection()
+        turn = WriterTurn(self._turns, wait_s=_TURN_WAIT_S) if write else None
+        try:
+            if turn is not None:
+                turn.take()
+            connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                result = run_to_end(step(_SqliteTx(connection)))
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            return result
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc) or "unable to open" in str(exc):
+                raise StoreUnavailable(f"SQLite: {exc}") from exc
+            raise
+        finally:
+            if turn is not None:
+                turn.release()  # after the commit or rollback
+
+    async def _run(self, step: Step[T], write: bool = False) -> T:
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(_SQLITE_THREADS, thread_name_prefix="agent-store")
+        return await _not_abandoned(asyncio.get_running_loop().run_in_executor(
+            self._threads, self._run_now, step, write))
+
+    async def close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+            self._threads = None
+        for connection in self._opened:
+            connection.close()
+        self._opened.clear()
+        self._local = threading.local()
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+def _numbered(sql: str) -> str:
+    """`?` parameters as asyncpg's `$1`, `$2`, ... (the statements hold no literal question mark)."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], start=1))
+
+
+class _PostgresTx:
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    async def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self._connection.fetch(_numbered(sql), *args)]
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._connection.execute(_numbered(sql), *args)
+
+    async def insert_events(self, org_id: int, user_id: int, events: Sequence[tuple[str, dict[str, Any]]],
+                            at: datetime) -> list[int]:
+        # One round trip for all of a step's events. Ids come from the sequence as the rows are inserted, in
+        # the order of `n`: sorted, they are the events' ids in order.
+        rows = await self._connection.fetch(
+            "INSERT INTO agent_events (org_id, user_id, kind, payload, created_at) "
+            "SELECT $1::bigint, $2::bigint, e.kind, e.payload::json, $5::timestamptz "
+            "FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS e(kind, payload, n) ORDER BY e.n RETURNING id",
+            org_id, user_id, [kind for kind, _ in events], [json.dumps(payload) for _, payload in events], at)
+        return sorted(int(r[0]) for r in rows)
+
+    def when(self, value: Any) -> datetime | None:
+        return None if value is None else value.astimezone(UTC)  # type: ignore[no-any-return]
+
+    def document(self, value: Any) -> dict[str, Any]:
+        return json.loads(value) if isinstance(value, str | bytes) else value  # type: ignore[no-any-return]
+
+
+def _asyncpg_dsn(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    return "postgresql://" + rest if "+" in scheme else url
+
+
+class _PostgresStore(AgentStore):
+    """One connection kept between steps and closed once unused for `linger_s`, so an idle agent holds none;
+    a step overlapping another gets a connection of its own, closed after it."""
+
+    def __init__(self, url: str, *, linger_s: float, name: str) -> None:
+        import asyncpg  # here: a SQLite deployment never loads it
+
+        self._asyncpg = asyncpg
+        self._dsn = _asyncpg_dsn(url)
+        self._linger_s = linger_s
+        self._name = name[:63]  # PostgreSQL's limit for application_name
+        self._slots: asyncio.Semaphore | None = None
+        self._kept: Any = None
+        self._kept_busy = False
+        self._last_used = 0.0
+        self._release: asyncio.TimerHandle | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _unavailable(self, exc: BaseException) -> bool:
+        """Connection trouble, the server out of connections or shutting down (SQLSTATE 08, 53, 57)."""
+        if isinstance(exc, (OSError, TimeoutError, self._asyncpg.InterfaceError, self._asyncpg.InternalClientError)):
+            return True
+        return str(getattr(exc, "sqlstate", "") or "")[:2] in ("08", "53", "57")
+
+    async def _connect(self) -> Any:
+        try:
+            return await self._asyncpg.connect(self._dsn, timeout=_CONNECT_TIMEOUT_S,
+                                               server_settings={"application_name": self._name})
+        except Exception as exc:
+            if self._unavailable(exc):
+                raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+            raise
+
+    async def _transaction(self, connection: Any, step: Step[T], fresh: bool) -> T:
+        transaction = connection.transaction()
+        try:
+            await transaction.start()
+        except Exception as exc:
+            if not fresh:  # nothing was done on it: another connection may do the step
+                raise _StaleConnection from exc
+            raise
+        try:
+            result = await step(_PostgresTx(connection))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await transaction.rollback()
+            raise
+        await transaction.commit()
+        return result
+
+    async def _run(self, step: Step[T], write: bool = False) -> T:
+        return await _not_abandoned(self._run_now(step))
+
+    async def _run_now(self, step: Step[T]) -> T:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(_POSTGRES_CONNECTIONS)
+        async with self._slots:
+            if self._linger_s > 0 and not self._kept_busy:
+                self._kept_busy = True
+                try:
+                    return await self._on_kept(step)
+                finally:
+                    self._kept_busy = False
+                    self._last_used = time.monotonic()
+                    self._arm_release()
+            connection = await self._connect()
+            try:
+                return await self._step_on(connection, step)
+            finally:
+                self._close(connection)
+
+    async def _on_kept(self, step: Step[T]) -> T:
+        if self._kept is not None and not self._kept.is_closed():
+            try:
+                return await self._step_on(self._kept, step, fresh=False)
+            except _StaleConnection:
+                self._drop_kept()  # it died while idle (a server restart, a killed backend): nothing was done
+            except BaseException as exc:
+                self._drop_kept_unless_sound(exc)
+                raise
+        self._kept = await self._connect()
+        try:
+            return await self._step_on(self._kept, step, fresh=True)
+        except BaseException as exc:
+            self._drop_kept_unless_sound(exc)
+            raise
+
+    def _drop_kept_unless_sound(self, exc: BaseException) -> None:
+        """A statement the server refused leaves the connection usable (its transaction rolled back); after
+        anything else (connection trouble, a cancelled call mid-statement) it is not trusted again."""
+        if isinstance(exc, StoreUnavailable) or not isinstance(exc, self._asyncpg.PostgresError):
+            self._drop_kept()
+
+    async def _step_on(self, connection: Any, step: Step[T], fresh: bool = True) -> T:
+        try:
+            return await self._transaction(connection, step, fresh)
+        except _StaleConnection:
+            raise
+        except Exception as exc:
+            if self._unavailable(exc):
+                raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+            raise
+
+    def _arm_release(self) -> None:
+        if self._release is None and self._kept is not None:
+            self._release = asyncio.get_running_loop().call_later(self._linger_s, self._release_if_idle)
+
+    def _release_if_idle(self) -> None:
+        self._release = None
+        if self._kept is None or self._kept_busy:
+            return  # in use: its end arms the next check
+        idle_for = time.monotonic() - self._last_used
+        if idle_for < self._linger_s:
+            self._release = asyncio.get_running_loop().call_later(self._linger_s - idle_for, self._release_if_idle)
+        else:
+            self._drop_kept()
+
+    def _drop_kept(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            self._close(kept)
+
+    def _close(self, connection: Any) -> None:
+        """Close in the background (a polite goodbye to the server); a broken connection is just dropped."""
+        if connection.is_closed():
+            return
+        task = asyncio.ensure_future(connection.close(timeout=5))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def close(self) -> None:
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        self._drop_kept()
+        if self._closing:
+            await asyncio.wait(set(self._closing))
