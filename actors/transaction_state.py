@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from store.tables import Transaction
 
 
-
 @dataclass(frozen=True)
 class TxState:
     id: int
