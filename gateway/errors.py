@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
-from store.agent_store import StoreUnavailable
+from store.errors import StoreUnavailable, means_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, DataError) or sqlstate.startswith("22"):
             log.info("value refused by the store: %s", exc.orig)
             return JSONResponse(status_code=422, content={"detail": "a value is out of range for the store"})
-        if sqlstate[:2] in ("08", "53", "57"):
+        if means_unavailable(sqlstate):
             # Connection trouble, the server out of connections or shutting down: retry later.
             log.warning("store unavailable: %s", exc.orig)
             return JSONResponse(status_code=503, content={"detail": "store temporarily unavailable"},

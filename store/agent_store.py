@@ -21,15 +21,16 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from store.clock import utcnow
-from store.coroutines import run_to_end
-from store.sqlite_file import PRAGMAS, WriterTurn, lock_path_of
+from store.clock import as_utc, from_stored, utcnow
+from store.coroutines import not_abandoned, run_to_end
+from store.errors import StoreUnavailable, means_unavailable
+from store.sqlite_file import PRAGMAS, TURN_WAIT_S, WriterTurn, lock_path_of, sqlite_file_path
 
 T = TypeVar("T")
 
@@ -39,20 +40,14 @@ STATE_COLUMNS = frozenset({"status", "status_reason", "status_changed_at", "avai
 _STATE_READ = "status, status_reason, max_concurrent, available_since, last_chat_end_at, missed_in_a_row, epoch"
 _EVENT_READ = "SELECT id, kind, payload, created_at FROM agent_events"
 # SQLite: worker threads (a connection each) running whole steps: an agent's steps follow each other (its
-# step lock), and only its stream's reads and snapshot pushes run beside them. A write waits for the
-# writers' turn at most this long, then goes on under SQLite's own lock (as `store.db` does).
+# step lock), and only its stream's reads and snapshot pushes run beside them.
 _SQLITE_THREADS = 2
-_TURN_WAIT_S = 30.0
 # Each connection's page cache, in KiB (SQLite's default is 2 MiB): an agent reads a few indexed rows, and
 # the cache is private memory of every agent process.
 _SQLITE_CACHE_KIB = 256
 # PostgreSQL: connections of one store at once, the kept one and one more while two steps overlap.
 _POSTGRES_CONNECTIONS = 2
 _CONNECT_TIMEOUT_S = 10.0
-
-
-class StoreUnavailable(Exception):
-    """The store could not be reached, or was busy past waiting: the step did not happen; try again later."""
 
 
 class _StaleConnection(Exception):
@@ -106,8 +101,6 @@ class _Tx(Protocol):
                             at: datetime) -> list[int]: ...
 
     def when(self, value: Any) -> datetime | None: ...
-
-    def document(self, value: Any) -> dict[str, Any]: ...
 
 
 Step = Callable[[_Tx], Coroutine[Any, Any, T]]
@@ -175,7 +168,12 @@ def _event(tx: _Tx, row: tuple[Any, ...]) -> StoredEvent:
     event_id, kind, payload, created_at = row
     at = tx.when(created_at)
     assert at is not None  # the column is NOT NULL
-    return StoredEvent(int(event_id), kind, tx.document(payload), at)
+    return StoredEvent(int(event_id), kind, _document(payload), at)
+
+
+def _document(value: Any) -> dict[str, Any]:
+    """A JSON column as read: text from both drivers (asyncpg decodes no JSON without a codec)."""
+    return json.loads(value) if isinstance(value, str | bytes) else value  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------- the store
@@ -235,8 +233,8 @@ def open_agent_store(url: str, *, linger_s: float, name: str) -> AgentStore:
     """The store at a `WA_ROUTER_DATABASE_URL`. PostgreSQL: the connection kept between steps is closed once
     unused for `linger_s` (0: a connection per step); `name` is its `application_name`."""
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if not path or ":memory:" in path:
+        path = sqlite_file_path(url)
+        if path is None:
             raise ValueError("an agent actor needs the store's file: an in-memory SQLite database is the gateway's own")
         return _SqliteStore(path)
     if url.startswith(("postgresql", "postgres:")):
@@ -244,25 +242,12 @@ def open_agent_store(url: str, *, linger_s: float, name: str) -> AgentStore:
     raise ValueError(f"agent actors support SQLite and PostgreSQL, not {url.split(':', 1)[0]}")
 
 
-async def _not_abandoned(running: Awaitable[T]) -> T:
-    """Await a started transaction; a caller cancelled meanwhile is cancelled only once it has ended (the
-    caller changes memory after the commit, so it must not go on believing it did not happen)."""
-    future = asyncio.ensure_future(running)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        await asyncio.wait([future])
-        raise
-
-
 # ---------------------------------------------------------------- SQLite
 
 
 def _sqlite_time(value: datetime) -> str:
     # As SQLAlchemy stores a DateTime on SQLite: UTC, no zone, always microseconds.
-    if value.tzinfo is None:
-        raise ValueError("naive datetime given to a UTC column")
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return as_utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _sqlite_args(args: Sequence[Any]) -> list[Any]:
@@ -292,10 +277,7 @@ class _SqliteTx:
         return ids
 
     def when(self, value: Any) -> datetime | None:
-        return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
-
-    def document(self, value: Any) -> dict[str, Any]:
-        return json.loads(value) if isinstance(value, str | bytes) else value  # type: ignore[no-any-return]
+        return None if value is None else from_stored(datetime.fromisoformat(value))
 
 
 class _SqliteStore(AgentStore):
@@ -322,7 +304,7 @@ class _SqliteStore(AgentStore):
 
     def _run_now(self, step: Step[T], write: bool) -> T:
         connection = self._connection()
-        turn = WriterTurn(self._turns, wait_s=_TURN_WAIT_S) if write else None
+        turn = WriterTurn(self._turns, wait_s=TURN_WAIT_S) if write else None
         try:
             if turn is not None:
                 turn.take()
@@ -346,7 +328,7 @@ class _SqliteStore(AgentStore):
     async def _run(self, step: Step[T], write: bool = False) -> T:
         if self._threads is None:
             self._threads = ThreadPoolExecutor(_SQLITE_THREADS, thread_name_prefix="agent-store")
-        return await _not_abandoned(asyncio.get_running_loop().run_in_executor(
+        return await not_abandoned(asyncio.get_running_loop().run_in_executor(
             self._threads, self._run_now, step, write))
 
     async def close(self) -> None:
@@ -390,10 +372,7 @@ class _PostgresTx:
         return sorted(int(r[0]) for r in rows)
 
     def when(self, value: Any) -> datetime | None:
-        return None if value is None else value.astimezone(UTC)  # type: ignore[no-any-return]
-
-    def document(self, value: Any) -> dict[str, Any]:
-        return json.loads(value) if isinstance(value, str | bytes) else value  # type: ignore[no-any-return]
+        return None if value is None else from_stored(value)
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -420,10 +399,10 @@ class _PostgresStore(AgentStore):
         self._closing: set[asyncio.Task[None]] = set()
 
     def _unavailable(self, exc: BaseException) -> bool:
-        """Connection trouble, the server out of connections or shutting down (SQLSTATE 08, 53, 57)."""
+        """Connection trouble, the server out of connections or shutting down (`store.errors`)."""
         if isinstance(exc, (OSError, TimeoutError, self._asyncpg.InterfaceError, self._asyncpg.InternalClientError)):
             return True
-        return str(getattr(exc, "sqlstate", "") or "")[:2] in ("08", "53", "57")
+        return means_unavailable(str(getattr(exc, "sqlstate", "") or ""))
 
     async def _connect(self) -> Any:
         try:
@@ -452,7 +431,7 @@ class _PostgresStore(AgentStore):
         return result
 
     async def _run(self, step: Step[T], write: bool = False) -> T:
-        return await _not_abandoned(self._run_now(step))
+        return await not_abandoned(self._run_now(step))
 
     async def _run_now(self, step: Step[T]) -> T:
         if self._slots is None:

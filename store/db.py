@@ -13,8 +13,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 
-from store.coroutines import run_to_end
-from store.sqlite_file import PRAGMAS, WriterTurn, lock_path_of
+from store.coroutines import not_abandoned, run_to_end
+from store.sqlite_file import PRAGMAS, TURN_WAIT_S, WriterTurn, lock_path_of, sqlite_file_path
 from store.sqlite_writers import take_turns, take_turns_when_writing, turn_of
 from store.thread_session import ThreadSession
 
@@ -24,8 +24,6 @@ T = TypeVar("T")
 _SQLITE_WRITE_THREADS = 4
 # Threads that run whole SQLite read steps (`Database.read`), at most this many at once per process.
 _SQLITE_READ_THREADS = 4
-# How long a SQLite writer waits for its turn before going on under SQLite's own lock.
-_TURN_WAIT_S = 30.0
 
 
 def is_sqlite(url: str) -> bool:
@@ -47,12 +45,11 @@ class Database:
         Agent actors, which are many and mostly idle, use `store.agent_store` instead."""
         self.url = url
         kwargs: dict[str, Any] = {"echo": echo}
-        path = url.split("///", 1)[-1]
-        file_backed = is_sqlite(url) and bool(path) and ":memory:" not in path
+        path = sqlite_file_path(url) if is_sqlite(url) else None  # file-backed SQLite
         if is_sqlite(url):
             # No statement cache: writers' turns are taken where SQLite prepares a statement.
             kwargs["connect_args"] = {"timeout": 30, "cached_statements": 0}
-            if file_backed:
+            if path is not None:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 # SQLite has one writer at a time whatever the pool; the pool only bounds waiting readers.
                 kwargs.update(pool_size=pool_size, max_overflow=2 * pool_size)
@@ -61,8 +58,8 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if is_sqlite(url):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        if file_backed:
-            take_turns(self.engine, path, wait_s=_TURN_WAIT_S)
+        if path is not None:
+            take_turns(self.engine, path, wait_s=TURN_WAIT_S)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # File-backed SQLite: `write` and `read` run on synchronous engines of their own, in worker threads.
         self._writer: Engine | None = None
@@ -70,14 +67,14 @@ class Database:
         self._reader: Engine | None = None
         self._reader_threads: ThreadPoolExecutor | None = None
         self._turns_path = ""
-        if file_backed:
+        if path is not None:
             self._turns_path = lock_path_of(path)
             # At most one connection per thread. The writer takes its turn itself (`_write_now`); a read
             # step that writes after all takes it at its first write statement, like an async session.
             self._writer = _thread_engine(path, _SQLITE_WRITE_THREADS)
             # No statement cache on the reader: the turn's authorizer must see every statement prepared.
             self._reader = _thread_engine(path, _SQLITE_READ_THREADS, cached_statements=0)
-            take_turns_when_writing(self._reader, path, wait_s=_TURN_WAIT_S)
+            take_turns_when_writing(self._reader, path, wait_s=TURN_WAIT_S)
 
     @property
     def one_writer(self) -> bool:
@@ -114,12 +111,8 @@ class Database:
                 return await connection.run_sync(statements)
         if self._writer_threads is None:
             self._writer_threads = ThreadPoolExecutor(_SQLITE_WRITE_THREADS, thread_name_prefix="sqlite-write")
-        running = asyncio.get_running_loop().run_in_executor(self._writer_threads, self._write_now, statements)
-        try:
-            return await asyncio.shield(running)
-        except asyncio.CancelledError:
-            await asyncio.wait([running])
-            raise
+        return await not_abandoned(
+            asyncio.get_running_loop().run_in_executor(self._writer_threads, self._write_now, statements))
 
     async def write_session(self, step: Callable[[AsyncSession], Coroutine[Any, Any, T]]) -> T:
         """Run an async `step` written against a session as one transaction; its result once committed.
@@ -171,7 +164,7 @@ class Database:
 
     def _write_now(self, statements: Callable[[Connection], T]) -> T:
         assert self._writer is not None
-        turn = WriterTurn(self._turns_path, wait_s=_TURN_WAIT_S)
+        turn = WriterTurn(self._turns_path, wait_s=TURN_WAIT_S)
         turn.take()
         try:
             with self._writer.begin() as connection:

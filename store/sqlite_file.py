@@ -17,7 +17,16 @@ from typing import Any
 PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=30000",
            "PRAGMA foreign_keys=ON")
 
+# How long a writer waits for its turn before going on under SQLite's own lock (busy_timeout).
+TURN_WAIT_S = 30.0
+
 _WRITE_ACTIONS = frozenset({sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE})
+
+
+def sqlite_file_path(url: str) -> str | None:
+    """The file of a SQLite database URL; None for an in-memory one (no other process can share it)."""
+    path = url.split("///", 1)[-1]
+    return path if path and ":memory:" not in path else None
 
 
 def lock_path_of(database_path: str) -> str:

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from store.agent_store import AgentStore, StoreUnavailable, open_agent_store
+from store.agent_store import AgentStore, open_agent_store
 from store.db import Database
+from store.errors import StoreUnavailable
 from store.migrate import upgrade_to_head
 from store.sqlite_file import WriterTurn, lock_path_of
 from store.tables import AgentEvent, AgentState, Organization, User

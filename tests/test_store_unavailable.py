@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.exc import DBAPIError
 
 from gateway.errors import install_error_handlers
-from store.agent_store import StoreUnavailable
+from store.errors import StoreUnavailable
 
 
 class DriverError(Exception):
