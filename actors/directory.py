@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import ray
 
-from actors.names import agent_actor_name, inbox_actor_name, sender_actor_name
+from actors.names import agent_actor_name, agent_store_actor_name, inbox_actor_name, sender_actor_name
 from config.actor_settings import ActorSettings
 
 if TYPE_CHECKING:  # only the gateway connects to Ray; actors' processes need no pydantic
@@ -77,13 +77,15 @@ class Proxy:
 
 
 class Directory(Protocol):
-    """How actors and the gateway reach inbox, agent and sender actors."""
+    """How actors and the gateway reach inbox, agent, sender and agent store actors."""
 
     def inbox(self, org_id: int, inbox_id: int) -> Any: ...
 
     def agent(self, org_id: int, user_id: int) -> Any: ...
 
     def sender(self, phone_number_id: str) -> Any: ...
+
+    def agent_store(self, index: int) -> Any: ...
 
     def forget_inbox(self, org_id: int, inbox_id: int) -> None: ...
 
@@ -206,6 +208,11 @@ class RayDirectory:
         from actors.sender_actor import SenderActor
 
         return self._get_or_create(sender_actor_name(phone_number_id), SenderActor, phone_number_id, self._settings)
+
+    def agent_store(self, index: int) -> Proxy:
+        from actors.agent_store_actor import AgentStoreActor
+
+        return self._get_or_create(agent_store_actor_name(index), AgentStoreActor, index, self._settings)
 
     def _kill(self, name: str) -> None:
         self._cache.pop(name, None)

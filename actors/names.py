@@ -13,3 +13,7 @@ def agent_actor_name(org_id: int, user_id: int) -> str:
 
 def sender_actor_name(phone_number_id: str) -> str:
     return f"sender:{phone_number_id}"
+
+
+def agent_store_actor_name(index: int) -> str:
+    return f"agent-store:{index}"

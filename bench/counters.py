@@ -1,6 +1,6 @@
 """Work counted per message: Ray actor calls by method (Ray's task summary, read from the gateway's
-dashboard) and, on PostgreSQL, committed store transactions (`pg_stat_database.xact_commit`); where the
-actors run (one node, or several in a cluster run)."""
+dashboard) and, on PostgreSQL, committed store transactions (`pg_stat_database.xact_commit`) and the
+connections held (`pg_stat_activity`); where the actors run (one node, or several in a cluster run)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from typing import Any
 
 _SUMMARY = """
@@ -73,7 +74,64 @@ def per_message(before: dict[str, int], after: dict[str, int], messages: int) ->
         return {}
     deltas = {name: after[name] - before.get(name, 0) for name in after}
     return {name: round(delta / messages, 2) for name, delta in sorted(deltas.items(), key=lambda kv: -kv[1])
-            if delta > 0 and name.startswith(("InboxActor.", "AgentActor."))}
+            if delta > 0 and name.startswith(("InboxActor.", "AgentActor.", "AgentStoreActor."))}
+
+
+def _server_and_database(database_url: str) -> tuple[str, str]:
+    server, name = database_url.replace("postgresql+asyncpg://", "postgresql://").rsplit("/", 1)
+    return server, name
+
+
+# Whose a connection is, by its `application_name` (agents' own before their store actors' shared ones).
+_CONNECTION_OWNERS = """
+SELECT count(*),
+       count(*) FILTER (WHERE application_name LIKE 'wa-router agent %'
+                        AND application_name NOT LIKE 'wa-router agent-store %'),
+       count(*) FILTER (WHERE application_name LIKE 'wa-router agent-store %')
+FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()
+"""
+
+
+class PostgresConnections:
+    """The store's connections, sampled every `interval_s` in a thread of their own while a step runs: the
+    peak of all of them, of agents' own and of the agent store actors' (`actors/agent_store_actor.py`)."""
+
+    def __init__(self, database_url: str, interval_s: float = 0.5) -> None:
+        self._server, self._name = _server_and_database(database_url)
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._peaks = {"all": 0, "agents": 0, "agent_store_actors": 0}
+        self._samples = 0
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._sample()), name="pg-connections",
+                                        daemon=True)
+
+    @classmethod
+    def start_for(cls, database_url: str) -> PostgresConnections | None:
+        """Sampling started; None on SQLite."""
+        if not database_url.startswith("postgresql"):
+            return None
+        sampler = cls(database_url)
+        sampler._thread.start()
+        return sampler
+
+    async def _sample(self) -> None:
+        import asyncpg
+
+        connection = await asyncpg.connect(f"{self._server}/{self._name}", timeout=10)
+        try:
+            while not self._stop.is_set():
+                row = await connection.fetchrow(_CONNECTION_OWNERS, self._name)
+                for key, value in zip(self._peaks, row, strict=True):
+                    self._peaks[key] = max(self._peaks[key], int(value))
+                self._samples += 1
+                await asyncio.sleep(self._interval_s)
+        finally:
+            await connection.close()
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        return {f"peak_{key}": value for key, value in self._peaks.items()} | {"samples": self._samples}
 
 
 def postgres_commits(database_url: str) -> int | None:
@@ -84,7 +142,7 @@ def postgres_commits(database_url: str) -> int | None:
     async def read() -> int:
         import asyncpg
 
-        server, name = database_url.replace("postgresql+asyncpg://", "postgresql://").rsplit("/", 1)
+        server, name = _server_and_database(database_url)
         connection = await asyncpg.connect(f"{server}/{name}", timeout=10)
         try:
             value = await connection.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", name)

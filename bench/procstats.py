@@ -26,6 +26,8 @@ def classify(process: psutil.Process, roles: dict[int, str]) -> str:
         return "gone"
     if command.startswith("ray::InboxActor"):
         return "inbox_actor"
+    if command.startswith("ray::AgentStoreActor"):
+        return "agent_store_actor"
     if command.startswith("ray::AgentActor"):
         return "agent_actor"
     if command.startswith("ray::"):

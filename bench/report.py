@@ -32,6 +32,16 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
             "[green]pass[/]" if s["passed"] else "[red]fail[/]" + ("" if s["settled"] else " (unsettled)"))
     console.print(steps)
 
+    held = [(s["rate"], s.get("postgres_connections")) for s in report["steps"] if s.get("postgres_connections")]
+    if held:
+        connections = Table(title="PostgreSQL connections held during each step (peaks, pg_stat_activity)")
+        for column in ("rate", "all", "agents' own", "agent store actors'"):
+            connections.add_column(column, justify="right")
+        for rate, peaks in held:
+            connections.add_row(f"{rate:g}", str(peaks["peak_all"]), str(peaks["peak_agents"]),
+                                str(peaks["peak_agent_store_actors"]))
+        console.print(connections)
+
     ceilings = Table(title="ceilings (same run, same machine)")
     for column in ("what", "figure", "product / ceiling"):
         ceilings.add_column(column)

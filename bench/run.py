@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import psutil
 
-from bench.counters import actor_calls, actor_placement, per_message, postgres_commits
+from bench.counters import PostgresConnections, actor_calls, actor_placement, per_message, postgres_commits
 from bench.options import apply_smoke
 from bench.procstats import ProcessSampler
 from bench.profiles import record, summarise
@@ -122,6 +122,7 @@ def run_step(args: argparse.Namespace, stack: Stack, plan: Plan, agents: subproc
     commits_before = postgres_commits(stack.database_url)
     sampler.reset_peaks()
     window = sampler.open_window()
+    connections = PostgresConnections.start_for(stack.database_url)
     generator = subprocess.Popen([PY, "-m", "bench.loadgen", str(spec_path), str(out_path)])
     sampler.add_role(generator.pid, "load_generator")
     profilers: dict[str, tuple[subprocess.Popen[bytes] | None, Path]] = {}
@@ -145,7 +146,10 @@ def run_step(args: argparse.Namespace, stack: Stack, plan: Plan, agents: subproc
     view, waited, polls = wait_until_settled(stack.database_url, plan.org_id, f"wamid.bench.{run_tag}.{step}.",
                                              plan.timer_inbox_id, acked, args.drain_timeout)
     settled = waited <= args.drain_timeout
+    connections_held = connections.stop() if connections is not None else None
     commits_after = postgres_commits(stack.database_url)
+    if connections_held is not None:
+        polls += connections_held["samples"]  # each sample is a transaction of the harness's own
     calls_after = actor_calls(dashboard, local_instance)
     time.sleep(0.5)  # the last WebSocket frames
     dump = workdir / f"agents-{step}.json"
@@ -200,6 +204,7 @@ def run_step(args: argparse.Namespace, stack: Stack, plan: Plan, agents: subproc
         "actor_calls_per_message": per_message(calls_before, calls_after, len(acked)),
         "store_commits_per_message": round((commits_after - commits_before - polls) / len(acked), 2)
         if commits_after is not None and commits_before is not None and acked else None,
+        "postgres_connections": connections_held,
     }
     p99 = ack_summary["p99"]
     result["passed"] = bool(

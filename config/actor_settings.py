@@ -22,6 +22,8 @@ class ActorSettings:
     inbox_sync_interval_s: float
     agent_deactivate_after_s: float
     agent_connection_linger_s: float
+    agent_store_actors: int
+    agent_store_connections: int
     graph_base_url: str
     secret_key: str | None
     secret_key_file: Path

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     # PostgreSQL: an agent actor keeps its connections this long after its last step (a busy agent does
     # not open one per step), then gives them back; 0 opens and closes one per step.
     agent_connection_linger_s: float = Field(default=5.0, ge=0)
+    # PostgreSQL: agents' steps run in this many shared store actors, each on at most this many
+    # connections, so agents hold `agent_store_actors * agent_store_connections` connections however many
+    # are online (`actors/agent_store_actor.py`); 0 actors: each agent connects itself (up to 2).
+    agent_store_actors: int = Field(default=2, ge=0, le=64)
+    agent_store_connections: int = Field(default=4, ge=1, le=100)
     # The deployment lease: a gateway heartbeats it; another Ray cluster may take the store only
     # once the lease is this old.
     deployment_heartbeat_s: float = Field(default=5.0, gt=0)

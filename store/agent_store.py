@@ -7,9 +7,11 @@ of `store.tables` and write values as SQLAlchemy writes them there (UTC datetime
 gateway and the inboxes read an agent's rows through the ORM unchanged (tests/test_agent_store.py checks
 both ways, on both backends).
 
-Each step is written once, as a coroutine against `_Tx`. On PostgreSQL it runs on an asyncpg connection;
-on SQLite it runs whole in a worker thread (its awaits never suspend), a write step taking the writers'
-turn first like every other SQLite writer (`store.sqlite_file`).
+Each step is written once, as a coroutine against `_Tx`. On PostgreSQL it runs on an asyncpg connection,
+in the shared store actor the agent sends it to (`actors/agent_store_actor.py`: the agents' connections
+do not grow with the agents) or in the agent itself; on SQLite it runs whole in a worker thread of the
+agent (its awaits never suspend), a write step taking the writers' turn first like every other SQLite
+writer (`store.sqlite_file`).
 """
 
 from __future__ import annotations
@@ -222,6 +224,12 @@ class AgentStore:
             _one_value, sql="SELECT max(id) FROM agent_events WHERE user_id = ?", args=(user_id,)))
         return int(value or 0)
 
+    async def run(self, step: Step[T], write: bool = False) -> T:
+        """A step built by another process's store (`actors.agent_store_actor`): only this module's steps."""
+        if not isinstance(step, functools.partial) or step.func not in _STEPS:
+            raise ValueError(f"not an agent store step: {step!r}")
+        return await self._run(step, write)
+
     async def _run(self, step: Step[T], write: bool = False) -> T:
         raise NotImplementedError
 
@@ -229,16 +237,25 @@ class AgentStore:
         raise NotImplementedError
 
 
-def open_agent_store(url: str, *, linger_s: float, name: str) -> AgentStore:
-    """The store at a `WA_ROUTER_DATABASE_URL`. PostgreSQL: the connection kept between steps is closed once
-    unused for `linger_s` (0: a connection per step); `name` is its `application_name`."""
+_STEPS: frozenset[Callable[..., Any]] = frozenset({_load, _work, _commit, _one_value, _column, _events})
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql", "postgres:"))
+
+
+def open_agent_store(url: str, *, linger_s: float, name: str, connections: int = _POSTGRES_CONNECTIONS,
+                     keep: int = 1) -> AgentStore:
+    """The store at a `WA_ROUTER_DATABASE_URL`. PostgreSQL: at most `connections` at once, named `name`
+    (`application_name`); up to `keep` are kept between steps, each closed once unused for `linger_s` (0: a
+    connection per step)."""
     if url.startswith("sqlite"):
         path = sqlite_file_path(url)
         if path is None:
             raise ValueError("an agent actor needs the store's file: an in-memory SQLite database is the gateway's own")
         return _SqliteStore(path)
-    if url.startswith(("postgresql", "postgres:")):
-        return _PostgresStore(url, linger_s=linger_s, name=name)
+    if is_postgres(url):
+        return _PostgresStore(url, linger_s=linger_s, name=name, connections=connections, keep=keep)
     raise ValueError(f"agent actors support SQLite and PostgreSQL, not {url.split(':', 1)[0]}")
 
 
@@ -381,20 +398,25 @@ def _asyncpg_dsn(url: str) -> str:
 
 
 class _PostgresStore(AgentStore):
-    """One connection kept between steps and closed once unused for `linger_s`, so an idle agent holds none;
-    a step overlapping another gets a connection of its own, closed after it."""
+    """At most `connections` connections at once. Up to `keep` of them are kept between steps, each closed once
+    unused for `linger_s` (0: none kept), so an idle store holds none; a step finding no kept connection free
+    opens one, closed after it when `keep` are kept already."""
 
-    def __init__(self, url: str, *, linger_s: float, name: str) -> None:
+    def __init__(self, url: str, *, linger_s: float, name: str, connections: int = _POSTGRES_CONNECTIONS,
+                 keep: int = 1) -> None:
         import asyncpg  # here: a SQLite deployment never loads it
 
+        if not 1 <= keep <= connections:
+            raise ValueError(f"keep ({keep}) must be between 1 and connections ({connections})")
         self._asyncpg = asyncpg
         self._dsn = _asyncpg_dsn(url)
         self._linger_s = linger_s
         self._name = name[:63]  # PostgreSQL's limit for application_name
+        self._connections = connections
+        self._keep = keep if linger_s > 0 else 0
         self._slots: asyncio.Semaphore | None = None
-        self._kept: Any = None
-        self._kept_busy = False
-        self._last_used = 0.0
+        # Kept connections free for a step, each with when its last step ended (the most recent last).
+        self._idle: list[tuple[Any, float]] = []
         self._release: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -435,72 +457,53 @@ class _PostgresStore(AgentStore):
 
     async def _run_now(self, step: Step[T]) -> T:
         if self._slots is None:
-            self._slots = asyncio.Semaphore(_POSTGRES_CONNECTIONS)
+            self._slots = asyncio.Semaphore(self._connections)
         async with self._slots:
-            if self._linger_s > 0 and not self._kept_busy:
-                self._kept_busy = True
+            while self._idle:
+                connection, _ = self._idle.pop()
                 try:
-                    return await self._on_kept(step)
-                finally:
-                    self._kept_busy = False
-                    self._last_used = time.monotonic()
-                    self._arm_release()
-            connection = await self._connect()
-            try:
-                return await self._step_on(connection, step)
-            finally:
-                self._close(connection)
+                    return await self._step_on(connection, step, fresh=False)
+                except _StaleConnection:
+                    pass  # it died while idle (a server restart, a killed backend): nothing was done on it
+            return await self._step_on(await self._connect(), step, fresh=True)
 
-    async def _on_kept(self, step: Step[T]) -> T:
-        if self._kept is not None and not self._kept.is_closed():
-            try:
-                return await self._step_on(self._kept, step, fresh=False)
-            except _StaleConnection:
-                self._drop_kept()  # it died while idle (a server restart, a killed backend): nothing was done
-            except BaseException as exc:
-                self._drop_kept_unless_sound(exc)
-                raise
-        self._kept = await self._connect()
+    async def _step_on(self, connection: Any, step: Step[T], fresh: bool) -> T:
+        """The step in a transaction on `connection`, which is kept afterwards or closed."""
+        sound = False
         try:
-            return await self._step_on(self._kept, step, fresh=True)
-        except BaseException as exc:
-            self._drop_kept_unless_sound(exc)
-            raise
-
-    def _drop_kept_unless_sound(self, exc: BaseException) -> None:
-        """A statement the server refused leaves the connection usable (its transaction rolled back); after
-        anything else (connection trouble, a cancelled call mid-statement) it is not trusted again."""
-        if isinstance(exc, StoreUnavailable) or not isinstance(exc, self._asyncpg.PostgresError):
-            self._drop_kept()
-
-    async def _step_on(self, connection: Any, step: Step[T], fresh: bool = True) -> T:
-        try:
-            return await self._transaction(connection, step, fresh)
+            result = await self._transaction(connection, step, fresh)
+            sound = True
+            return result
         except _StaleConnection:
             raise
         except Exception as exc:
+            # A statement the server refused leaves the connection usable (its transaction rolled back); after
+            # anything else (connection trouble, a cancelled call mid-statement) it is not trusted again.
+            sound = isinstance(exc, self._asyncpg.PostgresError) and not self._unavailable(exc)
             if self._unavailable(exc):
                 raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
             raise
+        finally:
+            if sound and len(self._idle) < self._keep and not connection.is_closed():
+                self._idle.append((connection, time.monotonic()))
+                self._arm_release()
+            else:
+                self._close(connection)
 
     def _arm_release(self) -> None:
-        if self._release is None and self._kept is not None:
-            self._release = asyncio.get_running_loop().call_later(self._linger_s, self._release_if_idle)
+        if self._release is None and self._idle:
+            oldest = min(used for _, used in self._idle)
+            delay = max(0.0, oldest + self._linger_s - time.monotonic())
+            self._release = asyncio.get_running_loop().call_later(delay, self._release_unused)
 
-    def _release_if_idle(self) -> None:
+    def _release_unused(self) -> None:
+        """Close the kept connections unused for `linger_s`; check again when the next one will be."""
         self._release = None
-        if self._kept is None or self._kept_busy:
-            return  # in use: its end arms the next check
-        idle_for = time.monotonic() - self._last_used
-        if idle_for < self._linger_s:
-            self._release = asyncio.get_running_loop().call_later(self._linger_s - idle_for, self._release_if_idle)
-        else:
-            self._drop_kept()
-
-    def _drop_kept(self) -> None:
-        kept, self._kept = self._kept, None
-        if kept is not None:
-            self._close(kept)
+        cutoff = time.monotonic() - self._linger_s
+        for connection, used in [entry for entry in self._idle if entry[1] <= cutoff]:
+            self._idle.remove((connection, used))
+            self._close(connection)
+        self._arm_release()
 
     def _close(self, connection: Any) -> None:
         """Close in the background (a polite goodbye to the server); a broken connection is just dropped."""
@@ -515,6 +518,8 @@ class _PostgresStore(AgentStore):
         if self._release is not None:
             self._release.cancel()
             self._release = None
-        self._drop_kept()
+        idle, self._idle = self._idle, []
+        for connection, _ in idle:
+            self._close(connection)
         if self._closing:
             await asyncio.wait(set(self._closing))

@@ -4,9 +4,9 @@ The gateway runs as its own OS process (`wa-router serve`) joined to a Ray insta
 caller, so its routing actors (detached) survive the gateway's death. While a seeded stream of
 signed webhooks (with Meta-style redeliveries and retries-until-200) flows in and agents on
 WebSocket streams accept, decline, ignore offers and toggle presence, the engine SIGKILLs inbox
-actors, agent actors and the gateway process. Afterwards every agent is made available and
-accepting, the engine waits (bounded) for quiescence and checks the invariants through the HTTP
-API, the agents' streams and (read-only) the store.
+actors, agent actors, the agents' shared store actors (PostgreSQL) and the gateway process.
+Afterwards every agent is made available and accepting, the engine waits (bounded) for quiescence
+and checks the invariants through the HTTP API, the agents' streams and (read-only) the store.
 
 Everything is a parameter of `FaultPlan`: the short variant (`make test`) and the long one
 (`make soak`: `python -m tests.fault_injection --long`) share all the code.
@@ -38,6 +38,8 @@ from typing import Any
 import httpx
 import ray
 
+from actors.names import agent_store_actor_name
+from config.settings import Settings
 from meta.simulator import payloads
 from meta.simulator.state import SimulatorState
 from meta.simulator.webhook_sender import encode as encode_webhook
@@ -69,6 +71,8 @@ class FaultPlan:
     inbox_kills: int = 3
     agent_kills: int = 3
     gateway_kills: int = 3
+    # PostgreSQL only: the shared store actors that run the agents' steps (`agent-store:<n>`).
+    agent_store_kills: int = 2
     gateway_down_s: float = 1.5
     # Right before each gateway kill a spike of deliveries, so some are stored but not yet forwarded.
     burst_before_gateway_kill: int = 40
@@ -90,14 +94,14 @@ class FaultPlan:
     def deliveries(self) -> int:
         return self.messages + round(self.messages * self.redelivery_ratio)
 
-    @property
-    def kills(self) -> int:
-        return self.inbox_kills + self.agent_kills + self.gateway_kills
+    def kills_on(self, database: str) -> int:
+        store_actors = self.agent_store_kills if database == "postgres" else 0
+        return self.inbox_kills + self.agent_kills + self.gateway_kills + store_actors
 
 
 SHORT = FaultPlan()
 LONG = replace(SHORT, messages=20000, customers_per_inbox=20, agents=10, max_concurrent=3, send_rate_per_s=40.0,
-               inbox_kills=15, agent_kills=15, gateway_kills=10, quiescence_timeout_s=180.0)
+               inbox_kills=15, agent_kills=15, gateway_kills=10, agent_store_kills=10, quiescence_timeout_s=180.0)
 
 
 # ==================================================================== the gateway as an OS process
@@ -562,11 +566,14 @@ class AgentWorker:
 
 # ==================================================================== kills
 
+# The gateway under test runs with the default settings: this many store actors on PostgreSQL.
+AGENT_STORE_ACTORS = Settings.model_fields["agent_store_actors"].default
+
 
 @dataclass
 class KillRecord:
     at_s: float  # seconds into the storm when the SIGKILL was sent
-    kind: str  # inbox | agent | gateway
+    kind: str  # inbox | agent | agent-store | gateway
     target: str
     old_pid: int | None
     recovered: bool
@@ -586,11 +593,12 @@ def actor_pid(name: str, namespace: str, timeout_s: float = 5.0) -> int | None:
 
 
 class Killer:
-    """SIGKILLs inbox actors, agent actors and the gateway process on a seeded schedule."""
+    """SIGKILLs inbox actors, agent actors, agent store actors (PostgreSQL) and the gateway process on a seeded
+    schedule."""
 
     def __init__(self, plan: FaultPlan, gateway: GatewayProcess, store: Gateway, namespace: str, org_id: int,
                  inbox_ids: list[int], agent_ids: list[int], window_s: float, rng: random.Random,
-                 sender: WebhookStream) -> None:
+                 sender: WebhookStream, database: str) -> None:
         self.plan = plan
         self.sender = sender
         self.gateway = gateway
@@ -599,6 +607,8 @@ class Killer:
         self.org_id = org_id
         self.rng = rng
         kinds = ["inbox"] * plan.inbox_kills + ["agent"] * plan.agent_kills + ["gateway"] * plan.gateway_kills
+        if database == "postgres":
+            kinds += ["agent-store"] * plan.agent_store_kills
         rng.shuffle(kinds)
         if "gateway" in kinds:
             # The last kill is the gateway's: a later inbox restart cannot heal what that one loses.
@@ -609,7 +619,8 @@ class Killer:
         self.schedule = [(window_s * (0.1 + 0.8 * (i + rng.uniform(0.2, 0.8)) / count), kind)
                          for i, kind in enumerate(kinds)]
         self.targets = {"inbox": [f"inbox:{org_id}:{i}" for i in inbox_ids],
-                        "agent": [f"agent:{org_id}:{a}" for a in agent_ids]}
+                        "agent": [f"agent:{org_id}:{a}" for a in agent_ids],
+                        "agent-store": [agent_store_actor_name(i) for i in range(AGENT_STORE_ACTORS)]}
         self.records: list[KillRecord] = []
         self.errors: list[str] = []
         self._watchers: list[threading.Thread] = []
@@ -1038,9 +1049,9 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
         sender = WebhookStream(plan, f"{store.url}/webhooks/whatsapp/{org.id}", org.app_secret, deliveries)
         window_s = len(deliveries) / plan.send_rate_per_s
         killer = Killer(plan, process, store, namespace, org.id, inbox_ids, [a.id for a in agents], window_s,
-                        random.Random(rng.random()), sender)
+                        random.Random(rng.random()), sender, database)
         log(f"[{database}] sending {len(deliveries)} deliveries ({plan.messages} messages) over ~{window_s:.0f}s "
-            f"with {plan.kills} kills")
+            f"with {plan.kills_on(database)} kills")
         sender.start()
         killer.start()
         sender.join()

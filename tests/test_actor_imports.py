@@ -35,10 +35,11 @@ def test_actor_processes_load_no_pydantic(tmp_path: Path) -> None:
     assert done.stdout.decode().splitlines() == ["ActorSettings 3.5", "[]"]
 
 
-# An agent's process loads the inbox's class too: Ray loads an actor's class wherever a handle to it is used.
+# An agent's process loads the inbox's class too: Ray loads an actor's class wherever a handle to it is used
+# (and on PostgreSQL the store actor's class, whose connections it uses instead of its own: no asyncpg).
 AGENT_PROCESS = """
 import sys
-import actors.agent_actor, actors.inbox_actor
+import actors.agent_actor, actors.inbox_actor, actors.agent_store_actor
 print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'asyncpg', 'aiosqlite', 'greenlet', 'alembic'}))
 """
 

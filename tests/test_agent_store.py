@@ -2,7 +2,8 @@
 
 Agents write their rows without SQLAlchemy while the gateway and the inboxes read them through it, so
 every value must round-trip both ways on both backends. On PostgreSQL an agent keeps one connection
-between steps, named after it, and none once idle; on SQLite it takes the writers' turn like every writer.
+between steps, named after it, and none once idle (a store actor serving many agents keeps at most its
+own number); on SQLite it takes the writers' turn like every writer.
 """
 
 from __future__ import annotations
@@ -228,3 +229,51 @@ def test_an_in_memory_or_unknown_database_is_refused_clearly() -> None:
         open_agent_store("sqlite+aiosqlite:///:memory:", linger_s=1, name="x")
     with pytest.raises(ValueError, match="SQLite and PostgreSQL"):
         open_agent_store("mysql://x/y", linger_s=1, name="x")
+
+
+def test_a_shared_store_runs_many_agents_steps_on_at_most_its_connections_then_gives_them_back(
+        postgres_url: str) -> None:
+    """How a store actor (`actors/agent_store_actor.py`) holds the connections of all the agents it serves."""
+    upgrade_to_head(postgres_url)
+    name = f"wa-router agent-store test-{uuid.uuid4().hex[:6]}"
+
+    async def run() -> None:
+        watcher = Database(postgres_url, pool_size=2)
+        store = open_agent_store(postgres_url, linger_s=0.5, name=name, connections=3, keep=3)
+        try:
+            agents = [await _new_agent(watcher) for _ in range(12)]
+            peak = 0
+            sampling = asyncio.Event()
+
+            async def sample() -> None:
+                nonlocal peak
+                while not sampling.is_set():
+                    peak = max(peak, await _connections_named(watcher, name))
+                    await asyncio.sleep(0.01)
+
+            sampler = asyncio.ensure_future(sample())
+            # Twelve agents at once, each loading then committing an event: more steps than connections.
+            loaded = await asyncio.gather(*(store.load(org_id, user_id, recent=5, work_kinds=(), work_history=5)
+                                            for org_id, user_id in agents))
+            assert all(agent is not None for agent in loaded)
+            ids = await asyncio.gather(*(store.commit(org_id, user_id, {"status": "available"},
+                                                      [("status", {"status": "available"})], datetime.now(UTC))
+                                         for org_id, user_id in agents))
+            sampling.set()
+            await sampler
+            assert len({i for step_ids in ids for i in step_ids}) == len(agents)
+            assert 1 <= peak <= 3
+            assert 1 <= await _connections_named(watcher, name) <= 3  # kept for the next steps...
+            assert await _eventually_named(watcher, name, 0)  # ...and given back once unused for the linger
+            # Only this module's steps run: a store actor runs nothing else it is sent.
+            with pytest.raises(ValueError, match="not an agent store step"):
+                await store.run(_not_a_step)
+        finally:
+            await store.close()
+            await watcher.dispose()
+
+    asyncio.run(run())
+
+
+async def _not_a_step(tx: object) -> None:
+    return None
