@@ -32,8 +32,8 @@ from store.errors import StoreUnavailable
 from store.migrate import upgrade_to_head
 from store.tables import Organization, User
 from tests.fault_injection import actor_pid
-from tests.routing_support import Scenario, customer_id
-from tests.support import eventually, query_db
+from tests.routing_support import Scenario, customer_id, scenario
+from tests.support import Gateway, eventually, query_db
 
 DEFAULTS = Settings.model_fields
 STORE_ACTORS = int(DEFAULTS["agent_store_actors"].default)
@@ -49,9 +49,7 @@ def _agents_connections(sc: Scenario) -> list[str]:
 
 @pytest.mark.ray
 def test_on_postgres_agents_step_through_the_store_actors_and_hold_no_connection_of_their_own(
-        pg_gateway: Any) -> None:
-    from tests.routing_support import scenario
-
+        pg_gateway: Gateway) -> None:
     with scenario(pg_gateway) as sc:
         agents = sc.agents(6)
         sc.inbox(agents)
@@ -82,9 +80,7 @@ def test_on_postgres_agents_step_through_the_store_actors_and_hold_no_connection
 
 
 @pytest.mark.ray
-def test_on_postgres_routing_goes_on_through_a_store_actors_sigkill(pg_gateway: Any) -> None:
-    from tests.routing_support import scenario
-
+def test_on_postgres_routing_goes_on_through_a_store_actors_sigkill(pg_gateway: Gateway) -> None:
     with scenario(pg_gateway) as sc:
         (agent,) = sc.agents(1)
         sc.inbox([agent], reassign_after_s=60)
