@@ -479,8 +479,9 @@ class _PostgresStore(AgentStore):
         except Exception as exc:
             # A statement the server refused leaves the connection usable (its transaction rolled back); after
             # anything else (connection trouble, a cancelled call mid-statement) it is not trusted again.
-            sound = isinstance(exc, self._asyncpg.PostgresError) and not self._unavailable(exc)
-            if self._unavailable(exc):
+            unavailable = self._unavailable(exc)
+            sound = isinstance(exc, self._asyncpg.PostgresError) and not unavailable
+            if unavailable:
                 raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
             raise
         finally:
