@@ -6,10 +6,13 @@ machine is shared); they are the benchmark's business (`make bench`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import asyncpg
 
 
 def test_bench_smoke_run_loses_nothing(tmp_path: Path) -> None:
@@ -67,3 +70,28 @@ def test_actor_ceiling_measures_both_empty_actors(tmp_path: Path) -> None:
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["calls_per_s"] > 0
     assert report["empty_actor_uss_mib"] > 0 and report["empty_routing_actor_uss_mib"] > 0
+
+
+def test_the_bench_counts_postgresql_connections_by_whose_they_are(postgres_url: str) -> None:
+    """`postgres_connections` of a PostgreSQL step: peaks of the database's connections, of agents' own and of
+    the agent store actors' (by `application_name`), the sampler's own connection left out."""
+    from bench.counters import PostgresConnections
+
+    async def sample_while_held() -> dict[str, int]:
+        dsn = postgres_url.replace("postgresql+asyncpg://", "postgresql://")
+        held = [await asyncpg.connect(dsn, server_settings={"application_name": name}) for name in
+                ("wa-router agent 7", "wa-router agent-store 0", "wa-router agent-store 1", "other")]
+        try:
+            sampler = PostgresConnections.start_for(postgres_url)
+            assert sampler is not None
+            await asyncio.sleep(1.2)
+            return sampler.stop()
+        finally:
+            for connection in held:
+                await connection.close()
+
+    peaks = asyncio.run(sample_while_held())
+    assert peaks["samples"] >= 2
+    assert (peaks["peak_agents"], peaks["peak_agent_store_actors"]) == (1, 2)
+    assert peaks["peak_all"] >= 4  # these four, and whatever else the session keeps open on this database
+    assert PostgresConnections.start_for("sqlite+aiosqlite:///x.db") is None
