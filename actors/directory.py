@@ -161,6 +161,9 @@ def routing_actor_class(actor_class: type) -> Any:
             # A call is not blindly replayed after a restart: its effect may already be in the store.
             max_task_retries=0,
             max_concurrency=1000,
+            # No Ray task events by default (`Settings.ray_task_events`; the directory sets them per
+            # deployment): the benchmark's skeleton and empty actors then run as ours do.
+            enable_task_events=False,
             # Health checks have their own group, so a busy actor still answers them; an agent's
             # stream readers have theirs, so open streams never starve the calls inboxes make.
             concurrency_groups={"health": 1, "stream": 1000},
@@ -186,6 +189,7 @@ class RayDirectory:
         if proxy is None:
             handle = routing_actor_class(actor_class).options(
                 name=name, namespace=self._namespace, get_if_exists=True, lifetime="detached",
+                enable_task_events=self._settings.ray_task_events,
             ).remote(*args)
             proxy = Proxy(handle, name, on_dead=self._evict)
             self._cache[name] = proxy

@@ -19,6 +19,7 @@ import psutil
 import ray
 
 from actors.directory import routing_actor_class
+from actors.free_heap import release_free_heap
 from bench.stats import summary_ms
 
 
@@ -51,9 +52,32 @@ class EmptyRoutingActor:
         for n in range(count):
             yield [n]
 
+    async def call(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return payload
+
+    async def release_heap(self) -> bool:
+        """What an idle agent does once quiet (`actors/free_heap.py`)."""
+        return release_free_heap()
+
+
+# Calls an actor of an agent's shape serves before its memory is read: what Ray itself keeps of a process
+# that has worked (an agent always has), apart from anything of ours.
+SERVED_CALLS = 5000
+
+
+async def _serve(actor: Any, payload: dict[str, Any]) -> int:
+    """SERVED_CALLS calls, 100 in flight, and a stream read every 500 (as an agent's stream reconnects)."""
+    for done in range(0, SERVED_CALLS, 100):
+        await asyncio.gather(*(actor.call.remote(payload) for _ in range(100)))
+        if done % 500 == 0:
+            assert len([batch async for batch in actor.stream.options(num_returns="streaming").remote(3)]) == 3
+    await actor.release_heap.remote()
+    pid: int = await actor.pid.remote()
+    return pid
+
 
 async def measure(duration_s: float) -> dict[str, Any]:
-    options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 1000}
+    options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 1000, "enable_task_events": False}
     echo: Any = ray.remote(**options)(EchoActor).remote()  # type: ignore[call-overload]
     empty: Any = ray.remote(num_cpus=0)(EmptyActor).remote()
     shaped: Any = routing_actor_class(EmptyRoutingActor).remote()
@@ -78,6 +102,10 @@ async def measure(duration_s: float) -> dict[str, Any]:
         calls += 200
     throughput = calls / (time.perf_counter() - began)
 
+    # Handles kept until the memory is read: an actor without one is stopped.
+    served_actors = {task_events: routing_actor_class(EmptyRoutingActor).options(
+        enable_task_events=task_events).remote() for task_events in (False, True)}
+    served = {task_events: await _serve(actor, payload) for task_events, actor in served_actors.items()}
     empty_process = psutil.Process(await empty.pid.remote())
     shaped_process = psutil.Process(await shaped.pid.remote())
     await asyncio.sleep(3.0)  # let it settle
@@ -87,6 +115,12 @@ async def measure(duration_s: float) -> dict[str, Any]:
     return {"calls_per_s": round(throughput, 1), "sequential_call_ms": summary_ms(latencies),
             "empty_actor_uss_mib": round(empty_process.memory_full_info().uss / 2**20, 1),
             "empty_routing_actor_uss_mib": round(shaped_process.memory_full_info().uss / 2**20, 1),
+            # The same shape after SERVED_CALLS calls, its freed heap given back; Ray's task events off (the
+            # routing actors' default) and on.
+            "served_calls": SERVED_CALLS,
+            "served_routing_actor_uss_mib": round(psutil.Process(served[False]).memory_full_info().uss / 2**20, 1),
+            "served_routing_actor_task_events_uss_mib":
+                round(psutil.Process(served[True]).memory_full_info().uss / 2**20, 1),
             "empty_actor_idle_cpu_percent": round(idle_cpu, 3)}
 
 

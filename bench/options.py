@@ -45,6 +45,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                             "10 s each; run with the other ceilings (default %(default)s)")
     stack.add_argument("--idle-seconds", type=float, default=10.0,
                        help="how long idle agent actors are watched for CPU (default %(default)s)")
+    stack.add_argument("--task-events", action="store_true",
+                       help="turn on Ray's task events for the routing actors (WA_ROUTER_RAY_TASK_EVENTS, off "
+                            "by default as in production) and count actor calls per message from them")
     stack.add_argument("--profile", action="store_true",
                        help="after stepping, profile the gateway and the busiest inbox actor with py-spy")
     stack.add_argument("--output", default="bench/results/latest.json", help="JSON result (default %(default)s)")

@@ -92,6 +92,8 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         f"idle agent actor: {report.get('idle_agent_actor_uss_mib')} MiB USS vs empty Ray actor "
         f"{report.get('empty_actor_uss_mib')} MiB (x{report.get('idle_agent_vs_empty_actor_memory')}), vs one of "
         f"an agent's shape {report.get('empty_routing_actor_uss_mib')} MiB "
-        f"(x{report.get('idle_agent_vs_empty_routing_actor_memory')}); "
+        f"(x{report.get('idle_agent_vs_empty_routing_actor_memory')}), vs one of an agent's shape that served "
+        f"calls {report.get('served_routing_actor_uss_mib')} MiB "
+        f"(x{report.get('idle_agent_vs_served_routing_actor_memory')}); "
         f"idle CPU {report.get('idle_cpu_percent_per_agent_actor')}% of a core per agent actor")
     console.print(f"JSON: {report.get('output')}")

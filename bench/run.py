@@ -118,7 +118,8 @@ def run_step(args: argparse.Namespace, stack: Stack, plan: Plan, agents: subproc
     schedule = build_schedule(workload)
     dashboard = f"http://127.0.0.1:{stack.dashboard_port}"
     local_instance = not stack.ray_address  # the gateway's own instance, with token authentication
-    calls_before = actor_calls(dashboard, local_instance)
+    # Ray's task summary counts the calls only where task events are on (`--task-events`).
+    calls_before = actor_calls(dashboard, local_instance) if args.task_events else {}
     commits_before = postgres_commits(stack.database_url)
     sampler.reset_peaks()
     window = sampler.open_window()
@@ -150,7 +151,7 @@ def run_step(args: argparse.Namespace, stack: Stack, plan: Plan, agents: subproc
     commits_after = postgres_commits(stack.database_url)
     if connections_held is not None:
         polls += connections_held["samples"]  # each sample is a transaction of the harness's own
-    calls_after = actor_calls(dashboard, local_instance)
+    calls_after = actor_calls(dashboard, local_instance) if args.task_events else {}
     time.sleep(0.5)  # the last WebSocket frames
     dump = workdir / f"agents-{step}.json"
     assert agents.stdin is not None and agents.stdout is not None
@@ -201,7 +202,7 @@ def run_step(args: argparse.Namespace, stack: Stack, plan: Plan, agents: subproc
         "agent_errors": recorded["errors"][:5], "agent_error_count": len(recorded["errors"]),
         "conversations": len({m["conversation"] for m in messages}),
         # Everything the conversations caused (accepts and closes included), divided by their messages.
-        "actor_calls_per_message": per_message(calls_before, calls_after, len(acked)),
+        "actor_calls_per_message": per_message(calls_before, calls_after, len(acked)) if args.task_events else None,
         "store_commits_per_message": round((commits_after - commits_before - polls) / len(acked), 2)
         if commits_after is not None and commits_before is not None and acked else None,
         "postgres_connections": connections_held,
@@ -305,6 +306,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "load_average_at_start": [round(x, 1) for x in os.getloadavg()]},
         "workload": {**shape.__dict__, "duration_s": args.duration, "rates": rates, "linger_s": args.linger,
                      "ack_target_ms": args.ack_target_ms},
+        # Ray's task events for the routing actors (off by default, as in production: `--task-events`).
+        "ray_task_events": args.task_events,
     }
     if args.ceilings:
         log("HTTP ceiling (minimal FastAPI/uvicorn endpoint)")
@@ -333,7 +336,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _run_steps(args: argparse.Namespace, report: dict[str, Any], steps: list[dict[str, Any]], rates: list[float],
                shape: WorkloadShape, output: Path, workdir: Path, run_tag: str, cluster: LocalCluster | None) -> None:
     with Stack(args.database_url, log_dir=workdir, ray_address=cluster.address if cluster else None,
-               dashboard_port=cluster.dashboard_port if cluster else None) as stack:
+               dashboard_port=cluster.dashboard_port if cluster else None, task_events=args.task_events) as stack:
         report["store"] = "postgresql" if stack.database_url.startswith("postgresql") else "sqlite"
         log(f"stack up (gateway {stack.gateway_url}, store {report['store']}); setting up the workload")
         assert stack.gateway is not None and stack.simulator is not None
@@ -391,6 +394,7 @@ def headline(report: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, A
     idle = report.get("idle", {})
     empty = report.get("actor_ceiling", {}).get("empty_actor_uss_mib")
     shaped = report.get("actor_ceiling", {}).get("empty_routing_actor_uss_mib")
+    served = report.get("actor_ceiling", {}).get("served_routing_actor_uss_mib")
     agent_uss = idle.get("agent_actor_uss_mib")
     keys = ("offered_msg_s", "achieved_msg_s", "ack_ms", "webhook_to_offer_ms", "followup_to_message_ms",
             "timer_lateness_ms", "lost", "duplicated", "double_assigned", "peak_memory_mib", "cpu_percent")
@@ -410,6 +414,10 @@ def headline(report: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, A
         # The same empty actor in an agent actor's shape (async, its concurrency groups, a stream read).
         "empty_routing_actor_uss_mib": shaped,
         "idle_agent_vs_empty_routing_actor_memory": round(agent_uss / shaped, 2) if shaped and agent_uss else None,
+        # That actor again after serving calls (`bench/ceiling_actor.py`): what Ray keeps of a worked process.
+        "served_routing_actor_uss_mib": served,
+        "served_routing_actor_vs_empty_actor_memory": round(served / empty, 2) if served and empty else None,
+        "idle_agent_vs_served_routing_actor_memory": round(agent_uss / served, 2) if served and agent_uss else None,
         "idle_cpu_percent_per_agent_actor": idle.get("agent_actor_idle_cpu_percent"),
     }
 

@@ -65,7 +65,7 @@ class Stack:
     """
 
     def __init__(self, database_url: str | None = None, log_dir: Path | None = None,
-                 ray_address: str | None = None, dashboard_port: int | None = None) -> None:
+                 ray_address: str | None = None, dashboard_port: int | None = None, task_events: bool = False) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="wa-router-bench-"))
         self.log_dir = log_dir or self.workdir
         self.admin_token = "bench-admin-" + secrets.token_hex(16)
@@ -84,6 +84,7 @@ class Stack:
         # gateway starts a local Ray instance of its own.
         self.ray_address = ray_address or ""
         self.dashboard_port = dashboard_port or free_port()
+        self.task_events = task_events
         self.simulator: subprocess.Popen[bytes] | None = None
         self.gateway: subprocess.Popen[bytes] | None = None
         self._logs: list[IO[bytes]] = []
@@ -119,7 +120,8 @@ class Stack:
                "WA_ROUTER_GRAPH_URL": f"{self.simulator_url}/v25.0",
                "WA_ROUTER_RAY_NAMESPACE": self.ray_namespace,
                "WA_ROUTER_RAY_ADDRESS": self.ray_address,
-               "WA_ROUTER_RAY_DASHBOARD_PORT": str(self.dashboard_port)}
+               "WA_ROUTER_RAY_DASHBOARD_PORT": str(self.dashboard_port),
+               "WA_ROUTER_RAY_TASK_EVENTS": "true" if self.task_events else "false"}
         self.gateway = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.gateway_port), "--log-level", "warning"],
             cwd=self.workdir, env=env, stdout=self._log("gateway.log"), stderr=subprocess.STDOUT)

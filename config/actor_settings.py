@@ -18,6 +18,7 @@ from typing import Any
 class ActorSettings:
     database_url: str
     ray_namespace: str
+    ray_task_events: bool
     actor_call_timeout_s: float
     inbox_sync_interval_s: float
     agent_deactivate_after_s: float
