@@ -1,8 +1,9 @@
 """The actor ceiling, in its own process and Ray instance: `python -m bench.ceiling_actor DURATION_S`.
 
-Raw Ray async actor calls with the routing actors' options (`num_cpus=0`, high `max_concurrency`):
-throughput with many calls in flight, and the latency of one call at a time. Also an EMPTY actor's
-unique memory (USS) and idle CPU, the baseline an agent actor is compared with. Prints JSON.
+Raw Ray async actor calls with the routing actors' options (`num_cpus=0`, high `max_concurrency`, no task
+events): throughput with many calls in flight, and the latency of one call at a time. Also an EMPTY
+actor's unique memory (USS) and idle CPU, the baseline an agent actor is compared with, and the USS of
+empty actors of an agent's shape, fresh and after serving calls (Ray's task events off and on). Prints JSON.
 """
 
 from __future__ import annotations
