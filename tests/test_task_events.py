@@ -8,7 +8,6 @@ that its process buffers and reports, and the GCS keeps. Off, the actors are sti
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from ray._private.state import state as ray_state
 
 from actors.directory import RayDirectory
 from config.settings import Settings
+from tests.support import eventually
 
 
 def _calls_recorded(actor_ids: set[str]) -> dict[str, set[str]]:
@@ -46,12 +46,13 @@ def test_routing_actors_calls_are_in_rays_task_events_only_when_turned_on(ray_in
 
         asyncio.run(ping_all())
         ids = {task_events: store._handle._actor_id.hex() for task_events, store in stores.items()}
-        # Workers report their events every second: wait for the turned-on actor's to arrive.
-        deadline = time.monotonic() + 30
-        recorded = _calls_recorded(set(ids.values()))
-        while "AgentStoreActor.ping" not in recorded[ids[True]] and time.monotonic() < deadline:
-            time.sleep(0.5)
+        def once_the_turned_on_pings_arrived() -> dict[str, set[str]] | None:
             recorded = _calls_recorded(set(ids.values()))
+            return recorded if "AgentStoreActor.ping" in recorded[ids[True]] else None
+
+        # Workers report their events every second: wait for the turned-on actor's to arrive.
+        recorded = eventually(once_the_turned_on_pings_arrived, timeout=30, interval=0.5,
+                              what="the turned-on actor's calls in Ray's task events")
         assert "AgentStoreActor.ping" in recorded[ids[True]]
         assert recorded[ids[False]] == set()
         # Both actors are alive and listed either way.
