@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     ray_num_cpus: int | None = None
     # Ray's task events (each actor call in the dashboard's task views and `ray list tasks`) for the
     # routing actors. Off, as Ray Serve leaves them off for its actors: they cost every call CPU, and each
-    # actor process keeps more memory the more calls it served (an agent actor: 5-7 MiB more after 5,000).
+    # actor process keeps more memory the more calls it served (an agent actor: 5.5-7.5 MiB more after 5,000).
     # The actors themselves stay listed either way.
     ray_task_events: bool = False
 
