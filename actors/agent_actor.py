@@ -155,7 +155,7 @@ class AgentActor(StoreBackedActor):
 
     async def _load(self) -> None:
         loaded = await self.store.load(self.org_id, self.user_id, recent=RECENT_EVENTS, work_kinds=WORK_EVENTS,
-                                       work_history=STREAM_WORK_HISTORY)
+                                       work_history=STREAM_WORK_HISTORY, delivered_history=REMEMBERED_IDS)
         if loaded is None:
             return
         state, active, offers = loaded.state, loaded.active, loaded.offers
@@ -170,6 +170,9 @@ class AgentActor(StoreBackedActor):
         self.missed_in_a_row = state.missed_in_a_row
         self.epoch = state.epoch
         self.active = active
+        # Exactly-once across restarts comes from the store: a retried `deliver` skips what the stream shows.
+        for message_id in reversed(loaded.delivered):
+            _remember(self._delivered, message_id)
         for row in reversed(work_events):
             self._track(row.kind, row.payload)
         self._recent.extend(_event_of(row) for row in reversed(recent))

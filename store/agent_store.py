@@ -90,6 +90,7 @@ class LoadedAgent:
     offers: list[StoredOffer]
     recent: list[StoredEvent]  # newest first
     work_events: list[StoredEvent]  # newest first
+    delivered: list[int]  # ids of the customer messages the stream has shown, newest first
 
 
 class _Tx(Protocol):
@@ -104,6 +105,9 @@ class _Tx(Protocol):
 
     def when(self, value: Any) -> datetime | None: ...
 
+    # The SQL expression of a `message` event's message id (the backends' JSON operators differ).
+    message_id_sql: str
+
 
 Step = Callable[[_Tx], Coroutine[Any, Any, T]]
 
@@ -112,9 +116,9 @@ Step = Callable[[_Tx], Coroutine[Any, Any, T]]
 
 
 async def _load(tx: _Tx, org_id: int, user_id: int, recent: int, work_kinds: Sequence[str],
-                work_history: int) -> LoadedAgent | None:
-    """The agent's row under a new activation epoch (a user never seen before starts offline), its work and
-    its latest events; None when the user is not this organization's."""
+                work_history: int, delivered_history: int = 0) -> LoadedAgent | None:
+    """The agent's row under a new activation epoch (a user never seen before starts offline), its work, its
+    latest events and the messages it last delivered; None when the user is not this organization's."""
     owner = await tx.rows("SELECT org_id FROM users WHERE id = ?", user_id)
     if not owner or owner[0][0] != org_id:
         return None
@@ -131,7 +135,11 @@ async def _load(tx: _Tx, org_id: int, user_id: int, recent: int, work_kinds: Seq
     kinds = ", ".join("?" for _ in work_kinds)
     work = await tx.rows(f"{_EVENT_READ} WHERE user_id = ? AND kind IN ({kinds}) ORDER BY id DESC LIMIT ?",
                          user_id, *work_kinds, work_history) if work_kinds else []
-    return LoadedAgent(state, active, offers, [_event(tx, r) for r in latest], [_event(tx, r) for r in work])
+    # What the stream already shows: a delivery retried across a restart must not show a message twice.
+    delivered = await tx.rows(f"SELECT {tx.message_id_sql} FROM agent_events WHERE user_id = ? AND kind = 'message' "
+                              "ORDER BY id DESC LIMIT ?", user_id, delivered_history) if delivered_history else []
+    return LoadedAgent(state, active, offers, [_event(tx, r) for r in latest], [_event(tx, r) for r in work],
+                       [int(m) for (m,) in delivered if m is not None])
 
 
 async def _work(tx: _Tx, user_id: int) -> tuple[dict[int, int], list[StoredOffer]]:
@@ -188,9 +196,10 @@ class AgentStore:
     reads_from_any_loop = False
 
     async def load(self, org_id: int, user_id: int, *, recent: int, work_kinds: Sequence[str],
-                   work_history: int) -> LoadedAgent | None:
+                   work_history: int, delivered_history: int = 0) -> LoadedAgent | None:
         return await self._run(functools.partial(_load, org_id=org_id, user_id=user_id, recent=recent,
-                                                 work_kinds=work_kinds, work_history=work_history), write=True)
+                                                 work_kinds=work_kinds, work_history=work_history,
+                                                 delivered_history=delivered_history), write=True)
 
     async def commit(self, org_id: int, user_id: int, state: dict[str, Any] | None,
                      events: Sequence[tuple[str, dict[str, Any]]], at: datetime) -> list[int]:
@@ -272,6 +281,8 @@ def _sqlite_args(args: Sequence[Any]) -> list[Any]:
 
 
 class _SqliteTx:
+    message_id_sql = "json_extract(payload, '$.message.id')"
+
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
 
@@ -368,6 +379,8 @@ def _numbered(sql: str) -> str:
 
 
 class _PostgresTx:
+    message_id_sql = "(payload -> 'message' ->> 'id')"
+
     def __init__(self, connection: Any) -> None:
         self._connection = connection
 

@@ -10,6 +10,7 @@ shows its events once.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import uuid
@@ -181,5 +182,36 @@ def test_a_delivery_whose_commit_landed_but_whose_answer_was_lost_is_shown_once(
             # The stream shows what the store holds, with the store's ids.
             shown = [e for e in actor._recent if e["type"] == "message"]
             assert [(e["id"], e["message"]["id"]) for e in shown] == [(i, m) for i, m in rows]
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_delivery_retried_across_an_agent_restart_is_shown_once(tmp_path: Path, backend: str,
+                                                                   request: pytest.FixtureRequest) -> None:
+    """Exactly-once comes from the store: a restarted agent knows what its stream already showed."""
+    url = (f"sqlite+aiosqlite:///{tmp_path}/store.db" if backend == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    upgrade_to_head(url)
+
+    async def run() -> None:
+        async with _agent(url, tmp_path) as (actor, _store, db):
+            await actor.view()
+            await actor.deliver(3, _delivery(201))
+            # The process dies after the commit, before the inbox heard the answer; a new one takes over.
+            restarted = AgentActor(actor.org_id, actor.user_id, actor._settings)
+            restarted._store = open_agent_store(url, linger_s=0, name="y")
+            try:
+                await restarted.view()
+                await restarted.deliver(3, _delivery(201))  # the inbox's retry
+                await restarted.deliver(3, _delivery(202))
+                async with db.session() as session:
+                    rows = (await session.execute(text(
+                        "SELECT payload FROM agent_events WHERE user_id = :u AND kind = 'message' ORDER BY id"),
+                        {"u": actor.user_id})).scalars().all()
+                shown = [(p if isinstance(p, dict) else json.loads(p))["message"]["id"] for p in rows]
+                assert shown == [201, 202]
+            finally:
+                await restarted._store.close()
 
     asyncio.run(run())
