@@ -406,8 +406,10 @@ class AgentWorker:
         self.phase = "chaos"
         self.events: dict[int, Event] = {}
         self.reconnects = 0
+        # Answers a user would call failures: informational ones (a 409 the race explains) and server errors.
         self.http_failures: Counter[str] = Counter()
-        self.unanswered: list[str] = []
+        self.server_errors: list[str] = []  # "{what} {status} {detail}" of every 5xx (after 503s were retried)
+        self.unanswered: list[str] = []  # requests with no answer past their deadline
         self._active: set[int] = set()
         self._close_due: dict[int, float] = {}
         self._jobs: queue.Queue[Event | None] = queue.Queue()
@@ -470,13 +472,18 @@ class AgentWorker:
             return None
         if response.status_code >= 500:
             self.http_failures[f"{what.split()[0]} {response.status_code} {_detail(response)}"] += 1
+            self.server_errors.append(f"{what} {response.status_code} {_detail(response)}")
         return response.status_code
 
     def _put_status(self, status: str) -> None:
         response = call_through_outages(self._http, "PUT", f"{self.org_path}/agents/{self.agent.id}/status",
                                         json={"status": status})
-        if response is None or response.status_code != 200:
-            self.http_failures[f"status {status} {response.status_code if response else 'no answer'}"] += 1
+        if response is None:
+            self.unanswered.append(f"status {status}")
+        elif response.status_code != 200:
+            self.http_failures[f"status {status} {response.status_code}"] += 1
+            if response.status_code >= 500:
+                self.server_errors.append(f"status {status} {response.status_code} {_detail(response)}")
 
     def _work(self) -> None:
         while (event := self._jobs.get()) is not None:
@@ -836,6 +843,15 @@ def _unrouted_diagnosis(rows: list[tuple[Any, ...]], acked: set[str], sender: We
     return lines
 
 
+def request_violations(workers: list[AgentWorker]) -> list[tuple[str, list[str]]]:
+    """Every agent request got its answer: any 5xx (503s retried for 60 s first) and any request left
+    unanswered past its deadline is a violation."""
+    return [("agent requests answered 5xx (503s retried for 60 s first)",
+             [f"agent {w.agent.id}: {error}" for w in workers for error in w.server_errors]),
+            ("agent requests left unanswered past their deadline",
+             [f"agent {w.agent.id}: {what}" for w in workers for what in w.unanswered])]
+
+
 def check_invariants(plan: FaultPlan, store: Gateway, owner_token: str, org_id: int, sender: WebhookStream,
                      workers: list[AgentWorker], killer: Killer, max_concurrent: int) -> tuple[list[Violation],
                                                                                              dict[str, Any]]:
@@ -980,9 +996,8 @@ def check_invariants(plan: FaultPlan, store: Gateway, owner_token: str, org_id: 
     add("kills after which the actor or gateway did not come back",
         [f"{r.kind} {r.target} at {r.at_s:.1f}s: {r.note or 'no new process within 60s'}"
          for r in killer.records if not r.recovered and r.note != "no live actor of this kind to kill"])
-    add("agent requests answered 5xx (503s retried for 60 s first)",
-        [f"agent {w.agent.id}: {dict(w.http_failures)}" for w in workers
-         if any(k.split()[-1].startswith("5") for k in w.http_failures)])
+    for invariant, items in request_violations(workers):
+        add(invariant, items)
     figures["transactions"] = len(txs)
     return violations, figures
 
@@ -1089,10 +1104,6 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
                      f"offers pending at kills resolved by {figures['pending_resolved_by']}")
         notes.append(sender.latency_note())
         notes += [f"killer: {e}" for e in killer.errors]
-        unanswered = sum(len(w.unanswered) for w in workers)
-        if unanswered:
-            notes.append(f"{unanswered} agent requests got no answer within 60s: "
-                         f"{[u for w in workers for u in w.unanswered][:6]}")
         return FaultReport(plan, database, figures, violations, notes)
     finally:
         for worker in workers:
