@@ -45,7 +45,8 @@ class RoutingClient:
 
     async def start(self) -> None:
         self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="wa-router-dispatcher")
-        await self.recover()
+        # Every inbox is live before the first webhook: no customer waits for an actor process to start.
+        await self.recover(every_inbox=True)
         await self.recover_senders()
         self._recovery = asyncio.create_task(self._recover_forever(), name="wa-router-recovery")
 
@@ -80,8 +81,9 @@ class RoutingClient:
             except Exception:
                 log.exception("recovery pass failed")
 
-    async def recover(self, *, open_work: bool = True) -> int:
-        """Activate every inbox with unattached messages, and (`open_work`) with open transactions.
+    async def recover(self, *, open_work: bool = True, every_inbox: bool = False) -> int:
+        """Activate every inbox with unattached messages, and (`open_work`) with open transactions, or
+        (`every_inbox`) every inbox of the store.
 
         An activation re-arms offer timers and attaches what is unrouted; a live actor just answers.
         """
@@ -90,8 +92,10 @@ class RoutingClient:
                                                              InboundMessage.transaction_id.is_(None))
             query = (union(select(Transaction.inbox_id).where(Transaction.state != "closed"), unrouted)
                      if open_work else unrouted).subquery()
-            rows = (await session.execute(
-                select(Inbox.org_id, Inbox.id).where(Inbox.id.in_(select(query.c[0]))))).all()
+            inboxes = select(Inbox.org_id, Inbox.id)
+            if not every_inbox:
+                inboxes = inboxes.where(Inbox.id.in_(select(query.c[0])))
+            rows = (await session.execute(inboxes)).all()
         results = await asyncio.gather(*(self.directory.inbox(org, inbox).activate() for org, inbox in rows),
                                        return_exceptions=True)
         for (org, inbox), result in zip(rows, results, strict=True):
@@ -156,6 +160,14 @@ class RoutingClient:
                   org_id, inbox_id, len(messages))
 
     # ------------------------------------------------------------------ configuration changes
+
+    async def inbox_created(self, org_id: int, inbox_id: int) -> None:
+        """Start the new inbox's actor now, so its first customer does not wait for a process to start."""
+        try:
+            await self.directory.inbox(org_id, inbox_id).activate()
+        except ActorUnavailable as exc:
+            # The first message (or the recovery loop) activates it.
+            log.warning("inbox %s:%s not activated at creation: %s", org_id, inbox_id, exc)
 
     async def inboxes_changed(self, org_id: int, inbox_ids: list[int]) -> None:
         for inbox_id in sorted(set(inbox_ids)):

@@ -94,7 +94,8 @@ async def list_agent_candidates(ctx: ConfigSupervisor, session: SessionDep) -> l
 
 
 @router.post("", status_code=201, response_model=InboxOut)
-async def create_inbox(body: InboxCreate, ctx: ConfigSupervisor, session: SessionDep) -> InboxOut:
+async def create_inbox(body: InboxCreate, ctx: ConfigSupervisor, session: SessionDep,
+                       runtime: RuntimeDep) -> InboxOut:
     await _check_number(session, ctx.org.id, body.phone_number_id, None)
     await _check_agents(session, ctx.org.id, body.agents)
     inbox = Inbox(org_id=ctx.org.id, name=body.name, type=body.type, phone_number_id=body.phone_number_id,
@@ -107,6 +108,8 @@ async def create_inbox(body: InboxCreate, ctx: ConfigSupervisor, session: Sessio
         raise _number_taken(body.phone_number_id) from exc
     await _replace_agents(session, inbox.id, body.agents)
     await session.commit()
+    # Answered once the inbox's actor runs: its first customer is routed without a process start.
+    await runtime.routing.inbox_created(ctx.org.id, inbox.id)
     return await inbox_out(session, inbox)
 
 
