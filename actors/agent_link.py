@@ -63,6 +63,9 @@ class AgentLink:
         # user id -> (skipped until, current backoff)
         self._unreachable: dict[int, tuple[float, float]] = {}
         self._mailboxes: dict[int, Mailbox] = {}
+        # Follow-ups told and not yet answered, with the time their wait ends: a routing pass decides once their
+        # new snapshots are in (or that time has passed).
+        self._unanswered: dict[asyncio.Future[Any], float] = {}
 
     def load(self, members: frozenset[int], stored: dict[int, dict[str, Any]]) -> None:
         """The inbox's members and their snapshots as the store has them; a newer live one is kept."""
@@ -132,7 +135,22 @@ class AgentLink:
                 self._on_change()
 
         result.add_done_callback(absorb)
+        if not result.done():
+            self._unanswered[result] = time.monotonic() + self._settings.actor_call_timeout_s
+            result.add_done_callback(lambda done: self._unanswered.pop(done, None))
         return result
+
+    async def settle(self) -> None:
+        """Wait for the follow-ups told so far, each until its own deadline: the next decision sees the agents as
+        they answered (free again after a release, set away after missed offers), not as they were before. A
+        follow-up past its deadline is not waited for again (the mailbox still delivers it)."""
+        now = time.monotonic()
+        waiting = {answer: until for answer, until in self._unanswered.items() if until > now}
+        if not waiting:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(asyncio.shield(a) for a in waiting), return_exceptions=True),
+                                   max(waiting.values()) - now)
 
     def deliver(self, user_id: int, transaction_id: int, messages: list[dict[str, Any]]) -> None:
         """Customer messages for the agent's active transaction; deliveries waiting behind a call on the
@@ -143,9 +161,15 @@ class AgentLink:
         """Tell, then wait a bounded time: an API answer should find the agent's view already showing the
         change. If the agent is slow, the follow-up still arrives (the mailbox keeps retrying), and its
         answer is absorbed whenever it comes: the agent pushes its new snapshot to its other inboxes only."""
-        answer = self.tell(user_id, method, *args)
+        await self.wait_for_answers([self.tell(user_id, method, *args)])
+
+    async def wait_for_answers(self, answers: list[asyncio.Future[Any]]) -> None:
+        """Wait a bounded time for follow-ups told earlier (`tell`): their outcome does not change on timeout."""
+        if not answers:
+            return
         with contextlib.suppress(TimeoutError, MailboxGaveUp):
-            await asyncio.wait_for(asyncio.shield(answer), self._settings.actor_call_timeout_s)
+            await asyncio.wait_for(asyncio.gather(*(asyncio.shield(a) for a in answers), return_exceptions=True),
+                                   self._settings.actor_call_timeout_s)
 
     def _mailbox(self, user_id: int) -> Mailbox:
         mailbox = self._mailboxes.get(user_id)

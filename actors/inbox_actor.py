@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import ray
@@ -31,9 +29,10 @@ from actors.activation import StoreBackedActor
 from actors.agent_link import AgentLink
 from actors.directory import Directory
 from actors.lazy_store import lazy_module
+from actors.offer_plan import PlannedOffer, RoutingSettings, new_offer_id, plan_offers
 from actors.transaction_state import TxState
 from config.actor_settings import ActorSettings
-from routing import AssignmentMode, Offer, Queue, RoutingRequest, decide
+from routing import AssignmentMode
 from store.clock import utcnow
 
 if TYPE_CHECKING:
@@ -66,11 +65,6 @@ def refuse(status: int, detail: str) -> Result:
 RELOADING = refuse(503, "the inbox is reloading its state; retry shortly")
 
 
-def new_offer_id(tx_id: int) -> str:
-    # Unique even when a commit fails and the same sequence number is offered again.
-    return f"{tx_id}.{uuid.uuid4().hex[:12]}"
-
-
 class InboxActor(StoreBackedActor):
     def __init__(self, org_id: int, inbox_id: int, settings: ActorSettings, directory: Directory | None = None) -> None:
         self.inbox_id = inbox_id
@@ -80,6 +74,8 @@ class InboxActor(StoreBackedActor):
         self._control: asyncio.Task[None] | None = None
         self._taking_back: asyncio.Task[None] | None = None
         self._timers: dict[int, asyncio.Task[None]] = {}
+        # Inside an API step: the agents' answers its caller waits for (`_answer`).
+        self._agents_to_answer: list[asyncio.Future[Any]] | None = None
         self._reset()
         super().__init__(org_id, settings, directory)
 
@@ -223,9 +219,10 @@ class InboxActor(StoreBackedActor):
                         self._config_stale = True
                     if unrouted:
                         await self._ingest_stored()
-                    await self._route_waiting()
                 except repo.Fenced:
                     self._fenced()
+                    return
+            self.request_routing()
 
     # ------------------------------------------------------------------ health and views
 
@@ -362,85 +359,81 @@ class InboxActor(StoreBackedActor):
 
     # ------------------------------------------------------------------ routing
 
-    def _request(self, tx: TxState) -> RoutingRequest:
-        sticky_mode = self.config.mode == AssignmentMode.STICKY
-        return RoutingRequest(
-            mode=AssignmentMode(self.config.mode), agents=self._link.routing_view(self.config.members),
-            rotation_pointer=self.config.rotation_pointer, tried=frozenset(tx.tried),
-            sticky_agent=tx.sticky_agent if sticky_mode else None, sticky_dials_made=tx.sticky_dials,
-            dials_per_agent=self.config.dials_per_agent, sticky_declined=tx.sticky_declined,
-        )
+    def _routing_settings(self) -> RoutingSettings:
+        config = self.config
+        return RoutingSettings(inbox_id=self.inbox_id, inbox_name=config.name, mode=AssignmentMode(config.mode),
+                               reassign_after_s=config.reassign_after_s, dials_per_agent=config.dials_per_agent,
+                               rotation_pointer=config.rotation_pointer)
 
-    async def _route_waiting(self) -> None:
-        """Offer every waiting transaction, oldest first, to the agent its mode picks (lock held)."""
-        if self._config_stale:
-            await self._reload_config()
-        if self._config is None or self.config.mode == AssignmentMode.MANUAL:
-            return
-        waiting = sorted((tx for tx in self._txs.values() if tx.state == "queued"),
-                         key=lambda tx: (tx.waiting_since, tx.id))
-        for tx in waiting:
-            if not any(s.is_eligible for s in self._link.routing_view(self.config.members)):
-                return  # nobody can take anything now; an agent's next snapshot asks for a pass
-            await self._route_one(tx.id)
+    async def _routing_pass(self) -> bool:
+        """Offer the waiting conversations: plan under the lock, have the agents hold the offers together with
+        the lock released (ingests and answers go on meanwhile), then commit every held offer in one store
+        transaction. True when another pass is wanted (a refusal changed what the inbox knows of an agent).
+        """
+        await self._link.settle()
+        async with self._lock:
+            if not self._activated:
+                return False
+            if self._config_stale:
+                await self._reload_config()
+            if self._config is None:
+                return False
+            planned = plan_offers(self._routing_settings(), self._link.routing_view(self.config.members),
+                                  self._txs.values(), utcnow())
+            if not planned:
+                return False
+            epoch, version = self._epoch, self.config.config_version
+        # Holds reserve the agents' capacity; an agent arbitrates between inboxes offering at once.
+        answers = await asyncio.gather(*(self._link.call(p.user_id, "hold", p.offer) for p in planned))
+        async with self._lock:
+            again, held = False, []
+            for plan, answer in zip(planned, answers, strict=True):
+                if answer is None:
+                    # The hold may have been taken with its reply lost: release it (a no-op otherwise). The
+                    # agent is skipped for a while: the next pass offers to another one at once.
+                    self._link.tell(plan.user_id, "release", plan.offer_id, "rescinded")
+                    again = True
+                    continue
+                again |= self._link.update(answer["snapshot"])
+                if not answer["ok"]:
+                    continue
+                if (not self._activated or self._epoch != epoch or self._config is None
+                        or self.config.config_version != version or self._txs.get(plan.waiting.id) != plan.waiting):
+                    # The conversation moved on while the agents were asked (closed, transferred, reloaded).
+                    self._link.tell(plan.user_id, "release", plan.offer_id, "rescinded")
+                    again = True
+                    continue
+                held.append(plan)
+            if held:
+                await self._commit_offers(held)
+        return again
 
-    async def _route_one(self, tx_id: int) -> None:
-        # Each refused hold refreshes that agent's snapshot (or marks it unreachable), so the loop ends.
-        for _attempt in range(2 * len(self.config.members) + 2):
-            tx = self._txs.get(tx_id)
-            if tx is None or tx.state != "queued":
-                return
-            decision = decide(self._request(tx))
-            new_round = isinstance(decision, Queue) and decision.reset_tried
-            if new_round:
-                # Every eligible agent passed on it: a new round starts at once, in the mode's order.
-                tx = tx.new_round()
-                decision = decide(self._request(tx))
-            if not isinstance(decision, Offer):
-                return
-            if await self._offer(tx, decision, new_round=new_round):
-                return
-
-    async def _offer(self, tx: TxState, decision: Offer, *, new_round: bool) -> bool:
-        user_id = decision.user_id
+    async def _commit_offers(self, held: list[PlannedOffer]) -> None:
+        """One step for the whole pass: every held offer, its audit event and the rotation pointer (lock held)."""
         now = utcnow()
-        expires_at = now + timedelta(seconds=self.config.reassign_after_s)
-        offered = tx.offered(user_id, expires_at, sticky_dial=decision.sticky_dial, offer_id=new_offer_id(tx.id))
-        assert offered.offer_id is not None
-        offer = {**offered.summary(self.inbox_id, self.config.name), "offer_id": offered.offer_id,
-                 "expires_at": expires_at.isoformat()}
-        answer = await self._link.call(user_id, "hold", offer)
-        if answer is None:
-            # The hold may have been taken with its reply lost: release it (a no-op otherwise).
-            self._link.tell(user_id, "release", offered.offer_id, "rescinded")
-            return False
-        self._link.update(answer["snapshot"])
-        if not answer["ok"]:
-            return False
-        pointer = decision.new_rotation_pointer
+        pointer = held[-1].rotation_pointer
         new_pointer = pointer is not None and pointer != self.config.rotation_pointer
-        detail: dict[str, Any] = {"reason": decision.reason, "expires_at": expires_at.isoformat(),
-                                  "sticky_dial": decision.sticky_dial, "offer_id": offered.offer_id}
-        if new_round:
-            detail["new_round"] = True
+        inbox_id = self.inbox_id
 
         def statements(connection: Connection) -> None:
-            repo.save_transaction(connection, tx.id, offered.columns(now))
+            for plan in held:
+                repo.save_transaction(connection, plan.offered.id, plan.offered.columns(now))
+                repo.add_transaction_event(connection, plan.offered.id, "offered", plan.user_id, now, **plan.detail)
             if new_pointer:
-                repo.save_rotation_pointer(connection, self.inbox_id, pointer)
-            repo.add_transaction_event(connection, tx.id, "offered", user_id, now, **detail)
+                repo.save_rotation_pointer(connection, inbox_id, pointer)
 
         try:
             await self._write(statements)
         except BaseException:
-            self._link.tell(user_id, "release", offered.offer_id, "rescinded")
+            for plan in held:
+                self._link.tell(plan.user_id, "release", plan.offer_id, "rescinded")
             raise
         if pointer is not None:
             self.config.rotation_pointer = pointer
-        self._remember(offered)
-        self._arm_timer(offered)
-        self._link.tell(user_id, "publish", offer)
-        return True
+        for plan in held:
+            self._remember(plan.offered)
+            self._arm_timer(plan.offered)
+            self._link.tell(plan.user_id, "publish", plan.offer)
 
     def request_routing(self) -> None:
         """Coalesce eligibility events into routing passes (never run under a caller's await).
@@ -456,9 +449,8 @@ class InboxActor(StoreBackedActor):
             while self._routing_wanted:
                 self._routing_wanted = False
                 try:
-                    async with self._lock:
-                        if self._activated:
-                            await self._route_waiting()
+                    if await self._routing_pass():
+                        self._routing_wanted = True
                 except repo.Fenced:
                     self._fenced()
                 except Exception:
@@ -488,7 +480,7 @@ class InboxActor(StoreBackedActor):
                     # A stale timer (the offer was answered or replaced) does nothing.
                     if tx is not None and tx.state == "offered" and tx.offer_id == offer_id:
                         await self._end_offer(tx, "missed")
-                        await self._route_waiting()
+                        self.request_routing()
                 return
             except repo.Fenced:
                 self._fenced()
@@ -506,8 +498,9 @@ class InboxActor(StoreBackedActor):
         await self._save(requeued, kind, user_id, offer_id=offer_id, **detail)
         self._cancel_timer(tx.id)
         self._remember(requeued)
-        # Waited for (bounded): the next decision must see the agent free again, or set away.
-        await self._link.tell_and_wait(user_id, "release", offer_id, kind)
+        # The agent's answer (free again, or set away) reaches routing as its new snapshot, which asks for a
+        # pass; an API caller waits for it once the lock is released.
+        self._after_step(self._link.tell(user_id, "release", offer_id, kind))
 
     # ------------------------------------------------------------------ answers from agents
 
@@ -521,16 +514,30 @@ class InboxActor(StoreBackedActor):
         return refuse(403, "this transaction is not offered to you")
 
     async def _answer(self, step: Callable[[], Awaitable[Result]]) -> Result:
-        """Run an API action as one locked step; a reloading or fenced inbox answers so the caller may retry."""
+        """Run an API action as one locked step; a reloading or fenced inbox answers so the caller may retry.
+
+        The caller is answered once the agents show the step's outcome (or their deadline passed), waited
+        for with the lock released: a slow agent holds up its own caller, never the inbox.
+        """
         if not await self._ensure_active():
             return refuse(404, "inbox not found")
         async with self._lock:
             if not self._activated:
                 return RELOADING
+            self._agents_to_answer = []
             try:
-                return await step()
+                result = await step()
             except repo.Fenced:
                 return self._fenced()
+            finally:
+                waits, self._agents_to_answer = self._agents_to_answer, None
+        await self._link.wait_for_answers(waits or [])
+        return result
+
+    def _after_step(self, answer: asyncio.Future[Any]) -> None:
+        """An agent's answer the API caller of this step waits for (nobody waits in a timer's or a pass's step)."""
+        if self._agents_to_answer is not None:
+            self._agents_to_answer.append(answer)
 
     async def accept(self, tx_id: int, user_id: int) -> Result:
         return await self._answer(lambda: self._accept(tx_id, user_id))
@@ -603,7 +610,7 @@ class InboxActor(StoreBackedActor):
     async def _confirm(self, user_id: int, offer_id: str, tx: TxState, kind: str, unseen: list[Any]) -> None:
         """Tell the agent its assignment (then what it has not seen); the caller answers once the agent shows it."""
         payload = {**tx.summary(self.inbox_id, self.config.name), "kind": kind}
-        await self._link.tell_and_wait(user_id, "confirm", offer_id, payload)
+        self._after_step(self._link.tell(user_id, "confirm", offer_id, payload))
         if unseen:
             self._link.deliver(user_id, tx.id, unseen)
 
@@ -648,7 +655,7 @@ class InboxActor(StoreBackedActor):
         if previous_offer is not None and previous_offer[0] is not None and previous_offer[1] is not None:
             self._link.tell(previous_offer[0], "release", previous_offer[1], "rescinded")
         if previous_agent is not None:
-            await self._link.tell_and_wait(previous_agent, "end", tx.id, "transferred")
+            self._after_step(self._link.tell(previous_agent, "end", tx.id, "transferred"))
         await self._confirm(user_id, offer_id, assigned, kind, unseen)
         return ok(tx.id)
 
@@ -661,7 +668,7 @@ class InboxActor(StoreBackedActor):
         await self._save(tx.closed(utcnow()), "closed", user_id)
         self._forget(tx)
         if tx.state == "assigned" and tx.agent_id is not None:
-            await self._link.tell_and_wait(tx.agent_id, "end", tx.id, "closed")
+            self._after_step(self._link.tell(tx.agent_id, "end", tx.id, "closed"))
         if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:
             self._link.tell(tx.offered_to, "release", tx.offer_id, "rescinded")
         self.request_routing()
@@ -688,7 +695,7 @@ class InboxActor(StoreBackedActor):
             if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:
                 self._link.tell(tx.offered_to, "release", tx.offer_id, "rescinded")
             if previous is not None:
-                await self._link.tell_and_wait(previous, "end", tx.id, "transferred")
+                self._after_step(self._link.tell(previous, "end", tx.id, "transferred"))
         self.request_routing()
         return ok(tx.id)
 
@@ -773,7 +780,7 @@ class InboxActor(StoreBackedActor):
             if tx is not None and tx.state == "offered" and tx.offered_to == user_id:
                 try:
                     await self._end_offer(tx, "rescinded", count_as_tried=False, reason="agent unavailable")
-                    await self._route_waiting()
+                    self.request_routing()
                 except repo.Fenced:
                     self._fenced()
 
@@ -787,8 +794,8 @@ class InboxActor(StoreBackedActor):
         async with self._lock:
             if self._activated:
                 try:
-                    self._config_stale = True
-                    await self._route_waiting()
+                    await self._reload_config()
+                    self.request_routing()
                 except repo.Fenced:
                     self._fenced()
         return {"inbox_id": self.inbox_id, "exists": self._config is not None, "open": len(self._txs)}
@@ -800,9 +807,15 @@ class InboxActor(StoreBackedActor):
             if config is None:
                 return
             agents = await repo.load_agent_snapshots(session, config.members)
+        joined = set(config.members) - set(self._config.members if self._config is not None else ())
         self._config_stale = False
         self._config = config
         self._link.load(frozenset(config.members), agents)
+        for user_id in joined:
+            # A new member at work pushes its snapshots here from now on (it caches the inboxes it serves);
+            # an offline one is left asleep and reads them when it next starts or changes presence.
+            if self._link.status_of(user_id) not in (None, "offline"):
+                self._link.tell(user_id, "resync")
         for tx in list(self._txs.values()):
             membership = config.members.get(tx.offered_to) if tx.offered_to is not None else None
             if tx.state == "offered" and (membership is None or not membership[1]):
