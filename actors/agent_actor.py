@@ -59,6 +59,9 @@ WORK_EVENTS = ("assigned", "transferred", "transaction_closed")
 STREAM_WORK_HISTORY = 1000
 # Offer ids and message ids already dealt with, so a retried call does not act twice.
 REMEMBERED_IDS = 5000
+# The inboxes the agent serves are read from the store at most this often; an inbox's call or resync from an
+# inbox not among them reads them again at once (see `_served_inboxes`).
+SERVED_INBOXES_TTL_S = 30.0
 # An event stream ends by itself after this long without an event, or this long in all (see stream_events).
 STREAM_IDLE_S = 15.0
 STREAM_LIFETIME_S = 120.0
@@ -106,6 +109,8 @@ class AgentActor(StoreBackedActor):
         self._heap_release: asyncio.Task[None] | None = None
         self._last_call = time.monotonic()
         self._last_step = time.monotonic()
+        # (inbox ids, read at): the inboxes snapshots are pushed to, cached (`_served_inboxes`).
+        self._inboxes: tuple[frozenset[int], float] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -264,6 +269,7 @@ class AgentActor(StoreBackedActor):
     # ------------------------------------------------------------------ presence and settings
 
     async def set_status(self, status: str, reason: str | None = None) -> dict[str, Any] | None:
+        self._inboxes = None  # a person's act, not the message path: the inboxes told are read anew
         if not await self._ensure_active():
             return None
         async with self._step_lock:
@@ -301,6 +307,7 @@ class AgentActor(StoreBackedActor):
         return withdrawn
 
     async def set_max_concurrent(self, max_concurrent: int) -> dict[str, Any] | None:
+        self._inboxes = None
         if not await self._ensure_active():
             return None
         async with self._step_lock:
@@ -318,6 +325,7 @@ class AgentActor(StoreBackedActor):
         """
         if not await self._ensure_active():
             return {"ok": False, "reason": "agent not found", "snapshot": self.snapshot()}
+        self._heard_from(int(offer["inbox_id"]))
         async with self._step_lock:
             offer_id = offer["offer_id"]
             if offer_id in self.holds:
@@ -445,7 +453,9 @@ class AgentActor(StoreBackedActor):
                 _remember(self._delivered, message_id)
 
     async def resync(self) -> dict[str, Any]:
-        """Rebuild held offers and active work from the store (after an inbox restarted or lost contact)."""
+        """Rebuild held offers and active work from the store (after an inbox restarted, lost contact or
+        gained the agent as a member)."""
+        self._inboxes = None
         if not await self._ensure_active():
             return self.snapshot()
         async with self._step_lock:
@@ -663,9 +673,21 @@ class AgentActor(StoreBackedActor):
         self._notifying = asyncio.ensure_future(self._push_snapshot(answered))
         self._notifying.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
+    def _heard_from(self, inbox_id: int) -> None:
+        """An inbox called: one the cached list does not know (the agent just joined it) is read anew."""
+        if self._inboxes is not None and inbox_id not in self._inboxes[0]:
+            self._inboxes = None
+
+    async def _served_inboxes(self) -> frozenset[int]:
+        """The inboxes the agent serves, off the message path: read again after `SERVED_INBOXES_TTL_S`, after a
+        resync (an inbox that gained the agent tells it so) or a call from an inbox not among them."""
+        now = time.monotonic()
+        if self._inboxes is None or now - self._inboxes[1] > SERVED_INBOXES_TTL_S:
+            self._inboxes = (frozenset(await self.store.inboxes_of(self.user_id)), now)
+        return self._inboxes[0]
+
     async def _push_snapshot(self, answered: int | None) -> None:
-        # Read every time (one indexed query per change): an inbox the agent just joined must hear of it.
-        inbox_ids = await self.store.inboxes_of(self.user_id)
+        inbox_ids = await self._served_inboxes()
         snapshot = self.snapshot()
         for inbox_id in inbox_ids:
             if inbox_id != answered:

@@ -215,3 +215,37 @@ def test_a_delivery_retried_across_an_agent_restart_is_shown_once(tmp_path: Path
                 await restarted._store.close()
 
     asyncio.run(run())
+
+
+def test_an_agent_reads_the_inboxes_it_serves_off_the_message_path(tmp_path: Path) -> None:
+    """Snapshot pushes use the cached list; a call from an inbox it does not know, a resync or a presence change
+    reads it again (an inbox that just gained the agent must hear of it)."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/store.db"
+    upgrade_to_head(url)
+
+    async def run() -> list[int]:
+        async with _agent(url, tmp_path) as (actor, store, _db):
+            await actor.view()
+            assert actor._notifying is not None
+            await actor._notifying  # activation pushed its snapshot: the list is cached
+            reads: list[str] = []
+            read = store.inboxes_of
+
+            async def counted(user_id: int) -> list[int]:
+                reads.append("read")
+                return await read(user_id)
+
+            store.inboxes_of = counted  # type: ignore[method-assign]
+            seen = [len(reads)]
+            for _ in range(3):  # three snapshot pushes on the message path
+                await actor._served_inboxes()
+            seen.append(len(reads))
+            actor._heard_from(41)  # an inbox the agent does not know of offered it something
+            await actor._served_inboxes()
+            seen.append(len(reads))
+            await actor.resync()
+            await actor._served_inboxes()
+            seen.append(len(reads))
+            return seen
+
+    assert asyncio.run(run()) == [0, 0, 1, 2]
