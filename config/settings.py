@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     # once the lease is this old.
     deployment_heartbeat_s: float = Field(default=5.0, gt=0)
     deployment_lease_s: float = Field(default=20.0, gt=0)
+    # SQLite: how often the gateway checkpoints the WAL in its own thread, outside every writer's turn.
+    sqlite_checkpoint_interval_s: float = Field(default=1.0, gt=0)
 
     # Meta retries a webhook it did not get a 2xx for; anything larger than this is refused with 413.
     max_webhook_body_bytes: int = 1024 * 1024

@@ -19,8 +19,10 @@ from gateway.routers import api_routers
 from gateway.runtime import Runtime
 from meta.graph_client import GraphClient
 from store.crypto import SecretBox, load_or_create_key
-from store.db import Database
+from store.db import Database, is_sqlite
 from store.migrate import upgrade_to_head_async
+from store.sqlite_checkpoint import WalCheckpointer
+from store.sqlite_file import sqlite_file_path
 
 log = logging.getLogger("wa_router")
 
@@ -45,6 +47,10 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
             await db.dispose()
             disconnect_ray(ray_connection)
             raise
+        sqlite_path = sqlite_file_path(settings.database_url) if is_sqlite(settings.database_url) else None
+        checkpointer = WalCheckpointer(sqlite_path, settings.sqlite_checkpoint_interval_s) if sqlite_path else None
+        if checkpointer is not None:
+            checkpointer.start()
         routing = RoutingClient(RayDirectory(settings), db)
         runtime = Runtime(settings=settings, db=db, secrets=SecretBox(load_or_create_key(
             settings.secret_key, settings.secret_key_file)), graph=graph, routing=routing,
@@ -59,6 +65,8 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
             yield
         finally:
             await routing.stop()
+            if checkpointer is not None:
+                await checkpointer.stop()
             await lease.stop()
             await graph.aclose()
             await db.dispose()

@@ -17,7 +17,8 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
+from sqlalchemy import update as sql_update
 
 from store.db import Database
 from store.tables import Deployment
@@ -116,6 +117,9 @@ class DeploymentLease:
         while True:
             await asyncio.sleep(self._heartbeat_s)
             try:
+                if await self._db.write(self._beat):
+                    continue
+                # The row is gone or another cluster's: said (or taken back) through the session below.
                 async with self._db.session() as session:
                     row = await session.get(Deployment, LEASE_ROW)
                     if row is None or row.cluster_id == self.cluster_id:
@@ -129,6 +133,13 @@ class DeploymentLease:
                 raise
             except Exception:
                 log.exception("deployment lease heartbeat failed")
+
+    def _beat(self, connection: Connection) -> bool:
+        """One statement on the store's write thread (no async round trips inside SQLite's writer turn)."""
+        moved = connection.execute(
+            sql_update(Deployment).where(Deployment.id == LEASE_ROW, Deployment.cluster_id == self.cluster_id)
+            .values(holder=this_host_process(), heartbeat_at=utcnow()))
+        return bool(moved.rowcount)
 
     async def stop(self) -> None:
         if self._task is not None:

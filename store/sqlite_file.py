@@ -14,8 +14,11 @@ from typing import Any
 
 # WAL lets readers run beside the writer; busy_timeout makes a writer that finds the lock taken (past
 # its turn, see WriterTurn) wait for it instead of failing.
+# The WAL is checkpointed by the gateway's own thread (`store.sqlite_checkpoint`), outside every writer's turn;
+# a writer checkpoints itself only past a large backstop (the gateway down for long), not every 1,000 pages.
+WAL_BACKSTOP_PAGES = 50_000
 PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=30000",
-           "PRAGMA foreign_keys=ON")
+           "PRAGMA foreign_keys=ON", f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")
 
 # How long a writer waits for its turn before going on under SQLite's own lock (busy_timeout).
 TURN_WAIT_S = 30.0
