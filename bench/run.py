@@ -36,6 +36,8 @@ from bench.workload import Plan, WorkloadShape, build_schedule, set_up
 from gateway.background_server import free_port
 
 PY = sys.executable
+# Seconds without traffic before the first step: each process kind's idle floor, left out of CPU per message.
+IDLE_FLOOR_S = 5.0
 
 
 def log(text: str) -> None:
@@ -104,9 +106,25 @@ def actor_ceiling(duration_s: float = 8.0, attempts: int = 2) -> dict[str, Any]:
 # ---------------------------------------------------------------------- one step
 
 
+def cpu_ms_per_message(cpu_percent: dict[str, float], floor_percent: dict[str, float], window_s: float,
+                       messages: int) -> dict[str, float] | None:
+    """CPU per acknowledged message by process kind, each kind's idle floor (measured before the steps) left out."""
+    if not messages:
+        return None
+    return {kind: round(max(0.0, percent - floor_percent.get(kind, 0.0)) / 100 * window_s * 1000 / messages, 2)
+            for kind, percent in cpu_percent.items()}
+
+
+def idle_floor(sampler: ProcessSampler, seconds: float) -> dict[str, float]:
+    """Percent of a core each process kind uses with the stack up and no traffic (Ray's own floor)."""
+    window = sampler.open_window()
+    time.sleep(seconds)
+    return sampler.close_window(window)
+
+
 def run_step(args: argparse.Namespace, stack: Stack, plan: Plan, agents: subprocess.Popen[bytes],
              sampler: ProcessSampler, workdir: Path, run_tag: str, step: int, rate: float,
-             customer_offset: int, profile_to: Path | None = None) -> dict[str, Any]:
+             customer_offset: int, floor: dict[str, float], profile_to: Path | None = None) -> dict[str, Any]:
     workload = {"run": run_tag, "step": step, "rate": rate, "duration_s": args.duration,
                 "followups": args.followups, "followup_gap_s": args.followup_gap, "customers": args.customers,
                 "customer_offset": customer_offset, "waba_id": plan.waba_id, "app_secret": plan.app_secret,
@@ -138,6 +156,7 @@ def run_step(args: argparse.Namespace, stack: Stack, plan: Plan, agents: subproc
                 profilers[name] = (record(pid, max(5.0, args.duration - 8.0), path), path)
     generator.wait()
     cpu = sampler.close_window(window)
+    window_s = time.time() - window.started
     load = json.loads(out_path.read_text())
     memory = sampler.peak_memory_mib()
     messages = load["messages"]
@@ -199,6 +218,7 @@ def run_step(args: argparse.Namespace, stack: Stack, plan: Plan, agents: subproc
         "generator": {"lateness_ms": load["lateness_ms"], "cpu_percent": load["cpu_percent"],
                       "connections_opened": load["connections_opened"]},
         "cpu_percent": cpu, "peak_memory_mib": memory,
+        "cpu_ms_per_message": cpu_ms_per_message(cpu, floor, window_s, len(acked)),
         "agent_errors": recorded["errors"][:5], "agent_error_count": len(recorded["errors"]),
         "conversations": len({m["conversation"] for m in messages}),
         # Everything the conversations caused (accepts and closes included), divided by their messages.
@@ -354,10 +374,13 @@ def _run_steps(args: argparse.Namespace, report: dict[str, Any], steps: list[dic
             if cluster is not None:
                 roles[cluster.process.pid] = "ray_system"
             sampler = ProcessSampler(roles).start()
+            log("idle floor of every process kind")
+            floor = report["idle_floor_cpu_percent"] = idle_floor(sampler, IDLE_FLOOR_S)
             customer_offset = 0
             for index, rate in enumerate(rates):
                 log(f"step {index}: {rate:g} messages/s for {args.duration:g}s")
-                step = run_step(args, stack, plan, agents, sampler, workdir, run_tag, index, rate, customer_offset)
+                step = run_step(args, stack, plan, agents, sampler, workdir, run_tag, index, rate, customer_offset,
+                                floor)
                 customer_offset += step["conversations"]
                 steps.append(step)
                 log(f"  ack p50/p99 {step['ack_ms']['p50']}/{step['ack_ms']['p99']} ms, "
@@ -376,7 +399,7 @@ def _run_steps(args: argparse.Namespace, report: dict[str, Any], steps: list[dic
                 profile_rate = max(passing) if passing else rates[0]
                 log(f"profiling the gateway and the busiest inbox actor at {profile_rate:g}/s")
                 profiled = run_step(args, stack, plan, agents, sampler, workdir, run_tag, len(steps), profile_rate,
-                                    customer_offset, profile_to=output)
+                                    customer_offset, floor, profile_to=output)
                 report["profile"] = {"rate": profile_rate, **profiled.get("profiles", {})}
             sampler.stop()
         finally:
@@ -397,7 +420,8 @@ def headline(report: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, A
     served = report.get("actor_ceiling", {}).get("served_routing_actor_uss_mib")
     agent_uss = idle.get("agent_actor_uss_mib")
     keys = ("offered_msg_s", "achieved_msg_s", "ack_ms", "webhook_to_offer_ms", "followup_to_message_ms",
-            "timer_lateness_ms", "lost", "duplicated", "double_assigned", "peak_memory_mib", "cpu_percent")
+            "timer_lateness_ms", "lost", "duplicated", "double_assigned", "peak_memory_mib", "cpu_percent",
+            "cpu_ms_per_message")
     return {
         "max_sustainable_rate": rate,
         "http_ceiling_ratio": round(rate / http, 4) if http else None,
