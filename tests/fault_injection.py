@@ -854,6 +854,23 @@ def request_violations(workers: list[AgentWorker]) -> list[tuple[str, list[str]]
              [f"agent {w.agent.id}: {what}" for w in workers for what in w.unanswered])]
 
 
+def _messages_never_shown(attached: list[Any], streams: dict[int, list[Event]]) -> list[str]:
+    """Messages of conversations that ended with an agent (assigned, or closed by it) that no agent's stream
+    showed: as a `message`, or as the first message of an offer or an assignment."""
+    shown: dict[int, set[int]] = {}
+    for events in streams.values():
+        for event in events:
+            tx = event.get("transaction_id")
+            if tx is None:
+                continue
+            ids = shown.setdefault(int(tx), set())
+            message = event.get("message") if event["type"] == "message" else event.get("first_message")
+            if isinstance(message, dict) and message.get("id") is not None:
+                ids.add(int(message["id"]))
+    return [f"tx {tx}: message {message_id} ({wamid})" for tx, message_id, wamid in attached
+            if int(message_id) not in shown.get(int(tx), set())]
+
+
 def check_invariants(plan: FaultPlan, store: Gateway, owner_token: str, org_id: int, sender: WebhookStream,
                      workers: list[AgentWorker], killer: Killer, max_concurrent: int) -> tuple[list[Violation],
                                                                                              dict[str, Any]]:
@@ -931,6 +948,10 @@ def check_invariants(plan: FaultPlan, store: Gateway, owner_token: str, org_id: 
     add("conversations held by two agents at once (agents' streams)",
         [f"tx {tx}: {'; '.join(d)}" for tx, d in sorted(stream_doubles.items())])
     figures["double_assigned"] = len(doubled)
+    add("messages of a conversation its agent kept never shown on an agent's stream",
+        _messages_never_shown(query_db(store, "SELECT t.id, m.id, m.wamid FROM inbound_messages m JOIN transactions t "
+                                             "ON t.id = m.transaction_id WHERE m.org_id = :org AND t.agent_id IS NOT "
+                                             "NULL", org=org_id), streams))
     final_states = {int(t[0]): f"{t[1]}" + (f" by {t[2]}" if t[2] else "") for t in txs}
     add(f"agents over max_concurrent={max_concurrent} (their streams: assigned without a close between)",
         [f"agent {agent}: {len(active)} at stream event {event_id}: "
