@@ -39,7 +39,8 @@ def test_a_second_writer_waits_for_the_first_and_is_woken_at_its_release(tmp_pat
     first.release()
     thread.join(5)
     assert second.held
-    assert granted_at[0] - released_at < 0.2  # woken by the kernel, not by a sleep running out
+    # Woken at the release, not when its 30 s wait ran out (how fast is the bench's to measure, not a test's).
+    assert granted_at[0] - released_at < 10
     second.release()
 
 
@@ -56,7 +57,8 @@ def test_a_turn_not_granted_in_time_is_given_up_and_passes_on_when_it_comes(tmp_
     holder.authorize(sqlite3.SQLITE_UPDATE)
     started = time.monotonic()
     assert impatient.authorize(sqlite3.SQLITE_INSERT) == sqlite3.SQLITE_OK  # goes on, under SQLite's own lock
-    assert 0.15 < time.monotonic() - started < 2 and not impatient.held
+    # Gave up after its own 0.2 s, not after the holder's release (which never came meanwhile).
+    assert 0.15 < time.monotonic() - started < 10 and not impatient.held
     holder.release()
     # The given-up waiter gets the lock once free and lets it go at once: nobody is left stuck behind it.
     thread, granted_at = _authorize_in_thread(later)

@@ -86,7 +86,7 @@ def test_reads_on_sqlite_run_beside_a_writer_holding_the_turn_and_from_any_event
 
     counted, took, from_other_loop = asyncio.run(run())
     assert counted == 2 and from_other_loop == 2
-    assert took < 2  # a reader never waits for the writers' turn
+    assert took < 10  # a reader never waits for the writers' turn (held throughout; a writer would wait 30 s)
 
 
 def test_a_read_step_that_writes_takes_the_writers_turn_and_commits(tmp_path: Path) -> None:
@@ -116,7 +116,7 @@ def test_a_read_step_that_writes_takes_the_writers_turn_and_commits(tmp_path: Pa
 
     waited_after_release, notes = asyncio.run(run())
     assert notes == ["adopted"]
-    assert waited_after_release < 1
+    assert waited_after_release < 10  # taken at the release, not after the 30 s turn wait ran out
 
 
 def test_a_read_step_that_would_suspend_fails_clearly(tmp_path: Path) -> None:

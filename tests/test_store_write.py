@@ -57,7 +57,7 @@ def test_a_writer_whose_event_loop_is_busy_does_not_hold_other_processes_writes(
             assert wrote.wait(5)
             other = threading.Thread(target=other_store_writes)
             other.start()
-            time.sleep(0.6)  # noqa: ASYNC251 - the point: this event loop is busy meanwhile
+            time.sleep(3.0)  # noqa: ASYNC251 - the point: this event loop is busy meanwhile
             other.join(5)
             assert await pending == "first"
             return await _notes(db, "notes")
@@ -65,7 +65,8 @@ def test_a_writer_whose_event_loop_is_busy_does_not_hold_other_processes_writes(
             await db.dispose()
 
     assert asyncio.run(run()) == ["first", "second"]
-    assert other_took and other_took[0] < 0.4
+    # Not held up by this process's busy event loop (3 s): the first write's turn ended with its statements.
+    assert other_took and other_took[0] < 2.5
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])
