@@ -23,3 +23,6 @@ class StoredMessage:
     customer_id: int
     # {id, user_id, wa_id, username, name}
     customer: dict[str, Any]
+    # Attached at intake to the conversation an agent holds (`store.routing_repo.attach_to_assigned`); None: the
+    # inbox attaches it.
+    transaction_id: int | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -16,6 +16,7 @@ from meta.webhook_parser import InboundMessage as ParsedMessage
 from meta.webhook_parser import ParsedWebhook
 from store.customers import CustomerRef, Identity, new_anonymous_customer, resolve_customers
 from store.outbox import StatusChange, apply_status
+from store.routing_repo import attach_to_assigned
 from store.tables import Base, Customer, InboundMessage, Inbox, MessageStatus, WebhookChange
 from store.templates_repo import apply_status_event
 from store.upsert import insert_ignoring_duplicates
@@ -158,6 +159,15 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
             summary=row["summary"], sent_at=row["sent_at"].isoformat(), customer_id=customer.id,
             customer=customer.as_dict(),
         ))
+
+    # Follow-ups of conversations an agent holds are attached here, in the commit that stores them: their
+    # inbox then only hands them to the agent.
+    stored = [m for messages in result.new_messages.values() for m in messages]
+    attached = await attach_to_assigned(session, [(m.id, m.inbox_id, m.customer_id) for m in stored],
+                                        share_lock=session.get_bind().dialect.name == "postgresql")
+    if attached:
+        result.new_messages = {org: [replace(m, transaction_id=attached.get(m.id)) for m in messages]
+                               for org, messages in result.new_messages.items()}
 
     status_rows = [_fit_row(MessageStatus, {
         "org_id": org_id, "wamid": s.wamid, "waba_id": s.waba_id, "phone_number_id": s.phone_number_id,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import load_only
 
@@ -223,6 +223,70 @@ async def latest_messages(session: AsyncSession, transaction_id: int, limit: int
     """The transaction's newest messages, oldest first (what an agent taking it over has not seen)."""
     rows = (await session.scalars(select(InboundMessage).options(_ROUTED_COLUMNS)
                                   .where(InboundMessage.transaction_id == transaction_id)
+                                  .order_by(InboundMessage.id.desc()).limit(limit))).all()
+    return await _payloads(session, list(reversed(rows)))
+
+
+async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int, int, int]],
+                             share_lock: bool) -> dict[int, int]:
+    """At intake, in the transaction that stores them: attach (message id, inbox id, customer id) to the customer's
+    conversation on the inbox when an agent holds it; message id -> transaction id of those attached.
+
+    A follow-up then costs its inbox no write: the inbox only hands it to the agent. `share_lock` (PostgreSQL):
+    the conversation's row is share-locked, so a close either commits first (and is seen) or waits for this
+    commit (and then hands back what its agent was never shown: `detach_undelivered`). SQLite has one writer.
+    """
+    pairs = {(inbox_id, customer_id) for _, inbox_id, customer_id in messages}
+    if not pairs:
+        return {}
+    query = select(Transaction.id, Transaction.inbox_id, Transaction.customer_id).where(
+        Transaction.state == "assigned",
+        or_(*(and_(Transaction.inbox_id == inbox_id, Transaction.customer_id == customer_id)
+              for inbox_id, customer_id in sorted(pairs))))
+    if share_lock:
+        query = query.with_for_update(read=True)
+    found: dict[tuple[int, int], list[int]] = {}
+    for tx_id, inbox_id, customer_id in (await session.execute(query)).all():
+        found.setdefault((inbox_id, customer_id), []).append(int(tx_id))
+    by_tx: dict[int, list[int]] = {}
+    for message_id, inbox_id, customer_id in messages:
+        open_txs = found.get((inbox_id, customer_id), [])
+        if len(open_txs) == 1:  # never guess between two: the inbox's own step reads the store
+            by_tx.setdefault(open_txs[0], []).append(message_id)
+    attached: dict[int, int] = {}
+    for tx_id, ids in by_tx.items():
+        done = (await session.execute(update(InboundMessage).where(
+            InboundMessage.id.in_(ids), InboundMessage.transaction_id.is_(None))
+            .values(transaction_id=tx_id).returning(InboundMessage.id))).scalars().all()
+        attached.update({int(message_id): tx_id for message_id in done})
+    return attached
+
+
+def detach_undelivered(connection: Connection, transaction_id: int, delivered_up_to: int) -> list[int]:
+    """In a close's commit: messages attached to the conversation that its agent was never handed (they came in
+    as it closed) are unattached again, to be routed as the customer's next conversation; their ids."""
+    return [int(i) for i in connection.execute(
+        update(InboundMessage).where(InboundMessage.transaction_id == transaction_id,
+                                     InboundMessage.id > delivered_up_to)
+        .values(transaction_id=None).returning(InboundMessage.id)).scalars()]
+
+
+async def newest_attached(session: AsyncSession, transaction_ids: Sequence[int]) -> dict[int, int]:
+    """The newest message id attached to each of the transactions (those with any)."""
+    if not transaction_ids:
+        return {}
+    rows = (await session.execute(select(InboundMessage.transaction_id, func.max(InboundMessage.id))
+                                  .where(InboundMessage.transaction_id.in_(transaction_ids))
+                                  .group_by(InboundMessage.transaction_id))).all()
+    return {int(tx_id): int(newest) for tx_id, newest in rows if tx_id is not None}
+
+
+async def messages_after(session: AsyncSession, transaction_id: int, after_id: int,
+                         limit: int = 200) -> list[dict[str, Any]]:
+    """The transaction's messages after `after_id`, oldest first (at most the newest `limit`)."""
+    rows = (await session.scalars(select(InboundMessage).options(_ROUTED_COLUMNS)
+                                  .where(InboundMessage.transaction_id == transaction_id,
+                                         InboundMessage.id > after_id)
                                   .order_by(InboundMessage.id.desc()).limit(limit))).all()
     return await _payloads(session, list(reversed(rows)))
 

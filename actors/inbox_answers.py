@@ -1,0 +1,287 @@
+"""The agents' and supervisors' actions on an inbox's conversations: accept, decline, claim, close, transfer,
+and WhatsApp Back (a conversation an agent starts).
+
+An offer is a reservation with an id (Twilio TaskRouter's model): the agent actor holds it, the inbox commits
+it, the agent publishes it; accept/decline/timeout end it. Each action is one locked step whose caller is
+answered once the agents show its outcome, waited for with the lock released."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from actors.inbox_core import RELOADING, InboxCore, Result, ok, refuse, repo
+from actors.offer_plan import new_offer_id
+from actors.transaction_state import TxState
+from routing import AssignmentMode
+from store.clock import utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+
+class InboxAnswers(InboxCore):
+    """API actions as locked steps; the agents' answers their callers wait for come after the lock."""
+
+    # ------------------------------------------------------------------ answers from agents
+
+    def _offer_check(self, tx: TxState | None, user_id: int) -> Result | None:
+        if tx is None:
+            return refuse(409, "the transaction is closed")
+        if tx.state == "offered" and tx.offered_to == user_id:
+            return None
+        if user_id in tx.past_offerees:
+            return refuse(409, "the offer expired or was withdrawn")
+        return refuse(403, "this transaction is not offered to you")
+
+    async def _answer(self, step: Callable[[], Awaitable[Result]]) -> Result:
+        """Run an API action as one locked step; a reloading or fenced inbox answers so the caller may retry.
+
+        The caller is answered once the agents show the step's outcome (or their deadline passed), waited
+        for with the lock released: a slow agent holds up its own caller, never the inbox.
+        """
+        if not await self._ensure_active():
+            return refuse(404, "inbox not found")
+        async with self._lock:
+            if not self._activated:
+                return RELOADING
+            self._agents_to_answer = []
+            try:
+                result = await step()
+            except repo.Fenced:
+                return self._fenced()
+            finally:
+                waits, self._agents_to_answer = self._agents_to_answer, None
+        await self._link.wait_for_answers(waits or [])
+        return result
+
+    async def accept(self, tx_id: int, user_id: int) -> Result:
+        return await self._answer(lambda: self._accept(tx_id, user_id))
+
+    async def decline(self, tx_id: int, user_id: int) -> Result:
+        return await self._answer(lambda: self._decline(tx_id, user_id))
+
+    async def claim(self, tx_id: int, user_id: int) -> Result:
+        return await self._answer(lambda: self._claim(tx_id, user_id))
+
+    async def close(self, tx_id: int, user_id: int, by_supervisor: bool) -> Result:
+        return await self._answer(lambda: self._close(tx_id, user_id, by_supervisor))
+
+    async def transfer(self, tx_id: int, by_user_id: int | None, to_user_id: int | None) -> Result:
+        """A supervisor moves a transaction to another agent of the inbox, or back to the queue (None)."""
+        return await self._answer(lambda: self._transfer(tx_id, by_user_id, to_user_id))
+
+    async def _accept(self, tx_id: int, user_id: int) -> Result:
+        tx = self._txs.get(tx_id)
+        if tx is not None and tx.state == "assigned" and tx.agent_id == user_id:
+            return ok(tx.id)  # a repeated accept (a retry after a lost answer) answers as the first did
+        refusal = self._offer_check(tx, user_id)
+        if refusal is not None:
+            return refusal
+        assert tx is not None and tx.offer_expires_at is not None and tx.offer_id is not None
+        if utcnow() >= tx.offer_expires_at:  # the timer is due but has not run yet
+            await self._end_offer(tx, "missed")
+            self.request_routing()
+            return refuse(409, "the offer expired")
+        assigned, unseen = await self._assign(tx, user_id, "accepted", offer_id=tx.offer_id)
+        await self._confirm(user_id, tx.offer_id, assigned, "accepted", unseen)
+        # No longer holding an offer, the agent may take more work if under capacity. The pass runs
+        # after this answer (as after every API step): an accept never waits for the queue's routing.
+        self.request_routing()
+        return ok(tx.id)
+
+    async def _decline(self, tx_id: int, user_id: int) -> Result:
+        tx = self._txs.get(tx_id)
+        refusal = self._offer_check(tx, user_id)
+        if refusal is not None:
+            return refusal
+        assert tx is not None
+        await self._end_offer(tx, "declined")
+        self.request_routing()
+        return ok(tx.id)
+
+    async def _assign(self, tx: TxState, user_id: int, kind: str, **detail: Any) -> tuple[TxState, list[Any]]:
+        """One step: the transaction is the agent's; they become the customer's sticky agent here.
+
+        Also answers the messages the agent has not been sent yet (those that came while it was
+        queued or offered), to deliver once the agent has confirmed.
+        """
+        now = utcnow()
+        async with self.db.session() as session:
+            sticky_customer = await repo.sticky_customer(session, tx.customer_id)
+            shown = (tx.first_message or {}).get("id")
+            unseen = [m for m in await repo.latest_messages(session, tx.id) if m["id"] != shown]
+        # No follow-up is attached to it meanwhile: the gateway attaches only to conversations held by an agent.
+        assigned = replace(tx.assigned(user_id, now),
+                           delivered_up_to=max([tx.delivered_up_to, shown or 0, *(m["id"] for m in unseen)]))
+
+        def statements(connection: Connection) -> None:
+            repo.save_transaction(connection, tx.id, assigned.columns(now))
+            repo.remember_sticky_agent(connection, self.inbox_id, sticky_customer, user_id)
+            repo.add_transaction_event(connection, tx.id, kind, user_id, now, **detail)
+
+        await self._write(statements)
+        self._cancel_timer(tx.id)
+        self._remember(assigned)
+        return assigned, unseen
+
+    async def _confirm(self, user_id: int, offer_id: str, tx: TxState, kind: str, unseen: list[Any]) -> None:
+        """Tell the agent its assignment (then what it has not seen); the caller answers once the agent shows it."""
+        payload = {**tx.summary(self.inbox_id, self.config.name), "kind": kind}
+        self._after_step(self._link.tell(user_id, "confirm", offer_id, payload))
+        if unseen:
+            self._link.deliver(user_id, tx.id, unseen)
+
+    def _licensed_member(self, user_id: int) -> bool:
+        membership = self.config.members.get(user_id)
+        return membership is not None and membership[1]
+
+    async def _claim(self, tx_id: int, user_id: int) -> Result:
+        if self.config.mode != AssignmentMode.MANUAL:
+            return refuse(409, f"only manual inboxes take claims; this inbox routes by {self.config.mode}")
+        tx = self._txs.get(tx_id)
+        if tx is None or tx.state == "assigned":
+            return refuse(409, "the transaction was already claimed")
+        if tx.state != "queued":
+            return refuse(409, "the transaction is offered to another agent")
+        if not self._licensed_member(user_id):
+            return refuse(403, "only a licensed agent of this inbox may claim its transactions")
+        return await self._take_directly(tx, user_id, "claimed")
+
+    async def _hold_directly(self, summary: dict[str, Any], user_id: int, kind: str) -> tuple[str, Result | None]:
+        """Reserve the agent's capacity outside routing (a claim, a transfer, WhatsApp Back): (offer id, refusal)."""
+        offer_id = new_offer_id(summary["transaction_id"])
+        answer = await self._link.call(user_id, "hold", {**summary, "offer_id": offer_id, "kind": kind}, True)
+        if answer is None:
+            self._link.tell(user_id, "release", offer_id, "rescinded")
+            return offer_id, refuse(409, "the agent is unavailable right now")
+        self._link.update(answer["snapshot"])
+        return offer_id, None if answer["ok"] else refuse(409, answer["reason"])
+
+    async def _take_directly(self, tx: TxState, user_id: int, kind: str, **detail: Any) -> Result:
+        """A claim or a transfer: hold the agent's capacity, commit the assignment, confirm it."""
+        offer_id, refusal = await self._hold_directly(tx.summary(self.inbox_id, self.config.name), user_id, kind)
+        if refusal is not None:
+            return refusal
+        previous_agent = tx.agent_id if tx.state == "assigned" else None
+        previous_offer = (tx.offered_to, tx.offer_id) if tx.state == "offered" else None
+        try:
+            assigned, unseen = await self._assign(tx, user_id, kind, offer_id=offer_id, **detail)
+        except BaseException:
+            self._link.tell(user_id, "release", offer_id, "rescinded")
+            raise
+        if previous_offer is not None and previous_offer[0] is not None and previous_offer[1] is not None:
+            self._link.tell(previous_offer[0], "release", previous_offer[1], "rescinded")
+        if previous_agent is not None:
+            self._after_step(self._link.tell(previous_agent, "end", tx.id, "transferred"))
+        await self._confirm(user_id, offer_id, assigned, kind, unseen)
+        return ok(tx.id)
+
+    async def _close(self, tx_id: int, user_id: int, by_supervisor: bool) -> Result:
+        tx = self._txs.get(tx_id)
+        if tx is None:
+            return refuse(409, "the transaction is already closed")
+        if not by_supervisor and not (tx.state == "assigned" and tx.agent_id == user_id):
+            return refuse(403, "only the agent handling this transaction may close it")
+        now = utcnow()
+        closed, held = tx.closed(now), tx.state == "assigned"
+
+        def statements(connection: Connection) -> list[int]:
+            repo.save_transaction(connection, tx.id, closed.columns(now))
+            repo.add_transaction_event(connection, tx.id, "closed", user_id, now)
+            # Follow-ups attached at intake as it closed, never handed to its agent: the customer's next conversation.
+            return repo.detach_undelivered(connection, tx.id, tx.delivered_up_to) if held else []
+
+        handed_back = await self._write(statements)
+        self._forget(tx)
+        if handed_back:
+            await self._ingest_page(handed_back)
+        if tx.state == "assigned" and tx.agent_id is not None:
+            self._after_step(self._link.tell(tx.agent_id, "end", tx.id, "closed"))
+        if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:
+            self._link.tell(tx.offered_to, "release", tx.offer_id, "rescinded")
+        self.request_routing()
+        return ok(tx.id)
+
+    async def _transfer(self, tx_id: int, by_user_id: int | None, to_user_id: int | None) -> Result:
+        tx = self._txs.get(tx_id)
+        if tx is None:
+            return refuse(409, "the transaction is closed")
+        previous = tx.agent_id if tx.state == "assigned" else None
+        if to_user_id is not None:
+            if not self._licensed_member(to_user_id):
+                return refuse(422, f"user {to_user_id} is not a licensed agent of this inbox")
+            if previous == to_user_id:
+                return refuse(409, "the transaction is already with that agent")
+            answer = await self._take_directly(tx, to_user_id, "transferred", from_agent=previous, by=by_user_id)
+            if answer["status"] != 200:
+                return answer
+        else:
+            queued = tx.back_to_queue(previous)
+            await self._save(queued, "transferred", None, from_agent=previous, to_queue=True, by=by_user_id)
+            self._cancel_timer(tx.id)
+            self._remember(queued)
+            if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:
+                self._link.tell(tx.offered_to, "release", tx.offer_id, "rescinded")
+            if previous is not None:
+                self._after_step(self._link.tell(previous, "end", tx.id, "transferred"))
+        self.request_routing()
+        return ok(tx.id)
+
+    # ------------------------------------------------------------------ WhatsApp Back
+
+    async def open_outbound(self, customer: dict[str, Any], user_id: int) -> Result:
+        """A conversation an agent starts (with an approved template), assigned to that agent from the start.
+
+        `customer` is the customers row as a dict (`id`, `user_id`, `wa_id`, `username`, `name`). The
+        customer's open conversation on this inbox is reused when it is already that agent's
+        (`reused: true`); 409 when it is queued, offered or another agent's, or when the agent cannot
+        take one more (presence, capacity); 403 for anyone but a licensed agent of the inbox. The
+        customer's reply then attaches to it like any message and reaches the same agent.
+        """
+        return await self._answer(lambda: self._open_outbound(customer, user_id))
+
+    async def _open_outbound(self, customer: dict[str, Any], user_id: int) -> Result:
+        if not self._licensed_member(user_id):
+            return refuse(403, "only a licensed agent of this inbox may start a conversation on it")
+        current_id = self._by_customer.get(int(customer["id"]))
+        current = self._txs.get(current_id) if current_id is not None else None
+        if current is not None:
+            if current.state == "assigned" and current.agent_id == user_id:
+                return {**ok(current.id), "reused": True}
+            owner = "another agent's" if current.state == "assigned" else f"{current.state} for routing"
+            return refuse(409, f"the customer already has an open conversation on this inbox ({owner})")
+        # Capacity first (nothing is written if the agent cannot take it), then one commit.
+        offer_id, refusal = await self._hold_directly(
+            {"transaction_id": 0, "inbox_id": self.inbox_id, "customer": customer}, user_id, "outbound")
+        if refusal is not None:
+            return refusal
+        now = utcnow()
+        customer_id = int(customer["id"])
+        row: dict[str, Any] = {
+            "org_id": self.org_id, "inbox_id": self.inbox_id, "customer_id": customer_id,
+            "customer_wa_id": customer.get("wa_id"), "customer_name": customer.get("name"), "state": "assigned",
+            "agent_id": user_id, "assigned_at": now, "waiting_since": now, "created_at": now, "updated_at": now,
+            "tried": []}
+        try:
+            async with self.db.session() as session:
+                sticky_customer = await repo.sticky_customer(session, customer_id)
+
+            def statements(connection: Connection) -> int:
+                tx_id = repo.insert_transaction(connection, row)
+                repo.remember_sticky_agent(connection, self.inbox_id, sticky_customer, user_id)
+                repo.add_transaction_event(connection, tx_id, "opened_outbound", user_id, now, customer=customer_id)
+                repo.add_transaction_event(connection, tx_id, "assigned", user_id, now, offer_id=offer_id,
+                                           outbound=True)
+                return tx_id
+
+            tx_id = await self._write(statements)
+        except BaseException:
+            self._link.tell(user_id, "release", offer_id, "rescinded")
+            raise
+        tx = TxState(id=tx_id, customer_id=customer_id, state="assigned", waiting_since=now, agent_id=user_id,
+                     assigned_at=now, customer=customer, sticky_agent=user_id)
+        self._remember(tx)
+        await self._confirm(user_id, offer_id, tx, "assigned", [])
+        return {**ok(tx.id), "reused": False}

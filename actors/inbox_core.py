@@ -1,0 +1,410 @@
+"""The inbox actor's core: its state, activation from the store, the fencing epoch, the control loop, the
+offer timers and the events agents and configuration changes send it.
+
+The behaviour around it lives beside it, each in its own module: `actors.inbox_ingest` (messages in),
+`actors.inbox_routing` (a routing pass), `actors.inbox_answers` (the agents' and supervisors' actions);
+`actors.inbox_actor` composes them into the deployed class.
+
+Every step is: decide (pure) → commit ONE store transaction → change memory → tell agents. The
+store is the single truth: an activation (first call, a restart, or after being fenced) reloads it,
+re-arms the offer timers and has the member agents reconcile. Each activation takes a new fencing
+epoch, and every write is conditional on it, so a stale owner (another deployment, a zombie) can
+never overwrite a newer one's work. A control loop checks the store every few seconds for a new
+configuration version, a newer owner, and stored messages no forward delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import ray
+
+from actors.activation import StoreBackedActor
+from actors.agent_link import AgentLink
+from actors.directory import Directory
+from actors.lazy_store import lazy_module
+from actors.transaction_state import TxState
+from config.actor_settings import ActorSettings
+from store.clock import utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from store import routing_repo as repo
+else:
+    # Loaded at the inbox's activation: an agent's process loads this class to call inboxes (`actors.lazy_store`).
+    repo = lazy_module("store.routing_repo")
+
+log = logging.getLogger("actors.inbox_actor")
+
+T = TypeVar("T")
+
+Result = dict[str, Any]
+
+
+def ok(tx_id: int) -> Result:
+    return {"status": 200, "transaction_id": tx_id}
+
+
+def refuse(status: int, detail: str) -> Result:
+    return {"status": status, "detail": detail}
+
+
+RELOADING = refuse(503, "the inbox is reloading its state; retry shortly")
+
+
+class InboxCore(StoreBackedActor):
+    def __init__(self, org_id: int, inbox_id: int, settings: ActorSettings, directory: Directory | None = None) -> None:
+        self.inbox_id = inbox_id
+        # One lock for every step: routing, answers to offers, timers and ingest interleave at each await otherwise.
+        self._lock = asyncio.Lock()
+        self._link = AgentLink(org_id, inbox_id, settings, lambda: self.directory, self.request_routing)
+        self._control: asyncio.Task[None] | None = None
+        self._taking_back: asyncio.Task[None] | None = None
+        self._timers: dict[int, asyncio.Task[None]] = {}
+        # Inside an API step: the agents' answers its caller waits for (`_answer`).
+        self._agents_to_answer: list[asyncio.Future[Any]] | None = None
+        self._reset()
+        super().__init__(org_id, settings, directory)
+
+    def _reset(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers = {}
+        self._config: repo.InboxConfig | None = None
+        self._config_stale = False
+        self._epoch = 0
+        self._txs: dict[int, TxState] = {}
+        self._by_customer: dict[int, int] = {}
+        self._routing_requested: asyncio.Task[None] | None = None
+        self._routing_wanted = False
+
+    # ------------------------------------------------------------------ activation
+
+    @property
+    def config(self) -> repo.InboxConfig:
+        assert self._config is not None
+        return self._config
+
+    def _exists(self) -> bool:
+        return self._config is not None
+
+    async def _load(self) -> None:
+        async with self.db.session() as session:
+            epoch = await repo.take_inbox_ownership(session, self.inbox_id)
+            if epoch is None:
+                return
+            config = await repo.load_inbox_config(session, self.inbox_id)
+            assert config is not None
+            agents = await repo.load_agent_snapshots(session, config.members)
+            rows = await repo.load_open_transactions(session, self.inbox_id)
+            ids = [row.id for row in rows]
+            offerees = await repo.past_offerees(session, ids)
+            firsts = await repo.first_messages(session, ids)
+            customers = await repo.customers_of(session, [row.customer_id for row in rows])
+            txs = []
+            for row in rows:
+                sticky = await repo.sticky_agent_of(session, self.inbox_id, row.customer_id)
+                first = firsts.get(row.id)
+                txs.append(replace(TxState.of(row), sticky_agent=sticky,
+                                   past_offerees=frozenset(offerees.get(row.id, set())),
+                                   first_message=first, customer=customers.get(row.customer_id, {}),
+                                   current_offer_is_sticky=row.state == "offered" and row.offered_to == sticky,
+                                   # Shown with the offer; what came after is handed over again at activation.
+                                   delivered_up_to=int(first["id"]) if first else 0))
+        # Committed: the new epoch is ours.
+        self._epoch, self._config = epoch, config
+        self._link.load(frozenset(config.members), agents)
+        self._txs, self._by_customer = {}, {}
+        for tx in txs:
+            self._remember(tx)
+
+    async def _on_activated(self) -> None:
+        # What a lost forward never brought to the agents holding conversations (the agents skip what they showed).
+        await self._hand_over([tx.id for tx in self._txs.values() if tx.state == "assigned"])
+        # Durable reminders become local timers again; an overdue one fires at once.
+        for tx in self._txs.values():
+            if tx.state == "offered":
+                self._arm_timer(tx)
+        # The agents reconcile their holds and work with what this inbox committed (offline agents
+        # without work here are left asleep: activating them would cost a process each).
+        involved = {tx.offered_to for tx in self._txs.values()} | {tx.agent_id for tx in self._txs.values()}
+        for user_id in self.config.members:
+            if user_id in involved or self._link.status_of(user_id) not in (None, "offline"):
+                self._link.tell(user_id, "resync")
+        async with self._lock:
+            await self._ingest_stored()
+        if self._control is None or self._control.done():
+            self._control = asyncio.ensure_future(self._control_forever())
+        # Routing starts once the activation counts: calls waiting on the activation (accepts, ingests)
+        # are not held behind hold calls to agents that may be restarting too.
+        self.request_routing()
+
+    def _remember(self, tx: TxState) -> None:
+        self._txs[tx.id] = tx
+        self._by_customer[tx.customer_id] = tx.id
+
+    def _forget(self, tx: TxState) -> None:
+        self._txs.pop(tx.id, None)
+        if self._by_customer.get(tx.customer_id) == tx.id:
+            del self._by_customer[tx.customer_id]
+        self._cancel_timer(tx.id)
+
+    async def _write(self, statements: Callable[[Connection], T]) -> T:
+        """A step's one store transaction, after its reads: refused (Fenced) once a newer activation owns the inbox.
+
+        `statements` run on a worker thread (file-backed SQLite): they touch no memory of this actor.
+        """
+        inbox_id, epoch = self.inbox_id, self._epoch
+
+        def fenced(connection: Connection) -> tuple[int, T]:
+            return repo.fence(connection, inbox_id, epoch), statements(connection)
+
+        version, result = await self.db.write(fenced)
+        if version != self.config.config_version:
+            self._config_stale = True
+        return result
+
+    def _fenced(self) -> Result:
+        """A write was refused: another activation owns the inbox. Reload from the store under a newer epoch."""
+        if self._taking_back is None or self._taking_back.done():
+            log.warning("inbox %s: a newer activation owns it; reloading from the store", self.inbox_id)
+            self._taking_back = asyncio.ensure_future(self._take_back())
+        return refuse(409, "the inbox changed hands; retry")
+
+    async def _take_back(self) -> None:
+        # Under the step lock: no step is half-way through memory while it is dropped.
+        async with self._lock:
+            self._activated = False
+            self._reset()
+        await self._activate_until_done()
+
+    # ------------------------------------------------------------------ control loop
+
+    async def _control_forever(self) -> None:
+        """Never dies: configuration versions, ownership and stored-but-unrouted messages, every few seconds."""
+        while True:
+            await asyncio.sleep(self._settings.inbox_sync_interval_s)
+            try:
+                await self._control_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("inbox %s: control pass failed", self.inbox_id)
+
+    async def _control_pass(self) -> None:
+        if not self._activated or self._config is None:
+            return
+        async with self.db.session() as session:
+            watch = await repo.inbox_watch(session, self.inbox_id)
+        if watch is None:
+            return  # deleted: the gateway stops this actor
+        version, epoch, unrouted = watch
+        if epoch != self._epoch:
+            self._fenced()  # fenced by a newer activation: take the inbox back from the store
+            return
+        await self._hand_over_missed()
+        if version != self.config.config_version or unrouted or self._config_stale:
+            async with self._lock:
+                if not self._activated:
+                    return
+                try:
+                    if version != self.config.config_version:
+                        self._config_stale = True
+                    if unrouted:
+                        await self._ingest_stored()
+                except repo.Fenced:
+                    self._fenced()
+                    return
+            self.request_routing()
+
+    async def _hand_over_missed(self) -> None:
+        """Follow-ups the gateway attached at intake whose forward never came (it died between its commit and the
+        forward) reach their agent: the newest attached message of each held conversation, checked here."""
+        held = {tx.id: tx.delivered_up_to for tx in self._txs.values() if tx.state == "assigned"}
+        if not held:
+            return
+        async with self.db.session() as session:
+            newest = await repo.newest_attached(session, list(held))
+        behind = [tx_id for tx_id, up_to in held.items() if newest.get(tx_id, 0) > up_to]
+        if behind:
+            async with self._lock:
+                if self._activated:
+                    await self._hand_over(behind)
+
+    async def _hand_over(self, tx_ids: list[int]) -> None:
+        """The messages of the conversations newer than what their agent was handed (the lock held, or activating)."""
+        handed: dict[int, list[dict[str, Any]]] = {}
+        async with self.db.session() as session:
+            for tx_id in tx_ids:
+                tx = self._txs.get(tx_id)
+                if tx is not None and tx.state == "assigned":
+                    handed[tx_id] = await repo.messages_after(session, tx_id, tx.delivered_up_to)
+        self._absorb_attached(handed)
+
+    def _absorb_attached(self, by_tx: dict[int, list[dict[str, Any]]]) -> None:
+        """After the commit: each conversation shows its customer's newest identity, and its agent gets the messages."""
+        for tx_id, messages in by_tx.items():
+            tx = self._txs.get(tx_id)
+            if tx is None or not messages:
+                continue
+            tx = replace(tx, customer=messages[-1]["customer"])
+            if tx.state == "assigned" and tx.agent_id is not None:
+                self._link.deliver(tx.agent_id, tx.id, messages)
+                tx = replace(tx, delivered_up_to=max(tx.delivered_up_to, *(m["id"] for m in messages)))
+            self._txs[tx_id] = tx
+
+    # ------------------------------------------------------------------ health and views
+
+    @ray.method(concurrency_group="health")
+    async def ping(self) -> dict[str, Any]:
+        """Liveness, served from its own concurrency group so a busy inbox still answers; the node it runs on."""
+        return {"inbox_id": self.inbox_id, "activated": self._activated, "open": len(self._txs),
+                "epoch": self._epoch, "node_id": ray.get_runtime_context().get_node_id()}
+
+    async def activate(self) -> dict[str, Any]:
+        exists = await self._ensure_active()
+        return {"inbox_id": self.inbox_id, "exists": exists, "open": len(self._txs),
+                "queued": sum(1 for tx in self._txs.values() if tx.state == "queued")}
+
+
+    # ------------------------------------------------------------------ offer timers
+
+    def _arm_timer(self, tx: TxState) -> None:
+        self._cancel_timer(tx.id)
+        assert tx.offer_expires_at is not None and tx.offer_id is not None
+        delay = max(0.0, (tx.offer_expires_at - utcnow()).total_seconds())
+        self._timers[tx.id] = asyncio.ensure_future(self._expire_after(tx.id, tx.offer_id, delay))
+
+    def _cancel_timer(self, tx_id: int) -> None:
+        timer = self._timers.pop(tx_id, None)
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+
+    async def _expire_after(self, tx_id: int, offer_id: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        while True:
+            try:
+                async with self._lock:
+                    tx = self._txs.get(tx_id)
+                    # A stale timer (the offer was answered or replaced) does nothing.
+                    if tx is not None and tx.state == "offered" and tx.offer_id == offer_id:
+                        await self._end_offer(tx, "missed")
+                        self.request_routing()
+                return
+            except repo.Fenced:
+                self._fenced()
+                return
+            except Exception:
+                # The store may be briefly unreachable: the offer must still end, so try again.
+                log.exception("offer timer failed for transaction %s; retrying", tx_id)
+                await asyncio.sleep(1.0)
+
+    async def _end_offer(self, tx: TxState, kind: str, *, count_as_tried: bool = True, **detail: Any) -> None:
+        """One step: the pending offer is over (missed, declined or rescinded); release the agent, requeue."""
+        user_id, offer_id = tx.offered_to, tx.offer_id
+        assert user_id is not None and offer_id is not None
+        requeued = tx.requeued(kind, self.config.dials_per_agent, count_as_tried=count_as_tried)
+        await self._save(requeued, kind, user_id, offer_id=offer_id, **detail)
+        self._cancel_timer(tx.id)
+        self._remember(requeued)
+        # The agent's answer (free again, or set away) reaches routing as its new snapshot, which asks for a
+        # pass; an API caller waits for it once the lock is released.
+        self._after_step(self._link.tell(user_id, "release", offer_id, kind))
+
+    # ------------------------------------------------------------------ events from agents and config
+
+    async def agent_changed(self, snapshot: dict[str, Any]) -> None:
+        """An agent of this inbox changed presence or capacity: refresh it and route what waits.
+
+        A push that only repeats what an answer of the agent already told us is no new event.
+        Snapshots carry (epoch, sequence): an older one that overtakes a newer one is ignored.
+        """
+        if not await self._ensure_active():
+            return
+        if self._config is not None and self._link.update(snapshot):
+            self.request_routing()
+
+    async def agent_withdrew(self, user_id: int, offer_id: str) -> None:
+        """The agent went away or offline while holding our offer: rescind it and reroute at once (idempotent)."""
+        if not await self._ensure_active():
+            return
+        async with self._lock:
+            if not self._activated:
+                return
+            tx = next((t for t in self._txs.values() if t.offer_id == offer_id), None)
+            if tx is not None and tx.state == "offered" and tx.offered_to == user_id:
+                try:
+                    await self._end_offer(tx, "rescinded", count_as_tried=False, reason="agent unavailable")
+                    self.request_routing()
+                except repo.Fenced:
+                    self._fenced()
+
+    async def config_changed(self) -> dict[str, Any]:
+        """Mode, agents, proficiency or timers were edited: apply live, keeping queued and offered work.
+
+        Only a hint: the control loop finds the new configuration version in the store anyway.
+        """
+        if not await self._ensure_active():
+            return {"inbox_id": self.inbox_id, "exists": False}
+        async with self._lock:
+            if self._activated:
+                try:
+                    await self._reload_config()
+                    self.request_routing()
+                except repo.Fenced:
+                    self._fenced()
+        return {"inbox_id": self.inbox_id, "exists": self._config is not None, "open": len(self._txs)}
+
+    async def _reload_config(self) -> None:
+        """Reload the configuration (lock held); offers to agents no longer in the inbox are rescinded."""
+        async with self.db.session() as session:
+            config = await repo.load_inbox_config(session, self.inbox_id)
+            if config is None:
+                return
+            agents = await repo.load_agent_snapshots(session, config.members)
+        joined = set(config.members) - set(self._config.members if self._config is not None else ())
+        self._config_stale = False
+        self._config = config
+        self._link.load(frozenset(config.members), agents)
+        for user_id in joined:
+            # A new member at work pushes its snapshots here from now on (it caches the inboxes it serves);
+            # an offline one is left asleep and reads them when it next starts or changes presence.
+            if self._link.status_of(user_id) not in (None, "offline"):
+                self._link.tell(user_id, "resync")
+        for tx in list(self._txs.values()):
+            membership = config.members.get(tx.offered_to) if tx.offered_to is not None else None
+            if tx.state == "offered" and (membership is None or not membership[1]):
+                await self._end_offer(tx, "rescinded", count_as_tried=False, reason="agent left the inbox")
+
+    # ------------------------------------------------------------------ store and agents
+
+    async def _save(self, tx: TxState, event: str, agent_id: int | None, **detail: Any) -> None:
+        """One step's commit: the transaction row and its audit event."""
+        now = utcnow()
+
+        def statements(connection: Connection) -> None:
+            repo.save_transaction(connection, tx.id, tx.columns(now))
+            repo.add_transaction_event(connection, tx.id, event, agent_id, now, **detail)
+
+        await self._write(statements)
+
+    def _after_step(self, answer: asyncio.Future[Any]) -> None:
+        """An agent's answer the API caller of this step waits for (nobody waits in a timer's or a pass's step)."""
+        if self._agents_to_answer is not None:
+            self._agents_to_answer.append(answer)
+
+    # ------------------------------------------------------------------ what the other parts provide
+
+    def request_routing(self) -> None:
+        raise NotImplementedError  # actors.inbox_routing.InboxRouting
+
+    async def _ingest_stored(self) -> None:
+        raise NotImplementedError  # actors.inbox_ingest.InboxIngest
+
+    async def _ingest_page(self, ids: list[int] | None) -> tuple[int, int]:
+        raise NotImplementedError  # actors.inbox_ingest.InboxIngest

@@ -1,0 +1,140 @@
+"""An inbox's messages in: stored messages attached to their customer's conversation (one opened if needed)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from actors.inbox_core import InboxCore, repo
+from actors.transaction_state import TxState
+from store.clock import utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+# Unrouted messages are read from the store in pages of this size.
+INGEST_PAGE = 500
+
+
+class InboxIngest(InboxCore):
+    """Messages forwarded by the gateway or found unrouted in the store, attached in one commit per step."""
+
+    # ------------------------------------------------------------------ ingest
+
+    async def ingest(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """Attach stored messages to their customer's transaction (opening one if needed) and route.
+
+        Idempotent: a message already attached (a redelivery, a recovery pass) is skipped. Whatever
+        is not attached now (the inbox reloading, a failed commit) stays unattached in the store,
+        where the control loop finds it.
+        """
+        if not await self._ensure_active():
+            return {"attached": 0}
+        async with self._lock:
+            if not self._activated:
+                return {"attached": 0}
+            try:
+                attached, opened = await self._ingest_forwarded(messages)
+            except repo.Fenced:
+                self._fenced()
+                return {"attached": 0}
+        if opened:
+            # Routed in a pass of its own: ingests arriving meanwhile share it, and the forward returns at once.
+            # Follow-ups of open conversations change nobody's eligibility: no pass for them.
+            self.request_routing()
+        return {"attached": attached}
+
+    async def _ingest_forwarded(self, messages: list[dict[str, Any]]) -> tuple[int, int]:
+        """(messages attached, conversations opened).
+
+        A follow-up the gateway attached at intake (its conversation held by an agent) costs no write: it is
+        handed to the agent. Other forwarded messages of customers with an open conversation here are attached
+        without reading the store first (the gateway sent what it stored): one write. The rest, any the write
+        left alone (attached meanwhile, customer merged since), and follow-ups whose conversation closed since
+        the gateway attached them (the close handed back what its agent was not shown), go through the step
+        that reads the store."""
+        at_intake: dict[int, list[dict[str, Any]]] = {}  # transaction id -> its messages, in order
+        known: dict[int, list[dict[str, Any]]] = {}
+        for message in messages:
+            payload = repo.forwarded_payload(message)
+            attached_to = message.get("transaction_id")
+            if attached_to is not None:
+                if payload is not None and attached_to in self._txs:
+                    at_intake.setdefault(attached_to, []).append(payload)
+                continue
+            if payload is not None and (tx_id := self._by_customer.get(payload["customer_id"])) is not None:
+                known.setdefault(tx_id, []).append(payload)
+        self._absorb_attached(at_intake)
+        handed = {m["id"] for payloads in at_intake.values() for m in payloads}
+        attached: set[int] = set()
+        if known:
+            inbox_id = self.inbox_id
+
+            def statements(connection: Connection) -> set[int]:
+                done: set[int] = set()
+                for tx_id, payloads in known.items():  # one customer per conversation
+                    done |= repo.attach_if_unattached(connection, tx_id, inbox_id, payloads[0]["customer_id"],
+                                                      [m["id"] for m in payloads])
+                return done
+
+            attached = await self._write(statements)
+            self._absorb_attached({tx_id: [m for m in payloads if m["id"] in attached]
+                                   for tx_id, payloads in known.items()})
+        rest = [m["id"] for m in messages if m["id"] not in attached and m["id"] not in handed]
+        attached_rest, opened = await self._ingest_page(rest) if rest else (0, 0)
+        return len(handed) + len(attached) + attached_rest, opened
+
+    async def _ingest_stored(self) -> None:
+        """Attach every unrouted message of the inbox, page after page (lock held)."""
+        while (await self._ingest_page(None))[0] == INGEST_PAGE:
+            pass
+
+    async def _ingest_page(self, ids: list[int] | None) -> tuple[int, int]:
+        """One step: open transactions for new customers and attach the messages, in one commit.
+
+        (messages attached, conversations opened)."""
+        now = utcnow()
+        inbox_id, by_customer = self.inbox_id, dict(self._by_customer)  # the read step runs in another thread
+
+        async def read(session: AsyncSession) -> tuple[list[dict[str, Any]], dict[int, int | None],
+                                                        dict[int, dict[str, Any]], dict[int, int | None]]:
+            fresh = await repo.unrouted_messages(session, inbox_id, ids=ids,
+                                                 limit=None if ids is not None else INGEST_PAGE)
+            # The customer's open conversation, else one of a customer merged into it (store/customers.py).
+            open_tx = {m["id"]: next((by_customer[c] for c in m["customer_ids"] if c in by_customer), None)
+                       for m in fresh}
+            first_of: dict[int, dict[str, Any]] = {}
+            for message in fresh:
+                if open_tx[message["id"]] is None:
+                    first_of.setdefault(message["customer_id"], message)
+            sticky = {key: await repo.sticky_agent_of(session, inbox_id, key) for key in first_of}
+            return fresh, open_tx, first_of, sticky
+
+        fresh, open_tx, first_of, sticky = await self.db.read(read)
+        if not fresh:
+            return 0, 0
+        new_rows = {key: {"org_id": self.org_id, "inbox_id": self.inbox_id, "customer_id": key,
+                          "customer_wa_id": first["customer"].get("wa_id"),
+                          "customer_name": first["customer"].get("name"), "state": "queued", "waiting_since": now,
+                          "created_at": now, "updated_at": now, "tried": []}
+                    for key, first in first_of.items()}
+
+        def statements(connection: Connection) -> tuple[dict[int, int], dict[int, list[dict[str, Any]]]]:
+            opened = {key: repo.insert_transaction(connection, row) for key, row in new_rows.items()}
+            for key, tx_id in opened.items():
+                repo.add_transaction_event(connection, tx_id, "queued", None, now, customer=key)
+            by_tx: dict[int, list[dict[str, Any]]] = {}
+            for message in fresh:
+                existing = open_tx[message["id"]]
+                by_tx.setdefault(opened[message["customer_id"]] if existing is None else existing, []).append(message)
+            for tx_id, messages in by_tx.items():
+                repo.attach_messages(connection, tx_id, [m["id"] for m in messages])
+            return opened, by_tx
+
+        opened, by_tx = await self._write(statements)
+        for key, tx_id in opened.items():
+            self._remember(TxState(id=tx_id, customer_id=key, state="queued", waiting_since=now,
+                                   sticky_agent=sticky[key], first_message=first_of[key],
+                                   customer=first_of[key]["customer"]))
+        self._absorb_attached(by_tx)
+        return len(fresh), len(opened)
