@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from actors.inbox_core import RELOADING, InboxCore, Result, ok, refuse, repo
+from actors.inbox_core import RELOADING, InboxCore, Result, done, ok, refuse, repo
 from actors.offer_plan import new_offer_id
 from actors.transaction_state import TxState
 from routing import AssignmentMode
@@ -75,7 +75,7 @@ class InboxAnswers(InboxCore):
     async def _accept(self, tx_id: int, user_id: int) -> Result:
         tx = self._txs.get(tx_id)
         if tx is not None and tx.state == "assigned" and tx.agent_id == user_id:
-            return ok(tx.id)  # a repeated accept (a retry after a lost answer) answers as the first did
+            return done(tx)  # a repeated accept (a retry after a lost answer) answers as the first did
         refusal = self._offer_check(tx, user_id)
         if refusal is not None:
             return refusal
@@ -89,7 +89,7 @@ class InboxAnswers(InboxCore):
         # No longer holding an offer, the agent may take more work if under capacity. The pass runs
         # after this answer (as after every API step): an accept never waits for the queue's routing.
         self.request_routing()
-        return ok(tx.id)
+        return done(assigned)
 
     async def _decline(self, tx_id: int, user_id: int) -> Result:
         tx = self._txs.get(tx_id)
@@ -99,7 +99,7 @@ class InboxAnswers(InboxCore):
         assert tx is not None
         await self._end_offer(tx, "declined")
         self.request_routing()
-        return ok(tx.id)
+        return done(self._txs[tx.id])
 
     async def _assign(self, tx: TxState, user_id: int, kind: str, **detail: Any) -> tuple[TxState, list[Any]]:
         """One step: the transaction is the agent's; they become the customer's sticky agent here.
@@ -176,7 +176,7 @@ class InboxAnswers(InboxCore):
         if previous_agent is not None:
             self._after_step(self._link.tell(previous_agent, "end", tx.id, "transferred"))
         await self._confirm(user_id, offer_id, assigned, kind, unseen)
-        return ok(tx.id)
+        return done(assigned)
 
     async def _close(self, tx_id: int, user_id: int, by_supervisor: bool) -> Result:
         tx = self._txs.get(tx_id)
@@ -202,7 +202,7 @@ class InboxAnswers(InboxCore):
         if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:
             self._link.tell(tx.offered_to, "release", tx.offer_id, "rescinded")
         self.request_routing()
-        return ok(tx.id)
+        return done(closed)
 
     async def _transfer(self, tx_id: int, by_user_id: int | None, to_user_id: int | None) -> Result:
         tx = self._txs.get(tx_id)
@@ -217,6 +217,8 @@ class InboxAnswers(InboxCore):
             answer = await self._take_directly(tx, to_user_id, "transferred", from_agent=previous, by=by_user_id)
             if answer["status"] != 200:
                 return answer
+            self.request_routing()
+            return answer
         else:
             queued = tx.back_to_queue(previous)
             await self._save(queued, "transferred", None, from_agent=previous, to_queue=True, by=by_user_id)
@@ -227,7 +229,7 @@ class InboxAnswers(InboxCore):
             if previous is not None:
                 self._after_step(self._link.tell(previous, "end", tx.id, "transferred"))
         self.request_routing()
-        return ok(tx.id)
+        return done(queued)
 
     # ------------------------------------------------------------------ WhatsApp Back
 

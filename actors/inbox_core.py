@@ -50,6 +50,11 @@ def ok(tx_id: int) -> Result:
     return {"status": 200, "transaction_id": tx_id}
 
 
+def done(tx: TxState) -> Result:
+    """An action's answer with the conversation as the step left it: the API answers without reading it again."""
+    return {**ok(tx.id), "transaction": tx.view()}
+
+
 def refuse(status: int, detail: str) -> Result:
     return {"status": status, "detail": detail}
 

@@ -112,6 +112,12 @@ class TxState:
             "updated_at": now,
         }
 
+    def view(self) -> dict[str, Any]:
+        """The columns an API answer shows after an action (the gateway adds what never changes)."""
+        return {"state": self.state, "agent_id": self.agent_id, "offered_to": self.offered_to,
+                "offer_expires_at": self.offer_expires_at, "waiting_since": self.waiting_since,
+                "assigned_at": self.assigned_at, "closed_at": self.closed_at}
+
     def summary(self, inbox_id: int, inbox_name: str) -> dict[str, Any]:
         """What an agent is shown about the transaction (offer, assignment, transfer events)."""
         return {

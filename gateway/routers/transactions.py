@@ -129,6 +129,7 @@ async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgContext, tx_id: 
     if tx is None or tx.org_id != ctx.org.id:
         raise not_found("transaction")
     inbox_id = tx.inbox_id
+    customer = (await _customers(session, [tx]))[tx.customer_id]
     # Give the connection back while the inbox actor works: under load, requests waiting on actors
     # must not hold the pool the webhook intake needs (a commit, unlike a rollback, expires nothing).
     await session.commit()
@@ -136,8 +137,13 @@ async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgContext, tx_id: 
                                         unavailable="the inbox's actor is restarting; retry shortly")
     if result["status"] != 200:
         raise ApiError(result["status"], result["detail"])
-    await session.refresh(tx)
-    return transaction_out(tx, (await _customers(session, [tx]))[tx.customer_id])
+    view = result.get("transaction")
+    if view is None:  # an inbox actor of an earlier version, still running: read what it wrote
+        await session.refresh(tx)
+        return transaction_out(tx, customer)
+    # The conversation as the inbox's step left it: not read again.
+    return TransactionOut(id=tx.id, org_id=tx.org_id, inbox_id=tx.inbox_id, customer=customer,
+                          created_at=tx.created_at, **view)
 
 
 def _acting_user(ctx: OrgContext) -> int:
