@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # actor process keeps more memory the more calls it served (an agent actor: 5.5-7.5 MiB more after 5,000).
     # The actors themselves stay listed either way.
     ray_task_events: bool = False
+    # A custom Ray resource every routing actor asks a sliver of, so Ray places them only on nodes that
+    # advertise it (on Kubernetes the worker group, never the head). Empty: any alive node.
+    ray_actor_resource: str | None = None
 
     # Routing actors: the deadline of one call between inbox and agent actors (retried after it),
     # and how often an inbox checks the store for configuration changes and unrouted messages.

@@ -60,7 +60,8 @@ def _store_in_use(settings: Settings) -> str | None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "ray_address": args.ray_address}.items()
+                 if v is not None}
     settings = Settings(**overrides)
     conflict = _store_in_use(settings)
     if conflict is not None:
@@ -92,12 +93,14 @@ def bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wa-router", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="start the gateway (settings from WA_ROUTER_* variables)")
     serve_cmd.add_argument("--host")
     serve_cmd.add_argument("--port", type=int)
+    serve_cmd.add_argument("--ray-address", help="join this Ray cluster (`auto`, `ray://head:10001`); "
+                                                  "overrides WA_ROUTER_RAY_ADDRESS")
     serve_cmd.add_argument("--log-level", default="info")
     serve_cmd.set_defaults(handler=serve)
     rotate_cmd = commands.add_parser("rotate-admin-token", help="replace the platform admin token")
@@ -105,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     bench_cmd = commands.add_parser("bench", help="benchmark the real stack under open-loop webhook load (issue 7)")
     add_bench_arguments(bench_cmd)
     bench_cmd.set_defaults(handler=bench)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.handler(args))
 
 
