@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     # once the lease is this old.
     deployment_heartbeat_s: float = Field(default=5.0, gt=0)
     deployment_lease_s: float = Field(default=20.0, gt=0)
+    # `/readyz`: the deadline of each of its checks (store, Ray, lease, an actor's ping).
+    readiness_timeout_s: float = Field(default=2.0, gt=0)
 
     # Meta retries a webhook it did not get a 2xx for; anything larger than this is refused with 413.
     max_webhook_body_bytes: int = 1024 * 1024

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from actors.directory import RayDirectory, connect_ray, disconnect_ray
 from actors.routing_client import RoutingClient
 from config.settings import Settings, get_settings
+from gateway import health
 from gateway.bootstrap import ensure_admin_token
 from gateway.deployment import DeploymentConflict, DeploymentLease, cluster_identity
 from gateway.errors import install_error_handlers
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
                           intake=DeliveryGroupCommit(db))
         runtime.generated_admin_token = await ensure_admin_token(db, settings.admin_token)
         app.state.runtime = runtime
+        app.state.lease = lease
         app.state.dashboard_url = ray_connection.dashboard_url
         await routing.start()
         if on_ready is not None:
@@ -71,11 +73,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.include_router(health.router)
     for router in api_routers:
         app.include_router(router)
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
     return app

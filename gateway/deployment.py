@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -102,6 +103,12 @@ class DeploymentLease:
         self._heartbeat_s = heartbeat_s
         self._lease_s = lease_s
         self._task: asyncio.Task[None] | None = None
+        # Monotonic time of the last heartbeat that wrote the lease as ours (None: not held).
+        self._confirmed_at: float | None = None
+
+    def is_held(self) -> bool:
+        """The lease was written as ours within its lifetime: no other cluster may have taken the store."""
+        return self._confirmed_at is not None and time.monotonic() - self._confirmed_at < self._lease_s
 
     async def start(self) -> None:
         await check_free(self._db, self.cluster_id, self._lease_s)
@@ -110,6 +117,7 @@ class DeploymentLease:
             await upsert(session, Deployment, [{"id": LEASE_ROW, "cluster_id": self.cluster_id,
                                                 "holder": this_host_process(), "started_at": now,
                                                 "heartbeat_at": now}], key=["id"])
+        self._confirmed_at = time.monotonic()
         self._task = asyncio.create_task(self._beat_forever(), name="wa-router-deployment-lease")
 
     async def _beat_forever(self) -> None:
@@ -123,14 +131,18 @@ class DeploymentLease:
                                                             "holder": this_host_process(),
                                                             "started_at": row.started_at if row else utcnow(),
                                                             "heartbeat_at": utcnow()}], key=["id"])
+                        confirmed = True
                     else:
                         log.error("the deployment lease was taken by Ray cluster %s", row.cluster_id)
+                        confirmed = False
+                self._confirmed_at = time.monotonic() if confirmed else None
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("deployment lease heartbeat failed")
 
     async def stop(self) -> None:
+        self._confirmed_at = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
