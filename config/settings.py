@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # once the lease is this old.
     deployment_heartbeat_s: float = Field(default=5.0, gt=0)
     deployment_lease_s: float = Field(default=20.0, gt=0)
+    # `/metrics`: how often the per-inbox gauges are computed from the store (0: never), over what window.
+    metrics_stats_interval_s: float = Field(default=15.0, ge=0)
+    metrics_stats_window_s: int = Field(default=3600, ge=60, le=31 * 24 * 3600)
     # `/readyz`: the deadline of each of its checks (store, Ray, lease, an actor's ping).
     readiness_timeout_s: float = Field(default=2.0, gt=0)
 

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from actors.directory import RayDirectory, connect_ray, disconnect_ray
 from actors.routing_client import RoutingClient
 from config.settings import Settings, get_settings
-from gateway import health
+from gateway import health, metrics
 from gateway.bootstrap import ensure_admin_token
 from gateway.deployment import DeploymentConflict, DeploymentLease, cluster_identity
 from gateway.errors import install_error_handlers
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         runtime.generated_admin_token = await ensure_admin_token(db, settings.admin_token)
         app.state.runtime = runtime
         app.state.lease = lease
+        gateway_metrics.start(db, settings.metrics_stats_interval_s, settings.metrics_stats_window_s)
         app.state.dashboard_url = ray_connection.dashboard_url
         await routing.start()
         if on_ready is not None:
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         try:
             yield
         finally:
+            await gateway_metrics.stop()
             await routing.stop()
             await lease.stop()
             await graph.aclose()
@@ -73,7 +75,11 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    gateway_metrics = metrics.GatewayMetrics()
+    app.state.metrics = gateway_metrics
+    app.add_middleware(metrics.RequestMetrics, metrics=gateway_metrics)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     for router in api_routers:
         app.include_router(router)
     return app
