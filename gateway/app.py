@@ -18,6 +18,7 @@ from gateway.errors import install_error_handlers
 from gateway.group_commit import DeliveryGroupCommit
 from gateway.routers import api_routers
 from gateway.runtime import Runtime
+from gateway.startup_checks import SqliteGatewayClaim, StartupRefused, check_cluster, claim_sqlite_store
 from meta.graph_client import GraphClient
 from store.crypto import SecretBox, load_or_create_key
 from store.db import Database
@@ -26,21 +27,39 @@ from store.migrate import upgrade_to_head_async
 log = logging.getLogger("wa_router")
 
 
-def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], None] | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], None] | None = None,
+               sqlite_claim: SqliteGatewayClaim | None = None) -> FastAPI:
+    """The gateway. `sqlite_claim`: the SQLite store already claimed for it (by `wa-router serve`'s checks)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            claim = sqlite_claim or claim_sqlite_store(settings.database_url)
+        except StartupRefused as exc:
+            log.error("%s", exc)
+            raise
+        try:
+            async with _serving(app, claim):
+                yield
+        finally:
+            if claim is not None:
+                claim.release()
+
+    @asynccontextmanager
+    async def _serving(app: FastAPI, claim: SqliteGatewayClaim | None) -> AsyncIterator[None]:
         await upgrade_to_head_async(settings.database_url)
         db = Database(settings.database_url)
         graph = GraphClient(settings.graph_base_url, timeout_s=settings.graph_timeout_s)
         ray_connection = connect_ray(settings)
-        lease = DeploymentLease(db, cluster_identity(), heartbeat_s=settings.deployment_heartbeat_s,
-                                lease_s=settings.deployment_lease_s)
+        lease = DeploymentLease(db, cluster_identity(settings.ray_namespace),
+                                heartbeat_s=settings.deployment_heartbeat_s, lease_s=settings.deployment_lease_s)
         try:
-            # Before any inbox is touched: another live cluster on this store would fight over them.
+            # Before any inbox is touched: what cannot work on this cluster, then another live deployment
+            # on this store (it would fight over the inboxes).
+            check_cluster(settings.database_url, settings.secret_key)
             await lease.start()
-        except DeploymentConflict as exc:
+        except (StartupRefused, DeploymentConflict) as exc:
             log.error("%s", exc)
             await graph.aclose()
             await db.dispose()

@@ -9,12 +9,14 @@ import sys
 import uvicorn
 from fastapi import FastAPI
 
+from actors.directory import connect_ray, disconnect_ray
 from bench.options import add_bench_arguments
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.bootstrap import rotate_admin_token
-from gateway.deployment import DeploymentConflict, check_free
+from gateway.deployment import DeploymentConflict, check_free, cluster_identity
 from gateway.runtime import Runtime
+from gateway.startup_checks import SqliteGatewayClaim, StartupRefused, check_cluster, claim_sqlite_store
 from store.db import Database
 from store.migrate import upgrade_to_head
 
@@ -40,16 +42,14 @@ def _banner(app: FastAPI) -> None:
     print("\n".join(lines), flush=True)
 
 
-def _store_in_use(settings: Settings) -> str | None:
-    """Fail fast, before starting Ray: a new local cluster may not join a store a live deployment holds."""
-    if settings.ray_address:
-        return None  # joining a cluster: the lease is compared with that cluster's identity at start
+def _store_in_use(settings: Settings, deployment: str | None) -> str | None:
+    """Fail fast: a deployment (`None`: a new local cluster) may not act on a store another live one holds."""
     upgrade_to_head(settings.database_url)
 
     async def run() -> str | None:
         db = Database(settings.database_url, pool_size=1)
         try:
-            await check_free(db, None, settings.deployment_lease_s)
+            await check_free(db, deployment, settings.deployment_lease_s)
         except DeploymentConflict as exc:
             return str(exc)
         finally:
@@ -59,15 +59,40 @@ def _store_in_use(settings: Settings) -> str | None:
     return asyncio.run(run())
 
 
+def _preflight(settings: Settings) -> SqliteGatewayClaim | None:
+    """Every refusal before the server starts, each one line (StartupRefused): another live deployment on
+    the store, another gateway on a SQLite store, and what cannot work on the joined cluster.
+    A new local Ray instance is checked before it is started (it would be a new deployment)."""
+    if not settings.ray_address:
+        conflict = _store_in_use(settings, None)
+        if conflict is not None:
+            raise StartupRefused(conflict)
+    claim = claim_sqlite_store(settings.database_url)
+    if settings.ray_address:
+        connection = connect_ray(settings)  # kept: the app's lifespan uses this connection
+        try:
+            check_cluster(settings.database_url, settings.secret_key)
+            conflict = _store_in_use(settings, cluster_identity(settings.ray_namespace))
+            if conflict is not None:
+                raise StartupRefused(conflict)
+        except BaseException:
+            if claim is not None:
+                claim.release()
+            disconnect_ray(connection)
+            raise
+    return claim
+
+
 def serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "ray_address": args.ray_address}.items()
                  if v is not None}
     settings = Settings(**overrides)
-    conflict = _store_in_use(settings)
-    if conflict is not None:
-        print(conflict, file=sys.stderr, flush=True)
+    try:
+        claim = _preflight(settings)
+    except StartupRefused as exc:
+        print(exc, file=sys.stderr, flush=True)
         return 1
-    app = create_app(settings, on_ready=_banner)
+    app = create_app(settings, on_ready=_banner, sqlite_claim=claim)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, ws="websockets-sansio")
     return 0
 

@@ -45,13 +45,20 @@ def this_host_process() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def cluster_identity() -> str:
-    """The Ray cluster this process is connected to: its session (unique per cluster start)."""
+def cluster_identity(namespace: str) -> str:
+    """The deployment this process belongs to: the Ray cluster it is connected to (its session, unique per
+    cluster start and kept across a head restart with GCS fault tolerance) and the actors' namespace.
+    Every gateway joined to the same cluster and namespace shares the lease."""
     import ray
 
     node = getattr(getattr(ray._private.worker, "global_worker", None), "node", None)
     session = getattr(node, "session_name", None)
-    return str(session or ray.get_runtime_context().gcs_address)
+    return f"{session or ray.get_runtime_context().gcs_address}/{namespace}"
+
+
+def same_deployment(stored: str, ours: str | None) -> bool:
+    # A lease written before identities named the namespace holds the cluster's session alone.
+    return ours is not None and (stored == ours or ("/" not in stored and ours.startswith(stored + "/")))
 
 
 async def read_lease(db: Database) -> Lease | None:
@@ -90,7 +97,7 @@ async def check_free(db: Database, cluster_id: str | None, lease_s: float) -> No
     """Raise DeploymentConflict when another cluster holds a live lease (`cluster_id` None: a new cluster)."""
     lease = await read_lease(db)
     now = utcnow()
-    if is_live(lease, lease_s, now) and lease is not None and lease.cluster_id != cluster_id:
+    if is_live(lease, lease_s, now) and lease is not None and not same_deployment(lease.cluster_id, cluster_id):
         raise DeploymentConflict(conflict_message(lease, db.url, now))
 
 
@@ -126,7 +133,7 @@ class DeploymentLease:
             try:
                 async with self._db.session() as session:
                     row = await session.get(Deployment, LEASE_ROW)
-                    if row is None or row.cluster_id == self.cluster_id:
+                    if row is None or same_deployment(row.cluster_id, self.cluster_id):
                         await upsert(session, Deployment, [{"id": LEASE_ROW, "cluster_id": self.cluster_id,
                                                             "holder": this_host_process(),
                                                             "started_at": row.started_at if row else utcnow(),
@@ -151,5 +158,6 @@ class DeploymentLease:
         with contextlib.suppress(Exception):
             async with self._db.session() as session:
                 row = await session.scalar(select(Deployment).where(Deployment.id == LEASE_ROW))
-                if row is not None and row.cluster_id == self.cluster_id:
+                # Only the last writer clears it: another gateway of this deployment may still be beating.
+                if row is not None and row.cluster_id == self.cluster_id and row.holder == this_host_process():
                     row.heartbeat_at = None
