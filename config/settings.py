@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,6 +67,9 @@ class Settings(BaseSettings):
     # once the lease is this old.
     deployment_heartbeat_s: float = Field(default=5.0, gt=0)
     deployment_lease_s: float = Field(default=20.0, gt=0)
+    # `wa-router serve`'s logs: plain text, or one JSON object per line (organization, inbox, transaction,
+    # wamid where known) for a log pipeline. Secrets are masked in both.
+    log_format: Literal["text", "json"] = "text"
     # `/metrics`: how often the per-inbox gauges are computed from the store (0: never), over what window.
     metrics_stats_interval_s: float = Field(default=15.0, ge=0)
     metrics_stats_window_s: int = Field(default=3600, ge=60, le=31 * 24 * 3600)

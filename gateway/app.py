@@ -16,6 +16,7 @@ from gateway.bootstrap import ensure_admin_token
 from gateway.deployment import DeploymentConflict, DeploymentLease, cluster_identity
 from gateway.errors import install_error_handlers
 from gateway.group_commit import DeliveryGroupCommit
+from gateway.logs import LogContext
 from gateway.routers import api_routers
 from gateway.runtime import Runtime
 from gateway.startup_checks import SqliteGatewayClaim, StartupRefused, check_cluster, claim_sqlite_store
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
     gateway_metrics = metrics.GatewayMetrics()
     app.state.metrics = gateway_metrics
     app.add_middleware(metrics.RequestMetrics, metrics=gateway_metrics)
+    app.add_middleware(LogContext)
     app.include_router(health.router)
     app.include_router(metrics.router)
     for router in api_routers:

@@ -15,6 +15,7 @@ from config.settings import Settings
 from gateway.app import create_app
 from gateway.bootstrap import rotate_admin_token
 from gateway.deployment import DeploymentConflict, check_free, cluster_identity
+from gateway.logs import configure_logging
 from gateway.runtime import Runtime
 from gateway.startup_checks import SqliteGatewayClaim, StartupRefused, check_cluster, claim_sqlite_store
 from store.db import Database
@@ -87,13 +88,21 @@ def serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "ray_address": args.ray_address}.items()
                  if v is not None}
     settings = Settings(**overrides)
+    # Text: warnings and errors as before (uvicorn keeps its own lines); JSON: everything at the chosen
+    # level, uvicorn's lines included, as JSON. Secrets masked either way.
+    json_logs = settings.log_format == "json"
+    configure_logging(settings.log_format, args.log_level if json_logs else "warning")
     try:
         claim = _preflight(settings)
     except StartupRefused as exc:
         print(exc, file=sys.stderr, flush=True)
         return 1
     app = create_app(settings, on_ready=_banner, sqlite_claim=claim)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, ws="websockets-sansio")
+    if json_logs:  # uvicorn's loggers then go through the root's JSON handler
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, ws="websockets-sansio",
+                    log_config=None)
+    else:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, ws="websockets-sansio")
     return 0
 
 
