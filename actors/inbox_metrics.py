@@ -6,12 +6,15 @@ organization and the inbox ids only, never a customer. Metric objects are made o
 process (a Ray metric belongs to the process that records it), and recording never raises into routing:
 a metric lost is better than a step failed.
 
-These are the hooks `actors/inbox_actor.py` calls (one line each, listed in deploy/README.md).
+These are the hooks `actors/inbox_actor.py` calls, one line each (README, "Operations", lists where).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,16 @@ def routed(org_id: int, inbox_id: int, messages: int = 1) -> None:
 
 def step(org_id: int, inbox_id: int, name: str, seconds: float) -> None:
     _record("step", lambda m: m["step"].observe(seconds, tags=_tags(org_id, inbox_id, step=name)))
+
+
+@contextmanager
+def timed(org_id: int, inbox_id: int, name: str) -> Iterator[None]:
+    """`with timed(org, inbox, "ingest"):` records the block's duration as `step` (also when it raises)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        step(org_id, inbox_id, name, time.perf_counter() - started)
 
 
 def queue_depth(org_id: int, inbox_id: int, waiting: int) -> None:

@@ -22,6 +22,8 @@ class _Recorder:
             inbox_metrics.offer(org_id, inbox_id, outcome)
         inbox_metrics.routed(org_id, inbox_id, 3)
         inbox_metrics.step(org_id, inbox_id, "ingest", 0.004)
+        with inbox_metrics.timed(org_id, inbox_id, "accept"):
+            pass
         inbox_metrics.queue_depth(org_id, inbox_id, 5)
 
 
@@ -48,5 +50,6 @@ def test_actor_metrics_are_exported_by_the_node(ray_instance: None) -> None:
     assert found[("ray_wa_router_inbox_messages_routed_total", "")] == 3
     assert found[("ray_wa_router_inbox_activations_total", "")] == 1
     assert found[("ray_wa_router_inbox_step_seconds_count", "ingest")] == 1
+    assert found[("ray_wa_router_inbox_step_seconds_count", "accept")] == 1
     assert found[("ray_wa_router_inbox_queue_depth", "")] == 5
     ray.kill(recorder)
