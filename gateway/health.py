@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from gateway.deployment import DeploymentLease
+from gateway.logs import redact
 from gateway.runtime import Runtime
 
 router = APIRouter(tags=["health"])
@@ -78,7 +79,7 @@ async def _check(check: Callable[[], Awaitable[Any]], deadline_s: float) -> tupl
     except TimeoutError:
         return False, f"no answer within {deadline_s:g} s"
     except Exception as exc:
-        return False, f"{type(exc).__name__}: {exc}"[:300]
+        return False, redact(f"{type(exc).__name__}: {exc}")[:300]  # the body is public: no credential in it
     took = f"{(time.monotonic() - started) * 1000:.0f} ms"
     return True, f"{detail} ({took})" if isinstance(detail, str) else took
 
