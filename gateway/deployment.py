@@ -53,6 +53,15 @@ def cluster_identity(namespace: str) -> str:
 
     node = getattr(getattr(ray._private.worker, "global_worker", None), "node", None)
     session = getattr(node, "session_name", None)
+    if session is None:
+        # A Ray client (`ray://`, the gateways on Kubernetes) has no node: the cluster's GCS keeps the name
+        # (persisted in Redis with GCS fault tolerance, so a restarted head keeps it). Not the GCS address,
+        # which changes with the head pod's IP.
+        from ray.experimental import internal_kv
+
+        with contextlib.suppress(Exception):
+            stored = internal_kv._internal_kv_get("session_name", namespace=b"session")
+            session = stored.decode() if isinstance(stored, bytes) else stored
     return f"{session or ray.get_runtime_context().gcs_address}/{namespace}"
 
 

@@ -9,6 +9,7 @@ folder beside the repository (`../shared/kuberay-crds/`), skipped with a message
 from __future__ import annotations
 
 import copy
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,14 @@ def all_documents() -> list[dict[str, Any]]:
 
 def by_kind(kind: str) -> list[dict[str, Any]]:
     return [doc for doc in all_documents() if doc["kind"] == kind]
+
+
+def gateway_steps(container: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The gateway's `sh -c "ray start ... && exec wa-router serve ..."`, as its two argument lists."""
+    command = container["command"]
+    assert command[:2] == ["sh", "-c"] and len(command) == 3
+    start, serve = command[2].split("&&")
+    return shlex.split(start), shlex.split(serve)
 
 
 def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -157,9 +166,13 @@ def test_gateway_joins_the_cluster_with_its_secrets_from_a_secret() -> None:
     (deployment,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "wa-router-gateway"]
     assert deployment["spec"]["replicas"] == 2
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    command = container["command"]
-    assert command[:2] == ["wa-router", "serve"]
-    assert command[command.index("--ray-address") + 1] == "ray://wa-router-head-svc:10001"
+    start, serve = gateway_steps(container)
+    # The pod is a Ray node of the cluster (a driver: a Ray client cannot carry streaming generators)
+    # that takes no CPU and does not advertise the routing actors' resource.
+    assert start[:2] == ["ray", "start"] and "--address=wa-router-head-svc:6379" in start
+    assert "--num-cpus=0" in start and not any("routing" in arg for arg in start)
+    assert serve[:3] == ["exec", "wa-router", "serve"]
+    assert serve[serve.index("--ray-address") + 1] == "auto"
     env = env_of(container)
     secrets = {name for d in documents("secret.example.yaml") for name in d["stringData"]}
     for name in ("WA_ROUTER_DATABASE_URL", "WA_ROUTER_SECRET_KEY"):
@@ -181,8 +194,9 @@ def test_the_gateway_cli_accepts_what_the_manifest_runs() -> None:
 
     (deployment,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "wa-router-gateway"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    args = build_parser().parse_args(container["command"][1:])
-    assert args.ray_address == "ray://wa-router-head-svc:10001" and args.host == "0.0.0.0"
+    _, serve = gateway_steps(container)
+    args = build_parser().parse_args(serve[2:])
+    assert args.ray_address == "auto" and args.host == "0.0.0.0" and args.port == 8000
 
 
 def test_ray_cluster_yaml_loads_as_ray_up_loads_it() -> None:

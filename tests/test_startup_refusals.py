@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import gateway.startup_checks as startup_checks
 from actors.directory import RayDirectory
 from config.settings import Settings
 from gateway.app import create_app
-from gateway.background_server import BackgroundServer
+from gateway.background_server import BackgroundServer, free_port
 from gateway.deployment import DeploymentConflict, same_deployment
 from gateway.startup_checks import StartupRefused, claim_sqlite_store, hosts_of, refusals
 from tests.support import Gateway, create_postgres_database, drop_postgres_database, postgres_database_url
@@ -132,3 +133,30 @@ def test_two_gateways_of_one_deployment_share_a_postgresql_store_and_another_nam
     finally:
         RayDirectory(settings).kill_namespace()
         asyncio.run(drop_postgres_database(name))
+
+
+def test_a_gateway_joined_as_a_ray_client_belongs_to_the_same_deployment(ray_instance: None) -> None:
+    """Kubernetes gateways join with `ray://` (no node of their own): their deployment must be the cluster's
+    session as for a driver, not the head's address (which a restarted head pod changes)."""
+    from gateway.deployment import cluster_identity
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "ray.util.client.server", "--address",
+                               ray.get_runtime_context().gcs_address, "--host", "127.0.0.1", "--port", str(port),
+                               "--mode", "legacy"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    probe = (f"import ray\nray.init('ray://127.0.0.1:{port}', namespace='probe', log_to_driver=False)\n"
+             "from gateway.deployment import cluster_identity\nprint(cluster_identity('wa-router'))\n")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                                  cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+            if done.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(2)  # the client server is still starting
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.strip().splitlines()[-1] == cluster_identity("wa-router")
+        assert cluster_identity("wa-router").startswith("session_")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
