@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="start the gateway (settings from WA_ROUTER_* variables)")
     serve_cmd.add_argument("--host")
     serve_cmd.add_argument("--port", type=int)
-    serve_cmd.add_argument("--ray-address", help="join this Ray cluster (`auto`, `ray://head:10001`); "
+    serve_cmd.add_argument("--ray-address", help="join this Ray cluster from a Ray node of it (`auto`, `head:6379`); "
                                                   "overrides WA_ROUTER_RAY_ADDRESS")
     serve_cmd.add_argument("--log-level", default="info")
     serve_cmd.set_defaults(handler=serve)
