@@ -94,6 +94,10 @@ class Directory(Protocol):
 
 _background: set[asyncio.Task[Any]] = set()
 
+# What each routing actor asks of `ray_actor_resource`: Ray's smallest unit, so a node advertising
+# 100,000 of it fits a billion actors (memory, not this, is what limits them).
+ACTOR_RESOURCE_SHARE = 0.0001
+
 
 def spawn(coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
     """Fire-and-forget with a logged failure: for notifications that must not block their caller."""
@@ -187,9 +191,13 @@ class RayDirectory:
     def _get_or_create(self, name: str, actor_class: type, *args: Any) -> Proxy:
         proxy = self._cache.get(name)
         if proxy is None:
+            placement: dict[str, Any] = {}
+            if self._settings.ray_actor_resource:
+                # A sliver of a resource only the chosen nodes advertise: placed there, never limited by it.
+                placement["resources"] = {self._settings.ray_actor_resource: ACTOR_RESOURCE_SHARE}
             handle = routing_actor_class(actor_class).options(
                 name=name, namespace=self._namespace, get_if_exists=True, lifetime="detached",
-                enable_task_events=self._settings.ray_task_events,
+                enable_task_events=self._settings.ray_task_events, **placement,
             ).remote(*args)
             proxy = Proxy(handle, name, on_dead=self._evict)
             self._cache[name] = proxy

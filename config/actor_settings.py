@@ -34,6 +34,9 @@ class ActorSettings:
     send_retry_base_s: float
     send_retry_max_s: float
     send_max_attempts: int
+    # A custom Ray resource every routing actor asks a sliver of (None: none), to keep them on the nodes
+    # that advertise it, e.g. off a Kubernetes head (deploy/kubernetes/ray-cluster.yaml).
+    ray_actor_resource: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Any) -> ActorSettings:

@@ -146,6 +146,7 @@ def _unique_agents(agents: list[InboxAgentIn]) -> list[InboxAgentIn]:
 
 ReassignAfter = Annotated[int, Field(ge=1, le=900, description="Seconds an offer waits for acceptance")]
 DialsPerAgent = Annotated[int, Field(ge=1, le=100, description="Sticky-agent dials before fallback")]
+ServiceLevelThreshold = Annotated[int, Field(ge=1, le=3600, description="Service level: answered within (s)")]
 PhoneNumberId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00]+$")]
 
 
@@ -156,6 +157,7 @@ class InboxCreate(_Strict):
     assignment_mode: AssignmentMode = AssignmentMode.ROUND_ROBIN
     reassign_after_s: ReassignAfter = 30
     dials_per_agent: DialsPerAgent = 1
+    service_level_threshold_s: ServiceLevelThreshold = 20
     agents: list[InboxAgentIn] = Field(default_factory=list)
 
     _agents = field_validator("agents")(_unique_agents)
@@ -167,10 +169,11 @@ class InboxUpdate(_Strict):
     assignment_mode: AssignmentMode | None = None
     reassign_after_s: ReassignAfter | None = None
     dials_per_agent: DialsPerAgent | None = None
+    service_level_threshold_s: ServiceLevelThreshold | None = None
     agents: list[InboxAgentIn] | None = None
 
     _present = field_validator("name", "phone_number_id", "assignment_mode", "reassign_after_s", "dials_per_agent",
-                               "agents", mode="before")(_not_null)
+                               "service_level_threshold_s", "agents", mode="before")(_not_null)
 
     @field_validator("agents")
     @classmethod

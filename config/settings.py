@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,9 @@ class Settings(BaseSettings):
     # actor process keeps more memory the more calls it served (an agent actor: 5.5-7.5 MiB more after 5,000).
     # The actors themselves stay listed either way.
     ray_task_events: bool = False
+    # A custom Ray resource every routing actor asks a sliver of, so Ray places them only on nodes that
+    # advertise it (on Kubernetes the worker group, never the head). Empty: any alive node.
+    ray_actor_resource: str | None = None
 
     # Routing actors: the deadline of one call between inbox and agent actors (retried after it),
     # and how often an inbox checks the store for configuration changes and unrouted messages.
@@ -65,6 +69,14 @@ class Settings(BaseSettings):
     deployment_lease_s: float = Field(default=20.0, gt=0)
     # SQLite: how often the gateway checkpoints the WAL in its own thread, outside every writer's turn.
     sqlite_checkpoint_interval_s: float = Field(default=1.0, gt=0)
+    # `wa-router serve`'s logs: plain text, or one JSON object per line (organization, inbox, transaction,
+    # wamid where known) for a log pipeline. Secrets are masked in both.
+    log_format: Literal["text", "json"] = "text"
+    # `/metrics`: how often the per-inbox gauges are computed from the store (0: never), over what window.
+    metrics_stats_interval_s: float = Field(default=15.0, ge=0)
+    metrics_stats_window_s: int = Field(default=3600, ge=60, le=31 * 24 * 3600)
+    # `/readyz`: the deadline of each of its checks (store, Ray, lease, an actor's ping).
+    readiness_timeout_s: float = Field(default=2.0, gt=0)
 
     # Meta retries a webhook it did not get a 2xx for; anything larger than this is refused with 413.
     max_webhook_body_bytes: int = 1024 * 1024

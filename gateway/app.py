@@ -11,12 +11,15 @@ from fastapi import FastAPI
 from actors.directory import RayDirectory, connect_ray, disconnect_ray
 from actors.routing_client import RoutingClient
 from config.settings import Settings, get_settings
+from gateway import health, metrics
 from gateway.bootstrap import ensure_admin_token
 from gateway.deployment import DeploymentConflict, DeploymentLease, cluster_identity
 from gateway.errors import install_error_handlers
 from gateway.group_commit import DeliveryGroupCommit
+from gateway.logs import LogContext
 from gateway.routers import api_routers
 from gateway.runtime import Runtime
+from gateway.startup_checks import SqliteGatewayClaim, StartupRefused, check_cluster, claim_sqlite_store
 from meta.graph_client import GraphClient
 from store.crypto import SecretBox, load_or_create_key
 from store.db import Database, is_sqlite
@@ -27,21 +30,39 @@ from store.sqlite_file import sqlite_file_path
 log = logging.getLogger("wa_router")
 
 
-def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], None] | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], None] | None = None,
+               sqlite_claim: SqliteGatewayClaim | None = None) -> FastAPI:
+    """The gateway. `sqlite_claim`: the SQLite store already claimed for it (by `wa-router serve`'s checks)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            claim = sqlite_claim or claim_sqlite_store(settings.database_url)
+        except StartupRefused as exc:
+            log.error("%s", exc)
+            raise
+        try:
+            async with _serving(app, claim):
+                yield
+        finally:
+            if claim is not None:
+                claim.release()
+
+    @asynccontextmanager
+    async def _serving(app: FastAPI, claim: SqliteGatewayClaim | None) -> AsyncIterator[None]:
         await upgrade_to_head_async(settings.database_url)
         db = Database(settings.database_url)
         graph = GraphClient(settings.graph_base_url, timeout_s=settings.graph_timeout_s)
         ray_connection = connect_ray(settings)
-        lease = DeploymentLease(db, cluster_identity(), heartbeat_s=settings.deployment_heartbeat_s,
-                                lease_s=settings.deployment_lease_s)
+        lease = DeploymentLease(db, cluster_identity(settings.ray_namespace),
+                                heartbeat_s=settings.deployment_heartbeat_s, lease_s=settings.deployment_lease_s)
         try:
-            # Before any inbox is touched: another live cluster on this store would fight over them.
+            # Before any inbox is touched: what cannot work on this cluster, then another live deployment
+            # on this store (it would fight over the inboxes).
+            check_cluster(settings.database_url, settings.secret_key)
             await lease.start()
-        except DeploymentConflict as exc:
+        except (StartupRefused, DeploymentConflict) as exc:
             log.error("%s", exc)
             await graph.aclose()
             await db.dispose()
@@ -57,6 +78,8 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
                           intake=DeliveryGroupCommit(db))
         runtime.generated_admin_token = await ensure_admin_token(db, settings.admin_token)
         app.state.runtime = runtime
+        app.state.lease = lease
+        gateway_metrics.start(db, settings.metrics_stats_interval_s, settings.metrics_stats_window_s)
         app.state.dashboard_url = ray_connection.dashboard_url
         await routing.start()
         if on_ready is not None:
@@ -64,6 +87,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         try:
             yield
         finally:
+            await gateway_metrics.stop()
             await routing.stop()
             if checkpointer is not None:
                 await checkpointer.stop()
@@ -79,11 +103,12 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    gateway_metrics = metrics.GatewayMetrics()
+    app.state.metrics = gateway_metrics
+    app.add_middleware(metrics.RequestMetrics, metrics=gateway_metrics)
+    app.add_middleware(LogContext)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
     for router in api_routers:
         app.include_router(router)
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
     return app

@@ -9,12 +9,15 @@ import sys
 import uvicorn
 from fastapi import FastAPI
 
+from actors.directory import connect_ray, disconnect_ray
 from bench.options import add_bench_arguments
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.bootstrap import rotate_admin_token
-from gateway.deployment import DeploymentConflict, check_free
+from gateway.deployment import DeploymentConflict, check_free, cluster_identity
+from gateway.logs import configure_logging
 from gateway.runtime import Runtime
+from gateway.startup_checks import SqliteGatewayClaim, StartupRefused, check_cluster, claim_sqlite_store
 from store.db import Database
 from store.migrate import upgrade_to_head
 
@@ -40,16 +43,14 @@ def _banner(app: FastAPI) -> None:
     print("\n".join(lines), flush=True)
 
 
-def _store_in_use(settings: Settings) -> str | None:
-    """Fail fast, before starting Ray: a new local cluster may not join a store a live deployment holds."""
-    if settings.ray_address:
-        return None  # joining a cluster: the lease is compared with that cluster's identity at start
+def _store_in_use(settings: Settings, deployment: str | None) -> str | None:
+    """Fail fast: a deployment (`None`: a new local cluster) may not act on a store another live one holds."""
     upgrade_to_head(settings.database_url)
 
     async def run() -> str | None:
         db = Database(settings.database_url, pool_size=1)
         try:
-            await check_free(db, None, settings.deployment_lease_s)
+            await check_free(db, deployment, settings.deployment_lease_s)
         except DeploymentConflict as exc:
             return str(exc)
         finally:
@@ -59,15 +60,49 @@ def _store_in_use(settings: Settings) -> str | None:
     return asyncio.run(run())
 
 
+def _preflight(settings: Settings) -> SqliteGatewayClaim | None:
+    """Every refusal before the server starts, each one line (StartupRefused): another live deployment on
+    the store, another gateway on a SQLite store, and what cannot work on the joined cluster.
+    A new local Ray instance is checked before it is started (it would be a new deployment)."""
+    if not settings.ray_address:
+        conflict = _store_in_use(settings, None)
+        if conflict is not None:
+            raise StartupRefused(conflict)
+    claim = claim_sqlite_store(settings.database_url)
+    if settings.ray_address:
+        connection = connect_ray(settings)  # kept: the app's lifespan uses this connection
+        try:
+            check_cluster(settings.database_url, settings.secret_key)
+            conflict = _store_in_use(settings, cluster_identity(settings.ray_namespace))
+            if conflict is not None:
+                raise StartupRefused(conflict)
+        except BaseException:
+            if claim is not None:
+                claim.release()
+            disconnect_ray(connection)
+            raise
+    return claim
+
+
 def serve(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "ray_address": args.ray_address}.items()
+                 if v is not None}
     settings = Settings(**overrides)
-    conflict = _store_in_use(settings)
-    if conflict is not None:
-        print(conflict, file=sys.stderr, flush=True)
+    # Text: warnings and errors as before (uvicorn keeps its own lines); JSON: everything at the chosen
+    # level, uvicorn's lines included, as JSON. Secrets masked either way.
+    json_logs = settings.log_format == "json"
+    configure_logging(settings.log_format, args.log_level if json_logs else "warning")
+    try:
+        claim = _preflight(settings)
+    except StartupRefused as exc:
+        print(exc, file=sys.stderr, flush=True)
         return 1
-    app = create_app(settings, on_ready=_banner)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, ws="websockets-sansio")
+    app = create_app(settings, on_ready=_banner, sqlite_claim=claim)
+    if json_logs:  # uvicorn's loggers then go through the root's JSON handler
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, ws="websockets-sansio",
+                    log_config=None)
+    else:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, ws="websockets-sansio")
     return 0
 
 
@@ -92,12 +127,14 @@ def bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wa-router", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="start the gateway (settings from WA_ROUTER_* variables)")
     serve_cmd.add_argument("--host")
     serve_cmd.add_argument("--port", type=int)
+    serve_cmd.add_argument("--ray-address", help="join this Ray cluster from a Ray node of it (`auto`, `head:6379`); "
+                                                  "overrides WA_ROUTER_RAY_ADDRESS")
     serve_cmd.add_argument("--log-level", default="info")
     serve_cmd.set_defaults(handler=serve)
     rotate_cmd = commands.add_parser("rotate-admin-token", help="replace the platform admin token")
@@ -105,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     bench_cmd = commands.add_parser("bench", help="benchmark the real stack under open-loop webhook load (issue 7)")
     add_bench_arguments(bench_cmd)
     bench_cmd.set_defaults(handler=bench)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.handler(args))
 
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -45,13 +46,29 @@ def this_host_process() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def cluster_identity() -> str:
-    """The Ray cluster this process is connected to: its session (unique per cluster start)."""
+def cluster_identity(namespace: str) -> str:
+    """The deployment this process belongs to: the Ray cluster it is connected to (its session, unique per
+    cluster start and kept across a head restart with GCS fault tolerance) and the actors' namespace.
+    Every gateway joined to the same cluster and namespace shares the lease."""
     import ray
 
     node = getattr(getattr(ray._private.worker, "global_worker", None), "node", None)
     session = getattr(node, "session_name", None)
-    return str(session or ray.get_runtime_context().gcs_address)
+    if session is None:
+        # A Ray client (`ray://`, the gateways on Kubernetes) has no node: the cluster's GCS keeps the name
+        # (persisted in Redis with GCS fault tolerance, so a restarted head keeps it). Not the GCS address,
+        # which changes with the head pod's IP.
+        from ray.experimental import internal_kv
+
+        with contextlib.suppress(Exception):
+            stored = internal_kv._internal_kv_get("session_name", namespace=b"session")
+            session = stored.decode() if isinstance(stored, bytes) else stored
+    return f"{session or ray.get_runtime_context().gcs_address}/{namespace}"
+
+
+def same_deployment(stored: str, ours: str | None) -> bool:
+    # A lease written before identities named the namespace holds the cluster's session alone.
+    return ours is not None and (stored == ours or ("/" not in stored and ours.startswith(stored + "/")))
 
 
 async def read_lease(db: Database) -> Lease | None:
@@ -90,7 +107,7 @@ async def check_free(db: Database, cluster_id: str | None, lease_s: float) -> No
     """Raise DeploymentConflict when another cluster holds a live lease (`cluster_id` None: a new cluster)."""
     lease = await read_lease(db)
     now = utcnow()
-    if is_live(lease, lease_s, now) and lease is not None and lease.cluster_id != cluster_id:
+    if is_live(lease, lease_s, now) and lease is not None and not same_deployment(lease.cluster_id, cluster_id):
         raise DeploymentConflict(conflict_message(lease, db.url, now))
 
 
@@ -103,6 +120,12 @@ class DeploymentLease:
         self._heartbeat_s = heartbeat_s
         self._lease_s = lease_s
         self._task: asyncio.Task[None] | None = None
+        # Monotonic time of the last heartbeat that wrote the lease as ours (None: not held).
+        self._confirmed_at: float | None = None
+
+    def is_held(self) -> bool:
+        """The lease was written as ours within its lifetime: no other cluster may have taken the store."""
+        return self._confirmed_at is not None and time.monotonic() - self._confirmed_at < self._lease_s
 
     async def start(self) -> None:
         await check_free(self._db, self.cluster_id, self._lease_s)
@@ -111,6 +134,7 @@ class DeploymentLease:
             await upsert(session, Deployment, [{"id": LEASE_ROW, "cluster_id": self.cluster_id,
                                                 "holder": this_host_process(), "started_at": now,
                                                 "heartbeat_at": now}], key=["id"])
+        self._confirmed_at = time.monotonic()
         self._task = asyncio.create_task(self._beat_forever(), name="wa-router-deployment-lease")
 
     async def _beat_forever(self) -> None:
@@ -122,13 +146,16 @@ class DeploymentLease:
                 # The row is gone or another cluster's: said (or taken back) through the session below.
                 async with self._db.session() as session:
                     row = await session.get(Deployment, LEASE_ROW)
-                    if row is None or row.cluster_id == self.cluster_id:
+                    if row is None or same_deployment(row.cluster_id, self.cluster_id):
                         await upsert(session, Deployment, [{"id": LEASE_ROW, "cluster_id": self.cluster_id,
                                                             "holder": this_host_process(),
                                                             "started_at": row.started_at if row else utcnow(),
                                                             "heartbeat_at": utcnow()}], key=["id"])
+                        confirmed = True
                     else:
                         log.error("the deployment lease was taken by Ray cluster %s", row.cluster_id)
+                        confirmed = False
+                self._confirmed_at = time.monotonic() if confirmed else None
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -142,6 +169,7 @@ class DeploymentLease:
         return bool(moved.rowcount)
 
     async def stop(self) -> None:
+        self._confirmed_at = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -150,5 +178,6 @@ class DeploymentLease:
         with contextlib.suppress(Exception):
             async with self._db.session() as session:
                 row = await session.scalar(select(Deployment).where(Deployment.id == LEASE_ROW))
-                if row is not None and row.cluster_id == self.cluster_id:
+                # Only the last writer clears it: another gateway of this deployment may still be beating.
+                if row is not None and row.cluster_id == self.cluster_id and row.holder == this_host_process():
                     row.heartbeat_at = None

@@ -97,6 +97,7 @@ class InboxOut(BaseModel):
     assignment_mode: str
     reassign_after_s: int
     dials_per_agent: int
+    service_level_threshold_s: int
     agents: list[InboxAgentOut]
     created_at: datetime
     updated_at: datetime

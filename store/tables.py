@@ -123,6 +123,7 @@ class Inbox(Base):
         UniqueConstraint("phone_number_id", name="uq_inboxes_phone_number_id"),
         CheckConstraint("reassign_after_s BETWEEN 1 AND 900", name="reassign_after_s"),
         CheckConstraint("dials_per_agent BETWEEN 1 AND 100", name="dials_per_agent"),
+        CheckConstraint("service_level_threshold_s BETWEEN 1 AND 3600", name="service_level_threshold_s"),
         CheckConstraint(
             "assignment_mode IN ('round_robin', 'manual', 'proficiency', 'sticky', 'longest_idle')",
             name="assignment_mode",
@@ -136,6 +137,8 @@ class Inbox(Base):
     assignment_mode: Mapped[str] = mapped_column(String(16))
     reassign_after_s: Mapped[int] = mapped_column(Integer, default=30)
     dials_per_agent: Mapped[int] = mapped_column(Integer, default=1)
+    # Service level: the share of contacts answered within this many seconds of entering the queue.
+    service_level_threshold_s: Mapped[int] = mapped_column(Integer, default=20, server_default="20")
     # Round-robin memory: the order key (user id) of the last agent offered a transaction.
     rotation_pointer: Mapped[int | None] = mapped_column(BigId)
     # Bumped by every configuration write that concerns the inbox (its settings, members, their

@@ -57,3 +57,40 @@ def test_inbox_and_agent_actors_spread_over_the_nodes_of_a_cluster(tmp_path: Pat
     # Ray places actors that reserve no CPU at random over the alive nodes: twelve of them all on one
     # node would happen once in ~180,000 runs, so more than one node hosts them.
     assert len(hosts) >= 2, placed
+
+
+_RESOURCE_SCRIPT = """
+import asyncio, json, sys
+import ray
+from ray.cluster_utils import Cluster
+from actors.directory import RayDirectory
+from config.settings import Settings
+
+# A head advertising no `routing` (as deploy/kubernetes/ray-cluster.yaml's) and one worker that does.
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+try:
+    worker = cluster.add_node(num_cpus=1, resources={"routing": 100000})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="placement", log_to_driver=False)
+    settings = Settings(database_url="sqlite+aiosqlite:///" + sys.argv[1], ray_namespace="placement",
+                        secret_key_file=sys.argv[1] + ".key", ray_actor_resource="routing")
+    directory = RayDirectory(settings)
+
+    async def pings():
+        actors = [directory.inbox(1, i) for i in range(1, 5)] + [directory.agent(1, u) for u in range(1, 5)]
+        return [(await p.ping())["node_id"] for p in actors]
+
+    print(json.dumps({"worker": worker.node_id, "head": cluster.head_node.node_id, "placed": asyncio.run(pings())}))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def test_routing_actors_stay_on_the_nodes_advertising_their_resource(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _RESOURCE_SCRIPT, str(tmp_path / "store.db")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(result["placed"]) == 8
+    assert set(result["placed"]) == {result["worker"]}, result

@@ -2,7 +2,18 @@
 
 from fastapi import APIRouter
 
-from gateway.routers import agents, inboxes, messages, orgs, templates, transactions, users, webhooks, whatsapp
+from gateway.routers import (
+    agents,
+    inboxes,
+    messages,
+    orgs,
+    stats,
+    templates,
+    transactions,
+    users,
+    webhooks,
+    whatsapp,
+)
 
 api_routers: list[APIRouter] = [
     orgs.router,
@@ -10,6 +21,7 @@ api_routers: list[APIRouter] = [
     whatsapp.router,
     templates.router,
     inboxes.router,
+    stats.router,
     agents.router,
     transactions.router,
     messages.router,

@@ -31,7 +31,7 @@ async def inbox_out(session: AsyncSession, inbox: Inbox) -> InboxOut:
         id=inbox.id, org_id=inbox.org_id, name=inbox.name, type=inbox.type,
         phone_number_id=inbox.phone_number_id, display_phone_number=display,
         assignment_mode=inbox.assignment_mode, reassign_after_s=inbox.reassign_after_s,
-        dials_per_agent=inbox.dials_per_agent,
+        dials_per_agent=inbox.dials_per_agent, service_level_threshold_s=inbox.service_level_threshold_s,
         agents=[InboxAgentOut(user_id=a.user_id, name=name, proficiency=a.proficiency) for a, name in agents],
         created_at=inbox.created_at, updated_at=inbox.updated_at,
     )
@@ -100,7 +100,7 @@ async def create_inbox(body: InboxCreate, ctx: ConfigSupervisor, session: Sessio
     await _check_agents(session, ctx.org.id, body.agents)
     inbox = Inbox(org_id=ctx.org.id, name=body.name, type=body.type, phone_number_id=body.phone_number_id,
                   assignment_mode=body.assignment_mode.value, reassign_after_s=body.reassign_after_s,
-                  dials_per_agent=body.dials_per_agent)
+                  dials_per_agent=body.dials_per_agent, service_level_threshold_s=body.service_level_threshold_s)
     session.add(inbox)
     try:
         await session.flush()
@@ -142,7 +142,7 @@ async def update_inbox(inbox_id: InboxId, body: InboxUpdate, ctx: ConfigSupervis
     if body.agents is not None:
         await _check_agents(session, ctx.org.id, body.agents)
         await _replace_agents(session, inbox.id, body.agents)
-    for name in ("name", "reassign_after_s", "dials_per_agent"):
+    for name in ("name", "reassign_after_s", "dials_per_agent", "service_level_threshold_s"):
         value = getattr(body, name)
         if value is not None:
             setattr(inbox, name, value)

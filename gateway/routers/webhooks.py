@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hmac
 import json
+import time
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from actors.directory import spawn
+from gateway import metrics
 from gateway.deps import OrgId, RuntimeDep, SessionDep
 from gateway.errors import ApiError
 from gateway.runtime import Runtime
@@ -114,13 +116,19 @@ def _verifying_orgs(accounts: list[_SigningAccount], runtime: Runtime, body: byt
 
 @router.post("/{org_id}", response_model=WebhookAck)
 async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep) -> WebhookAck:
+    started = time.perf_counter()
+    counted = metrics.of(request)
     body = await _read_body(request, runtime.settings.max_webhook_body_bytes)
     header = request.headers.get(signature.HEADER)
     if not header:
+        if counted is not None:
+            counted.signature_failures.labels("missing").inc()
         raise ApiError(401, f"missing {signature.HEADER} header")
     # A read step of its own (not a request-long session): its connection is back before the grouped write.
     accounts = await runtime.db.read(functools.partial(_accounts_sharing_a_waba, org_id=org_id))
     if not accounts:  # an unknown organization, or one with no WABA: no secret can match
+        if counted is not None:
+            counted.signature_failures.labels("mismatch").inc()
         raise ApiError(403, "signature does not match")
     try:
         payload = json.loads(body, parse_constant=_reject_constant)
@@ -133,12 +141,18 @@ async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep)
     for waba_id in waba_ids:
         # An unknown WABA and a wrong signature look the same to the caller: nothing to learn.
         if org_id not in verified[waba_id]:
+            if counted is not None:
+                counted.signature_failures.labels("mismatch").inc()
             raise ApiError(403, "signature does not match")
     try:
         parsed = parse_webhook(payload)
     except WebhookPayloadError as exc:
         raise ApiError(400, f"{exc.field}: {exc.message}") from exc
     result = await runtime.intake.store(org_id, parsed, verified)
+    if counted is not None:
+        counted.messages.inc(result.new_message_count)
+        counted.duplicates.inc(result.duplicate_messages)
+        counted.intake_seconds.observe(time.perf_counter() - started)
     # Durable now; routing happens after the answer, and is recovered from the store if interrupted.
     for owner_org, messages in result.new_messages.items():
         runtime.routing.submit_messages(owner_org, messages)
