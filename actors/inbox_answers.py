@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from actors import inbox_metrics
 from actors.inbox_core import RELOADING, InboxCore, Result, done, ok, refuse, repo
 from actors.offer_plan import new_offer_id
 from actors.transaction_state import TxState
@@ -48,7 +49,8 @@ class InboxAnswers(InboxCore):
                 return RELOADING
             self._agents_to_answer = []
             try:
-                result = await step()
+                with inbox_metrics.timed(self.org_id, self.inbox_id, "answer"):
+                    result = await step()
             except repo.Fenced:
                 return self._fenced()
             finally:
@@ -86,6 +88,7 @@ class InboxAnswers(InboxCore):
             return refuse(409, "the offer expired")
         assigned, unseen = await self._assign(tx, user_id, "accepted", offer_id=tx.offer_id)
         await self._confirm(user_id, tx.offer_id, assigned, "accepted", unseen)
+        inbox_metrics.offer(self.org_id, self.inbox_id, "accepted")
         # No longer holding an offer, the agent may take more work if under capacity. The pass runs
         # after this answer (as after every API step): an accept never waits for the queue's routing.
         self.request_routing()

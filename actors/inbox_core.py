@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import ray
 
+from actors import inbox_metrics
 from actors.activation import StoreBackedActor
 from actors.agent_link import AgentLink
 from actors.directory import Directory
@@ -129,6 +130,7 @@ class InboxCore(StoreBackedActor):
             self._remember(tx)
 
     async def _on_activated(self) -> None:
+        inbox_metrics.activated(self.org_id, self.inbox_id)
         # What a lost forward never brought to the agents holding conversations (the agents skip what they showed).
         await self._hand_over([tx.id for tx in self._txs.values() if tx.state == "assigned"])
         # Durable reminders become local timers again; an overdue one fires at once.
@@ -209,6 +211,8 @@ class InboxCore(StoreBackedActor):
         if watch is None:
             return  # deleted: the gateway stops this actor
         version, epoch, unrouted = watch
+        inbox_metrics.queue_depth(self.org_id, self.inbox_id,
+                                  sum(1 for tx in self._txs.values() if tx.state in ("queued", "offered")))
         if epoch != self._epoch:
             self._fenced()  # fenced by a newer activation: take the inbox back from the store
             return
@@ -315,6 +319,7 @@ class InboxCore(StoreBackedActor):
         assert user_id is not None and offer_id is not None
         requeued = tx.requeued(kind, self.config.dials_per_agent, count_as_tried=count_as_tried)
         await self._save(requeued, kind, user_id, offer_id=offer_id, **detail)
+        inbox_metrics.offer(self.org_id, self.inbox_id, kind)
         self._cancel_timer(tx.id)
         self._remember(requeued)
         # The agent's answer (free again, or set away) reaches routing as its new snapshot, which asks for a

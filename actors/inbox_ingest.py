@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from actors import inbox_metrics
 from actors.inbox_core import InboxCore, repo
 from actors.transaction_state import TxState
 from store.clock import utcnow
@@ -34,10 +35,12 @@ class InboxIngest(InboxCore):
             if not self._activated:
                 return {"attached": 0}
             try:
-                attached, opened = await self._ingest_forwarded(messages)
+                with inbox_metrics.timed(self.org_id, self.inbox_id, "ingest"):
+                    attached, opened = await self._ingest_forwarded(messages)
             except repo.Fenced:
                 self._fenced()
                 return {"attached": 0}
+        inbox_metrics.routed(self.org_id, self.inbox_id, attached)
         if opened:
             # Routed in a pass of its own: ingests arriving meanwhile share it, and the forward returns at once.
             # Follow-ups of open conversations change nobody's eligibility: no pass for them.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from actors import inbox_metrics
 from actors.inbox_core import InboxCore, log, repo
 from actors.offer_plan import PlannedOffer, RoutingSettings, plan_offers
 from routing import AssignmentMode
@@ -94,6 +95,7 @@ class InboxRouting(InboxCore):
             self._remember(plan.offered)
             self._arm_timer(plan.offered)
             self._link.tell(plan.user_id, "publish", plan.offer)
+            inbox_metrics.offer(self.org_id, self.inbox_id, "made")
 
     def request_routing(self) -> None:
         """Coalesce eligibility events into routing passes (never run under a caller's await).
