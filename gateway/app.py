@@ -15,6 +15,7 @@ from gateway.bootstrap import ensure_admin_token
 from gateway.deployment import DeploymentConflict, DeploymentLease, cluster_identity
 from gateway.errors import install_error_handlers
 from gateway.group_commit import DeliveryGroupCommit
+from gateway.log_scrub import install_token_scrubbing
 from gateway.routers import api_routers
 from gateway.runtime import Runtime
 from meta.graph_client import GraphClient
@@ -27,6 +28,8 @@ log = logging.getLogger("wa_router")
 
 def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], None] | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # Before anything logs: no token (header, subprotocol, query string) reaches a log line.
+    install_token_scrubbing()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
