@@ -66,6 +66,10 @@ class Settings(BaseSettings):
 
     # Meta retries a webhook it did not get a 2xx for; anything larger than this is refused with 413.
     max_webhook_body_bytes: int = 1024 * 1024
+    # The app secrets verifying deliveries to an organization are kept decrypted this long (0: read on
+    # every delivery). A gateway drops them at once when accounts change through it; this bounds how
+    # long other gateways of the cluster use a secret that changed.
+    webhook_secret_cache_s: float = Field(default=5.0, ge=0)
 
     # Outbound sending (one sender actor per number): Meta's default throughput per number, unless the
     # number has its own setting (up to 1,000/s); Meta's pair limit (about one message every 6 s to

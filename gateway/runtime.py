@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from config.settings import Settings
+from gateway.signing_cache import SigningCache
 from meta.graph_client import GraphClient
 from store.crypto import SecretBox
 from store.db import Database
@@ -24,5 +25,7 @@ class Runtime:
     routing: RoutingClient
     # Webhook deliveries stored together (group commit).
     intake: DeliveryGroupCommit
+    # App secrets verifying webhook deliveries, per organization (dropped when accounts change).
+    signing: SigningCache
     # The admin token generated at this start (None when it came from settings or an earlier start).
     generated_admin_token: str | None = field(default=None, repr=False)
