@@ -66,6 +66,8 @@ class Settings(BaseSettings):
 
     # Meta retries a webhook it did not get a 2xx for; anything larger than this is refused with 413.
     max_webhook_body_bytes: int = 1024 * 1024
+    # Every other request body (the API's): larger ones get 413, before the body is read when declared.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     # The app secrets verifying deliveries to an organization are kept decrypted this long (0: read on
     # every delivery). A gateway drops them at once when accounts change through it; this bounds how
     # long other gateways of the cluster use a secret that changed.

@@ -50,3 +50,21 @@ def clean_json(document: Any) -> Any:
                 elif isinstance(value, dict | list):
                     stack.append(value)
     return document
+
+
+def lone_surrogate_path(document: Any) -> list[str | int] | None:
+    """Where the first string (or key) holding a lone surrogate is in `document`; None when there is none."""
+    stack: list[tuple[Any, list[str | int]]] = [(document, [])]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            if _LONE_SURROGATE.search(node):
+                return path
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(key, str) and _LONE_SURROGATE.search(key):
+                    return [*path, clean_text(key)]
+                stack.append((value, [*path, key]))
+        elif isinstance(node, list):
+            stack.extend((value, [*path, index]) for index, value in enumerate(node))
+    return None
