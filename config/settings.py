@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     max_webhook_body_bytes: int = 1024 * 1024
     # Every other request body (the API's): larger ones get 413, before the body is read when declared.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    # An open agent event socket re-checks its caller's token, role and membership this often and is
+    # closed (code 1008) once the caller may no longer watch (deleted, demoted, token revoked).
+    ws_recheck_interval_s: float = Field(default=2.0, gt=0)
     # The app secrets verifying deliveries to an organization are kept decrypted this long (0: read on
     # every delivery). A gateway drops them at once when accounts change through it; this bounds how
     # long other gateways of the cluster use a secret that changed.

@@ -125,6 +125,11 @@ class AgentSocket:
         with self._cond:
             return int(self.events[-1]["id"]) if self.events else int(self.hello["cursor"])
 
+    @property
+    def close_code(self) -> int | None:
+        """The code of the server's close frame (None while open)."""
+        return self._ws.close_code
+
     def close(self) -> None:
         self._ws.close()
         self._thread.join(timeout=5)

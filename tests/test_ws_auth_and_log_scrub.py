@@ -87,3 +87,23 @@ def test_filter_form_scrubs_a_record() -> None:
     split = logging.LogRecord("x", logging.INFO, __file__, 1, "Authorization: Bearer %s", ("admin-0123",), None)
     assert TokenScrubFilter().filter(split)
     assert split.getMessage() == "Authorization: Bearer ***"
+
+
+def test_open_stream_is_dropped_when_its_watcher_is_demoted_or_deleted(sc: Scenario) -> None:
+    (a,) = sc.agents(1)
+    supervisor_id, supervisor_token = sc.org.add_user(role="admin")
+    with AgentSocket(sc.gateway, sc.org, a.id, supervisor_token) as watched, \
+            AgentSocket(sc.gateway, sc.org, a.id, a.token, subprotocol_token=True) as own:
+        sc.gateway.ok("PATCH", sc.org.path(f"/users/{supervisor_id}"), sc.org.owner_token, json={"role": "member"})
+        # Within a few re-checks (every 2 s): a member may not watch another agent.
+        assert watched.wait_closed(timeout=10), "a demoted supervisor still watches another agent"
+        assert watched.close_code == 1008
+        assert not own.wait_closed(timeout=0)  # the agent's own stream is unaffected
+    other_id, other_token = sc.org.add_user(role="admin")
+    with AgentSocket(sc.gateway, sc.org, a.id, other_token) as watched:
+        sc.gateway.ok("DELETE", sc.org.path(f"/users/{other_id}"), sc.org.owner_token, 204)
+        assert watched.wait_closed(timeout=10), "a deleted supervisor still watches another agent"
+        assert watched.close_code == 1008
+    with pytest.raises(InvalidStatus) as refused:  # and on reconnecting
+        AgentSocket(sc.gateway, sc.org, a.id, other_token)
+    assert refused.value.response.status_code == 403

@@ -96,8 +96,10 @@ async def agent_events(
         position = cursor if cursor is not None else last_id
         receiver = asyncio.create_task(_drain(websocket))
         sender = asyncio.create_task(_send_events(websocket, agent, position))
-        await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (sender, receiver):
+        # The caller's right is not only the handshake's: a demoted, deleted or revoked caller is dropped.
+        checker = asyncio.create_task(_recheck(websocket, runtime, credentials.token, org_id, user_id))
+        await asyncio.wait({sender, receiver, checker}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (sender, receiver, checker):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, ActorUnavailable, RuntimeError):
                 await task
@@ -106,6 +108,18 @@ async def agent_events(
     finally:
         with contextlib.suppress(Exception):
             await websocket.close()
+
+
+async def _recheck(websocket: WebSocket, runtime: Runtime, token: str | None, org_id: int, user_id: int) -> None:
+    """Re-resolve the caller every few seconds; close with 1008 (policy violation) once they may no longer watch."""
+    while True:
+        await asyncio.sleep(runtime.settings.ws_recheck_interval_s)
+        async with runtime.db.sessions() as session:
+            principal = await resolve_token(session, token) if token else None
+            user = await session.get(User, user_id)
+        if not may_watch(principal, user, org_id, user_id):
+            await websocket.close(code=1008, reason="no longer allowed to watch this agent")
+            return
 
 
 async def _send_events(websocket: WebSocket, agent: Any, position: int) -> None:
