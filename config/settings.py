@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # An open agent event socket re-checks its caller's token, role and membership this often and is
     # closed (code 1008) once the caller may no longer watch (deleted, demoted, token revoked).
     ws_recheck_interval_s: float = Field(default=2.0, gt=0)
+    # Who a bearer token stands for is kept this long (0: read on every call). A gateway forgets at once
+    # when users or tokens change through it; this bounds how long other gateways honour a stale one.
+    principal_cache_s: float = Field(default=5.0, ge=0)
     # The app secrets verifying deliveries to an organization are kept decrypted this long (0: read on
     # every delivery). A gateway drops them at once when accounts change through it; this bounds how
     # long other gateways of the cluster use a secret that changed.

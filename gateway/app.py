@@ -17,6 +17,7 @@ from gateway.deployment import DeploymentConflict, DeploymentLease, cluster_iden
 from gateway.errors import install_error_handlers
 from gateway.group_commit import DeliveryGroupCommit
 from gateway.log_scrub import install_token_scrubbing
+from gateway.principal_cache import TokenCache
 from gateway.routers import api_routers
 from gateway.routers.webhooks import signing_secrets_loader
 from gateway.runtime import Runtime
@@ -55,7 +56,8 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         secrets = SecretBox(load_or_create_key(settings.secret_key, settings.secret_key_file))
         runtime = Runtime(settings=settings, db=db, secrets=secrets, graph=graph, routing=routing,
                           intake=DeliveryGroupCommit(db),
-                          signing=SigningCache(signing_secrets_loader(db, secrets), settings.webhook_secret_cache_s))
+                          signing=SigningCache(signing_secrets_loader(db, secrets), settings.webhook_secret_cache_s),
+                          principals=TokenCache(settings.principal_cache_s))
         runtime.generated_admin_token = await ensure_admin_token(db, settings.admin_token)
         app.state.runtime = runtime
         app.state.dashboard_url = ray_connection.dashboard_url

@@ -82,7 +82,8 @@ async def agent_events(
     runtime: Runtime = websocket.app.state.runtime
     credentials = socket_credentials(websocket)
     async with runtime.db.sessions() as session:
-        principal = await resolve_token(session, credentials.token) if credentials.token else None
+        principal = (await resolve_token(session, credentials.token, runtime.principals)
+                     if credentials.token else None)
         user = await session.get(User, user_id)
     if not may_watch(principal, user, org_id, user_id):
         # Refused before the handshake completes: the client sees HTTP 403.
@@ -115,7 +116,7 @@ async def _recheck(websocket: WebSocket, runtime: Runtime, token: str | None, or
     while True:
         await asyncio.sleep(runtime.settings.ws_recheck_interval_s)
         async with runtime.db.sessions() as session:
-            principal = await resolve_token(session, token) if token else None
+            principal = await resolve_token(session, token, runtime.principals) if token else None
             user = await session.get(User, user_id)
         if not may_watch(principal, user, org_id, user_id):
             await websocket.close(code=1008, reason="no longer allowed to watch this agent")

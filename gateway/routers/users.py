@@ -103,6 +103,7 @@ async def update_user(user_id: UserId, body: UserUpdate, ctx: Supervisor, sessio
     # In the same commit: the inboxes' actors reload even if the notification below never reaches them.
     await bump_config_version(session, removed_from)
     await session.commit()
+    runtime.principals.invalidate()  # the new role or licences apply to the user's next call here
     if removed_from:
         await runtime.routing.inboxes_changed(ctx.org.id, removed_from)
     return UserOut.of(user)
@@ -124,6 +125,7 @@ async def delete_user(user_id: UserId, ctx: Supervisor, session: SessionDep, run
     await bump_config_version(session, inbox_ids)
     await session.delete(user)
     await session.commit()
+    runtime.principals.invalidate()  # the user's tokens are refused from the next call here
     await runtime.routing.agent_deleted(ctx.org.id, user_id, inbox_ids)
     return Response(status_code=204)
 
