@@ -16,6 +16,7 @@ from gateway.bootstrap import ensure_admin_token
 from gateway.deployment import DeploymentConflict, DeploymentLease, cluster_identity
 from gateway.errors import install_error_handlers
 from gateway.group_commit import DeliveryGroupCommit
+from gateway.key_handoff import KeyHandoff
 from gateway.log_scrub import install_token_scrubbing
 from gateway.principal_cache import TokenCache
 from gateway.routers import api_routers
@@ -52,16 +53,22 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
             await db.dispose()
             disconnect_ray(ray_connection)
             raise
-        routing = RoutingClient(RayDirectory(settings), db)
         secrets = SecretBox(load_or_create_key(settings.secret_key, settings.secret_key_file))
+        # Senders are told where the key is (a file), never given it.
+        key_handoff = KeyHandoff(settings)
+        routing = RoutingClient(RayDirectory(settings, key_file=key_handoff.key_file), db)
         runtime = Runtime(settings=settings, db=db, secrets=secrets, graph=graph, routing=routing,
                           intake=DeliveryGroupCommit(db),
                           signing=SigningCache(signing_secrets_loader(db, secrets), settings.webhook_secret_cache_s),
                           principals=TokenCache(settings.principal_cache_s))
-        runtime.generated_admin_token = await ensure_admin_token(db, settings.admin_token)
-        app.state.runtime = runtime
-        app.state.dashboard_url = ray_connection.dashboard_url
-        await routing.start()
+        try:
+            runtime.generated_admin_token = await ensure_admin_token(db, settings.admin_token)
+            app.state.runtime = runtime
+            app.state.dashboard_url = ray_connection.dashboard_url
+            await routing.start()
+        except BaseException:
+            key_handoff.close()  # a failed start leaves no credential file behind
+            raise
         if on_ready is not None:
             on_ready(app)
         try:
@@ -72,6 +79,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
             await graph.aclose()
             await db.dispose()
             disconnect_ray(ray_connection)
+            key_handoff.close()
 
     app = FastAPI(
         title="wa-router",

@@ -22,6 +22,26 @@ class SecretBox:
             raise ValueError("secret cannot be decrypted with the configured key") from exc
 
 
+# Where a process that did not start the gateway (a sender actor on a cluster node) may find the key
+# instead of the key file: set on that node by its operator, never passed through Ray.
+SECRET_KEY_ENV = "WA_ROUTER_SECRET_KEY"
+
+
+def resolve_key(key_file: Path) -> bytes:
+    """The key for a process given only a reference to it: its own `WA_ROUTER_SECRET_KEY`, else `key_file`.
+
+    Never creates a key: a process holding a different key than the gateway's would store secrets no one
+    else can read. A missing key is an error naming where it was looked for.
+    """
+    explicit = os.environ.get(SECRET_KEY_ENV)
+    if explicit:
+        return explicit.encode()
+    try:
+        return key_file.read_bytes().strip()
+    except FileNotFoundError as exc:
+        raise RuntimeError(f"no encryption key: {SECRET_KEY_ENV} is unset and {key_file} does not exist") from exc
+
+
 def load_or_create_key(explicit_key: str | None, key_file: Path) -> bytes:
     """The configured key, else the key file, else a new key file readable only by its owner."""
     if explicit_key:
