@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from actors.directory import RayDirectory, connect_ray, disconnect_ray
 from actors.routing_client import RoutingClient
 from config.settings import Settings, get_settings
+from gateway.auth_first import AuthenticateFirst
 from gateway.body_guard import BodyGuard
 from gateway.bootstrap import ensure_admin_token
 from gateway.deployment import DeploymentConflict, DeploymentLease, cluster_identity
@@ -88,9 +89,11 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    # Outermost of our layers: a body is bounded before any route, parser or dependency sees it.
+    # A body is bounded before any route, parser or dependency sees it.
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes,
                        max_webhook_body_bytes=settings.max_webhook_body_bytes)
+    # Added last, so outermost: an API call with a body is authenticated before the body is read at all.
+    app.add_middleware(AuthenticateFirst)
     for router in api_routers:
         app.include_router(router)
 
