@@ -26,8 +26,9 @@ from gateway.runtime import Runtime
 from gateway.signing_cache import SigningCache
 from meta.graph_client import GraphClient
 from store.crypto import SecretBox, load_or_create_key
-from store.db import Database
+from store.db import Database, is_sqlite
 from store.migrate import upgrade_to_head_async
+from store.sqlite_file import create_private, sqlite_file_path
 
 log = logging.getLogger("wa_router")
 
@@ -39,6 +40,9 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database_file = sqlite_file_path(settings.database_url) if is_sqlite(settings.database_url) else None
+        if database_file is not None:
+            create_private(database_file)  # tokens' hashes and encrypted secrets: the owner's eyes only
         await upgrade_to_head_async(settings.database_url)
         db = Database(settings.database_url)
         graph = GraphClient(settings.graph_base_url, timeout_s=settings.graph_timeout_s)
