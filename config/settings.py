@@ -8,6 +8,9 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# 32 random bytes in URL-safe base64 (what `secrets.token_urlsafe(32)` returns).
+MIN_ADMIN_TOKEN_CHARS = 43
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WA_ROUTER_", env_file=None, extra="ignore")
@@ -98,6 +101,17 @@ class Settings(BaseSettings):
         prefix = "sqlite+aiosqlite:///"
         if value.startswith(prefix) and not value.startswith(prefix + "/") and ":memory:" not in value:
             value = prefix + str(Path(value[len(prefix):]).resolve())
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_admin_token(cls, value: str | None) -> str | None:
+        # The platform admin token opens every organization: at least what 32 random bytes make in
+        # URL-safe base64 (43 characters); a guessable one is refused at start rather than used.
+        if value is not None and len(value) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters (32 random bytes, e.g. "
+                             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or unset to "
+                             "have one generated")
         return value
 
     @field_validator("secret_key_file")

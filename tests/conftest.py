@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,7 +69,7 @@ def postgres_url() -> Iterator[str]:
 def _start_gateway(tmp: Path, database_url: str, simulator: tuple[SimulatorState, str],
                    graph_url: str | None = None) -> Iterator[Gateway]:
     state, sim_url = simulator
-    admin_token = f"admin-{uuid.uuid4().hex}"
+    admin_token = f"admin-{secrets.token_urlsafe(32)}"
     namespace = f"wa-router-test-{uuid.uuid4().hex[:8]}"
     settings = Settings(
         database_url=database_url, secret_key_file=tmp / "secret.key", admin_token=admin_token,
