@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     # Who a bearer token stands for is kept this long (0: read on every call). A gateway forgets at once
     # when users or tokens change through it; this bounds how long other gateways honour a stale one.
     principal_cache_s: float = Field(default=5.0, ge=0)
+    # A client address whose presented tokens failed this many times within a minute gets 429 until the
+    # oldest failure is a minute old (0: no limit). Behind a proxy, uvicorn's --forwarded-allow-ips decides
+    # which address that is.
+    auth_failures_per_minute: int = Field(default=30, ge=0)
     # The app secrets verifying deliveries to an organization are kept decrypted this long (0: read on
     # every delivery). A gateway drops them at once when accounts change through it; this bounds how
     # long other gateways of the cluster use a secret that changed.

@@ -12,6 +12,7 @@ from actors.directory import RayDirectory, connect_ray, disconnect_ray
 from actors.routing_client import RoutingClient
 from config.settings import Settings, get_settings
 from gateway.auth_first import AuthenticateFirst
+from gateway.auth_throttle import AuthThrottle
 from gateway.body_guard import BodyGuard
 from gateway.bootstrap import ensure_admin_token
 from gateway.deployment import DeploymentConflict, DeploymentLease, cluster_identity
@@ -65,7 +66,8 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         runtime = Runtime(settings=settings, db=db, secrets=secrets, graph=graph, routing=routing,
                           intake=DeliveryGroupCommit(db),
                           signing=SigningCache(signing_secrets_loader(db, secrets), settings.webhook_secret_cache_s),
-                          principals=TokenCache(settings.principal_cache_s))
+                          principals=TokenCache(settings.principal_cache_s),
+                          auth_throttle=AuthThrottle(settings.auth_failures_per_minute))
         try:
             runtime.generated_admin_token = await ensure_admin_token(db, settings.admin_token)
             app.state.runtime = runtime

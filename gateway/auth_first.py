@@ -11,7 +11,8 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.deps import resolve_token
+from gateway.deps import authenticate
+from gateway.errors import ApiError
 from gateway.runtime import Runtime
 
 API_PREFIX = "/v1/"
@@ -40,9 +41,12 @@ class AuthenticateFirst:
             await JSONResponse(status_code=401, content={"detail": "missing bearer token"})(scope, receive, send)
             return
         runtime: Runtime = scope["app"].state.runtime
-        async with runtime.db.sessions() as session:
-            principal = await resolve_token(session, token, runtime.principals)
-        if principal is None:
-            await JSONResponse(status_code=401, content={"detail": "invalid bearer token"})(scope, receive, send)
+        client = scope.get("client")
+        try:
+            async with runtime.db.sessions() as session:
+                await authenticate(runtime, session, token, client[0] if client else None)
+        except ApiError as refusal:
+            await JSONResponse(status_code=refusal.status_code, content=refusal.body(),
+                               headers=refusal.headers)(scope, receive, send)
             return
         await self.app(scope, receive, send)

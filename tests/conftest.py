@@ -76,6 +76,9 @@ def _start_gateway(tmp: Path, database_url: str, simulator: tuple[SimulatorState
         graph_url=graph_url or f"{sim_url}/v25.0", ray_namespace=namespace, public_url="https://router.example.test",
         # Outbound sending at test speed: short pair interval, quick retries, a timeout tests can provoke.
         send_pair_interval_s=0.25, send_retry_base_s=0.05, send_retry_max_s=0.5, send_timeout_s=2.0,
+        # Every test calls from 127.0.0.1, many with bad tokens on purpose: the failure limit is tested on
+        # a gateway of its own (tests/test_auth_throttle.py).
+        auth_failures_per_minute=0,
     )
     server = BackgroundServer(create_app(settings))
     directory = RayDirectory(settings)
