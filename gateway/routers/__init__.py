@@ -2,11 +2,23 @@
 
 from fastapi import APIRouter
 
-from gateway.routers import agents, inboxes, messages, orgs, templates, transactions, users, webhooks, whatsapp
+from gateway.routers import (
+    agents,
+    inboxes,
+    messages,
+    orgs,
+    templates,
+    tokens,
+    transactions,
+    users,
+    webhooks,
+    whatsapp,
+)
 
 api_routers: list[APIRouter] = [
     orgs.router,
     users.router,
+    tokens.router,
     whatsapp.router,
     templates.router,
     inboxes.router,
