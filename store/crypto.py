@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+
+def parse_keys(key: bytes) -> list[bytes]:
+    """The keys of a key setting or key file: one, or several separated by commas or new lines (the
+    first encrypts, every one decrypts: how a key is rotated, see `store.key_rotation`)."""
+    keys = [part for part in re.split(rb"[,\s]+", key) if part]
+    if not keys:
+        raise ValueError("no encryption key given")
+    return keys
 
 
 class SecretBox:
     def __init__(self, key: bytes) -> None:
-        self._fernet = Fernet(key)
+        self._fernet = MultiFernet([Fernet(k) for k in parse_keys(key)])
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode()
@@ -18,6 +28,13 @@ class SecretBox:
     def decrypt(self, ciphertext: str) -> str:
         try:
             return self._fernet.decrypt(ciphertext.encode()).decode()
+        except InvalidToken as exc:
+            raise ValueError("secret cannot be decrypted with the configured key") from exc
+
+    def rotate(self, ciphertext: str) -> str:
+        """`ciphertext` encrypted again with the first key (it may have been with any of them)."""
+        try:
+            return self._fernet.rotate(ciphertext.encode()).decode()
         except InvalidToken as exc:
             raise ValueError("secret cannot be decrypted with the configured key") from exc
 
