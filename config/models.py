@@ -36,6 +36,7 @@ __all__ = [
     "UserCreate",
     "UserUpdate",
     "WhatsAppAccountLink",
+    "WhatsAppCredentials",
     "holds_agent_licenses",
     "missing_agent_license",
 ]
@@ -123,6 +124,11 @@ class UserUpdate(_Strict):
 
 class WhatsAppAccountLink(_Strict):
     waba_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$", description="WhatsApp Business Account ID")]
+    access_token: Annotated[str, Field(min_length=1, max_length=4096)]
+    app_secret: Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class WhatsAppCredentials(_Strict):
     access_token: Annotated[str, Field(min_length=1, max_length=4096)]
     app_secret: Annotated[str, Field(min_length=1, max_length=512)]
 

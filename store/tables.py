@@ -97,6 +97,10 @@ class WhatsAppAccount(Base):
     app_secret_enc: Mapped[str] = mapped_column(Text)
     linked_at: Mapped[datetime] = mapped_column(default=utcnow)
     refreshed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # After a credential rotation, the app secret replaced still verifies deliveries until this time
+    # (Meta retries deliveries signed before the change).
+    previous_app_secret_enc: Mapped[str | None] = mapped_column(Text)
+    previous_app_secret_until: Mapped[datetime | None]
 
 
 class PhoneNumber(Base):
