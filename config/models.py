@@ -32,6 +32,7 @@ __all__ = [
     "OwnerIn",
     "PresenceUpdate",
     "Role",
+    "TokenCreate",
     "TransferRequest",
     "UserCreate",
     "UserUpdate",
@@ -126,6 +127,11 @@ class WhatsAppAccountLink(_Strict):
     waba_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$", description="WhatsApp Business Account ID")]
     access_token: Annotated[str, Field(min_length=1, max_length=4096)]
     app_secret: Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class TokenCreate(_Strict):
+    # Refused after this many seconds (a minute to ten years); none: until revoked.
+    expires_in_s: Annotated[int | None, Field(ge=60, le=10 * 365 * 86400)] = None
 
 
 class WhatsAppCredentials(_Strict):

@@ -79,6 +79,8 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Refused from this time on (None: until revoked).
+    expires_at: Mapped[datetime | None]
 
 
 # ---------------------------------------------------------------- WhatsApp accounts and numbers

@@ -1,4 +1,4 @@
-"""credential rotation: a WhatsApp account's previous app secret, honoured until a deadline
+"""credential rotation: a WhatsApp account's previous app secret, honoured until a deadline; token expiry
 
 Revision ID: 0005
 Revises: 0004
@@ -20,9 +20,13 @@ def upgrade() -> None:
     with op.batch_alter_table("whatsapp_accounts") as batch:
         batch.add_column(sa.Column("previous_app_secret_enc", sa.Text(), nullable=True))
         batch.add_column(sa.Column("previous_app_secret_until", sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("api_tokens") as batch:
+        batch.add_column(sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("api_tokens") as batch:
+        batch.drop_column("expires_at")
     with op.batch_alter_table("whatsapp_accounts") as batch:
         batch.drop_column("previous_app_secret_until")
         batch.drop_column("previous_app_secret_enc")
