@@ -12,20 +12,28 @@ from actors.directory import RayDirectory, connect_ray, disconnect_ray
 from actors.routing_client import RoutingClient
 from config.settings import Settings, get_settings
 from gateway import health, metrics
+from gateway.auth_first import AuthenticateFirst
+from gateway.auth_throttle import AuthThrottle
+from gateway.body_guard import BodyGuard
 from gateway.bootstrap import ensure_admin_token
 from gateway.deployment import DeploymentConflict, DeploymentLease, cluster_identity
 from gateway.errors import install_error_handlers
 from gateway.group_commit import DeliveryGroupCommit
+from gateway.key_handoff import KeyHandoff
+from gateway.log_scrub import install_token_scrubbing
 from gateway.logs import LogContext
+from gateway.principal_cache import TokenCache
 from gateway.routers import api_routers
+from gateway.routers.webhooks import signing_secrets_loader
 from gateway.runtime import Runtime
+from gateway.signing_cache import SigningCache
 from gateway.startup_checks import SqliteGatewayClaim, StartupRefused, check_cluster, claim_sqlite_store
 from meta.graph_client import GraphClient
 from store.crypto import SecretBox, load_or_create_key
 from store.db import Database, is_sqlite
 from store.migrate import upgrade_to_head_async
 from store.sqlite_checkpoint import WalCheckpointer
-from store.sqlite_file import sqlite_file_path
+from store.sqlite_file import create_private, sqlite_file_path
 
 log = logging.getLogger("wa_router")
 
@@ -34,9 +42,14 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
                sqlite_claim: SqliteGatewayClaim | None = None) -> FastAPI:
     """The gateway. `sqlite_claim`: the SQLite store already claimed for it (by `wa-router serve`'s checks)."""
     settings = settings or get_settings()
+    # Before anything logs: no token (header, subprotocol, query string) reaches a log line.
+    install_token_scrubbing()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database_file = sqlite_file_path(settings.database_url) if is_sqlite(settings.database_url) else None
+        if database_file is not None:
+            create_private(database_file)  # tokens' hashes and encrypted secrets: the owner's eyes only
         try:
             claim = sqlite_claim or claim_sqlite_store(settings.database_url)
         except StartupRefused as exc:
@@ -72,16 +85,27 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         checkpointer = WalCheckpointer(sqlite_path, settings.sqlite_checkpoint_interval_s) if sqlite_path else None
         if checkpointer is not None:
             checkpointer.start()
-        routing = RoutingClient(RayDirectory(settings), db)
-        runtime = Runtime(settings=settings, db=db, secrets=SecretBox(load_or_create_key(
-            settings.secret_key, settings.secret_key_file)), graph=graph, routing=routing,
-                          intake=DeliveryGroupCommit(db))
-        runtime.generated_admin_token = await ensure_admin_token(db, settings.admin_token)
-        app.state.runtime = runtime
-        app.state.lease = lease
-        gateway_metrics.start(db, settings.metrics_stats_interval_s, settings.metrics_stats_window_s)
-        app.state.dashboard_url = ray_connection.dashboard_url
-        await routing.start()
+        secrets = SecretBox(load_or_create_key(settings.secret_key, settings.secret_key_file))
+        # Senders are told where the key is (a file), never given it.
+        key_handoff = KeyHandoff(settings)
+        routing = RoutingClient(RayDirectory(settings, key_file=key_handoff.key_file), db)
+        runtime = Runtime(settings=settings, db=db, secrets=secrets, graph=graph, routing=routing,
+                          intake=DeliveryGroupCommit(db),
+                          signing=SigningCache(signing_secrets_loader(db, secrets), settings.webhook_secret_cache_s),
+                          principals=TokenCache(settings.principal_cache_s),
+                          auth_throttle=AuthThrottle(settings.auth_failures_per_minute))
+        try:
+            runtime.generated_admin_token = await ensure_admin_token(db, settings.admin_token)
+            app.state.runtime = runtime
+            app.state.lease = lease
+            gateway_metrics.start(db, settings.metrics_stats_interval_s, settings.metrics_stats_window_s)
+            app.state.dashboard_url = ray_connection.dashboard_url
+            await routing.start()
+        except BaseException:
+            key_handoff.close()  # a failed start leaves no credential file behind
+            if checkpointer is not None:
+                await checkpointer.stop()
+            raise
         if on_ready is not None:
             on_ready(app)
         try:
@@ -95,6 +119,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
             await graph.aclose()
             await db.dispose()
             disconnect_ray(ray_connection)
+            key_handoff.close()
 
     app = FastAPI(
         title="wa-router",
@@ -105,8 +130,14 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
     install_error_handlers(app)
     gateway_metrics = metrics.GatewayMetrics()
     app.state.metrics = gateway_metrics
-    app.add_middleware(metrics.RequestMetrics, metrics=gateway_metrics)
     app.add_middleware(LogContext)
+    # A body is bounded before any route, parser or dependency sees it.
+    app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes,
+                       max_webhook_body_bytes=settings.max_webhook_body_bytes)
+    # An API call with a body is authenticated before the body is read at all.
+    app.add_middleware(AuthenticateFirst)
+    # Outermost: every answer is counted, refusals of the middlewares above included.
+    app.add_middleware(metrics.RequestMetrics, metrics=gateway_metrics)
     app.include_router(health.router)
     app.include_router(metrics.router)
     for router in api_routers:

@@ -18,7 +18,9 @@ from gateway.deployment import DeploymentConflict, check_free, cluster_identity
 from gateway.logs import configure_logging
 from gateway.runtime import Runtime
 from gateway.startup_checks import SqliteGatewayClaim, StartupRefused, check_cluster, claim_sqlite_store
+from store.crypto import SecretBox, parse_keys
 from store.db import Database
+from store.key_rotation import add_new_key, reencrypt_secrets
 from store.migrate import upgrade_to_head
 
 
@@ -121,6 +123,45 @@ def rotate(_args: argparse.Namespace) -> int:
     return 0
 
 
+def rotate_key(_args: argparse.Namespace) -> int:
+    """A new encryption key, and every stored secret encrypted with it (see `store.key_rotation`)."""
+    settings = Settings()
+    upgrade_to_head(settings.database_url)
+
+    async def run() -> str:
+        db = Database(settings.database_url, pool_size=1)
+        try:
+            # Every gateway stopped: one still running with the old key alone could not read the new secrets.
+            await check_free(db, None, settings.deployment_lease_s)
+            if settings.secret_key:
+                keys = parse_keys(settings.secret_key.encode())
+                if len(keys) < 2:
+                    raise RotationRefused(
+                        "WA_ROUTER_SECRET_KEY holds one key: set it to '<new key>,<current key>' (a new key: python "
+                        "-c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') and run "
+                        "this again; then the current key may be removed from it")
+                where = "WA_ROUTER_SECRET_KEY"
+            else:
+                keys = add_new_key(settings.secret_key_file)
+                where = str(settings.secret_key_file)
+            done = await reencrypt_secrets(db, SecretBox(b",".join(keys)))
+            return (f"{done} WhatsApp account(s) encrypted with the new key (first in {where}); the earlier "
+                    "key(s) after it only decrypt and may be removed once no backup needs them")
+        finally:
+            await db.dispose()
+
+    try:
+        print(asyncio.run(run()))
+    except (DeploymentConflict, RotationRefused) as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+class RotationRefused(Exception):
+    pass
+
+
 def bench(args: argparse.Namespace) -> int:
     from bench.run import main as run_bench  # the harness's heavier imports only when asked for
 
@@ -139,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.set_defaults(handler=serve)
     rotate_cmd = commands.add_parser("rotate-admin-token", help="replace the platform admin token")
     rotate_cmd.set_defaults(handler=rotate)
+    rotate_key_cmd = commands.add_parser(
+        "rotate-secret-key", help="encrypt every stored secret with a new key (every gateway stopped)")
+    rotate_key_cmd.set_defaults(handler=rotate_key)
     bench_cmd = commands.add_parser("bench", help="benchmark the real stack under open-loop webhook load (issue 7)")
     add_bench_arguments(bench_cmd)
     bench_cmd.set_defaults(handler=bench)

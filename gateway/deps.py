@@ -12,10 +12,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.models import MAX_ID, SUPERVISOR_CONFIG_LICENSE, Role
-from gateway.errors import ApiError, forbidden, not_found
+from gateway.errors import ApiError, forbidden, not_found, too_many_failures
+from gateway.principal_cache import TokenCache
 from gateway.runtime import Runtime
 from gateway.security import hash_token
 from store.tables import ApiToken, Organization, User
+from store.types import utcnow
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -37,11 +39,22 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 _bearer = HTTPBearer(auto_error=False, description="wa-router API token")
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The user a token stands for, as read when the token was resolved: a snapshot, no ORM object,
+    so it can be kept across requests (the principal cache) and no route mutates it by accident."""
+
+    id: int
+    org_id: int
+    role: str
+    licenses: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: the platform admin (`user` is None) or a user of one organization."""
 
-    user: User | None
+    user: Caller | None
 
     @property
     def is_platform_admin(self) -> bool:
@@ -49,24 +62,41 @@ class Principal:
 
 
 async def get_principal(
+    request: Request,
     session: SessionDep,
+    runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise ApiError(401, "missing bearer token")
-    principal = await resolve_token(session, credentials.credentials)
+    address = request.client.host if request.client else None
+    return await authenticate(runtime, session, credentials.credentials, address)
+
+
+async def authenticate(runtime: Runtime, session: AsyncSession, token: str, address: str | None) -> Principal:
+    """The principal of `token`, or the refusal: 429 for an address that failed too often, else 401."""
+    retry_after = runtime.auth_throttle.retry_after(address)
+    if retry_after is not None:
+        raise too_many_failures(retry_after)
+    principal = await resolve_token(session, token, runtime.principals)
     if principal is None:
+        runtime.auth_throttle.failed(address)
         raise ApiError(401, "invalid bearer token")
     return principal
 
 
-async def resolve_token(session: AsyncSession, token: str) -> Principal | None:
-    """The principal a bearer token stands for, or None for an unknown token."""
+async def resolve_token(session: AsyncSession, token: str,
+                        cache: TokenCache[Principal] | None = None) -> Principal | None:
+    """The principal a bearer token stands for, or None for an unknown token (kept in `cache` a few seconds)."""
+    digest = hash_token(token)
+    if cache is not None and (cached := cache.get(digest)) is not None:
+        return cached
+    generation = cache.generation if cache is not None else 0
     row = (
         await session.execute(
             select(ApiToken, User)
             .outerjoin(User, User.id == ApiToken.user_id)
-            .where(ApiToken.token_hash == hash_token(token))
+            .where(ApiToken.token_hash == digest)
         )
     ).first()
     if row is None:
@@ -74,7 +104,16 @@ async def resolve_token(session: AsyncSession, token: str) -> Principal | None:
     api_token, user = row
     if api_token.user_id is not None and user is None:
         return None
-    return Principal(user=user)
+    valid_for_s = None
+    if api_token.expires_at is not None:
+        valid_for_s = (api_token.expires_at - utcnow()).total_seconds()
+        if valid_for_s <= 0:
+            return None
+    principal = Principal(user=None if user is None else Caller(
+        id=user.id, org_id=user.org_id, role=user.role, licenses=tuple(user.licenses or ())))
+    if cache is not None:
+        cache.put(digest, principal, generation, valid_for_s)
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -97,7 +136,7 @@ class OrgContext:
     principal: Principal
 
     @property
-    def user(self) -> User | None:
+    def user(self) -> Caller | None:
         return self.principal.user
 
     @property

@@ -265,3 +265,15 @@ class OutboundStartOut(BaseModel):
     # True when the customer's open conversation with this agent was reused.
     reused: bool
     message: OutboundMessageOut
+
+
+class TokenOut(BaseModel):
+    id: int
+    user_id: int
+    created_at: datetime
+    expires_at: datetime | None = None
+
+
+class TokenCreated(TokenOut):
+    # Shown once: only its hash is stored.
+    token: str

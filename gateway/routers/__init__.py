@@ -9,6 +9,7 @@ from gateway.routers import (
     orgs,
     stats,
     templates,
+    tokens,
     transactions,
     users,
     webhooks,
@@ -18,6 +19,7 @@ from gateway.routers import (
 api_routers: list[APIRouter] = [
     orgs.router,
     users.router,
+    tokens.router,
     whatsapp.router,
     templates.router,
     inboxes.router,
