@@ -3,6 +3,7 @@ latency, and the per-inbox gauges from the supervisor statistics (organization a
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ def metered_gateway(ray_instance: None, simulator: tuple[SimulatorState, str],
     state, sim_url = simulator
     tmp: Path = tmp_path_factory.mktemp("metrics-gateway")
     settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp / 'wa_router.db'}", secret_key_file=tmp / "secret.key",
-                        admin_token=f"admin-{uuid.uuid4().hex}", graph_url=f"{sim_url}/v25.0",
+                        admin_token=f"admin-{secrets.token_urlsafe(32)}", graph_url=f"{sim_url}/v25.0",
                         ray_namespace=f"wa-router-metrics-{uuid.uuid4().hex[:8]}", metrics_stats_interval_s=0.2)
     directory = RayDirectory(settings)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def test_readyz_names_the_store_when_its_database_is_gone(ray_instance: None, tm
     if name is None:
         pytest.skip("PostgreSQL not reachable")
     settings = Settings(database_url=postgres_database_url(name), secret_key_file=tmp_path / "secret.key",
-                        admin_token=f"admin-{uuid.uuid4().hex}",
+                        admin_token=f"admin-{secrets.token_urlsafe(32)}",
                         ray_namespace=f"wa-router-health-{uuid.uuid4().hex[:8]}",
                         graph_url="http://127.0.0.1:9/v25.0", readiness_timeout_s=1.0)
     directory = RayDirectory(settings)

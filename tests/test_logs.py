@@ -25,6 +25,9 @@ from gateway.logs import JsonFormatter, LogContext, RedactSecrets, configure_log
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Long enough to be accepted as an admin token (32 random bytes), and easy to find in a log.
+ADMIN_SECRET = "admin-SECRET-value-" + "s" * 40
+
 
 def test_secrets_are_masked() -> None:
     line = redact('Authorization: Bearer abc.DEF-123 access_token=EAAGxyz app_secret: "s3cr3t" '
@@ -98,7 +101,7 @@ def test_wa_router_serve_logs_json_lines(ray_instance: None, tmp_path: Path) -> 
     port = free_port()
     env = {**os.environ, "WA_ROUTER_LOG_FORMAT": "json", "WA_ROUTER_PORT": str(port),
            "WA_ROUTER_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'wa.db'}",
-           "WA_ROUTER_SECRET_KEY_FILE": str(tmp_path / "secret.key"), "WA_ROUTER_ADMIN_TOKEN": "admin-SECRET-value",
+           "WA_ROUTER_SECRET_KEY_FILE": str(tmp_path / "secret.key"), "WA_ROUTER_ADMIN_TOKEN": ADMIN_SECRET,
            "WA_ROUTER_RAY_NAMESPACE": f"wa-router-logs-{port}"}
     process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--ray-address",
                                 ray.get_runtime_context().gcs_address], env=env, cwd=REPO,
@@ -111,7 +114,7 @@ def test_wa_router_serve_logs_json_lines(ray_instance: None, tmp_path: Path) -> 
                     break
             except httpx.HTTPError:
                 time.sleep(0.3)
-        httpx.get(f"http://127.0.0.1:{port}/v1/orgs/1", headers={"Authorization": "Bearer admin-SECRET-value"})
+        httpx.get(f"http://127.0.0.1:{port}/v1/orgs/1", headers={"Authorization": f"Bearer {ADMIN_SECRET}"})
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=60)
@@ -120,4 +123,4 @@ def test_wa_router_serve_logs_json_lines(ray_instance: None, tmp_path: Path) -> 
     assert any("Application startup complete" in str(line["message"]) for line in logged), stderr[-2000:]
     # uvicorn's access line, as JSON, for the request made
     assert any("/v1/orgs/1" in str(line["message"]) for line in logged), stderr[-2000:]
-    assert "admin-SECRET-value" not in stderr
+    assert ADMIN_SECRET not in stderr

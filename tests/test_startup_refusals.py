@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -115,7 +116,7 @@ def test_two_gateways_of_one_deployment_share_a_postgresql_store_and_another_nam
         pytest.skip("PostgreSQL not reachable")
     namespace = f"wa-router-two-{uuid.uuid4().hex[:8]}"
     settings = Settings(database_url=postgres_database_url(name), secret_key_file=tmp_path / "secret.key",
-                        admin_token=f"admin-{uuid.uuid4().hex}", ray_namespace=namespace,
+                        admin_token=f"admin-{secrets.token_urlsafe(32)}", ray_namespace=namespace,
                         graph_url="http://127.0.0.1:9/v25.0")
     try:
         with BackgroundServer(create_app(settings)) as one, BackgroundServer(create_app(settings)) as two:

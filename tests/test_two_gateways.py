@@ -5,6 +5,7 @@ send Meta's retries), and nothing acknowledged is lost, duplicated or left unrou
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def test_two_gateways_share_a_deployment_and_one_dies_without_losing_a_message(
         pytest.skip("PostgreSQL not reachable")
     state, sim_url = simulator
     namespace = f"wa-router-pair-{uuid.uuid4().hex[:8]}"
-    admin = f"admin-{uuid.uuid4().hex}"
+    admin = f"admin-{secrets.token_urlsafe(32)}"
     # One key for both (WA_ROUTER_SECRET_KEY in production; here the first gateway's key file).
     settings = Settings(database_url=postgres_database_url(name), secret_key_file=tmp_path / "secret.key",
                         admin_token=admin, graph_url=f"{sim_url}/v25.0", ray_namespace=namespace,
