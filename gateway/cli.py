@@ -1,47 +1,156 @@
-"""`wa-router`: start the gateway (with a local Ray instance by default) and small admin chores."""
+"""The wa-router command line: the gateway, the demo, the benchmark, the soak and platform chores.
+
+Heavy modules (the gateway, Ray, the benchmark harness) are imported inside the commands that need
+them, so `wa-router --version` and `wa-router --help` answer at once.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import functools
+import importlib.util
+import os
+import subprocess
 import sys
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import uvicorn
-from fastapi import FastAPI
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
 
-from bench.options import add_bench_arguments
-from config.settings import Settings
-from gateway.app import create_app
-from gateway.bootstrap import rotate_admin_token
-from gateway.deployment import DeploymentConflict, check_free
-from gateway.runtime import Runtime
-from store.db import Database
-from store.migrate import upgrade_to_head
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from config.settings import Settings
+
+out = Console(highlight=False, soft_wrap=True)  # tokens and URLs must stay on one line to copy
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+app = typer.Typer(
+    name="wa-router",
+    help="Actor-model routing server for WhatsApp contact centers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+admin_app = typer.Typer(help="Platform chores on the store: organizations, tokens.", no_args_is_help=True,
+                        rich_markup_mode=None)
+app.add_typer(admin_app, name="admin")
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _banner(app: FastAPI) -> None:
-    runtime: Runtime = app.state.runtime
+class CliError(Exception):
+    """A failure shown to the user as one line."""
+
+
+def _version() -> str:
+    try:
+        return version("wa-router")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "0.1.0"
+
+
+def one_line_errors(command: F) -> F:
+    """Errors end the command with one line on stderr and exit status 1, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.BadParameter):
+            raise
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            err.print(f"error: {where}: {first['msg']}")
+        except CliError as exc:
+            err.print(f"error: {exc}")
+        except Exception as exc:  # anything else still reads as one line
+            err.print(f"error: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(f"wa-router {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                               help="Show the version and exit.")] = False,
+) -> None:
+    """Actor-model routing server for WhatsApp contact centers."""
+
+
+# ---------------------------------------------------------------- serve
+
+
+def banner_lines(app_: FastAPI) -> list[str]:
+    """What every start prints: where things are, the Ray address, and how to get an admin token."""
+    from gateway.runtime import Runtime
+
+    runtime: Runtime = app_.state.runtime
     settings = runtime.settings
     gateway_url = f"http://{settings.host}:{settings.port}"
     lines = [
         "",
         "wa-router is up",
-        f"  gateway:         {gateway_url}   (API docs: {gateway_url}/docs)",
-        f"  Ray dashboard:   {app.state.dashboard_url or 'managed by the cluster you joined'}",
+        f"  gateway:         {gateway_url}   (web console: {gateway_url}/   API docs: {gateway_url}/docs)",
+        f"  Ray address:     {_ray_address() or 'unknown'}   (namespace {settings.ray_namespace})",
+        f"  Ray dashboard:   {app_.state.dashboard_url or 'managed by the cluster you joined'}",
         f"  store:           {settings.database_url}",
         f"  Graph API:       {settings.graph_base_url}",
     ]
     if runtime.generated_admin_token:
         lines.append(f"  admin token:     {runtime.generated_admin_token}   (shown once; stored hashed)")
     elif settings.admin_token:
-        lines.append("  admin token:     from WA_ROUTER_ADMIN_TOKEN")
+        lines.append("  admin token:     the value of WA_ROUTER_ADMIN_TOKEN")
     else:
-        lines.append("  admin token:     issued at first start; `wa-router rotate-admin-token` issues a new one")
-    print("\n".join(lines), flush=True)
+        lines.append("  admin token:     issued at first start; run 'wa-router admin rotate-token' for a new one")
+    return lines
+
+
+def _ray_address() -> str | None:
+    import ray
+
+    try:
+        return str(ray.get_runtime_context().gcs_address)
+    except Exception:  # not connected: nothing to show
+        return None
+
+
+def record_cluster(app_: FastAPI) -> None:
+    """Record the gateway's Ray cluster for `wa-router actors`."""
+    from gateway.cluster_record import ClusterRecord, token_auth_enabled, write_record
+    from gateway.runtime import Runtime
+
+    runtime: Runtime = app_.state.runtime
+    settings = runtime.settings
+    write_record(settings.cluster_record_file, ClusterRecord(
+        gateway_url=f"http://{settings.host}:{settings.port}", ray_address=_ray_address(),
+        dashboard_url=app_.state.dashboard_url, namespace=settings.ray_namespace,
+        token_auth=token_auth_enabled(), pid=os.getpid()))
 
 
 def _store_in_use(settings: Settings) -> str | None:
     """Fail fast, before starting Ray: a new local cluster may not join a store a live deployment holds."""
+    from gateway.deployment import DeploymentConflict, check_free
+    from store.db import Database
+    from store.migrate import upgrade_to_head
+
     if settings.ray_address:
         return None  # joining a cluster: the lease is compared with that cluster's identity at start
     upgrade_to_head(settings.database_url)
@@ -59,54 +168,216 @@ def _store_in_use(settings: Settings) -> str | None:
     return asyncio.run(run())
 
 
-def serve(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+@app.command()
+@one_line_errors
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address (default WA_ROUTER_HOST or 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (default WA_ROUTER_PORT or 8000).")] = None,
+    log_level: Annotated[str, typer.Option(help="Uvicorn's log level.")] = "info",
+) -> None:
+    """Start the gateway (a local Ray instance unless WA_ROUTER_RAY_ADDRESS is set)."""
+    import uvicorn
+
+    from config.settings import Settings
+    from gateway.app import create_app
+    from gateway.cluster_record import remove_record
+
+    overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)
     conflict = _store_in_use(settings)
     if conflict is not None:
-        print(conflict, file=sys.stderr, flush=True)
-        return 1
-    app = create_app(settings, on_ready=_banner)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, ws="websockets-sansio")
-    return 0
+        raise CliError(conflict)
+    status = err.status("starting Ray and the gateway ...")
+    status.start()
+
+    def ready(app_: FastAPI) -> None:
+        status.stop()
+        record_cluster(app_)
+        print("\n".join(banner_lines(app_)), flush=True)
+
+    try:
+        uvicorn.run(create_app(settings, on_ready=ready), host=settings.host, port=settings.port,
+                    log_level=log_level, ws="websockets-sansio")
+    finally:
+        status.stop()
+        remove_record(settings.cluster_record_file, os.getpid())
 
 
-def rotate(_args: argparse.Namespace) -> int:
-    settings = Settings()
-    upgrade_to_head(settings.database_url)
+# ---------------------------------------------------------------- demo
 
-    async def run() -> str:
-        db = Database(settings.database_url)
+
+@app.command()
+@one_line_errors
+def demo(
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    simulator_port: Annotated[int, typer.Option(help="Meta simulator port.")] = 9000,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")]
+    = None,
+) -> None:
+    """Run a live demo: gateway, Meta simulator, customers and agents."""
+    from gateway.demo import DemoOptions, run_demo
+
+    run_demo(DemoOptions(port=port, simulator_port=simulator_port, duration_s=duration), out, err)
+
+
+# ---------------------------------------------------------------- bench and soak
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+@one_line_errors
+def bench(ctx: typer.Context) -> None:
+    """Benchmark the real stack (see wa-router bench --help)."""
+    import argparse
+
+    # The harness and its flags only when asked for: the gateway never imports the bench package.
+    from bench.options import add_bench_arguments
+    from bench.run import main as run_bench
+
+    parser = argparse.ArgumentParser(prog="wa-router bench",
+                                     description="Benchmark the real stack under open-loop webhook load.")
+    add_bench_arguments(parser)
+    code = int(run_bench(parser.parse_args(ctx.args)) or 0)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+@one_line_errors
+def soak() -> None:
+    """Run the long fault-injection soak (minutes)."""
+    if importlib.util.find_spec("tests.fault_injection") is None:
+        raise CliError("the soak runs from a source checkout: tests/fault_injection.py is not importable here")
+    err.print("running the fault-injection soak (python -m tests.fault_injection --long); it takes minutes")
+    code = subprocess.call([sys.executable, "-m", "tests.fault_injection", "--long"])
+    if code:
+        raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------- admin
+
+
+def _settings() -> Settings:
+    from config.settings import Settings
+
+    return Settings()
+
+
+@admin_app.command("create-org")
+@one_line_errors
+def create_org(
+    name: Annotated[str, typer.Argument(help="The organization's name.")],
+    owner_name: Annotated[str, typer.Option(help="The owner's name.")],
+    owner_email: Annotated[str, typer.Option(help="The owner's email.")],
+) -> None:
+    """Create an organization and its owner."""
+    from config.models import OrganizationCreate
+    from gateway.admin_ops import AdminError, create_organization
+
+    body = OrganizationCreate.model_validate({"name": name, "owner": {"name": owner_name, "email": owner_email}})
+    try:
+        org_id, owner_id, token = asyncio.run(create_organization(_settings(), body))
+    except AdminError as exc:
+        raise CliError(str(exc)) from exc
+    out.print(f"organization {org_id} created; owner user {owner_id}")
+    out.print(f"owner token (shown once): {token}")
+
+
+@admin_app.command("issue-token")
+@one_line_errors
+def issue_token(user_id: Annotated[int, typer.Argument(help="The user's id.")]) -> None:
+    """Issue a new API token for a user."""
+    from gateway.admin_ops import AdminError, issue_user_token
+
+    try:
+        name, token, org_id = asyncio.run(issue_user_token(_settings(), user_id))
+    except AdminError as exc:
+        raise CliError(str(exc)) from exc
+    out.print(f"token for user {user_id} ({name}) of organization {org_id} (shown once): {token}")
+
+
+@admin_app.command("rotate-token")
+@one_line_errors
+def rotate_token() -> None:
+    """Replace the platform admin token."""
+    from gateway.admin_ops import rotate_admin
+
+    out.print(f"new platform admin token (shown once): {asyncio.run(rotate_admin(_settings()))}")
+
+
+@admin_app.command("orgs")
+@one_line_errors
+def orgs() -> None:
+    """List the organizations."""
+    from gateway.admin_ops import list_organizations
+
+    rows = asyncio.run(list_organizations(_settings()))
+    if not rows:
+        out.print("no organizations yet")
+        return
+    table = Table("id", "name", "users", "created")
+    for row in rows:
+        table.add_row(str(row.id), row.name, str(row.users), row.created_at.strftime("%Y-%m-%d %H:%M"))
+    out.print(table)
+
+
+@app.command("rotate-admin-token", hidden=True)
+@one_line_errors
+def rotate_admin_token_alias() -> None:
+    """Replace the platform admin token (same as admin rotate-token)."""
+    rotate_token()
+
+
+# ---------------------------------------------------------------- actors
+
+
+@app.command()
+@one_line_errors
+def actors(
+    record: Annotated[Path | None, typer.Option(help="The running gateway's record "
+                                                     "(default WA_ROUTER_CLUSTER_RECORD_FILE).")] = None,
+    address: Annotated[str | None, typer.Option(help="A Ray dashboard URL, instead of the gateway's record.")]
+    = None,
+    namespace: Annotated[str | None, typer.Option(help="Ray namespace (default: the gateway's).")] = None,
+) -> None:
+    """List the live inbox, agent and sender actors."""
+    from gateway.cluster_record import read_record, token_auth_enabled
+    from gateway.ray_actors import StateQueryFailed, routing_actors
+
+    settings = _settings()
+    path = record or settings.cluster_record_file
+    recorded = read_record(path)
+    if address is None:
+        if recorded is None:
+            raise CliError(f"no running gateway recorded in {path}; start one with 'wa-router serve' "
+                           "or pass --address")
+        if not recorded.gateway_alive():
+            raise CliError(f"the gateway recorded in {path} (pid {recorded.pid}) is not running")
+        if not recorded.dashboard_url:
+            raise CliError("the gateway joined a cluster without a dashboard URL; pass --address")
+        address = recorded.dashboard_url
+    token_auth = recorded.token_auth if recorded is not None else token_auth_enabled()
+    namespace = namespace or (recorded.namespace if recorded is not None else settings.ray_namespace)
+    with err.status(f"asking Ray's state API at {address} ..."):
         try:
-            return await rotate_admin_token(db)
-        finally:
-            await db.dispose()
-
-    print(f"new platform admin token (shown once): {asyncio.run(run())}")
-    return 0
-
-
-def bench(args: argparse.Namespace) -> int:
-    from bench.run import main as run_bench  # the harness's heavier imports only when asked for
-
-    return run_bench(args)
+            rows = routing_actors(address, namespace, token_auth)
+        except StateQueryFailed as exc:
+            raise CliError(str(exc)) from exc
+    if not rows:
+        out.print(f"no inbox, agent or sender actors in namespace {namespace} (they start with traffic)")
+        return
+    table = Table("actor", "kind", "state", "pid", "node", "restarts", title=f"Ray {address}, namespace {namespace}")
+    for row in rows:
+        table.add_row(row.name, row.kind, row.state, str(row.pid or "-"), row.node_id, str(row.restarts))
+    out.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wa-router", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="start the gateway (settings from WA_ROUTER_* variables)")
-    serve_cmd.add_argument("--host")
-    serve_cmd.add_argument("--port", type=int)
-    serve_cmd.add_argument("--log-level", default="info")
-    serve_cmd.set_defaults(handler=serve)
-    rotate_cmd = commands.add_parser("rotate-admin-token", help="replace the platform admin token")
-    rotate_cmd.set_defaults(handler=rotate)
-    bench_cmd = commands.add_parser("bench", help="benchmark the real stack under open-loop webhook load (issue 7)")
-    add_bench_arguments(bench_cmd)
-    bench_cmd.set_defaults(handler=bench)
-    args = parser.parse_args(argv)
-    return int(args.handler(args))
+    """Console script entry point; returns the exit status."""
+    try:
+        app(args=argv, prog_name="wa-router")  # standalone: usage errors print as click prints them
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
 
 
 if __name__ == "__main__":
