@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from enum import StrEnum
 
 
@@ -16,11 +17,11 @@ AGENT_LICENSES = frozenset({License.phone_system, License.contact_center_whatsap
 SUPERVISOR_CONFIG_LICENSE = License.contact_center
 
 
-def holds_agent_licenses(licenses: list[str] | set[str]) -> bool:
+def holds_agent_licenses(licenses: Collection[str]) -> bool:
     return set(licenses) >= AGENT_LICENSES
 
 
-def missing_agent_license(licenses: list[str] | set[str]) -> License | None:
+def missing_agent_license(licenses: Collection[str]) -> License | None:
     for license_ in (License.phone_system, License.contact_center_whatsapp):
         if license_ not in set(licenses):
             return license_

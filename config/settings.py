@@ -70,6 +70,18 @@ class Settings(BaseSettings):
 
     # Meta retries a webhook it did not get a 2xx for; anything larger than this is refused with 413.
     max_webhook_body_bytes: int = 1024 * 1024
+    # Every other request body (the API's): larger ones get 413, before the body is read when declared.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    # An open agent event socket re-checks its caller's token, role and membership this often and is
+    # closed (code 1008) once the caller may no longer watch (deleted, demoted, token revoked).
+    ws_recheck_interval_s: float = Field(default=2.0, gt=0)
+    # Who a bearer token stands for is kept this long (0: read on every call). A gateway forgets at once
+    # when users or tokens change through it; this bounds how long other gateways honour a stale one.
+    principal_cache_s: float = Field(default=5.0, ge=0)
+    # The app secrets verifying deliveries to an organization are kept decrypted this long (0: read on
+    # every delivery). A gateway drops them at once when accounts change through it; this bounds how
+    # long other gateways of the cluster use a secret that changed.
+    webhook_secret_cache_s: float = Field(default=5.0, ge=0)
 
     # Outbound sending (one sender actor per number): Meta's default throughput per number, unless the
     # number has its own setting (up to 1,000/s); Meta's pair limit (about one message every 6 s to

@@ -11,12 +11,17 @@ from fastapi import FastAPI
 from actors.directory import RayDirectory, connect_ray, disconnect_ray
 from actors.routing_client import RoutingClient
 from config.settings import Settings, get_settings
+from gateway.body_guard import BodyGuard
 from gateway.bootstrap import ensure_admin_token
 from gateway.deployment import DeploymentConflict, DeploymentLease, cluster_identity
 from gateway.errors import install_error_handlers
 from gateway.group_commit import DeliveryGroupCommit
+from gateway.log_scrub import install_token_scrubbing
+from gateway.principal_cache import TokenCache
 from gateway.routers import api_routers
+from gateway.routers.webhooks import signing_secrets_loader
 from gateway.runtime import Runtime
+from gateway.signing_cache import SigningCache
 from meta.graph_client import GraphClient
 from store.crypto import SecretBox, load_or_create_key
 from store.db import Database
@@ -27,6 +32,8 @@ log = logging.getLogger("wa_router")
 
 def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], None] | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # Before anything logs: no token (header, subprotocol, query string) reaches a log line.
+    install_token_scrubbing()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -46,9 +53,11 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
             disconnect_ray(ray_connection)
             raise
         routing = RoutingClient(RayDirectory(settings), db)
-        runtime = Runtime(settings=settings, db=db, secrets=SecretBox(load_or_create_key(
-            settings.secret_key, settings.secret_key_file)), graph=graph, routing=routing,
-                          intake=DeliveryGroupCommit(db))
+        secrets = SecretBox(load_or_create_key(settings.secret_key, settings.secret_key_file))
+        runtime = Runtime(settings=settings, db=db, secrets=secrets, graph=graph, routing=routing,
+                          intake=DeliveryGroupCommit(db),
+                          signing=SigningCache(signing_secrets_loader(db, secrets), settings.webhook_secret_cache_s),
+                          principals=TokenCache(settings.principal_cache_s))
         runtime.generated_admin_token = await ensure_admin_token(db, settings.admin_token)
         app.state.runtime = runtime
         app.state.dashboard_url = ray_connection.dashboard_url
@@ -71,6 +80,9 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Outermost of our layers: a body is bounded before any route, parser or dependency sees it.
+    app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes,
+                       max_webhook_body_bytes=settings.max_webhook_body_bytes)
     for router in api_routers:
         app.include_router(router)
 

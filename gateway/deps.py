@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.models import MAX_ID, SUPERVISOR_CONFIG_LICENSE, Role
 from gateway.errors import ApiError, forbidden, not_found
+from gateway.principal_cache import TokenCache
 from gateway.runtime import Runtime
 from gateway.security import hash_token
 from store.tables import ApiToken, Organization, User
@@ -37,11 +38,22 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 _bearer = HTTPBearer(auto_error=False, description="wa-router API token")
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The user a token stands for, as read when the token was resolved: a snapshot, no ORM object,
+    so it can be kept across requests (the principal cache) and no route mutates it by accident."""
+
+    id: int
+    org_id: int
+    role: str
+    licenses: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: the platform admin (`user` is None) or a user of one organization."""
 
-    user: User | None
+    user: Caller | None
 
     @property
     def is_platform_admin(self) -> bool:
@@ -50,23 +62,29 @@ class Principal:
 
 async def get_principal(
     session: SessionDep,
+    runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise ApiError(401, "missing bearer token")
-    principal = await resolve_token(session, credentials.credentials)
+    principal = await resolve_token(session, credentials.credentials, runtime.principals)
     if principal is None:
         raise ApiError(401, "invalid bearer token")
     return principal
 
 
-async def resolve_token(session: AsyncSession, token: str) -> Principal | None:
-    """The principal a bearer token stands for, or None for an unknown token."""
+async def resolve_token(session: AsyncSession, token: str,
+                        cache: TokenCache[Principal] | None = None) -> Principal | None:
+    """The principal a bearer token stands for, or None for an unknown token (kept in `cache` a few seconds)."""
+    digest = hash_token(token)
+    if cache is not None and (cached := cache.get(digest)) is not None:
+        return cached
+    generation = cache.generation if cache is not None else 0
     row = (
         await session.execute(
             select(ApiToken, User)
             .outerjoin(User, User.id == ApiToken.user_id)
-            .where(ApiToken.token_hash == hash_token(token))
+            .where(ApiToken.token_hash == digest)
         )
     ).first()
     if row is None:
@@ -74,7 +92,11 @@ async def resolve_token(session: AsyncSession, token: str) -> Principal | None:
     api_token, user = row
     if api_token.user_id is not None and user is None:
         return None
-    return Principal(user=user)
+    principal = Principal(user=None if user is None else Caller(
+        id=user.id, org_id=user.org_id, role=user.role, licenses=tuple(user.licenses or ())))
+    if cache is not None:
+        cache.put(digest, principal, generation)
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -97,7 +119,7 @@ class OrgContext:
     principal: Principal
 
     @property
-    def user(self) -> User | None:
+    def user(self) -> Caller | None:
         return self.principal.user
 
     @property

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
+from meta.unicode_safe import clean_text
 from store.errors import StoreUnavailable, means_unavailable
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,48 @@ def forbidden(message: str) -> ApiError:
     return ApiError(403, message)
 
 
+# A validation error echoes the offending value only when it is a short scalar: a 50 MB string must not
+# come back as a 50 MB answer, and a value JSON cannot carry (a lone surrogate, NaN) must not become a 500.
+_MAX_ECHOED_CHARS = 64
+_MAX_MESSAGE_CHARS = 300
+
+
+def _echoable(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return abs(value) < 10**30
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and len(value) <= _MAX_ECHOED_CHARS and clean_text(value) == value
+
+
+def _safe_text(value: Any, limit: int) -> str:
+    text = clean_text(str(value))
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def validation_detail(errors: Any) -> list[dict[str, Any]]:
+    """FastAPI's 422 entries, keeping `loc`, `msg` and `type`, and `input` only when small and encodable."""
+    detail = []
+    for error in errors:
+        entry: dict[str, Any] = {
+            "loc": [part if isinstance(part, int) else _safe_text(part, _MAX_ECHOED_CHARS)
+                    for part in error.get("loc", ())],
+            "msg": _safe_text(error.get("msg", ""), _MAX_MESSAGE_CHARS),
+            "type": _safe_text(error.get("type", ""), _MAX_ECHOED_CHARS),
+        }
+        if "input" in error and _echoable(error["input"]):
+            entry["input"] = error["input"]
+        detail.append(entry)
+    return detail
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": validation_detail(exc.errors())})
+
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content=exc.body())

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings
+from gateway.principal_cache import TokenCache
+from gateway.signing_cache import SigningCache
 from meta.graph_client import GraphClient
 from store.crypto import SecretBox
 from store.db import Database
@@ -24,5 +26,9 @@ class Runtime:
     routing: RoutingClient
     # Webhook deliveries stored together (group commit).
     intake: DeliveryGroupCommit
+    # App secrets verifying webhook deliveries, per organization (dropped when accounts change).
+    signing: SigningCache
+    # Who each bearer token stands for (`gateway.deps.Principal`), dropped when users or tokens change.
+    principals: TokenCache[Any]
     # The admin token generated at this start (None when it came from settings or an earlier start).
     generated_admin_token: str | None = field(default=None, repr=False)

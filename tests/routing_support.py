@@ -21,6 +21,7 @@ import ray
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from gateway.ws_auth import EVENTS_SUBPROTOCOL
 from tests.support import Gateway, Org, auth, eventually, org_with_waba, text_from
 
 EVENT_TIMEOUT = 15.0
@@ -48,18 +49,20 @@ class AgentSocket:
     """
 
     def __init__(self, gateway: Gateway, org: Org, user_id: int, token: str, *, cursor: int | None = None,
-                 query_token: bool = False, on_event: Callable[[Event], None] | None = None) -> None:
+                 subprotocol_token: bool = False, on_event: Callable[[Event], None] | None = None) -> None:
         url = gateway.url.replace("http", "ws", 1) + org.path(f"/agents/{user_id}/events")
         params = []
         if cursor is not None:
             params.append(f"cursor={cursor}")
-        if query_token:
-            params.append(f"access_token={token}")
         if params:
             url += "?" + "&".join(params)
-        headers = None if query_token else auth(token)
+        # A browser's way (subprotocols `wa-router.events` and `bearer.<token>`) or the Authorization header.
+        headers = None if subprotocol_token else auth(token)
+        subprotocols = [EVENTS_SUBPROTOCOL, f"bearer.{token}"] if subprotocol_token else None
         self.user_id = user_id
-        self._ws: ClientConnection = connect(url, additional_headers=headers, open_timeout=EVENT_TIMEOUT)
+        self._ws: ClientConnection = connect(url, additional_headers=headers, subprotocols=subprotocols,  # type: ignore[arg-type]
+                                             open_timeout=EVENT_TIMEOUT)
+        self.subprotocol = self._ws.subprotocol
         self.hello: Event = json.loads(self._ws.recv(timeout=EVENT_TIMEOUT))
         assert self.hello["type"] == "hello", self.hello
         self.events: list[Event] = []
@@ -121,6 +124,11 @@ class AgentSocket:
     def last_id(self) -> int:
         with self._cond:
             return int(self.events[-1]["id"]) if self.events else int(self.hello["cursor"])
+
+    @property
+    def close_code(self) -> int | None:
+        """The code of the server's close frame (None while open)."""
+        return self._ws.close_code
 
     def close(self) -> None:
         self._ws.close()

@@ -270,16 +270,17 @@ def test_authorization_of_actions_views_and_stream(sc: Scenario) -> None:
     assert sc.gateway.call("PATCH", sc.org.path(f"/agents/{a.id}"), owner,
                            json={"max_concurrent": 51}).status_code == 422
 
-    # The stream: another agent is refused, a supervisor is let in, query-string tokens work.
+    # The stream: another agent is refused, a supervisor is let in, subprotocol tokens work.
     with pytest.raises(InvalidStatus) as refused:
         AgentSocket(sc.gateway, sc.org, a.id, b.token)
     assert refused.value.response.status_code == 403
     with pytest.raises(InvalidStatus):
-        AgentSocket(sc.gateway, sc.org, a.id, "not-a-token", query_token=True)
+        AgentSocket(sc.gateway, sc.org, a.id, "not-a-token", subprotocol_token=True)
     with AgentSocket(sc.gateway, sc.org, a.id, supervisor_token) as watched:
         assert watched.hello["agent"]["active_transactions"] == [tx_id]
-    with AgentSocket(sc.gateway, sc.org, a.id, a.token, query_token=True) as own:
+    with AgentSocket(sc.gateway, sc.org, a.id, a.token, subprotocol_token=True) as own:
         assert own.hello["agent"]["user_id"] == a.id
+        assert own.subprotocol == "wa-router.events"
     assert supervisor != a.id
 
 
@@ -299,7 +300,7 @@ def test_stream_cursor_replays_missed_events(sc: Scenario) -> None:
     eventually(lambda: len(sc.tx(tx_id)["messages"]) == 3, what="messages stored")
     sc.do(tx_id, "close", a)
 
-    replay = sc.socket(a, cursor=seen, query_token=True)
+    replay = sc.socket(a, cursor=seen, subprotocol_token=True)
     assert replay.hello["cursor"] > seen
     first_msg = replay.next("message")
     second_msg = replay.next("message")

@@ -16,6 +16,7 @@ from gateway.deps import OrgContext, OrgId, OrgMember, RuntimeDep, SessionDep, S
 from gateway.errors import forbidden, not_found
 from gateway.runtime import Runtime
 from gateway.schemas import AgentOut
+from gateway.ws_auth import may_watch, socket_credentials
 from store.tables import User
 
 router = APIRouter(prefix="/v1/orgs/{org_id}/agents", tags=["agents"])
@@ -70,33 +71,36 @@ async def agent_events(
     org_id: OrgId,
     user_id: UserId,
     cursor: Annotated[int | None, Query(ge=0, description="Last event id seen; replay from there")] = None,
-    access_token: Annotated[str | None, Query(description="Token, for clients that cannot set headers")] = None,
 ) -> None:
+    """The agent's live workspace events (the agent themself or a supervisor of the organization).
+
+    Authentication: a browser offers the subprotocols `wa-router.events` and `bearer.<token>`
+    (`new WebSocket(url, ["wa-router.events", "bearer." + token])`); the server selects
+    `wa-router.events`. Other clients may send `Authorization: Bearer <token>`. A token in the URL is
+    not accepted (URLs end up in access logs). A refused handshake is HTTP 403.
+    """
     runtime: Runtime = websocket.app.state.runtime
-    header = websocket.headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else access_token
+    credentials = socket_credentials(websocket)
     async with runtime.db.sessions() as session:
-        principal = await resolve_token(session, token) if token else None
+        principal = (await resolve_token(session, credentials.token, runtime.principals)
+                     if credentials.token else None)
         user = await session.get(User, user_id)
-    allowed = (
-        principal is not None and user is not None and user.org_id == org_id
-        and (principal.user is None or (principal.user.org_id == org_id and (
-            principal.user.id == user_id or principal.user.role in ("owner", "admin"))))
-    )
-    if not allowed:
+    if not may_watch(principal, user, org_id, user_id):
         # Refused before the handshake completes: the client sees HTTP 403.
         await websocket.close(code=1008)
         return
     agent = runtime.routing.agent(org_id, user_id)
-    await websocket.accept()
+    await websocket.accept(subprotocol=credentials.subprotocol)
     try:
         last_id = await agent.last_event_id()
         await websocket.send_json({"type": "hello", "cursor": last_id, "agent": await agent.view()})
         position = cursor if cursor is not None else last_id
         receiver = asyncio.create_task(_drain(websocket))
         sender = asyncio.create_task(_send_events(websocket, agent, position))
-        await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (sender, receiver):
+        # The caller's right is not only the handshake's: a demoted, deleted or revoked caller is dropped.
+        checker = asyncio.create_task(_recheck(websocket, runtime, credentials.token, org_id, user_id))
+        await asyncio.wait({sender, receiver, checker}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (sender, receiver, checker):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, ActorUnavailable, RuntimeError):
                 await task
@@ -105,6 +109,18 @@ async def agent_events(
     finally:
         with contextlib.suppress(Exception):
             await websocket.close()
+
+
+async def _recheck(websocket: WebSocket, runtime: Runtime, token: str | None, org_id: int, user_id: int) -> None:
+    """Re-resolve the caller every few seconds; close with 1008 (policy violation) once they may no longer watch."""
+    while True:
+        await asyncio.sleep(runtime.settings.ws_recheck_interval_s)
+        async with runtime.db.sessions() as session:
+            principal = await resolve_token(session, token, runtime.principals) if token else None
+            user = await session.get(User, user_id)
+        if not may_watch(principal, user, org_id, user_id):
+            await websocket.close(code=1008, reason="no longer allowed to watch this agent")
+            return
 
 
 async def _send_events(websocket: WebSocket, agent: Any, position: int) -> None:

@@ -53,6 +53,13 @@ def _check_may_manage(ctx: OrgMember, target_role: Role) -> None:
         raise forbidden("only an owner may manage owners")
 
 
+def _check_may_license(ctx: OrgMember) -> None:
+    # Licences are an owner's act (or the platform admin's): an admin grants nothing, not even to
+    # themselves. An owner's own licences add nothing an owner could not already give another account.
+    if ctx.user is not None and ctx.user.role != Role.owner:
+        raise forbidden("only an owner may grant or revoke licences")
+
+
 async def _owner_count(session: AsyncSession, org_id: int) -> int:
     return int(await session.scalar(
         select(func.count()).select_from(User).where(User.org_id == org_id, User.role == Role.owner.value)
@@ -62,6 +69,8 @@ async def _owner_count(session: AsyncSession, org_id: int) -> int:
 @router.post("", status_code=201, response_model=UserCreated)
 async def create_user(body: UserCreate, ctx: Supervisor, session: SessionDep) -> UserCreated:
     _check_may_manage(ctx, body.role)
+    if body.licenses:
+        _check_may_license(ctx)
     user, token = await add_user(session, ctx.org.id, name=body.name, email=body.email, role=body.role,
                                  licenses=body.licenses)
     await session.commit()
@@ -99,7 +108,8 @@ async def update_user(user_id: UserId, body: UserUpdate, ctx: Supervisor, sessio
     if body.name is not None:
         user.name = body.name
     removed_from: list[int] = []
-    if body.licenses is not None:
+    if body.licenses is not None and set(body.licenses) != set(user.licenses or ()):
+        _check_may_license(ctx)  # the same licences again change nothing: allowed to anyone who may edit
         user.licenses = [lic.value for lic in body.licenses]
         if not holds_agent_licenses(user.licenses):
             # Without the WhatsApp licence a user cannot be an inbox agent anywhere.
@@ -109,6 +119,7 @@ async def update_user(user_id: UserId, body: UserUpdate, ctx: Supervisor, sessio
     # In the same commit: the inboxes' actors reload even if the notification below never reaches them.
     await bump_config_version(session, removed_from)
     await session.commit()
+    runtime.principals.invalidate()  # the new role or licences apply to the user's next call here
     if removed_from:
         await runtime.routing.inboxes_changed(ctx.org.id, removed_from)
     return UserOut.of(user)
@@ -130,6 +141,7 @@ async def delete_user(user_id: UserId, ctx: Supervisor, session: SessionDep, run
     await bump_config_version(session, inbox_ids)
     await session.delete(user)
     await session.commit()
+    runtime.principals.invalidate()  # the user's tokens are refused from the next call here
     await runtime.routing.agent_deleted(ctx.org.id, user_id, inbox_ids)
     return Response(status_code=204)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hmac
 import json
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -16,10 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from actors.directory import spawn
 from gateway.deps import OrgId, RuntimeDep, SessionDep
 from gateway.errors import ApiError
-from gateway.runtime import Runtime
 from gateway.schemas import WebhookAck
+from gateway.signing_cache import Loader, SigningSecret
 from meta import signature
+from meta.unicode_safe import clean_json, may_hold_surrogates
 from meta.webhook_parser import WebhookPayloadError, parse_webhook
+from store.crypto import SecretBox
+from store.db import Database
 from store.tables import Organization, WhatsAppAccount
 
 router = APIRouter(prefix="/webhooks/whatsapp", tags=["meta webhook"])
@@ -76,27 +78,30 @@ def _waba_ids(payload: object) -> list[str]:
     return ids
 
 
-@dataclass(frozen=True, slots=True)
-class _SigningAccount:
-    org_id: int
-    waba_id: str
-    app_secret_enc: str
-
-
-# Built once (every delivery runs it): a statement object keeps its cache key. Plain columns, no ORM objects.
+# Built once (every cache miss runs it): a statement object keeps its cache key. Plain columns, no ORM objects.
 _SHARING_A_WABA = select(WhatsAppAccount.org_id, WhatsAppAccount.waba_id, WhatsAppAccount.app_secret_enc).where(
     WhatsAppAccount.waba_id.in_(select(WhatsAppAccount.waba_id).where(WhatsAppAccount.org_id == bindparam("org_id"))))
 
 
-async def _accounts_sharing_a_waba(session: AsyncSession, org_id: int) -> list[_SigningAccount]:
-    """Every organization's link of the WABAs this organization links (none: an unknown organization).
+def signing_secrets_loader(db: Database, secrets: SecretBox) -> Loader:
+    """What the signing cache reads on a miss: every organization's link of the WABAs `org_id` links.
 
-    Only these can verify a delivery to this organization: each WABA it names must be linked here.
+    Only these can verify a delivery to this organization: each WABA it names must be linked here
+    (none: an unknown organization, or one with no WABA).
     """
-    return [_SigningAccount(*row) for row in (await session.execute(_SHARING_A_WABA, {"org_id": org_id})).all()]
+
+    async def accounts(session: AsyncSession, org_id: int) -> list[tuple[int, str, str]]:
+        return [(o, w, s) for o, w, s in (await session.execute(_SHARING_A_WABA, {"org_id": org_id})).all()]
+
+    async def load(org_id: int) -> list[SigningSecret]:
+        # A read step of its own (not a request-long session): its connection is back before the grouped write.
+        rows = await db.read(functools.partial(accounts, org_id=org_id))
+        return [SigningSecret(org_id=o, waba_id=w, app_secret=secrets.decrypt(s)) for o, w, s in rows]
+
+    return load
 
 
-def _verifying_orgs(accounts: list[_SigningAccount], runtime: Runtime, body: bytes, header: str,
+def _verifying_orgs(accounts: list[SigningSecret], body: bytes, header: str,
                     waba_ids: list[str]) -> dict[str, set[int]]:
     """For each WABA, the organizations linking it whose stored app secret verifies the signature.
 
@@ -106,10 +111,15 @@ def _verifying_orgs(accounts: list[_SigningAccount], runtime: Runtime, body: byt
     """
     verified: dict[str, set[int]] = {waba_id: set() for waba_id in waba_ids}
     for account in accounts:
-        if account.waba_id in verified and signature.verify(body, header,
-                                                            runtime.secrets.decrypt(account.app_secret_enc)):
+        if account.waba_id in verified and signature.verify(body, header, account.app_secret):
             verified[account.waba_id].add(account.org_id)
     return verified
+
+
+def _signature_mismatch() -> ApiError:
+    # One answer for a wrong signature, an unknown organization and one with no WABA: the public
+    # endpoint does not tell which organizations exist.
+    return ApiError(403, "signature does not match")
 
 
 @router.post("/{org_id}", response_model=WebhookAck)
@@ -118,22 +128,24 @@ async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep)
     header = request.headers.get(signature.HEADER)
     if not header:
         raise ApiError(401, f"missing {signature.HEADER} header")
-    # A read step of its own (not a request-long session): its connection is back before the grouped write.
-    accounts = await runtime.db.read(functools.partial(_accounts_sharing_a_waba, org_id=org_id))
-    if not accounts:  # an unknown organization, or one with no WABA: no secret can match
-        raise ApiError(403, "signature does not match")
+    accounts = await runtime.signing.secrets_for(org_id)
+    # The signature first, over the raw body: nothing is parsed for a caller who cannot sign.
+    if not any(a.org_id == org_id and signature.verify(body, header, a.app_secret) for a in accounts):
+        raise _signature_mismatch()
     try:
         payload = json.loads(body, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}") from exc
     except RecursionError as exc:  # absurdly deep nesting: json gives up, which must not be a 500
         raise ApiError(400, "body is not valid JSON: nested too deeply") from exc
+    if may_hold_surrogates(body):
+        payload = clean_json(payload)  # signed and accepted: stored, with unencodable code points replaced
     waba_ids = _waba_ids(payload)
-    verified = _verifying_orgs(accounts, runtime, body, header, waba_ids)
+    verified = _verifying_orgs(accounts, body, header, waba_ids)
     for waba_id in waba_ids:
-        # An unknown WABA and a wrong signature look the same to the caller: nothing to learn.
+        # A WABA of the delivery this organization does not link (or signed with another secret).
         if org_id not in verified[waba_id]:
-            raise ApiError(403, "signature does not match")
+            raise _signature_mismatch()
     try:
         parsed = parse_webhook(payload)
     except WebhookPayloadError as exc:

@@ -164,6 +164,7 @@ async def link_account(body: WhatsAppAccountLink, ctx: ConfigSupervisor, runtime
         raise conflict(f"WABA {body.waba_id} is already linked to this organization") from exc
     await _store_numbers(session, body.waba_id, numbers)
     await session.commit()
+    runtime.signing.invalidate()  # the new secret verifies deliveries from now on, here at once
     return await _account_out(session, account)
 
 
@@ -198,7 +199,7 @@ async def refresh_account(waba_id: str, ctx: ConfigSupervisor, runtime: RuntimeD
 
 
 @router.delete("/accounts/{waba_id}", status_code=204)
-async def unlink_account(waba_id: str, ctx: ConfigSupervisor, session: SessionDep) -> Response:
+async def unlink_account(waba_id: str, ctx: ConfigSupervisor, runtime: RuntimeDep, session: SessionDep) -> Response:
     account = await _get_account(session, ctx.org.id, waba_id)
     in_use = (await session.scalars(
         select(Inbox.name).join(PhoneNumber, PhoneNumber.phone_number_id == Inbox.phone_number_id)
@@ -208,6 +209,7 @@ async def unlink_account(waba_id: str, ctx: ConfigSupervisor, session: SessionDe
         raise conflict(f"numbers of WABA {waba_id} are used by inbox(es) {', '.join(in_use)}; delete them first")
     await session.delete(account)
     await session.commit()
+    runtime.signing.invalidate()  # its secret verifies nothing any more, here at once
     return Response(status_code=204)
 
 
