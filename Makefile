@@ -27,8 +27,14 @@ run: install
 demo: install
 	$(VENV)/bin/wa-router demo
 
-## Lint, type-check and run the whole test-suite (SQLite and PostgreSQL, real Ray, real HTTP).
-test: install lint
+# The browser test drives Debian's chromium (Playwright's own browser download is not used).
+CHROMIUM_STAMP := $(VENV)/.chromium
+$(CHROMIUM_STAMP):
+	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
+	touch $@
+
+## Lint, type-check and run the whole test-suite (SQLite and PostgreSQL, real Ray, real HTTP, a real browser).
+test: install lint $(CHROMIUM_STAMP)
 	$(VENV)/bin/pytest -q
 
 ## The long fault-injection run on SQLite and PostgreSQL; prints its figures, fails on any violation.

@@ -22,6 +22,7 @@ from gateway.routers import api_routers
 from gateway.routers.webhooks import signing_secrets_loader
 from gateway.runtime import Runtime
 from gateway.signing_cache import SigningCache
+from gateway.web import install_web
 from meta.graph_client import GraphClient
 from store.crypto import SecretBox, load_or_create_key
 from store.db import Database
@@ -78,6 +79,9 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         version="0.1.0",
         summary="Actor-model routing server for WhatsApp contact centers",
         lifespan=lifespan,
+        # Served by gateway.web from local files (the defaults load from a CDN).
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     # Outermost of our layers: a body is bounded before any route, parser or dependency sees it.
@@ -89,5 +93,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    install_web(app)  # last: the console at / answers only what no route above does
 
     return app

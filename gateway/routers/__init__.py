@@ -2,9 +2,21 @@
 
 from fastapi import APIRouter
 
-from gateway.routers import agents, inboxes, messages, orgs, templates, transactions, users, webhooks, whatsapp
+from gateway.routers import (
+    agents,
+    inboxes,
+    me,
+    messages,
+    orgs,
+    templates,
+    transactions,
+    users,
+    webhooks,
+    whatsapp,
+)
 
 api_routers: list[APIRouter] = [
+    me.router,
     orgs.router,
     users.router,
     whatsapp.router,
