@@ -109,7 +109,7 @@ def banner_lines(app_: FastAPI) -> list[str]:
         "",
         "wa-router is up",
         f"  gateway:         {gateway_url}   (web console: {gateway_url}/   API docs: {gateway_url}/docs)",
-        f"  Ray address:     {_ray_address() or 'unknown'}   (namespace {settings.ray_namespace})",
+        f"  Ray address:     {ray_address() or 'unknown'}   (namespace {settings.ray_namespace})",
         f"  Ray dashboard:   {app_.state.dashboard_url or 'managed by the cluster you joined'}",
         f"  store:           {settings.database_url}",
         f"  Graph API:       {settings.graph_base_url}",
@@ -123,7 +123,8 @@ def banner_lines(app_: FastAPI) -> list[str]:
     return lines
 
 
-def _ray_address() -> str | None:
+def ray_address() -> str | None:
+    """The GCS address of the Ray cluster this process is connected to."""
     import ray
 
     try:
@@ -140,7 +141,7 @@ def record_cluster(app_: FastAPI) -> None:
     runtime: Runtime = app_.state.runtime
     settings = runtime.settings
     write_record(settings.cluster_record_file, ClusterRecord(
-        gateway_url=f"http://{settings.host}:{settings.port}", ray_address=_ray_address(),
+        gateway_url=f"http://{settings.host}:{settings.port}", ray_address=ray_address(),
         dashboard_url=app_.state.dashboard_url, namespace=settings.ray_namespace,
         token_auth=token_auth_enabled(), pid=os.getpid()))
 

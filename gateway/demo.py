@@ -26,7 +26,7 @@ from rich.console import Console
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.background_server import BackgroundServer
-from gateway.cli import record_cluster
+from gateway.cli import ray_address, record_cluster
 from gateway.cluster_record import remove_record
 from meta.simulator.app import create_simulator_app
 from meta.simulator.state import ReviewPlan, SimulatorState, seed_demo
@@ -290,6 +290,7 @@ def _print_welcome(out: Console, gateway_url: str, simulator_url: str, dashboard
     out.print(f"  supervisor console: {gateway_url}/#token={setup.owner_token}")
     out.print(f"  agent console:      {gateway_url}/#token={setup.console_agent_token}   (agent 'You')")
     out.print(f"  API docs:           {gateway_url}/docs   (admin token {admin_token})")
+    out.print(f"  Ray address:        {ray_address() or 'unknown'}   (namespace wa-router-demo)")
     out.print(f"  Ray dashboard:      {dashboard or 'not available'}")
     out.print(f"  Meta simulator:     {simulator_url}   (WABA {setup.waba_id})")
     modes = ", ".join(f"{mode} (inbox {inbox})" for mode, inbox in setup.inboxes.items())

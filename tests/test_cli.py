@@ -116,3 +116,21 @@ def test_actors_reports_a_stale_record(store_env: Path) -> None:
     result = runner.invoke(app, ["actors"])
     assert result.exit_code == 1 and f"(pid {dead_pid}) is not running" in result.output
     assert json.loads((store_env / "gateway.json").read_text())["namespace"] == "wa-router"
+
+
+def test_banner_shows_the_ray_address_and_how_to_get_an_admin_token(store_env: Path) -> None:
+    from types import SimpleNamespace
+
+    from config.settings import Settings
+    from gateway.cli import banner_lines
+
+    def banner(generated: str | None, configured: str | None) -> str:
+        runtime = SimpleNamespace(settings=Settings(admin_token=configured), generated_admin_token=generated)
+        app_ = SimpleNamespace(state=SimpleNamespace(runtime=runtime, dashboard_url="http://127.0.0.1:8265"))
+        return "\n".join(banner_lines(app_))  # type: ignore[arg-type]
+
+    first = banner("war_generated", None)
+    assert "Ray address:" in first and "Ray dashboard:   http://127.0.0.1:8265" in first
+    assert "admin token:     war_generated   (shown once" in first
+    assert "wa-router admin rotate-token" in banner(None, None)
+    assert "WA_ROUTER_ADMIN_TOKEN" in banner(None, "set-by-operator")

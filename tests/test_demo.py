@@ -48,7 +48,7 @@ def test_demo_routes_conversations_lists_actors_and_stops(tmp_path: Path) -> Non
     gateway = f"http://127.0.0.1:{port}"
     assert re.search(rf"supervisor console: {gateway}/#token=war_\S+", out), out
     assert re.search(rf"agent console: +{gateway}/#token=war_\S+", out), out
-    assert re.search(r"Ray dashboard: +http://\S+", out), out
+    assert re.search(r"Ray dashboard: +http://\S+", out) and re.search(r"Ray address: +\S+:\d+", out), out
     summary = re.search(r"demo summary: (\d+) conversations, (\d+) handled by an agent \((\d+) closed\)"
                         r".*; (\d+) replies", out)
     assert summary, out
