@@ -50,7 +50,11 @@ def test_every_v1_route_needs_a_valid_bearer_token_and_never_leaks_another_org(g
             response = gateway.http.request(method, path, headers=headers, json={})
             assert response.status_code == 401, f"{method} {path} {headers}: {response.status_code}"
         response = gateway.call(method, path, intruder.owner_token, json={})
-        if template == "/v1/orgs":
+        if template == "/v1/me":
+            # The caller's own identity: the intruder sees itself, nothing of the victim.
+            assert response.status_code == 200 and response.json()["org"]["id"] == intruder.id
+            assert victim.access_token not in response.text and "Victim inbox" not in response.text
+        elif template == "/v1/orgs":
             assert response.status_code == 403, f"{method} {path}: {response.status_code}"
         else:
             # Another organization's resources look exactly like absent ones (or are refused).
