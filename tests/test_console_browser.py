@@ -74,6 +74,20 @@ def test_supervisor_and_agent_work_a_conversation_in_the_browser(gateway: Gatewa
     expect(supervisor.locator("#verify-token")).not_to_be_empty()
     supervisor.screenshot(path=str(DOCS / "console-whatsapp.png"), full_page=True)
 
+    # Meta's app points its webhook at wa-router (as the supervisor would enter it in Meta's dashboard).
+    gateway.simulator.set_callback_url(org.waba_id, f"{gateway.url}/webhooks/whatsapp/{org.id}")
+    # A template goes to Meta's (simulated) review and comes back approved (the review webhook).
+    httpx.put(f"{gateway.simulator_url}/_sim/wabas/{org.waba_id}/review",
+              json={"enabled": True, "delay_s": 0.5, "status": "APPROVED"}, timeout=30).raise_for_status()
+    supervisor.goto(f"{gateway.url}/#/templates")
+    supervisor.get_by_label("Name (lowercase, digits, _)").fill("order_update")
+    supervisor.get_by_label("Body ({{1}}, {{2}} ... for parameters)").fill("Hello {{1}}, your order is on its way.")
+    supervisor.get_by_role("button", name="Submit for review").click()
+    templates = supervisor.get_by_role("row", name=re.compile("order_update"))
+    expect(templates).to_contain_text("en_US")
+    expect(templates).to_contain_text("APPROVED", timeout=TIMEOUT_MS)
+    supervisor.screenshot(path=str(DOCS / "console-templates.png"), full_page=True)
+
     supervisor.goto(f"{gateway.url}/#/inboxes")
     supervisor.get_by_label("Name", exact=True).fill("Support")
     supervisor.get_by_label("WhatsApp number").select_option(org.numbers[0])
@@ -90,7 +104,6 @@ def test_supervisor_and_agent_work_a_conversation_in_the_browser(gateway: Gatewa
     desk.get_by_role("button", name="available").click()
     expect(desk.get_by_role("button", name="available")).to_have_attribute("aria-pressed", "true")
 
-    gateway.simulator.set_callback_url(org.waba_id, f"{gateway.url}/webhooks/whatsapp/{org.id}")
     # Meta reports sent, delivered and read for each message wa-router sends on this number.
     plan = {"enabled": True, "sent_delay_s": 0.2, "delivered_delay_s": 0.4, "read_delay_s": 0.6}
     httpx.put(f"{gateway.simulator_url}/_sim/numbers/{org.numbers[0]}/delivery", json=plan,
