@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import ray
@@ -178,9 +180,12 @@ class RayDirectory:
     Options are set here, where the actors are created (as Ray Serve's controller does).
     """
 
-    def __init__(self, settings: ActorSettings | Settings) -> None:
-        # What actors are given (pickled into their processes): the plain values, not pydantic's `Settings`.
+    def __init__(self, settings: ActorSettings | Settings, key_file: Path | None = None) -> None:
+        # What actors are given (pickled into their processes): the plain values, not pydantic's `Settings`,
+        # and where the sender finds the key (`key_file`, e.g. the gateway's credential file), never the key.
         self._settings = ActorSettings.from_settings(settings)
+        if key_file is not None:
+            self._settings = replace(self._settings, secret_key_file=key_file)
         self._namespace = settings.ray_namespace
         self._cache: dict[str, Proxy] = {}
 
@@ -250,6 +255,27 @@ class RayConnection:
     owns_instance: bool
 
 
+# The gateway's own configuration (admin token, encryption key among it) stays in the gateway: actors are
+# given what they need as arguments, and nothing secret.
+CONFIG_ENV_PREFIX = "WA_ROUTER_"
+
+
+@contextlib.contextmanager
+def withheld_environment(prefix: str) -> Iterator[None]:
+    """Variables starting with `prefix` removed from this process's environment while the block runs.
+
+    Ray's processes (GCS, raylet, and the workers the raylet starts later) inherit the environment of
+    the process that starts them: started inside this block, they never see these variables.
+    """
+    withheld = {name: value for name, value in os.environ.items() if name.startswith(prefix)}
+    for name in withheld:
+        del os.environ[name]
+    try:
+        yield
+    finally:
+        os.environ.update(withheld)
+
+
 def connect_ray(settings: Settings) -> RayConnection:
     """Join the configured cluster, or start a local instance with its dashboard."""
     if ray.is_initialized():
@@ -267,7 +293,8 @@ def connect_ray(settings: Settings) -> RayConnection:
     # (graceful shutdown: drain requests, run the lifespan's cleanup) must stay in charge.
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main_thread else {}
-    context = ray.init(**kwargs)
+    with withheld_environment(CONFIG_ENV_PREFIX):
+        context = ray.init(**kwargs)
     for sig, handler in previous.items():
         signal.signal(sig, handler)
     url = str(getattr(context, "dashboard_url", "") or "")

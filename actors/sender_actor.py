@@ -34,7 +34,7 @@ from actors.pacing import PairGate, RateGate, backoff_s
 from config.actor_settings import ActorSettings
 from meta.graph_client import GraphAPIError, GraphClient
 from store import outbox
-from store.crypto import SecretBox, load_or_create_key
+from store.crypto import SecretBox, resolve_key
 from store.tables import PhoneNumber, WhatsAppAccount
 from store.types import utcnow
 
@@ -48,7 +48,8 @@ class SenderActor(StoreBackedActor):
     def __init__(self, phone_number_id: str, settings: ActorSettings, directory: Directory | None = None) -> None:
         self.phone_number_id = phone_number_id
         self._graph = GraphClient(settings.graph_base_url, timeout_s=settings.send_timeout_s)
-        self._secrets = SecretBox(load_or_create_key(settings.secret_key, settings.secret_key_file))
+        # Given a reference, not the key: resolved here, in the one kind of actor that decrypts.
+        self._secrets = SecretBox(resolve_key(settings.secret_key_file))
         self._rate = RateGate(settings.send_rate_per_number)
         self._pairs = PairGate(settings.send_pair_interval_s)
         # recipient -> outbox ids in order; the head is the only one that may be in flight.

@@ -68,7 +68,7 @@ class Stack:
                  ray_address: str | None = None, dashboard_port: int | None = None, task_events: bool = False) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="wa-router-bench-"))
         self.log_dir = log_dir or self.workdir
-        self.admin_token = "bench-admin-" + secrets.token_hex(16)
+        self.admin_token = "bench-admin-" + secrets.token_urlsafe(32)
         self._pg_server: str | None = None
         self._pg_name: str | None = None
         if database_url and database_url.startswith("postgresql"):

@@ -5,6 +5,7 @@ An actor's constructor arguments are unpickled in the actor's own process: handi
 process, where nothing validates anything: 1.5 MiB of unique memory per agent actor, measured (pydantic
 itself is imported into every Ray worker by Ray's serialization context, ours or not). `Settings`
 validates once, in the gateway; `RayDirectory` hands actors this copy of the values they read.
+Nothing secret is in it: no key, no admin token (a database URL's password aside, which actors need).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ class ActorSettings:
     agent_store_actors: int
     agent_store_connections: int
     graph_base_url: str
-    secret_key: str | None
+    # A reference to the encryption key, never the key: only the sender decrypts, and resolves it itself
+    # (`store.crypto.resolve_key`). Constructor arguments are pickled into Ray's actor specs.
     secret_key_file: Path
     send_rate_per_number: float
     send_pair_interval_s: float

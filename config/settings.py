@@ -8,6 +8,9 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# 32 random bytes in URL-safe base64 (what `secrets.token_urlsafe(32)` returns).
+MIN_ADMIN_TOKEN_CHARS = 43
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WA_ROUTER_", env_file=None, extra="ignore")
@@ -78,6 +81,10 @@ class Settings(BaseSettings):
     # Who a bearer token stands for is kept this long (0: read on every call). A gateway forgets at once
     # when users or tokens change through it; this bounds how long other gateways honour a stale one.
     principal_cache_s: float = Field(default=5.0, ge=0)
+    # A client address whose presented tokens failed this many times within a minute gets 429 until the
+    # oldest failure is a minute old (0: no limit). Behind a proxy, uvicorn's --forwarded-allow-ips decides
+    # which address that is.
+    auth_failures_per_minute: int = Field(default=30, ge=0)
     # The app secrets verifying deliveries to an organization are kept decrypted this long (0: read on
     # every delivery). A gateway drops them at once when accounts change through it; this bounds how
     # long other gateways of the cluster use a secret that changed.
@@ -102,6 +109,17 @@ class Settings(BaseSettings):
         prefix = "sqlite+aiosqlite:///"
         if value.startswith(prefix) and not value.startswith(prefix + "/") and ":memory:" not in value:
             value = prefix + str(Path(value[len(prefix):]).resolve())
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_admin_token(cls, value: str | None) -> str | None:
+        # The platform admin token opens every organization: at least what 32 random bytes make in
+        # URL-safe base64 (43 characters); a guessable one is refused at start rather than used.
+        if value is not None and len(value) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters (32 random bytes, e.g. "
+                             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or unset to "
+                             "have one generated")
         return value
 
     @field_validator("secret_key_file", "cluster_record_file")

@@ -10,10 +10,13 @@ from sqlalchemy import func, select
 from config.models import OrganizationCreate, Role
 from config.settings import Settings
 from gateway.bootstrap import rotate_admin_token
+from gateway.deployment import DeploymentConflict, check_free
 from gateway.errors import ApiError
 from gateway.routers.users import add_user
 from gateway.security import hash_token, new_token, new_verify_token
+from store.crypto import SecretBox, parse_keys
 from store.db import Database
+from store.key_rotation import add_new_key, reencrypt_secrets
 from store.migrate import upgrade_to_head_async
 from store.tables import ApiToken, Organization, User
 
@@ -87,5 +90,32 @@ async def list_organizations(settings: Settings) -> list[OrgRow]:
                 select(Organization, users.c.n).outerjoin(users, users.c.org_id == Organization.id)
                 .order_by(Organization.id))).all()
             return [OrgRow(id=o.id, name=o.name, users=int(n or 0), created_at=o.created_at) for o, n in rows]
+    finally:
+        await db.dispose()
+
+
+async def rotate_secret_key(settings: Settings) -> str:
+    """A new encryption key, and every stored secret encrypted with it (see `store.key_rotation`)."""
+    db = await _database(settings)
+    try:
+        # Every gateway stopped: one still running with the old key alone could not read the new secrets.
+        try:
+            await check_free(db, None, settings.deployment_lease_s)
+        except DeploymentConflict as exc:
+            raise AdminError(str(exc)) from exc
+        if settings.secret_key:
+            keys = parse_keys(settings.secret_key.encode())
+            if len(keys) < 2:
+                raise AdminError(
+                    "WA_ROUTER_SECRET_KEY holds one key: set it to '<new key>,<current key>' (a new key: python "
+                    "-c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') and run "
+                    "this again; then the current key may be removed from it")
+            where = "WA_ROUTER_SECRET_KEY"
+        else:
+            keys = add_new_key(settings.secret_key_file)
+            where = str(settings.secret_key_file)
+        done = await reencrypt_secrets(db, SecretBox(b",".join(keys)))
+        return (f"{done} WhatsApp account(s) encrypted with the new key (first in {where}); the earlier "
+                "key(s) after it only decrypt and may be removed once no backup needs them")
     finally:
         await db.dispose()

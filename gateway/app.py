@@ -11,11 +11,14 @@ from fastapi import FastAPI
 from actors.directory import RayDirectory, connect_ray, disconnect_ray
 from actors.routing_client import RoutingClient
 from config.settings import Settings, get_settings
+from gateway.auth_first import AuthenticateFirst
+from gateway.auth_throttle import AuthThrottle
 from gateway.body_guard import BodyGuard
 from gateway.bootstrap import ensure_admin_token
 from gateway.deployment import DeploymentConflict, DeploymentLease, cluster_identity
 from gateway.errors import install_error_handlers
 from gateway.group_commit import DeliveryGroupCommit
+from gateway.key_handoff import KeyHandoff
 from gateway.log_scrub import install_token_scrubbing
 from gateway.principal_cache import TokenCache
 from gateway.routers import api_routers
@@ -25,8 +28,9 @@ from gateway.signing_cache import SigningCache
 from gateway.web import install_web
 from meta.graph_client import GraphClient
 from store.crypto import SecretBox, load_or_create_key
-from store.db import Database
+from store.db import Database, is_sqlite
 from store.migrate import upgrade_to_head_async
+from store.sqlite_file import create_private, sqlite_file_path
 
 log = logging.getLogger("wa_router")
 
@@ -38,6 +42,9 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database_file = sqlite_file_path(settings.database_url) if is_sqlite(settings.database_url) else None
+        if database_file is not None:
+            create_private(database_file)  # tokens' hashes and encrypted secrets: the owner's eyes only
         await upgrade_to_head_async(settings.database_url)
         db = Database(settings.database_url)
         graph = GraphClient(settings.graph_base_url, timeout_s=settings.graph_timeout_s)
@@ -53,16 +60,23 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
             await db.dispose()
             disconnect_ray(ray_connection)
             raise
-        routing = RoutingClient(RayDirectory(settings), db)
         secrets = SecretBox(load_or_create_key(settings.secret_key, settings.secret_key_file))
+        # Senders are told where the key is (a file), never given it.
+        key_handoff = KeyHandoff(settings)
+        routing = RoutingClient(RayDirectory(settings, key_file=key_handoff.key_file), db)
         runtime = Runtime(settings=settings, db=db, secrets=secrets, graph=graph, routing=routing,
                           intake=DeliveryGroupCommit(db),
                           signing=SigningCache(signing_secrets_loader(db, secrets), settings.webhook_secret_cache_s),
-                          principals=TokenCache(settings.principal_cache_s))
-        runtime.generated_admin_token = await ensure_admin_token(db, settings.admin_token)
-        app.state.runtime = runtime
-        app.state.dashboard_url = ray_connection.dashboard_url
-        await routing.start()
+                          principals=TokenCache(settings.principal_cache_s),
+                          auth_throttle=AuthThrottle(settings.auth_failures_per_minute))
+        try:
+            runtime.generated_admin_token = await ensure_admin_token(db, settings.admin_token)
+            app.state.runtime = runtime
+            app.state.dashboard_url = ray_connection.dashboard_url
+            await routing.start()
+        except BaseException:
+            key_handoff.close()  # a failed start leaves no credential file behind
+            raise
         if on_ready is not None:
             on_ready(app)
         try:
@@ -73,6 +87,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
             await graph.aclose()
             await db.dispose()
             disconnect_ray(ray_connection)
+            key_handoff.close()
 
     app = FastAPI(
         title="wa-router",
@@ -84,9 +99,11 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         redoc_url=None,
     )
     install_error_handlers(app)
-    # Outermost of our layers: a body is bounded before any route, parser or dependency sees it.
+    # A body is bounded before any route, parser or dependency sees it.
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes,
                        max_webhook_body_bytes=settings.max_webhook_body_bytes)
+    # Added last, so outermost: an API call with a body is authenticated before the body is read at all.
+    app.add_middleware(AuthenticateFirst)
     for router in api_routers:
         app.include_router(router)
 

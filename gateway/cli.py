@@ -321,6 +321,26 @@ def orgs() -> None:
     out.print(table)
 
 
+@admin_app.command("rotate-secret-key")
+@one_line_errors
+def rotate_secret_key() -> None:
+    """Encrypt every stored secret with a new key (every gateway stopped)."""
+    from gateway.admin_ops import AdminError
+    from gateway.admin_ops import rotate_secret_key as rotate
+
+    try:
+        out.print(asyncio.run(rotate(_settings())))
+    except AdminError as exc:
+        raise CliError(str(exc)) from exc
+
+
+@app.command("rotate-secret-key", hidden=True)
+@one_line_errors
+def rotate_secret_key_alias() -> None:
+    """Encrypt every stored secret with a new key (same as admin rotate-secret-key)."""
+    rotate_secret_key()
+
+
 @app.command("rotate-admin-token", hidden=True)
 @one_line_errors
 def rotate_admin_token_alias() -> None:

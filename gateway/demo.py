@@ -242,7 +242,7 @@ def run_demo(options: DemoOptions, out: Console, err: Console) -> Counter[str]:
         state = SimulatorState(pair_interval_s=1.0)
         seeded = seed_demo(state, numbers=len(MODES))
         state.set_review_plan(seeded["waba_id"], ReviewPlan(enabled=True, delay_s=options.review_delay_s))
-        admin_token = "demo-admin-" + secrets.token_urlsafe(16)
+        admin_token = secrets.token_urlsafe(32)  # as strong as the gateway requires (43 characters)
         simulator = BackgroundServer(create_simulator_app(state), port=options.simulator_port)
         settings = Settings(database_url=f"sqlite+aiosqlite:///{data / 'wa_router.db'}",
                             secret_key_file=data / "secret.key", admin_token=admin_token, port=options.port,

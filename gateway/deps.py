@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.models import MAX_ID, SUPERVISOR_CONFIG_LICENSE, Role
-from gateway.errors import ApiError, forbidden, not_found
+from gateway.errors import ApiError, forbidden, not_found, too_many_failures
 from gateway.principal_cache import TokenCache
 from gateway.runtime import Runtime
 from gateway.security import hash_token
@@ -61,14 +61,25 @@ class Principal:
 
 
 async def get_principal(
+    request: Request,
     session: SessionDep,
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise ApiError(401, "missing bearer token")
-    principal = await resolve_token(session, credentials.credentials, runtime.principals)
+    address = request.client.host if request.client else None
+    return await authenticate(runtime, session, credentials.credentials, address)
+
+
+async def authenticate(runtime: Runtime, session: AsyncSession, token: str, address: str | None) -> Principal:
+    """The principal of `token`, or the refusal: 429 for an address that failed too often, else 401."""
+    retry_after = runtime.auth_throttle.retry_after(address)
+    if retry_after is not None:
+        raise too_many_failures(retry_after)
+    principal = await resolve_token(session, token, runtime.principals)
     if principal is None:
+        runtime.auth_throttle.failed(address)
         raise ApiError(401, "invalid bearer token")
     return principal
 

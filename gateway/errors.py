@@ -21,12 +21,13 @@ class ApiError(Exception):
     """A refusal with a status and a message; `field` names the offending input (422 shape)."""
 
     def __init__(self, status_code: int, message: str, *, field: tuple[str | int, ...] | None = None,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
         self.field = field
         self.extra = extra or {}
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         if self.field is not None:
@@ -51,6 +52,11 @@ def conflict(message: str) -> ApiError:
 
 def forbidden(message: str) -> ApiError:
     return ApiError(403, message)
+
+
+def too_many_failures(retry_after_s: int) -> ApiError:
+    return ApiError(429, "too many failed authentications from this address; retry later",
+                    headers={"Retry-After": str(retry_after_s)})
 
 
 # A validation error echoes the offending value only when it is a short scalar: a 50 MB string must not
@@ -97,7 +103,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content=exc.body())
+        return JSONResponse(status_code=exc.status_code, content=exc.body(), headers=exc.headers)
 
     @app.exception_handler(IntegrityError)
     async def _integrity(_request: Request, exc: IntegrityError) -> JSONResponse:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings
+from gateway.auth_throttle import AuthThrottle
 from gateway.principal_cache import TokenCache
 from gateway.signing_cache import SigningCache
 from meta.graph_client import GraphClient
@@ -30,5 +31,7 @@ class Runtime:
     signing: SigningCache
     # Who each bearer token stands for (`gateway.deps.Principal`), dropped when users or tokens change.
     principals: TokenCache[Any]
+    # Failed authentications per client address (429 past the limit).
+    auth_throttle: AuthThrottle
     # The admin token generated at this start (None when it came from settings or an earlier start).
     generated_admin_token: str | None = field(default=None, repr=False)

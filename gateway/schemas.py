@@ -264,3 +264,14 @@ class OutboundStartOut(BaseModel):
     # True when the customer's open conversation with this agent was reused.
     reused: bool
     message: OutboundMessageOut
+
+
+class TokenOut(BaseModel):
+    id: int
+    user_id: int
+    created_at: datetime
+
+
+class TokenCreated(TokenOut):
+    # Shown once: only its hash is stored.
+    token: str

@@ -29,6 +29,22 @@ def sqlite_file_path(url: str) -> str | None:
     return path if path and ":memory:" not in path else None
 
 
+def create_private(database_path: str) -> None:
+    """Create the database file readable by its owner only (0600) unless it exists.
+
+    SQLite would create it with the umask's mode (often world-readable); its WAL and shared-memory files
+    take the database file's mode, so they are private too. A new directory for it is 0700.
+    """
+    directory = os.path.dirname(database_path)
+    if directory:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(database_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)  # an empty file is an empty SQLite database
+
+
 def lock_path_of(database_path: str) -> str:
     """The lock file every writer of the database at `database_path` takes its turn on."""
     return database_path + ".writers"

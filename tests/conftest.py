@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,13 +69,16 @@ def postgres_url() -> Iterator[str]:
 def _start_gateway(tmp: Path, database_url: str, simulator: tuple[SimulatorState, str],
                    graph_url: str | None = None) -> Iterator[Gateway]:
     state, sim_url = simulator
-    admin_token = f"admin-{uuid.uuid4().hex}"
+    admin_token = f"admin-{secrets.token_urlsafe(32)}"
     namespace = f"wa-router-test-{uuid.uuid4().hex[:8]}"
     settings = Settings(
         database_url=database_url, secret_key_file=tmp / "secret.key", admin_token=admin_token,
         graph_url=graph_url or f"{sim_url}/v25.0", ray_namespace=namespace, public_url="https://router.example.test",
         # Outbound sending at test speed: short pair interval, quick retries, a timeout tests can provoke.
         send_pair_interval_s=0.25, send_retry_base_s=0.05, send_retry_max_s=0.5, send_timeout_s=2.0,
+        # Every test calls from 127.0.0.1, many with bad tokens on purpose: the failure limit is tested on
+        # a gateway of its own (tests/test_auth_throttle.py).
+        auth_failures_per_minute=0,
     )
     server = BackgroundServer(create_app(settings))
     directory = RayDirectory(settings)

@@ -21,6 +21,7 @@ import itertools
 import os
 import queue
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -1027,7 +1028,7 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
     began = time.monotonic()
     rng = random.Random(plan.seed)
     namespace = f"wa-router-fault-{uuid.uuid4().hex[:8]}"
-    admin_token = f"admin-{uuid.uuid4().hex}"
+    admin_token = f"admin-{secrets.token_urlsafe(32)}"
     gcs_address = ray.get_runtime_context().gcs_address
     process = GatewayProcess(database_url=database_url, ray_address=gcs_address, namespace=namespace,
                              graph_url=f"{simulator_url}/v25.0", workdir=workdir, admin_token=admin_token,

@@ -28,7 +28,7 @@ def _v1_operations(gateway: Gateway) -> list[tuple[str, str]]:
 
 def _fill(path: str, org: Org, inbox_id: int) -> str:
     values = {"org_id": org.id, "user_id": org.owner_id, "inbox_id": inbox_id, "waba_id": org.waba_id, "tx_id": 1,
-              "phone_number_id": org.numbers[0], "name": "a_template"}
+              "phone_number_id": org.numbers[0], "name": "a_template", "token_id": 1}
     return re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]), path)
 
 

@@ -104,3 +104,17 @@ def test_validation_detail_keeps_loc_msg_type_and_only_small_encodable_input() -
 def test_body_limit_is_a_setting() -> None:
     assert Settings(max_body_bytes=2048).max_body_bytes == 2048
     assert Settings().max_body_bytes == MiB
+
+
+def test_api_bodies_are_not_read_before_authentication(gateway: Gateway) -> None:
+    org = create_org(gateway)
+    for token in ("war_not-a-token", None):
+        authorization = f"Authorization: Bearer {token}\r\n" if token else ""
+        # A body is announced (within the limit) but never sent: only an answer given unread arrives.
+        answer = _raw_request(gateway, f"POST {org.path('/users')} HTTP/1.1\r\nHost: x\r\n"
+                                       f"Content-Type: application/json\r\n{authorization}Content-Length: 1000\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    # A refused caller learns nothing from the body either: bad text is not even looked at.
+    response = gateway.call("POST", org.path("/users"), "war_not-a-token", content='{"name": "\\ud800"}',
+                            headers={"Content-Type": "application/json"})
+    assert response.status_code == 401 and response.json() == {"detail": "invalid bearer token"}

@@ -113,3 +113,14 @@ def test_settings_read_the_environment_and_pin_sqlite_paths(monkeypatch: pytest.
     monkeypatch.setenv("WA_ROUTER_PORT", "70000")
     with pytest.raises(ValueError, match="port"):
         Settings()
+
+
+def test_a_short_admin_token_is_refused_at_start() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="admin_token"):
+        Settings(admin_token="admin-123")
+    with pytest.raises(ValidationError, match="at least 43 characters"):
+        Settings(admin_token="x" * 42)
+    assert Settings(admin_token="x" * 43).admin_token == "x" * 43
+    assert Settings().admin_token is None  # unset: one is generated at first start

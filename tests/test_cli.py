@@ -133,4 +133,4 @@ def test_banner_shows_the_ray_address_and_how_to_get_an_admin_token(store_env: P
     assert "Ray address:" in first and "Ray dashboard:   http://127.0.0.1:8265" in first
     assert "admin token:     war_generated   (shown once" in first
     assert "wa-router admin rotate-token" in banner(None, None)
-    assert "WA_ROUTER_ADMIN_TOKEN" in banner(None, "set-by-operator")
+    assert "WA_ROUTER_ADMIN_TOKEN" in banner(None, "s" * 43)

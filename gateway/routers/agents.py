@@ -81,10 +81,16 @@ async def agent_events(
     """
     runtime: Runtime = websocket.app.state.runtime
     credentials = socket_credentials(websocket)
+    address = websocket.client.host if websocket.client else None
+    if credentials.token and runtime.auth_throttle.retry_after(address) is not None:
+        await websocket.close(code=1008)  # too many failed authentications from this address
+        return
     async with runtime.db.sessions() as session:
         principal = (await resolve_token(session, credentials.token, runtime.principals)
                      if credentials.token else None)
         user = await session.get(User, user_id)
+    if credentials.token and principal is None:
+        runtime.auth_throttle.failed(address)
     if not may_watch(principal, user, org_id, user_id):
         # Refused before the handshake completes: the client sees HTTP 403.
         await websocket.close(code=1008)

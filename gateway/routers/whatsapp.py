@@ -15,7 +15,7 @@ from actors.directory import ActorUnavailable
 from config.messaging import NumberSettings
 from config.models import WhatsAppAccountLink
 from gateway.deps import ConfigSupervisor, RuntimeDep, SessionDep
-from gateway.errors import ApiError, conflict, field_error, not_found
+from gateway.errors import ApiError, conflict, field_error, forbidden, not_found
 from gateway.paging import Page, Paging
 from gateway.runtime import Runtime
 from gateway.schemas import MetaErrorOut, PhoneNumberOut, WebhookEndpointOut, WhatsAppAccountOut
@@ -230,6 +230,11 @@ async def update_number(phone_number_id: str, body: NumberSettings, ctx: ConfigS
                   None)
     if number is None:
         raise not_found("phone number")
+    if not number.available and number.inbox_id is None:
+        # A WABA may be linked to several organizations; a number's settings belong to the one whose
+        # inbox uses it (another could otherwise throttle that organization's sending).
+        raise forbidden("the number is used by an inbox of another organization; only that organization "
+                        "may change its settings")
     row = await session.get(PhoneNumber, phone_number_id)
     assert row is not None
     row.messages_per_second = body.messages_per_second
