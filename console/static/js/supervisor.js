@@ -70,9 +70,7 @@ export function templates(view, ctx) {
   const form = h("form", { class: "card", "aria-labelledby": "tpl-title" }, h("h2", { id: "tpl-title" }, "New template"));
   view.append(form, lists);
 
-  async function load() {
-    const accounts = await attempt(() => ctx.api.all(`${base(ctx)}/whatsapp/accounts`));
-    if (!accounts) return;
+  function renderForm(accounts) {
     form.replaceChildren(h("h2", { id: "tpl-title" }, "New template"),
       ...field("Account", select("waba_id", accounts.map((a) => [a.waba_id, `${a.name || ""} ${a.waba_id}`]))),
       ...field("Name (lowercase, digits, _)", h("input", { name: "name", required: true, pattern: "[a-z0-9_]+" })),
@@ -81,11 +79,22 @@ export function templates(view, ctx) {
       ...field("Language", h("input", { name: "language", value: "en_US", required: true })),
       ...field("Body ({{1}}, {{2}} ... for parameters)", h("textarea", { name: "body", rows: 3, required: true })),
       h("button", { type: "submit", disabled: !accounts.length }, "Submit for review"));
-    lists.replaceChildren();
+  }
+
+  async function load() {
+    const accounts = await attempt(() => ctx.api.all(`${base(ctx)}/whatsapp/accounts`));
+    if (!accounts) return;
+    // The periodic refresh must not wipe what the supervisor is typing: the form is built once.
+    const known = accounts.map((a) => a.waba_id).join(",");
+    if (form.dataset.accounts !== known) {
+      form.dataset.accounts = known;
+      renderForm(accounts);
+    }
+    const sections = [];
     for (const account of accounts) {
       const path = `${base(ctx)}/whatsapp/accounts/${account.waba_id}/templates`;
       const items = await attempt(() => ctx.api.all(path)) || [];
-      lists.append(h("section", { class: "card" }, h("h2", {}, `Templates of ${account.name || account.waba_id}`),
+      sections.push(h("section", { class: "card" }, h("h2", {}, `Templates of ${account.name || account.waba_id}`),
         table(["Name", "Category", "Body", "Review status per language"], items.map((t) => [
           t.name, t.category, t.body || "",
           h("span", {}, t.languages.map((l) => h("span", {}, `${l.language} `, pill(l.status, `status-${l.status}`),
@@ -94,6 +103,7 @@ export function templates(view, ctx) {
           if (await attempt(() => ctx.api.post(`${path}/sync`), "templates read from Meta")) load();
         } }, "Sync from Meta")));
     }
+    lists.replaceChildren(...sections);  // swapped at once: no flicker, no half-built list
   }
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
