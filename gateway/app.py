@@ -111,6 +111,6 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    install_web(app)  # last: the console at / answers only what no route above does
+    install_web(app)  # the web console at / and the API docs at /docs
 
     return app

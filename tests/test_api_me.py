@@ -27,3 +27,10 @@ def test_console_and_local_api_docs_are_served(gateway: Gateway) -> None:
     assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text
     assert gateway.call("GET", "/docs-assets/swagger-ui-bundle.js", None).status_code == 200
     assert gateway.call("GET", "/healthz", None).json() == {"status": "ok"}
+
+
+def test_the_console_leaves_other_paths_to_the_api(gateway: Gateway) -> None:
+    assert gateway.call("GET", "/v1/no-such-route", None).json() == {"detail": "Not Found"}
+    assert gateway.call("POST", "/no-such-page", None).status_code == 404
+    assert gateway.call("POST", "/", None).status_code == 405
+    assert gateway.call("DELETE", "/healthz", None).status_code == 405
