@@ -48,6 +48,12 @@ def _page(browser: Browser, gateway: Gateway, token: str, screen: str = "") -> P
     return page
 
 
+def _shot(page: Page, name: str) -> None:
+    """A screenshot for the README, of a screen that shows no leaked JavaScript values."""
+    expect(page.locator("main")).not_to_contain_text(re.compile(r"\b(null|undefined|NaN)\b|\[object "))
+    page.screenshot(path=str(DOCS / name), full_page=True)
+
+
 def _board_state(board: Page, tx_id: int, state: str) -> None:
     expect(board.locator(f'[data-tx="{tx_id}"]')).to_have_attribute("data-state", state, timeout=TIMEOUT_MS)
 
@@ -72,7 +78,7 @@ def test_supervisor_and_agent_work_a_conversation_in_the_browser(gateway: Gatewa
     expect(supervisor.locator("#acc-title").locator("..")).to_contain_text(org.numbers[0])
     expect(supervisor.locator("#callback-url")).to_contain_text(f"/webhooks/whatsapp/{org.id}")
     expect(supervisor.locator("#verify-token")).not_to_be_empty()
-    supervisor.screenshot(path=str(DOCS / "console-whatsapp.png"), full_page=True)
+    _shot(supervisor, "console-whatsapp.png")
 
     # Meta's app points its webhook at wa-router (as the supervisor would enter it in Meta's dashboard).
     gateway.simulator.set_callback_url(org.waba_id, f"{gateway.url}/webhooks/whatsapp/{org.id}")
@@ -86,7 +92,7 @@ def test_supervisor_and_agent_work_a_conversation_in_the_browser(gateway: Gatewa
     templates = supervisor.get_by_role("row", name=re.compile("order_update"))
     expect(templates).to_contain_text("en_US")
     expect(templates).to_contain_text("APPROVED", timeout=TIMEOUT_MS)
-    supervisor.screenshot(path=str(DOCS / "console-templates.png"), full_page=True)
+    _shot(supervisor, "console-templates.png")
 
     supervisor.goto(f"{gateway.url}/#/inboxes")
     supervisor.get_by_label("Name", exact=True).fill("Support")
@@ -96,7 +102,7 @@ def test_supervisor_and_agent_work_a_conversation_in_the_browser(gateway: Gatewa
     supervisor.get_by_role("checkbox", name=re.compile("Ada Agent")).check()
     supervisor.get_by_role("button", name="Create inbox").click()
     expect(supervisor.locator("#ib-title").locator("..")).to_contain_text("Support")
-    supervisor.screenshot(path=str(DOCS / "console-inboxes.png"), full_page=True)
+    _shot(supervisor, "console-inboxes.png")
     supervisor.goto(f"{gateway.url}/#/board")
 
     desk = _page(browser, gateway, agent_token)
@@ -120,8 +126,8 @@ def test_supervisor_and_agent_work_a_conversation_in_the_browser(gateway: Gatewa
     expect(desk.locator("#offer-countdown")).to_have_text(re.compile(r"^\d+ s$"))
     tx_id = int(gateway.items(org.path("/transactions"), org.owner_token)[0]["id"])
     _board_state(supervisor, tx_id, "offered")
-    desk.screenshot(path=str(DOCS / "console-desk-ringing.png"), full_page=True)
-    supervisor.screenshot(path=str(DOCS / "console-board.png"), full_page=True)
+    _shot(desk, "console-desk-ringing.png")
+    _shot(supervisor, "console-board.png")
 
     desk.get_by_role("button", name="Accept").click()
     expect(offer).to_be_hidden()
@@ -133,7 +139,7 @@ def test_supervisor_and_agent_work_a_conversation_in_the_browser(gateway: Gatewa
     expect(outbound).to_contain_text("let me check your order")
     # Meta's (simulated) statuses come back: the ticks climb to read.
     expect(outbound).to_have_attribute("data-state", "read", timeout=TIMEOUT_MS)
-    desk.screenshot(path=str(DOCS / "console-desk-conversation.png"), full_page=True)
+    _shot(desk, "console-desk-conversation.png")
 
     desk.get_by_role("button", name="Close conversation").click()
     expect(desk.locator("#conversation")).to_contain_text("closed")

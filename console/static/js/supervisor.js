@@ -169,8 +169,8 @@ export function inboxes(view, ctx) {
             max: 100, value: members.get(c.user_id) || 1, "aria-label": `Proficiency of ${c.name}` }))))
           : h("p", { class: "muted" }, "No user holds the WhatsApp agent licence yet.")),
       h("button", { type: "submit" }, current ? "Save inbox" : "Create inbox"),
-      current ? h("button", { type: "button", class: "secondary", onclick: () => { editing = null; renderForm(numbers, candidates); } },
-        "Cancel") : null);
+      ...(current ? [h("button", { type: "button", class: "secondary",
+        onclick: () => { editing = null; renderForm(numbers, candidates); } }, "Cancel")] : []));
   }
 
   form.addEventListener("submit", async (event) => {
