@@ -176,7 +176,10 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Listen port (default WA_ROUTER_PORT or 8000).")] = None,
     log_level: Annotated[str, typer.Option(help="Uvicorn's log level.")] = "info",
 ) -> None:
-    """Start the gateway (a local Ray instance unless WA_ROUTER_RAY_ADDRESS is set)."""
+    """Start the gateway and, unless told to join a cluster, Ray.
+
+    Settings come from WA_ROUTER_* variables; WA_ROUTER_RAY_ADDRESS joins an existing Ray cluster.
+    """
     import uvicorn
 
     from config.settings import Settings
@@ -324,7 +327,10 @@ def orgs() -> None:
 @admin_app.command("rotate-secret-key")
 @one_line_errors
 def rotate_secret_key() -> None:
-    """Encrypt every stored secret with a new key (every gateway stopped)."""
+    """Re-encrypt stored secrets with a new key.
+
+    Every gateway must be stopped first.
+    """
     from gateway.admin_ops import AdminError
     from gateway.admin_ops import rotate_secret_key as rotate
 

@@ -29,7 +29,7 @@ from gateway.background_server import BackgroundServer
 from gateway.cli import ray_address, record_cluster
 from gateway.cluster_record import remove_record
 from meta.simulator.app import create_simulator_app
-from meta.simulator.state import ReviewPlan, SimulatorState, seed_demo
+from meta.simulator.state import DeliveryPlan, ReviewPlan, SimulatorState, seed_demo
 from routing.model import AssignmentMode
 
 CUSTOMERS = ["Carla", "Bruno", "Mei", "Tomás", "Aisha", "Lena", "Ravi", "Sofia", "Jonas", "Yuki", "Omar", "Zoe"]
@@ -240,6 +240,8 @@ def run_demo(options: DemoOptions, out: Console, err: Console) -> Counter[str]:
     with tempfile.TemporaryDirectory(prefix="wa-router-demo-") as tmp:
         data = Path(tmp)
         state = SimulatorState(pair_interval_s=1.0)
+        # Meta reports each reply as sent, delivered and read a little later: the desk's ticks climb.
+        state.default_delivery = DeliveryPlan(enabled=True, sent_delay_s=0.5, delivered_delay_s=1.5, read_delay_s=4.0)
         seeded = seed_demo(state, numbers=len(MODES))
         state.set_review_plan(seeded["waba_id"], ReviewPlan(enabled=True, delay_s=options.review_delay_s))
         admin_token = secrets.token_urlsafe(32)  # as strong as the gateway requires (43 characters)
