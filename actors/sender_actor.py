@@ -90,6 +90,10 @@ class SenderActor(StoreBackedActor):
         self._wake.set()
         return {"phone_number_id": self.phone_number_id, "pid": os.getpid()}
 
+    async def forget_tokens(self) -> None:
+        """Drop the access tokens read so far: an account's credentials changed (read again on the next send)."""
+        self._tokens.clear()
+
     async def set_rate(self, messages_per_second: float) -> None:
         await self._ensure_active()
         self._rate.rate = messages_per_second

@@ -32,10 +32,12 @@ __all__ = [
     "OwnerIn",
     "PresenceUpdate",
     "Role",
+    "TokenCreate",
     "TransferRequest",
     "UserCreate",
     "UserUpdate",
     "WhatsAppAccountLink",
+    "WhatsAppCredentials",
     "holds_agent_licenses",
     "missing_agent_license",
 ]
@@ -123,6 +125,16 @@ class UserUpdate(_Strict):
 
 class WhatsAppAccountLink(_Strict):
     waba_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$", description="WhatsApp Business Account ID")]
+    access_token: Annotated[str, Field(min_length=1, max_length=4096)]
+    app_secret: Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class TokenCreate(_Strict):
+    # Refused after this many seconds (a minute to ten years); none: until revoked.
+    expires_in_s: Annotated[int | None, Field(ge=60, le=10 * 365 * 86400)] = None
+
+
+class WhatsAppCredentials(_Strict):
     access_token: Annotated[str, Field(min_length=1, max_length=4096)]
     app_secret: Annotated[str, Field(min_length=1, max_length=512)]
 

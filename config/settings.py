@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # every delivery). A gateway drops them at once when accounts change through it; this bounds how
     # long other gateways of the cluster use a secret that changed.
     webhook_secret_cache_s: float = Field(default=5.0, ge=0)
+    # After `PUT .../credentials`, the replaced app secret still verifies deliveries this long: Meta retries
+    # deliveries signed before the change (for up to days).
+    app_secret_grace_s: float = Field(default=86400.0, ge=0)
 
     # Outbound sending (one sender actor per number): Meta's default throughput per number, unless the
     # number has its own setting (up to 1,000/s); Meta's pair limit (about one message every 6 s to

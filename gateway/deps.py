@@ -17,6 +17,7 @@ from gateway.principal_cache import TokenCache
 from gateway.runtime import Runtime
 from gateway.security import hash_token
 from store.tables import ApiToken, Organization, User
+from store.types import utcnow
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -103,10 +104,15 @@ async def resolve_token(session: AsyncSession, token: str,
     api_token, user = row
     if api_token.user_id is not None and user is None:
         return None
+    valid_for_s = None
+    if api_token.expires_at is not None:
+        valid_for_s = (api_token.expires_at - utcnow()).total_seconds()
+        if valid_for_s <= 0:
+            return None
     principal = Principal(user=None if user is None else Caller(
         id=user.id, org_id=user.org_id, role=user.role, licenses=tuple(user.licenses or ())))
     if cache is not None:
-        cache.put(digest, principal, generation)
+        cache.put(digest, principal, generation, valid_for_s)
     return principal
 
 

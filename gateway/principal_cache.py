@@ -35,13 +35,15 @@ class TokenCache(Generic[T]):
             return None
         return entry[1]
 
-    def put(self, token_hash: str, value: T, generation: int) -> None:
-        """Keep `value`, read while the cache was at `generation` (dropped if invalidated since)."""
-        if self._ttl_s <= 0 or generation != self._generation:
+    def put(self, token_hash: str, value: T, generation: int, valid_for_s: float | None = None) -> None:
+        """Keep `value`, read while the cache was at `generation` (dropped if invalidated since), for the
+        TTL or `valid_for_s` (a token that expires sooner), whichever is shorter."""
+        ttl_s = self._ttl_s if valid_for_s is None else min(self._ttl_s, valid_for_s)
+        if ttl_s <= 0 or generation != self._generation:
             return
         if len(self._entries) >= _MAX_ENTRIES:
             self._entries.clear()
-        self._entries[token_hash] = (time.monotonic() + self._ttl_s, value)
+        self._entries[token_hash] = (time.monotonic() + ttl_s, value)
 
     def invalidate(self) -> None:
         self._generation += 1

@@ -270,6 +270,7 @@ class TokenOut(BaseModel):
     id: int
     user_id: int
     created_at: datetime
+    expires_at: datetime | None = None
 
 
 class TokenCreated(TokenOut):

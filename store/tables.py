@@ -79,6 +79,8 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Refused from this time on (None: until revoked).
+    expires_at: Mapped[datetime | None]
 
 
 # ---------------------------------------------------------------- WhatsApp accounts and numbers
@@ -97,6 +99,10 @@ class WhatsAppAccount(Base):
     app_secret_enc: Mapped[str] = mapped_column(Text)
     linked_at: Mapped[datetime] = mapped_column(default=utcnow)
     refreshed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # After a credential rotation, the app secret replaced still verifies deliveries until this time
+    # (Meta retries deliveries signed before the change).
+    previous_app_secret_enc: Mapped[str | None] = mapped_column(Text)
+    previous_app_secret_until: Mapped[datetime | None]
 
 
 class PhoneNumber(Base):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.routing_support import AgentSocket, Scenario
-from tests.support import Gateway, create_org
+from tests.support import Gateway, assert_invalid, create_org
 
 
 def test_a_user_issues_lists_and_revokes_their_tokens(gateway: Gateway) -> None:
@@ -51,3 +51,50 @@ def test_revoking_a_token_closes_the_streams_opened_with_it(sc: Scenario) -> Non
         sc.gateway.ok("DELETE", sc.org.path(f"/users/{a.id}/tokens/{tokens[0]['id']}"), sc.owner, 204)
         assert stream.wait_closed(timeout=10), "a stream opened with a revoked token stays open"
         assert stream.close_code == 1008
+
+
+def _expire(gateway: Gateway, token_id: int) -> None:
+    import asyncio
+
+    from sqlalchemy import text
+
+    from store.db import Database
+
+    async def run() -> None:
+        db = Database(gateway.database_url, pool_size=1)
+        try:
+            async with db.session() as session:
+                await session.execute(text("UPDATE api_tokens SET expires_at = :past WHERE id = :t"),
+                                      {"past": "2000-01-01 00:00:00.000000", "t": token_id})
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+def test_a_token_may_expire(gateway: Gateway) -> None:
+    org = create_org(gateway)
+    user_id, token = org.add_user("member")
+    path = org.path(f"/users/{user_id}/tokens")
+    issued = gateway.ok("POST", path, token, 201, json={"expires_in_s": 3600})
+    assert issued["expires_at"] is not None
+    assert [t["expires_at"] is not None for t in gateway.items(path, token)] == [False, True]
+    assert_invalid(gateway.call("POST", path, token, json={"expires_in_s": 10}), "body", "expires_in_s")
+    # Once its time has come (set in the store here, before the token was ever used) it is refused.
+    _expire(gateway, issued["id"])
+    assert gateway.call("GET", org.path(f"/users/{user_id}"), issued["token"]).status_code == 401
+    gateway.ok("GET", org.path(f"/users/{user_id}"), token)
+
+
+def test_a_cached_principal_is_kept_no_longer_than_its_token_is_valid() -> None:
+    import time
+
+    from gateway.principal_cache import TokenCache
+
+    cache: TokenCache[str] = TokenCache(ttl_s=60)
+    cache.put("h", "soon expired", cache.generation, valid_for_s=0.05)
+    assert cache.get("h") == "soon expired"
+    time.sleep(0.1)
+    assert cache.get("h") is None
+    cache.put("h", "expired", cache.generation, valid_for_s=-1)
+    assert cache.get("h") is None

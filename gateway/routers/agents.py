@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from actors.directory import ActorUnavailable
@@ -20,6 +22,7 @@ from gateway.ws_auth import may_watch, socket_credentials
 from store.tables import User
 
 router = APIRouter(prefix="/v1/orgs/{org_id}/agents", tags=["agents"])
+log = logging.getLogger(__name__)
 
 
 async def _org_user(session: AsyncSession, org_id: int, user_id: int) -> User:
@@ -121,9 +124,13 @@ async def _recheck(websocket: WebSocket, runtime: Runtime, token: str | None, or
     """Re-resolve the caller every few seconds; close with 1008 (policy violation) once they may no longer watch."""
     while True:
         await asyncio.sleep(runtime.settings.ws_recheck_interval_s)
-        async with runtime.db.sessions() as session:
-            principal = await resolve_token(session, token, runtime.principals) if token else None
-            user = await session.get(User, user_id)
+        try:
+            async with runtime.db.sessions() as session:
+                principal = await resolve_token(session, token, runtime.principals) if token else None
+                user = await session.get(User, user_id)
+        except SQLAlchemyError as exc:  # the store briefly unavailable: the stream goes on, checked next round
+            log.warning("agent %s stream: caller not re-checked (%s)", user_id, exc)
+            continue
         if not may_watch(principal, user, org_id, user_id):
             await websocket.close(code=1008, reason="no longer allowed to watch this agent")
             return

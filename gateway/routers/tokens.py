@@ -7,18 +7,20 @@ Revoking a token refuses it at once on this gateway (the principal cache is drop
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Response
 from sqlalchemy import select
 
-from config.models import Role
+from config.models import Role, TokenCreate
 from gateway.deps import OrgMember, RuntimeDep, SessionDep, UserId, id_path
 from gateway.errors import forbidden, not_found
 from gateway.paging import Page, Paging
 from gateway.schemas import TokenCreated, TokenOut
 from gateway.security import hash_token, new_token
 from store.tables import ApiToken, User
+from store.types import utcnow
 
 TokenId = Annotated[int, id_path("Token id")]
 
@@ -48,18 +50,23 @@ async def list_tokens(user_id: UserId, ctx: OrgMember, session: SessionDep, pagi
     if after is not None:
         query = query.where(ApiToken.id > after[0])
     tokens = (await session.scalars(query.order_by(ApiToken.id).limit(paging.limit + 1))).all()
-    return paging.page(tokens, lambda t: (t.id,), lambda t: TokenOut(id=t.id, user_id=user.id,
-                                                                       created_at=t.created_at))
+    return paging.page(tokens, lambda t: (t.id,), lambda t: TokenOut(
+        id=t.id, user_id=user.id, created_at=t.created_at, expires_at=t.expires_at))
 
 
 @router.post("", status_code=201, response_model=TokenCreated)
-async def issue_token(user_id: UserId, ctx: OrgMember, session: SessionDep) -> TokenCreated:
+async def issue_token(user_id: UserId, ctx: OrgMember, session: SessionDep,
+                      body: TokenCreate | None = None) -> TokenCreated:
+    """A new token for the user (shown once), valid until revoked or for `expires_in_s` seconds."""
     user = await _holder(ctx, session, user_id)
     token = new_token()
-    row = ApiToken(token_hash=hash_token(token), user_id=user.id)
+    expires_at = None
+    if body is not None and body.expires_in_s is not None:
+        expires_at = utcnow() + timedelta(seconds=body.expires_in_s)
+    row = ApiToken(token_hash=hash_token(token), user_id=user.id, expires_at=expires_at)
     session.add(row)
     await session.commit()
-    return TokenCreated(id=row.id, user_id=user.id, created_at=row.created_at, token=token)
+    return TokenCreated(id=row.id, user_id=user.id, created_at=row.created_at, expires_at=row.expires_at, token=token)
 
 
 @router.delete("/{token_id}", status_code=204)

@@ -23,6 +23,7 @@ from meta.webhook_parser import WebhookPayloadError, parse_webhook
 from store.crypto import SecretBox
 from store.db import Database
 from store.tables import Organization, WhatsAppAccount
+from store.types import utcnow
 
 router = APIRouter(prefix="/webhooks/whatsapp", tags=["meta webhook"])
 
@@ -79,8 +80,11 @@ def _waba_ids(payload: object) -> list[str]:
 
 
 # Built once (every cache miss runs it): a statement object keeps its cache key. Plain columns, no ORM objects.
-_SHARING_A_WABA = select(WhatsAppAccount.org_id, WhatsAppAccount.waba_id, WhatsAppAccount.app_secret_enc).where(
-    WhatsAppAccount.waba_id.in_(select(WhatsAppAccount.waba_id).where(WhatsAppAccount.org_id == bindparam("org_id"))))
+_SHARING_A_WABA = select(
+    WhatsAppAccount.org_id, WhatsAppAccount.waba_id, WhatsAppAccount.app_secret_enc,
+    WhatsAppAccount.previous_app_secret_enc, WhatsAppAccount.previous_app_secret_until,
+).where(WhatsAppAccount.waba_id.in_(select(WhatsAppAccount.waba_id).where(
+    WhatsAppAccount.org_id == bindparam("org_id"))))
 
 
 def signing_secrets_loader(db: Database, secrets: SecretBox) -> Loader:
@@ -91,7 +95,13 @@ def signing_secrets_loader(db: Database, secrets: SecretBox) -> Loader:
     """
 
     async def accounts(session: AsyncSession, org_id: int) -> list[tuple[int, str, str]]:
-        return [(o, w, s) for o, w, s in (await session.execute(_SHARING_A_WABA, {"org_id": org_id})).all()]
+        now = utcnow()
+        found = []
+        for org, waba, secret, previous, until in (await session.execute(_SHARING_A_WABA, {"org_id": org_id})).all():
+            found.append((org, waba, secret))
+            if previous is not None and until is not None and until > now:  # a rotation's grace period
+                found.append((org, waba, previous))
+        return found
 
     async def load(org_id: int) -> list[SigningSecret]:
         # A read step of its own (not a request-long session): its connection is back before the grouped write.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from actors.directory import ActorUnavailable
 from config.messaging import NumberSettings
-from config.models import WhatsAppAccountLink
+from config.models import WhatsAppAccountLink, WhatsAppCredentials
 from gateway.deps import ConfigSupervisor, RuntimeDep, SessionDep
 from gateway.errors import ApiError, conflict, field_error, forbidden, not_found
 from gateway.paging import Page, Paging
@@ -165,6 +166,39 @@ async def link_account(body: WhatsAppAccountLink, ctx: ConfigSupervisor, runtime
     await _store_numbers(session, body.waba_id, numbers)
     await session.commit()
     runtime.signing.invalidate()  # the new secret verifies deliveries from now on, here at once
+    return await _account_out(session, account)
+
+
+@router.put("/accounts/{waba_id}/credentials", response_model=WhatsAppAccountOut)
+async def rotate_credentials(waba_id: str, body: WhatsAppCredentials, ctx: ConfigSupervisor, runtime: RuntimeDep,
+                             session: SessionDep) -> WhatsAppAccountOut:
+    """New access token and app secret for a linked WABA (Meta rotated them).
+
+    The token is verified against the Graph API first (refused: 422 naming `access_token`, nothing
+    changes). The replaced app secret still verifies deliveries for `WA_ROUTER_APP_SECRET_GRACE_S`
+    (Meta retries deliveries signed before the change); senders use the new token from their next send.
+    """
+    account = await _get_account(session, ctx.org.id, waba_id)
+    waba, numbers = await _read_from_meta(runtime, waba_id, body.access_token)
+    current_secret = runtime.secrets.decrypt(account.app_secret_enc)
+    if body.app_secret != current_secret:
+        account.previous_app_secret_enc = account.app_secret_enc
+        account.previous_app_secret_until = utcnow() + timedelta(seconds=runtime.settings.app_secret_grace_s)
+        account.app_secret_enc = runtime.secrets.encrypt(body.app_secret)
+    account.access_token_enc = runtime.secrets.encrypt(body.access_token)
+    account.name = waba.get("name") or account.name
+    account.refreshed_at = utcnow()
+    await _store_numbers(session, waba_id, numbers)
+    in_use = list((await session.scalars(
+        select(Inbox.phone_number_id).join(PhoneNumber, PhoneNumber.phone_number_id == Inbox.phone_number_id)
+        .where(Inbox.org_id == ctx.org.id, PhoneNumber.waba_id == waba_id)
+    )).all())
+    await session.commit()
+    runtime.signing.invalidate()  # the new secret verifies deliveries here at once
+    for phone_number_id in in_use:
+        # Their senders read the new token on their next send (an unavailable one reads it when it starts).
+        with contextlib.suppress(ActorUnavailable):
+            await runtime.routing.sender(phone_number_id).forget_tokens()
     return await _account_out(session, account)
 
 
