@@ -4,7 +4,11 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: install run test soak lint simulator bench clean
+.PHONY: help install run demo test soak lint simulator bench clean
+
+## List the targets.
+help:
+	@awk '/^## /{desc = (desc ? desc " " : "") substr($$0, 4); next} /^[a-z][a-z-]*:/{if (desc) {split($$0, t, ":"); printf "  %-10s %s\n", t[1], desc}; desc = ""; next} {desc = ""}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,20 +16,32 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+## Create .venv and install wa-router with its development tools.
 install: $(STAMP)
 
 ## Start the gateway with a local Ray instance and the embedded SQLite store.
 run: install
 	$(VENV)/bin/wa-router serve
 
-## Lint, type-check and run the whole test-suite (SQLite and PostgreSQL, real Ray, real HTTP).
-test: install lint
+## A live demo: gateway, Meta simulator, sample organization, customers and agents (Ctrl-C stops it).
+demo: install
+	$(VENV)/bin/wa-router demo
+
+# The browser test drives Debian's chromium (Playwright's own browser download is not used).
+CHROMIUM_STAMP := $(VENV)/.chromium
+$(CHROMIUM_STAMP):
+	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
+	touch $@
+
+## Lint, type-check and run the whole test-suite (SQLite and PostgreSQL, real Ray, real HTTP, a real browser).
+test: install lint $(CHROMIUM_STAMP)
 	$(VENV)/bin/pytest -q
 
-## The long fault-injection run (issue 6) on SQLite and PostgreSQL; prints its figures, fails on any violation.
+## The long fault-injection run on SQLite and PostgreSQL; prints its figures, fails on any violation.
 soak: install
-	$(PY) -m tests.fault_injection --long
+	$(VENV)/bin/wa-router soak
 
+## Lint and type-check.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy actors gateway config store meta routing bench
@@ -34,10 +50,11 @@ lint: install
 simulator: install
 	$(PY) -m meta.simulator --port 9000 --seed demo
 
-## The benchmark of issue 7: ceilings, then the real stack under stepped open-loop load (~15 min).
+## The benchmark: ceilings, then the real stack under stepped open-loop load (~15 min).
 ## Writes bench/results/latest.json and the py-spy profiles next to it.
 bench: install
 	$(VENV)/bin/wa-router bench --profile --output bench/results/latest.json
 
+## Remove local data and tool caches.
 clean:
 	rm -rf data .pytest_cache .mypy_cache .ruff_cache

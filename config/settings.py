@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     secret_key: str | None = None
     secret_key_file: Path = Path("./data/secret.key")
 
+    # Where a running gateway records its Ray cluster (address, dashboard, namespace), so that
+    # `wa-router actors` finds it even when several Ray instances run on the machine.
+    cluster_record_file: Path = Path("./data/gateway.json")
+
     # Platform admin bearer token. When unset, one is generated at first start,
     # stored hashed and printed once.
     admin_token: str | None = None
@@ -135,7 +139,7 @@ class Settings(BaseSettings):
                              "have one generated")
         return value
 
-    @field_validator("secret_key_file")
+    @field_validator("secret_key_file", "cluster_record_file")
     @classmethod
     def _absolute_key_file(cls, value: Path) -> Path:
         return value.resolve()

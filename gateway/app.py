@@ -28,6 +28,7 @@ from gateway.routers.webhooks import signing_secrets_loader
 from gateway.runtime import Runtime
 from gateway.signing_cache import SigningCache
 from gateway.startup_checks import SqliteGatewayClaim, StartupRefused, check_cluster, claim_sqlite_store
+from gateway.web import install_web
 from meta.graph_client import GraphClient
 from store.crypto import SecretBox, load_or_create_key
 from store.db import Database, is_sqlite
@@ -126,6 +127,9 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         version="0.1.0",
         summary="Actor-model routing server for WhatsApp contact centers",
         lifespan=lifespan,
+        # Served by gateway.web from local files (the defaults load from a CDN).
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     gateway_metrics = metrics.GatewayMetrics()
@@ -142,4 +146,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
     app.include_router(metrics.router)
     for router in api_routers:
         app.include_router(router)
+
+    install_web(app)  # the web console at / and the API docs at /docs
+
     return app

@@ -34,7 +34,7 @@ async def ensure_admin_token(db: Database, configured: str | None) -> str | None
 
 
 async def rotate_admin_token(db: Database) -> str:
-    """Replace every platform admin token with a new one (the CLI's `rotate-admin-token`)."""
+    """Replace every platform admin token with a new one (the CLI's admin rotate-token)."""
     token = new_token()
     async with db.session() as session:
         await session.execute(delete(ApiToken).where(ApiToken.user_id.is_(None)))

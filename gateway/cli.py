@@ -1,52 +1,158 @@
-"""`wa-router`: start the gateway (with a local Ray instance by default) and small admin chores."""
+"""The wa-router command line: the gateway, the demo, the benchmark, the soak and platform chores.
+
+Heavy modules (the gateway, Ray, the benchmark harness) are imported inside the commands that need
+them, so `wa-router --version` and `wa-router --help` answer at once.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import functools
+import importlib.util
+import os
+import subprocess
 import sys
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import uvicorn
-from fastapi import FastAPI
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
 
-from actors.directory import connect_ray, disconnect_ray
-from bench.options import add_bench_arguments
-from config.settings import Settings
-from gateway.app import create_app
-from gateway.bootstrap import rotate_admin_token
-from gateway.deployment import DeploymentConflict, check_free, cluster_identity
-from gateway.logs import configure_logging
-from gateway.runtime import Runtime
-from gateway.startup_checks import SqliteGatewayClaim, StartupRefused, check_cluster, claim_sqlite_store
-from store.crypto import SecretBox, parse_keys
-from store.db import Database
-from store.key_rotation import add_new_key, reencrypt_secrets
-from store.migrate import upgrade_to_head
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from config.settings import Settings
+    from gateway.startup_checks import SqliteGatewayClaim
+
+out = Console(highlight=False, soft_wrap=True)  # tokens and URLs must stay on one line to copy
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+app = typer.Typer(
+    name="wa-router",
+    help="Actor-model routing server for WhatsApp contact centers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+admin_app = typer.Typer(help="Platform chores on the store: organizations, tokens.", no_args_is_help=True,
+                        rich_markup_mode=None)
+app.add_typer(admin_app, name="admin")
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _banner(app: FastAPI) -> None:
-    runtime: Runtime = app.state.runtime
+class CliError(Exception):
+    """A failure shown to the user as one line."""
+
+
+def _version() -> str:
+    try:
+        return version("wa-router")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "0.1.0"
+
+
+def one_line_errors(command: F) -> F:
+    """Errors end the command with one line on stderr and exit status 1, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.BadParameter):
+            raise
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            err.print(f"error: {where}: {first['msg']}")
+        except CliError as exc:
+            err.print(f"error: {exc}")
+        except Exception as exc:  # anything else still reads as one line
+            err.print(f"error: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(f"wa-router {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                               help="Show the version and exit.")] = False,
+) -> None:
+    """Actor-model routing server for WhatsApp contact centers."""
+
+
+# ---------------------------------------------------------------- serve
+
+
+def banner_lines(app_: FastAPI) -> list[str]:
+    """What every start prints: where things are, the Ray address, and how to get an admin token."""
+    from gateway.runtime import Runtime
+
+    runtime: Runtime = app_.state.runtime
     settings = runtime.settings
     gateway_url = f"http://{settings.host}:{settings.port}"
     lines = [
         "",
         "wa-router is up",
-        f"  gateway:         {gateway_url}   (API docs: {gateway_url}/docs)",
-        f"  Ray dashboard:   {app.state.dashboard_url or 'managed by the cluster you joined'}",
+        f"  gateway:         {gateway_url}   (web console: {gateway_url}/   API docs: {gateway_url}/docs)",
+        f"  Ray address:     {ray_address() or 'unknown'}   (namespace {settings.ray_namespace})",
+        f"  Ray dashboard:   {app_.state.dashboard_url or 'managed by the cluster you joined'}",
         f"  store:           {settings.database_url}",
         f"  Graph API:       {settings.graph_base_url}",
     ]
     if runtime.generated_admin_token:
         lines.append(f"  admin token:     {runtime.generated_admin_token}   (shown once; stored hashed)")
     elif settings.admin_token:
-        lines.append("  admin token:     from WA_ROUTER_ADMIN_TOKEN")
+        lines.append("  admin token:     the value of WA_ROUTER_ADMIN_TOKEN")
     else:
-        lines.append("  admin token:     issued at first start; `wa-router rotate-admin-token` issues a new one")
-    print("\n".join(lines), flush=True)
+        lines.append("  admin token:     issued at first start; run 'wa-router admin rotate-token' for a new one")
+    return lines
+
+
+def ray_address() -> str | None:
+    """The GCS address of the Ray cluster this process is connected to."""
+    import ray
+
+    try:
+        return str(ray.get_runtime_context().gcs_address)
+    except Exception:  # not connected: nothing to show
+        return None
+
+
+def record_cluster(app_: FastAPI) -> None:
+    """Record the gateway's Ray cluster for `wa-router actors`."""
+    from gateway.cluster_record import ClusterRecord, token_auth_enabled, write_record
+    from gateway.runtime import Runtime
+
+    runtime: Runtime = app_.state.runtime
+    settings = runtime.settings
+    write_record(settings.cluster_record_file, ClusterRecord(
+        gateway_url=f"http://{settings.host}:{settings.port}", ray_address=ray_address(),
+        dashboard_url=app_.state.dashboard_url, namespace=settings.ray_namespace,
+        token_auth=token_auth_enabled(), pid=os.getpid()))
 
 
 def _store_in_use(settings: Settings, deployment: str | None) -> str | None:
     """Fail fast: a deployment (`None`: a new local cluster) may not act on a store another live one holds."""
+    from gateway.deployment import DeploymentConflict, check_free
+    from store.db import Database
+    from store.migrate import upgrade_to_head
+
     upgrade_to_head(settings.database_url)
 
     async def run() -> str | None:
@@ -63,21 +169,33 @@ def _store_in_use(settings: Settings, deployment: str | None) -> str | None:
 
 
 def _preflight(settings: Settings) -> SqliteGatewayClaim | None:
-    """Every refusal before the server starts, each one line (StartupRefused): another live deployment on
-    the store, another gateway on a SQLite store, and what cannot work on the joined cluster.
-    A new local Ray instance is checked before it is started (it would be a new deployment)."""
+    """Every refusal before the server starts, each one line: another live deployment on the store, another
+    gateway on a SQLite store, and what cannot work on the joined cluster. A new local Ray instance is
+    checked before it is started (it would be a new deployment)."""
+    from actors.directory import connect_ray, disconnect_ray
+    from gateway.deployment import cluster_identity
+    from gateway.startup_checks import StartupRefused, check_cluster, claim_sqlite_store
+
     if not settings.ray_address:
         conflict = _store_in_use(settings, None)
         if conflict is not None:
-            raise StartupRefused(conflict)
-    claim = claim_sqlite_store(settings.database_url)
+            raise CliError(conflict)
+    try:
+        claim = claim_sqlite_store(settings.database_url)
+    except StartupRefused as exc:
+        raise CliError(str(exc)) from None
     if settings.ray_address:
         connection = connect_ray(settings)  # kept: the app's lifespan uses this connection
         try:
             check_cluster(settings.database_url, settings.secret_key)
             conflict = _store_in_use(settings, cluster_identity(settings.ray_namespace))
             if conflict is not None:
-                raise StartupRefused(conflict)
+                raise CliError(conflict)
+        except StartupRefused as exc:
+            if claim is not None:
+                claim.release()
+            disconnect_ray(connection)
+            raise CliError(str(exc)) from None
         except BaseException:
             if claim is not None:
                 claim.release()
@@ -86,112 +204,251 @@ def _preflight(settings: Settings) -> SqliteGatewayClaim | None:
     return claim
 
 
-def serve(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "ray_address": args.ray_address}.items()
-                 if v is not None}
+@app.command()
+@one_line_errors
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address (default WA_ROUTER_HOST or 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (default WA_ROUTER_PORT or 8000).")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Join this Ray cluster from a Ray node of it (auto, head:6379); overrides WA_ROUTER_RAY_ADDRESS.")]
+    = None,
+    log_level: Annotated[str, typer.Option(help="Uvicorn's log level.")] = "info",
+) -> None:
+    """Start the gateway and, unless told to join a cluster, Ray.
+
+    Settings come from WA_ROUTER_* variables; WA_ROUTER_RAY_ADDRESS (or --ray-address) joins an existing
+    Ray cluster.
+    """
+    import uvicorn
+
+    from config.settings import Settings
+    from gateway.app import create_app
+    from gateway.cluster_record import remove_record
+    from gateway.logs import configure_logging
+
+    overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port, "ray_address": ray_address}.items()
+                                 if v is not None}
     settings = Settings(**overrides)
     # Text: warnings and errors as before (uvicorn keeps its own lines); JSON: everything at the chosen
     # level, uvicorn's lines included, as JSON. Secrets masked either way.
     json_logs = settings.log_format == "json"
-    configure_logging(settings.log_format, args.log_level if json_logs else "warning")
-    try:
-        claim = _preflight(settings)
-    except StartupRefused as exc:
-        print(exc, file=sys.stderr, flush=True)
-        return 1
-    app = create_app(settings, on_ready=_banner, sqlite_claim=claim)
-    if json_logs:  # uvicorn's loggers then go through the root's JSON handler
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, ws="websockets-sansio",
-                    log_config=None)
-    else:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, ws="websockets-sansio")
-    return 0
+    configure_logging(settings.log_format, log_level if json_logs else "warning")
+    claim = _preflight(settings)
+    status = err.status("starting Ray and the gateway ...")
+    status.start()
 
-
-def rotate(_args: argparse.Namespace) -> int:
-    settings = Settings()
-    upgrade_to_head(settings.database_url)
-
-    async def run() -> str:
-        db = Database(settings.database_url)
-        try:
-            return await rotate_admin_token(db)
-        finally:
-            await db.dispose()
-
-    print(f"new platform admin token (shown once): {asyncio.run(run())}")
-    return 0
-
-
-def rotate_key(_args: argparse.Namespace) -> int:
-    """A new encryption key, and every stored secret encrypted with it (see `store.key_rotation`)."""
-    settings = Settings()
-    upgrade_to_head(settings.database_url)
-
-    async def run() -> str:
-        db = Database(settings.database_url, pool_size=1)
-        try:
-            # Every gateway stopped: one still running with the old key alone could not read the new secrets.
-            await check_free(db, None, settings.deployment_lease_s)
-            if settings.secret_key:
-                keys = parse_keys(settings.secret_key.encode())
-                if len(keys) < 2:
-                    raise RotationRefused(
-                        "WA_ROUTER_SECRET_KEY holds one key: set it to '<new key>,<current key>' (a new key: python "
-                        "-c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') and run "
-                        "this again; then the current key may be removed from it")
-                where = "WA_ROUTER_SECRET_KEY"
-            else:
-                keys = add_new_key(settings.secret_key_file)
-                where = str(settings.secret_key_file)
-            done = await reencrypt_secrets(db, SecretBox(b",".join(keys)))
-            return (f"{done} WhatsApp account(s) encrypted with the new key (first in {where}); the earlier "
-                    "key(s) after it only decrypt and may be removed once no backup needs them")
-        finally:
-            await db.dispose()
+    def ready(app_: FastAPI) -> None:
+        status.stop()
+        record_cluster(app_)
+        print("\n".join(banner_lines(app_)), flush=True)
 
     try:
-        print(asyncio.run(run()))
-    except (DeploymentConflict, RotationRefused) as exc:
-        print(exc, file=sys.stderr, flush=True)
-        return 1
-    return 0
+        extra: dict[str, Any] = {"log_config": None} if json_logs else {}  # uvicorn then logs through JSON
+        uvicorn.run(create_app(settings, on_ready=ready, sqlite_claim=claim), host=settings.host, port=settings.port,
+                    log_level=log_level, ws="websockets-sansio", **extra)
+    finally:
+        status.stop()
+        remove_record(settings.cluster_record_file, os.getpid())
 
 
-class RotationRefused(Exception):
-    pass
+# ---------------------------------------------------------------- demo
 
 
-def bench(args: argparse.Namespace) -> int:
-    from bench.run import main as run_bench  # the harness's heavier imports only when asked for
+@app.command()
+@one_line_errors
+def demo(
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    simulator_port: Annotated[int, typer.Option(help="Meta simulator port.")] = 9000,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")]
+    = None,
+) -> None:
+    """Run a live demo: gateway, Meta simulator, customers and agents."""
+    from gateway.demo import DemoOptions, run_demo
 
-    return run_bench(args)
+    run_demo(DemoOptions(port=port, simulator_port=simulator_port, duration_s=duration), out, err)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wa-router", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="start the gateway (settings from WA_ROUTER_* variables)")
-    serve_cmd.add_argument("--host")
-    serve_cmd.add_argument("--port", type=int)
-    serve_cmd.add_argument("--ray-address", help="join this Ray cluster from a Ray node of it (`auto`, `head:6379`); "
-                                                  "overrides WA_ROUTER_RAY_ADDRESS")
-    serve_cmd.add_argument("--log-level", default="info")
-    serve_cmd.set_defaults(handler=serve)
-    rotate_cmd = commands.add_parser("rotate-admin-token", help="replace the platform admin token")
-    rotate_cmd.set_defaults(handler=rotate)
-    rotate_key_cmd = commands.add_parser(
-        "rotate-secret-key", help="encrypt every stored secret with a new key (every gateway stopped)")
-    rotate_key_cmd.set_defaults(handler=rotate_key)
-    bench_cmd = commands.add_parser("bench", help="benchmark the real stack under open-loop webhook load (issue 7)")
-    add_bench_arguments(bench_cmd)
-    bench_cmd.set_defaults(handler=bench)
-    return parser
+# ---------------------------------------------------------------- bench and soak
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+@one_line_errors
+def bench(ctx: typer.Context) -> None:
+    """Benchmark the real stack (see wa-router bench --help)."""
+    import argparse
+
+    # The harness and its flags only when asked for: the gateway never imports the bench package.
+    from bench.options import add_bench_arguments
+    from bench.run import main as run_bench
+
+    parser = argparse.ArgumentParser(prog="wa-router bench",
+                                     description="Benchmark the real stack under open-loop webhook load.")
+    add_bench_arguments(parser)
+    code = int(run_bench(parser.parse_args(ctx.args)) or 0)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+@one_line_errors
+def soak() -> None:
+    """Run the long fault-injection soak (minutes)."""
+    if importlib.util.find_spec("tests.fault_injection") is None:
+        raise CliError("the soak runs from a source checkout: tests/fault_injection.py is not importable here")
+    err.print("running the fault-injection soak (python -m tests.fault_injection --long); it takes minutes")
+    code = subprocess.call([sys.executable, "-m", "tests.fault_injection", "--long"])
+    if code:
+        raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------- admin
+
+
+def _settings() -> Settings:
+    from config.settings import Settings
+
+    return Settings()
+
+
+@admin_app.command("create-org")
+@one_line_errors
+def create_org(
+    name: Annotated[str, typer.Argument(help="The organization's name.")],
+    owner_name: Annotated[str, typer.Option(help="The owner's name.")],
+    owner_email: Annotated[str, typer.Option(help="The owner's email.")],
+) -> None:
+    """Create an organization and its owner."""
+    from config.models import OrganizationCreate
+    from gateway.admin_ops import AdminError, create_organization
+
+    body = OrganizationCreate.model_validate({"name": name, "owner": {"name": owner_name, "email": owner_email}})
+    try:
+        org_id, owner_id, token = asyncio.run(create_organization(_settings(), body))
+    except AdminError as exc:
+        raise CliError(str(exc)) from exc
+    out.print(f"organization {org_id} created; owner user {owner_id}")
+    out.print(f"owner token (shown once): {token}")
+
+
+@admin_app.command("issue-token")
+@one_line_errors
+def issue_token(user_id: Annotated[int, typer.Argument(help="The user's id.")]) -> None:
+    """Issue a new API token for a user."""
+    from gateway.admin_ops import AdminError, issue_user_token
+
+    try:
+        name, token, org_id = asyncio.run(issue_user_token(_settings(), user_id))
+    except AdminError as exc:
+        raise CliError(str(exc)) from exc
+    out.print(f"token for user {user_id} ({name}) of organization {org_id} (shown once): {token}")
+
+
+@admin_app.command("rotate-token")
+@one_line_errors
+def rotate_token() -> None:
+    """Replace the platform admin token."""
+    from gateway.admin_ops import rotate_admin
+
+    out.print(f"new platform admin token (shown once): {asyncio.run(rotate_admin(_settings()))}")
+
+
+@admin_app.command("orgs")
+@one_line_errors
+def orgs() -> None:
+    """List the organizations."""
+    from gateway.admin_ops import list_organizations
+
+    rows = asyncio.run(list_organizations(_settings()))
+    if not rows:
+        out.print("no organizations yet")
+        return
+    table = Table("id", "name", "users", "created")
+    for row in rows:
+        table.add_row(str(row.id), row.name, str(row.users), row.created_at.strftime("%Y-%m-%d %H:%M"))
+    out.print(table)
+
+
+@admin_app.command("rotate-secret-key")
+@one_line_errors
+def rotate_secret_key() -> None:
+    """Re-encrypt stored secrets with a new key.
+
+    Every gateway must be stopped first.
+    """
+    from gateway.admin_ops import AdminError
+    from gateway.admin_ops import rotate_secret_key as rotate
+
+    try:
+        out.print(asyncio.run(rotate(_settings())))
+    except AdminError as exc:
+        raise CliError(str(exc)) from exc
+
+
+@app.command("rotate-secret-key", hidden=True)
+@one_line_errors
+def rotate_secret_key_alias() -> None:
+    """Encrypt every stored secret with a new key (same as admin rotate-secret-key)."""
+    rotate_secret_key()
+
+
+@app.command("rotate-admin-token", hidden=True)
+@one_line_errors
+def rotate_admin_token_alias() -> None:
+    """Replace the platform admin token (same as admin rotate-token)."""
+    rotate_token()
+
+
+# ---------------------------------------------------------------- actors
+
+
+@app.command()
+@one_line_errors
+def actors(
+    record: Annotated[Path | None, typer.Option(help="The running gateway's record "
+                                                     "(default WA_ROUTER_CLUSTER_RECORD_FILE).")] = None,
+    address: Annotated[str | None, typer.Option(help="A Ray dashboard URL, instead of the gateway's record.")]
+    = None,
+    namespace: Annotated[str | None, typer.Option(help="Ray namespace (default: the gateway's).")] = None,
+) -> None:
+    """List the live inbox, agent and sender actors."""
+    from gateway.cluster_record import read_record, token_auth_enabled
+    from gateway.ray_actors import StateQueryFailed, routing_actors
+
+    settings = _settings()
+    path = record or settings.cluster_record_file
+    recorded = read_record(path)
+    if address is None:
+        if recorded is None:
+            raise CliError(f"no running gateway recorded in {path}; start one with 'wa-router serve' "
+                           "or pass --address")
+        if not recorded.gateway_alive():
+            raise CliError(f"the gateway recorded in {path} (pid {recorded.pid}) is not running")
+        if not recorded.dashboard_url:
+            raise CliError("the gateway joined a cluster without a dashboard URL; pass --address")
+        address = recorded.dashboard_url
+    token_auth = recorded.token_auth if recorded is not None else token_auth_enabled()
+    namespace = namespace or (recorded.namespace if recorded is not None else settings.ray_namespace)
+    with err.status(f"asking Ray's state API at {address} ..."):
+        try:
+            rows = routing_actors(address, namespace, token_auth)
+        except StateQueryFailed as exc:
+            raise CliError(str(exc)) from exc
+    if not rows:
+        out.print(f"no inbox, agent or sender actors in namespace {namespace} (they start with traffic)")
+        return
+    table = Table("actor", "kind", "state", "pid", "node", "restarts", title=f"Ray {address}, namespace {namespace}")
+    for row in rows:
+        table.add_row(row.name, row.kind, row.state, str(row.pid or "-"), row.node_id, str(row.restarts))
+    out.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    """Console script entry point; returns the exit status."""
+    try:
+        app(args=argv, prog_name="wa-router")  # standalone: usage errors print as click prints them
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
 
 
 if __name__ == "__main__":

@@ -189,6 +189,21 @@ def free_port() -> int:
 # ==================================================================== HTTP with retries across gateway deaths
 
 
+def _whole_trail(http: httpx.Client, path: str, token: str) -> list[dict[str, Any]]:
+    """Every page of a transaction's audit trail (empty if the gateway does not answer)."""
+    trail: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 200}
+    while True:
+        response = call_through_outages(http, "GET", path, headers=auth(token), params=params)
+        if response is None or response.status_code != 200:
+            return trail
+        page = response.json()
+        trail += page["items"]
+        if page["next_cursor"] is None:
+            return trail
+        params = {"limit": 200, "cursor": page["next_cursor"]}
+
+
 def call_through_outages(client: httpx.Client, method: str, path: str, *, give_up_after_s: float = 60.0,
                          **kwargs: Any) -> httpx.Response | None:
     """A request retried while the gateway is down or restarting (no answer, 502/503).
@@ -554,9 +569,9 @@ class AgentWorker:
                 return
         response = call_through_outages(self._http, "GET", f"{self.org_path}/inboxes/{self.manual_inbox}/queue",
                                         give_up_after_s=2)
-        if response is None or response.status_code != 200 or not response.json():
+        if response is None or response.status_code != 200 or not response.json()["items"]:
             return
-        entry = self.rng.choice(response.json()[:3])
+        entry = self.rng.choice(response.json()["items"][:3])
         self._post(f"{self.org_path}/transactions/{entry['id']}/claim", f"claim {entry['id']}")
 
     def _capacity(self) -> int:
@@ -914,9 +929,7 @@ def check_invariants(plan: FaultPlan, store: Gateway, owner_token: str, org_id: 
     never_held_closed: list[str] = []
     trails: dict[int, list[dict[str, Any]]] = {}
     for t in txs:
-        response = call_through_outages(http, "GET", f"/v1/orgs/{org_id}/transactions/{t[0]}/events",
-                                        headers=auth(owner_token))
-        trail = response.json() if response is not None and response.status_code == 200 else []
+        trail = _whole_trail(http, f"/v1/orgs/{org_id}/transactions/{t[0]}/events", owner_token)
         trails[int(t[0])] = trail
         doubles, held = _trail_holders(trail)
         if doubles:

@@ -67,7 +67,7 @@ def reply(sc: Scenario, agent: Agent, tx_id: int, text: str, expected: int = 202
 
 
 def outbound(sc: Scenario, tx_id: int) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = sc.gateway.ok("GET", sc.org.path(f"/transactions/{tx_id}/outbound"), sc.owner)
+    result: list[dict[str, Any]] = sc.gateway.items(sc.org.path(f"/transactions/{tx_id}/outbound"), sc.owner)
     return result
 
 
@@ -93,7 +93,7 @@ def approved_template(sc: Scenario, name: str, body: str, languages: tuple[str, 
                                                      "languages": list(languages), "body": body})
 
     def approved() -> bool:
-        listed = sc.gateway.ok("GET", path, sc.owner)
+        listed = sc.gateway.items(path, sc.owner)
         return any(t["name"] == name and all(lang["status"] == "APPROVED" for lang in t["languages"])
                    for t in listed)
 

@@ -293,21 +293,21 @@ class Scenario:
         return result
 
     def trail(self, tx_id: int) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.gateway.ok("GET", self.org.path(f"/transactions/{tx_id}/events"),
-                                                       self.owner)
+        result: list[dict[str, Any]] = self.gateway.items(self.org.path(f"/transactions/{tx_id}/events"),
+                                                          self.owner)
         return result
 
     def kinds(self, tx_id: int) -> list[tuple[str, int | None]]:
         return [(e["kind"], e["agent_id"]) for e in self.trail(tx_id)]
 
     def transactions(self, **query: Any) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.gateway.ok("GET", self.org.path("/transactions"), self.owner,
-                                                       params=query)
-        return result
+        # The API lists newest first; the scenarios read them in the order the customers wrote.
+        result: list[dict[str, Any]] = self.gateway.items(self.org.path("/transactions"), self.owner, **query)
+        return sorted(result, key=lambda t: int(t["id"]))
 
     def queue(self, inbox_id: int, token: str | None = None) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.gateway.ok("GET", self.org.path(f"/inboxes/{inbox_id}/queue"),
-                                                       token or self.owner)
+        result: list[dict[str, Any]] = self.gateway.items(self.org.path(f"/inboxes/{inbox_id}/queue"),
+                                                          token or self.owner)
         return result
 
     def agent_view(self, agent: Agent) -> dict[str, Any]:

@@ -56,6 +56,23 @@ class Gateway:
         assert response.status_code == expected, f"{method} {path}: {response.status_code} {response.text}"
         return response.json() if response.content else None
 
+    def items(self, path: str, token: str | None, *, page_size: int | None = None, **params: Any) -> list[Any]:
+        """Every item of a paged list, following next_cursor to the last page."""
+        found: list[Any] = []
+        cursor: str | None = None
+        while True:
+            query = dict(params)
+            if page_size is not None:
+                query["limit"] = page_size
+            if cursor is not None:
+                query["cursor"] = cursor
+            page = self.ok("GET", path, token, params=query)
+            assert set(page) == {"items", "next_cursor"}, f"GET {path}: not a page: {page}"
+            found += page["items"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return found
+
 
 @dataclass
 class Org:

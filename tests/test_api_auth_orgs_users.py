@@ -50,7 +50,11 @@ def test_every_v1_route_needs_a_valid_bearer_token_and_never_leaks_another_org(g
             response = gateway.http.request(method, path, headers=headers, json={})
             assert response.status_code == 401, f"{method} {path} {headers}: {response.status_code}"
         response = gateway.call(method, path, intruder.owner_token, json={})
-        if template == "/v1/orgs":
+        if template == "/v1/me":
+            # The caller's own identity: the intruder sees itself, nothing of the victim.
+            assert response.status_code == 200 and response.json()["org"]["id"] == intruder.id
+            assert victim.access_token not in response.text and "Victim inbox" not in response.text
+        elif template == "/v1/orgs":
             assert response.status_code == 403, f"{method} {path}: {response.status_code}"
         else:
             # Another organization's resources look exactly like absent ones (or are refused).
@@ -58,7 +62,7 @@ def test_every_v1_route_needs_a_valid_bearer_token_and_never_leaks_another_org(g
             assert victim.access_token not in response.text and "Victim inbox" not in response.text
     # Nothing of the victim was changed by the refused calls.
     assert gateway.ok("GET", victim.path(f"/inboxes/{inbox['id']}"), victim.owner_token)["name"] == "Victim inbox"
-    assert len(gateway.ok("GET", victim.path("/users"), victim.owner_token)) == 1
+    assert len(gateway.items(victim.path("/users"), victim.owner_token)) == 1
 
 
 def test_tokens_are_stored_only_as_hashes(gateway: Gateway) -> None:
@@ -95,18 +99,18 @@ def test_platform_admin_creates_an_organization_with_its_owner(gateway: Gateway)
     me = gateway.ok("GET", f"/v1/orgs/{created['id']}/users/{owner['id']}", owner["token"])
     assert me["role"] == "owner" and me["is_supervisor"] and "token" not in me
     assert gateway.ok("GET", f"/v1/orgs/{created['id']}", owner["token"])["name"] == name
-    listed = gateway.ok("GET", "/v1/orgs", gateway.admin_token)
+    listed = gateway.items("/v1/orgs", gateway.admin_token)
     assert created["id"] in [o["id"] for o in listed]
 
 
 def test_only_the_platform_admin_creates_or_lists_organizations(gateway: Gateway) -> None:
     org = create_org(gateway)
     body = {"name": "Nope", "owner": {"name": "X", "email": f"{unique('x')}@example.com"}}
-    before = len(gateway.ok("GET", "/v1/orgs", gateway.admin_token))
+    before = len(gateway.items("/v1/orgs", gateway.admin_token))
     assert gateway.call("POST", "/v1/orgs", org.owner_token, json=body).status_code == 403
     assert gateway.call("GET", "/v1/orgs", org.owner_token).status_code == 403
     assert gateway.call("POST", "/v1/orgs", None, json=body).status_code == 401
-    assert len(gateway.ok("GET", "/v1/orgs", gateway.admin_token)) == before
+    assert len(gateway.items("/v1/orgs", gateway.admin_token)) == before
 
 
 @pytest.mark.parametrize(("body", "loc"), [
@@ -121,9 +125,9 @@ def test_only_the_platform_admin_creates_or_lists_organizations(gateway: Gateway
 ])
 def test_bad_organization_input_is_422_naming_the_field(gateway: Gateway, body: dict[str, Any],
                                                         loc: tuple[str, ...]) -> None:
-    before = len(gateway.ok("GET", "/v1/orgs", gateway.admin_token))
+    before = len(gateway.items("/v1/orgs", gateway.admin_token))
     assert_invalid(gateway.call("POST", "/v1/orgs", gateway.admin_token, json=body), *loc)
-    assert len(gateway.ok("GET", "/v1/orgs", gateway.admin_token)) == before
+    assert len(gateway.items("/v1/orgs", gateway.admin_token)) == before
 
 
 def test_out_of_range_ids_in_paths_are_refused_not_crashed(gateway: Gateway) -> None:
@@ -157,7 +161,7 @@ def test_user_lifecycle_token_shown_once(gateway: Gateway) -> None:
     assert not created["can_handle_whatsapp"]
     one = gateway.ok("GET", org.path(f"/users/{created['id']}"), org.owner_token)
     assert "token" not in one and one["email"] == body["email"]
-    listed = gateway.ok("GET", org.path("/users"), org.owner_token)
+    listed = gateway.items(org.path("/users"), org.owner_token)
     assert [u["id"] for u in listed] == [org.owner_id, created["id"]]
     assert all("token" not in u for u in listed) and created["token"] not in str(listed)
 
@@ -169,7 +173,7 @@ def test_user_lifecycle_token_shown_once(gateway: Gateway) -> None:
     assert gateway.call("GET", org.path("/users"), created["token"]).status_code == 403
 
     gateway.ok("DELETE", org.path(f"/users/{created['id']}"), org.owner_token, 204)
-    assert [u["id"] for u in gateway.ok("GET", org.path("/users"), org.owner_token)] == [org.owner_id]
+    assert [u["id"] for u in gateway.items(org.path("/users"), org.owner_token)] == [org.owner_id]
 
 
 @pytest.mark.parametrize(("overrides", "loc"), [
@@ -190,7 +194,7 @@ def test_bad_user_input_is_422_naming_the_field_and_writes_nothing(gateway: Gate
                                                                    loc: tuple[str | int, ...]) -> None:
     org = create_org(gateway)
     assert_invalid(gateway.call("POST", org.path("/users"), org.owner_token, json=_user_body(**overrides)), *loc)
-    assert len(gateway.ok("GET", org.path("/users"), org.owner_token)) == 1
+    assert len(gateway.items(org.path("/users"), org.owner_token)) == 1
     # The same rules hold on PATCH, and a refused PATCH changes nothing.
     patch = {k: v for k, v in overrides.items() if k in ("role", "licenses", "name")} or {"token": "x"}
     before = gateway.ok("GET", org.path(f"/users/{org.owner_id}"), org.owner_token)
@@ -273,7 +277,7 @@ def test_supervisor_without_contact_center_gets_403_naming_the_licence(gateway: 
             assert response.status_code == 403, f"{role} {method} {suffix}: {response.status_code}"
             assert "contact_center" in response.json()["detail"], response.text
     # Nothing changed.
-    assert [i["name"] for i in gateway.ok("GET", org.path("/inboxes"), org.owner_token)] == ["Sales"]
+    assert [i["name"] for i in gateway.items(org.path("/inboxes"), org.owner_token)] == ["Sales"]
     # With the licence the same supervisor may configure.
     admin_id, admin_token = org.add_user("admin", ["phone_system"])
     assert gateway.call("GET", org.path("/whatsapp/numbers"), admin_token).status_code == 403

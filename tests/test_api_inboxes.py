@@ -19,7 +19,7 @@ def org(gateway: Gateway) -> Org:
 
 
 def _inboxes(org: Org) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = org.gateway.ok("GET", org.path("/inboxes"), org.owner_token)
+    result: list[dict[str, Any]] = org.gateway.items(org.path("/inboxes"), org.owner_token)
     return result
 
 
@@ -48,7 +48,7 @@ def test_inbox_lifecycle_with_defaults_and_every_field_patchable(gateway: Gatewa
     assert gateway.ok("GET", org.path(f"/inboxes/{created['id']}"), org.owner_token) == patched
     # The old number is free again, the new one taken.
     numbers = {n["phone_number_id"]: n["available"]
-               for n in gateway.ok("GET", org.path("/whatsapp/numbers"), org.owner_token)}
+               for n in gateway.items(org.path("/whatsapp/numbers"), org.owner_token)}
     assert numbers[org.numbers[0]] and not numbers[org.numbers[1]]
     # Only the named field changes.
     renamed = gateway.ok("PATCH", org.path(f"/inboxes/{created['id']}"), org.owner_token, json={"name": "Sales"})
@@ -157,7 +157,7 @@ def test_agent_candidates_are_exactly_the_whatsapp_licensed_users(gateway: Gatew
     org.add_user("member", ["phone_system"])
     org.add_user("member", [])
     org.add_user("admin", ["phone_system", "contact_center"])
-    candidates = gateway.ok("GET", org.path("/inboxes/agent-candidates"), org.owner_token)
+    candidates = gateway.items(org.path("/inboxes/agent-candidates"), org.owner_token)
     assert [c["user_id"] for c in candidates] == expected
     assert {"user_id", "name", "email", "role"} <= set(candidates[0])
     _, member_token = org.add_user()
@@ -176,7 +176,7 @@ def test_revoking_the_whatsapp_licence_removes_the_user_from_every_inbox(gateway
     for inbox_id in ids:
         inbox = gateway.ok("GET", org.path(f"/inboxes/{inbox_id}"), org.owner_token)
         assert [a["user_id"] for a in inbox["agents"]] == [staying]
-    assert leaving not in [c["user_id"] for c in gateway.ok("GET", org.path("/inboxes/agent-candidates"),
+    assert leaving not in [c["user_id"] for c in gateway.items(org.path("/inboxes/agent-candidates"),
                                                              org.owner_token)]
     refused = gateway.call("PATCH", org.path(f"/inboxes/{ids[0]}"), org.owner_token, json={"agents": agents})
     assert_invalid(refused, "body", "agents", 0, "user_id")
@@ -194,7 +194,7 @@ def test_members_see_only_the_inboxes_they_serve_and_configure_nothing(gateway: 
                         json={"name": "Served", "phone_number_id": org.numbers[0], "agents": [{"user_id": member}]})
     hidden = gateway.ok("POST", org.path("/inboxes"), org.owner_token, 201,
                         json={"name": "Hidden", "phone_number_id": org.numbers[1]})
-    assert [i["id"] for i in gateway.ok("GET", org.path("/inboxes"), token)] == [served["id"]]
+    assert [i["id"] for i in gateway.items(org.path("/inboxes"), token)] == [served["id"]]
     gateway.ok("GET", org.path(f"/inboxes/{served['id']}"), token)
     assert gateway.call("GET", org.path(f"/inboxes/{hidden['id']}"), token).status_code == 403
     assert gateway.call("POST", org.path("/inboxes"), token, json={"name": "Mine", "phone_number_id": org.numbers[1]}

@@ -21,12 +21,12 @@ from tests.support import (
 
 
 def _numbers(org: Org) -> dict[str, dict[str, Any]]:
-    return {n["phone_number_id"]: n for n in org.gateway.ok("GET", org.path("/whatsapp/numbers"), org.owner_token)}
+    return {n["phone_number_id"]: n for n in org.gateway.items(org.path("/whatsapp/numbers"), org.owner_token)}
 
 
 def _nothing_linked(org: Org) -> None:
-    assert org.gateway.ok("GET", org.path("/whatsapp/accounts"), org.owner_token) == []
-    assert org.gateway.ok("GET", org.path("/whatsapp/numbers"), org.owner_token) == []
+    assert org.gateway.items(org.path("/whatsapp/accounts"), org.owner_token) == []
+    assert org.gateway.items(org.path("/whatsapp/numbers"), org.owner_token) == []
     assert query_db(org.gateway, "SELECT count(*) FROM whatsapp_accounts WHERE org_id = :o", o=org.id) == [(0,)]
 
 
@@ -167,7 +167,7 @@ def test_unlink_is_409_while_an_inbox_uses_a_number(gateway: Gateway) -> None:
                        json={"name": "Support", "phone_number_id": org.numbers[0]})
     refused = gateway.call("DELETE", org.path(f"/whatsapp/accounts/{org.waba_id}"), org.owner_token)
     assert refused.status_code == 409 and "Support" in refused.text
-    assert len(gateway.ok("GET", org.path("/whatsapp/accounts"), org.owner_token)) == 1
+    assert len(gateway.items(org.path("/whatsapp/accounts"), org.owner_token)) == 1
     gateway.ok("DELETE", org.path(f"/inboxes/{inbox['id']}"), org.owner_token, 204)
     gateway.ok("DELETE", org.path(f"/whatsapp/accounts/{org.waba_id}"), org.owner_token, 204)
     _nothing_linked(org)
@@ -199,7 +199,7 @@ def test_shared_waba_numbers_are_available_to_one_org_only(gateway: Gateway) -> 
     taken = gateway.call("POST", b.path("/inboxes"), b.owner_token,
                          json={"name": "B sales", "phone_number_id": number_1})
     assert taken.status_code == 409 and "A sales" not in taken.text
-    assert gateway.ok("GET", b.path("/inboxes"), b.owner_token) == []
+    assert gateway.items(b.path("/inboxes"), b.owner_token) == []
     gateway.ok("POST", b.path("/inboxes"), b.owner_token, 201, json={"name": "B sales", "phone_number_id": number_2})
     assert not any(n["available"] for n in _numbers(a).values())
 
@@ -220,5 +220,5 @@ def test_meta_unreachable_is_502_and_nothing_is_stored(gateway_without_meta: Gat
     assert response.status_code == 502
     assert "could not be reached" in response.json()["detail"]
     assert token not in response.text and secret not in response.text
-    assert gateway.ok("GET", org.path("/whatsapp/accounts"), org.owner_token) == []
-    assert gateway.ok("GET", org.path("/whatsapp/numbers"), org.owner_token) == []
+    assert gateway.items(org.path("/whatsapp/accounts"), org.owner_token) == []
+    assert gateway.items(org.path("/whatsapp/numbers"), org.owner_token) == []

@@ -190,13 +190,17 @@ def test_gateway_joins_the_cluster_with_its_secrets_from_a_secret() -> None:
 
 
 def test_the_gateway_cli_accepts_what_the_manifest_runs() -> None:
-    from gateway.cli import build_parser
+    import typer.main
+
+    from gateway.cli import app
 
     (deployment,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "wa-router-gateway"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     _, serve = gateway_steps(container)
-    args = build_parser().parse_args(serve[2:])
-    assert args.ray_address == "auto" and args.host == "0.0.0.0" and args.port == 8000
+    assert serve[:3] == ["exec", "wa-router", "serve"], serve
+    command = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    params = command.make_context("serve", list(serve[3:])).params
+    assert params["ray_address"] == "auto" and params["host"] == "0.0.0.0" and params["port"] == 8000
 
 
 def test_ray_cluster_yaml_loads_as_ray_up_loads_it() -> None:

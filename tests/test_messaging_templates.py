@@ -20,7 +20,7 @@ def _path(sc: Scenario, suffix: str = "") -> str:
 
 
 def _languages(sc: Scenario, name: str) -> dict[str, dict[str, Any]]:
-    listed = sc.gateway.ok("GET", _path(sc), sc.owner)
+    listed = sc.gateway.items(_path(sc), sc.owner)
     return {lang["language"]: lang for t in listed if t["name"] == name for lang in t["languages"]}
 
 
@@ -50,7 +50,7 @@ def test_every_template_rule_is_a_422_naming_the_field(sc: Scenario, change: dic
     response = sc.gateway.call("POST", _path(sc), sc.owner, json={**VALID, **change})
     assert_invalid(response, *loc)
     # Nothing reached Meta or the store.
-    assert sc.gateway.ok("GET", _path(sc), sc.owner) == []
+    assert sc.gateway.items(_path(sc), sc.owner) == []
     assert not [t for t in sc.gateway.simulator.templates.values() if t.waba_id == sc.org.waba_id]
 
 
@@ -80,7 +80,7 @@ def test_created_per_language_then_approved_rejected_and_paused_by_webhook(any_s
     # The same name again is a conflict; a delete removes it at Meta and here.
     assert sc.gateway.call("POST", _path(sc), sc.owner, json=VALID).status_code == 409
     assert sc.gateway.call("DELETE", _path(sc, "/order_update"), sc.owner).status_code == 204
-    assert sc.gateway.ok("GET", _path(sc), sc.owner) == []
+    assert sc.gateway.items(_path(sc), sc.owner) == []
     assert not [t for t in sc.gateway.simulator.templates.values() if t.waba_id == sc.org.waba_id]
     assert sc.gateway.call("DELETE", _path(sc, "/order_update"), sc.owner).status_code == 404
 

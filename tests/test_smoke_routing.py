@@ -31,6 +31,6 @@ def test_offer_accept_close(gateway: Gateway) -> None:
     assert closed["state"] == "closed"
     agent = gateway.ok("GET", org.path(f"/agents/{a1}"), t1)
     assert agent["active_transactions"] == []
-    events = gateway.ok("GET", org.path(f"/transactions/{tx}/events"), org.owner_token)
+    events = gateway.items(org.path(f"/transactions/{tx}/events"), org.owner_token)
     assert [e["kind"] for e in events] == ["queued", "offered", "accepted", "closed"]
     eventually(lambda: True)

@@ -112,7 +112,7 @@ def test_two_orgs_racing_for_a_shared_number_get_exactly_one_inbox(any_gateway: 
     finally:
         for client in clients:
             client.close()
-    owned = [i["phone_number_id"] for org in (a, b) for i in any_gateway.ok("GET", org.path("/inboxes"),
+    owned = [i["phone_number_id"] for org in (a, b) for i in any_gateway.items(org.path("/inboxes"),
                                                                              org.owner_token)]
     assert sorted(owned) == sorted(waba[3])  # every number in exactly one inbox
     assert query_db(any_gateway, "SELECT count(*) FROM inboxes WHERE org_id IN (:a, :b)", a=a.id, b=b.id) == [
@@ -134,12 +134,12 @@ def test_inbox_lifecycle_and_validation(any_gateway: Gateway) -> None:
         assert_invalid(any_gateway.call("PATCH", org.path(f"/inboxes/{inbox['id']}"), org.owner_token,
                                         json={field: value}), "body", field)
     assert any_gateway.ok("GET", org.path(f"/inboxes/{inbox['id']}"), org.owner_token) == inbox
-    assert len(any_gateway.ok("GET", org.path("/inboxes"), org.owner_token)) == 1
+    assert len(any_gateway.items(org.path("/inboxes"), org.owner_token)) == 1
     # Revoking the WhatsApp licence takes the agent out of the inbox (a DELETE ... RETURNING on each store).
     any_gateway.ok("PATCH", org.path(f"/users/{agent}"), org.owner_token, json={"licenses": ["phone_system"]})
     assert any_gateway.ok("GET", org.path(f"/inboxes/{inbox['id']}"), org.owner_token)["agents"] == []
     any_gateway.ok("DELETE", org.path(f"/inboxes/{inbox['id']}"), org.owner_token, 204)
-    assert all(n["available"] for n in any_gateway.ok("GET", org.path("/whatsapp/numbers"), org.owner_token))
+    assert all(n["available"] for n in any_gateway.items(org.path("/whatsapp/numbers"), org.owner_token))
 
 
 def test_webhook_intake_is_idempotent_even_under_concurrent_redelivery(any_gateway: Gateway) -> None:
@@ -189,15 +189,15 @@ def test_webhook_values_beyond_column_sizes_are_stored_not_refused(any_gateway: 
 def test_text_the_store_cannot_hold_is_a_named_422_not_a_crash(any_gateway: Gateway) -> None:
     org = create_org(any_gateway)
     link_waba(org, add_simulated_waba(any_gateway, numbers=1))
-    users = any_gateway.ok("GET", org.path("/users"), org.owner_token)
+    users = any_gateway.items(org.path("/users"), org.owner_token)
     for field, value in (("name", "Nul\x00l"), ("email", "nul\x00@example.com")):
         body = {"name": "Ok", "email": "ok@example.com", **{field: value}}
         assert_invalid(any_gateway.call("POST", org.path("/users"), org.owner_token, json=body), "body", field)
-    assert any_gateway.ok("GET", org.path("/users"), org.owner_token) == users
+    assert any_gateway.items(org.path("/users"), org.owner_token) == users
     for body, field in (({"name": "In\x00box", "phone_number_id": org.numbers[0]}, "name"),
                         ({"name": "Inbox", "phone_number_id": "12\x0034"}, "phone_number_id")):
         assert_invalid(any_gateway.call("POST", org.path("/inboxes"), org.owner_token, json=body), "body", field)
-    assert any_gateway.ok("GET", org.path("/inboxes"), org.owner_token) == []
+    assert any_gateway.items(org.path("/inboxes"), org.owner_token) == []
     for path in ("/whatsapp/accounts/12%0034", "/whatsapp/accounts/" + "9" * 300):
         assert any_gateway.call("GET", org.path(path), org.owner_token).status_code in (404, 422)
 

@@ -9,12 +9,12 @@ from tests.support import Gateway, assert_invalid, create_org
 def test_a_user_issues_lists_and_revokes_their_tokens(gateway: Gateway) -> None:
     org = create_org(gateway)
     user_id, first = org.add_user("member")
-    listed = gateway.ok("GET", org.path(f"/users/{user_id}/tokens"), first)
+    listed = gateway.items(org.path(f"/users/{user_id}/tokens"), first)
     assert len(listed) == 1 and listed[0]["user_id"] == user_id and "token" not in listed[0]
     issued = gateway.ok("POST", org.path(f"/users/{user_id}/tokens"), first, 201)
     assert issued["token"].startswith("war_") and issued["token"] != first
     assert gateway.ok("GET", org.path(f"/users/{user_id}"), issued["token"])["id"] == user_id
-    ids = [t["id"] for t in gateway.ok("GET", org.path(f"/users/{user_id}/tokens"), issued["token"])]
+    ids = [t["id"] for t in gateway.items(org.path(f"/users/{user_id}/tokens"), issued["token"])]
     assert ids == [listed[0]["id"], issued["id"]]
     assert issued["token"] not in gateway.http.get(org.path(f"/users/{user_id}/tokens"),
                                                    headers={"Authorization": f"Bearer {first}"}).text
@@ -39,14 +39,14 @@ def test_who_may_manage_whose_tokens(gateway: Gateway) -> None:
     assert gateway.call("GET", org.path(f"/users/{member_id}/tokens"), other.owner_token).status_code == 404
     assert gateway.call("GET", other.path(f"/users/{member_id}/tokens"), other.owner_token).status_code == 404
     # A token id of another user is not found through this one.
-    owner_tokens = gateway.ok("GET", org.path(f"/users/{org.owner_id}/tokens"), org.owner_token)
+    owner_tokens = gateway.items(org.path(f"/users/{org.owner_id}/tokens"), org.owner_token)
     assert gateway.call("DELETE", org.path(f"/users/{member_id}/tokens/{owner_tokens[0]['id']}"),
                         org.owner_token).status_code == 404
 
 
 def test_revoking_a_token_closes_the_streams_opened_with_it(sc: Scenario) -> None:
     (a,) = sc.agents(1)
-    tokens = sc.gateway.ok("GET", sc.org.path(f"/users/{a.id}/tokens"), a.token)
+    tokens = sc.gateway.items(sc.org.path(f"/users/{a.id}/tokens"), a.token)
     with AgentSocket(sc.gateway, sc.org, a.id, a.token, subprotocol_token=True) as stream:
         sc.gateway.ok("DELETE", sc.org.path(f"/users/{a.id}/tokens/{tokens[0]['id']}"), sc.owner, 204)
         assert stream.wait_closed(timeout=10), "a stream opened with a revoked token stays open"
@@ -78,7 +78,7 @@ def test_a_token_may_expire(gateway: Gateway) -> None:
     path = org.path(f"/users/{user_id}/tokens")
     issued = gateway.ok("POST", path, token, 201, json={"expires_in_s": 3600})
     assert issued["expires_at"] is not None
-    assert [t["expires_at"] is not None for t in gateway.ok("GET", path, token)] == [False, True]
+    assert [t["expires_at"] is not None for t in gateway.items(path, token)] == [False, True]
     assert_invalid(gateway.call("POST", path, token, json={"expires_in_s": 10}), "body", "expires_in_s")
     # Once its time has come (set in the store here, before the token was ever used) it is refused.
     _expire(gateway, issued["id"])

@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from gateway.routers import (
     agents,
     inboxes,
+    me,
     messages,
     orgs,
     stats,
@@ -17,6 +18,7 @@ from gateway.routers import (
 )
 
 api_routers: list[APIRouter] = [
+    me.router,
     orgs.router,
     users.router,
     tokens.router,

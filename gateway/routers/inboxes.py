@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from config.models import InboxAgentIn, InboxCreate, InboxUpdate, holds_agent_licenses, missing_agent_license
 from gateway.deps import ConfigSupervisor, InboxId, OrgMember, RuntimeDep, SessionDep
 from gateway.errors import conflict, field_error, forbidden, not_found
+from gateway.paging import MAX_LIMIT, Page, Paging
 from gateway.schemas import AgentCandidateOut, InboxAgentOut, InboxOut
 from store.tables import Inbox, InboxAgent, PhoneNumber, Transaction, User, WhatsAppAccount
 from store.types import utcnow
@@ -86,11 +87,23 @@ async def _replace_agents(session: AsyncSession, inbox_id: int, agents: Sequence
     session.add_all([InboxAgent(inbox_id=inbox_id, user_id=a.user_id, proficiency=a.proficiency) for a in agents])
 
 
-@router.get("/agent-candidates", response_model=list[AgentCandidateOut])
-async def list_agent_candidates(ctx: ConfigSupervisor, session: SessionDep) -> list[AgentCandidateOut]:
-    users = (await session.scalars(select(User).where(User.org_id == ctx.org.id).order_by(User.id))).all()
-    return [AgentCandidateOut(user_id=u.id, name=u.name, email=u.email, role=u.role)
-            for u in users if holds_agent_licenses(u.licenses)]
+@router.get("/agent-candidates", response_model=Page[AgentCandidateOut])
+async def list_agent_candidates(ctx: ConfigSupervisor, session: SessionDep,
+                                paging: Paging) -> Page[AgentCandidateOut]:
+    """Users who may be inbox agents, oldest first (by id)."""
+    after = paging.after([int])
+    last_id = after[0] if after is not None else 0
+    found: list[User] = []
+    # Licences are a JSON list the SQL backends query differently: filter here, a batch at a time.
+    while len(found) <= paging.limit:
+        batch = (await session.scalars(select(User).where(User.org_id == ctx.org.id, User.id > last_id)
+                                       .order_by(User.id).limit(MAX_LIMIT))).all()
+        if not batch:
+            break
+        found += [u for u in batch if holds_agent_licenses(u.licenses)]
+        last_id = batch[-1].id
+    return paging.page(found[: paging.limit + 1], lambda u: (u.id,), lambda u: AgentCandidateOut(
+        user_id=u.id, name=u.name, email=u.email, role=u.role))
 
 
 @router.post("", status_code=201, response_model=InboxOut)
@@ -113,13 +126,18 @@ async def create_inbox(body: InboxCreate, ctx: ConfigSupervisor, session: Sessio
     return await inbox_out(session, inbox)
 
 
-@router.get("", response_model=list[InboxOut])
-async def list_inboxes(ctx: OrgMember, session: SessionDep) -> list[InboxOut]:
-    query = select(Inbox).where(Inbox.org_id == ctx.org.id).order_by(Inbox.id)
+@router.get("", response_model=Page[InboxOut])
+async def list_inboxes(ctx: OrgMember, session: SessionDep, paging: Paging) -> Page[InboxOut]:
+    """Oldest first (by id). Agents see the inboxes they serve."""
+    query = select(Inbox).where(Inbox.org_id == ctx.org.id)
+    after = paging.after([int])
+    if after is not None:
+        query = query.where(Inbox.id > after[0])
     if not ctx.is_supervisor and ctx.user is not None:
-        # Agents see the inboxes they serve.
         query = query.join(InboxAgent, InboxAgent.inbox_id == Inbox.id).where(InboxAgent.user_id == ctx.user.id)
-    return [await inbox_out(session, inbox) for inbox in (await session.scalars(query)).all()]
+    inboxes = (await session.scalars(query.order_by(Inbox.id).limit(paging.limit + 1))).all()
+    shown = {inbox.id: await inbox_out(session, inbox) for inbox in inboxes[: paging.limit]}
+    return paging.page(inboxes, lambda i: (i.id,), lambda i: shown[i.id])
 
 
 @router.get("/{inbox_id}", response_model=InboxOut)

@@ -23,6 +23,7 @@ from gateway.outbound import (
     wake_sender,
     window_expires_at,
 )
+from gateway.paging import Page, Paging
 from gateway.routers.inboxes import get_inbox
 from gateway.routers.transactions import _visible_transaction
 from gateway.schemas import OutboundMessageOut, OutboundStartOut
@@ -125,13 +126,17 @@ async def start_conversation(inbox_id: InboxId, body: OutboundStart, ctx: OrgMem
                             message=outbound_out(row))
 
 
-@router.get("/transactions/{tx_id}/outbound", response_model=list[OutboundMessageOut])
-async def list_outbound(tx_id: TxId, ctx: OrgMember, session: SessionDep) -> list[OutboundMessageOut]:
-    """The conversation's messages to the customer with their delivery state (also in the detail)."""
+@router.get("/transactions/{tx_id}/outbound", response_model=Page[OutboundMessageOut])
+async def list_outbound(tx_id: TxId, ctx: OrgMember, session: SessionDep,
+                        paging: Paging) -> Page[OutboundMessageOut]:
+    """The conversation's messages to the customer with their delivery state, oldest first."""
     tx = await _visible_transaction(session, ctx, tx_id)
-    rows = (await session.scalars(select(OutboundMessage).where(OutboundMessage.transaction_id == tx.id)
-                                  .order_by(OutboundMessage.id))).all()
-    return [outbound_out(r) for r in rows]
+    query = select(OutboundMessage).where(OutboundMessage.transaction_id == tx.id)
+    after = paging.after([int])
+    if after is not None:
+        query = query.where(OutboundMessage.id > after[0])
+    rows = (await session.scalars(query.order_by(OutboundMessage.id).limit(paging.limit + 1))).all()
+    return paging.page(rows, lambda r: (r.id,), outbound_out)
 
 
 

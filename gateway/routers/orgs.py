@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from config.models import OrganizationCreate, OrganizationUpdate, Role
 from gateway.deps import ConfigSupervisor, OrgMember, PlatformAdmin, SessionDep
+from gateway.paging import Page, Paging
 from gateway.routers.users import add_user
 from gateway.schemas import OrganizationCreated, OrganizationOut, OwnerCreated
 from gateway.security import new_verify_token
@@ -28,10 +29,15 @@ async def create_organization(body: OrganizationCreate, _admin: PlatformAdmin,
                                owner=OwnerCreated(id=owner.id, name=owner.name, email=owner.email, token=token))
 
 
-@router.get("", response_model=list[OrganizationOut])
-async def list_organizations(_admin: PlatformAdmin, session: SessionDep) -> list[OrganizationOut]:
-    orgs = (await session.scalars(select(Organization).order_by(Organization.id))).all()
-    return [organization_out(o) for o in orgs]
+@router.get("", response_model=Page[OrganizationOut])
+async def list_organizations(_admin: PlatformAdmin, session: SessionDep, paging: Paging) -> Page[OrganizationOut]:
+    """Oldest first (by id)."""
+    query = select(Organization)
+    after = paging.after([int])
+    if after is not None:
+        query = query.where(Organization.id > after[0])
+    orgs = (await session.scalars(query.order_by(Organization.id).limit(paging.limit + 1))).all()
+    return paging.page(orgs, lambda o: (o.id,), organization_out)
 
 
 def organization_out(org: Organization) -> OrganizationOut:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
+from collections.abc import Sequence
 
 from fastapi import APIRouter, Response
 from sqlalchemy import delete, select
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from config.messaging import TemplateCreate
 from gateway.deps import ConfigSupervisor, RuntimeDep, SessionDep
 from gateway.errors import ApiError, conflict, field_error, not_found
+from gateway.paging import Page, Paging, encode_cursor
 from gateway.routers.whatsapp import _get_account
 from gateway.runtime import Runtime
 from gateway.schemas import MetaErrorOut, TemplateLanguageOut, TemplateOut
@@ -30,10 +32,10 @@ def _meta_failure(error: GraphAPIError, field: tuple[str | int, ...]) -> ApiErro
 
 
 async def _templates_out(session: AsyncSession, org_id: int, waba_id: str,
-                         name: str | None = None) -> list[TemplateOut]:
+                         names: Sequence[str] | None = None) -> list[TemplateOut]:
     query = select(MessageTemplate).where(MessageTemplate.org_id == org_id, MessageTemplate.waba_id == waba_id)
-    if name is not None:
-        query = query.where(MessageTemplate.name == name)
+    if names is not None:
+        query = query.where(MessageTemplate.name.in_(names))
     by_name: dict[str, list[MessageTemplate]] = defaultdict(list)
     for row in (await session.scalars(query.order_by(MessageTemplate.name, MessageTemplate.language))).all():
         by_name[row.name].append(row)
@@ -85,13 +87,23 @@ async def create_template(waba_id: str, body: TemplateCreate, ctx: ConfigSupervi
                                     category=body.category, status=status, meta_template_id=meta_id or None,
                                     components=components, header_params=header_params, body_params=body_params))
     await session.commit()
-    return (await _templates_out(session, ctx.org.id, waba_id, body.name))[0]
+    return (await _templates_out(session, ctx.org.id, waba_id, [body.name]))[0]
 
 
-@router.get("", response_model=list[TemplateOut])
-async def list_templates(waba_id: str, ctx: ConfigSupervisor, session: SessionDep) -> list[TemplateOut]:
+@router.get("", response_model=Page[TemplateOut])
+async def list_templates(waba_id: str, ctx: ConfigSupervisor, session: SessionDep,
+                         paging: Paging) -> Page[TemplateOut]:
+    """By name (A to Z), each with all its languages."""
     await _get_account(session, ctx.org.id, waba_id)
-    return await _templates_out(session, ctx.org.id, waba_id)
+    query = select(MessageTemplate.name).distinct().where(MessageTemplate.org_id == ctx.org.id,
+                                                          MessageTemplate.waba_id == waba_id)
+    after = paging.after([str])
+    if after is not None:
+        query = query.where(MessageTemplate.name > after[0])
+    names = list((await session.scalars(query.order_by(MessageTemplate.name).limit(paging.limit + 1))).all())
+    shown = await _templates_out(session, ctx.org.id, waba_id, names[: paging.limit])
+    more = len(names) > paging.limit
+    return Page[TemplateOut](items=shown, next_cursor=encode_cursor((names[paging.limit - 1],)) if more else None)
 
 
 @router.post("/sync", response_model=list[TemplateOut])

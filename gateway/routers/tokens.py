@@ -16,6 +16,7 @@ from sqlalchemy import select
 from config.models import Role, TokenCreate
 from gateway.deps import OrgMember, RuntimeDep, SessionDep, UserId, id_path
 from gateway.errors import forbidden, not_found
+from gateway.paging import Page, Paging
 from gateway.schemas import TokenCreated, TokenOut
 from gateway.security import hash_token, new_token
 from store.tables import ApiToken, User
@@ -40,11 +41,17 @@ async def _holder(ctx: OrgMember, session: SessionDep, user_id: int) -> User:
     return user
 
 
-@router.get("", response_model=list[TokenOut])
-async def list_tokens(user_id: UserId, ctx: OrgMember, session: SessionDep) -> list[TokenOut]:
+@router.get("", response_model=Page[TokenOut])
+async def list_tokens(user_id: UserId, ctx: OrgMember, session: SessionDep, paging: Paging) -> Page[TokenOut]:
+    """Oldest first (by id)."""
     user = await _holder(ctx, session, user_id)
-    tokens = (await session.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id))).all()
-    return [TokenOut(id=t.id, user_id=user.id, created_at=t.created_at, expires_at=t.expires_at) for t in tokens]
+    query = select(ApiToken).where(ApiToken.user_id == user.id)
+    after = paging.after([int])
+    if after is not None:
+        query = query.where(ApiToken.id > after[0])
+    tokens = (await session.scalars(query.order_by(ApiToken.id).limit(paging.limit + 1))).all()
+    return paging.page(tokens, lambda t: (t.id,), lambda t: TokenOut(
+        id=t.id, user_id=user.id, created_at=t.created_at, expires_at=t.expires_at))
 
 
 @router.post("", status_code=201, response_model=TokenCreated)

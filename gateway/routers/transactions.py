@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Any, Literal
 
-from fastapi import APIRouter, Query
-from sqlalchemy import func, select
+from fastapi import APIRouter
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -25,6 +26,7 @@ from gateway.deps import (
 )
 from gateway.errors import ApiError, field_error, forbidden, not_found
 from gateway.outbound import conversation_order, outbound_messages_of, window_expires_at
+from gateway.paging import Page, Paging
 from gateway.routers.inboxes import get_inbox
 from gateway.runtime import Runtime
 from gateway.schemas import (
@@ -74,13 +76,16 @@ async def _visible_transaction(session: AsyncSession, ctx: OrgContext, tx_id: in
     return tx
 
 
-@router.get("/transactions", response_model=list[TransactionOut])
+@router.get("/transactions", response_model=Page[TransactionOut])
 async def list_transactions(
-    ctx: OrgMember, session: SessionDep,
+    ctx: OrgMember, session: SessionDep, paging: Paging,
     inbox_id: InboxFilter = None, state: State | None = None, agent_id: AgentFilter = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-) -> list[TransactionOut]:
+) -> Page[TransactionOut]:
+    """Newest first (by id). Agents see the transactions of the inboxes they serve."""
     query = select(Transaction).where(Transaction.org_id == ctx.org.id)
+    after = paging.after([int])
+    if after is not None:
+        query = query.where(Transaction.id < after[0])
     served = await _served_inboxes(session, ctx)
     if served is not None:
         query = query.where(Transaction.inbox_id.in_(served))
@@ -90,37 +95,61 @@ async def list_transactions(
         query = query.where(Transaction.state == state)
     if agent_id is not None:
         query = query.where(Transaction.agent_id == agent_id)
-    rows = (await session.scalars(query.order_by(Transaction.id).limit(limit))).all()
+    rows = (await session.scalars(query.order_by(Transaction.id.desc()).limit(paging.limit + 1))).all()
     customers = await _customers(session, rows)
-    return [transaction_out(tx, customers[tx.customer_id]) for tx in rows]
+    return paging.page(rows, lambda tx: (tx.id,), lambda tx: transaction_out(tx, customers[tx.customer_id]))
+
+
+async def _conversation(session: AsyncSession, tx_id: int) -> list[MessageOut]:
+    messages = (await session.scalars(
+        select(InboundMessage).where(InboundMessage.transaction_id == tx_id)
+        .order_by(InboundMessage.sent_at, InboundMessage.id)
+    )).all()
+    shown = [MessageOut(id=m.id, wamid=m.wamid, type=m.type, summary=m.summary, sent_at=m.sent_at,
+                        received_at=m.received_at) for m in messages]
+    shown += await outbound_messages_of(session, tx_id)
+    # One conversation in time order (Meta's timestamps have whole seconds: see conversation_order).
+    shown.sort(key=conversation_order)
+    return shown
 
 
 @router.get("/transactions/{tx_id}", response_model=TransactionDetailOut)
 async def read_transaction(tx_id: TxId, ctx: OrgMember, session: SessionDep) -> TransactionDetailOut:
     tx = await _visible_transaction(session, ctx, tx_id)
-    messages = (await session.scalars(
-        select(InboundMessage).where(InboundMessage.transaction_id == tx.id)
-        .order_by(InboundMessage.sent_at, InboundMessage.id)
-    )).all()
     customers = await _customers(session, [tx])
-    shown = [MessageOut(id=m.id, wamid=m.wamid, type=m.type, summary=m.summary, sent_at=m.sent_at,
-                        received_at=m.received_at) for m in messages]
-    shown += await outbound_messages_of(session, tx.id)
-    # One conversation in time order (Meta's timestamps have whole seconds: see conversation_order).
-    shown.sort(key=conversation_order)
+    shown = await _conversation(session, tx.id)
     inbox = await session.get(Inbox, tx.inbox_id)
     window = await window_expires_at(session, tx.org_id, inbox.phone_number_id, tx.customer_id) if inbox else None
     return TransactionDetailOut(**transaction_out(tx, customers[tx.customer_id]).model_dump(),
                                 window_expires_at=window, messages=shown)
 
 
-@router.get("/transactions/{tx_id}/events", response_model=list[TransactionEventOut])
-async def transaction_events(tx_id: TxId, ctx: OrgMember, session: SessionDep) -> list[TransactionEventOut]:
+@router.get("/transactions/{tx_id}/events", response_model=Page[TransactionEventOut])
+async def transaction_events(tx_id: TxId, ctx: OrgMember, session: SessionDep,
+                             paging: Paging) -> Page[TransactionEventOut]:
+    """The audit trail, oldest first."""
     tx = await _visible_transaction(session, ctx, tx_id)
-    events = (await session.scalars(
-        select(TransactionEvent).where(TransactionEvent.transaction_id == tx.id).order_by(TransactionEvent.id)
-    )).all()
-    return [TransactionEventOut(id=e.id, kind=e.kind, agent_id=e.agent_id, at=e.at, detail=e.detail) for e in events]
+    query = select(TransactionEvent).where(TransactionEvent.transaction_id == tx.id)
+    after = paging.after([int])
+    if after is not None:
+        query = query.where(TransactionEvent.id > after[0])
+    events = (await session.scalars(query.order_by(TransactionEvent.id).limit(paging.limit + 1))).all()
+    return paging.page(events, lambda e: (e.id,), lambda e: TransactionEventOut(
+        id=e.id, kind=e.kind, agent_id=e.agent_id, at=e.at, detail=e.detail))
+
+
+@router.get("/transactions/{tx_id}/messages", response_model=Page[MessageOut])
+async def transaction_messages(tx_id: TxId, ctx: OrgMember, session: SessionDep,
+                               paging: Paging) -> Page[MessageOut]:
+    """The customer's messages and the replies in one conversation, oldest first (see conversation_order)."""
+    tx = await _visible_transaction(session, ctx, tx_id)
+    # The order mixes Meta's and our clocks (conversation_order), which SQL cannot express: the page is
+    # cut from the whole conversation in memory. One conversation stays small next to a list of them.
+    shown = await _conversation(session, tx.id)
+    after = paging.after([datetime, int, int])
+    if after is not None:
+        shown = [m for m in shown if conversation_order(m) > after]
+    return paging.page(shown[: paging.limit + 1], conversation_order, lambda m: m)
 
 
 async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgContext, tx_id: int, method: str,
@@ -182,8 +211,10 @@ async def transfer_transaction(tx_id: TxId, body: TransferRequest, ctx: Supervis
     return await _act(runtime, session, ctx, tx_id, "transfer", by, body.user_id)
 
 
-@router.get("/inboxes/{inbox_id}/queue", response_model=list[QueueEntryOut])
-async def inbox_queue(inbox_id: InboxId, ctx: OrgMember, session: SessionDep) -> list[QueueEntryOut]:
+@router.get("/inboxes/{inbox_id}/queue", response_model=Page[QueueEntryOut])
+async def inbox_queue(inbox_id: InboxId, ctx: OrgMember, session: SessionDep,
+                      paging: Paging) -> Page[QueueEntryOut]:
+    """Queued and offered conversations, longest waiting first."""
     inbox = await get_inbox(session, ctx.org.id, inbox_id)
     served = await _served_inboxes(session, ctx)
     if served is not None and inbox.id not in served:
@@ -192,13 +223,16 @@ async def inbox_queue(inbox_id: InboxId, ctx: OrgMember, session: SessionDep) ->
     # the outer InboundMessage too would leave the subquery without a FROM clause).
     earlier = aliased(InboundMessage)
     first_ids = select(func.min(earlier.id)).where(earlier.transaction_id == Transaction.id).correlate(Transaction)
+    query = (select(Transaction, InboundMessage.summary)
+             .outerjoin(InboundMessage, InboundMessage.id == first_ids.scalar_subquery())
+             .where(Transaction.inbox_id == inbox.id, Transaction.state.in_(("queued", "offered"))))
+    after = paging.after([datetime, int])
+    if after is not None:
+        query = query.where(or_(Transaction.waiting_since > after[0],
+                                and_(Transaction.waiting_since == after[0], Transaction.id > after[1])))
     rows = (await session.execute(
-        select(Transaction, InboundMessage.summary)
-        .outerjoin(InboundMessage, InboundMessage.id == first_ids.scalar_subquery())
-        .where(Transaction.inbox_id == inbox.id, Transaction.state.in_(("queued", "offered")))
-        .order_by(Transaction.waiting_since, Transaction.id)
-    )).all()
+        query.order_by(Transaction.waiting_since, Transaction.id).limit(paging.limit + 1))).all()
     customers = await _customers(session, [tx for tx, _ in rows])
-    return [QueueEntryOut(id=tx.id, customer=customers[tx.customer_id],
-                          state=tx.state, waiting_since=tx.waiting_since, offered_to=tx.offered_to,
-                          first_message=summary) for tx, summary in rows]
+    return paging.page(rows, lambda row: (row[0].waiting_since, row[0].id), lambda row: QueueEntryOut(
+        id=row[0].id, customer=customers[row[0].customer_id], state=row[0].state,
+        waiting_since=row[0].waiting_since, offered_to=row[0].offered_to, first_message=row[1]))

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from config.models import License, Role, UserCreate, UserUpdate, holds_agent_licenses
 from gateway.deps import OrgMember, RuntimeDep, SessionDep, Supervisor, UserId
 from gateway.errors import conflict, forbidden, not_found
+from gateway.paging import Page, Paging
 from gateway.schemas import UserCreated, UserOut
 from gateway.security import hash_token, new_token
 from store.routing_repo import bump_config_version
@@ -76,10 +77,15 @@ async def create_user(body: UserCreate, ctx: Supervisor, session: SessionDep) ->
     return UserCreated(**UserOut.of(user).model_dump(), token=token)
 
 
-@router.get("", response_model=list[UserOut])
-async def list_users(ctx: Supervisor, session: SessionDep) -> list[UserOut]:
-    users = (await session.scalars(select(User).where(User.org_id == ctx.org.id).order_by(User.id))).all()
-    return [UserOut.of(u) for u in users]
+@router.get("", response_model=Page[UserOut])
+async def list_users(ctx: Supervisor, session: SessionDep, paging: Paging) -> Page[UserOut]:
+    """Oldest first (by id)."""
+    query = select(User).where(User.org_id == ctx.org.id)
+    after = paging.after([int])
+    if after is not None:
+        query = query.where(User.id > after[0])
+    users = (await session.scalars(query.order_by(User.id).limit(paging.limit + 1))).all()
+    return paging.page(users, lambda u: (u.id,), UserOut.of)
 
 
 @router.get("/{user_id}", response_model=UserOut)

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Response
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,6 +17,7 @@ from config.messaging import NumberSettings
 from config.models import WhatsAppAccountLink, WhatsAppCredentials
 from gateway.deps import ConfigSupervisor, RuntimeDep, SessionDep
 from gateway.errors import ApiError, conflict, field_error, forbidden, not_found
+from gateway.paging import Page, Paging
 from gateway.runtime import Runtime
 from gateway.schemas import MetaErrorOut, PhoneNumberOut, WebhookEndpointOut, WhatsAppAccountOut
 from gateway.security import new_verify_token
@@ -91,18 +92,26 @@ async def _store_numbers(session: AsyncSession, waba_id: str, numbers: Sequence[
     await upsert(session, PhoneNumber, rows, key=["phone_number_id"])
 
 
-async def numbers_of_org(session: AsyncSession, org_id: int,
-                         waba_ids: Sequence[str] | None = None) -> list[PhoneNumberOut]:
-    """Numbers of the WABAs linked to the org, with availability across every organization."""
+async def numbers_of_org(session: AsyncSession, org_id: int, waba_ids: Sequence[str] | None = None, *,
+                         after: tuple[str, str] | None = None, limit: int | None = None) -> list[PhoneNumberOut]:
+    """Numbers of the WABAs linked to the org, with availability across every organization.
+
+    By WABA id, then phone number id: a stable order that `after` (a keyset position) pages on.
+    """
     query = (
         select(PhoneNumber, Inbox.id, Inbox.org_id)
         .join(WhatsAppAccount, WhatsAppAccount.waba_id == PhoneNumber.waba_id)
         .outerjoin(Inbox, Inbox.phone_number_id == PhoneNumber.phone_number_id)
         .where(WhatsAppAccount.org_id == org_id)
-        .order_by(PhoneNumber.waba_id, PhoneNumber.display_phone_number, PhoneNumber.phone_number_id)
+        .order_by(PhoneNumber.waba_id, PhoneNumber.phone_number_id)
     )
     if waba_ids is not None:
         query = query.where(PhoneNumber.waba_id.in_(waba_ids))
+    if after is not None:
+        query = query.where(or_(PhoneNumber.waba_id > after[0],
+                                and_(PhoneNumber.waba_id == after[0], PhoneNumber.phone_number_id > after[1])))
+    if limit is not None:
+        query = query.limit(limit)
     return [
         PhoneNumberOut(
             phone_number_id=number.phone_number_id,
@@ -193,12 +202,16 @@ async def rotate_credentials(waba_id: str, body: WhatsAppCredentials, ctx: Confi
     return await _account_out(session, account)
 
 
-@router.get("/accounts", response_model=list[WhatsAppAccountOut])
-async def list_accounts(ctx: ConfigSupervisor, session: SessionDep) -> list[WhatsAppAccountOut]:
-    accounts = (await session.scalars(
-        select(WhatsAppAccount).where(WhatsAppAccount.org_id == ctx.org.id).order_by(WhatsAppAccount.id)
-    )).all()
-    return [await _account_out(session, a) for a in accounts]
+@router.get("/accounts", response_model=Page[WhatsAppAccountOut])
+async def list_accounts(ctx: ConfigSupervisor, session: SessionDep, paging: Paging) -> Page[WhatsAppAccountOut]:
+    """In the order they were linked."""
+    query = select(WhatsAppAccount).where(WhatsAppAccount.org_id == ctx.org.id)
+    after = paging.after([int])
+    if after is not None:
+        query = query.where(WhatsAppAccount.id > after[0])
+    accounts = (await session.scalars(query.order_by(WhatsAppAccount.id).limit(paging.limit + 1))).all()
+    shown = {a.id: await _account_out(session, a) for a in accounts[: paging.limit]}
+    return paging.page(accounts, lambda a: (a.id,), lambda a: shown[a.id])
 
 
 @router.get("/accounts/{waba_id}", response_model=WhatsAppAccountOut)
@@ -234,9 +247,13 @@ async def unlink_account(waba_id: str, ctx: ConfigSupervisor, runtime: RuntimeDe
     return Response(status_code=204)
 
 
-@router.get("/numbers", response_model=list[PhoneNumberOut])
-async def list_numbers(ctx: ConfigSupervisor, session: SessionDep) -> list[PhoneNumberOut]:
-    return await numbers_of_org(session, ctx.org.id)
+@router.get("/numbers", response_model=Page[PhoneNumberOut])
+async def list_numbers(ctx: ConfigSupervisor, session: SessionDep, paging: Paging) -> Page[PhoneNumberOut]:
+    """By WABA id, then phone number id."""
+    after = paging.after([str, str])
+    numbers = await numbers_of_org(session, ctx.org.id, after=(after[0], after[1]) if after else None,
+                                   limit=paging.limit + 1)
+    return paging.page(numbers, lambda n: (n.waba_id, n.phone_number_id), lambda n: n)
 
 
 @router.patch("/numbers/{phone_number_id}", response_model=PhoneNumberOut)

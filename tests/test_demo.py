@@ -1,0 +1,62 @@
+"""`wa-router demo` end to end, bounded: a real process starts everything, routes conversations, stops.
+
+While it runs, `wa-router actors` lists its routing actors from the address the demo's gateway recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gateway.background_server import free_port
+
+
+def test_demo_routes_conversations_lists_actors_and_stops(tmp_path: Path) -> None:
+    port, simulator_port, dashboard_port = free_port(), free_port(), free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "WA_ROUTER_RAY_DASHBOARD_PORT": str(dashboard_port),
+           "WA_ROUTER_CLUSTER_RECORD_FILE": str(tmp_path / "gateway.json")}
+    command = [sys.executable, "-m", "gateway.cli"]
+    with (tmp_path / "stderr").open("w") as stderr:
+        demo = subprocess.Popen([*command, "demo", "--port", str(port), "--simulator-port", str(simulator_port),
+                                 "--duration", "45"], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+        try:
+            assert demo.stdout is not None
+            lines: list[str] = []
+            for line in demo.stdout:  # until the welcome is complete
+                lines.append(line)
+                if line.lstrip().startswith("agents:"):
+                    break
+            welcome = "".join(lines)
+            assert "wa-router demo is running" in welcome, (tmp_path / "stderr").read_text()[-2000:]
+            time.sleep(10)  # some traffic: customers write, agents answer
+            actors = subprocess.run([*command, "actors"], capture_output=True, text=True, timeout=180, env=env)
+            assert actors.returncode == 0, actors.stderr
+            assert "namespace wa-router-demo" in actors.stdout
+            for name in ("inbox:1:1", "inbox:1:5", "agent:1:2"):
+                assert name in actors.stdout and "ALIVE" in actors.stdout, actors.stdout
+            out = welcome + demo.stdout.read()
+            assert demo.wait(timeout=300) == 0, (tmp_path / "stderr").read_text()[-2000:]
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+    gateway = f"http://127.0.0.1:{port}"
+    assert re.search(rf"supervisor console: {gateway}/#token=war_\S+", out), out
+    assert re.search(rf"agent console: +{gateway}/#token=war_\S+", out), out
+    assert re.search(r"Ray dashboard: +http://\S+", out) and re.search(r"Ray address: +\S+:\d+", out), out
+    summary = re.search(r"demo summary: (\d+) conversations, (\d+) handled by an agent \((\d+) closed\)"
+                        r".*; (\d+) replies", out)
+    assert summary, out
+    conversations, handled, _closed, replies = (int(g) for g in summary.groups())
+    assert conversations >= 3 and handled >= 1 and replies >= 1, out
+    assert not (tmp_path / "gateway.json").exists()  # the stopped gateway's record is gone
+    # Everything it started has stopped: nothing listens on its ports any more.
+    for p in (port, simulator_port):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # closed connections may linger
+            sock.bind(("127.0.0.1", p))  # fails while anything still listens
