@@ -19,6 +19,7 @@ from fastapi import Depends, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from sqlalchemy import Select
 
 from gateway.errors import ApiError
 
@@ -102,6 +103,13 @@ class PageRequest:
     def after(self, kinds: Sequence[type]) -> Key | None:
         """The key of the last item of the previous page, or None for the first page."""
         return None if self.cursor is None else decode_cursor(self.cursor, kinds)
+
+    def oldest_first(self, query: Select[Any], id_column: Any) -> Select[Any]:
+        """`query`'s page, oldest first by `id_column` (the key of `page(..., lambda row: (row.id,), ...)`)."""
+        after = self.after([int])
+        if after is not None:
+            query = query.where(id_column > after[0])
+        return query.order_by(id_column).limit(self.limit + 1)
 
     def page(self, rows: Sequence[Any], key: Callable[[Any], Key], out: Callable[[Any], Any]) -> Page[Any]:
         """Rows fetched with `limit + 1` (the extra one only tells whether another page follows)."""

@@ -130,12 +130,9 @@ async def create_inbox(body: InboxCreate, ctx: ConfigSupervisor, session: Sessio
 async def list_inboxes(ctx: OrgMember, session: SessionDep, paging: Paging) -> Page[InboxOut]:
     """Oldest first (by id). Agents see the inboxes they serve."""
     query = select(Inbox).where(Inbox.org_id == ctx.org.id)
-    after = paging.after([int])
-    if after is not None:
-        query = query.where(Inbox.id > after[0])
     if not ctx.is_supervisor and ctx.user is not None:
         query = query.join(InboxAgent, InboxAgent.inbox_id == Inbox.id).where(InboxAgent.user_id == ctx.user.id)
-    inboxes = (await session.scalars(query.order_by(Inbox.id).limit(paging.limit + 1))).all()
+    inboxes = (await session.scalars(paging.oldest_first(query, Inbox.id))).all()
     shown = {inbox.id: await inbox_out(session, inbox) for inbox in inboxes[: paging.limit]}
     return paging.page(inboxes, lambda i: (i.id,), lambda i: shown[i.id])
 

@@ -132,10 +132,7 @@ async def list_outbound(tx_id: TxId, ctx: OrgMember, session: SessionDep,
     """The conversation's messages to the customer with their delivery state, oldest first."""
     tx = await _visible_transaction(session, ctx, tx_id)
     query = select(OutboundMessage).where(OutboundMessage.transaction_id == tx.id)
-    after = paging.after([int])
-    if after is not None:
-        query = query.where(OutboundMessage.id > after[0])
-    rows = (await session.scalars(query.order_by(OutboundMessage.id).limit(paging.limit + 1))).all()
+    rows = (await session.scalars(paging.oldest_first(query, OutboundMessage.id))).all()
     return paging.page(rows, lambda r: (r.id,), outbound_out)
 
 

@@ -33,10 +33,7 @@ async def create_organization(body: OrganizationCreate, _admin: PlatformAdmin,
 async def list_organizations(_admin: PlatformAdmin, session: SessionDep, paging: Paging) -> Page[OrganizationOut]:
     """Oldest first (by id)."""
     query = select(Organization)
-    after = paging.after([int])
-    if after is not None:
-        query = query.where(Organization.id > after[0])
-    orgs = (await session.scalars(query.order_by(Organization.id).limit(paging.limit + 1))).all()
+    orgs = (await session.scalars(paging.oldest_first(query, Organization.id))).all()
     return paging.page(orgs, lambda o: (o.id,), organization_out)
 
 

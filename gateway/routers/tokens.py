@@ -46,10 +46,7 @@ async def list_tokens(user_id: UserId, ctx: OrgMember, session: SessionDep, pagi
     """Oldest first (by id)."""
     user = await _holder(ctx, session, user_id)
     query = select(ApiToken).where(ApiToken.user_id == user.id)
-    after = paging.after([int])
-    if after is not None:
-        query = query.where(ApiToken.id > after[0])
-    tokens = (await session.scalars(query.order_by(ApiToken.id).limit(paging.limit + 1))).all()
+    tokens = (await session.scalars(paging.oldest_first(query, ApiToken.id))).all()
     return paging.page(tokens, lambda t: (t.id,), lambda t: TokenOut(
         id=t.id, user_id=user.id, created_at=t.created_at, expires_at=t.expires_at))
 

@@ -130,10 +130,7 @@ async def transaction_events(tx_id: TxId, ctx: OrgMember, session: SessionDep,
     """The audit trail, oldest first."""
     tx = await _visible_transaction(session, ctx, tx_id)
     query = select(TransactionEvent).where(TransactionEvent.transaction_id == tx.id)
-    after = paging.after([int])
-    if after is not None:
-        query = query.where(TransactionEvent.id > after[0])
-    events = (await session.scalars(query.order_by(TransactionEvent.id).limit(paging.limit + 1))).all()
+    events = (await session.scalars(paging.oldest_first(query, TransactionEvent.id))).all()
     return paging.page(events, lambda e: (e.id,), lambda e: TransactionEventOut(
         id=e.id, kind=e.kind, agent_id=e.agent_id, at=e.at, detail=e.detail))
 

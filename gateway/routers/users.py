@@ -81,10 +81,7 @@ async def create_user(body: UserCreate, ctx: Supervisor, session: SessionDep) ->
 async def list_users(ctx: Supervisor, session: SessionDep, paging: Paging) -> Page[UserOut]:
     """Oldest first (by id)."""
     query = select(User).where(User.org_id == ctx.org.id)
-    after = paging.after([int])
-    if after is not None:
-        query = query.where(User.id > after[0])
-    users = (await session.scalars(query.order_by(User.id).limit(paging.limit + 1))).all()
+    users = (await session.scalars(paging.oldest_first(query, User.id))).all()
     return paging.page(users, lambda u: (u.id,), UserOut.of)
 
 

@@ -206,10 +206,7 @@ async def rotate_credentials(waba_id: str, body: WhatsAppCredentials, ctx: Confi
 async def list_accounts(ctx: ConfigSupervisor, session: SessionDep, paging: Paging) -> Page[WhatsAppAccountOut]:
     """In the order they were linked."""
     query = select(WhatsAppAccount).where(WhatsAppAccount.org_id == ctx.org.id)
-    after = paging.after([int])
-    if after is not None:
-        query = query.where(WhatsAppAccount.id > after[0])
-    accounts = (await session.scalars(query.order_by(WhatsAppAccount.id).limit(paging.limit + 1))).all()
+    accounts = (await session.scalars(paging.oldest_first(query, WhatsAppAccount.id))).all()
     shown = {a.id: await _account_out(session, a) for a in accounts[: paging.limit]}
     return paging.page(accounts, lambda a: (a.id,), lambda a: shown[a.id])
 
