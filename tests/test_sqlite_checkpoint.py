@@ -46,22 +46,24 @@ def test_writers_leave_the_wal_to_the_checkpointer_which_copies_it_back(tmp_path
     assert busy == 0 and copied == pages, "the checkpointer copied the whole WAL back"
 
 
-def test_the_heartbeat_moves_the_lease_forward_in_one_statement(tmp_path: Path) -> None:
+def test_the_heartbeat_moves_the_lease_forward_in_one_statement_and_keeps_it_held(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
     upgrade_to_head(url)
 
-    async def run() -> tuple[object, object, bool]:
+    async def run() -> tuple[object, object, bool, bool]:
         db = Database(url)
-        lease = DeploymentLease(db, "cluster-a", heartbeat_s=60, lease_s=120)
+        # Beats every 50 ms, a lease of 300 ms: held after a second only if the beats keep confirming it.
+        lease = DeploymentLease(db, "cluster-a", heartbeat_s=0.05, lease_s=0.3)
         try:
             await lease.start()
             first = (await read_lease(db)).heartbeat_at  # type: ignore[union-attr]
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(1.0)
             moved = await db.write(lease._beat)
-            return first, (await read_lease(db)).heartbeat_at, moved  # type: ignore[union-attr]
+            return first, (await read_lease(db)).heartbeat_at, moved, lease.is_held()  # type: ignore[union-attr]
         finally:
             await lease.stop()
             await db.dispose()
 
-    first, second, moved = asyncio.run(run())
+    first, second, moved, held = asyncio.run(run())
     assert moved and second > first  # type: ignore[operator]
+    assert held, "/readyz reads this: the beats keep the lease held"
