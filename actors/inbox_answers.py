@@ -115,9 +115,10 @@ class InboxAnswers(InboxCore):
             sticky_customer = await repo.sticky_customer(session, tx.customer_id)
             shown = (tx.first_message or {}).get("id")
             unseen = [m for m in await repo.latest_messages(session, tx.id) if m["id"] != shown]
-        # No follow-up is attached to it meanwhile: the gateway attaches only to conversations held by an agent.
-        assigned = replace(tx.assigned(user_id, now),
-                           delivered_up_to=max([tx.delivered_up_to, shown or 0, *(m["id"] for m in unseen)]))
+            attached = await repo.attached_ids(session, tx.id)
+        # The agent is handed its conversation whole (older history than `unseen` is not sent again); no follow-up
+        # is attached to it meanwhile: the gateway attaches only to conversations held by an agent.
+        assigned = replace(tx.assigned(user_id, now), handed=frozenset(attached))
 
         def statements(connection: Connection) -> None:
             repo.save_transaction(connection, tx.id, assigned.columns(now))
@@ -194,7 +195,7 @@ class InboxAnswers(InboxCore):
             repo.save_transaction(connection, tx.id, closed.columns(now))
             repo.add_transaction_event(connection, tx.id, "closed", user_id, now)
             # Follow-ups attached at intake as it closed, never handed to its agent: the customer's next conversation.
-            return repo.detach_undelivered(connection, tx.id, tx.delivered_up_to) if held else []
+            return repo.detach_undelivered(connection, tx.id, tx.handed) if held else []
 
         handed_back = await self._write(statements)
         self._forget(tx)

@@ -121,7 +121,7 @@ class InboxCore(StoreBackedActor):
                                    first_message=first, customer=customers.get(row.customer_id, {}),
                                    current_offer_is_sticky=row.state == "offered" and row.offered_to == sticky,
                                    # Shown with the offer; what came after is handed over again at activation.
-                                   delivered_up_to=int(first["id"]) if first else 0))
+                                   handed=frozenset({int(first["id"])} if first else ())))
         # Committed: the new epoch is ours.
         self._epoch, self._config = epoch, config
         self._link.load(frozenset(config.members), agents)
@@ -233,26 +233,27 @@ class InboxCore(StoreBackedActor):
 
     async def _hand_over_missed(self) -> None:
         """Follow-ups the gateway attached at intake whose forward never came (it died between its commit and the
-        forward) reach their agent: the newest attached message of each held conversation, checked here."""
-        held = {tx.id: tx.delivered_up_to for tx in self._txs.values() if tx.state == "assigned"}
+        forward) reach their agent, even when a later one did: the attached messages of each held conversation
+        are counted against those handed over."""
+        held = {tx.id: len(tx.handed) for tx in self._txs.values() if tx.state == "assigned"}
         if not held:
             return
         async with self.db.session() as session:
-            newest = await repo.newest_attached(session, list(held))
-        behind = [tx_id for tx_id, up_to in held.items() if newest.get(tx_id, 0) > up_to]
+            counts = await repo.attached_counts(session, list(held))
+        behind = [tx_id for tx_id, handed in held.items() if counts.get(tx_id, 0) > handed]
         if behind:
             async with self._lock:
                 if self._activated:
                     await self._hand_over(behind)
 
     async def _hand_over(self, tx_ids: list[int]) -> None:
-        """The messages of the conversations newer than what their agent was handed (the lock held, or activating)."""
+        """The messages of the conversations their agent was not handed (the lock held, or activating)."""
         handed: dict[int, list[dict[str, Any]]] = {}
         async with self.db.session() as session:
             for tx_id in tx_ids:
                 tx = self._txs.get(tx_id)
                 if tx is not None and tx.state == "assigned":
-                    handed[tx_id] = await repo.messages_after(session, tx_id, tx.delivered_up_to)
+                    handed[tx_id] = await repo.messages_except(session, tx_id, tx.handed)
         self._absorb_attached(handed)
 
     def _absorb_attached(self, by_tx: dict[int, list[dict[str, Any]]]) -> None:
@@ -264,7 +265,7 @@ class InboxCore(StoreBackedActor):
             tx = replace(tx, customer=messages[-1]["customer"])
             if tx.state == "assigned" and tx.agent_id is not None:
                 self._link.deliver(tx.agent_id, tx.id, messages)
-                tx = replace(tx, delivered_up_to=max(tx.delivered_up_to, *(m["id"] for m in messages)))
+                tx = replace(tx, handed=tx.handed | {m["id"] for m in messages})
             self._txs[tx_id] = tx
 
     # ------------------------------------------------------------------ health and views

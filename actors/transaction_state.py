@@ -39,9 +39,10 @@ class TxState:
     first_message: dict[str, Any] | None = field(default=None, compare=False)
     # {id, user_id, wa_id, username, name} as agents are shown it; refreshed by each message.
     customer: dict[str, Any] = field(default_factory=dict, compare=False)
-    # The newest message id handed to the agent holding it: a close hands back anything newer (it came in as
-    # the conversation closed), and the control loop hands the agent what a lost forward never brought.
-    delivered_up_to: int = field(default=0, compare=False)
+    # The messages handed to the agent holding it (or shown with its offer): a close hands back any other (it
+    # came in as the conversation closed), and the control loop hands the agent what a lost forward never
+    # brought, whatever came after it.
+    handed: frozenset[int] = field(default=frozenset(), compare=False)
 
     @classmethod
     def of(cls, row: Transaction) -> TxState:

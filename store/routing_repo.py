@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -262,32 +262,38 @@ async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int
     return attached
 
 
-def detach_undelivered(connection: Connection, transaction_id: int, delivered_up_to: int) -> list[int]:
+def detach_undelivered(connection: Connection, transaction_id: int, handed: Collection[int]) -> list[int]:
     """In a close's commit: messages attached to the conversation that its agent was never handed (they came in
     as it closed) are unattached again, to be routed as the customer's next conversation; their ids."""
+    statement = update(InboundMessage).where(InboundMessage.transaction_id == transaction_id)
+    if handed:
+        statement = statement.where(InboundMessage.id.not_in(list(handed)))
     return [int(i) for i in connection.execute(
-        update(InboundMessage).where(InboundMessage.transaction_id == transaction_id,
-                                     InboundMessage.id > delivered_up_to)
-        .values(transaction_id=None).returning(InboundMessage.id)).scalars()]
+        statement.values(transaction_id=None).returning(InboundMessage.id)).scalars()]
 
 
-async def newest_attached(session: AsyncSession, transaction_ids: Sequence[int]) -> dict[int, int]:
-    """The newest message id attached to each of the transactions (those with any)."""
+async def attached_counts(session: AsyncSession, transaction_ids: Sequence[int]) -> dict[int, int]:
+    """How many messages are attached to each of the transactions (those with any)."""
     if not transaction_ids:
         return {}
-    rows = (await session.execute(select(InboundMessage.transaction_id, func.max(InboundMessage.id))
+    rows = (await session.execute(select(InboundMessage.transaction_id, func.count())
                                   .where(InboundMessage.transaction_id.in_(transaction_ids))
                                   .group_by(InboundMessage.transaction_id))).all()
-    return {int(tx_id): int(newest) for tx_id, newest in rows if tx_id is not None}
+    return {int(tx_id): int(count) for tx_id, count in rows if tx_id is not None}
 
 
-async def messages_after(session: AsyncSession, transaction_id: int, after_id: int,
-                         limit: int = 200) -> list[dict[str, Any]]:
-    """The transaction's messages after `after_id`, oldest first (at most the newest `limit`)."""
-    rows = (await session.scalars(select(InboundMessage).options(_ROUTED_COLUMNS)
-                                  .where(InboundMessage.transaction_id == transaction_id,
-                                         InboundMessage.id > after_id)
-                                  .order_by(InboundMessage.id.desc()).limit(limit))).all()
+async def attached_ids(session: AsyncSession, transaction_id: int) -> list[int]:
+    return [int(i) for i in (await session.scalars(
+        select(InboundMessage.id).where(InboundMessage.transaction_id == transaction_id))).all()]
+
+
+async def messages_except(session: AsyncSession, transaction_id: int, known: Collection[int],
+                          limit: int = 200) -> list[dict[str, Any]]:
+    """The transaction's messages other than `known`, oldest first (at most the newest `limit`)."""
+    query = select(InboundMessage).options(_ROUTED_COLUMNS).where(InboundMessage.transaction_id == transaction_id)
+    if known:
+        query = query.where(InboundMessage.id.not_in(list(known)))
+    rows = (await session.scalars(query.order_by(InboundMessage.id.desc()).limit(limit))).all()
     return await _payloads(session, list(reversed(rows)))
 
 

@@ -68,6 +68,21 @@ def test_a_follow_up_whose_forward_was_lost_reaches_the_agent(sc: Scenario) -> N
 
 
 @pytest.mark.ray
+def test_a_lost_forward_reaches_the_agent_even_when_a_later_follow_up_came_through(sc: Scenario) -> None:
+    """The gateway died after storing one follow-up; the customer's next one was forwarded by its successor."""
+    (agent,) = sc.agents(1)
+    sc.inbox([agent])
+    with sc.socket(agent) as sock:
+        customer = customer_id()
+        tx_id = _held(sc, agent, sock, customer)
+        lost = _stored_but_never_forwarded(sc, tx_id, "first, never forwarded")
+        sc.send(customer, "second, forwarded")
+        assert sock.next("message")["message"]["summary"] == "second, forwarded"
+        shown = sock.next("message", timeout=20, where=lambda e: e["message"]["id"] == lost)
+        assert shown["transaction_id"] == tx_id
+
+
+@pytest.mark.ray
 def test_a_follow_up_that_comes_in_as_the_conversation_closes_is_never_lost(sc: Scenario) -> None:
     """Either its agent was shown it before the close, or the close hands it back and it opens the customer's
     next conversation, offered like any first message."""
