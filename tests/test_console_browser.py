@@ -2,7 +2,10 @@
 
 A supervisor links the simulator's WABA (after Meta refuses a wrong token, with its reason shown) and
 creates an inbox; a simulated customer writes; the agent's desk rings; the agent accepts, replies and
-closes; the supervisor's live board shows each step. Screenshots of the main screens go to docs/.
+closes; the supervisor's live board shows each step. On the way the agent quotes the customer's message,
+the desk's WebSocket is dropped and resumes from its cursor, the agent writes first to a new number with an
+approved template (WhatsApp Back), and the supervisor transfers that conversation back to the queue from
+the board. Screenshots of the main screens go to docs/.
 """
 
 from __future__ import annotations
@@ -190,6 +193,15 @@ def test_supervisor_and_agent_work_a_conversation_in_the_browser(gateway: Gatewa
     started = gateway.items(org.path("/transactions"), org.owner_token)[0]
     assert started["customer"]["wa_id"] == "15550002222" and started["agent_id"] == agent_id, started
     assert started["state"] == "assigned", started
+
+    # The supervisor transfers it back to the queue from the live board: it rings for Ada again.
+    supervisor.get_by_label("Conversation #").fill(str(started["id"]))
+    supervisor.get_by_label("Transfer to").select_option("queue")
+    supervisor.get_by_role("button", name="Transfer", exact=True).click()
+    expect(supervisor.locator(f'[data-tx="{started["id"]}"]')).to_have_attribute(
+        "data-state", re.compile("^(queued|offered)$"))
+    expect(offer).to_be_visible()
+    expect(offer).to_contain_text("15550002222")
 
 
 def test_console_and_api_docs_load_without_internet(gateway: Gateway, browser: Browser) -> None:
