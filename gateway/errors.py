@@ -96,9 +96,30 @@ def validation_detail(errors: Any) -> list[dict[str, Any]]:
     return detail
 
 
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def unsupported_body_type(content_type: str | None, errors: Any) -> JSONResponse | None:
+    """415 for a body sent without `Content-Type: application/json`, instead of FastAPI's 422 about a
+    string that is not an object (it reads such a body as one string, whatever it holds)."""
+    if _is_json(content_type):
+        return None
+    if not any(tuple(e.get("loc", ())) == ("body",) and e.get("type") != "missing" for e in errors):
+        return None
+    got = f"'{_safe_text(content_type, _MAX_ECHOED_CHARS)}'" if content_type else "none"
+    return JSONResponse(status_code=415, content={"detail": [{
+        "loc": ["header", "content-type"], "type": "unsupported_media_type",
+        "msg": f"the body must be JSON sent with the header 'Content-Type: application/json' (got {got})"}]})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        refused = unsupported_body_type(request.headers.get("content-type"), exc.errors())
+        if refused is not None:
+            return refused
         return JSONResponse(status_code=422, content={"detail": validation_detail(exc.errors())})
 
     @app.exception_handler(ApiError)

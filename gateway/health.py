@@ -30,6 +30,7 @@ PINGED_ACTORS = 3
 
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
+    """Liveness: 200 while the process serves HTTP."""
     return {"status": "ok"}
 
 
@@ -86,6 +87,8 @@ async def _check(check: Callable[[], Awaitable[Any]], deadline_s: float) -> tupl
 
 @router.get("/readyz", responses={503: {"description": "a part is not ready; `failing` names it"}})
 async def readyz(request: Request) -> JSONResponse:
+    """Readiness: 200 when the store answers, Ray is connected, this deployment holds the store's lease and a
+    sample of the routing actors answers a ping; else 503 with `failing` naming each part and `checks` why."""
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     lease: DeploymentLease | None = getattr(request.app.state, "lease", None)
     if runtime is None or lease is None:

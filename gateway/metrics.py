@@ -137,6 +137,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this gateway: HTTP requests by route template, webhook intake, per-inbox figures."""
     body, content_type = request.app.state.metrics.render()
     return Response(content=body, media_type=content_type)
 

@@ -34,3 +34,11 @@ def test_the_console_leaves_other_paths_to_the_api(gateway: Gateway) -> None:
     assert gateway.call("POST", "/no-such-page", None).status_code == 404
     assert gateway.call("POST", "/", None).status_code == 405
     assert gateway.call("DELETE", "/healthz", None).status_code == 405
+
+
+def test_every_operation_is_documented(gateway: Gateway) -> None:
+    spec = gateway.ok("GET", "/openapi.json", None)
+    undocumented = [f"{method.upper()} {path}" for path, operations in spec["paths"].items()
+                    for method, operation in operations.items()
+                    if not operation.get("summary") or len(operation.get("description", "")) < 20]
+    assert undocumented == []

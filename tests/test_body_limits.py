@@ -118,3 +118,26 @@ def test_api_bodies_are_not_read_before_authentication(gateway: Gateway) -> None
     response = gateway.call("POST", org.path("/users"), "war_not-a-token", content='{"name": "\\ud800"}',
                             headers={"Content-Type": "application/json"})
     assert response.status_code == 401 and response.json() == {"detail": "invalid bearer token"}
+
+
+def test_a_body_without_the_json_content_type_is_a_415_naming_the_header(gateway: Gateway) -> None:
+    org = create_org(gateway)
+    body = b'{"name": "Ada", "email": "ada@x.test", "role": "member", "licenses": ["phone_system"]}'
+    for headers, got in (({}, "none"), ({"content-type": "text/plain"}, "'text/plain'"),
+                         ({"content-type": "application/x-www-form-urlencoded"},
+                          "'application/x-www-form-urlencoded'")):
+        answer = gateway.call("POST", org.path("/users"), org.owner_token, content=body, headers=headers)
+        assert answer.status_code == 415, answer.text
+        (detail,) = answer.json()["detail"]
+        assert detail["loc"] == ["header", "content-type"]
+        assert "Content-Type: application/json" in detail["msg"] and f"(got {got})" in detail["msg"], detail
+    # The same body with the header is taken; a JSON body that is not an object stays a 422 about the body.
+    created = gateway.call("POST", org.path("/users"), org.owner_token, content=body,
+                           headers={"content-type": "application/json; charset=utf-8"})
+    assert created.status_code == 201, created.text
+    wrong = gateway.call("POST", org.path("/users"), org.owner_token, content=b'"Ada"',
+                         headers={"content-type": "application/json"})
+    assert wrong.status_code == 422 and wrong.json()["detail"][0]["loc"] == ["body"], wrong.text
+    # No body at all is a missing body, whatever the header.
+    missing = gateway.call("POST", org.path("/users"), org.owner_token)
+    assert missing.status_code == 422 and missing.json()["detail"][0]["type"] == "missing", missing.text

@@ -134,3 +134,13 @@ def test_banner_shows_the_ray_address_and_how_to_get_an_admin_token(store_env: P
     assert "admin token:     war_generated   (shown once" in first
     assert "wa-router admin rotate-token" in banner(None, None)
     assert "WA_ROUTER_ADMIN_TOKEN" in banner(None, "s" * 43)
+
+
+def test_readme_opens_with_the_demo_and_the_screenshots_and_sets_up_with_two_commands() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    first_screen = "\n".join(readme.splitlines()[:15])
+    assert "make demo" in first_screen and "wa-router demo" in first_screen
+    shots = re.findall(r"\(docs/([\w-]+\.png)\)", first_screen)
+    assert len(shots) >= 3 and all((Path(__file__).resolve().parents[1] / "docs" / s).is_file() for s in shots)
+    setup = readme.split("## Set-up", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    assert [line.split("#")[0].strip() for line in setup.strip().splitlines()] == ["make run", "make test"]

@@ -2,7 +2,10 @@
 
 A supervisor links the simulator's WABA (after Meta refuses a wrong token, with its reason shown) and
 creates an inbox; a simulated customer writes; the agent's desk rings; the agent accepts, replies and
-closes; the supervisor's live board shows each step. Screenshots of the main screens go to docs/.
+closes; the supervisor's live board shows each step. On the way the agent quotes the customer's message,
+the desk's WebSocket is dropped and resumes from its cursor, the agent writes first to a new number with an
+approved template (WhatsApp Back), and the supervisor transfers that conversation back to the queue from
+the board. Screenshots of the main screens go to docs/.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"chromium not found at {CHROMIUM}: 'make test' installs it (apt-get install -y chromium)",
                 allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402  (after the skip)
+from playwright.sync_api import Browser, Page, WebSocketRoute, expect, sync_playwright  # noqa: E402  (after the skip)
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +41,12 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-def _page(browser: Browser, gateway: Gateway, token: str, screen: str = "") -> Page:
+def _page(browser: Browser, gateway: Gateway, token: str, screen: str = "",
+          sockets: list[tuple[WebSocketRoute, WebSocketRoute]] | None = None) -> Page:
     page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
     page.set_default_timeout(TIMEOUT_MS)
+    if sockets is not None:  # the page's WebSockets pass through the test, which can drop them
+        page.route_web_socket(re.compile(r"/events"), lambda ws: sockets.append((ws, ws.connect_to_server())))
     page.goto(f"{gateway.url}/#token={token}")
     expect(page.locator("#who")).to_contain_text("·")  # signed in
     if screen:
@@ -105,7 +111,8 @@ def test_supervisor_and_agent_work_a_conversation_in_the_browser(gateway: Gatewa
     _shot(supervisor, "console-inboxes.png")
     supervisor.goto(f"{gateway.url}/#/board")
 
-    desk = _page(browser, gateway, agent_token)
+    sockets: list[tuple[WebSocketRoute, WebSocketRoute]] = []
+    desk = _page(browser, gateway, agent_token, sockets=sockets)
     expect(desk.locator("#live-state")).to_have_text("connected")
     desk.get_by_role("button", name="available").click()
     expect(desk.get_by_role("button", name="available")).to_have_attribute("aria-pressed", "true")
@@ -139,12 +146,62 @@ def test_supervisor_and_agent_work_a_conversation_in_the_browser(gateway: Gatewa
     expect(outbound).to_contain_text("let me check your order")
     # Meta's (simulated) statuses come back: the ticks climb to read.
     expect(outbound).to_have_attribute("data-state", "read", timeout=TIMEOUT_MS)
+    expect(desk.locator("#window")).to_contain_text("the window closes in")
+
+    # A reply quoting the customer's message (Meta's context.message_id).
+    desk.get_by_role("button", name="Reply to: Hi, my order is late").click()
+    expect(desk.locator("#replying-to")).to_contain_text("Hi, my order is late")
+    desk.get_by_label("Your reply").fill("About your order: it left the warehouse today")
+    desk.get_by_role("button", name="Send").click()
+    quoted = outbound.filter(has_text="it left the warehouse")
+    expect(quoted.locator(".quote")).to_contain_text("Hi, my order is late")
+    expect(desk.locator("#replying-to")).to_have_count(0)
+    inbound_wamid = desk.locator("#messages li.inbound").first.get_attribute("data-wamid")
+    sent = gateway.items(org.path(f"/transactions/{tx_id}/outbound"), agent_token)
+    assert [m["reply_to"] for m in sent] == [None, inbound_wamid], sent
     _shot(desk, "console-desk-conversation.png")
+
+    # The WebSocket drops; the customer writes meanwhile; the desk reconnects from its cursor and shows it.
+    assert len(sockets) == 1 and "cursor=" not in sockets[0][0].url
+    page_side, server_side = sockets[0]
+    page_side.close()
+    server_side.close()
+    expect(desk.locator("#live-state")).to_have_text("reconnecting ...")
+    httpx.post(f"{gateway.simulator_url}/_sim/inbound", json={
+        "phone_number_id": org.numbers[0], "from": "15550001111", "name": "Carla", "type": "text",
+        "fields": {"body": "Are you still there?"}}, timeout=30).raise_for_status()
+    expect(desk.locator("#live-state")).to_have_text("connected")
+    expect(desk.locator("#messages")).to_contain_text("Are you still there?")
+    assert len(sockets) == 2 and "cursor=" in sockets[1][0].url, [ws.url for ws, _ in sockets]
 
     desk.get_by_role("button", name="Close conversation").click()
     expect(desk.locator("#conversation")).to_contain_text("closed")
     _board_state(supervisor, tx_id, "closed")
     assert gateway.ok("GET", org.path(f"/transactions/{tx_id}"), org.owner_token)["agent_id"] == agent_id
+
+    # WhatsApp Back: the agent writes first to a new number with the approved template (the place in her
+    # capacity the closed conversation freed); the window is closed, so the desk offers templates only.
+    back = desk.locator("#whatsapp-back")
+    back.get_by_label("Customer's phone number or WhatsApp user id").fill("15550002222")
+    back.get_by_label("Template name").fill("order_update")
+    back.get_by_label("Parameters ({{1}}, {{2}} ...: one a line)").fill("Dana")
+    back.get_by_role("button", name="Start conversation").click()
+    expect(desk.locator("#conv-title")).to_contain_text("15550002222")
+    expect(desk.locator("#window")).to_contain_text("window is closed")
+    expect(desk.get_by_label("Your reply")).to_have_count(0)
+    expect(desk.locator("#messages li.outbound")).to_contain_text("Dana")
+    started = gateway.items(org.path("/transactions"), org.owner_token)[0]
+    assert started["customer"]["wa_id"] == "15550002222" and started["agent_id"] == agent_id, started
+    assert started["state"] == "assigned", started
+
+    # The supervisor transfers it back to the queue from the live board: it rings for Ada again.
+    supervisor.get_by_label("Conversation #").fill(str(started["id"]))
+    supervisor.get_by_label("Transfer to").select_option("queue")
+    supervisor.get_by_role("button", name="Transfer", exact=True).click()
+    expect(supervisor.locator(f'[data-tx="{started["id"]}"]')).to_have_attribute(
+        "data-state", re.compile("^(queued|offered)$"))
+    expect(offer).to_be_visible()
+    expect(offer).to_contain_text("15550002222")
 
 
 def test_console_and_api_docs_load_without_internet(gateway: Gateway, browser: Browser) -> None:

@@ -148,3 +148,44 @@ def test_automatic_statuses_and_review(sim: tuple[str, str, list[str], str],
                   if c["field"] == "message_template_status_update" and c["value"]["message_template_name"] == "spam"]
         time.sleep(0.05)
     assert events and events[0]["event"] == "REJECTED"
+
+
+def test_switching_review_on_reviews_the_templates_already_pending(
+        sim: tuple[str, str, list[str], str], received: tuple[str, list[dict[str, Any]]]) -> None:
+    url, waba_id, _, _ = sim
+    httpx.put(f"{url}/_sim/wabas/{waba_id}/review", json={"enabled": False}).raise_for_status()
+    created = httpx.post(f"{url}/v25.0/{waba_id}/message_templates", headers={"Authorization": "Bearer tok"}, json={
+        "name": "before_review", "category": "UTILITY", "language": "en_US",
+        "components": [{"type": "BODY", "text": "Your order {{1}} ships today"}]}).json()
+    assert created["status"] == "PENDING"
+    httpx.put(f"{url}/_sim/wabas/{waba_id}/review", json={"delay_s": 0.05, "status": "APPROVED"}).raise_for_status()
+    deadline = time.time() + 10
+    events: list[dict[str, Any]] = []
+    while time.time() < deadline and not events:
+        events = [c["value"] for b in list(received[1]) for c in b["entry"][0]["changes"]
+                  if c["field"] == "message_template_status_update"
+                  and c["value"]["message_template_name"] == "before_review"]
+        time.sleep(0.05)
+    assert [e["event"] for e in events] == ["APPROVED"]
+    # Switching it on again reviews nothing twice.
+    httpx.put(f"{url}/_sim/wabas/{waba_id}/review", json={"delay_s": 0.05, "status": "REJECTED"}).raise_for_status()
+    time.sleep(0.5)
+    assert len([c for b in list(received[1]) for c in b["entry"][0]["changes"]
+                if c["field"] == "message_template_status_update"
+                and c["value"]["message_template_name"] == "before_review"]) == 1
+    listed = httpx.get(f"{url}/v25.0/{waba_id}/message_templates", headers={"Authorization": "Bearer tok"},
+                       params={"limit": 1000}).json()["data"]
+    assert [t["status"] for t in listed if t["name"] == "before_review"] == ["APPROVED"]
+
+
+def test_the_standalone_simulator_reviews_the_demo_templates_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import meta.simulator.__main__ as entry
+
+    started: list[SimulatorState] = []
+    monkeypatch.setattr(entry.uvicorn, "run", lambda app, **_: started.append(app.state.sim))
+    entry.main(["--seed", "demo"])
+    entry.main(["--seed", "demo", "--review-delay", "1.5"])
+    entry.main(["--seed", "demo", "--no-review"])
+    plans = [state.review_plan(next(iter(state.wabas))) for state in started]
+    assert [(p.enabled, p.delay_s) for p in plans[:2]] == [(True, 5.0), (True, 1.5)]
+    assert not plans[2].enabled

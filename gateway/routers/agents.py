@@ -48,6 +48,10 @@ async def agent_call(runtime: Runtime, org_id: int, user_id: int, method: str, *
 
 @router.get("/{user_id}", response_model=AgentOut)
 async def read_agent(user_id: UserId, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> AgentOut:
+    """The agent's live state: presence (and why the router changed it), capacity, open conversations, idle clock
+    and the ringing offer. The agent themself or a supervisor. Live changes come over the WebSocket
+    `/v1/orgs/{org_id}/agents/{user_id}/events` (its events are listed in README, "Agent workspace API").
+    """
     _check_self_or_supervisor(ctx, user_id)
     await _org_user(session, ctx.org.id, user_id)
     return AgentOut(**await agent_call(runtime, ctx.org.id, user_id, "view"))
@@ -56,6 +60,9 @@ async def read_agent(user_id: UserId, ctx: OrgMember, session: SessionDep, runti
 @router.put("/{user_id}/status", response_model=AgentOut)
 async def set_presence(user_id: UserId, body: PresenceUpdate, ctx: OrgMember, session: SessionDep,
                        runtime: RuntimeDep) -> AgentOut:
+    """Set the agent's presence (`available`, `away`, `offline`). Going away or offline rescinds a ringing offer
+    at once (it is rerouted); open conversations stay. The agent themself or a supervisor.
+    """
     _check_self_or_supervisor(ctx, user_id)
     await _org_user(session, ctx.org.id, user_id)
     return AgentOut(**await agent_call(runtime, ctx.org.id, user_id, "set_status", body.status.value))
@@ -64,6 +71,7 @@ async def set_presence(user_id: UserId, body: PresenceUpdate, ctx: OrgMember, se
 @router.patch("/{user_id}", response_model=AgentOut)
 async def update_agent_settings(user_id: UserId, body: AgentSettingsUpdate, ctx: Supervisor, session: SessionDep,
                                 runtime: RuntimeDep) -> AgentOut:
+    """Set the agent's capacity (`max_concurrent`, 1..50), counted across all inboxes. Supervisors."""
     await _org_user(session, ctx.org.id, user_id)
     return AgentOut(**await agent_call(runtime, ctx.org.id, user_id, "set_max_concurrent", body.max_concurrent))
 
@@ -81,6 +89,33 @@ async def agent_events(
     (`new WebSocket(url, ["wa-router.events", "bearer." + token])`); the server selects
     `wa-router.events`. Other clients may send `Authorization: Bearer <token>`. A token in the URL is
     not accepted (URLs end up in access logs). A refused handshake is HTTP 403.
+
+    Frames are JSON objects with a `type`. The first is `{"type": "hello", "cursor": N, "agent": {...}}`
+    (`agent` as `GET /agents/{user_id}` answers it; `cursor` the id of the newest event). Then each event
+    as it is committed, with its `id` (increasing: the cursor) and `at`:
+
+    - `offer`: a conversation rings: `offer_id`, `transaction_id`, `inbox_id`, `inbox_name`, `customer`
+      (`id`, `user_id`, `wa_id`, `username`, `name`), `first_message`, `waiting_since`, `expires_at`
+      (an offer shown again after the agent's restart carries `offer_id`, `transaction_id`, `inbox_id`,
+      `expires_at`).
+    - `offer_rescinded`: the offer is over: `offer_id`, `transaction_id`, `inbox_id`, `reason` (`missed`,
+      `declined`, `rescinded`, `expired`, `withdrawn by the inbox`, `agent away`, `agent offline`).
+    - `assigned`: a conversation is the agent's: `transaction_id`, `inbox_id`, `kind` (`accepted`,
+      `claimed`, `assigned` for WhatsApp Back, `reconciled`), the conversation's summary as in `offer`.
+    - `transferred`: a supervisor moved a conversation: to the agent (as `assigned`, `kind: transferred`)
+      or away from them (`transaction_id`, `inbox_id`, `reason`, `direction: "away"`).
+    - `transaction_closed`: `transaction_id`, `inbox_id`, `reason`.
+    - `message`: `transaction_id`, `inbox_id`, `message` (as in `GET /transactions/{id}/messages`:
+      the customer's with `direction: "inbound"`, the agent's own replies echoed with `"outbound"`).
+    - `message_status`: Meta's delivery status of a reply: `transaction_id`, `message_id`, `wamid`,
+      `status` (`sent`, `delivered`, `read`, `played`, `failed`), `status_at`, `error` (Meta's code,
+      title and details, for `failed`).
+    - `status`: the agent's presence changed: `status`, `reason` (set when the router changed it, e.g.
+      `missed 3 offers in a row`).
+
+    After a dropped connection, reconnect with `?cursor=<the last id received>`: the events after it are
+    sent first (a client keeps its own cursor rather than the new hello's). Without `cursor`, only new
+    events are sent.
     """
     runtime: Runtime = websocket.app.state.runtime
     credentials = socket_credentials(websocket)

@@ -109,6 +109,9 @@ async def list_agent_candidates(ctx: ConfigSupervisor, session: SessionDep,
 @router.post("", status_code=201, response_model=InboxOut)
 async def create_inbox(body: InboxCreate, ctx: ConfigSupervisor, session: SessionDep,
                        runtime: RuntimeDep) -> InboxOut:
+    """Create an inbox on a linked number with its assignment mode, timers and agents; its routing actor starts
+    at once. Supervisors with Contact Center; a number used by an inbox anywhere is a 409.
+    """
     await _check_number(session, ctx.org.id, body.phone_number_id, None)
     await _check_agents(session, ctx.org.id, body.agents)
     inbox = Inbox(org_id=ctx.org.id, name=body.name, type=body.type, phone_number_id=body.phone_number_id,
@@ -139,6 +142,7 @@ async def list_inboxes(ctx: OrgMember, session: SessionDep, paging: Paging) -> P
 
 @router.get("/{inbox_id}", response_model=InboxOut)
 async def read_inbox(inbox_id: InboxId, ctx: OrgMember, session: SessionDep) -> InboxOut:
+    """One inbox with its settings and agents. Supervisors and the inbox's agents."""
     inbox = await get_inbox(session, ctx.org.id, inbox_id)
     if not ctx.is_supervisor and ctx.user is not None:
         member = await session.get(InboxAgent, (inbox_id, ctx.user.id))
@@ -150,6 +154,9 @@ async def read_inbox(inbox_id: InboxId, ctx: OrgMember, session: SessionDep) -> 
 @router.patch("/{inbox_id}", response_model=InboxOut)
 async def update_inbox(inbox_id: InboxId, body: InboxUpdate, ctx: ConfigSupervisor, session: SessionDep,
                        runtime: RuntimeDep) -> InboxOut:
+    """Change any of the inbox's settings or agents; applied live, without losing queued or offered
+    conversations. Supervisors with Contact Center.
+    """
     inbox = await get_inbox(session, ctx.org.id, inbox_id)
     if body.phone_number_id is not None and body.phone_number_id != inbox.phone_number_id:
         await _check_number(session, ctx.org.id, body.phone_number_id, inbox.id)
@@ -177,6 +184,7 @@ async def update_inbox(inbox_id: InboxId, body: InboxUpdate, ctx: ConfigSupervis
 
 @router.delete("/{inbox_id}", status_code=204)
 async def delete_inbox(inbox_id: InboxId, ctx: ConfigSupervisor, session: SessionDep, runtime: RuntimeDep) -> Response:
+    """Delete the inbox (409 while it has open conversations). Supervisors with Contact Center."""
     inbox = await get_inbox(session, ctx.org.id, inbox_id)
     open_count = await session.scalar(
         select(func.count()).select_from(Transaction)

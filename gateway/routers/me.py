@@ -23,6 +23,9 @@ class MeOut(BaseModel):
 
 @router.get("/me", response_model=MeOut)
 async def who_am_i(principal: PrincipalDep, session: SessionDep) -> MeOut:
+    """Who the bearer token stands for: the user with their role, licences and organization, or the platform
+    admin.
+    """
     if principal.user is None:
         return MeOut(platform_admin=True, user=None, org=None)
     # The principal is a cached snapshot; the user's row has their name and email.

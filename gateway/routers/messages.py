@@ -47,6 +47,11 @@ async def _quoted_exists(session: AsyncSession, tx: Transaction, wamid: str) -> 
 @router.post("/transactions/{tx_id}/messages", status_code=202, response_model=OutboundMessageOut)
 async def send_message(tx_id: TxId, body: MessageRequest, ctx: OrgMember, session: SessionDep,
                        runtime: RuntimeDep) -> OutboundMessageOut:
+    """Write to the customer in an assigned conversation: `text` (inside the 24-hour window; 409 outside it) or
+    an approved `template` (the way back into a closed window), optionally quoting a message of the
+    conversation with `reply_to` (its wamid). Queued (202) for the number's sender; the agent the conversation
+    is assigned to only.
+    """
     tx = await session.get(Transaction, tx_id)
     if tx is None or tx.org_id != ctx.org.id:
         raise not_found("transaction")

@@ -19,6 +19,9 @@ router = APIRouter(prefix="/v1/orgs", tags=["organizations"])
 @router.post("", status_code=201, response_model=OrganizationCreated)
 async def create_organization(body: OrganizationCreate, _admin: PlatformAdmin,
                               session: SessionDep) -> OrganizationCreated:
+    """Create an organization and its owner; the owner's API token is in the answer, shown once. The platform
+    admin.
+    """
     org = Organization(name=body.name, webhook_verify_token=new_verify_token())
     session.add(org)
     await session.flush()
@@ -44,6 +47,7 @@ def organization_out(org: Organization) -> OrganizationOut:
 
 @router.get("/{org_id}", response_model=OrganizationOut)
 async def get_organization(ctx: OrgMember) -> OrganizationOut:
+    """One organization with its settings. Its members and the platform admin."""
     return organization_out(ctx.org)
 
 

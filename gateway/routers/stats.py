@@ -67,6 +67,9 @@ def inbox_out(s: InboxStats, window_s: int) -> InboxStatsOut:
 @router.get("/inboxes/{inbox_id}/stats", response_model=InboxStatsOut)
 async def read_inbox_stats(inbox_id: InboxId, ctx: Supervisor, session: SessionDep,
                            window_s: WindowS = DAY_S) -> InboxStatsOut:
+    """Contact-center figures of one inbox over `window_s` (default a day): queue now, agents by state, contacts,
+    service level, average speed of answer and handle time, offers. Supervisors.
+    """
     inbox = await get_inbox(session, ctx.org.id, inbox_id)
     (stats,) = await inbox_stats(session, [inbox], utcnow(), window_s)
     return inbox_out(stats, window_s)
@@ -74,6 +77,9 @@ async def read_inbox_stats(inbox_id: InboxId, ctx: Supervisor, session: SessionD
 
 @router.get("/stats", response_model=OrgStatsOut)
 async def read_org_stats(ctx: Supervisor, session: SessionDep, window_s: WindowS = DAY_S) -> OrgStatsOut:
+    """The organization's figures over `window_s`: its inboxes summed (averages weighted by contacts, agents
+    counted once), each inbox listed. Supervisors.
+    """
     inboxes = list((await session.scalars(select(Inbox).where(Inbox.org_id == ctx.org.id).order_by(Inbox.id))).all())
     per_inbox = await inbox_stats(session, inboxes, utcnow(), window_s)
     totals = organization_totals(per_inbox, await organization_agents(session, ctx.org.id))

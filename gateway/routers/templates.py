@@ -62,6 +62,9 @@ async def _token(runtime: Runtime, session: AsyncSession, org_id: int, waba_id: 
 @router.post("", status_code=201, response_model=TemplateOut)
 async def create_template(waba_id: str, body: TemplateCreate, ctx: ConfigSupervisor, runtime: RuntimeDep,
                           session: SessionDep) -> TemplateOut:
+    """Submit a message template for Meta's review, once per language (each `PENDING`); validated as Meta
+    validates; all languages or none. Supervisors with Contact Center.
+    """
     token = await _token(runtime, session, ctx.org.id, waba_id)
     taken = (await session.scalars(select(MessageTemplate.language).where(
         MessageTemplate.org_id == ctx.org.id, MessageTemplate.waba_id == waba_id,
@@ -109,6 +112,9 @@ async def list_templates(waba_id: str, ctx: ConfigSupervisor, session: SessionDe
 @router.post("/sync", response_model=list[TemplateOut])
 async def sync_templates(waba_id: str, ctx: ConfigSupervisor, runtime: RuntimeDep,
                          session: SessionDep) -> list[TemplateOut]:
+    """Read the account's templates from Meta (following paging): statuses updated, templates gone at Meta
+    removed. Supervisors with Contact Center.
+    """
     token = await _token(runtime, session, ctx.org.id, waba_id)
     try:
         templates = await runtime.graph.list_templates(waba_id, token)
@@ -125,6 +131,7 @@ async def sync_templates(waba_id: str, ctx: ConfigSupervisor, runtime: RuntimeDe
 @router.delete("/{name}", status_code=204)
 async def delete_template(waba_id: str, name: str, ctx: ConfigSupervisor, runtime: RuntimeDep,
                           session: SessionDep) -> Response:
+    """Delete the template in every language, at Meta and here. Supervisors with Contact Center."""
     token = await _token(runtime, session, ctx.org.id, waba_id)
     exists = await session.scalar(select(MessageTemplate.id).where(
         MessageTemplate.org_id == ctx.org.id, MessageTemplate.waba_id == waba_id, MessageTemplate.name == name))

@@ -69,6 +69,9 @@ async def issue_token(user_id: UserId, ctx: OrgMember, session: SessionDep,
 @router.delete("/{token_id}", status_code=204)
 async def revoke_token(user_id: UserId, token_id: TokenId, ctx: OrgMember, session: SessionDep,
                        runtime: RuntimeDep) -> Response:
+    """Revoke one of the user's API tokens: refused at once on this gateway, within `WA_ROUTER_PRINCIPAL_CACHE_S`
+    on others; event streams opened with it close. The user, or a supervisor (owners' tokens only by owners).
+    """
     user = await _holder(ctx, session, user_id)
     row = await session.get(ApiToken, token_id)
     if row is None or row.user_id != user.id:

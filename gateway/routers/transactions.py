@@ -115,6 +115,9 @@ async def _conversation(session: AsyncSession, tx_id: int) -> list[MessageOut]:
 
 @router.get("/transactions/{tx_id}", response_model=TransactionDetailOut)
 async def read_transaction(tx_id: TxId, ctx: OrgMember, session: SessionDep) -> TransactionDetailOut:
+    """One conversation with its messages (both directions, in time order) and `window_expires_at`, the end of
+    the customer's 24-hour window. Supervisors, and agents of its inbox.
+    """
     tx = await _visible_transaction(session, ctx, tx_id)
     customers = await _customers(session, [tx])
     shown = await _conversation(session, tx.id)
@@ -180,21 +183,31 @@ def _acting_user(ctx: OrgContext) -> int:
 
 @router.post("/transactions/{tx_id}/accept", response_model=TransactionOut)
 async def accept_offer(tx_id: TxId, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
+    """Accept the offer ringing for the caller: the conversation is assigned to them. 409 when the offer is over;
+    repeating an accept that succeeded answers 200 again.
+    """
     return await _act(runtime, session, ctx, tx_id, "accept", _acting_user(ctx))
 
 
 @router.post("/transactions/{tx_id}/decline", response_model=TransactionOut)
 async def decline_offer(tx_id: TxId, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
+    """Decline the offer ringing for the caller: it goes to the next agent in the inbox's order."""
     return await _act(runtime, session, ctx, tx_id, "decline", _acting_user(ctx))
 
 
 @router.post("/transactions/{tx_id}/claim", response_model=TransactionOut)
 async def claim_transaction(tx_id: TxId, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
+    """Take a waiting conversation of a manual inbox: the first claim wins, later ones get 409 (409 naming the
+    mode in other inboxes). Agents of the inbox.
+    """
     return await _act(runtime, session, ctx, tx_id, "claim", _acting_user(ctx))
 
 
 @router.post("/transactions/{tx_id}/close", response_model=TransactionOut)
 async def close_transaction(tx_id: TxId, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
+    """Close the conversation: frees the agent's capacity and starts their idle clock. The agent handling it, or
+    a supervisor.
+    """
     acting = ctx.user.id if ctx.user is not None else 0
     return await _act(runtime, session, ctx, tx_id, "close", acting, ctx.is_supervisor)
 
@@ -202,6 +215,9 @@ async def close_transaction(tx_id: TxId, ctx: OrgMember, session: SessionDep, ru
 @router.post("/transactions/{tx_id}/transfer", response_model=TransactionOut)
 async def transfer_transaction(tx_id: TxId, body: TransferRequest, ctx: Supervisor, session: SessionDep,
                                runtime: RuntimeDep) -> TransactionOut:
+    """Move a conversation to another agent of its inbox (`user_id`) or back to its queue (`to_queue: true`).
+    Supervisors.
+    """
     if (body.user_id is None) == (not body.to_queue):
         raise field_error(("body",), "give exactly one of user_id or to_queue: true")
     by = ctx.user.id if ctx.user is not None else None

@@ -68,6 +68,9 @@ async def _owner_count(session: AsyncSession, org_id: int) -> int:
 
 @router.post("", status_code=201, response_model=UserCreated)
 async def create_user(body: UserCreate, ctx: Supervisor, session: SessionDep) -> UserCreated:
+    """Create a user with a role and licences; the answer carries their first API token, shown once. Supervisors
+    (owners by owners; licences by owners).
+    """
     _check_may_manage(ctx, body.role)
     if body.licenses:
         _check_may_license(ctx)
@@ -87,6 +90,7 @@ async def list_users(ctx: Supervisor, session: SessionDep, paging: Paging) -> Pa
 
 @router.get("/{user_id}", response_model=UserOut)
 async def get_user(user_id: UserId, ctx: OrgMember, session: SessionDep) -> UserOut:
+    """One user of the organization with role and licences."""
     if not ctx.is_supervisor and not ctx.is_self(user_id):
         raise forbidden("members may only read their own user")
     return UserOut.of(await _get_user(session, ctx.org.id, user_id))
@@ -95,6 +99,9 @@ async def get_user(user_id: UserId, ctx: OrgMember, session: SessionDep) -> User
 @router.patch("/{user_id}", response_model=UserOut)
 async def update_user(user_id: UserId, body: UserUpdate, ctx: Supervisor, session: SessionDep,
                       runtime: RuntimeDep) -> UserOut:
+    """Change a user's name, role or licences (licences only by an owner; revoking the WhatsApp licence removes
+    them from every inbox). Supervisors.
+    """
     user = await _get_user(session, ctx.org.id, user_id)
     _check_may_manage(ctx, Role(user.role))
     if body.role is not None:
@@ -124,6 +131,7 @@ async def update_user(user_id: UserId, body: UserUpdate, ctx: Supervisor, sessio
 
 @router.delete("/{user_id}", status_code=204)
 async def delete_user(user_id: UserId, ctx: Supervisor, session: SessionDep, runtime: RuntimeDep) -> Response:
+    """Delete a user (the last owner cannot be removed); they leave every inbox. Supervisors."""
     user = await _get_user(session, ctx.org.id, user_id)
     _check_may_manage(ctx, Role(user.role))
     if user.role == Role.owner and await _owner_count(session, ctx.org.id) <= 1:

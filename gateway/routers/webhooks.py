@@ -38,6 +38,9 @@ async def verify_subscription(
     verify_token: Annotated[str | None, Query(alias="hub.verify_token")] = None,
     challenge: Annotated[str | None, Query(alias="hub.challenge")] = None,
 ) -> PlainTextResponse:
+    """Meta's webhook handshake: answers `hub.challenge` as text/plain when `hub.verify_token` matches the
+    organization's verify token.
+    """
     org = await session.get(Organization, org_id)
     # An unknown organization fails like a wrong token: the public endpoint reveals no ids.
     if org is None or mode != "subscribe" or verify_token is None or challenge is None or not hmac.compare_digest(
@@ -136,6 +139,10 @@ def _signature_mismatch() -> ApiError:
 
 @router.post("/{org_id}", response_model=WebhookAck)
 async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep) -> WebhookAck:
+    """Meta's signed webhook delivery (`X-Hub-Signature-256`, HMAC-SHA256 with the app secret): messages,
+    statuses and template updates are stored (idempotently on the wamid) before the 200, then routed. Missing
+    signature 401, wrong 403, over the size limit 413, malformed JSON 400.
+    """
     started = time.perf_counter()
     counted = metrics.of(request)
     body = await _read_body(request, runtime.settings.max_webhook_body_bytes)

@@ -40,11 +40,13 @@ def _endpoint(runtime: Runtime, org_id: int, verify_token: str) -> WebhookEndpoi
 
 @router.get("/webhook", response_model=WebhookEndpointOut)
 async def get_webhook_endpoint(ctx: ConfigSupervisor, runtime: RuntimeDep) -> WebhookEndpointOut:
+    """The callback URL and verify token to enter in Meta's app dashboard. Supervisors with Contact Center."""
     return _endpoint(runtime, ctx.org.id, ctx.org.webhook_verify_token)
 
 
 @router.post("/webhook/rotate", response_model=WebhookEndpointOut)
 async def rotate_verify_token(ctx: ConfigSupervisor, runtime: RuntimeDep, session: SessionDep) -> WebhookEndpointOut:
+    """Issue a new webhook verify token (enter it in Meta's app dashboard). Supervisors with Contact Center."""
     org = ctx.org
     org.webhook_verify_token = new_verify_token()
     session.add(org)
@@ -147,6 +149,10 @@ async def _get_account(session: AsyncSession, org_id: int, waba_id: str) -> What
 @router.post("/accounts", status_code=201, response_model=WhatsAppAccountOut)
 async def link_account(body: WhatsAppAccountLink, ctx: ConfigSupervisor, runtime: RuntimeDep,
                        session: SessionDep) -> WhatsAppAccountOut:
+    """Link a WABA: the access token is verified with Meta's Graph API and every phone number read (Meta's
+    refusal is a 422 with Meta's code and message; nothing is stored). Secrets are stored encrypted and never
+    returned. Supervisors with Contact Center.
+    """
     already = await session.scalar(select(WhatsAppAccount.id).where(
         WhatsAppAccount.org_id == ctx.org.id, WhatsAppAccount.waba_id == body.waba_id))
     if already is not None:
@@ -213,12 +219,14 @@ async def list_accounts(ctx: ConfigSupervisor, session: SessionDep, paging: Pagi
 
 @router.get("/accounts/{waba_id}", response_model=WhatsAppAccountOut)
 async def get_account(waba_id: str, ctx: ConfigSupervisor, session: SessionDep) -> WhatsAppAccountOut:
+    """One linked account with its numbers (never its secrets). Supervisors with Contact Center."""
     return await _account_out(session, await _get_account(session, ctx.org.id, waba_id))
 
 
 @router.post("/accounts/{waba_id}/refresh", response_model=WhatsAppAccountOut)
 async def refresh_account(waba_id: str, ctx: ConfigSupervisor, runtime: RuntimeDep,
                           session: SessionDep) -> WhatsAppAccountOut:
+    """Read the account's phone numbers from Meta again. Supervisors with Contact Center."""
     account = await _get_account(session, ctx.org.id, waba_id)
     waba, numbers = await _read_from_meta(runtime, waba_id, runtime.secrets.decrypt(account.access_token_enc),
                                           stored=True)
@@ -231,6 +239,7 @@ async def refresh_account(waba_id: str, ctx: ConfigSupervisor, runtime: RuntimeD
 
 @router.delete("/accounts/{waba_id}", status_code=204)
 async def unlink_account(waba_id: str, ctx: ConfigSupervisor, runtime: RuntimeDep, session: SessionDep) -> Response:
+    """Unlink the account (its secrets are deleted). Supervisors with Contact Center."""
     account = await _get_account(session, ctx.org.id, waba_id)
     in_use = (await session.scalars(
         select(Inbox.name).join(PhoneNumber, PhoneNumber.phone_number_id == Inbox.phone_number_id)

@@ -2,7 +2,9 @@
 
 With `--seed demo` a demo WABA (three numbers, an approved `hello_world` template) is created
 and its access token, app secret and ids are printed so wa-router can be configured against
-`http://<host>:<port>/<api-version>`.
+`http://<host>:<port>/<api-version>`. Its new templates are reviewed automatically, as Meta would:
+approved after `--review-delay` seconds (5 by default; `--no-review` leaves them PENDING until
+`POST /_sim/templates/{id}/review` decides).
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds between two messages to the same customer (error 131056)")
     parser.add_argument("--no-statuses", action="store_true",
                         help="do not send sent/delivered/read webhooks for accepted messages")
-    parser.add_argument("--review-delay", type=float, default=None,
-                        help="approve every new template after this many seconds (demo WABA)")
+    parser.add_argument("--review-delay", type=float, default=5.0,
+                        help="approve every new template of the demo WABA after this many seconds (default 5)")
+    parser.add_argument("--no-review", action="store_true",
+                        help="no automatic template review: templates stay PENDING until /_sim decides")
     args = parser.parse_args(argv)
 
     state = SimulatorState(default_mps=args.mps, pair_interval_s=args.pair_interval)
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Demo access token: {seeded['access_token']}")
         print(f"Demo app secret:   {seeded['app_secret']}")
         print("Demo numbers:", json.dumps(seeded["numbers"]))
-        if args.review_delay is not None:
+        if not args.no_review:
             state.set_review_plan(seeded["waba_id"], ReviewPlan(enabled=True, delay_s=args.review_delay))
     uvicorn.run(create_simulator_app(state, args.api_version), host=args.host, port=args.port,
                 log_level="warning")

@@ -81,6 +81,7 @@ from meta.simulator.state import (
     SentMessage,
     SimulatorError,
     SimulatorState,
+    Template,
     Waba,
     invalid_parameter,
 )
@@ -333,10 +334,7 @@ def create_simulator_app(state: SimulatorState, api_version: str = "v25.0") -> F
         token = _token(request)
         state.waba_for(token, waba_id, method="post")
         template = state.create_template(token, waba_id, await _json_body(request))
-        plan = state.review_plan(waba_id)
-        if plan.enabled:
-            status, reason = plan.outcome(template.name)
-            background(review_later(template.id, plan.delay_s, status, reason))
+        schedule_review(template)
         return {"id": template.id, "status": template.status, "category": template.category}
 
     @graph.delete("/{waba_id}/message_templates")
@@ -405,6 +403,16 @@ def create_simulator_app(state: SimulatorState, api_version: str = "v25.0") -> F
                                              sent.to, status, category=category, errors=errors,
                                              timestamp=sent.timestamp + happened_after)
             await post_webhook(waba, payload)
+
+    reviews_scheduled: set[str] = set()
+
+    def schedule_review(template: Template) -> None:
+        """Under automatic review, the template's outcome after the WABA's delay (once per template)."""
+        plan = state.review_plan(template.waba_id)
+        if plan.enabled and template.id not in reviews_scheduled:
+            reviews_scheduled.add(template.id)
+            status, reason = plan.outcome(template.name)
+            background(review_later(template.id, plan.delay_s, status, reason))
 
     async def review_later(template_id: str, delay_s: float, status: str, reason: str | None) -> None:
         await asyncio.sleep(delay_s)
@@ -530,6 +538,8 @@ def create_simulator_app(state: SimulatorState, api_version: str = "v25.0") -> F
         state.set_review_plan(waba_id, ReviewPlan(
             enabled=body.enabled, delay_s=body.delay_s, status=body.status.upper(), reason=body.reason,
             by_name={name: (o.status.upper(), o.reason) for name, o in body.by_name.items()}))
+        for template in state.pending_templates(waba_id):  # those submitted before review was switched on
+            schedule_review(template)
         return {"waba_id": waba_id, **body.model_dump()}
 
     @sim.post("/templates/{template_id}/review")

@@ -361,6 +361,13 @@ class SimulatorState:
     def review_plan(self, waba_id: str) -> ReviewPlan:
         return self._reviews.get(waba_id, ReviewPlan())
 
+    def pending_templates(self, waba_id: str) -> list[Template]:
+        """The WABA's templates still awaiting review (created before automatic review was switched on)."""
+        with self._lock:
+            waba = self.wabas.get(waba_id)
+            ids = list(waba.template_ids) if waba is not None else []
+            return [self.templates[t] for t in ids if t in self.templates and self.templates[t].status == "PENDING"]
+
     def inject_send_failures(self, phone_number_id: str, failures: Iterable[InjectedFailure]) -> None:
         """The next sends on the number fail like these, in order (then sends succeed again)."""
         with self._lock:

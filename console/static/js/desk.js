@@ -21,10 +21,11 @@ export function desk(view, ctx) {
   const conversation = h("section", { class: "card", "aria-labelledby": "conv-title", id: "conversation" },
     h("h2", { id: "conv-title" }, "Conversation"), h("p", { class: "muted" }, "Accept an offer or pick a conversation."));
   const live = h("span", { class: "muted", id: "live-state" }, "connecting ...");
+  const back = h("section", { class: "card", "aria-labelledby": "back-title", id: "whatsapp-back", hidden: true });
   view.append(
     h("section", { class: "card" }, h("h2", {}, "Your status"), presence, h("p", {}, "Live updates: ", live)),
     ring, announcer,
-    h("div", { class: "desk" }, h("section", { class: "card" }, h("h2", {}, "Conversations"), chats), conversation));
+    h("div", { class: "desk" }, h("section", { class: "card" }, h("h2", {}, "Conversations"), chats), conversation), back);
 
   function renderPresence() {
     presence.replaceChildren(...["available", "away", "offline"].map((status) =>
@@ -104,7 +105,35 @@ export function desk(view, ctx) {
       : [h("p", { class: "muted" }, "None open.")]));
   }
 
+  // A template form: name, language and one parameter a line (approved templates only; the server says which is wrong).
+  function templateForm(label, submitText, send) {
+    const name = h("input", { name: "template", required: true, pattern: "[a-z0-9_]+", autocomplete: "off" });
+    const language = h("input", { name: "language", required: true, value: "en_US", class: "small" });
+    const params = h("textarea", { name: "parameters", rows: 2 });
+    const form = h("form", { "aria-label": label }, ...field("Template name", name), ...field("Language", language),
+      ...field("Parameters ({{1}}, {{2}} ...: one a line)", params), h("button", { type: "submit" }, submitText));
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const template = { name: name.value.trim(), language: language.value.trim(),
+        parameters: params.value.split("\n").map((p) => p.trim()).filter(Boolean) };
+      if (await send(template)) { name.value = ""; params.value = ""; }
+    });
+    return form;
+  }
+
+  function windowText(expiresAt) {
+    if (!expiresAt || new Date(expiresAt).getTime() <= Date.now()) {
+      return "The 24-hour window is closed: only an approved template can reopen it.";
+    }
+    const minutes = Math.round((new Date(expiresAt).getTime() - Date.now()) / 60000);
+    const left = minutes >= 60 ? `${Math.floor(minutes / 60)} h ${minutes % 60} min` : `${minutes} min`;
+    return `Free replies until ${new Date(expiresAt).toLocaleString()} (the window closes in ${left}).`;
+  }
+
+  let replyTo = null;  // {wamid, summary} of the message being answered
+
   async function open(tx) {
+    if (current !== tx) replyTo = null;
     current = tx;
     renderChats();
     const [detail, messages] = await Promise.all([
@@ -112,26 +141,70 @@ export function desk(view, ctx) {
       attempt(() => ctx.api.all(`${path}/transactions/${tx}/messages`)),
     ]);
     if (!detail || !messages || current !== tx) return;
+    const byWamid = new Map(messages.filter((m) => m.wamid).map((m) => [m.wamid, m.summary]));
+    const windowOpen = detail.window_expires_at && new Date(detail.window_expires_at).getTime() > Date.now();
+    const mine = detail.state === "assigned" && detail.agent_id === me;
+    const sendMessage = async (body, success) => {
+      if (replyTo) body.reply_to = replyTo.wamid;
+      const sent = await attempt(() => ctx.api.post(`${path}/transactions/${tx}/messages`, body), success);
+      if (sent) { replyTo = null; open(tx); }
+      return sent;
+    };
     const text = h("textarea", { name: "text", rows: 2, required: true });
-    const reply = h("form", { "aria-label": "Reply to the customer" }, ...field("Your reply", text),
+    const replying = replyTo ? h("p", { class: "replying", id: "replying-to" }, `Replying to “${replyTo.summary}” `,
+      h("button", { type: "button", class: "secondary", onclick: () => { replyTo = null; open(tx); } }, "Cancel reply")) : null;
+    const reply = h("form", { "aria-label": "Reply to the customer" }, replying, ...field("Your reply", text),
       h("button", { type: "submit" }, "Send"),
       h("button", { type: "button", class: "secondary", onclick: () => act(tx, "close") }, "Close conversation"));
     reply.addEventListener("submit", async (event) => {
       event.preventDefault();
-      const sent = await attempt(() => ctx.api.post(`${path}/transactions/${tx}/messages`, { type: "text", text: text.value }));
-      if (sent) { text.value = ""; open(tx); }
+      if (await sendMessage({ type: "text", text: text.value })) text.value = "";
     });
+    const template = templateForm("Send a template", "Send template",
+      (t) => sendMessage({ type: "template", template: t }, `template ${t.name} queued`));
+    const templates = h("details", { open: !windowOpen, id: "template-send" },
+      h("summary", {}, windowOpen ? "Send an approved template" : "Send an approved template (the window is closed)"),
+      template);
     const list = h("ol", { class: "messages", "aria-label": "Messages", id: "messages" }, messages.map((m) => h("li",
-      { class: m.direction, "data-state": m.state || "" },
+      { class: m.direction, "data-state": m.state || "", "data-wamid": m.wamid || "" },
+      m.reply_to ? h("span", { class: "quote" }, `↩ ${byWamid.get(m.reply_to) || "an earlier message"}`) : null,
       h("span", {}, m.summary),
       h("span", { class: `ticks ${m.state === "read" ? "read" : ""} ${m.state === "failed" ? "failed" : ""}`,
         title: m.state ? `${m.state}${m.error ? `: ${m.error.title || ""}` : ""}` : "received" },
       ` ${when(m.sent_at)} ${m.direction === "outbound" ? TICKS[m.state] || m.state : ""}`),
-      m.direction === "outbound" && m.state ? h("span", { class: "skip" }, ` ${m.state}`) : null)));
+      m.direction === "outbound" && m.state ? h("span", { class: "skip" }, ` ${m.state}`) : null,
+      mine && m.wamid ? h("button", { type: "button", class: "secondary", "aria-label": `Reply to: ${m.summary}`,
+        onclick: () => { replyTo = { wamid: m.wamid, summary: m.summary }; open(tx).then(() => { const box = conversation.querySelector("textarea[name=text]"); if (box) box.focus(); }); } }, "↩ Reply") : null)));
     conversation.replaceChildren(h("h2", { id: "conv-title" }, `Conversation with ${who(detail.customer)}`),
-      h("p", { class: "muted" }, detail.window_expires_at ? `Free replies until ${new Date(detail.window_expires_at).toLocaleString()}`
-        : "The 24-hour window is closed: only a template can reopen it."), list, reply);
+      h("p", { class: "muted", id: "window" }, windowText(detail.window_expires_at)), list,
+      ...(mine ? [windowOpen ? reply : h("p", {}, h("button", { type: "button", class: "secondary",
+        onclick: () => act(tx, "close") }, "Close conversation")), templates] : [h("p", { class: "muted" }, `This conversation is ${detail.state}.`)]));
     list.scrollTop = list.scrollHeight;
+  }
+
+  // ---------------------------------------------------------------- WhatsApp Back: write first, with a template
+
+  async function renderBack() {
+    const inboxes = await attempt(() => ctx.api.all(`${path}/inboxes`));
+    if (!inboxes || !inboxes.length) return;
+    const inbox = h("select", { name: "inbox" }, inboxes.map((i) => h("option", { value: i.id }, i.name)));
+    const to = h("input", { name: "to", required: true, autocomplete: "off", placeholder: "4915112345678 or US.1234..." });
+    const form = templateForm("WhatsApp Back", "Start conversation", async (template) => {
+      const value = to.value.trim();
+      const body = { to: /^\d{5,20}$/.test(value) ? { wa_id: value } : { user_id: value }, template };
+      const started = await attempt(() => ctx.api.post(`${path}/inboxes/${inbox.value}/outbound`, body),
+        "conversation started");
+      if (!started) return started;
+      to.value = "";
+      await refresh();
+      open(started.transaction_id);
+      return started;
+    });
+    form.prepend(...field("Inbox", inbox), ...field("Customer's phone number or WhatsApp user id", to));
+    back.replaceChildren(h("h2", { id: "back-title" }, "WhatsApp Back"),
+      h("p", { class: "muted" }, "Write first to a customer with an approved template. The conversation is yours "
+        + "at once, so it needs a free place within your capacity."), form);
+    back.hidden = false;
   }
 
   // ---------------------------------------------------------------- live events
@@ -146,7 +219,15 @@ export function desk(view, ctx) {
     socket.onmessage = (frame) => {
       const event = JSON.parse(frame.data);
       if (event.id) cursor = event.id;
-      if (event.type === "hello") { cursor = event.cursor; update(event.agent); return; }
+      if (event.type === "hello") {
+        // A first connection starts from now; a reconnection resumes after the last event seen (the
+        // server replays what was missed), and the open conversation is read again.
+        const resumed = cursor !== null;
+        if (!resumed) cursor = event.cursor;
+        update(event.agent);
+        if (resumed && current !== null) open(current);
+        return;
+      }
       if (event.type === "offer") {
         renderRing({ transaction_id: event.transaction_id, expires_at: event.expires_at },
           { customer: event.customer, messages: event.first_message ? [event.first_message] : [] });
@@ -163,6 +244,7 @@ export function desk(view, ctx) {
   }
 
   refresh();
+  renderBack();
   connect();
   const poll = setInterval(refresh, 10000);  // should an event be missed while reconnecting
   return () => {

@@ -244,9 +244,23 @@ export function board(view, ctx) {
   const stamp = h("p", { class: "muted" });
   const conversations = h("div", {});
   const agents = h("div", {});
+  // Transfer: a form of its own (the polled tables are redrawn every 2 s, a form inside them would lose its input).
+  const txInput = h("input", { name: "transaction", type: "number", min: 1, required: true, class: "small" });
+  const target = h("select", { name: "target" }, h("option", { value: "queue" }, "back to the queue"));
+  const transfer = h("form", { "aria-label": "Transfer a conversation", class: "inline" },
+    ...field("Conversation #", txInput), ...field("Transfer to", target), h("button", { type: "submit" }, "Transfer"));
+  transfer.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = target.value === "queue" ? { to_queue: true } : { user_id: Number(target.value) };
+    if (await attempt(() => ctx.api.post(`${base(ctx)}/transactions/${txInput.value}/transfer`, body),
+      `conversation ${txInput.value} transferred`)) poll();
+  });
   view.append(h("section", { class: "card", "aria-labelledby": "bd-title" }, h("h2", { id: "bd-title" }, "Live board"), stamp,
-    h("h3", {}, "Agents"), agents, h("h3", {}, "Conversations (newest first)"), conversations));
+    h("h3", {}, "Agents"), agents, h("h3", {}, "Conversations (newest first)"), conversations,
+    h("h3", {}, "Transfer"), h("p", { class: "muted" },
+      "Move a queued, ringing or assigned conversation to another agent of its inbox, or back to its queue."), transfer));
   let stopped = false;
+  let known = "";
 
   async function poll() {
     try {
@@ -257,6 +271,13 @@ export function board(view, ctx) {
       ]);
       const inboxNames = new Map(inboxList.map((i) => [i.id, i.name]));
       const names = new Map(candidates.map((c) => [c.user_id, c.name]));
+      const listed = candidates.map((c) => `${c.user_id}:${c.name}`).join("|");
+      if (listed !== known) {  // only when the agents change: the supervisor's choice stays
+        known = listed;
+        const chosen = target.value;
+        target.replaceChildren(h("option", { value: "queue" }, "back to the queue"),
+          ...candidates.map((c) => h("option", { value: c.user_id, selected: String(c.user_id) === chosen }, c.name)));
+      }
       const views = await Promise.all(candidates.slice(0, 50).map((c) =>
         ctx.api.get(`${base(ctx)}/agents/${c.user_id}`).catch(() => null)));
       agents.replaceChildren(table(["Agent", "Status", "Conversations", "Ringing"], views.filter(Boolean).map((a) => [
