@@ -1,0 +1,81 @@
+"""Schemathesis against the gateway's own /openapi.json, called with an organization owner's token.
+
+Every operation is called with generated requests, valid and invalid: no answer is a server error, every
+status is one the spec documents for the operation, and every body conforms to the documented schema.
+`make test` runs a few examples per operation; `make fuzz` (the `fuzz` marker) runs many more.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.support import Gateway, add_simulated_waba, auth, create_org, eventually, link_waba, text_from
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+QUICK_EXAMPLES = 3
+FUZZ_EXAMPLES = int(os.environ.get("WA_ROUTER_FUZZ_EXAMPLES", "200"))
+
+
+@dataclass
+class Target:
+    gateway: Gateway
+    token: str
+
+
+@pytest.fixture(scope="module")
+def target(gateway: Gateway) -> Iterator[Target]:
+    """One organization with a WhatsApp account, an inbox with an agent and a live conversation."""
+    org = create_org(gateway)
+    link_waba(org, add_simulated_waba(gateway))
+    agent_id, _ = org.add_user("member")
+    inbox = gateway.ok("POST", org.path("/inboxes"), org.owner_token, 201, json={
+        "name": "Fuzzed", "phone_number_id": org.numbers[0], "assignment_mode": "manual",
+        "agents": [{"user_id": agent_id, "proficiency": 1}]})
+    assert org.sender().send_sync(text_from(org, 0, "15550009999", "hi")).status_code == 200
+    eventually(lambda: gateway.items(org.path("/transactions"), org.owner_token, inbox_id=inbox["id"]))
+    # Generated requests may edit or delete what this organization has (that is the point); should one
+    # guess and revoke the owner's token, the 401s that follow are documented answers too.
+    yield Target(gateway, org.owner_token)
+
+
+@pytest.fixture(scope="module")
+def api_schema(target: Target) -> Any:
+    return schemathesis.openapi.from_url(f"{target.gateway.url}/openapi.json")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+def _check(case: Any, target: Target) -> None:
+    # Meta's deliveries are signed, not authenticated by bearer tokens: the header is harmless there.
+    case.call_and_validate(base_url=target.gateway.url, headers=auth(target.token), checks=CHECKS)
+
+
+@schema.parametrize()
+@settings(max_examples=QUICK_EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                 HealthCheck.function_scoped_fixture])
+def test_api_conforms_to_its_openapi(case: Any, target: Target) -> None:
+    _check(case, target)
+
+
+@pytest.mark.fuzz
+@schema.parametrize()
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                 HealthCheck.function_scoped_fixture])
+def test_api_conforms_to_its_openapi_at_length(case: Any, target: Target) -> None:
+    _check(case, target)
