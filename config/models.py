@@ -6,6 +6,7 @@ from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from config.licenses import (
     AGENT_LICENSES,
@@ -111,9 +112,10 @@ class UserCreate(_Strict):
 
 
 class UserUpdate(_Strict):
-    name: Name | None = None
-    role: Role | None = None
-    licenses: list[License] | None = None
+    # Optional but never null (see _not_null): the schema offers no null either (SkipJsonSchema).
+    name: Name | SkipJsonSchema[None] = None
+    role: Role | SkipJsonSchema[None] = None
+    licenses: list[License] | SkipJsonSchema[None] = None
 
     _present = field_validator("name", "role", "licenses", mode="before")(_not_null)
 
@@ -176,13 +178,14 @@ class InboxCreate(_Strict):
 
 
 class InboxUpdate(_Strict):
-    name: Name | None = None
-    phone_number_id: PhoneNumberId | None = None
-    assignment_mode: AssignmentMode | None = None
-    reassign_after_s: ReassignAfter | None = None
-    dials_per_agent: DialsPerAgent | None = None
-    service_level_threshold_s: ServiceLevelThreshold | None = None
-    agents: list[InboxAgentIn] | None = None
+    # Optional but never null (see _not_null): the schema offers no null either (SkipJsonSchema).
+    name: Name | SkipJsonSchema[None] = None
+    phone_number_id: PhoneNumberId | SkipJsonSchema[None] = None
+    assignment_mode: AssignmentMode | SkipJsonSchema[None] = None
+    reassign_after_s: ReassignAfter | SkipJsonSchema[None] = None
+    dials_per_agent: DialsPerAgent | SkipJsonSchema[None] = None
+    service_level_threshold_s: ServiceLevelThreshold | SkipJsonSchema[None] = None
+    agents: list[InboxAgentIn] | SkipJsonSchema[None] = None
 
     _present = field_validator("name", "phone_number_id", "assignment_mode", "reassign_after_s", "dials_per_agent",
                                "service_level_threshold_s", "agents", mode="before")(_not_null)
