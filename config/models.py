@@ -125,9 +125,14 @@ class UserUpdate(_Strict):
         return None if value is None else _validate_licenses(value)
 
 
+# Sent to Meta in an HTTP header: visible ASCII only (anything else cannot be sent, or would split the header).
+AccessToken = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[!-~]+$",
+                                   description="Meta's access token (visible ASCII characters)")]
+
+
 class WhatsAppAccountLink(_Strict):
     waba_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$", description="WhatsApp Business Account ID")]
-    access_token: Annotated[str, Field(min_length=1, max_length=4096)]
+    access_token: AccessToken
     app_secret: Annotated[str, Field(min_length=1, max_length=512)]
 
 
@@ -137,7 +142,7 @@ class TokenCreate(_Strict):
 
 
 class WhatsAppCredentials(_Strict):
-    access_token: Annotated[str, Field(min_length=1, max_length=4096)]
+    access_token: AccessToken
     app_secret: Annotated[str, Field(min_length=1, max_length=512)]
 
 
