@@ -8,6 +8,7 @@ status is one the spec documents for the operation, and every body conforms to t
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -68,7 +69,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 def _check(case: Any, target: Target) -> None:
     parameters = case.path_parameters or {}
     for name, generated in list(parameters.items()):
-        if name in target.ids and (name == "org_id" or hash(str(generated)) % 2 == 0):
+        if name in target.ids and (name == "org_id" or zlib.crc32(str(generated).encode()) % 2 == 0):
             parameters[name] = target.ids[name]
     # Meta's deliveries are signed, not authenticated by bearer tokens: the header is harmless there.
     case.call_and_validate(base_url=target.gateway.url, headers=auth(target.token), checks=CHECKS)
