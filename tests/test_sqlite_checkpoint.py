@@ -65,3 +65,26 @@ def test_the_heartbeat_moves_the_lease_forward_in_one_statement(tmp_path: Path) 
 
     first, second, moved = asyncio.run(run())
     assert moved and second > first  # type: ignore[operator]
+
+
+def test_a_heartbeating_gateway_keeps_holding_its_lease_past_the_first_lifetime(tmp_path: Path) -> None:
+    # Found by schemathesis: /readyz answered 503 ("lease not held") from lease_s after start on, as the
+    # heartbeat renewed the row but not the gateway's own record of holding it.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    upgrade_to_head(url)
+
+    async def run() -> list[bool]:
+        db = Database(url)
+        lease = DeploymentLease(db, "cluster-a", heartbeat_s=0.05, lease_s=0.3)
+        try:
+            await lease.start()
+            held = []
+            for _ in range(8):  # 0.8 s: more than two lifetimes of the lease
+                await asyncio.sleep(0.1)
+                held.append(lease.is_held())
+            return held
+        finally:
+            await lease.stop()
+            await db.dispose()
+
+    assert all(asyncio.run(run()))
