@@ -66,7 +66,7 @@ TABLE: dict[str, Row] = {
     # ---------------------------------------------------------------- public and machine routes
     "GET /openapi.json": Row("200 200 200 200 200 200 200 200 200 200 200 200"),
     "GET /healthz": Row("200 200 200 200 200 200 200 200 200 200 200 200"),
-    # Readiness answers every caller alike (200 ready, 503 with the failing checks: e.g. a shared test store).
+    # Readiness answers every caller alike (200 when ready, else 503 naming the failing checks).
     "GET /readyz": Row(SAME),
     "GET /metrics": Row("200 200 200 200 200 200 200 200 200 200 200 200"),
     "GET /": Row("200 200 200 200 200 200 200 200 200 200 200 200"),
