@@ -300,9 +300,12 @@ def _leaks(world: World, caller: str, text: str) -> list[str]:
     """What an answer to `caller` shows of an organization the caller does not belong to."""
     if caller == "platform":
         return []
-    hidden = world.markers["B"] if caller not in FOREIGN and caller not in UNAUTHENTICATED else []
-    if caller in FOREIGN or caller in UNAUTHENTICATED:
-        hidden = hidden + world.markers["A"]
+    if caller in UNAUTHENTICATED:
+        hidden = world.markers["A"] + world.markers["B"]
+    elif caller in FOREIGN:
+        hidden = world.markers["A"]
+    else:
+        hidden = world.markers["B"]
     return [marker for marker in hidden if marker and marker in text]
 
 
