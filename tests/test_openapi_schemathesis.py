@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
 from tests.support import Gateway, add_simulated_waba, auth, create_org, eventually, link_waba, text_from
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-QUICK_EXAMPLES = 3
+QUICK_EXAMPLES = 2
 FUZZ_EXAMPLES = int(os.environ.get("WA_ROUTER_FUZZ_EXAMPLES", "200"))
 
 
