@@ -4,7 +4,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: help install run demo test soak lint simulator bench clean
+.PHONY: help install run demo test fuzz soak lint simulator bench clean
 
 ## List the targets.
 help:
@@ -35,7 +35,11 @@ $(CHROMIUM_STAMP):
 
 ## Lint, type-check and run the whole test-suite (SQLite and PostgreSQL, real Ray, real HTTP, a real browser).
 test: install lint $(CHROMIUM_STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not fuzz"
+
+## The long fuzzing runs: schemathesis against the whole API with many examples per operation (minutes).
+fuzz: install
+	$(VENV)/bin/pytest -q -m fuzz
 
 ## The long fault-injection run on SQLite and PostgreSQL; prints its figures, fails on any violation.
 soak: install

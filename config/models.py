@@ -6,6 +6,7 @@ from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from config.licenses import (
     AGENT_LICENSES,
@@ -111,9 +112,10 @@ class UserCreate(_Strict):
 
 
 class UserUpdate(_Strict):
-    name: Name | None = None
-    role: Role | None = None
-    licenses: list[License] | None = None
+    # Optional but never null (see _not_null): the schema offers no null either (SkipJsonSchema).
+    name: Name | SkipJsonSchema[None] = None
+    role: Role | SkipJsonSchema[None] = None
+    licenses: list[License] | SkipJsonSchema[None] = None
 
     _present = field_validator("name", "role", "licenses", mode="before")(_not_null)
 
@@ -123,9 +125,14 @@ class UserUpdate(_Strict):
         return None if value is None else _validate_licenses(value)
 
 
+# Sent to Meta in an HTTP header: visible ASCII only (anything else cannot be sent, or would split the header).
+AccessToken = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[!-~]+$",
+                                   description="Meta's access token (visible ASCII characters)")]
+
+
 class WhatsAppAccountLink(_Strict):
     waba_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$", description="WhatsApp Business Account ID")]
-    access_token: Annotated[str, Field(min_length=1, max_length=4096)]
+    access_token: AccessToken
     app_secret: Annotated[str, Field(min_length=1, max_length=512)]
 
 
@@ -135,7 +142,7 @@ class TokenCreate(_Strict):
 
 
 class WhatsAppCredentials(_Strict):
-    access_token: Annotated[str, Field(min_length=1, max_length=4096)]
+    access_token: AccessToken
     app_secret: Annotated[str, Field(min_length=1, max_length=512)]
 
 
@@ -176,13 +183,14 @@ class InboxCreate(_Strict):
 
 
 class InboxUpdate(_Strict):
-    name: Name | None = None
-    phone_number_id: PhoneNumberId | None = None
-    assignment_mode: AssignmentMode | None = None
-    reassign_after_s: ReassignAfter | None = None
-    dials_per_agent: DialsPerAgent | None = None
-    service_level_threshold_s: ServiceLevelThreshold | None = None
-    agents: list[InboxAgentIn] | None = None
+    # Optional but never null (see _not_null): the schema offers no null either (SkipJsonSchema).
+    name: Name | SkipJsonSchema[None] = None
+    phone_number_id: PhoneNumberId | SkipJsonSchema[None] = None
+    assignment_mode: AssignmentMode | SkipJsonSchema[None] = None
+    reassign_after_s: ReassignAfter | SkipJsonSchema[None] = None
+    dials_per_agent: DialsPerAgent | SkipJsonSchema[None] = None
+    service_level_threshold_s: ServiceLevelThreshold | SkipJsonSchema[None] = None
+    agents: list[InboxAgentIn] | SkipJsonSchema[None] = None
 
     _present = field_validator("name", "phone_number_id", "assignment_mode", "reassign_after_s", "dials_per_agent",
                                "service_level_threshold_s", "agents", mode="before")(_not_null)

@@ -142,7 +142,7 @@ class DeploymentLease:
             await asyncio.sleep(self._heartbeat_s)
             try:
                 if await self._db.write(self._beat):
-                    self._confirmed_at = time.monotonic()
+                    self._confirmed_at = time.monotonic()  # still ours: held for another lease_s
                     continue
                 # The row is gone or another cluster's: said (or taken back) through the session below.
                 async with self._db.session() as session:

@@ -277,3 +277,20 @@ class TokenOut(BaseModel):
 class TokenCreated(TokenOut):
     # Shown once: only its hash is stored.
     token: str
+
+
+class ErrorItem(BaseModel):
+    """One offending input of a 422: where it is, what is wrong (`input`: the value, when short)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: Any = None
+
+
+class ErrorOut(BaseModel):
+    """Every refusal: `detail` is a message, or (422) the offending inputs; some refusals add fields."""
+
+    model_config = {"extra": "allow"}
+
+    detail: str | list[ErrorItem]

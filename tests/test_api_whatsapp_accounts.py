@@ -222,3 +222,18 @@ def test_meta_unreachable_is_502_and_nothing_is_stored(gateway_without_meta: Gat
     assert token not in response.text and secret not in response.text
     assert gateway.items(org.path("/whatsapp/accounts"), org.owner_token) == []
     assert gateway.items(org.path("/whatsapp/numbers"), org.owner_token) == []
+
+
+@pytest.mark.parametrize("bad_token", ["tök-EAAG", "EAAG\nX-Injected: 1", "EAAG with space", "EAAG\x7f"])
+def test_an_access_token_meta_could_not_be_sent_is_422_not_a_crash(gateway: Gateway, bad_token: str) -> None:
+    # Found by schemathesis: a token that cannot travel in an HTTP header made the Graph call raise (500).
+    org = create_org(gateway)
+    wid, _, secret, _ = add_simulated_waba(gateway)
+    assert_invalid(gateway.call("POST", org.path("/whatsapp/accounts"), org.owner_token,
+                                json={"waba_id": wid, "access_token": bad_token, "app_secret": secret}),
+                   "body", "access_token")
+    assert gateway.items(org.path("/whatsapp/accounts"), org.owner_token) == []
+    linked = org_with_waba(gateway)
+    assert_invalid(gateway.call("PUT", linked.path(f"/whatsapp/accounts/{linked.waba_id}/credentials"),
+                                linked.owner_token, json={"access_token": bad_token, "app_secret": secret}),
+                   "body", "access_token")

@@ -154,9 +154,9 @@ async def transaction_messages(tx_id: TxId, ctx: OrgMember, session: SessionDep,
 
 async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgContext, tx_id: int, method: str,
                *args: Any) -> TransactionOut:
-    tx = await session.get(Transaction, tx_id)
-    if tx is None or tx.org_id != ctx.org.id:
-        raise not_found("transaction")
+    # The same rule as the reads (_visible_transaction): a member who does not serve the inbox is refused
+    # before the inbox actor answers anything about the conversation's state.
+    tx = await _visible_transaction(session, ctx, tx_id)
     inbox_id = tx.inbox_id
     customer = (await _customers(session, [tx]))[tx.customer_id]
     # Give the connection back while the inbox actor works: under load, requests waiting on actors
