@@ -80,10 +80,29 @@ def _safe_text(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _without_null_branches(errors: Any) -> list[dict[str, Any]]:
+    """A field that also accepts null (`X | None`) fails as a union: one entry per branch, each `loc` ending in
+    the branch's tag (`["body", "role", "str-enum[Role]"]`, plus `["body", "role", "none"]`: "Input should be
+    None"). Shown as the field's own error: the null branch's entry dropped, the tag left out of `loc`."""
+    errors = [dict(e) for e in errors]
+    nullable = {tuple(e.get("loc", ()))[:-1] for e in errors
+                if e.get("type") == "none_required" and len(e.get("loc", ())) > 1}
+    kept = []
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        field = next((p for p in nullable if loc[:len(p)] == p and len(loc) > len(p)), None)
+        if field is None:
+            kept.append(error)
+        elif error.get("type") != "none_required":
+            kept.append({**error, "loc": field + loc[len(field) + 1:]})
+    # A null where null was the only failing branch (never the case for `X | None`) would leave nothing: keep all.
+    return kept or errors
+
+
 def validation_detail(errors: Any) -> list[dict[str, Any]]:
     """FastAPI's 422 entries, keeping `loc`, `msg` and `type`, and `input` only when small and encodable."""
     detail = []
-    for error in errors:
+    for error in _without_null_branches(errors):
         entry: dict[str, Any] = {
             "loc": [part if isinstance(part, int) else _safe_text(part, _MAX_ECHOED_CHARS)
                     for part in error.get("loc", ())],
