@@ -37,7 +37,8 @@ $(CHROMIUM_STAMP):
 test: install lint $(CHROMIUM_STAMP)
 	$(VENV)/bin/pytest -q
 
-## The long fault-injection run on SQLite and PostgreSQL; prints its figures, fails on any violation.
+## The long fault-injection run on SQLite and PostgreSQL, then a worker node of a 3-node Ray cluster lost
+## under load; prints their figures, fails on any violation.
 soak: install
 	$(VENV)/bin/wa-router soak
 

@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,6 +76,9 @@ class FaultPlan:
     agent_store_kills: int = 2
     # The outbound senders (`sender:<phone_number_id>`), killed while agents' replies flow through them.
     sender_kills: int = 2
+    # A whole Ray worker node (its raylet and every process under it), on a multi-node cluster only
+    # (`tests/node_loss.py` passes the function that does it).
+    node_kills: int = 0
     gateway_down_s: float = 1.5
     # Right before each gateway kill a spike of deliveries, so some are stored but not yet forwarded.
     burst_before_gateway_kill: int = 40
@@ -105,7 +108,8 @@ class FaultPlan:
 
     def kills_on(self, database: str) -> int:
         store_actors = self.agent_store_kills if database == "postgres" else 0
-        return self.inbox_kills + self.agent_kills + self.gateway_kills + self.sender_kills + store_actors
+        return (self.inbox_kills + self.agent_kills + self.gateway_kills + self.sender_kills + self.node_kills
+                + store_actors)
 
 
 # `make test`'s run: every kind of kill over 1,000 messages (`make soak` runs LONG).
@@ -443,6 +447,7 @@ class AgentWorker:
         self.rng = rng
         self.phase = "chaos"
         self.events: dict[int, Event] = {}
+        self.received: dict[int, float] = {}  # event id -> time.monotonic() it arrived
         self.reconnects = 0
         # Answers a user would call failures: informational ones (a 409 the race explains) and server errors.
         self.http_failures: Counter[str] = Counter()
@@ -502,6 +507,7 @@ class AgentWorker:
             if event["id"] in self.events:  # replayed after a reconnect
                 return
             self.events[event["id"]] = event
+            self.received[event["id"]] = time.monotonic()
         self._jobs.put(event)
 
     # ------------------------------------------------------------------ acting
@@ -655,6 +661,10 @@ class AgentWorker:
         with self._lock:
             return [self.events[i] for i in sorted(self.events)]
 
+    def stream_with_ids(self) -> list[tuple[int, Event]]:
+        with self._lock:
+            return [(i, self.events[i]) for i in sorted(self.events)]
+
 
 # ==================================================================== kills
 
@@ -672,6 +682,8 @@ class KillRecord:
     recovery_s: float | None
     pending_offers: list[tuple[int, int, int]]  # (transaction, agent, offer_seq) in the store just before
     note: str = ""
+    affected: list[str] = field(default_factory=list)  # a node kill: the routing actors that ran there
+    at_wall: float = 0.0  # time.time() of the kill (events carry wall-clock times)
 
 
 def actor_pid(name: str, namespace: str, timeout_s: float = 5.0) -> int | None:
@@ -684,13 +696,19 @@ def actor_pid(name: str, namespace: str, timeout_s: float = 5.0) -> int | None:
         return None
 
 
+# Given the routing actors' pids by name: kills one worker node; returns (node id, raylet pid, names of the
+# actors that ran there).
+NodeKiller = Callable[[dict[str, int]], tuple[str, int, list[str]]]
+
+
 class Killer:
     """SIGKILLs inbox actors, agent actors, agent store actors (PostgreSQL), the numbers' outbound senders and
     the gateway process on a seeded schedule."""
 
     def __init__(self, plan: FaultPlan, gateway: GatewayProcess, store: Gateway, namespace: str, org_id: int,
                  inbox_ids: list[int], agent_ids: list[int], window_s: float, rng: random.Random,
-                 sender: WebhookStream, database: str, phone_numbers: list[str]) -> None:
+                 sender: WebhookStream, database: str, phone_numbers: list[str],
+                 node_killer: NodeKiller | None = None) -> None:
         self.plan = plan
         self.sender = sender
         self.gateway = gateway
@@ -702,6 +720,10 @@ class Killer:
                  + ["sender"] * plan.sender_kills)
         if database == "postgres":
             kinds += ["agent-store"] * plan.agent_store_kills
+        if plan.node_kills:
+            if node_killer is None:
+                raise ValueError("a plan with node kills needs a multi-node cluster's node killer")
+            kinds += ["node"] * plan.node_kills
         rng.shuffle(kinds)
         if "gateway" in kinds:
             # The last kill is the gateway's: a later inbox restart cannot heal what that one loses.
@@ -715,6 +737,7 @@ class Killer:
                         "agent": [f"agent:{org_id}:{a}" for a in agent_ids],
                         "agent-store": [agent_store_actor_name(i) for i in range(AGENT_STORE_ACTORS)],
                         "sender": [sender_actor_name(n) for n in phone_numbers]}
+        self.node_killer = node_killer
         self.records: list[KillRecord] = []
         self.errors: list[str] = []
         self._watchers: list[threading.Thread] = []
@@ -741,7 +764,12 @@ class Killer:
             if delay > 0:
                 time.sleep(delay)
             try:
-                self.records.append(self._kill_gateway(at_s) if kind == "gateway" else self._kill_actor(at_s, kind))
+                if kind == "gateway":
+                    self.records.append(self._kill_gateway(at_s))
+                elif kind == "node":
+                    self.records.append(self._kill_node(at_s))
+                else:
+                    self.records.append(self._kill_actor(at_s, kind))
             except Exception as exc:  # reported, never hidden
                 self.errors.append(f"{kind} kill at {at_s:.1f}s: {exc!r}")
 
@@ -768,6 +796,37 @@ class Killer:
                 return KillRecord(at_s, kind, "-", None, False, None, pending,
                                   note="no live actor of this kind to kill")
             time.sleep(1.0)
+
+    def _kill_node(self, at_s: float) -> KillRecord:
+        """A worker node lost: the node killer SIGKILLs every process of the worker node hosting most routing
+        actors; recovered once each of them answers again from a new process (on a surviving node)."""
+        assert self.node_killer is not None
+        pending = self._pending_offers()
+        names = [n for kind in ("inbox", "agent", "agent-store", "sender") for n in self.targets[kind]]
+        pids = {name: pid for name in names if (pid := actor_pid(name, self.namespace, timeout_s=15.0)) is not None}
+        at_wall = time.time()
+        node, raylet_pid, affected = self.node_killer(pids)
+        record = KillRecord(self._now_s(), "node", node, raylet_pid, False, None, pending, affected=affected,
+                            at_wall=at_wall)
+        watcher = threading.Thread(target=self._watch_node, args=(record, {n: pids[n] for n in affected}),
+                                   daemon=True)
+        watcher.start()
+        self._watchers.append(watcher)
+        return record
+
+    def _watch_node(self, record: KillRecord, old: dict[str, int]) -> None:
+        began = time.monotonic()
+        waiting = dict(old)
+        while waiting and time.monotonic() - began < 120:
+            for name, old_pid in list(waiting.items()):
+                pid = actor_pid(name, self.namespace, timeout_s=2)
+                if pid is not None and pid != old_pid:
+                    del waiting[name]
+            time.sleep(0.2)
+        if not waiting:
+            record.recovered, record.recovery_s = True, time.monotonic() - began
+        else:
+            record.note = f"not back within 120 s: {sorted(waiting)}"
 
     def _now_s(self) -> float:
         """Seconds into the storm (the sender's clock), for lining kills up with messages."""
@@ -1182,6 +1241,46 @@ def judge_replies(replies: list[Reply], outbox: list[tuple[Any, ...]],
     return violations, figures
 
 
+def _event_wall(event: Event) -> float:
+    """An event's `at` (ISO, UTC when naive) as epoch seconds."""
+    from datetime import UTC, datetime
+
+    at = datetime.fromisoformat(str(event["at"]).replace("Z", "+00:00"))
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+def node_loss_figures(killer: Killer, workers: list[AgentWorker], sender: WebhookStream,
+                      org_id: int) -> list[dict[str, Any]]:
+    """Per node kill: what ran there, when it was all back, and the time from the kill to the first offer of an
+    affected inbox and to the first customer message (a follow-up) delivered to an affected agent's stream,
+    counting only events made after the kill."""
+    found: list[dict[str, Any]] = []
+    for record in (r for r in killer.records if r.kind == "node"):
+        killed_at = sender.began + record.at_s
+        inboxes = {int(n.rsplit(":", 1)[1]) for n in record.affected if n.startswith(f"inbox:{org_id}:")}
+        agents = {int(n.rsplit(":", 1)[1]) for n in record.affected if n.startswith(f"agent:{org_id}:")}
+        first_offer: float | None = None
+        first_follow_up: float | None = None
+        for worker in workers:
+            for event_id, event in worker.stream_with_ids():
+                arrived = worker.received.get(event_id)
+                if arrived is None or arrived < killed_at or _event_wall(event) < record.at_wall:
+                    continue
+                if event["type"] == "offer" and int(event.get("inbox_id") or 0) in inboxes:
+                    first_offer = min(first_offer or arrived, arrived)
+                message = event.get("message")
+                if (event["type"] == "message" and worker.agent.id in agents and isinstance(message, dict)
+                        and message.get("direction") != "outbound"):
+                    first_follow_up = min(first_follow_up or arrived, arrived)
+        found.append({"node": record.target, "at_s": round(record.at_s, 1), "affected": sorted(record.affected),
+                      "all_back_s": None if record.recovery_s is None else round(record.recovery_s, 1),
+                      "first_offer_of_affected_inbox_s": None if first_offer is None
+                      else round(first_offer - killed_at, 1),
+                      "first_follow_up_to_affected_agent_s": None if first_follow_up is None
+                      else round(first_follow_up - killed_at, 1)})
+    return found
+
+
 def wait_outbox_settled(store: Gateway, org_id: int, plan: FaultPlan) -> tuple[bool, float, int]:
     """Until every outbound message is sent and read (or failed), bounded: (reached, seconds, unsettled left)."""
     began = time.monotonic()
@@ -1217,7 +1316,9 @@ def wait_quiescent(store: Gateway, org_id: int, plan: FaultPlan) -> tuple[bool, 
 
 
 def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, simulator: SimulatorState,
-                        simulator_url: str, workdir: Path, log: Any = print) -> FaultReport:
+                        simulator_url: str, workdir: Path, log: Any = print,
+                        gateway_env: dict[str, str] | None = None,
+                        node_killer: NodeKiller | None = None) -> FaultReport:
     """One whole run against a fresh store. The caller owns a Ray instance (`ray.init`) and the simulator."""
     began = time.monotonic()
     rng = random.Random(plan.seed)
@@ -1227,7 +1328,8 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
     process = GatewayProcess(database_url=database_url, ray_address=gcs_address, namespace=namespace,
                              graph_url=f"{simulator_url}/v25.0", workdir=workdir, admin_token=admin_token,
                              port=free_port(),
-                             extra_env={"WA_ROUTER_SEND_PAIR_INTERVAL_S": str(plan.pair_interval_s)})
+                             extra_env={"WA_ROUTER_SEND_PAIR_INTERVAL_S": str(plan.pair_interval_s),
+                                        **(gateway_env or {})})
     store = Gateway(url=process.url, admin_token=admin_token, simulator=simulator, simulator_url=simulator_url,
                     database_url=database_url, namespace=namespace)
     workers: list[AgentWorker] = []
@@ -1266,7 +1368,7 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
         sender = WebhookStream(plan, f"{store.url}/webhooks/whatsapp/{org.id}", org.app_secret, deliveries)
         window_s = len(deliveries) / plan.send_rate_per_s
         killer = Killer(plan, process, store, namespace, org.id, inbox_ids, [a.id for a in agents], window_s,
-                        random.Random(rng.random()), sender, database, org.numbers)
+                        random.Random(rng.random()), sender, database, org.numbers, node_killer)
         log(f"[{database}] sending {len(deliveries)} deliveries ({plan.messages} messages) over ~{window_s:.0f}s "
             f"with {plan.kills_on(database)} kills")
         sender.start()
@@ -1294,6 +1396,8 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
         reply_violations, reply_figures = check_replies(store, simulator, org.id, org.numbers, workers)
         violations += reply_violations
         figures.update(reply_figures)
+        figures["node_losses"] = node_loss_figures(killer, workers, sender, org.id)
+        notes += [f"node lost: {n}" for n in figures["node_losses"]]
         kills_by_kind = Counter(r.kind for r in killer.records if r.old_pid is not None)
         figures.update(
             messages=plan.messages, deliveries=len(deliveries), acknowledged=len(sender.figures.acknowledged),
