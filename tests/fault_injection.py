@@ -1017,7 +1017,8 @@ def _messages_never_shown(attached: list[Any], streams: dict[int, list[Event]]) 
                 continue
             ids = shown.setdefault(int(tx), set())
             message = event.get("message") if event["type"] == "message" else event.get("first_message")
-            if isinstance(message, dict) and message.get("id") is not None:
+            # A reply's echo carries an outbox id, not an inbound message's: it shows no customer message.
+            if isinstance(message, dict) and message.get("id") is not None and message.get("direction") != "outbound":
                 ids.add(int(message["id"]))
     return [f"tx {tx}: message {message_id} ({wamid})" for tx, message_id, wamid in attached
             if int(message_id) not in shown.get(int(tx), set())]
