@@ -41,7 +41,8 @@ test: install lint $(CHROMIUM_STAMP)
 fuzz: install
 	$(VENV)/bin/pytest -q -m fuzz
 
-## The long fault-injection run on SQLite and PostgreSQL; prints its figures, fails on any violation.
+## The long fault-injection run on SQLite and PostgreSQL, then a worker node of a 3-node Ray cluster lost
+## under load; prints their figures, fails on any violation.
 soak: install
 	$(VENV)/bin/wa-router soak
 

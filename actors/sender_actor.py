@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections import deque
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 # How often the actor re-reads the outbox even without a wake-up (a lost wake-up costs at most this).
 _POLL_S = 1.0
+# How far back each poll looks for statuses that raced an accept (a webhook's transaction is far shorter).
+_PARKED_STATUSES_S = 60.0
 
 
 class SenderActor(StoreBackedActor):
@@ -126,6 +128,11 @@ class SenderActor(StoreBackedActor):
         self._refreshed_at = time.monotonic()
         async with self.db.session() as session:
             rows = await outbox.pending_for_number(session, self.phone_number_id)
+        # Statuses that raced an accept (outbox.apply_parked_statuses), for messages that moved lately.
+        async with self.db.session() as session:
+            parked = await outbox.apply_parked_statuses(session, self.phone_number_id,
+                                                        utcnow() - timedelta(seconds=_PARKED_STATUSES_S))
+        self._notify(parked)
         for row_id, recipient, next_at in rows:
             self._due[row_id] = _monotonic_of(next_at)
             if row_id not in self._known:

@@ -292,13 +292,16 @@ def bench(ctx: typer.Context) -> None:
 @app.command()
 @one_line_errors
 def soak() -> None:
-    """Run the long fault-injection soak (minutes)."""
+    """Run the long fault-injection soak, then the node-loss soak (minutes)."""
     if importlib.util.find_spec("tests.fault_injection") is None:
         raise CliError("the soak runs from a source checkout: tests/fault_injection.py is not importable here")
     err.print("running the fault-injection soak (python -m tests.fault_injection --long); it takes minutes")
     code = subprocess.call([sys.executable, "-m", "tests.fault_injection", "--long"])
-    if code:
-        raise typer.Exit(code)
+    # Then a worker node of a three-node cluster on this machine lost under load (PostgreSQL).
+    err.print("running the node-loss soak (python -m tests.node_loss --long)")
+    node_code = subprocess.call([sys.executable, "-m", "tests.node_loss", "--long"])
+    if code or node_code:
+        raise typer.Exit(code or node_code)
 
 
 # ---------------------------------------------------------------- admin

@@ -1,8 +1,8 @@
 """Liveness and readiness: what a load balancer or Kubernetes asks before sending a gateway traffic.
 
 `/healthz` answers while the process serves HTTP. `/readyz` checks what a request needs: the store
-answers, Ray is connected, this deployment holds the store's lease, and the routing actors answer a
-ping; each check has the same deadline, and a 503 names every part that failed.
+answers, Ray's GCS (the head node's control plane) answers, this deployment holds the store's lease, and
+the routing actors answer a ping; each check has the same deadline, and a 503 names every part that failed.
 """
 
 from __future__ import annotations
@@ -42,6 +42,21 @@ async def _store(runtime: Runtime) -> None:
 def _ray_connected() -> None:
     if not ray.is_initialized():
         raise RuntimeError("not connected")
+
+
+def _gcs_answers(timeout_s: float) -> None:
+    """A round trip to the GCS, Ray's control plane on the head node.
+
+    `ray.is_initialized()` stays true when the head is gone: only asking the GCS tells. Without it no
+    actor can be created, restarted or looked up by name, so the gateway is not ready.
+    """
+    _ray_connected()
+    gcs_client: Any = getattr(ray._private.worker.global_worker, "gcs_client")  # noqa: B009 (untyped in Ray)
+    try:
+        # A key nobody writes: the answer (none) proves the GCS serves (check_alive([]) asks nothing).
+        gcs_client.internal_kv_get(b"wa-router:readyz", namespace=None, timeout=timeout_s)
+    except Exception as exc:
+        raise RuntimeError(f"the GCS (Ray's head node) does not answer: {type(exc).__name__}") from exc
 
 
 def _named_actors(namespace: str) -> list[str]:
@@ -96,7 +111,7 @@ async def readyz(request: Request) -> JSONResponse:
     deadline = runtime.settings.readiness_timeout_s
 
     async def ray_check() -> None:
-        _ray_connected()
+        await asyncio.to_thread(_gcs_answers, deadline)
 
     async def lease_check() -> None:
         if not lease.is_held():

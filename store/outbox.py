@@ -156,6 +156,33 @@ async def mark_accepted(session: AsyncSession, outbound_id: int, wamid: str) -> 
     return changes
 
 
+async def apply_parked_statuses(session: AsyncSession, phone_number_id: str, since: datetime) -> list[StatusChange]:
+    """Statuses stored but never applied to the number's messages accepted or moved since `since`: applied now.
+
+    On PostgreSQL a status webhook and the sender's `mark_accepted` can run at once and miss each other: the
+    webhook's UPDATE finds no message with the wamid (its wamid is not committed yet) and `mark_accepted`'s
+    read does not see the status (not committed yet either), so the status stays parked for good. The
+    sender's poll closes that gap with this pass (the same conditional UPDATE: never backwards).
+    """
+    rows = (await session.execute(
+        select(OutboundMessage.org_id, OutboundMessage.wamid, OutboundMessage.state, OutboundMessage.status_at,
+               MessageStatus.status, MessageStatus.occurred_at, MessageStatus.errors)
+        .join(MessageStatus, and_(MessageStatus.org_id == OutboundMessage.org_id,
+                                  MessageStatus.wamid == OutboundMessage.wamid))
+        .where(OutboundMessage.phone_number_id == phone_number_id,
+               OutboundMessage.state.in_(("accepted", "sent", "delivered")),
+               OutboundMessage.updated_at >= since)
+        .order_by(MessageStatus.occurred_at, MessageStatus.id)
+    )).all()
+    changes: list[StatusChange] = []
+    for org_id, wamid, state, status_at, status, at, errors in rows:
+        if wamid and status_applies(state, status_at, status, at):
+            change = await apply_status(session, [org_id], wamid, status, at, errors or [])
+            if change is not None:
+                changes.append(change)
+    return changes
+
+
 async def mark_retry(session: AsyncSession, outbound_id: int, delay_s: float, code: int | None,
                      title: str, details: str | None) -> None:
     """A transient failure: back to the queue until `delay_s` from now, keeping the last error visible."""

@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,10 +39,10 @@ from typing import Any
 import httpx
 import ray
 
-from actors.names import agent_store_actor_name
+from actors.names import agent_store_actor_name, sender_actor_name
 from config.settings import Settings
 from meta.simulator import payloads
-from meta.simulator.state import SimulatorState
+from meta.simulator.state import DeliveryPlan, SentMessage, SimulatorState
 from meta.simulator.webhook_sender import encode as encode_webhook
 from meta.simulator.webhook_sender import signed_headers
 from tests.routing_support import Agent, AgentSocket, Event, Scenario
@@ -74,6 +74,11 @@ class FaultPlan:
     gateway_kills: int = 3
     # PostgreSQL only: the shared store actors that run the agents' steps (`agent-store:<n>`).
     agent_store_kills: int = 2
+    # The outbound senders (`sender:<phone_number_id>`), killed while agents' replies flow through them.
+    sender_kills: int = 2
+    # A whole Ray worker node (its raylet and every process under it), on a multi-node cluster only
+    # (`tests/node_loss.py` passes the function that does it).
+    node_kills: int = 0
     gateway_down_s: float = 1.5
     # Right before each gateway kill a spike of deliveries, so some are stored but not yet forwarded.
     burst_before_gateway_kill: int = 40
@@ -85,6 +90,12 @@ class FaultPlan:
     presence_toggle_every_s: tuple[float, float] = (4.0, 10.0)
     away_for_s: tuple[float, float] = (0.5, 2.0)
     claim_every_s: float = 0.7
+    # Replies: each conversation an agent holds gets 0..max_replies of them (POST .../messages) during the hold.
+    reply_p: float = 0.8
+    max_replies: int = 3
+    # Meta's pair limit for the run's numbers, and the senders' pacing to match (the default 6 s would make
+    # a customer's replies queue for minutes: this run is about faults, not pacing).
+    pair_interval_s: float = 0.1
     # Bounds of the end game.
     ack_deadline_s: float = 120.0
     quiescence_timeout_s: float = 90.0
@@ -97,13 +108,15 @@ class FaultPlan:
 
     def kills_on(self, database: str) -> int:
         store_actors = self.agent_store_kills if database == "postgres" else 0
-        return self.inbox_kills + self.agent_kills + self.gateway_kills + store_actors
+        return (self.inbox_kills + self.agent_kills + self.gateway_kills + self.sender_kills + self.node_kills
+                + store_actors)
 
 
 # `make test`'s run: every kind of kill over 1,000 messages (`make soak` runs LONG).
 SHORT = FaultPlan(messages=1000)
 LONG = replace(SHORT, messages=20000, customers_per_inbox=20, agents=10, max_concurrent=3, send_rate_per_s=40.0,
-               inbox_kills=15, agent_kills=15, gateway_kills=10, agent_store_kills=10, quiescence_timeout_s=180.0)
+               inbox_kills=15, agent_kills=15, gateway_kills=10, agent_store_kills=10, sender_kills=8,
+               quiescence_timeout_s=180.0)
 
 
 # ==================================================================== the gateway as an OS process
@@ -116,7 +129,7 @@ class GatewayProcess:
     """
 
     def __init__(self, *, database_url: str, ray_address: str, namespace: str, graph_url: str, workdir: Path,
-                 admin_token: str, port: int) -> None:
+                 admin_token: str, port: int, extra_env: dict[str, str] | None = None) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = workdir / "gateway.log"
@@ -131,6 +144,7 @@ class GatewayProcess:
             "WA_ROUTER_PUBLIC_URL": "https://router.example.test",
             "WA_ROUTER_HOST": "127.0.0.1",
             "WA_ROUTER_PORT": str(port),
+            **(extra_env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -402,6 +416,17 @@ class WebhookStream:
 # ==================================================================== agents on their WebSocket streams
 
 
+@dataclass
+class Reply:
+    """One reply an agent wrote (POST .../transactions/{tx}/messages) and what the API answered."""
+
+    text: str  # unique in the run: how it is recognised at Meta (the simulator) and in the outbox
+    tx: int
+    agent: int
+    outcome: str = "unanswered"  # the HTTP status, or "in doubt" (sent, the answer lost with the gateway)
+    outbound_id: int | None = None  # the outbox row's id of a 202
+
+
 class AgentWorker:
     """One agent's workspace: a stream that reconnects (with its cursor) across gateway deaths, and a worker
     that answers offers (accept / decline / ignore, seeded), closes chats after a hold, claims from manual
@@ -422,13 +447,17 @@ class AgentWorker:
         self.rng = rng
         self.phase = "chaos"
         self.events: dict[int, Event] = {}
+        self.received: dict[int, float] = {}  # event id -> time.monotonic() it arrived
         self.reconnects = 0
         # Answers a user would call failures: informational ones (a 409 the race explains) and server errors.
         self.http_failures: Counter[str] = Counter()
         self.server_errors: list[str] = []  # "{what} {status} {detail}" of every 5xx (after 503s were retried)
         self.unanswered: list[str] = []  # requests with no answer past their deadline
+        self.replies: list[Reply] = []
         self._active: set[int] = set()
         self._close_due: dict[int, float] = {}
+        self._reply_due: dict[int, list[float]] = {}  # tx -> when its next replies are written
+        self._reply_seq = itertools.count(1)
         self._jobs: queue.Queue[Event | None] = queue.Queue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -478,6 +507,7 @@ class AgentWorker:
             if event["id"] in self.events:  # replayed after a reconnect
                 return
             self.events[event["id"]] = event
+            self.received[event["id"]] = time.monotonic()
         self._jobs.put(event)
 
     # ------------------------------------------------------------------ acting
@@ -508,13 +538,19 @@ class AgentWorker:
             if kind == "offer":
                 self._answer_offer(tx_id)
             elif kind in ("assigned",) or (kind == "transferred" and event.get("direction") != "away"):
+                now = time.monotonic()
+                hold = self.rng.uniform(*self.plan.hold_s)
+                replies = self.rng.randint(1, self.plan.max_replies) if self.rng.random() < self.plan.reply_p else 0
                 with self._lock:
                     self._active.add(tx_id)
-                    self._close_due[tx_id] = time.monotonic() + self.rng.uniform(*self.plan.hold_s)
+                    self._close_due[tx_id] = now + hold
+                    # Written during the hold, before the close.
+                    self._reply_due[tx_id] = sorted(now + self.rng.uniform(0.0, 0.9 * hold) for _ in range(replies))
             elif kind in ("transaction_closed", "transferred"):
                 with self._lock:
                     self._active.discard(tx_id)
                     self._close_due.pop(tx_id, None)
+                    self._reply_due.pop(tx_id, None)
 
     def _answer_offer(self, tx_id: int) -> None:
         path = f"{self.org_path}/transactions/{tx_id}"
@@ -538,6 +574,12 @@ class AgentWorker:
         while not self._stop.wait(0.1):
             now = time.monotonic()
             if self.phase != "frozen":
+                with self._lock:
+                    writing = [tx for tx, times in self._reply_due.items() if times and times[0] <= now]
+                    for tx in writing:
+                        self._reply_due[tx].pop(0)
+                for tx in writing:
+                    self._reply(tx)
                 with self._lock:
                     due = [tx for tx, at in self._close_due.items() if at <= now]
                 for tx in due:
@@ -563,6 +605,38 @@ class AgentWorker:
                 elif back_at is not None:
                     back_at = None
 
+    def _reply(self, tx: int) -> None:
+        """One text reply. Sent again only when nothing reached the gateway (refused connection, 502/503);
+        an answer lost with a killed gateway leaves it in doubt, as for a user (it may or may not be queued)."""
+        reply = Reply(f"reply o{self.org.id} a{self.agent.id} #{next(self._reply_seq)}", tx, self.agent.id)
+        with self._lock:
+            self.replies.append(reply)
+        deadline = time.monotonic() + 60.0
+        attempt = 0
+        while True:
+            response: httpx.Response | None = None
+            try:
+                response = self._http.post(f"{self.org_path}/transactions/{tx}/messages",
+                                           json={"type": "text", "text": reply.text})
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                pass
+            except httpx.HTTPError as exc:
+                reply.outcome = f"in doubt ({type(exc).__name__})"
+                return
+            if response is not None and response.status_code not in (502, 503):
+                break
+            if time.monotonic() > deadline:
+                self.unanswered.append(f"reply {tx}")
+                return
+            time.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+            attempt += 1
+        reply.outcome = str(response.status_code)
+        if response.status_code == 202:
+            reply.outbound_id = int(response.json()["id"])
+        elif response.status_code >= 500:
+            self.http_failures[f"reply {response.status_code} {_detail(response)}"] += 1
+            self.server_errors.append(f"reply {tx} {response.status_code} {_detail(response)}")
+
     def _claim_one(self) -> None:
         with self._lock:
             if len(self._active) >= self._capacity():
@@ -587,6 +661,10 @@ class AgentWorker:
         with self._lock:
             return [self.events[i] for i in sorted(self.events)]
 
+    def stream_with_ids(self) -> list[tuple[int, Event]]:
+        with self._lock:
+            return [(i, self.events[i]) for i in sorted(self.events)]
+
 
 # ==================================================================== kills
 
@@ -597,13 +675,15 @@ AGENT_STORE_ACTORS = Settings.model_fields["agent_store_actors"].default
 @dataclass
 class KillRecord:
     at_s: float  # seconds into the storm when the SIGKILL was sent
-    kind: str  # inbox | agent | agent-store | gateway
+    kind: str  # inbox | agent | agent-store | sender | gateway
     target: str
     old_pid: int | None
     recovered: bool
     recovery_s: float | None
     pending_offers: list[tuple[int, int, int]]  # (transaction, agent, offer_seq) in the store just before
     note: str = ""
+    affected: list[str] = field(default_factory=list)  # a node kill: the routing actors that ran there
+    at_wall: float = 0.0  # time.time() of the kill (events carry wall-clock times)
 
 
 def actor_pid(name: str, namespace: str, timeout_s: float = 5.0) -> int | None:
@@ -616,13 +696,19 @@ def actor_pid(name: str, namespace: str, timeout_s: float = 5.0) -> int | None:
         return None
 
 
+# Given the routing actors' pids by name: kills one worker node; returns (node id, raylet pid, names of the
+# actors that ran there).
+NodeKiller = Callable[[dict[str, int]], tuple[str, int, list[str]]]
+
+
 class Killer:
-    """SIGKILLs inbox actors, agent actors, agent store actors (PostgreSQL) and the gateway process on a seeded
-    schedule."""
+    """SIGKILLs inbox actors, agent actors, agent store actors (PostgreSQL), the numbers' outbound senders and
+    the gateway process on a seeded schedule."""
 
     def __init__(self, plan: FaultPlan, gateway: GatewayProcess, store: Gateway, namespace: str, org_id: int,
                  inbox_ids: list[int], agent_ids: list[int], window_s: float, rng: random.Random,
-                 sender: WebhookStream, database: str) -> None:
+                 sender: WebhookStream, database: str, phone_numbers: list[str],
+                 node_killer: NodeKiller | None = None) -> None:
         self.plan = plan
         self.sender = sender
         self.gateway = gateway
@@ -630,9 +716,14 @@ class Killer:
         self.namespace = namespace
         self.org_id = org_id
         self.rng = rng
-        kinds = ["inbox"] * plan.inbox_kills + ["agent"] * plan.agent_kills + ["gateway"] * plan.gateway_kills
+        kinds = (["inbox"] * plan.inbox_kills + ["agent"] * plan.agent_kills + ["gateway"] * plan.gateway_kills
+                 + ["sender"] * plan.sender_kills)
         if database == "postgres":
             kinds += ["agent-store"] * plan.agent_store_kills
+        if plan.node_kills:
+            if node_killer is None:
+                raise ValueError("a plan with node kills needs a multi-node cluster's node killer")
+            kinds += ["node"] * plan.node_kills
         rng.shuffle(kinds)
         if "gateway" in kinds:
             # The last kill is the gateway's: a later inbox restart cannot heal what that one loses.
@@ -644,7 +735,9 @@ class Killer:
                          for i, kind in enumerate(kinds)]
         self.targets = {"inbox": [f"inbox:{org_id}:{i}" for i in inbox_ids],
                         "agent": [f"agent:{org_id}:{a}" for a in agent_ids],
-                        "agent-store": [agent_store_actor_name(i) for i in range(AGENT_STORE_ACTORS)]}
+                        "agent-store": [agent_store_actor_name(i) for i in range(AGENT_STORE_ACTORS)],
+                        "sender": [sender_actor_name(n) for n in phone_numbers]}
+        self.node_killer = node_killer
         self.records: list[KillRecord] = []
         self.errors: list[str] = []
         self._watchers: list[threading.Thread] = []
@@ -671,7 +764,12 @@ class Killer:
             if delay > 0:
                 time.sleep(delay)
             try:
-                self.records.append(self._kill_gateway(at_s) if kind == "gateway" else self._kill_actor(at_s, kind))
+                if kind == "gateway":
+                    self.records.append(self._kill_gateway(at_s))
+                elif kind == "node":
+                    self.records.append(self._kill_node(at_s))
+                else:
+                    self.records.append(self._kill_actor(at_s, kind))
             except Exception as exc:  # reported, never hidden
                 self.errors.append(f"{kind} kill at {at_s:.1f}s: {exc!r}")
 
@@ -679,19 +777,56 @@ class Killer:
         targets = list(self.targets[kind])
         self.rng.shuffle(targets)
         pending = self._pending_offers()
-        for name in targets:
-            # A busy machine may take seconds to answer; a kill skipped for that would not be the storm planned.
-            pid = actor_pid(name, self.namespace, timeout_s=15.0)
-            if pid is None:
-                continue
-            os.kill(pid, signal.SIGKILL)
-            record = KillRecord(self._now_s(), kind, name, pid, False, None, pending)
-            # Watched from its own thread, so the next kill keeps to the schedule.
-            watcher = threading.Thread(target=self._watch_restart, args=(record,), daemon=True)
-            watcher.start()
-            self._watchers.append(watcher)
-            return record
-        return KillRecord(at_s, kind, "-", None, False, None, pending, note="no live actor of this kind to kill")
+        # A sender exists once its number had a reply to send: early in a run, wait a little for one.
+        give_up = time.monotonic() + 10.0
+        while True:
+            for name in targets:
+                # A busy machine may take seconds to answer; a kill skipped for that would not be the storm planned.
+                pid = actor_pid(name, self.namespace, timeout_s=15.0)
+                if pid is None:
+                    continue
+                os.kill(pid, signal.SIGKILL)
+                record = KillRecord(self._now_s(), kind, name, pid, False, None, pending)
+                # Watched from its own thread, so the next kill keeps to the schedule.
+                watcher = threading.Thread(target=self._watch_restart, args=(record,), daemon=True)
+                watcher.start()
+                self._watchers.append(watcher)
+                return record
+            if time.monotonic() > give_up:
+                return KillRecord(at_s, kind, "-", None, False, None, pending,
+                                  note="no live actor of this kind to kill")
+            time.sleep(1.0)
+
+    def _kill_node(self, at_s: float) -> KillRecord:
+        """A worker node lost: the node killer SIGKILLs every process of the worker node hosting most routing
+        actors; recovered once each of them answers again from a new process (on a surviving node)."""
+        assert self.node_killer is not None
+        pending = self._pending_offers()
+        names = [n for kind in ("inbox", "agent", "agent-store", "sender") for n in self.targets[kind]]
+        pids = {name: pid for name in names if (pid := actor_pid(name, self.namespace, timeout_s=15.0)) is not None}
+        at_wall = time.time()
+        node, raylet_pid, affected = self.node_killer(pids)
+        record = KillRecord(self._now_s(), "node", node, raylet_pid, False, None, pending, affected=affected,
+                            at_wall=at_wall)
+        watcher = threading.Thread(target=self._watch_node, args=(record, {n: pids[n] for n in affected}),
+                                   daemon=True)
+        watcher.start()
+        self._watchers.append(watcher)
+        return record
+
+    def _watch_node(self, record: KillRecord, old: dict[str, int]) -> None:
+        began = time.monotonic()
+        waiting = dict(old)
+        while waiting and time.monotonic() - began < 120:
+            for name, old_pid in list(waiting.items()):
+                pid = actor_pid(name, self.namespace, timeout_s=2)
+                if pid is not None and pid != old_pid:
+                    del waiting[name]
+            time.sleep(0.2)
+        if not waiting:
+            record.recovered, record.recovery_s = True, time.monotonic() - began
+        else:
+            record.note = f"not back within 120 s: {sorted(waiting)}"
 
     def _now_s(self) -> float:
         """Seconds into the storm (the sender's clock), for lining kills up with messages."""
@@ -758,6 +893,7 @@ class FaultReport:
                 f"lost={f['lost']} duplicated={f['duplicated']} double-assigned={f['double_assigned']} "
                 f"stuck={f['stuck']} over-capacity={f['over_capacity']} view-mismatches={f['view_mismatches']} "
                 f"offers-pending-at-kill={f['offers_pending_at_kill']} (unresolved={f['pending_unresolved']}) "
+                f"replies={f.get('replies_accepted', 0)} (at Meta {f.get('replies_at_meta', 0)}) "
                 f"wall={f['wall_s']:.0f}s")
 
     def render(self) -> str:
@@ -881,7 +1017,8 @@ def _messages_never_shown(attached: list[Any], streams: dict[int, list[Event]]) 
                 continue
             ids = shown.setdefault(int(tx), set())
             message = event.get("message") if event["type"] == "message" else event.get("first_message")
-            if isinstance(message, dict) and message.get("id") is not None:
+            # A reply's echo carries an outbox id, not an inbound message's: it shows no customer message.
+            if isinstance(message, dict) and message.get("id") is not None and message.get("direction") != "outbound":
                 ids.add(int(message["id"]))
     return [f"tx {tx}: message {message_id} ({wamid})" for tx, message_id, wamid in attached
             if int(message_id) not in shown.get(int(tx), set())]
@@ -1039,6 +1176,125 @@ def check_invariants(plan: FaultPlan, store: Gateway, owner_token: str, org_id: 
     return violations, figures
 
 
+def check_replies(store: Gateway, simulator: SimulatorState, org_id: int, numbers: list[str],
+                  workers: list[AgentWorker]) -> tuple[list[Violation], dict[str, Any]]:
+    """The replies' invariants (`judge_replies`) over the agents' records, the outbox and Meta's record."""
+    rows = query_db(store, "SELECT id, summary, state, wamid, phone_number_id, to_wa_id, error_code, error_title "
+                           "FROM outbound_messages WHERE org_id = :org", org=org_id)
+    ours = set(numbers)
+    with simulator._lock:  # the simulator's server thread appends while we read
+        at_meta = [m for m in simulator.sent_messages if m.phone_number_id in ours]
+    return judge_replies([r for w in workers for r in w.replies], rows, at_meta)
+
+
+def judge_replies(replies: list[Reply], outbox: list[tuple[Any, ...]],
+                  at_meta: list[SentMessage]) -> tuple[list[Violation], dict[str, Any]]:
+    """Agents' replies through the kills: each one answered 202 reached Meta (the simulator's record) exactly
+    once, in outbox order per customer, with the statuses Meta posted applied (its row `read`, Meta's wamid);
+    none in doubt sent twice; nothing at Meta that no agent wrote.
+
+    `outbox`: (id, summary, state, wamid, phone_number_id, to_wa_id, error_code, error_title) rows.
+    """
+    violations: list[Violation] = []
+
+    def add(invariant: str, items: list[str]) -> None:
+        if items:
+            violations.append(Violation(invariant, len(items), items))
+
+    written = {r.text: r for r in replies}
+    accepted = [r for r in replies if r.outcome == "202"]
+    in_doubt = [r for r in replies if r.outcome.startswith("in doubt")]
+    rows = {str(r[1]): r for r in outbox}
+
+    def text_of(message: SentMessage) -> str:
+        return str(message.payload.get("text", {}).get("body"))
+
+    sent = Counter(text_of(m) for m in at_meta)
+    wamid_at_meta = {text_of(m): m.id for m in at_meta}
+    add("replies answered 202 missing from the outbox",
+        [f"{r.text} (tx {r.tx}, outbox id {r.outbound_id})" for r in accepted
+         if r.text not in rows or int(rows[r.text][0]) != r.outbound_id])
+    add("replies answered 202 never sent to Meta",
+        [f"{r.text} (tx {r.tx}): outbox {rows[r.text][2] if r.text in rows else 'missing'}"
+         + (f" {rows[r.text][6]} {rows[r.text][7]}" if r.text in rows and rows[r.text][6] else "")
+         for r in accepted if sent[r.text] == 0])
+    add("replies sent to Meta more than once", [f"{text} x{n}" for text, n in sorted(sent.items()) if n > 1])
+    add("messages at Meta that no agent wrote", sorted(t for t in sent if t not in written))
+    add("replies answered 202 without Meta's statuses applied (outbox row not read with Meta's wamid)",
+        [f"{r.text}: {rows[r.text][2]} wamid {str(rows[r.text][3])[:24]} (Meta's {wamid_at_meta[r.text][:24]})"
+         for r in accepted if sent[r.text] and r.text in rows
+         and (rows[r.text][2] != "read" or rows[r.text][3] != wamid_at_meta[r.text])])
+    # Order per customer: Meta received each customer's replies in the order the outbox holds them.
+    by_customer: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
+    for message in at_meta:
+        text = text_of(message)
+        if text in rows:
+            by_customer[(message.phone_number_id, message.to)].append((int(rows[text][0]), text))
+    add("customers who got replies out of outbox order",
+        [f"{number}/{to}: {[text for _, text in seq]}" for (number, to), seq in sorted(by_customer.items())
+         if [i for i, _ in seq] != sorted(i for i, _ in seq)])
+    figures = {"replies": len(replies), "replies_accepted": len(accepted), "replies_in_doubt": len(in_doubt),
+               "replies_in_doubt_sent": sum(1 for r in in_doubt if sent[r.text]),
+               "replies_refused": dict(Counter(r.outcome for r in replies
+                                               if r.outcome != "202" and not r.outcome.startswith("in doubt"))),
+               "replies_at_meta": sum(sent[r.text] for r in replies),
+               "replies_read": sum(1 for r in accepted if r.text in rows and rows[r.text][2] == "read")}
+    return violations, figures
+
+
+def _event_wall(event: Event) -> float:
+    """An event's `at` (ISO, UTC when naive) as epoch seconds."""
+    from datetime import UTC, datetime
+
+    at = datetime.fromisoformat(str(event["at"]).replace("Z", "+00:00"))
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+def node_loss_figures(killer: Killer, workers: list[AgentWorker], sender: WebhookStream,
+                      org_id: int) -> list[dict[str, Any]]:
+    """Per node kill: what ran there, when it was all back, and the time from the kill to the first offer of an
+    affected inbox and to the first customer message (a follow-up) delivered to an affected agent's stream,
+    counting only events made after the kill."""
+    found: list[dict[str, Any]] = []
+    for record in (r for r in killer.records if r.kind == "node"):
+        killed_at = sender.began + record.at_s
+        inboxes = {int(n.rsplit(":", 1)[1]) for n in record.affected if n.startswith(f"inbox:{org_id}:")}
+        agents = {int(n.rsplit(":", 1)[1]) for n in record.affected if n.startswith(f"agent:{org_id}:")}
+        first_offer: float | None = None
+        first_follow_up: float | None = None
+        for worker in workers:
+            for event_id, event in worker.stream_with_ids():
+                arrived = worker.received.get(event_id)
+                if arrived is None or arrived < killed_at or _event_wall(event) < record.at_wall:
+                    continue
+                if event["type"] == "offer" and int(event.get("inbox_id") or 0) in inboxes:
+                    first_offer = min(first_offer or arrived, arrived)
+                message = event.get("message")
+                if (event["type"] == "message" and worker.agent.id in agents and isinstance(message, dict)
+                        and message.get("direction") != "outbound"):
+                    first_follow_up = min(first_follow_up or arrived, arrived)
+        found.append({"node": record.target, "at_s": round(record.at_s, 1), "affected": sorted(record.affected),
+                      "all_back_s": None if record.recovery_s is None else round(record.recovery_s, 1),
+                      "first_offer_of_affected_inbox_s": None if first_offer is None
+                      else round(first_offer - killed_at, 1),
+                      "first_follow_up_to_affected_agent_s": None if first_follow_up is None
+                      else round(first_follow_up - killed_at, 1)})
+    return found
+
+
+def wait_outbox_settled(store: Gateway, org_id: int, plan: FaultPlan) -> tuple[bool, float, int]:
+    """Until every outbound message is sent and read (or failed), bounded: (reached, seconds, unsettled left)."""
+    began = time.monotonic()
+    left = 0
+    while time.monotonic() - began < plan.quiescence_timeout_s:
+        left = int(query_db(store, "SELECT count(*) FROM outbound_messages WHERE org_id = :org "
+                            "AND state NOT IN ('read', 'played', 'failed')", org=org_id)[0][0])
+        if left == 0:
+            return True, time.monotonic() - began, 0
+        time.sleep(0.5)
+    return False, time.monotonic() - began, left
+
+
 # ==================================================================== the run
 
 
@@ -1061,7 +1317,9 @@ def wait_quiescent(store: Gateway, org_id: int, plan: FaultPlan) -> tuple[bool, 
 
 
 def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, simulator: SimulatorState,
-                        simulator_url: str, workdir: Path, log: Any = print) -> FaultReport:
+                        simulator_url: str, workdir: Path, log: Any = print,
+                        gateway_env: dict[str, str] | None = None,
+                        node_killer: NodeKiller | None = None) -> FaultReport:
     """One whole run against a fresh store. The caller owns a Ray instance (`ray.init`) and the simulator."""
     began = time.monotonic()
     rng = random.Random(plan.seed)
@@ -1070,7 +1328,9 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
     gcs_address = ray.get_runtime_context().gcs_address
     process = GatewayProcess(database_url=database_url, ray_address=gcs_address, namespace=namespace,
                              graph_url=f"{simulator_url}/v25.0", workdir=workdir, admin_token=admin_token,
-                             port=free_port())
+                             port=free_port(),
+                             extra_env={"WA_ROUTER_SEND_PAIR_INTERVAL_S": str(plan.pair_interval_s),
+                                        **(gateway_env or {})})
     store = Gateway(url=process.url, admin_token=admin_token, simulator=simulator, simulator_url=simulator_url,
                     database_url=database_url, namespace=namespace)
     workers: list[AgentWorker] = []
@@ -1096,12 +1356,20 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
             worker.start()
         # ---- the storm: webhooks, agents in chaos, kills
         run_id = uuid.uuid4().hex[:8]
-        deliveries, _customers = plan_deliveries(plan, org.waba_id, org.numbers, org.app_secret, run_id,
-                                                 random.Random(rng.random()))
+        deliveries, customers = plan_deliveries(plan, org.waba_id, org.numbers, org.app_secret, run_id,
+                                                random.Random(rng.random()))
+        # Meta's side of the replies: statuses posted back (retried until a 200, as Meta does, so a gateway
+        # death loses none), the customers' windows open, the pair limit below the senders' pacing.
+        simulator.set_callback_url(org.waba_id, f"{store.url}/webhooks/whatsapp/{org.id}")
+        for index, number in enumerate(org.numbers):
+            simulator.set_delivery_plan(number, DeliveryPlan(enabled=True, retry_for_s=plan.ack_deadline_s))
+            simulator.set_pair_interval(number, plan.pair_interval_s / 2)
+            for customer in customers[index]:
+                simulator.record_inbound(number, customer)
         sender = WebhookStream(plan, f"{store.url}/webhooks/whatsapp/{org.id}", org.app_secret, deliveries)
         window_s = len(deliveries) / plan.send_rate_per_s
         killer = Killer(plan, process, store, namespace, org.id, inbox_ids, [a.id for a in agents], window_s,
-                        random.Random(rng.random()), sender, database)
+                        random.Random(rng.random()), sender, database, org.numbers, node_killer)
         log(f"[{database}] sending {len(deliveries)} deliveries ({plan.messages} messages) over ~{window_s:.0f}s "
             f"with {plan.kills_on(database)} kills")
         sender.start()
@@ -1121,8 +1389,16 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
         for worker in workers:
             worker.enter("frozen")
         time.sleep(plan.reassign_after_s + 1.0)  # let any in-flight offer settle before comparing views
+        settled, settle_s, unsettled = wait_outbox_settled(store, org.id, plan)
+        notes.append(f"outbox {'settled' if settled else 'NOT settled'} after {settle_s:.0f}s"
+                     + ("" if settled else f" ({unsettled} replies not yet read)"))
         violations, figures = check_invariants(plan, store, org.owner_token, org.id, sender, workers, killer,
                                                plan.max_concurrent)
+        reply_violations, reply_figures = check_replies(store, simulator, org.id, org.numbers, workers)
+        violations += reply_violations
+        figures.update(reply_figures)
+        figures["node_losses"] = node_loss_figures(killer, workers, sender, org.id)
+        notes += [f"node lost: {n}" for n in figures["node_losses"]]
         kills_by_kind = Counter(r.kind for r in killer.records if r.old_pid is not None)
         figures.update(
             messages=plan.messages, deliveries=len(deliveries), acknowledged=len(sender.figures.acknowledged),
@@ -1139,6 +1415,10 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
         notes.append(f"{figures['transactions']} conversations; {sender.figures.retried} deliveries retried "
                      f"({sender.figures.attempts} attempts); {figures['reconnects']} stream reconnects; "
                      f"offers pending at kills resolved by {figures['pending_resolved_by']}")
+        notes.append(f"replies: {figures['replies']} written, {figures['replies_accepted']} answered 202 "
+                     f"({figures['replies_read']} read), refused {figures['replies_refused']}, "
+                     f"{figures['replies_in_doubt']} in doubt ({figures['replies_in_doubt_sent']} of them sent); "
+                     f"{figures['replies_at_meta']} at Meta")
         notes.append(sender.latency_note())
         notes += [f"killer: {e}" for e in killer.errors]
         return FaultReport(plan, database, figures, violations, notes)

@@ -14,8 +14,8 @@ from typing import Any, cast
 
 import pytest
 
-from meta.simulator.state import SimulatorState
-from tests.fault_injection import SHORT, request_violations, run_fault_injection
+from meta.simulator.state import SentMessage, SimulatorState
+from tests.fault_injection import SHORT, Reply, judge_replies, request_violations, run_fault_injection
 from tests.support import POSTGRES_ADMIN_URL, create_postgres_database, drop_postgres_database, postgres_database_url
 
 
@@ -59,3 +59,33 @@ def test_the_proof_counts_every_5xx_and_every_unanswered_agent_request_as_a_viol
         "agent 7: accept 12 500 the inbox is reloading its state; retry shortly"]
     assert found["agent requests left unanswered past their deadline"] == ["agent 7: close 12"]
     assert all(not items for _, items in request_violations(cast(Any, [clean])))
+
+
+def test_the_proof_counts_every_lost_doubled_reordered_or_unread_reply_as_a_violation() -> None:
+    """The replies' check checked with deliberate failures against a clean baseline."""
+    def at_meta(text: str, to: str, wamid: str) -> SentMessage:
+        return SentMessage(id=wamid, phone_number_id="100", to=to, type="text", payload={"text": {"body": text}},
+                           timestamp=0.0)
+
+    replies = [Reply("r1", 1, 7, "202", 11), Reply("r2", 1, 7, "202", 12), Reply("r3", 2, 7, "202", 13),
+               Reply("r4", 2, 7, "in doubt (ReadError)"), Reply("r5", 2, 7, "409")]
+    outbox = [(11, "r1", "read", "w1", "100", "c1", None, None), (12, "r2", "read", "w2", "100", "c1", None, None),
+              (13, "r3", "read", "w3", "100", "c2", None, None), (14, "r4", "read", "w4", "100", "c2", None, None)]
+    clean = [at_meta("r1", "c1", "w1"), at_meta("r2", "c1", "w2"), at_meta("r3", "c2", "w3"),
+             at_meta("r4", "c2", "w4")]
+    violations, figures = judge_replies(replies, outbox, clean)
+    assert violations == []
+    assert figures["replies_accepted"] == 3 and figures["replies_in_doubt_sent"] == 1
+    assert figures["replies_refused"] == {"409": 1}
+
+    # r2 before r1 for c1, r3 never sent, r4 (in doubt) sent twice, r1 stuck at `delivered`, a stranger.
+    broken_outbox = [(11, "r1", "delivered", "w1", "100", "c1", None, None), *outbox[1:]]
+    broken = [at_meta("r2", "c1", "w2"), at_meta("r1", "c1", "w1"), at_meta("r4", "c2", "w4"),
+              at_meta("r4", "c2", "w5"), at_meta("nobody wrote this", "c2", "w6")]
+    found = {v.invariant: v.examples for v in judge_replies(replies, broken_outbox, broken)[0]}
+    assert found["replies answered 202 never sent to Meta"] == ["r3 (tx 2): outbox read"]
+    assert found["replies sent to Meta more than once"] == ["r4 x2"]
+    assert found["messages at Meta that no agent wrote"] == ["nobody wrote this"]
+    assert found["customers who got replies out of outbox order"] == ["100/c1: ['r2', 'r1']"]
+    assert [e.split(":")[0] for e in found[
+        "replies answered 202 without Meta's statuses applied (outbox row not read with Meta's wamid)"]] == ["r1"]

@@ -10,9 +10,9 @@ from typing import Any
 
 import ray
 
-from tests.messaging_support import connect_callback, converse, outbound, reply, sent_to, sim
+from tests.messaging_support import connect_callback, converse, deliveries, outbound, reply, sent_to, sim, wait_states
 from tests.routing_support import Agent, Scenario, customer_id
-from tests.support import assert_invalid, eventually
+from tests.support import assert_invalid, eventually, query_db
 
 
 def _conversations(sc: Scenario, count: int) -> tuple[Agent, list[tuple[str, int]]]:
@@ -102,3 +102,22 @@ def test_no_accepted_message_is_lost_or_sent_twice_when_the_sender_is_sigkilled(
         assert [m["payload"]["text"]["body"] for m in sent_to(sc, customer)] == [
             f"part {i}" for i in range(per_customer)]
         assert {r["wamid"] for r in outbound(sc, tx_id)} == {m["id"] for m in sent_to(sc, customer)}
+
+
+def test_statuses_that_raced_the_senders_accept_are_applied_by_its_next_poll(any_sc: Scenario) -> None:
+    """On PostgreSQL a status webhook and the sender storing the wamid can run at once and miss each other
+    (neither sees the other's uncommitted write): the statuses are stored, never applied. The sender's poll
+    applies them. The race's outcome is made here by hand: a read reply put back to `accepted`."""
+    sc = any_sc
+    connect_callback(sc)
+    deliveries(sc)
+    (agent,) = sc.agents(1)
+    sc.inbox([agent])
+    socket = sc.socket(agent)
+    tx_id = converse(sc, agent, socket, customer_id(), "is it shipped?")
+    reply(sc, agent, tx_id, "it left this morning")
+    (row,) = wait_states(sc, tx_id, {"read"})
+    assert query_db(sc.gateway, "UPDATE outbound_messages SET state = 'accepted', status_at = NULL WHERE id = :id "
+                                "RETURNING id", id=row["id"]) == [(row["id"],)]
+    (again,) = wait_states(sc, tx_id, {"read"}, timeout=15)
+    assert again["wamid"] == row["wamid"] and again["status_at"] == row["status_at"]

@@ -44,7 +44,8 @@ Control API under `/_sim/` (not Meta's; JSON in and out, for tests and demos):
     PUT    /_sim/numbers/{id}/delivery          automatic status webhooks for each accepted message:
                                                 {"enabled", "sent_delay_s", "delivered_delay_s",
                                                 "read_delay_s", "reorder", "duplicate", "fail_all",
-                                                "fail_recipients", "failure_code", "failure_title"}
+                                                "fail_recipients", "failure_code", "failure_title",
+                                                "retry_for_s" (re-post until a 200, as Meta retries)}
     POST   /_sim/numbers/{id}/failures          {"failures": [{"http_status", "code", "message",
                                                 "accept", "delay_s"}]}: the next sends fail so
     PUT    /_sim/wabas/{waba_id}/review         automatic template review: {"enabled", "delay_s",
@@ -255,6 +256,7 @@ class DeliveryPlanIn(BaseModel):
     fail_recipients: list[str] = Field(default_factory=list)
     failure_code: int = 131026
     failure_title: str = "Message undeliverable"
+    retry_for_s: float = Field(default=0.0, ge=0)
 
 
 class ReviewOutcomeIn(BaseModel):
@@ -374,16 +376,26 @@ def create_simulator_app(state: SimulatorState, api_version: str = "v25.0") -> F
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def post_webhook(waba: Waba, payload: dict[str, Any]) -> None:
+    async def post_webhook(waba: Waba, payload: dict[str, Any], retry_for_s: float = 0.0) -> None:
         if not waba.callback_url:
             return
         # One pooled client for the simulator's own webhooks (bursts post hundreds of statuses).
         client = clients.get("webhooks")
         if client is None:
             client = clients["webhooks"] = httpx.AsyncClient(timeout=10.0)
-        # Like Meta, an unreachable receiver just misses it (Meta would retry later).
-        with contextlib.suppress(httpx.HTTPError):
-            await WebhookSender(waba.callback_url, waba.app_secret, client=client).send(payload)
+        # Without `retry_for_s` an unreachable receiver just misses it; with it, it is posted again with
+        # back-off until a 200 or the time is up, as Meta retries.
+        deadline = time.monotonic() + retry_for_s
+        backoff = 0.2
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                answer = await WebhookSender(waba.callback_url, waba.app_secret, client=client).send(payload)
+                if answer.status_code == 200:
+                    return
+            if time.monotonic() + backoff > deadline:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
 
     def schedule_statuses(sent: SentMessage) -> None:
         plan = state.delivery_plan(sent.phone_number_id)
@@ -402,7 +414,7 @@ def create_simulator_app(state: SimulatorState, api_version: str = "v25.0") -> F
             payload = payloads.status_update(number.waba_id, number.id, number.display_phone_number, sent.id,
                                              sent.to, status, category=category, errors=errors,
                                              timestamp=sent.timestamp + happened_after)
-            await post_webhook(waba, payload)
+            await post_webhook(waba, payload, plan.retry_for_s)
 
     reviews_scheduled: set[str] = set()
 

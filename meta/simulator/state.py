@@ -177,6 +177,8 @@ class DeliveryPlan:
     Statuses go out `sent_delay_s`, `delivered_delay_s`, `read_delay_s` after the send (None: that
     status never comes). `reorder` posts them newest first; `duplicate` posts each twice; messages to
     `fail_recipients` (or every message with `fail_all`) get `sent` then `failed` with `failure_code`.
+    `retry_for_s` > 0: a status webhook the receiver does not answer 200 is posted again, with back-off,
+    for up to that long (Meta retries for days); 0 posts each once.
     """
 
     enabled: bool = False
@@ -189,6 +191,7 @@ class DeliveryPlan:
     fail_recipients: set[str] = field(default_factory=set)
     failure_code: int = 131026
     failure_title: str = "Message undeliverable"
+    retry_for_s: float = 0.0
 
     def statuses_for(self, recipient: str) -> list[tuple[float, str, float]]:
         """(post after s, status, happened after s) in the order they are posted."""
