@@ -114,11 +114,11 @@ class InboxAnswers(InboxCore):
         async with self.db.session() as session:
             sticky_customer = await repo.sticky_customer(session, tx.customer_id)
             shown = (tx.first_message or {}).get("id")
-            unseen = [m for m in await repo.latest_messages(session, tx.id) if m["id"] != shown]
-            attached = await repo.attached_ids(session, tx.id)
-        # The agent is handed its conversation whole (older history than `unseen` is not sent again); no follow-up
-        # is attached to it meanwhile: the gateway attaches only to conversations held by an agent.
-        assigned = replace(tx.assigned(user_id, now), handed=frozenset(attached))
+            # What came while it waited, oldest first; a longer wait's rest follows through the control loop.
+            unseen = await repo.messages_except(session, tx.id, {shown} if shown is not None else set())
+        # No follow-up is attached to it meanwhile: the gateway attaches only to conversations held by an agent.
+        handed = {m["id"] for m in unseen} | ({shown} if shown is not None else set())
+        assigned = replace(tx.assigned(user_id, now), handed=frozenset(handed))
 
         def statements(connection: Connection) -> None:
             repo.save_transaction(connection, tx.id, assigned.columns(now))

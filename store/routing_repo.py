@@ -282,19 +282,14 @@ async def attached_counts(session: AsyncSession, transaction_ids: Sequence[int])
     return {int(tx_id): int(count) for tx_id, count in rows if tx_id is not None}
 
 
-async def attached_ids(session: AsyncSession, transaction_id: int) -> list[int]:
-    return [int(i) for i in (await session.scalars(
-        select(InboundMessage.id).where(InboundMessage.transaction_id == transaction_id))).all()]
-
-
 async def messages_except(session: AsyncSession, transaction_id: int, known: Collection[int],
                           limit: int = 200) -> list[dict[str, Any]]:
-    """The transaction's messages other than `known`, oldest first (at most the newest `limit`)."""
+    """The transaction's oldest `limit` messages other than `known`, oldest first (the next batch to hand over)."""
     query = select(InboundMessage).options(_ROUTED_COLUMNS).where(InboundMessage.transaction_id == transaction_id)
     if known:
         query = query.where(InboundMessage.id.not_in(list(known)))
-    rows = (await session.scalars(query.order_by(InboundMessage.id.desc()).limit(limit))).all()
-    return await _payloads(session, list(reversed(rows)))
+    rows = (await session.scalars(query.order_by(InboundMessage.id).limit(limit))).all()
+    return await _payloads(session, list(rows))
 
 
 async def unrouted_messages(session: AsyncSession, inbox_id: int, ids: Sequence[int] | None = None,
