@@ -105,8 +105,9 @@ class _Tx(Protocol):
 
     def when(self, value: Any) -> datetime | None: ...
 
-    # The SQL expression of a `message` event's message id (the backends' JSON operators differ).
+    # The SQL expressions of a `message` event's message id and direction (the backends' JSON operators differ).
     message_id_sql: str
+    message_direction_sql: str
 
 
 Step = Callable[[_Tx], Coroutine[Any, Any, T]]
@@ -136,7 +137,9 @@ async def _load(tx: _Tx, org_id: int, user_id: int, recent: int, work_kinds: Seq
     work = await tx.rows(f"{_EVENT_READ} WHERE user_id = ? AND kind IN ({kinds}) ORDER BY id DESC LIMIT ?",
                          user_id, *work_kinds, work_history) if work_kinds else []
     # What the stream already shows: a delivery retried across a restart must not show a message twice.
+    # Customer messages only: a reply's echo (`direction: outbound`) carries an outbox id, another id space.
     delivered = await tx.rows(f"SELECT {tx.message_id_sql} FROM agent_events WHERE user_id = ? AND kind = 'message' "
+                              f"AND coalesce({tx.message_direction_sql}, 'inbound') <> 'outbound' "
                               "ORDER BY id DESC LIMIT ?", user_id, delivered_history) if delivered_history else []
     return LoadedAgent(state, active, offers, [_event(tx, r) for r in latest], [_event(tx, r) for r in work],
                        [int(m) for (m,) in delivered if m is not None])
@@ -282,6 +285,7 @@ def _sqlite_args(args: Sequence[Any]) -> list[Any]:
 
 class _SqliteTx:
     message_id_sql = "json_extract(payload, '$.message.id')"
+    message_direction_sql = "json_extract(payload, '$.message.direction')"
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
@@ -380,6 +384,7 @@ def _numbered(sql: str) -> str:
 
 class _PostgresTx:
     message_id_sql = "(payload -> 'message' ->> 'id')"
+    message_direction_sql = "(payload -> 'message' ->> 'direction')"
 
     def __init__(self, connection: Any) -> None:
         self._connection = connection

@@ -197,6 +197,9 @@ def test_a_delivery_retried_across_an_agent_restart_is_shown_once(tmp_path: Path
     async def run() -> None:
         async with _agent(url, tmp_path) as (actor, _store, db):
             await actor.view()
+            # A reply the agent wrote, echoed on its stream: its id is an outbox id, not a customer message's.
+            await actor.push_event("message", {"transaction_id": 7, "inbox_id": 3,
+                                               "message": {"id": 203, "direction": "outbound", "text": "hi"}})
             await actor.deliver(3, _delivery(201))
             # The process dies after the commit, before the inbox heard the answer; a new one takes over.
             restarted = AgentActor(actor.org_id, actor.user_id, actor._settings)
@@ -205,12 +208,14 @@ def test_a_delivery_retried_across_an_agent_restart_is_shown_once(tmp_path: Path
                 await restarted.view()
                 await restarted.deliver(3, _delivery(201))  # the inbox's retry
                 await restarted.deliver(3, _delivery(202))
+                await restarted.deliver(3, _delivery(203))  # the customer's message 203: not the reply 203
                 async with db.session() as session:
                     rows = (await session.execute(text(
                         "SELECT payload FROM agent_events WHERE user_id = :u AND kind = 'message' ORDER BY id"),
                         {"u": actor.user_id})).scalars().all()
-                shown = [(p if isinstance(p, dict) else json.loads(p))["message"]["id"] for p in rows]
-                assert shown == [201, 202]
+                shown = [((m := (p if isinstance(p, dict) else json.loads(p))["message"])["id"], m.get("direction"))
+                         for p in rows]
+                assert shown == [(203, "outbound"), (201, None), (202, None), (203, None)]
             finally:
                 await restarted._store.close()
 
