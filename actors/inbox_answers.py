@@ -115,7 +115,7 @@ class InboxAnswers(InboxCore):
             sticky_customer = await repo.sticky_customer(session, tx.customer_id)
             shown = (tx.first_message or {}).get("id")
             # What came while it waited, oldest first; a longer wait's rest follows through the control loop.
-            unseen = await repo.messages_except(session, tx.id, {shown} if shown is not None else set())
+            unseen = await repo.messages_except(session, self.inbox_id, tx.id, {shown} if shown is not None else set())
         # No follow-up is attached to it meanwhile: the gateway attaches only to conversations held by an agent.
         handed = {m["id"] for m in unseen} | ({shown} if shown is not None else set())
         assigned = replace(tx.assigned(user_id, now), handed=frozenset(handed))
@@ -189,13 +189,13 @@ class InboxAnswers(InboxCore):
         if not by_supervisor and not (tx.state == "assigned" and tx.agent_id == user_id):
             return refuse(403, "only the agent handling this transaction may close it")
         now = utcnow()
-        closed, held = tx.closed(now), tx.state == "assigned"
+        closed, held, inbox_id = tx.closed(now), tx.state == "assigned", self.inbox_id
 
         def statements(connection: Connection) -> list[int]:
             repo.save_transaction(connection, tx.id, closed.columns(now))
             repo.add_transaction_event(connection, tx.id, "closed", user_id, now)
             # Follow-ups attached at intake as it closed, never handed to its agent: the customer's next conversation.
-            return repo.detach_undelivered(connection, tx.id, tx.handed) if held else []
+            return repo.detach_undelivered(connection, inbox_id, tx.id, tx.handed) if held else []
 
         handed_back = await self._write(statements)
         self._forget(tx)

@@ -239,7 +239,7 @@ class InboxCore(StoreBackedActor):
         if not held:
             return
         async with self.db.session() as session:
-            counts = await repo.attached_counts(session, list(held))
+            counts = await repo.attached_counts(session, self.inbox_id, list(held))
         behind = [tx_id for tx_id, handed in held.items() if counts.get(tx_id, 0) > handed]
         if behind:
             async with self._lock:
@@ -253,7 +253,7 @@ class InboxCore(StoreBackedActor):
             for tx_id in tx_ids:
                 tx = self._txs.get(tx_id)
                 if tx is not None and tx.state == "assigned":
-                    handed[tx_id] = await repo.messages_except(session, tx_id, tx.handed)
+                    handed[tx_id] = await repo.messages_except(session, self.inbox_id, tx_id, tx.handed)
         self._absorb_attached(handed)
 
     def _absorb_attached(self, by_tx: dict[int, list[dict[str, Any]]]) -> None:

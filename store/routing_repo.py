@@ -262,30 +262,35 @@ async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int
     return attached
 
 
-def detach_undelivered(connection: Connection, transaction_id: int, handed: Collection[int]) -> list[int]:
+def detach_undelivered(connection: Connection, inbox_id: int, transaction_id: int,
+                       handed: Collection[int]) -> list[int]:
     """In a close's commit: messages attached to the conversation that its agent was never handed (they came in
     as it closed) are unattached again, to be routed as the customer's next conversation; their ids."""
-    statement = update(InboundMessage).where(InboundMessage.transaction_id == transaction_id)
+    statement = update(InboundMessage).where(InboundMessage.inbox_id == inbox_id,
+                                             InboundMessage.transaction_id == transaction_id)
     if handed:
         statement = statement.where(InboundMessage.id.not_in(list(handed)))
     return [int(i) for i in connection.execute(
         statement.values(transaction_id=None).returning(InboundMessage.id)).scalars()]
 
 
-async def attached_counts(session: AsyncSession, transaction_ids: Sequence[int]) -> dict[int, int]:
-    """How many messages are attached to each of the transactions (those with any)."""
+async def attached_counts(session: AsyncSession, inbox_id: int, transaction_ids: Sequence[int]) -> dict[int, int]:
+    """How many messages are attached to each of the inbox's transactions (those with any)."""
     if not transaction_ids:
         return {}
+    # The inbox first: the (inbox_id, transaction_id) index answers it.
     rows = (await session.execute(select(InboundMessage.transaction_id, func.count())
-                                  .where(InboundMessage.transaction_id.in_(transaction_ids))
+                                  .where(InboundMessage.inbox_id == inbox_id,
+                                         InboundMessage.transaction_id.in_(transaction_ids))
                                   .group_by(InboundMessage.transaction_id))).all()
     return {int(tx_id): int(count) for tx_id, count in rows if tx_id is not None}
 
 
-async def messages_except(session: AsyncSession, transaction_id: int, known: Collection[int],
+async def messages_except(session: AsyncSession, inbox_id: int, transaction_id: int, known: Collection[int],
                           limit: int = 200) -> list[dict[str, Any]]:
     """The transaction's oldest `limit` messages other than `known`, oldest first (the next batch to hand over)."""
-    query = select(InboundMessage).options(_ROUTED_COLUMNS).where(InboundMessage.transaction_id == transaction_id)
+    query = select(InboundMessage).options(_ROUTED_COLUMNS).where(InboundMessage.inbox_id == inbox_id,
+                                                                  InboundMessage.transaction_id == transaction_id)
     if known:
         query = query.where(InboundMessage.id.not_in(list(known)))
     rows = (await session.scalars(query.order_by(InboundMessage.id).limit(limit))).all()
