@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 _SCRIPT = """
 import asyncio, json, sys
@@ -46,11 +47,16 @@ finally:
 """
 
 
-def test_inbox_and_agent_actors_spread_over_the_nodes_of_a_cluster(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path / "store.db")], capture_output=True,
+def _run(script: str, tmp_path: Path) -> Any:
+    """Run a cluster script in a process of its own (a cluster per process); its last line, as JSON."""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "store.db")], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    placed = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_inbox_and_agent_actors_spread_over_the_nodes_of_a_cluster(tmp_path: Path) -> None:
+    placed = _run(_SCRIPT, tmp_path)
     assert len(placed["nodes"]) == 3
     hosts = set(placed["inboxes"]) | set(placed["agents"])
     assert hosts <= set(placed["nodes"])
@@ -88,9 +94,6 @@ finally:
 
 
 def test_routing_actors_stay_on_the_nodes_advertising_their_resource(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", _RESOURCE_SCRIPT, str(tmp_path / "store.db")], capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _run(_RESOURCE_SCRIPT, tmp_path)
     assert len(result["placed"]) == 8
     assert set(result["placed"]) == {result["worker"]}, result
