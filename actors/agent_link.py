@@ -157,14 +157,10 @@ class AgentLink:
         wire go to the agent together, in one call and one commit of its events."""
         self._mailbox(user_id).post("deliver", self._inbox_id, [(transaction_id, messages)], merge=_join_deliveries)
 
-    async def tell_and_wait(self, user_id: int, method: str, *args: Any) -> None:
-        """Tell, then wait a bounded time: an API answer should find the agent's view already showing the
-        change. If the agent is slow, the follow-up still arrives (the mailbox keeps retrying), and its
-        answer is absorbed whenever it comes: the agent pushes its new snapshot to its other inboxes only."""
-        await self.wait_for_answers([self.tell(user_id, method, *args)])
-
     async def wait_for_answers(self, answers: list[asyncio.Future[Any]]) -> None:
-        """Wait a bounded time for follow-ups told earlier (`tell`): their outcome does not change on timeout."""
+        """Wait a bounded time for follow-ups told earlier (`tell`), so an API answer finds the agents' views
+        already showing the change. A slow agent's follow-up still arrives (the mailbox keeps retrying) and its
+        answer is absorbed whenever it comes: the outcome does not change on timeout."""
         if not answers:
             return
         with contextlib.suppress(TimeoutError, MailboxGaveUp):

@@ -219,14 +219,6 @@ async def first_messages(session: AsyncSession, transaction_ids: Sequence[int]) 
     return {m.transaction_id: p for m, p in zip(messages, payloads, strict=True) if m.transaction_id is not None}
 
 
-async def latest_messages(session: AsyncSession, transaction_id: int, limit: int = 50) -> list[dict[str, Any]]:
-    """The transaction's newest messages, oldest first (what an agent taking it over has not seen)."""
-    rows = (await session.scalars(select(InboundMessage).options(_ROUTED_COLUMNS)
-                                  .where(InboundMessage.transaction_id == transaction_id)
-                                  .order_by(InboundMessage.id.desc()).limit(limit))).all()
-    return await _payloads(session, list(reversed(rows)))
-
-
 async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int, int, int]],
                              share_lock: bool) -> dict[int, int]:
     """At intake, in the transaction that stores them: attach (message id, inbox id, customer id) to the customer's

@@ -193,7 +193,7 @@ def test_an_answer_that_comes_after_the_inbox_stopped_waiting_is_still_absorbed(
         link = AgentLink(1, 1, Settings(actor_call_timeout_s=0.1), lambda: Agents(),  # type: ignore[arg-type,return-value]
                          lambda: changes.append(None))
         link.load(frozenset({5}), {5: {**snapshot, "active_count": 1, "version": None}})
-        await link.tell_and_wait(5, "end", 11, "closed")
+        await link.wait_for_answers([link.tell(5, "end", 11, "closed")])
         after_wait = link.snapshots.get(5)
         await asyncio.sleep(0.4)
         return after_wait, link.snapshots.get(5), len(changes)
