@@ -17,6 +17,7 @@ calls inboxes make; health checks have theirs ("health").
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict, deque
@@ -65,6 +66,10 @@ SERVED_INBOXES_TTL_S = 30.0
 # An event stream ends by itself after this long without an event, or this long in all (see stream_events).
 STREAM_IDLE_S = 15.0
 STREAM_LIFETIME_S = 120.0
+# Events read at once when catching up with what the gateway appended to the stream.
+CATCH_UP_PAGE = 500
+# Events read to find whether a commit whose answer was lost landed.
+LANDED_READ_LIMIT = 1000
 
 
 @dataclass
@@ -118,6 +123,8 @@ class AgentActor(StoreBackedActor):
             timer.cancel()
         self._user_exists = False
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
+        # The newest event id known when `_recent` is empty (a stream with no event yet).
+        self._known_id = 0
         self.status = "offline"
         self.status_reason: str | None = None
         self.max_concurrent = 1
@@ -440,6 +447,9 @@ class AgentActor(StoreBackedActor):
         commit; a message already delivered is skipped."""
         await self._ensure_active()
         async with self._step_lock:
+            if any(m["id"] not in self._delivered for _, messages in deliveries for m in messages):
+                # Follow-ups the gateway showed at intake are on the stream already: a read, not a commit.
+                await self._catch_up()
             fresh: dict[int, tuple[int, dict[str, Any]]] = {}  # message id -> (transaction, message), in order
             for tx_id, messages in deliveries:
                 for message in messages:
@@ -449,8 +459,6 @@ class AgentActor(StoreBackedActor):
                 return
             await self._commit(events=[("message", {"transaction_id": tx_id, "inbox_id": inbox_id, "message": m})
                                        for tx_id, m in fresh.values()])
-            for message_id in fresh:
-                _remember(self._delivered, message_id)
 
     async def resync(self) -> dict[str, Any]:
         """Rebuild held offers and active work from the store (after an inbox restarted, lost contact or
@@ -528,43 +536,61 @@ class AgentActor(StoreBackedActor):
     # ------------------------------------------------------------------ event stream (own concurrency group)
 
     async def _commit(self, state: dict[str, Any] | None = None,
-                      events: list[tuple[str, dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+                      events: list[tuple[str, dict[str, Any]]] | None = None) -> None:
         """One store transaction for a step: the agent's state row and its new events.
 
-        The caller holds the step lock, so event ids reach readers in the order the store gave them.
-        Memory (the recent-events buffer) changes only after the commit.
+        The caller holds the step lock. The commit also reads back every event of the stream after the newest
+        one this actor knows, its own and any the gateway appended (follow-ups shown at intake), so the
+        recent-events buffer never has a gap. Memory changes only after the commit.
         """
         if not state and not events:
-            return []
-        now = utcnow()
+            return
         new_events = list(events or [])
-        last_id = int(self._recent[-1]["id"]) if self._recent else 0
+        last_id = self._last_known_id()
         try:
-            ids = await self.store.commit(self.org_id, self.user_id, state, new_events, now)
+            rows = await self.store.commit_and_read(self.org_id, self.user_id, state, new_events, utcnow(),
+                                                    after_id=last_id)
         except StoreUnavailable:
             # Lost mid-way (its connection, or the store actor running it): it may have committed.
             landed = await self._landed(last_id, new_events) if new_events else None
             if landed is None:
                 raise
-            ids = landed
-        emitted = [_event(event_id, kind, now, payload)
-                   for event_id, (kind, payload) in zip(ids, new_events, strict=True)]
+            rows = landed
         self._last_step = time.monotonic()
-        for kind, payload in new_events:
-            self._track(kind, payload)
-        self._recent.extend(emitted)
-        if emitted:
-            self._signal.notify()
-        return emitted
+        self._absorb(rows)
 
-    async def _landed(self, last_id: int, events: list[tuple[str, dict[str, Any]]]) -> list[int] | None:
-        """The ids of a commit's `events` if it landed after all, None if it did not: this agent alone appends
-        to its stream, and `last_id` was its newest event before. The caller's retry must not add them twice
-        (a `message` shown twice, say). Asked until the store answers, for `OUTCOME_WAIT_S` at most."""
+    def _last_known_id(self) -> int:
+        return int(self._recent[-1]["id"]) if self._recent else self._known_id
+
+    def _absorb(self, rows: list[StoredEvent]) -> None:
+        """Events read from the store after the newest known one, in id order: into memory, and the streams told."""
+        for row in rows:
+            self._track(row.kind, row.payload)
+            message = row.payload.get("message") if row.kind == "message" else None
+            if isinstance(message, dict) and message.get("direction") != "outbound" and "id" in message:
+                _remember(self._delivered, int(message["id"]))
+            self._recent.append(_event_of(row))
+        if rows:
+            self._known_id = rows[-1].id
+            self._signal.notify()
+
+    async def _catch_up(self) -> None:
+        """Read what other writers appended to the stream since the newest event known (the step lock held)."""
+        while True:
+            rows = await self.store.events_after(self.user_id, self._last_known_id(), CATCH_UP_PAGE)
+            self._absorb(rows)
+            if len(rows) < CATCH_UP_PAGE:
+                return
+
+    async def _landed(self, last_id: int, events: list[tuple[str, dict[str, Any]]]) -> list[StoredEvent] | None:
+        """Every event after `last_id` if the commit of `events` landed after all, None if it did not. Other
+        writers may have appended between (the gateway's follow-ups), so the step's own are found in order by
+        kind and payload. The caller's retry must not add them twice (a `message` shown twice, say). Asked until
+        the store answers, for `OUTCOME_WAIT_S` at most."""
         deadline = time.monotonic() + OUTCOME_WAIT_S
         while True:
             try:
-                rows = await self.store.events_after(self.user_id, last_id, len(events) + 1)
+                rows = await self.store.events_after(self.user_id, last_id, LANDED_READ_LIMIT)
                 break
             except StoreUnavailable:
                 if time.monotonic() >= deadline:
@@ -572,14 +598,18 @@ class AgentActor(StoreBackedActor):
                                 self.user_id)
                     return None
                 await asyncio.sleep(0.2)
-        if not rows:
+        wanted = [(kind, json.loads(json.dumps(payload))) for kind, payload in events]
+        found = 0
+        for row in rows:
+            if found < len(wanted) and (row.kind, row.payload) == wanted[found]:
+                found += 1
+        if found == 0:
             return None
-        if [row.kind for row in rows] != [kind for kind, _ in events]:
-            raise RuntimeError(f"agent {self.user_id}: events after {last_id} are not the step's own: "
-                               f"{[row.kind for row in rows]}")
-        log.info("agent %s: a commit whose answer was lost had landed (events %s)", self.user_id,
-                 [row.id for row in rows])
-        return [row.id for row in rows]
+        if found < len(wanted):
+            raise RuntimeError(f"agent {self.user_id}: only {found} of a step's {len(wanted)} events after "
+                               f"{last_id} are in the store")
+        log.info("agent %s: a commit whose answer was lost had landed (events after %s)", self.user_id, last_id)
+        return rows
 
     async def _wait_active(self) -> None:
         """Activation runs on the main loop; a stream reader (another loop) waits for it there."""

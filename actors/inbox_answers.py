@@ -189,18 +189,16 @@ class InboxAnswers(InboxCore):
         if not by_supervisor and not (tx.state == "assigned" and tx.agent_id == user_id):
             return refuse(403, "only the agent handling this transaction may close it")
         now = utcnow()
-        closed, held, inbox_id = tx.closed(now), tx.state == "assigned", self.inbox_id
+        closed = tx.closed(now)
 
-        def statements(connection: Connection) -> list[int]:
+        def statements(connection: Connection) -> None:
+            # A follow-up stored before this commit is on the agent's stream before its close (attached and shown
+            # at intake); one stored after it opens the customer's next conversation.
             repo.save_transaction(connection, tx.id, closed.columns(now))
             repo.add_transaction_event(connection, tx.id, "closed", user_id, now)
-            # Follow-ups attached at intake as it closed, never handed to its agent: the customer's next conversation.
-            return repo.detach_undelivered(connection, inbox_id, tx.id, tx.handed) if held else []
 
-        handed_back = await self._write(statements)
+        await self._write(statements)
         self._forget(tx)
-        if handed_back:
-            await self._ingest_page(handed_back)
         if tx.state == "assigned" and tx.agent_id is not None:
             self._after_step(self._link.tell(tx.agent_id, "end", tx.id, "closed"))
         if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:

@@ -39,9 +39,8 @@ class TxState:
     first_message: dict[str, Any] | None = field(default=None, compare=False)
     # {id, user_id, wa_id, username, name} as agents are shown it; refreshed by each message.
     customer: dict[str, Any] = field(default_factory=dict, compare=False)
-    # The messages handed to the agent holding it (or shown with its offer): a close hands back any other (it
-    # came in as the conversation closed), and the control loop hands the agent what a lost forward never
-    # brought, whatever came after it.
+    # The messages handed to the agent holding it (or shown with its offer): the control loop tells the agent of
+    # any other attached (a lost forward), whatever came after it.
     handed: frozenset[int] = field(default=frozenset(), compare=False)
 
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -16,7 +16,7 @@ from meta.webhook_parser import InboundMessage as ParsedMessage
 from meta.webhook_parser import ParsedWebhook
 from store.customers import CustomerRef, Identity, new_anonymous_customer, resolve_customers
 from store.outbox import StatusChange, apply_status
-from store.routing_repo import attach_to_assigned
+from store.routing_repo import attach_to_assigned, forwarded_payload, show_to_agents
 from store.tables import Base, Customer, InboundMessage, Inbox, MessageStatus, WebhookChange
 from store.templates_repo import apply_status_event
 from store.upsert import insert_ignoring_duplicates
@@ -54,6 +54,13 @@ def _fit_row(model: type[Base], row: dict[str, Any], keys: tuple[str, ...] = ())
             clean = clean[:length]
         fitted[name] = clean
     return fitted
+
+
+def _as_shown(message: StoredMessage) -> dict[str, Any]:
+    """A follow-up as its agent's stream shows it: what its inbox would hand the agent from the forward."""
+    payload = forwarded_payload(asdict(message))
+    assert payload is not None  # a StoredMessage has every forwarded field
+    return payload
 
 
 def _dedupe_key(waba_id: str, field_name: str, value: Any) -> str:
@@ -160,14 +167,19 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
             customer=customer.as_dict(),
         ))
 
-    # Follow-ups of conversations an agent holds are attached here, in the commit that stores them: their
-    # inbox then only hands them to the agent.
+    # Follow-ups of conversations an agent holds are attached, and put on the agent's stream, in the commit that
+    # stores them: their inbox and agent then only tell each other, writing nothing.
     stored = [m for messages in result.new_messages.values() for m in messages]
+    postgres = session.get_bind().dialect.name == "postgresql"
     attached = await attach_to_assigned(session, [(m.id, m.inbox_id, m.customer_id) for m in stored],
-                                        share_lock=session.get_bind().dialect.name == "postgresql")
+                                        share_lock=postgres)
     if attached:
-        result.new_messages = {org: [replace(m, transaction_id=attached.get(m.id)) for m in messages]
-                               for org, messages in result.new_messages.items()}
+        result.new_messages = {org: [replace(m, transaction_id=attached[m.id][0] if m.id in attached else None)
+                                     for m in messages] for org, messages in result.new_messages.items()}
+        await show_to_agents(session, [
+            (org, attached[m.id][1], attached[m.id][0], _as_shown(m))
+            for org, messages in sorted(result.new_messages.items()) for m in messages if m.id in attached],
+            stream_lock=postgres)
 
     status_rows = [_fit_row(MessageStatus, {
         "org_id": org_id, "wamid": s.wamid, "waba_id": s.waba_id, "phone_number_id": s.phone_number_id,

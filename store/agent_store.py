@@ -108,6 +108,9 @@ class _Tx(Protocol):
     # The SQL expressions of a `message` event's message id and direction (the backends' JSON operators differ).
     message_id_sql: str
     message_direction_sql: str
+    # Taken first by every transaction appending to a user's stream (None: SQLite, whose writers take turns), so
+    # a user's event ids commit in id order and a reader that saw an id never meets a smaller one later.
+    stream_lock_sql: str | None
 
 
 Step = Callable[[_Tx], Coroutine[Any, Any, T]]
@@ -157,11 +160,22 @@ async def _work(tx: _Tx, user_id: int) -> tuple[dict[int, int], list[StoredOffer
 
 async def _commit(tx: _Tx, org_id: int, user_id: int, state: dict[str, Any] | None,
                   events: Sequence[tuple[str, dict[str, Any]]], at: datetime) -> list[int]:
+    if events and tx.stream_lock_sql is not None:
+        await tx.execute(tx.stream_lock_sql, user_id)
     if state:
         columns = sorted(state)
         await tx.execute(f"UPDATE agent_states SET {', '.join(f'{c} = ?' for c in columns)} WHERE user_id = ?",
                          *(state[c] for c in columns), user_id)
     return await tx.insert_events(org_id, user_id, events, at) if events else []
+
+
+async def _commit_and_read(tx: _Tx, org_id: int, user_id: int, state: dict[str, Any] | None,
+                           events: Sequence[tuple[str, dict[str, Any]]], at: datetime,
+                           after_id: int) -> list[StoredEvent]:
+    """`_commit`, then every event of the user after `after_id` (its own and those other writers appended:
+    the gateway shows follow-ups at intake), in id order."""
+    await _commit(tx, org_id, user_id, state, events, at)
+    return await _events(tx, f"{_EVENT_READ} WHERE user_id = ? AND id > ? ORDER BY id", (user_id, after_id))
 
 
 async def _one_value(tx: _Tx, sql: str, args: Sequence[Any]) -> Any:
@@ -213,6 +227,16 @@ class AgentStore:
         return await self._run(functools.partial(_commit, org_id=org_id, user_id=user_id, state=state,
                                                  events=events, at=at), write=True)
 
+    async def commit_and_read(self, org_id: int, user_id: int, state: dict[str, Any] | None,
+                              events: Sequence[tuple[str, dict[str, Any]]], at: datetime,
+                              after_id: int) -> list[StoredEvent]:
+        """`commit`, returning every event of the user after `after_id` once it committed (its own included)."""
+        unknown = set(state or ()) - STATE_COLUMNS
+        if unknown:
+            raise ValueError(f"not a column an agent's step sets: {sorted(unknown)}")
+        return await self._run(functools.partial(_commit_and_read, org_id=org_id, user_id=user_id, state=state,
+                                                 events=events, at=at, after_id=after_id), write=True)
+
     async def work(self, user_id: int) -> tuple[dict[int, int], list[StoredOffer]]:
         """Active transactions (id -> inbox) and pending offers, as the inboxes committed them."""
         return await self._run(functools.partial(_work, user_id=user_id))
@@ -249,7 +273,8 @@ class AgentStore:
         raise NotImplementedError
 
 
-_STEPS: frozenset[Callable[..., Any]] = frozenset({_load, _work, _commit, _one_value, _column, _events})
+_STEPS: frozenset[Callable[..., Any]] = frozenset({_load, _work, _commit, _commit_and_read, _one_value, _column,
+                                                   _events})
 
 
 def is_postgres(url: str) -> bool:
@@ -286,6 +311,7 @@ def _sqlite_args(args: Sequence[Any]) -> list[Any]:
 class _SqliteTx:
     message_id_sql = "json_extract(payload, '$.message.id')"
     message_direction_sql = "json_extract(payload, '$.message.direction')"
+    stream_lock_sql: str | None = None
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
@@ -385,6 +411,7 @@ def _numbered(sql: str) -> str:
 class _PostgresTx:
     message_id_sql = "(payload -> 'message' ->> 'id')"
     message_direction_sql = "(payload -> 'message' ->> 'direction')"
+    stream_lock_sql: str | None = "SELECT 1 FROM agent_states WHERE user_id = ? FOR UPDATE"
 
     def __init__(self, connection: Any) -> None:
         self._connection = connection

@@ -14,6 +14,7 @@ from sqlalchemy.orm import load_only
 from config.licenses import holds_agent_licenses
 from store import customers
 from store.tables import (
+    AgentEvent,
     AgentState,
     InboundMessage,
     Inbox,
@@ -220,50 +221,59 @@ async def first_messages(session: AsyncSession, transaction_ids: Sequence[int]) 
 
 
 async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int, int, int]],
-                             share_lock: bool) -> dict[int, int]:
+                             share_lock: bool) -> dict[int, tuple[int, int]]:
     """At intake, in the transaction that stores them: attach (message id, inbox id, customer id) to the customer's
-    conversation on the inbox when an agent holds it; message id -> transaction id of those attached.
+    conversation on the inbox when an agent holds it; message id -> (transaction id, agent id) of those attached.
 
-    A follow-up then costs its inbox no write: the inbox only hands it to the agent. `share_lock` (PostgreSQL):
-    the conversation's row is share-locked, so a close either commits first (and is seen) or waits for this
-    commit (and then hands back what its agent was never shown: `detach_undelivered`). SQLite has one writer.
+    A follow-up then costs its inbox no write: the inbox only tells the agent. `share_lock` (PostgreSQL): the
+    conversation's row is share-locked, so a close either commits first (and is seen: the message opens the
+    customer's next conversation) or waits for this commit (and the message is its conversation's last before
+    the close). SQLite has one writer.
     """
     pairs = {(inbox_id, customer_id) for _, inbox_id, customer_id in messages}
     if not pairs:
         return {}
-    query = select(Transaction.id, Transaction.inbox_id, Transaction.customer_id).where(
+    query = select(Transaction.id, Transaction.inbox_id, Transaction.customer_id, Transaction.agent_id).where(
         Transaction.state == "assigned",
         or_(*(and_(Transaction.inbox_id == inbox_id, Transaction.customer_id == customer_id)
               for inbox_id, customer_id in sorted(pairs))))
     if share_lock:
         query = query.with_for_update(read=True)
-    found: dict[tuple[int, int], list[int]] = {}
-    for tx_id, inbox_id, customer_id in (await session.execute(query)).all():
-        found.setdefault((inbox_id, customer_id), []).append(int(tx_id))
-    by_tx: dict[int, list[int]] = {}
+    found: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for tx_id, inbox_id, customer_id, agent_id in (await session.execute(query)).all():
+        if agent_id is not None:
+            found.setdefault((inbox_id, customer_id), []).append((int(tx_id), int(agent_id)))
+    by_tx: dict[tuple[int, int], list[int]] = {}
     for message_id, inbox_id, customer_id in messages:
         open_txs = found.get((inbox_id, customer_id), [])
         if len(open_txs) == 1:  # never guess between two: the inbox's own step reads the store
             by_tx.setdefault(open_txs[0], []).append(message_id)
-    attached: dict[int, int] = {}
-    for tx_id, ids in by_tx.items():
+    attached: dict[int, tuple[int, int]] = {}
+    for (tx_id, agent_id), ids in by_tx.items():
         done = (await session.execute(update(InboundMessage).where(
             InboundMessage.id.in_(ids), InboundMessage.transaction_id.is_(None))
             .values(transaction_id=tx_id).returning(InboundMessage.id))).scalars().all()
-        attached.update({int(message_id): tx_id for message_id in done})
+        attached.update({int(message_id): (tx_id, agent_id) for message_id in done})
     return attached
 
 
-def detach_undelivered(connection: Connection, inbox_id: int, transaction_id: int,
-                       handed: Collection[int]) -> list[int]:
-    """In a close's commit: messages attached to the conversation that its agent was never handed (they came in
-    as it closed) are unattached again, to be routed as the customer's next conversation; their ids."""
-    statement = update(InboundMessage).where(InboundMessage.inbox_id == inbox_id,
-                                             InboundMessage.transaction_id == transaction_id)
-    if handed:
-        statement = statement.where(InboundMessage.id.not_in(list(handed)))
-    return [int(i) for i in connection.execute(
-        statement.values(transaction_id=None).returning(InboundMessage.id)).scalars()]
+async def show_to_agents(session: AsyncSession, shown: Sequence[tuple[int, int, int, dict[str, Any]]],
+                         stream_lock: bool) -> None:
+    """In the same transaction: the `message` events of attached follow-ups on their agents' streams, (org id,
+    agent id, transaction id, message payload) in message order, so a follow-up costs its agent no write either
+    (the agent reads them when told, `actors.agent_actor`). `stream_lock` (PostgreSQL): each agent's state row
+    is locked first, as every writer of a stream does, so a stream's ids commit in id order."""
+    if not shown:
+        return
+    if stream_lock:
+        agents = sorted({agent_id for _, agent_id, _, _ in shown})
+        await session.execute(select(AgentState.user_id).where(AgentState.user_id.in_(agents))
+                              .order_by(AgentState.user_id).with_for_update())
+    now = utcnow()
+    await session.execute(insert(AgentEvent), [
+        {"org_id": org_id, "user_id": agent_id, "kind": "message", "created_at": now,
+         "payload": {"transaction_id": tx_id, "inbox_id": message["inbox_id"], "message": message}}
+        for org_id, agent_id, tx_id, message in shown])
 
 
 async def attached_counts(session: AsyncSession, inbox_id: int, transaction_ids: Sequence[int]) -> dict[int, int]:

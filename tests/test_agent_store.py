@@ -277,3 +277,37 @@ def test_a_shared_store_runs_many_agents_steps_on_at_most_its_connections_then_g
 
 async def _not_a_step(tx: object) -> None:
     return None
+
+
+def test_a_commit_reads_back_what_the_gateway_appended_to_the_stream_since_in_id_order(store_url: str) -> None:
+    """Follow-ups are appended to an agent's stream by the gateway's intake commit: the agent's next commit
+    returns them with its own events, in id order, so its memory of the stream has no gap."""
+    at = datetime(2026, 12, 6, 6, 0, tzinfo=UTC)
+
+    async def run() -> None:
+        from store.routing_repo import show_to_agents
+
+        db = Database(store_url, pool_size=1)
+        org_id, user_id = await _new_agent(db)
+        store = _open(store_url, user_id)
+        postgres = store_url.startswith("postgresql")
+        try:
+            await store.load(org_id, user_id, recent=10, work_kinds=("assigned",), work_history=10)
+            (first,) = await store.commit(org_id, user_id, None, [("offer", {"offer_id": "1.0"})], at)
+            async with db.session() as session:
+                await show_to_agents(session, [(org_id, user_id, 7, {"id": 11, "inbox_id": 3, "summary": "a"}),
+                                               (org_id, user_id, 7, {"id": 12, "inbox_id": 3, "summary": "b"})],
+                                     stream_lock=postgres)
+            rows = await store.commit_and_read(org_id, user_id, {"status": "available"},
+                                               [("status", {"status": "available"})], at, after_id=first)
+            assert [(r.kind, r.payload.get("message", {}).get("summary")) for r in rows] == [
+                ("message", "a"), ("message", "b"), ("status", None)]
+            assert [r.id for r in rows] == sorted(r.id for r in rows) and rows[0].id > first
+            assert rows[0].payload == {"transaction_id": 7, "inbox_id": 3,
+                                       "message": {"id": 11, "inbox_id": 3, "summary": "a"}}
+            assert await store.commit_and_read(org_id, user_id, None, [], at, after_id=rows[-1].id) == []
+        finally:
+            await store.close()
+            await db.dispose()
+
+    asyncio.run(run())

@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from store.agent_store import AgentStore, Step, open_agent_store
 from store.db import Database
 from store.errors import StoreUnavailable
 from store.migrate import upgrade_to_head
+from store.routing_repo import show_to_agents
 from store.tables import Organization, User
 from tests.fault_injection import actor_pid
 from tests.routing_support import Scenario, customer_id, scenario
@@ -108,15 +109,21 @@ def test_on_postgres_routing_goes_on_through_a_store_actors_sigkill(pg_gateway: 
 
 
 class _AnswerLost(AgentStore):
-    """The agent's real store, whose next commit lands (or not) and then answers StoreUnavailable."""
+    """The agent's real store, whose next commit (write step) lands (or not) and then answers StoreUnavailable."""
 
     reads_from_any_loop = True
 
     def __init__(self, store: AgentStore) -> None:
         self._store = store
         self.lose_next: str | None = None  # "after commit" | "before commit"
+        self.before_next_write: Callable[[], Awaitable[None]] | None = None
 
     async def _run(self, step: Step[Any], write: bool = False) -> Any:
+        if not write:
+            return await self._store.run(step, write)
+        before, self.before_next_write = self.before_next_write, None
+        if before is not None:
+            await before()
         lose, self.lose_next = self.lose_next, None
         if lose == "before commit":
             raise StoreUnavailable("connection lost before the commit")
@@ -167,8 +174,15 @@ def test_a_delivery_whose_commit_landed_but_whose_answer_was_lost_is_shown_once(
     async def run() -> None:
         async with _agent(url, tmp_path) as (actor, store, db):
             await actor.view()  # activated
+
+            async def gateway_shows_a_follow_up() -> None:  # just before the agent's commit
+                async with db.session() as session:
+                    follow_up = {"id": 100, "inbox_id": 3, "summary": "m 100"}
+                    await show_to_agents(session, [(actor.org_id, actor.user_id, 7, follow_up)], stream_lock=False)
+
+            store.before_next_write = gateway_shows_a_follow_up
             store.lose_next = "after commit"
-            await actor.deliver(3, _delivery(101))  # landed: the agent finds it and goes on
+            await actor.deliver(3, _delivery(101))  # landed: the agent finds it (after the gateway's) and goes on
             await actor.deliver(3, _delivery(101))  # the inbox's retry after a lost answer: nothing new
             store.lose_next = "before commit"
             with pytest.raises(StoreUnavailable):  # did not land: the caller retries
@@ -178,7 +192,7 @@ def test_a_delivery_whose_commit_landed_but_whose_answer_was_lost_is_shown_once(
                 rows = (await session.execute(text(
                     "SELECT id, json_extract(payload, '$.message.id') FROM agent_events "
                     "WHERE user_id = :u AND kind = 'message' ORDER BY id"), {"u": actor.user_id})).all()
-            assert [message for _, message in rows] == [101, 102]
+            assert [message for _, message in rows] == [100, 101, 102]
             # The stream shows what the store holds, with the store's ids.
             shown = [e for e in actor._recent if e["type"] == "message"]
             assert [(e["id"], e["message"]["id"]) for e in shown] == [(i, m) for i, m in rows]

@@ -1,11 +1,17 @@
-"""A follow-up to a conversation an agent holds is attached in the commit that stores it (its inbox writes
-nothing for it) and reaches the agent, even when the gateway dies before forwarding it; one that comes in as
-the conversation closes opens the customer's next conversation."""
+"""A follow-up to a conversation an agent holds is attached, and put on the agent's stream, in the commit that
+stores it (its inbox and its agent write nothing for it) and reaches the agent once, even when the gateway dies
+before forwarding it; one stored before a close is shown before the close, one stored after it opens the
+customer's next conversation."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
 
+import pytest
+from sqlalchemy import select
+
+from store.db import Database
+from store.routing_repo import message_payload, show_to_agents
 from store.tables import InboundMessage
 from tests.routing_support import Agent, AgentSocket, Scenario, customer_id, scenario
 from tests.support import Gateway, query_db
@@ -13,13 +19,39 @@ from tests.support import Gateway, query_db
 _COPIED = ", ".join(c.name for c in InboundMessage.__table__.columns if c.name not in ("id", "wamid", "summary"))
 
 
-def _stored_but_never_forwarded(sc: Scenario, tx_id: int, text: str) -> int:
-    """A follow-up the gateway attached and committed, then died before forwarding (a copy of the first message)."""
+def _attached_but_never_told(sc: Scenario, tx_id: int, text: str) -> int:
+    """A follow-up attached to the conversation whose agent was never told of it (a copy of the first message)."""
     ((message_id,),) = query_db(
         sc.gateway, f"INSERT INTO inbound_messages (wamid, summary, {_COPIED}) SELECT :wamid, :text, {_COPIED} "
         "FROM inbound_messages WHERE transaction_id = :tx ORDER BY id LIMIT 1 RETURNING id",
         wamid=f"wamid.lost.{customer_id()}", text=text, tx=tx_id)
     return int(message_id)
+
+
+def _stored_but_never_forwarded(sc: Scenario, agent: Agent, tx_id: int, text: str) -> int:
+    """What a gateway that died between its commit and the forward leaves: the follow-up attached and its
+    `message` event on the agent's stream (the intake commit's own statements), nobody told."""
+    message_id = _attached_but_never_told(sc, tx_id, text)
+
+    async def show() -> None:
+        db = Database(sc.gateway.database_url, pool_size=1)
+        try:
+            async with db.session() as session:
+                row = (await session.scalars(select(InboundMessage).where(InboundMessage.id == message_id))).one()
+                await show_to_agents(session, [(row.org_id, agent.id, tx_id, message_payload(row))],
+                                     stream_lock=session.get_bind().dialect.name == "postgresql")
+        finally:
+            await db.dispose()
+
+    asyncio.run(show())
+    return message_id
+
+
+def _events_showing(sc: Scenario, agent: Agent, text: str) -> int:
+    """How many `message` events of the agent's stream, in the store, carry the text."""
+    ((count,),) = query_db(sc.gateway, "SELECT count(*) FROM agent_events WHERE user_id = :user AND kind = 'message' "
+                                       "AND CAST(payload AS TEXT) LIKE :text", user=agent.id, text=f"%{text}%")
+    return int(count)
 
 
 def _held(sc: Scenario, agent: Agent, sock: AgentSocket, customer: str) -> int:
@@ -49,22 +81,39 @@ def test_a_follow_up_is_attached_when_acknowledged_and_reaches_the_agent(store: 
             tx_id = _held(sc, agent, sock, customer)
             text = f"it was due yesterday ({customer})"
             sc.send(customer, text)
-            # Attached by the time Meta got its 200: no inbox step in between.
+            # Attached and on the agent's stream by the time Meta got its 200: no inbox or agent step in between.
             assert _attached_to(sc, text) == [(tx_id,)]
+            assert _events_showing(sc, agent, text) == 1
             assert sock.next("message")["message"]["summary"] == text
+            # Told of it, the agent read it: it wrote no second event.
+            assert _events_showing(sc, agent, text) == 1
 
 
 @pytest.mark.ray
-def test_a_follow_up_whose_forward_was_lost_reaches_the_agent(sc: Scenario) -> None:
+def test_a_follow_up_whose_forward_was_lost_reaches_the_agent_once(sc: Scenario) -> None:
     (agent,) = sc.agents(1)
     sc.inbox([agent])
     with sc.socket(agent) as sock:
         tx_id = _held(sc, agent, sock, customer_id())
-        message_id = _stored_but_never_forwarded(sc, tx_id, "are you there?")
-        # The inbox's control loop finds it (every 2 s) and hands it over.
+        message_id = _stored_but_never_forwarded(sc, agent, tx_id, "are you there?")
+        # The inbox's control loop finds it (every 2 s) and tells the agent, which reads it.
         shown = sock.next("message", timeout=20)
         assert (shown["transaction_id"], shown["message"]["id"], shown["message"]["summary"]) == (
             tx_id, message_id, "are you there?")
+        assert _events_showing(sc, agent, "are you there?") == 1
+
+
+@pytest.mark.ray
+def test_a_message_attached_but_never_told_reaches_the_agent(sc: Scenario) -> None:
+    """Attached without its event (its inbox died before telling the agent): the agent is handed it."""
+    (agent,) = sc.agents(1)
+    sc.inbox([agent])
+    with sc.socket(agent) as sock:
+        tx_id = _held(sc, agent, sock, customer_id())
+        message_id = _attached_but_never_told(sc, tx_id, "still waiting")
+        shown = sock.next("message", timeout=20)
+        assert (shown["transaction_id"], shown["message"]["id"]) == (tx_id, message_id)
+        assert _events_showing(sc, agent, "still waiting") == 1
 
 
 @pytest.mark.ray
@@ -75,27 +124,29 @@ def test_a_lost_forward_reaches_the_agent_even_when_a_later_follow_up_came_throu
     with sc.socket(agent) as sock:
         customer = customer_id()
         tx_id = _held(sc, agent, sock, customer)
-        lost = _stored_but_never_forwarded(sc, tx_id, "first, never forwarded")
+        lost = _stored_but_never_forwarded(sc, agent, tx_id, "first, never forwarded")
         sc.send(customer, "second, forwarded")
+        # The agent, told of the second, reads the stream's events in order: the first comes first.
+        first = sock.next("message", timeout=20)
+        assert (first["transaction_id"], first["message"]["id"]) == (tx_id, lost)
         assert sock.next("message")["message"]["summary"] == "second, forwarded"
-        shown = sock.next("message", timeout=20, where=lambda e: e["message"]["id"] == lost)
-        assert shown["transaction_id"] == tx_id
+        assert _events_showing(sc, agent, "first, never forwarded") == 1
 
 
 @pytest.mark.ray
-def test_a_follow_up_that_comes_in_as_the_conversation_closes_is_never_lost(sc: Scenario) -> None:
-    """Either its agent was shown it before the close, or the close hands it back and it opens the customer's
-    next conversation, offered like any first message."""
+def test_a_follow_up_stored_before_a_close_is_shown_before_it_and_one_after_opens_the_next(sc: Scenario) -> None:
     (agent,) = sc.agents(1, max_concurrent=2)
     sc.inbox([agent])
     with sc.socket(agent) as sock:
-        tx_id = _held(sc, agent, sock, customer_id())
-        message_id = _stored_but_never_forwarded(sc, tx_id, "one more thing")
+        customer = customer_id()
+        tx_id = _held(sc, agent, sock, customer)
+        message_id = _stored_but_never_forwarded(sc, agent, tx_id, "one more thing")
         sc.do(tx_id, "close", agent)
-        shown = [e for e in sock.events if e["type"] == "message" and e["message"]["id"] == message_id]
-        if shown:  # the control loop handed it over just before the close (rare)
-            assert _attached_to(sc, "one more thing") == [(tx_id,)]
-            return
+        shown = sock.next("message", timeout=20)
+        closed = sock.next("transaction_closed")
+        assert (shown["transaction_id"], shown["message"]["id"]) == (tx_id, message_id)
+        assert closed["transaction_id"] == tx_id and shown["id"] < closed["id"]
+        assert _attached_to(sc, "one more thing") == [(tx_id,)]
+        sc.send(customer, "and another")
         offer = sock.next("offer")
-        assert offer["transaction_id"] != tx_id and offer["first_message"]["id"] == message_id
-        assert _attached_to(sc, "one more thing") == [(offer["transaction_id"],)]
+        assert offer["transaction_id"] != tx_id and offer["first_message"]["summary"] == "and another"
