@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -284,6 +285,46 @@ def withheld_environment(prefix: str) -> Iterator[None]:
         os.environ.update(withheld)
 
 
+# A local instance serves this machine alone, so each of its listening sockets is on the loopback address.
+# Ray binds its components (GCS, raylet and object manager, workers' gRPC servers, dashboard agent,
+# runtime-env agent, metrics endpoints) to loopback only when the node's address is a loopback one, and it
+# replaces a loopback `_node_ip_address` with the machine's reachable address (so that other nodes could
+# join) unless its single-machine switch is set: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which Ray reads once,
+# at import, into `ray_constants.ENABLE_RAY_CLUSTER`. The dashboard binds `ray_dashboard_host` (127.0.0.1).
+LOOPBACK = "127.0.0.1"
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def single_machine_ray() -> Iterator[None]:
+    """Ray's single-machine switch set for this process and the Ray processes started inside the block."""
+    from ray._private import ray_constants
+
+    previous_constant = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    previous_env = os.environ.get(_SINGLE_MACHINE_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ[_SINGLE_MACHINE_ENV] = "0"
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous_constant
+        if previous_env is None:
+            os.environ.pop(_SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[_SINGLE_MACHINE_ENV] = previous_env
+
+
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped loopback address (::ffff:127.0.0.1)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address == "localhost"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
 def connect_ray(settings: Settings) -> RayConnection:
     """Join the configured cluster, or start a local instance with its dashboard."""
     if ray.is_initialized():
@@ -292,19 +333,22 @@ def connect_ray(settings: Settings) -> RayConnection:
     if settings.ray_address:
         kwargs["address"] = settings.ray_address
     else:
-        # "local" starts our own instance even if another cluster runs on this machine.
-        kwargs.update(address="local", include_dashboard=True, dashboard_host=settings.ray_dashboard_host,
-                      dashboard_port=settings.ray_dashboard_port)
+        # "local" starts our own instance even if another cluster runs on this machine; on loopback only.
+        kwargs.update(address="local", _node_ip_address=LOOPBACK, include_dashboard=True,
+                      dashboard_host=settings.ray_dashboard_host, dashboard_port=settings.ray_dashboard_port)
         if settings.ray_num_cpus is not None:
             kwargs["num_cpus"] = settings.ray_num_cpus
     # ray.init replaces SIGTERM/SIGINT handlers with ones that exit at once; the server's own
     # (graceful shutdown: drain requests, run the lifespan's cleanup) must stay in charge.
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main_thread else {}
-    with withheld_environment(CONFIG_ENV_PREFIX):
+    local = contextlib.nullcontext() if settings.ray_address else single_machine_ray()
+    with withheld_environment(CONFIG_ENV_PREFIX), local:
         context = ray.init(**kwargs)
     for sig, handler in previous.items():
         signal.signal(sig, handler)
+    if not settings.ray_address and not is_loopback(node := ray.util.get_node_ip_address()):
+        log.warning("the local Ray instance runs on %s, not on loopback: other machines can reach it", node)
     url = str(getattr(context, "dashboard_url", "") or "")
     if url and not url.startswith("http"):
         url = f"http://{url}"
