@@ -106,10 +106,10 @@ class RayProbe:
     """One probe of Ray in flight at a time, on a daemon thread of its own; every request shares its answer.
 
     A request that finds no probe running (nor one that finished within `FRESH_S`) starts one; the others wait
-    for it or take its fresh answer. Each
-    waits no later than the probe's start plus the deadline: a probe still running then (a hung GCS) keeps its
-    thread, the request answers without it, and the next request finds it still in flight instead of starting
-    another. So at most one thread waits on the GCS, and no request waits past its deadline.
+    for it or take its fresh answer. Each waits no later than the probe's start plus the deadline: a probe
+    still running then (a hung GCS) keeps its thread, the request answers without it, and the next request
+    finds it still in flight instead of starting another. So at most one thread waits on the GCS, and no
+    request waits past its deadline.
     """
 
     THREAD_NAME = "wa-router-readyz-ray"
