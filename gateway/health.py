@@ -8,7 +8,8 @@ Ray's calls to the GCS block and cannot be cancelled: when the head is down one 
 (`RAY_gcs_rpc_server_reconnect_timeout_s`, 60 s). So the Ray side of the check runs as one probe on a daemon
 thread of its own, one probe at a time per gateway (`RayProbe`): requests that come while it runs share its
 answer, each waits for it no later than the probe's start plus the deadline, and none starts another. A
-hung GCS holds one thread, however often the load balancer asks.
+hung GCS holds one thread, however often the load balancer asks. A finished probe's answer is never reused:
+a head lost since shows at the next request.
 """
 
 from __future__ import annotations
@@ -105,23 +106,19 @@ def probe_ray(namespace: str, timeout_s: float) -> RayView:
 class RayProbe:
     """One probe of Ray in flight at a time, on a daemon thread of its own; every request shares its answer.
 
-    A request that finds no probe running (nor one that finished within `FRESH_S`) starts one; the others wait
-    for it or take its fresh answer. Each waits no later than the probe's start plus the deadline: a probe
-    still running then (a hung GCS) keeps its thread, the request answers without it, and the next request
-    finds it still in flight instead of starting another. So at most one thread waits on the GCS, and no
-    request waits past its deadline.
+    A request that finds no probe running starts one; those that come while it runs wait for it. Each waits
+    no later than the probe's start plus the deadline: a probe still running then (a hung GCS) keeps its
+    thread, the request answers without it, and the next request finds it still in flight instead of starting
+    another. So at most one thread waits on the GCS, and no request waits past its deadline.
     """
 
     THREAD_NAME = "wa-router-readyz-ray"
-    # How long a finished probe's answer serves the requests that come after it.
-    FRESH_S = 0.5
 
     def __init__(self, probe: Callable[[float], RayView]) -> None:
         self._probe = probe
         self._lock = threading.Lock()
         self._future: concurrent.futures.Future[RayView] | None = None
         self._started = 0.0
-        self._finished = 0.0
 
     def _start(self, deadline_s: float) -> concurrent.futures.Future[RayView]:
         future: concurrent.futures.Future[RayView] = concurrent.futures.Future()
@@ -129,20 +126,16 @@ class RayProbe:
 
         def run() -> None:
             try:
-                result = self._probe(deadline_s)
+                future.set_result(self._probe(deadline_s))
             except BaseException as exc:  # handed to the requests that wait for it
-                self._finished = time.monotonic()
                 future.set_exception(exc)
-            else:
-                self._finished = time.monotonic()
-                future.set_result(result)
 
         threading.Thread(target=run, name=self.THREAD_NAME, daemon=True).start()
         return future
 
     async def view(self, deadline_s: float) -> RayView:
         with self._lock:
-            if self._future is None or (self._future.done() and time.monotonic() - self._finished > self.FRESH_S):
+            if self._future is None or self._future.done():
                 self._future, self._started = self._start(deadline_s), time.monotonic()
             future, started = self._future, self._started
         remaining = started + deadline_s - time.monotonic()

