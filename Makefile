@@ -42,7 +42,8 @@ fuzz: install
 	$(VENV)/bin/pytest -q -m fuzz
 
 ## The long fault-injection run on SQLite and PostgreSQL, then a worker node of a 3-node Ray cluster lost
-## under load; prints their figures, fails on any violation.
+## under load, then two gateways sharing PostgreSQL with one killed and restarted under load; prints their
+## figures, fails on any violation.
 soak: install
 	$(VENV)/bin/wa-router soak
 

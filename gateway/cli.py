@@ -292,7 +292,7 @@ def bench(ctx: typer.Context) -> None:
 @app.command()
 @one_line_errors
 def soak() -> None:
-    """Run the long fault-injection soak, then the node-loss soak (minutes)."""
+    """Run the long fault-injection soak, then the node-loss and two-gateway soaks (minutes)."""
     if importlib.util.find_spec("tests.fault_injection") is None:
         raise CliError("the soak runs from a source checkout: tests/fault_injection.py is not importable here")
     err.print("running the fault-injection soak (python -m tests.fault_injection --long); it takes minutes")
@@ -300,8 +300,11 @@ def soak() -> None:
     # Then a worker node of a three-node cluster on this machine lost under load (PostgreSQL).
     err.print("running the node-loss soak (python -m tests.node_loss --long)")
     node_code = subprocess.call([sys.executable, "-m", "tests.node_loss", "--long"])
-    if code or node_code:
-        raise typer.Exit(code or node_code)
+    # Then two gateways of one deployment sharing PostgreSQL, one SIGKILLed and restarted under load.
+    err.print("running the two-gateway soak (python -m tests.two_gateways --long)")
+    pair_code = subprocess.call([sys.executable, "-m", "tests.two_gateways", "--long"])
+    if code or node_code or pair_code:
+        raise typer.Exit(code or node_code or pair_code)
 
 
 # ---------------------------------------------------------------- admin

@@ -272,6 +272,7 @@ class SenderFigures:
     ack_latency_s: list[float] = field(default_factory=list)  # of each 200 (the attempt that got it)
     acked_at_s: dict[str, float] = field(default_factory=dict)  # wamid -> first 200, seconds into the storm
     failed_attempts: Counter[str] = field(default_factory=Counter)  # outcome of attempts that got no 200
+    acked_by: Counter[str] = field(default_factory=Counter)  # gateway URL -> 200s it answered
     finished_s: float = 0.0  # when the last delivery ended, seconds into the storm
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -305,9 +306,14 @@ def plan_deliveries(plan: FaultPlan, org_waba: str, numbers: list[str], app_secr
 class WebhookStream:
     """Posts the planned deliveries at a fixed rate, each retried (with backoff) until a 200."""
 
-    def __init__(self, plan: FaultPlan, url: str, app_secret: str, deliveries: list[Delivery]) -> None:
+    def __init__(self, plan: FaultPlan, url: str, app_secret: str, deliveries: list[Delivery],
+                 other_urls: list[str] | None = None) -> None:
         self.plan = plan
         self.url = url
+        # Several gateways behind one Service: deliveries alternate between them, and an attempt that got no
+        # 200 is retried on the next one (Meta's retry reaches a live pod).
+        self.urls = [url, *(other_urls or [])]
+        self._sequence = itertools.count()
         self.app_secret = app_secret
         self.deliveries = deliveries
         self.figures = SenderFigures()
@@ -350,15 +356,18 @@ class WebhookStream:
         self.figures.first_sent_s.setdefault(delivery.wamid, time.monotonic() - self.began)
         headers = signed_headers(delivery.body, self.app_secret)
         deadline = time.monotonic() + self.plan.ack_deadline_s
+        first = next(self._sequence)
         attempt = 0
         outcome = ""
         while time.monotonic() < deadline:
             attempt += 1
+            url = self.urls[(first + attempt - 1) % len(self.urls)]
             try:
                 sent = time.monotonic()
-                response = self._client().post(self.url, content=delivery.body, headers=headers)
+                response = self._client().post(url, content=delivery.body, headers=headers)
                 if response.status_code == 200:
                     with self.figures.lock:
+                        self.figures.acked_by[url] += 1
                         self.figures.ack_latency_s.append(time.monotonic() - sent)
                         self.figures.acked_at_s.setdefault(delivery.wamid, time.monotonic() - self.began)
                         self.figures.attempts += attempt
@@ -1319,26 +1328,41 @@ def wait_quiescent(store: Gateway, org_id: int, plan: FaultPlan) -> tuple[bool, 
 def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, simulator: SimulatorState,
                         simulator_url: str, workdir: Path, log: Any = print,
                         gateway_env: dict[str, str] | None = None,
-                        node_killer: NodeKiller | None = None) -> FaultReport:
-    """One whole run against a fresh store. The caller owns a Ray instance (`ray.init`) and the simulator."""
+                        node_killer: NodeKiller | None = None, gateways: int = 1) -> FaultReport:
+    """One whole run against a fresh store. The caller owns a Ray instance (`ray.init`) and the simulator.
+
+    `gateways=2`: a second gateway of the same deployment (store, Ray cluster and namespace, key); webhooks
+    alternate between the two, half the agents work through each, and the gateway kills hit the second one.
+    """
     began = time.monotonic()
     rng = random.Random(plan.seed)
     namespace = f"wa-router-fault-{uuid.uuid4().hex[:8]}"
     admin_token = f"admin-{secrets.token_urlsafe(32)}"
     gcs_address = ray.get_runtime_context().gcs_address
+    own_env = {"WA_ROUTER_SEND_PAIR_INTERVAL_S": str(plan.pair_interval_s), **(gateway_env or {})}
     process = GatewayProcess(database_url=database_url, ray_address=gcs_address, namespace=namespace,
                              graph_url=f"{simulator_url}/v25.0", workdir=workdir, admin_token=admin_token,
-                             port=free_port(),
-                             extra_env={"WA_ROUTER_SEND_PAIR_INTERVAL_S": str(plan.pair_interval_s),
-                                        **(gateway_env or {})})
+                             port=free_port(), extra_env=own_env)
     store = Gateway(url=process.url, admin_token=admin_token, simulator=simulator, simulator_url=simulator_url,
                     database_url=database_url, namespace=namespace)
+    # The other gateways: a port and a log of their own, the first one's key file (one key per deployment).
+    others: list[GatewayProcess] = []
+    for n in range(2, gateways + 1):
+        (workdir / f"gateway-{n}").mkdir(exist_ok=True)
+        others.append(GatewayProcess(database_url=database_url, ray_address=gcs_address, namespace=namespace,
+                                     graph_url=f"{simulator_url}/v25.0", workdir=workdir / f"gateway-{n}",
+                                     admin_token=admin_token, port=free_port(),
+                                     extra_env={**own_env, "WA_ROUTER_SECRET_KEY_FILE": str(workdir / "secret.key")}))
+    stores = [store] + [Gateway(url=other.url, admin_token=admin_token, simulator=simulator,
+                                simulator_url=simulator_url, database_url=database_url, namespace=namespace)
+                        for other in others]
     workers: list[AgentWorker] = []
     notes: list[str] = []
     try:
-        process.start()
-        log(f"[{database}] gateway pid {process.process.pid if process.process else '?'} on {process.url}, "
-            f"Ray {gcs_address}, namespace {namespace}")
+        for gateway_process in [process, *others]:
+            gateway_process.start()
+            log(f"[{database}] gateway pid {gateway_process.process.pid if gateway_process.process else '?'} on "
+                f"{gateway_process.url}, Ray {gcs_address}, namespace {namespace}")
         # ---- the organization: one inbox per mode, every agent in every inbox
         org = org_with_waba(store, numbers=len(MODES))
         sc = Scenario(store, org)
@@ -1351,7 +1375,8 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
                                       proficiency=proficiency))
         manual_inbox = inbox_ids[MODES.index("manual")]
         for agent in agents:
-            worker = AgentWorker(store, org, agent, plan, manual_inbox, random.Random(rng.random()))
+            worker = AgentWorker(stores[len(workers) % len(stores)], org, agent, plan, manual_inbox,
+                                 random.Random(rng.random()))
             workers.append(worker)
             worker.start()
         # ---- the storm: webhooks, agents in chaos, kills
@@ -1366,10 +1391,11 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
             simulator.set_pair_interval(number, plan.pair_interval_s / 2)
             for customer in customers[index]:
                 simulator.record_inbound(number, customer)
-        sender = WebhookStream(plan, f"{store.url}/webhooks/whatsapp/{org.id}", org.app_secret, deliveries)
+        sender = WebhookStream(plan, f"{store.url}/webhooks/whatsapp/{org.id}", org.app_secret, deliveries,
+                               [f"{other.url}/webhooks/whatsapp/{org.id}" for other in others])
         window_s = len(deliveries) / plan.send_rate_per_s
-        killer = Killer(plan, process, store, namespace, org.id, inbox_ids, [a.id for a in agents], window_s,
-                        random.Random(rng.random()), sender, database, org.numbers, node_killer)
+        killer = Killer(plan, (others or [process])[-1], store, namespace, org.id, inbox_ids, [a.id for a in agents],
+                        window_s, random.Random(rng.random()), sender, database, org.numbers, node_killer)
         log(f"[{database}] sending {len(deliveries)} deliveries ({plan.messages} messages) over ~{window_s:.0f}s "
             f"with {plan.kills_on(database)} kills")
         sender.start()
@@ -1405,10 +1431,11 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
             attempts=sender.figures.attempts, retried=sender.figures.retried,
             kills=sum(kills_by_kind.values()), kills_by_kind=dict(kills_by_kind),
             recoveries=sum(1 for r in killer.records if r.recovered),
-            reconnects=sum(w.reconnects for w in workers), gateway_starts=process.starts,
+            reconnects=sum(w.reconnects for w in workers), gateway_starts=sum(p.starts for p in [process, *others]),
+            gateways=1 + len(others), acked_by_gateway=[sender.figures.acked_by[u] for u in sender.urls],
             wall_s=time.monotonic() - began,
         )
-        restarts = ", ".join(f"{s:.1f}" for s in process.start_seconds[1:])
+        restarts = ", ".join(f"{s:.1f}" for s in killer.gateway.start_seconds[1:])
         recoveries = ", ".join(f"{r.recovery_s:.1f}" for r in killer.records if r.kind != "gateway" and r.recovery_s)
         notes.append(f"kills: {dict(kills_by_kind)}; gateway restarts took {restarts} s; actor restarts took "
                      f"{recoveries} s")
@@ -1420,12 +1447,16 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
                      f"{figures['replies_in_doubt']} in doubt ({figures['replies_in_doubt_sent']} of them sent); "
                      f"{figures['replies_at_meta']} at Meta")
         notes.append(sender.latency_note())
+        if others:
+            notes.append(f"{1 + len(others)} gateways: webhooks acknowledged by each "
+                         f"{figures['acked_by_gateway']}; the last one killed and restarted")
         notes += [f"killer: {e}" for e in killer.errors]
         return FaultReport(plan, database, figures, violations, notes)
     finally:
         for worker in workers:
             worker.stop()
-        process.stop()
+        for gateway_process in [*others, process]:
+            gateway_process.stop()
         _kill_namespace(namespace)
 
 

@@ -1,6 +1,7 @@
 """Two gateways of one deployment on PostgreSQL: they share the store and the Ray namespace; webhooks
 alternate between them, one is SIGKILLed midway (its deliveries then go to the other, as a Service would
-send Meta's retries), and nothing acknowledged is lost, duplicated or left unrouted."""
+send Meta's retries), and nothing acknowledged is lost, duplicated or left unrouted. The long form, with agents,
+replies and every invariant of the fault-injection engine, is `python -m tests.two_gateways --long` (`make soak`)."""
 
 from __future__ import annotations
 
