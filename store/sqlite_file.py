@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import sqlite3
 import threading
+from collections.abc import Callable
 from typing import Any
 
 # WAL lets readers run beside the writer; busy_timeout makes a writer that finds the lock taken (past
@@ -24,6 +26,48 @@ PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_
 TURN_WAIT_S = 30.0
 
 _WRITE_ACTIONS = frozenset({sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE})
+# Threads that block in `flock` for a waiting writer, kept for the next wait: a thread started per contended turn
+# cost every write that waited a thread's start and end (~5 % of an inbox actor's CPU under load). A wait given up
+# keeps its thread until it gets the turn (then passes it on at once); waits beyond these queue and are given up
+# in time like any other. Daemon threads: a process never waits for them to exit.
+_TURN_WAITER_THREADS = 4
+
+
+class _TurnWaiters:
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._guard = threading.Lock()
+        self._threads = 0
+        self._idle = 0  # threads free for a job not yet reserved
+        self._queued = 0  # jobs waiting for a busy thread
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._guard:
+            if self._idle > 0:
+                self._idle -= 1
+            elif self._threads < self._size:
+                self._threads += 1
+                threading.Thread(target=self._serve, name="sqlite-writer-turn", daemon=True).start()
+            else:
+                self._queued += 1
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while True:
+            self._jobs.get()()
+            with self._guard:
+                if self._queued > 0:
+                    self._queued -= 1  # this thread takes the oldest queued job next
+                else:
+                    self._idle += 1
+
+
+_turn_waiter_pool = _TurnWaiters(_TURN_WAITER_THREADS)
+
+
+def _turn_waiters() -> _TurnWaiters:
+    return _turn_waiter_pool
 
 
 def sqlite_file_path(url: str) -> str | None:
@@ -101,7 +145,7 @@ class WriterTurn:
                 else:
                     granted.set()
 
-        threading.Thread(target=wait, name="sqlite-writer-turn", daemon=True).start()
+        _turn_waiters().submit(wait)
         if granted.wait(self._wait_s):
             return True
         with outcome:

@@ -108,3 +108,23 @@ def test_two_stores_on_one_file_write_one_after_the_other_and_readers_are_not_he
 
     order = asyncio.run(run())
     assert order == ["read", "first commits", "second wrote"]
+
+
+def test_waiting_for_turns_reuses_a_few_threads_instead_of_starting_one_per_wait(tmp_path: Path) -> None:
+    lock = str(tmp_path / "db.writers")
+    holder = WriterTurn(lock, wait_s=30)
+
+    def waiters() -> set[int]:
+        return {t.ident or 0 for t in threading.enumerate() if t.name == "sqlite-writer-turn"}
+
+    for _ in range(20):
+        holder.take()
+        waiting = WriterTurn(lock, wait_s=30)
+        thread, granted_at = _authorize_in_thread(waiting)
+        time.sleep(0.01)
+        holder.release()
+        thread.join(5)
+        assert granted_at and waiting.held  # woken at the release, every time
+        waiting.release()
+    # Twenty waits, each in a thread kept from the previous ones (a few at most), none started per wait.
+    assert 1 <= len(waiters()) <= 4
