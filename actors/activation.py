@@ -11,6 +11,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+import ray
+
+from actors import gc_tuning
 from actors.directory import Directory, RayDirectory
 from config.actor_settings import ActorSettings
 
@@ -26,6 +29,8 @@ _RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 class StoreBackedActor:
     # PostgreSQL connections an inbox's or sender's engine keeps, as many more while steps overlap.
     POOL_SIZE = 2
+    # Whether the process does much of the message path's work (`actors.gc_tuning`).
+    BUSY_PROCESS = False
 
     def __init__(self, org_id: int, settings: ActorSettings, directory: Directory | None) -> None:
         self.org_id = org_id
@@ -90,6 +95,8 @@ class StoreBackedActor:
                         self._reset()
                         raise
                     self._activated = True
+                    if self._settings.gc_tuning and self._exists() and in_ray_actor():
+                        gc_tuning.tune_after_start_up(busy=self.BUSY_PROCESS)
         return self._exists()
 
     def _open_store(self) -> None:
@@ -113,3 +120,8 @@ class StoreBackedActor:
 
     async def _on_activated(self) -> None:
         """Work that needs the loaded state (re-arming timers, routing what waits)."""
+
+
+def in_ray_actor() -> bool:
+    """Whether this code runs in a Ray actor's process (not in-process, as tests run actors)."""
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None

@@ -28,7 +28,7 @@ from typing import Any
 
 import ray
 
-from actors.activation import StoreBackedActor
+from actors.activation import StoreBackedActor, in_ray_actor
 from actors.directory import Directory
 from actors.event_signal import EventSignal
 from actors.free_heap import release_free_heap
@@ -202,9 +202,9 @@ class AgentActor(StoreBackedActor):
         async with self._step_lock:
             await self._commit(events=self._stream_catch_up(self.active))
         self._notify_inboxes()
-        if self._settings.agent_deactivate_after_s > 0 and _in_ray_actor() and self._retirement is None:
+        if self._settings.agent_deactivate_after_s > 0 and in_ray_actor() and self._retirement is None:
             self._retirement = asyncio.ensure_future(self._retire_when_idle())
-        if _in_ray_actor() and self._heap_release is None:
+        if in_ray_actor() and self._heap_release is None:
             self._heap_release = asyncio.ensure_future(self._release_heap_when_quiet())
 
     async def _ensure_active(self) -> bool:
@@ -767,10 +767,6 @@ class AgentActor(StoreBackedActor):
                     released_at = now
             except Exception:
                 log.exception("agent %s: releasing free heap failed", self.user_id)
-
-
-def _in_ray_actor() -> bool:
-    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
 def _event(event_id: int, kind: str, at: datetime, payload: dict[str, Any]) -> dict[str, Any]:

@@ -64,6 +64,8 @@ RELOADING = refuse(503, "the inbox is reloading its state; retry shortly")
 
 
 class InboxCore(StoreBackedActor):
+    BUSY_PROCESS = True  # every message and every conversation step passes through an inbox
+
     def __init__(self, org_id: int, inbox_id: int, settings: ActorSettings, directory: Directory | None = None) -> None:
         self.inbox_id = inbox_id
         # One lock for every step: routing, answers to offers, timers and ingest interleave at each await otherwise.

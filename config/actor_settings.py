@@ -36,6 +36,8 @@ class ActorSettings:
     send_retry_base_s: float
     send_retry_max_s: float
     send_max_attempts: int
+    # Python's garbage collector tuned after start-up (`actors.gc_tuning`).
+    gc_tuning: bool = True
     # A custom Ray resource every routing actor asks a sliver of (None: none), to keep them on the nodes
     # that advertise it, e.g. off a Kubernetes head (deploy/kubernetes/ray-cluster.yaml).
     ray_actor_resource: str | None = None

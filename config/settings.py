@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     # once the lease is this old.
     deployment_heartbeat_s: float = Field(default=5.0, gt=0)
     deployment_lease_s: float = Field(default=20.0, gt=0)
+    # Python's garbage collector, once start-up is over, in the gateway and the routing actors: what start-up
+    # loaded frozen out of its scans, and rarer young collections in the gateway and the inboxes
+    # (`actors/gc_tuning.py`). Off: CPython's defaults.
+    gc_tuning: bool = True
     # SQLite: how often the gateway checkpoints the WAL in its own thread, outside every writer's turn.
     sqlite_checkpoint_interval_s: float = Field(default=1.0, gt=0)
     # `wa-router serve`'s logs: plain text, or one JSON object per line (organization, inbox, transaction,

@@ -221,6 +221,7 @@ def serve(
     """
     import uvicorn
 
+    from actors import gc_tuning
     from config.settings import Settings
     from gateway.app import create_app
     from gateway.cluster_record import remove_record
@@ -241,6 +242,8 @@ def serve(
         status.stop()
         record_cluster(app_)
         print("\n".join(banner_lines(app_)), flush=True)
+        if settings.gc_tuning:
+            gc_tuning.tune_after_start_up(busy=True)
 
     try:
         extra: dict[str, Any] = {"log_config": None} if json_logs else {}  # uvicorn then logs through JSON
