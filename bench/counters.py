@@ -1,6 +1,7 @@
 """Work counted per message: Ray actor calls by method (Ray's task summary, read from the gateway's
-dashboard) and, on PostgreSQL, committed store transactions (`pg_stat_database.xact_commit`) and the
-connections held (`pg_stat_activity`); where the actors run (one node, or several in a cluster run)."""
+dashboard), the store's write transactions (PostgreSQL's `pg_stat_database.xact_commit`, SQLite's writers'
+turns) and, on PostgreSQL, the connections held (`pg_stat_activity`); where the actors run (one node, or
+several in a cluster run)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import threading
 from typing import Any
+
+from store.sqlite_file import sqlite_file_path, turns_taken
 
 _SUMMARY = """
 import json, sys
@@ -134,8 +137,13 @@ class PostgresConnections:
         return {f"peak_{key}": value for key, value in self._peaks.items()} | {"samples": self._samples}
 
 
-def postgres_commits(database_url: str) -> int | None:
-    """Committed transactions of the store's PostgreSQL database so far; None on SQLite."""
+def store_commits(database_url: str) -> int | None:
+    """Write transactions of the store so far: PostgreSQL's committed transactions (reads included: the
+    harness takes its own off), SQLite's writers' turns (one per write transaction, every process's); None
+    when unknown."""
+    if database_url.startswith("sqlite"):
+        path = sqlite_file_path(database_url)
+        return turns_taken(path) if path is not None else None
     if not database_url.startswith("postgresql"):
         return None
 

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import psutil
 
-from bench.counters import PostgresConnections, actor_calls, actor_placement, per_message, postgres_commits
+from bench.counters import PostgresConnections, actor_calls, actor_placement, per_message, store_commits
 from bench.options import apply_smoke
 from bench.procstats import ProcessSampler
 from bench.profiles import record, summarise
@@ -138,7 +138,7 @@ def run_step(args: argparse.Namespace, stack: Stack, plan: Plan, agents: subproc
     local_instance = not stack.ray_address  # the gateway's own instance, with token authentication
     # Ray's task summary counts the calls only where task events are on (`--task-events`).
     calls_before = actor_calls(dashboard, local_instance) if args.task_events else {}
-    commits_before = postgres_commits(stack.database_url)
+    commits_before = store_commits(stack.database_url)
     sampler.reset_peaks()
     window = sampler.open_window()
     connections = PostgresConnections.start_for(stack.database_url)
@@ -167,7 +167,7 @@ def run_step(args: argparse.Namespace, stack: Stack, plan: Plan, agents: subproc
                                              plan.timer_inbox_id, acked, args.drain_timeout)
     settled = waited <= args.drain_timeout
     connections_held = connections.stop() if connections is not None else None
-    commits_after = postgres_commits(stack.database_url)
+    commits_after = store_commits(stack.database_url)
     if connections_held is not None:
         polls += connections_held["samples"]  # each sample is a transaction of the harness's own
     calls_after = actor_calls(dashboard, local_instance) if args.task_events else {}
@@ -223,7 +223,10 @@ def run_step(args: argparse.Namespace, stack: Stack, plan: Plan, agents: subproc
         "conversations": len({m["conversation"] for m in messages}),
         # Everything the conversations caused (accepts and closes included), divided by their messages.
         "actor_calls_per_message": per_message(calls_before, calls_after, len(acked)) if args.task_events else None,
-        "store_commits_per_message": round((commits_after - commits_before - polls) / len(acked), 2)
+        # PostgreSQL counts the harness's polls (reads) as transactions; SQLite's count is of writes only.
+        "store_commits_per_message": round((commits_after - commits_before
+                                            - (polls if stack.database_url.startswith("postgresql") else 0))
+                                           / len(acked), 2)
         if commits_after is not None and commits_before is not None and acked else None,
         "postgres_connections": connections_held,
     }

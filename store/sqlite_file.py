@@ -10,6 +10,7 @@ import fcntl
 import os
 import queue
 import sqlite3
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -97,6 +98,31 @@ def lock_path_of(database_path: str) -> str:
     return database_path + ".writers"
 
 
+# The lock file also counts the turns taken, across every process: a write transaction each (the webhooks'
+# group commit counts one per group), read by the benchmark as the store's commits. Updated by the turn's
+# holder, under the lock, just before passing it on.
+_COUNTER = struct.Struct("<Q")
+
+
+def _count_turn(fd: int) -> None:
+    try:
+        raw = os.pread(fd, _COUNTER.size, 0)
+        taken = _COUNTER.unpack(raw)[0] if len(raw) == _COUNTER.size else 0
+        os.pwrite(fd, _COUNTER.pack(taken + 1), 0)
+    except OSError:
+        pass  # a count is never worth a failed write
+
+
+def turns_taken(database_path: str) -> int:
+    """Writers' turns taken on the database so far, by every process (0 before the first)."""
+    try:
+        with open(lock_path_of(database_path), "rb") as lock_file:
+            raw = lock_file.read(_COUNTER.size)
+    except FileNotFoundError:
+        return 0
+    return _COUNTER.unpack(raw)[0] if len(raw) == _COUNTER.size else 0
+
+
 class WriterTurn:
     """One connection's hold on the writers' lock file (held from its first write to its commit)."""
 
@@ -158,4 +184,5 @@ class WriterTurn:
         with self._guard:
             fd, self._fd = self._fd, None
         if fd is not None:
+            _count_turn(fd)
             os.close(fd)

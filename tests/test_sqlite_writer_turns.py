@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from store.db import Database
-from store.sqlite_file import WriterTurn
+from store.sqlite_file import WriterTurn, turns_taken
 
 
 def _authorize_in_thread(turn: WriterTurn) -> tuple[threading.Thread, list[float]]:
@@ -128,3 +128,26 @@ def test_waiting_for_turns_reuses_a_few_threads_instead_of_starting_one_per_wait
         waiting.release()
     # Twenty waits, each in a thread kept from the previous ones (a few at most), none started per wait.
     assert 1 <= len(waiters()) <= 4
+
+
+def test_the_turns_taken_are_counted_across_writers_for_the_benchmark(tmp_path: Path) -> None:
+    """The store's commits on SQLite: each write transaction takes one turn, and the lock file counts them."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/store.db"
+    database_path = str(tmp_path / "store.db")
+
+    async def run() -> None:
+        db = Database(url, pool_size=1)
+        try:
+            async with db.session() as session:
+                await session.execute(text("CREATE TABLE notes (n INTEGER)"))
+            before = turns_taken(database_path)
+            for n in range(3):
+                await db.write(lambda connection, n=n: connection.execute(text(f"INSERT INTO notes VALUES ({n})")))
+            async with db.session() as session:  # a read takes no turn
+                await session.execute(text("SELECT count(*) FROM notes"))
+            assert turns_taken(database_path) - before == 3
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+    assert turns_taken(str(tmp_path / "none.db")) == 0
