@@ -8,6 +8,7 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -19,6 +20,7 @@ from gateway.app import create_app
 from gateway.background_server import BackgroundServer, free_port
 from meta.simulator.app import create_simulator_app
 from meta.simulator.state import SimulatorState
+from tests.cluster_checks import run_cluster_checks
 from tests.examples import DEFAULT_EXAMPLES, examples
 from tests.routing_support import Scenario, scenario
 from tests.support import (
@@ -66,6 +68,12 @@ def postgres_url() -> Iterator[str]:
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}")
     yield postgres_database_url(name)
     asyncio.run(drop_postgres_database(name))
+
+
+@pytest.fixture(scope="session")
+def cluster_checks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The multi-node checks, run once on one three-node cluster of this machine (`tests/cluster_checks.py`)."""
+    return run_cluster_checks(tmp_path_factory.mktemp("cluster"))
 
 
 def _start_gateway(tmp: Path, database_url: str, simulator: tuple[SimulatorState, str],
