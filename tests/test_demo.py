@@ -26,17 +26,22 @@ def _wait_for_traffic(welcome: str, port: int, simulator_port: int, timeout_s: f
     token = re.search(r"supervisor console: \S+/#token=(war_\S+)", welcome)
     assert token, welcome
     headers = {"Authorization": f"Bearer {token.group(1)}"}
-    seen: tuple[int, int, int] = (0, 0, 0)
+    seen: tuple[int, int, int] | str = "nothing yet"
     deadline = time.monotonic() + timeout_s
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as http:
-        org_id = http.get("/v1/me").raise_for_status().json()["org"]["id"]
         while time.monotonic() < deadline:
-            states = [t["state"] for t in http.get(f"/v1/orgs/{org_id}/transactions",
-                                                   params={"limit": 200}).raise_for_status().json()["items"]]
-            at_meta = httpx.get(f"http://127.0.0.1:{simulator_port}/_sim/sent_messages", timeout=30).json()["data"]
-            seen = (len(states), sum(s in ("assigned", "closed") for s in states), len(at_meta))
-            if seen[0] >= 3 and seen[1] >= 1 and seen[2] >= 1:
-                return
+            try:  # a busy machine may answer slowly or not at all for a moment: asked again
+                org_id = http.get("/v1/me").raise_for_status().json()["org"]["id"]
+                states = [t["state"] for t in http.get(f"/v1/orgs/{org_id}/transactions",
+                                                       params={"limit": 200}).raise_for_status().json()["items"]]
+                at_meta = httpx.get(f"http://127.0.0.1:{simulator_port}/_sim/sent_messages",
+                                    timeout=30).raise_for_status().json()["data"]
+            except httpx.HTTPError as exc:
+                seen = repr(exc)
+            else:
+                seen = (len(states), sum(s in ("assigned", "closed") for s in states), len(at_meta))
+                if seen[0] >= 3 and seen[1] >= 1 and seen[2] >= 1:
+                    return
             time.sleep(0.5)
     raise AssertionError(f"no traffic within {timeout_s:.0f} s: (conversations, handled, replies at Meta) {seen}")
 
