@@ -37,9 +37,10 @@ $(CHROMIUM_STAMP):
 test: install lint $(CHROMIUM_STAMP)
 	$(VENV)/bin/pytest -q -m "not fuzz"
 
-## The long fuzzing runs: schemathesis against the whole API with many examples per operation (minutes).
+## The long fuzzing runs: schemathesis against the whole API with many examples per operation, and every
+## Hypothesis property with its full count of examples (`make test` runs a fifth of them) (minutes).
 fuzz: install
-	$(VENV)/bin/pytest -q -m fuzz
+	WA_ROUTER_HYPOTHESIS=thorough $(VENV)/bin/pytest -q -m "fuzz or hypothesis"
 
 ## The long fault-injection run on SQLite and PostgreSQL, then a worker node of a 3-node Ray cluster lost
 ## under load, then two gateways sharing PostgreSQL with one killed and restarted under load; prints their

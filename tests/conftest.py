@@ -8,6 +8,7 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -19,6 +20,8 @@ from gateway.app import create_app
 from gateway.background_server import BackgroundServer, free_port
 from meta.simulator.app import create_simulator_app
 from meta.simulator.state import SimulatorState
+from tests.cluster_checks import run_cluster_checks
+from tests.examples import DEFAULT_EXAMPLES, examples
 from tests.routing_support import Scenario, scenario
 from tests.support import (
     POSTGRES_ADMIN_URL,
@@ -29,9 +32,10 @@ from tests.support import (
 )
 
 # Shared, noisy machines: no per-example deadline. In CI the examples are derived from the test
-# itself (derandomized) so a submission's result does not depend on luck; locally they vary.
-hypothesis_settings.register_profile("dev", deadline=None)
-hypothesis_settings.register_profile("ci", deadline=None, derandomize=True)
+# itself (derandomized) so a submission's result does not depend on luck; locally they vary. `make test`
+# gives each property a fifth of its examples, `make fuzz` all of them (tests/examples.py).
+hypothesis_settings.register_profile("dev", deadline=None, max_examples=examples(DEFAULT_EXAMPLES))
+hypothesis_settings.register_profile("ci", deadline=None, derandomize=True, max_examples=examples(DEFAULT_EXAMPLES))
 hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 # Directories of the gateways started this session: their actors are stopped after every test.
@@ -64,6 +68,12 @@ def postgres_url() -> Iterator[str]:
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}")
     yield postgres_database_url(name)
     asyncio.run(drop_postgres_database(name))
+
+
+@pytest.fixture(scope="session")
+def cluster_checks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The multi-node checks, run once on one three-node cluster of this machine (`tests/cluster_checks.py`)."""
+    return run_cluster_checks(tmp_path_factory.mktemp("cluster"))
 
 
 def _start_gateway(tmp: Path, database_url: str, simulator: tuple[SimulatorState, str],

@@ -1,4 +1,4 @@
-"""Fault-injection proof of the routing core (issue 6): signed webhooks, agents and SIGKILLs, then invariants.
+"""Fault-injection proof of the routing core: signed webhooks, agents and SIGKILLs, then invariants.
 
 The gateway runs as its own OS process (`wa-router serve`) joined to a Ray instance owned by the
 caller, so its routing actors (detached) survive the gateway's death. While a seeded stream of
@@ -112,9 +112,10 @@ class FaultPlan:
                 + store_actors)
 
 
-# `make test`'s run: every kind of kill over 1,000 messages (`make soak` runs LONG).
-SHORT = FaultPlan(messages=1000)
-LONG = replace(SHORT, messages=20000, customers_per_inbox=20, agents=10, max_concurrent=3, send_rate_per_s=40.0,
+# `make test`'s run: one SIGKILL of each kind (an inbox, an agent, a sender, the gateway process and, on
+# PostgreSQL, an agent store) over 400 messages. `make soak` runs LONG: every kind many times over 20,000.
+SHORT = FaultPlan(messages=400, inbox_kills=1, agent_kills=1, gateway_kills=1, agent_store_kills=1, sender_kills=1)
+LONG = replace(FaultPlan(), messages=20000, customers_per_inbox=20, agents=10, max_concurrent=3, send_rate_per_s=40.0,
                inbox_kills=15, agent_kills=15, gateway_kills=10, agent_store_kills=10, sender_kills=8,
                quiescence_timeout_s=180.0)
 
@@ -1488,7 +1489,7 @@ def _database(kind: str, workdir: Path) -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Fault-injection soak of the routing core (issue 6).")
+    parser = argparse.ArgumentParser(description="Fault-injection soak of the routing core.")
     parser.add_argument("--long", action="store_true", help="the soak's sizes (default: the short variant)")
     parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
     for name, value in vars(SHORT).items():

@@ -21,6 +21,7 @@ from store.customers import CustomerRef, Identity, resolve_customers
 from store.db import Database
 from store.migrate import upgrade_to_head
 from store.tables import Customer, Organization
+from tests.examples import examples
 
 USER_IDS = ["US.1001", "US.1002", "US.1003"]
 NUMBERS = ["4915000001", "4915000002", "4915000003"]
@@ -75,7 +76,7 @@ async def _run(url: str, history: list[list[Identity]]) -> None:
         await db.dispose()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(history=deliveries)
 def test_the_customer_answered_for_each_identity_is_the_one_stored(database_url: str,
                                                                     history: list[list[Identity]]) -> None:

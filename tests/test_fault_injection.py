@@ -1,7 +1,8 @@
-"""Issue 6's fault-injection proof, short variant: SIGKILLs under load on SQLite and PostgreSQL.
+"""The fault-injection proof, short variant: SIGKILLs under load on SQLite and PostgreSQL.
 
 The gateway runs as its own process joined to the session's Ray instance; see `tests/fault_injection.py`
-for the scenario and the invariants. `make soak` runs the long variant of the same engine.
+for the scenario and the invariants. The short variant kills one actor of each kind and the gateway once
+(every kind of SIGKILL, each once); `make soak` runs the long variant of the same engine (many of each).
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ def test_no_message_lost_and_no_conversation_double_held_through_sigkills(
                                  simulator_url=simulator_url, workdir=tmp_path)
     print(report.render())
     assert report.ok, "\n" + report.render()
-    # The run itself must have been the storm it claims: every kill landed and came back.
+    # The run itself must have been the storm it claims: every kill landed and came back, one of each kind.
     kills = SHORT.kills_on(backend)
     assert report.figures["kills"] == kills and report.figures["recoveries"] == kills, report.render()
+    kinds = {"inbox", "agent", "sender", "gateway"} | ({"agent-store"} if backend == "postgres" else set())
+    assert set(report.figures["kills_by_kind"]) == kinds, report.render()
 
 
 def test_the_proof_counts_every_5xx_and_every_unanswered_agent_request_as_a_violation() -> None:

@@ -20,6 +20,7 @@ from routing import (
     rotate_after,
 )
 from routing.presence import MissedOutcome, after_missed_offer
+from tests.examples import examples
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -132,7 +133,7 @@ def idle_key(a: AgentSnapshot) -> tuple[int, datetime]:
     return (0, T0) if a.idle_since is None else (1, a.idle_since)
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(any_requests)
 def test_offer_names_an_eligible_untried_member(r: RoutingRequest) -> None:
     d = decide(r)
@@ -143,7 +144,7 @@ def test_offer_names_an_eligible_untried_member(r: RoutingRequest) -> None:
         assert d.user_id not in r.tried
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(any_requests)
 def test_offer_pointer_contract(r: RoutingRequest) -> None:
     d = decide(r)
@@ -186,7 +187,7 @@ def test_longest_idle_offers_min_idle_among_eligible_untried_idle(r: RoutingRequ
         assert isinstance(d, Queue)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(sticky_requests())
 def test_sticky_dials_iff_allowed_and_fallback_is_round_robin_over_everyone_untried(r: RoutingRequest) -> None:
     d = decide(r)
@@ -199,7 +200,7 @@ def test_sticky_dials_iff_allowed_and_fallback_is_round_robin_over_everyone_untr
         assert by_id(r)[d.user_id].order_key == (after or fresh)[0]
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(any_requests)
 def test_after_everyone_passed_a_new_round_offers_whenever_anyone_is_offerable(r: RoutingRequest) -> None:
     """The inbox's new-round rule: a reset decision is followed at once by deciding with a clean slate,
@@ -242,7 +243,7 @@ def test_an_agent_is_set_away_only_after_threshold_consecutive_misses(threshold:
             run = 0
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(any_requests)
 def test_queue_reset_only_when_every_eligible_agent_tried(r: RoutingRequest) -> None:
     d = decide(r)
@@ -289,7 +290,7 @@ def rotation_setups(draw: st.DrawFn) -> tuple[list[AgentSnapshot], int | None]:
     return agents, draw(st.none() | st.integers(-60, 60))
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(rotation_setups())
 def test_round_robin_is_fair(setup: tuple[list[AgentSnapshot], int | None]) -> None:
     agents, pointer = setup
@@ -307,7 +308,7 @@ def test_round_robin_is_fair(setup: tuple[list[AgentSnapshot], int | None]) -> N
         assert sorted(window) == sorted(eligible)
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(rotation_setups())
 def test_proficiency_top_group_rotates_fairly(setup: tuple[list[AgentSnapshot], int | None]) -> None:
     agents, pointer = setup

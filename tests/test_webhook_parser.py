@@ -27,6 +27,7 @@ from meta.webhook_parser import (
     WebhookPayloadError,
     parse_webhook,
 )
+from tests.examples import examples
 
 WABA = "300000000000001"
 PHONE_ID = "400000000000002"
@@ -666,7 +667,7 @@ _base_messages = st.sampled_from(
 )
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), suppress_health_check=[HealthCheck.too_slow])
 @given(
     base=_base_messages,
     extra=st.dictionaries(_extra_keys, _json_values, max_size=6),

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meta.webhook_parser import SUMMARY_MAX_CHARS, WebhookPayloadError, parse_webhook
+from tests.examples import examples
 
 RECEIVED = datetime(2030, 1, 1, tzinfo=UTC)
 _json_scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
@@ -156,7 +157,7 @@ def _expected_messages(body: object) -> list[dict[str, Any]] | None:
     return found
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=_mutated_bodies())
 def test_a_mutated_body_is_parsed_whole_or_refused_with_the_documented_error(body: dict[str, Any]) -> None:
     expected = _expected_messages(body)
@@ -177,7 +178,7 @@ def test_a_mutated_body_is_parsed_whole_or_refused_with_the_documented_error(bod
         assert message.timestamp.tzinfo is not None
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=_valid_bodies())
 def test_a_valid_body_loses_nothing(body: dict[str, Any]) -> None:
     parsed = parse_webhook(body, received_at=RECEIVED)
