@@ -152,10 +152,12 @@ class AgentLink:
             await asyncio.wait_for(asyncio.gather(*(asyncio.shield(a) for a in waiting), return_exceptions=True),
                                    max(waiting.values()) - now)
 
-    def deliver(self, user_id: int, transaction_id: int, messages: list[dict[str, Any]]) -> None:
+    def deliver(self, user_id: int, transaction_id: int, messages: list[dict[str, Any]]) -> asyncio.Future[Any]:
         """Customer messages for the agent's active transaction; deliveries waiting behind a call on the
-        wire go to the agent together, in one call and one commit of its events."""
-        self._mailbox(user_id).post("deliver", self._inbox_id, [(transaction_id, messages)], merge=_join_deliveries)
+        wire go to the agent together, in one call and one commit of its events. The answer resolves once the
+        agent's stream shows them (committed)."""
+        return self._mailbox(user_id).post("deliver", self._inbox_id, [(transaction_id, messages)],
+                                           merge=_join_deliveries)
 
     async def wait_for_answers(self, answers: list[asyncio.Future[Any]]) -> None:
         """Wait a bounded time for follow-ups told earlier (`tell`), so an API answer finds the agents' views

@@ -68,6 +68,9 @@ class InboxAnswers(InboxCore):
         return await self._answer(lambda: self._claim(tx_id, user_id))
 
     async def close(self, tx_id: int, user_id: int, by_supervisor: bool) -> Result:
+        # Deliveries of its messages the agent has not answered yet are waited for first, the lock released and
+        # each until its deadline: the close keeps with the conversation only what its agent's stream shows.
+        await self._link.wait_for_answers(list(set(self._delivering.get(tx_id, {}).values())))
         return await self._answer(lambda: self._close(tx_id, user_id, by_supervisor))
 
     async def transfer(self, tx_id: int, by_user_id: int | None, to_user_id: int | None) -> Result:
@@ -133,9 +136,13 @@ class InboxAnswers(InboxCore):
     async def _confirm(self, user_id: int, offer_id: str, tx: TxState, kind: str, unseen: list[Any]) -> None:
         """Tell the agent its assignment (then what it has not seen); the caller answers once the agent shows it."""
         payload = {**tx.summary(self.inbox_id, self.config.name), "kind": kind}
-        self._after_step(self._link.tell(user_id, "confirm", offer_id, payload))
+        confirmed = self._link.tell(user_id, "confirm", offer_id, payload)
+        self._after_step(confirmed)
+        if tx.first_message is not None and user_id not in tx.past_offerees:
+            # Claimed or transferred: no offer showed this agent the first message, the confirm does.
+            self._showing(tx.id, [int(tx.first_message["id"])], confirmed)
         if unseen:
-            self._link.deliver(user_id, tx.id, unseen)
+            self._deliver(user_id, tx.id, unseen)
 
     def _licensed_member(self, user_id: int) -> bool:
         membership = self.config.members.get(user_id)
@@ -189,16 +196,24 @@ class InboxAnswers(InboxCore):
         if not by_supervisor and not (tx.state == "assigned" and tx.agent_id == user_id):
             return refuse(403, "only the agent handling this transaction may close it")
         now = utcnow()
-        closed = tx.closed(now)
+        closed, held, inbox_id = tx.closed(now), tx.state == "assigned", self.inbox_id
+        # A message the inbox handed the agent counts as shown once the agent answered its delivery: one still in
+        # this process's mailbox would be lost with it (a restart hands over only what open conversations hold).
+        # Follow-ups attached at intake are on the agent's stream from their commit: never among these.
+        unshown = list(self._delivering.get(tx.id, {})) if held else []
 
-        def statements(connection: Connection) -> None:
+        def statements(connection: Connection) -> list[int]:
             # A follow-up stored before this commit is on the agent's stream before its close (attached and shown
-            # at intake); one stored after it opens the customer's next conversation.
+            # at intake); one stored after it opens the customer's next conversation, as does one handed over
+            # whose delivery the agent never answered.
             repo.save_transaction(connection, tx.id, closed.columns(now))
             repo.add_transaction_event(connection, tx.id, "closed", user_id, now)
+            return repo.detach_messages(connection, inbox_id, tx.id, unshown) if unshown else []
 
-        await self._write(statements)
+        handed_back = await self._write(statements)
         self._forget(tx)
+        if handed_back:
+            await self._ingest_page(handed_back)
         if tx.state == "assigned" and tx.agent_id is not None:
             self._after_step(self._link.tell(tx.agent_id, "end", tx.id, "closed"))
         if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:

@@ -90,6 +90,10 @@ class InboxCore(StoreBackedActor):
         self._by_customer: dict[int, int] = {}
         self._routing_requested: asyncio.Task[None] | None = None
         self._routing_wanted = False
+        # Messages handed to a held conversation's agent whose delivery it has not answered yet (its stream may not
+        # show them): transaction id -> message id -> the delivery's answer. Memory only, like the mailbox holding
+        # the delivery: a close keeps a message with its conversation only once its agent answered for it.
+        self._delivering: dict[int, dict[int, asyncio.Future[Any]]] = {}
 
     # ------------------------------------------------------------------ activation
 
@@ -122,8 +126,12 @@ class InboxCore(StoreBackedActor):
                                    past_offerees=frozenset(offerees.get(row.id, set())),
                                    first_message=first, customer=customers.get(row.customer_id, {}),
                                    current_offer_is_sticky=row.state == "offered" and row.offered_to == sticky,
-                                   # Shown with the offer; what came after is handed over again at activation.
-                                   handed=frozenset({int(first["id"])} if first else ())))
+                                   # Shown with the offer its agent accepted; what came after (and the first
+                                   # message of a conversation claimed or transferred, shown only by a confirm
+                                   # that may have died with the previous process) is handed over again at
+                                   # activation: the agent skips what its stream showed as a message.
+                                   handed=frozenset({int(first["id"])} if first and row.agent_id in
+                                                    offerees.get(row.id, set()) else ())))
         # Committed: the new epoch is ours.
         self._epoch, self._config = epoch, config
         self._link.load(frozenset(config.members), agents)
@@ -159,6 +167,7 @@ class InboxCore(StoreBackedActor):
 
     def _forget(self, tx: TxState) -> None:
         self._txs.pop(tx.id, None)
+        self._delivering.pop(tx.id, None)
         if self._by_customer.get(tx.customer_id) == tx.id:
             del self._by_customer[tx.customer_id]
         self._cancel_timer(tx.id)
@@ -258,17 +267,46 @@ class InboxCore(StoreBackedActor):
                     handed[tx_id] = await repo.messages_except(session, self.inbox_id, tx_id, tx.handed)
         self._absorb_attached(handed)
 
-    def _absorb_attached(self, by_tx: dict[int, list[dict[str, Any]]]) -> None:
-        """After the commit: each conversation shows its customer's newest identity, and its agent gets the messages."""
+    def _absorb_attached(self, by_tx: dict[int, list[dict[str, Any]]], on_stream: bool = False) -> None:
+        """After the commit: each conversation shows its customer's newest identity, and its agent gets the messages.
+        `on_stream`: attached and shown at intake, the agent is only told (they count as shown already)."""
         for tx_id, messages in by_tx.items():
             tx = self._txs.get(tx_id)
             if tx is None or not messages:
                 continue
             tx = replace(tx, customer=messages[-1]["customer"])
             if tx.state == "assigned" and tx.agent_id is not None:
-                self._link.deliver(tx.agent_id, tx.id, messages)
+                if on_stream:
+                    self._link.deliver(tx.agent_id, tx.id, messages)
+                else:
+                    self._deliver(tx.agent_id, tx.id, messages)
                 tx = replace(tx, handed=tx.handed | {m["id"] for m in messages})
             self._txs[tx_id] = tx
+
+    def _deliver(self, user_id: int, tx_id: int, messages: list[dict[str, Any]]) -> None:
+        """Hand messages to the agent holding the conversation; they count as shown once the agent answered."""
+        self._showing(tx_id, [int(m["id"]) for m in messages], self._link.deliver(user_id, tx_id, messages))
+
+    def _showing(self, tx_id: int, ids: list[int], answer: asyncio.Future[Any]) -> None:
+        """The messages `ids` of the conversation are shown once the agent's `answer` (to a delivery, or to the
+        confirm carrying the first message) has come."""
+        delivering = self._delivering.setdefault(tx_id, {})
+        for message_id in ids:
+            delivering[message_id] = answer
+
+        def answered(done: asyncio.Future[Any]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return  # never shown (the mailbox gave up): a close hands them back
+            waiting = self._delivering.get(tx_id)
+            if waiting is None:
+                return
+            for message_id in ids:
+                if waiting.get(message_id) is done:
+                    del waiting[message_id]
+            if not waiting:
+                del self._delivering[tx_id]
+
+        answer.add_done_callback(answered)
 
     # ------------------------------------------------------------------ health and views
 

@@ -66,7 +66,7 @@ class InboxIngest(InboxCore):
                 continue
             if payload is not None and (tx_id := self._by_customer.get(payload["customer_id"])) is not None:
                 known.setdefault(tx_id, []).append(payload)
-        self._absorb_attached(at_intake)
+        self._absorb_attached(at_intake, on_stream=True)
         handed = {m["id"] for payloads in at_intake.values() for m in payloads}
         attached: set[int] = set()
         if known:

@@ -257,6 +257,17 @@ async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int
     return attached
 
 
+def detach_messages(connection: Connection, inbox_id: int, transaction_id: int,
+                    message_ids: Collection[int]) -> list[int]:
+    """In a close's commit: messages of the conversation its agent was never shown (a delivery it never answered)
+    are unattached again, to be routed as the customer's next conversation; their ids."""
+    return [int(i) for i in connection.execute(
+        update(InboundMessage).where(InboundMessage.inbox_id == inbox_id,
+                                     InboundMessage.transaction_id == transaction_id,
+                                     InboundMessage.id.in_(list(message_ids)))
+        .values(transaction_id=None).returning(InboundMessage.id)).scalars()]
+
+
 async def show_to_agents(session: AsyncSession, shown: Sequence[tuple[int, int, int, dict[str, Any]]],
                          stream_lock: bool) -> None:
     """In the same transaction: the `message` events of attached follow-ups on their agents' streams, (org id,
