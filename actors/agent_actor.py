@@ -137,6 +137,9 @@ class AgentActor(StoreBackedActor):
         self.active: dict[int, int] = {}
         # Transactions the event stream has shown as open (assigned, not yet closed or transferred away).
         self._shown_open: dict[int, int] = {}
+        # Of those, the ones a catch-up showed (after a crash between the inbox's commit and its confirm): the
+        # confirm, when it comes, still shows the assignment as the inbox sent it (its first message).
+        self._reconciled: set[int] = set()
         self._finished_offers: OrderedDict[str, None] = OrderedDict()
         self._delivered: OrderedDict[int, None] = OrderedDict()
         self._lapse_timers: dict[str, asyncio.Task[None]] = {}
@@ -221,6 +224,10 @@ class AgentActor(StoreBackedActor):
             self._shown_open.pop(int(tx_id), None)
         else:
             self._shown_open[int(tx_id)] = int(payload.get("inbox_id") or 0)
+        if kind != "transaction_closed" and payload.get("kind") == "reconciled":
+            self._reconciled.add(int(tx_id))
+        else:
+            self._reconciled.discard(int(tx_id))
 
     def _stream_catch_up(self, active: dict[int, int]) -> list[tuple[str, dict[str, Any]]]:
         """Events that make the stream's open work equal `active` (after a crash between a commit and its event)."""
@@ -377,7 +384,7 @@ class AgentActor(StoreBackedActor):
         await self._ensure_active()
         async with self._step_lock:
             tx_id = int(payload["transaction_id"])
-            if tx_id in self.active:
+            if tx_id in self.active and tx_id not in self._reconciled:
                 return self.snapshot()
             kind = payload.get("kind", "accepted")
             state = {"missed_in_a_row": 0} if kind == "accepted" else None

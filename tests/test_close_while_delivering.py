@@ -252,3 +252,39 @@ def test_a_claimed_conversation_s_first_message_is_shown_when_the_inbox_dies_bef
         await db.dispose()
 
     asyncio.run(run())
+
+
+def test_a_claim_confirmed_after_its_agent_s_restart_reconciled_it_still_shows_the_first_message(
+        tmp_path: Path) -> None:
+    """The agent's process died between the inbox's commit of a claim and the confirm (the only event carrying the
+    first message: no offer showed it). The restarted agent's catch-up shows the conversation as its work, without
+    a first message; the inbox's retried confirm must still show it."""
+    from actors.agent_actor import AgentActor
+    from store.agent_store import open_agent_store
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/store.db"
+    upgrade_to_head(url)
+    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key"))
+
+    async def run() -> None:
+        db = Database(url, pool_size=1)
+        org_id, user_id, inbox_id, _, tx_id = await _conversation(db)  # committed as the agent's by the inbox
+        async with db.session() as session:
+            first = await session.scalar(select(InboundMessage).where(InboundMessage.transaction_id == tx_id))
+            assert first is not None
+        agent = AgentActor(org_id, user_id, settings)
+        agent._store = open_agent_store(url, linger_s=0, name="agent")
+        try:
+            await agent.view()  # activated: the catch-up shows the conversation ("reconciled")
+            payload = {"transaction_id": tx_id, "inbox_id": inbox_id, "kind": "claimed",
+                       "first_message": {"id": first.id, "summary": first.summary}}
+            await agent.confirm("claim-offer", payload)
+            await agent.confirm("claim-offer", payload)  # a retry: shown once
+            shown = [(e["type"], e.get("kind"), (e.get("first_message") or {}).get("id"))
+                     for e in await agent._events_after(0, 100) if e.get("transaction_id") == tx_id]
+            assert shown == [("assigned", "reconciled", None), ("assigned", "claimed", first.id)], shown
+        finally:
+            await agent.store.close()
+            await db.dispose()
+
+    asyncio.run(run())
