@@ -141,7 +141,9 @@ class AgentActor(StoreBackedActor):
         # confirm, when it comes, still shows the assignment as the inbox sent it (its first message).
         self._reconciled: set[int] = set()
         self._finished_offers: OrderedDict[str, None] = OrderedDict()
-        self._delivered: OrderedDict[int, None] = OrderedDict()
+        # (transaction id, message id) the stream showed: a message a close handed to the customer's next
+        # conversation is shown there too.
+        self._delivered: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._lapse_timers: dict[str, asyncio.Task[None]] = {}
 
     def _exists(self) -> bool:
@@ -186,8 +188,8 @@ class AgentActor(StoreBackedActor):
         self.epoch = state.epoch
         self.active = active
         # Exactly-once across restarts comes from the store: a retried `deliver` skips what the stream shows.
-        for message_id in reversed(loaded.delivered):
-            _remember(self._delivered, message_id)
+        for shown in reversed(loaded.delivered):
+            _remember(self._delivered, shown)
         for row in reversed(work_events):
             self._track(row.kind, row.payload)
         self._recent.extend(_event_of(row) for row in reversed(recent))
@@ -451,21 +453,24 @@ class AgentActor(StoreBackedActor):
 
     async def deliver(self, inbox_id: int, deliveries: list[tuple[int, list[dict[str, Any]]]]) -> None:
         """New customer messages of active transactions, (transaction id, its messages) in order, in one
-        commit; a message already delivered is skipped."""
+        commit; a message already delivered with its transaction is skipped."""
         await self._ensure_active()
         async with self._step_lock:
-            if any(m["id"] not in self._delivered for _, messages in deliveries for m in messages):
+            if any((int(tx_id), int(m["id"])) not in self._delivered
+                   for tx_id, messages in deliveries for m in messages):
                 # Follow-ups the gateway showed at intake are on the stream already: a read, not a commit.
                 await self._catch_up()
-            fresh: dict[int, tuple[int, dict[str, Any]]] = {}  # message id -> (transaction, message), in order
+            # (transaction, message id) -> message, in order
+            fresh: dict[tuple[int, int], dict[str, Any]] = {}
             for tx_id, messages in deliveries:
                 for message in messages:
-                    if message["id"] not in self._delivered:
-                        fresh.setdefault(message["id"], (tx_id, message))
+                    key = (int(tx_id), int(message["id"]))
+                    if key not in self._delivered:
+                        fresh.setdefault(key, message)
             if not fresh:
                 return
             await self._commit(events=[("message", {"transaction_id": tx_id, "inbox_id": inbox_id, "message": m})
-                                       for tx_id, m in fresh.values()])
+                                       for (tx_id, _), m in fresh.items()])
 
     async def resync(self) -> dict[str, Any]:
         """Rebuild held offers and active work from the store (after an inbox restarted, lost contact or
@@ -574,8 +579,10 @@ class AgentActor(StoreBackedActor):
         for row in rows:
             self._track(row.kind, row.payload)
             message = row.payload.get("message") if row.kind == "message" else None
-            if isinstance(message, dict) and message.get("direction") != "outbound" and "id" in message:
-                _remember(self._delivered, int(message["id"]))
+            tx_id = row.payload.get("transaction_id")
+            if isinstance(message, dict) and message.get("direction") != "outbound" and "id" in message \
+                    and tx_id is not None:
+                _remember(self._delivered, (int(tx_id), int(message["id"])))
             self._recent.append(_event_of(row))
         if rows:
             self._known_id = rows[-1].id

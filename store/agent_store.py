@@ -90,7 +90,7 @@ class LoadedAgent:
     offers: list[StoredOffer]
     recent: list[StoredEvent]  # newest first
     work_events: list[StoredEvent]  # newest first
-    delivered: list[int]  # ids of the customer messages the stream has shown, newest first
+    delivered: list[tuple[int, int]]  # (transaction id, customer message id) the stream has shown, newest first
 
 
 class _Tx(Protocol):
@@ -111,6 +111,7 @@ class _Tx(Protocol):
     # Taken first by every transaction appending to a user's stream (None: SQLite, whose writers take turns), so
     # a user's event ids commit in id order and a reader that saw an id never meets a smaller one later.
     stream_lock_sql: str | None
+    transaction_id_sql: str
 
 
 Step = Callable[[_Tx], Coroutine[Any, Any, T]]
@@ -141,11 +142,12 @@ async def _load(tx: _Tx, org_id: int, user_id: int, recent: int, work_kinds: Seq
                          user_id, *work_kinds, work_history) if work_kinds else []
     # What the stream already shows: a delivery retried across a restart must not show a message twice.
     # Customer messages only: a reply's echo (`direction: outbound`) carries an outbox id, another id space.
-    delivered = await tx.rows(f"SELECT {tx.message_id_sql} FROM agent_events WHERE user_id = ? AND kind = 'message' "
+    delivered = await tx.rows(f"SELECT {tx.transaction_id_sql}, {tx.message_id_sql} FROM agent_events "
+                              "WHERE user_id = ? AND kind = 'message' "
                               f"AND coalesce({tx.message_direction_sql}, 'inbound') <> 'outbound' "
                               "ORDER BY id DESC LIMIT ?", user_id, delivered_history) if delivered_history else []
     return LoadedAgent(state, active, offers, [_event(tx, r) for r in latest], [_event(tx, r) for r in work],
-                       [int(m) for (m,) in delivered if m is not None])
+                       [(int(t), int(m)) for (t, m) in delivered if t is not None and m is not None])
 
 
 async def _work(tx: _Tx, user_id: int) -> tuple[dict[int, int], list[StoredOffer]]:
@@ -312,6 +314,7 @@ class _SqliteTx:
     message_id_sql = "json_extract(payload, '$.message.id')"
     message_direction_sql = "json_extract(payload, '$.message.direction')"
     stream_lock_sql: str | None = None
+    transaction_id_sql = "json_extract(payload, '$.transaction_id')"
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
@@ -412,6 +415,7 @@ class _PostgresTx:
     message_id_sql = "(payload -> 'message' ->> 'id')"
     message_direction_sql = "(payload -> 'message' ->> 'direction')"
     stream_lock_sql: str | None = "SELECT 1 FROM agent_states WHERE user_id = ? FOR UPDATE"
+    transaction_id_sql = "(payload ->> 'transaction_id')"
 
     def __init__(self, connection: Any) -> None:
         self._connection = connection

@@ -236,6 +236,41 @@ def test_a_delivery_retried_across_an_agent_restart_is_shown_once(tmp_path: Path
     asyncio.run(run())
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_message_handed_to_the_customer_s_next_conversation_is_shown_there_too(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """A close whose agent had not answered a delivery yet hands the message to the customer's next conversation;
+    when the delivery had landed after all and the same agent holds the next conversation, its stream shows the
+    message there too (once per conversation, across a restart as well)."""
+    url = (f"sqlite+aiosqlite:///{tmp_path}/store.db" if backend == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    upgrade_to_head(url)
+    message = {"id": 301, "summary": "one more thing"}
+
+    async def run() -> None:
+        async with _agent(url, tmp_path) as (actor, _store, db):
+            await actor.view()
+            await actor.deliver(3, [(7, [message])])
+            await actor.deliver(3, [(8, [message])])  # the customer's next conversation, held by the same agent
+            await actor.deliver(3, [(8, [message])])  # the inbox's retry
+            restarted = AgentActor(actor.org_id, actor.user_id, actor._settings)
+            restarted._store = open_agent_store(url, linger_s=0, name="y")
+            try:
+                await restarted.view()
+                await restarted.deliver(3, [(7, [message]), (8, [message])])  # retries across the restart
+                async with db.session() as session:
+                    rows = (await session.execute(text(
+                        "SELECT payload FROM agent_events WHERE user_id = :u AND kind = 'message' ORDER BY id"),
+                        {"u": actor.user_id})).scalars().all()
+                shown = [((p := (r if isinstance(r, dict) else json.loads(r)))["transaction_id"], p["message"]["id"])
+                         for r in rows]
+                assert shown == [(7, 301), (8, 301)]
+            finally:
+                await restarted._store.close()
+
+    asyncio.run(run())
+
+
 def test_an_agent_reads_the_inboxes_it_serves_off_the_message_path(tmp_path: Path) -> None:
     """Snapshot pushes use the cached list; a call from an inbox it does not know, a resync or a presence change
     reads it again (an inbox that just gained the agent must hear of it)."""
