@@ -485,8 +485,9 @@ class _PostgresStore(AgentStore):
             raise
 
     async def _transaction(self, connection: Any, step: Step[T], fresh: bool) -> T:
-        transaction = connection.transaction()
         try:
+            # Both can fail on a kept connection that died while idle: asyncpg may already know it is closed.
+            transaction = connection.transaction()
             await transaction.start()
         except Exception as exc:
             if not fresh:  # nothing was done on it: another connection may do the step

@@ -54,8 +54,11 @@ def test_demo_routes_conversations_lists_actors_and_stops(tmp_path: Path) -> Non
     command = [sys.executable, "-m", "gateway.cli"]
     with (tmp_path / "stderr").open("w") as stderr:
         # --duration only bounds a demo the Ctrl-C below would fail to stop (the test then fails on stderr).
+        # Ctrl-C reaches the demo as a terminal's would even when this suite runs as a background job (whose
+        # children inherit SIGINT ignored).
         demo = subprocess.Popen([*command, "demo", "--port", str(port), "--simulator-port", str(simulator_port),
-                                 "--duration", "600"], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+                                 "--duration", "600"], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             assert demo.stdout is not None
             lines: list[str] = []
