@@ -201,6 +201,7 @@ class InboxAnswers(InboxCore):
         # this process's mailbox would be lost with it (a restart hands over only what open conversations hold).
         # Follow-ups attached at intake are on the agent's stream from their commit: never among these.
         unshown = list(self._delivering.get(tx.id, {})) if held else []
+        agent_id = tx.agent_id
 
         def statements(connection: Connection) -> list[int]:
             # A follow-up stored before this commit is on the agent's stream before its close (attached and shown
@@ -208,7 +209,8 @@ class InboxAnswers(InboxCore):
             # whose delivery the agent never answered.
             repo.save_transaction(connection, tx.id, closed.columns(now))
             repo.add_transaction_event(connection, tx.id, "closed", user_id, now)
-            return repo.detach_messages(connection, inbox_id, tx.id, unshown) if unshown else []
+            return repo.detach_messages(connection, inbox_id, tx.id, agent_id, unshown) \
+                if unshown and agent_id is not None else []
 
         handed_back = await self._write(statements)
         self._forget(tx)

@@ -257,14 +257,19 @@ async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int
     return attached
 
 
-def detach_messages(connection: Connection, inbox_id: int, transaction_id: int,
+def detach_messages(connection: Connection, inbox_id: int, transaction_id: int, agent_id: int,
                     message_ids: Collection[int]) -> list[int]:
-    """In a close's commit: messages of the conversation its agent was never shown (a delivery it never answered)
-    are unattached again, to be routed as the customer's next conversation; their ids."""
+    """In a close's commit: messages of the conversation whose delivery its agent never answered and that its
+    stream does not show either (an answer late under load is not a message unseen) are unattached again, to be
+    routed as the customer's next conversation; their ids."""
+    shown = select(AgentEvent.id).where(
+        AgentEvent.user_id == agent_id, AgentEvent.kind == "message",
+        AgentEvent.payload["transaction_id"].as_integer() == transaction_id,
+        AgentEvent.payload["message"]["id"].as_integer() == InboundMessage.id)
     return [int(i) for i in connection.execute(
         update(InboundMessage).where(InboundMessage.inbox_id == inbox_id,
                                      InboundMessage.transaction_id == transaction_id,
-                                     InboundMessage.id.in_(list(message_ids)))
+                                     InboundMessage.id.in_(list(message_ids)), ~shown.exists())
         .values(transaction_id=None).returning(InboundMessage.id)).scalars()]
 
 
