@@ -453,7 +453,8 @@ class AgentActor(StoreBackedActor):
 
     async def deliver(self, inbox_id: int, deliveries: list[tuple[int, list[dict[str, Any]]]]) -> None:
         """New customer messages of active transactions, (transaction id, its messages) in order, in one
-        commit; a message already delivered with its transaction is skipped."""
+        commit; a message already delivered with its transaction is skipped, and so is one the store no longer
+        shows attached to it (the conversation's close handed it on before this commit)."""
         await self._ensure_active()
         async with self._step_lock:
             if any((int(tx_id), int(m["id"])) not in self._delivered
@@ -470,7 +471,7 @@ class AgentActor(StoreBackedActor):
             if not fresh:
                 return
             await self._commit(events=[("message", {"transaction_id": tx_id, "inbox_id": inbox_id, "message": m})
-                                       for (tx_id, _), m in fresh.items()])
+                                       for (tx_id, _), m in fresh.items()], delivering=True)
 
     async def resync(self) -> dict[str, Any]:
         """Rebuild held offers and active work from the store (after an inbox restarted, lost contact or
@@ -548,23 +549,29 @@ class AgentActor(StoreBackedActor):
     # ------------------------------------------------------------------ event stream (own concurrency group)
 
     async def _commit(self, state: dict[str, Any] | None = None,
-                      events: list[tuple[str, dict[str, Any]]] | None = None) -> None:
+                      events: list[tuple[str, dict[str, Any]]] | None = None, delivering: bool = False) -> None:
         """One store transaction for a step: the agent's state row and its new events.
 
         The caller holds the step lock. The commit also reads back every event of the stream after the newest
         one this actor knows, its own and any the gateway appended (follow-ups shown at intake), so the
-        recent-events buffer never has a gap. Memory changes only after the commit.
+        recent-events buffer never has a gap. Memory changes only after the commit. `delivering`: `events` are
+        customer messages' `message` events, and the store writes only those whose message is still attached to
+        their transaction (a close may have handed it on: `AgentStore.deliver_and_read`).
         """
         if not state and not events:
             return
         new_events = list(events or [])
         last_id = self._last_known_id()
         try:
-            rows = await self.store.commit_and_read(self.org_id, self.user_id, state, new_events, utcnow(),
-                                                    after_id=last_id)
+            if delivering:
+                rows = await self.store.deliver_and_read(self.org_id, self.user_id, new_events, utcnow(),
+                                                         after_id=last_id)
+            else:
+                rows = await self.store.commit_and_read(self.org_id, self.user_id, state, new_events, utcnow(),
+                                                        after_id=last_id)
         except StoreUnavailable:
             # Lost mid-way (its connection, or the store actor running it): it may have committed.
-            landed = await self._landed(last_id, new_events) if new_events else None
+            landed = await self._landed(last_id, new_events, some=delivering) if new_events else None
             if landed is None:
                 raise
             rows = landed
@@ -596,11 +603,14 @@ class AgentActor(StoreBackedActor):
             if len(rows) < CATCH_UP_PAGE:
                 return
 
-    async def _landed(self, last_id: int, events: list[tuple[str, dict[str, Any]]]) -> list[StoredEvent] | None:
+    async def _landed(self, last_id: int, events: list[tuple[str, dict[str, Any]]],
+                      some: bool = False) -> list[StoredEvent] | None:
         """Every event after `last_id` if the commit of `events` landed after all, None if it did not. Other
         writers may have appended between (the gateway's follow-ups), so the step's own are found in order by
         kind and payload. The caller's retry must not add them twice (a `message` shown twice, say). Asked until
-        the store answers, for `OUTCOME_WAIT_S` at most."""
+        the store answers, for `OUTCOME_WAIT_S` at most. `some`: the commit may have written only some of
+        `events` (a delivery skips messages no longer attached); one that wrote none counts as not landed, and its
+        retry skips them again."""
         deadline = time.monotonic() + OUTCOME_WAIT_S
         while True:
             try:
@@ -613,13 +623,15 @@ class AgentActor(StoreBackedActor):
                     return None
                 await asyncio.sleep(0.2)
         wanted = [(kind, json.loads(json.dumps(payload))) for kind, payload in events]
-        found = 0
+        found = matched = 0  # wanted events passed, and of those, found
         for row in rows:
-            if found < len(wanted) and (row.kind, row.payload) == wanted[found]:
-                found += 1
-        if found == 0:
+            ahead = wanted[found:] if some else wanted[found:found + 1]
+            if (row.kind, row.payload) in ahead:
+                found += ahead.index((row.kind, row.payload)) + 1
+                matched += 1
+        if matched == 0:
             return None
-        if found < len(wanted):
+        if found < len(wanted) and not some:
             raise RuntimeError(f"agent {self.user_id}: only {found} of a step's {len(wanted)} events after "
                                f"{last_id} are in the store")
         log.info("agent %s: a commit whose answer was lost had landed (events after %s)", self.user_id, last_id)

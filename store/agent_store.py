@@ -50,6 +50,8 @@ _SQLITE_CACHE_KIB = 256
 # PostgreSQL: connections of one store at once, the kept one and one more while two steps overlap.
 _POSTGRES_CONNECTIONS = 2
 _CONNECT_TIMEOUT_S = 10.0
+# Message ids per statement when a delivery checks what is still attached (well under both drivers' limits).
+_IDS_PER_STATEMENT = 500
 
 
 class _StaleConnection(Exception):
@@ -161,8 +163,8 @@ async def _work(tx: _Tx, user_id: int) -> tuple[dict[int, int], list[StoredOffer
 
 
 async def _commit(tx: _Tx, org_id: int, user_id: int, state: dict[str, Any] | None,
-                  events: Sequence[tuple[str, dict[str, Any]]], at: datetime) -> list[int]:
-    if events and tx.stream_lock_sql is not None:
+                  events: Sequence[tuple[str, dict[str, Any]]], at: datetime, locked: bool = False) -> list[int]:
+    if events and tx.stream_lock_sql is not None and not locked:
         await tx.execute(tx.stream_lock_sql, user_id)
     if state:
         columns = sorted(state)
@@ -177,6 +179,33 @@ async def _commit_and_read(tx: _Tx, org_id: int, user_id: int, state: dict[str, 
     """`_commit`, then every event of the user after `after_id` (its own and those other writers appended:
     the gateway shows follow-ups at intake), in id order."""
     await _commit(tx, org_id, user_id, state, events, at)
+    return await _events(tx, f"{_EVENT_READ} WHERE user_id = ? AND id > ? ORDER BY id", (user_id, after_id))
+
+
+async def _deliver_and_read(tx: _Tx, org_id: int, user_id: int, events: Sequence[tuple[str, dict[str, Any]]],
+                            at: datetime, after_id: int) -> list[StoredEvent]:
+    """`_commit_and_read` of customer messages' `message` events, each written only if its message is still
+    attached to the event's transaction.
+
+    A close hands the messages its agent's stream does not show to the customer's next conversation
+    (`routing_repo.detach_messages`), and a delivery's commit may come after it (its answer late under load): the
+    message would then be shown with the closed conversation and with the next one. So the two commits exclude
+    each other per message: both take the agent's stream lock (PostgreSQL; SQLite's writers take turns, and this
+    runs in a write transaction begun IMMEDIATE) and decide inside it, the close on the events, this on the
+    attachment. A message handed on, or attached to another conversation since, is skipped (not shown, and not
+    remembered as delivered with this one)."""
+    if events and tx.stream_lock_sql is not None:
+        await tx.execute(tx.stream_lock_sql, user_id)
+    ids = sorted({int(payload["message"]["id"]) for _, payload in events})
+    attached: dict[int, int] = {}
+    for start in range(0, len(ids), _IDS_PER_STATEMENT):
+        chunk = ids[start:start + _IDS_PER_STATEMENT]
+        rows = await tx.rows("SELECT id, transaction_id FROM inbound_messages WHERE id IN "
+                             f"({', '.join('?' for _ in chunk)}) AND transaction_id IS NOT NULL", *chunk)
+        attached.update({int(message_id): int(tx_id) for message_id, tx_id in rows})
+    kept = [(kind, payload) for kind, payload in events
+            if attached.get(int(payload["message"]["id"])) == int(payload["transaction_id"])]
+    await _commit(tx, org_id, user_id, None, kept, at, locked=True)
     return await _events(tx, f"{_EVENT_READ} WHERE user_id = ? AND id > ? ORDER BY id", (user_id, after_id))
 
 
@@ -239,6 +268,13 @@ class AgentStore:
         return await self._run(functools.partial(_commit_and_read, org_id=org_id, user_id=user_id, state=state,
                                                  events=events, at=at, after_id=after_id), write=True)
 
+    async def deliver_and_read(self, org_id: int, user_id: int, events: Sequence[tuple[str, dict[str, Any]]],
+                               at: datetime, after_id: int) -> list[StoredEvent]:
+        """`commit_and_read` of customer messages' `message` events (payloads with `transaction_id` and
+        `message.id`), skipping those whose message is no longer attached to that transaction."""
+        return await self._run(functools.partial(_deliver_and_read, org_id=org_id, user_id=user_id, events=events,
+                                                 at=at, after_id=after_id), write=True)
+
     async def work(self, user_id: int) -> tuple[dict[int, int], list[StoredOffer]]:
         """Active transactions (id -> inbox) and pending offers, as the inboxes committed them."""
         return await self._run(functools.partial(_work, user_id=user_id))
@@ -275,8 +311,8 @@ class AgentStore:
         raise NotImplementedError
 
 
-_STEPS: frozenset[Callable[..., Any]] = frozenset({_load, _work, _commit, _commit_and_read, _one_value, _column,
-                                                   _events})
+_STEPS: frozenset[Callable[..., Any]] = frozenset({_load, _work, _commit, _commit_and_read, _deliver_and_read,
+                                                   _one_value, _column, _events})
 
 
 def is_postgres(url: str) -> bool:

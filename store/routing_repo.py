@@ -261,7 +261,16 @@ def detach_messages(connection: Connection, inbox_id: int, transaction_id: int, 
                     message_ids: Collection[int]) -> list[int]:
     """In a close's commit: messages of the conversation whose delivery its agent never answered and that its
     stream does not show either (an answer late under load is not a message unseen) are unattached again, to be
-    routed as the customer's next conversation; their ids."""
+    routed as the customer's next conversation; their ids.
+
+    The agent's delivery commit may still come: it writes a message's event only if the message is still attached
+    to the conversation (`store.agent_store._deliver_and_read`), so a message is shown with this conversation or
+    handed on, never both. On PostgreSQL that takes the agent's stream lock first, as every writer of its stream
+    does: this check then sees a delivery committed before, and one waiting for the lock sees the hand-back. (The
+    lock is its own statement: READ COMMITTED gives the check a snapshot taken once it is held.) SQLite has one
+    writer at a time."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(select(AgentState.user_id).where(AgentState.user_id == agent_id).with_for_update())
     shown = select(AgentEvent.id).where(
         AgentEvent.user_id == agent_id, AgentEvent.kind == "message",
         AgentEvent.payload["transaction_id"].as_integer() == transaction_id,

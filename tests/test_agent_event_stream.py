@@ -14,7 +14,9 @@ from typing import Any
 
 from actors.directory import Proxy, RayDirectory
 from config.settings import Settings
+from store.db import Database
 from tests.routing_support import Agent, Scenario
+from tests.store_rows import held_conversation
 from tests.support import eventually
 
 
@@ -101,16 +103,29 @@ def test_deliveries_joined_in_one_call_show_each_message_once_in_order(sc: Scena
     (a,) = sc.agents(1)
     proxy = agent_proxy(sc, a)
     cursor = asyncio.run(proxy.last_event_id())
-    message = [{"id": 10_000_000 + n, "summary": f"m{n}"} for n in range(4)]
+
+    async def conversations() -> tuple[int, int, list[int]]:
+        # Its messages attached to them in the store: an agent shows a message only with its conversation.
+        db = Database(sc.gateway.database_url, pool_size=1)
+        try:
+            one, (m0, m1, m3) = await held_conversation(db, sc.org.id, a.id, 3)
+            two, (m2,) = await held_conversation(db, sc.org.id, a.id, 1)
+        finally:
+            await db.dispose()
+        return one, two, [m0, m1, m2, m3]
+
+    one, two, ids = asyncio.run(conversations())
+    message = [{"id": message_id, "summary": f"m{n}"} for n, message_id in enumerate(ids)]
 
     async def run() -> list[tuple[int, str]]:
         # What an inbox's mailbox sends when deliveries queued behind a call on the wire: a retried
         # delivery (message 0 again) and two conversations in one call.
-        await proxy.deliver(7, [(1, [message[0]])])
-        await proxy.deliver(7, [(1, [message[0], message[1]]), (2, [message[2]]), (1, [message[1], message[3]])])
+        await proxy.deliver(7, [(one, [message[0]])])
+        await proxy.deliver(7, [(one, [message[0], message[1]]), (two, [message[2]]),
+                                (one, [message[1], message[3]])])
         shown: list[tuple[int, str]] = []
         async for batch in proxy.stream("stream_events", cursor, 0.5):
             shown += [(e["transaction_id"], e["message"]["summary"]) for e in batch if e["type"] == "message"]
         return shown
 
-    assert asyncio.run(run()) == [(1, "m0"), (1, "m1"), (2, "m2"), (1, "m3")]
+    assert asyncio.run(run()) == [(one, "m0"), (one, "m1"), (two, "m2"), (one, "m3")]

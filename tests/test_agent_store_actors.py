@@ -35,6 +35,7 @@ from store.routing_repo import show_to_agents
 from store.tables import Organization, User
 from tests.fault_injection import actor_pid
 from tests.routing_support import Scenario, customer_id, scenario
+from tests.store_rows import hand_on, held_conversation
 from tests.support import Gateway, eventually, query_db
 
 DEFAULTS = Settings.model_fields
@@ -163,8 +164,8 @@ async def _agent(url: str, tmp_path: Path) -> AsyncIterator[tuple[AgentActor, _A
         await db.dispose()
 
 
-def _delivery(message_id: int) -> list[tuple[int, list[dict[str, Any]]]]:
-    return [(7, [{"id": message_id, "summary": f"message {message_id}"}])]
+def _delivery(tx_id: int, message_id: int) -> list[tuple[int, list[dict[str, Any]]]]:
+    return [(tx_id, [{"id": message_id, "summary": f"message {message_id}"}])]
 
 
 def test_a_delivery_whose_commit_landed_but_whose_answer_was_lost_is_shown_once(tmp_path: Path) -> None:
@@ -174,25 +175,26 @@ def test_a_delivery_whose_commit_landed_but_whose_answer_was_lost_is_shown_once(
     async def run() -> None:
         async with _agent(url, tmp_path) as (actor, store, db):
             await actor.view()  # activated
+            tx, (m100, m101, m102) = await held_conversation(db, actor.org_id, actor.user_id, 3)
 
             async def gateway_shows_a_follow_up() -> None:  # just before the agent's commit
                 async with db.session() as session:
-                    follow_up = {"id": 100, "inbox_id": 3, "summary": "m 100"}
-                    await show_to_agents(session, [(actor.org_id, actor.user_id, 7, follow_up)], stream_lock=False)
+                    follow_up = {"id": m100, "inbox_id": 3, "summary": "m 100"}
+                    await show_to_agents(session, [(actor.org_id, actor.user_id, tx, follow_up)], stream_lock=False)
 
             store.before_next_write = gateway_shows_a_follow_up
             store.lose_next = "after commit"
-            await actor.deliver(3, _delivery(101))  # landed: the agent finds it (after the gateway's) and goes on
-            await actor.deliver(3, _delivery(101))  # the inbox's retry after a lost answer: nothing new
+            await actor.deliver(3, _delivery(tx, m101))  # landed: the agent finds it (after the gateway's), goes on
+            await actor.deliver(3, _delivery(tx, m101))  # the inbox's retry after a lost answer: nothing new
             store.lose_next = "before commit"
             with pytest.raises(StoreUnavailable):  # did not land: the caller retries
-                await actor.deliver(3, _delivery(102))
-            await actor.deliver(3, _delivery(102))
+                await actor.deliver(3, _delivery(tx, m102))
+            await actor.deliver(3, _delivery(tx, m102))
             async with db.session() as session:
                 rows = (await session.execute(text(
                     "SELECT id, json_extract(payload, '$.message.id') FROM agent_events "
                     "WHERE user_id = :u AND kind = 'message' ORDER BY id"), {"u": actor.user_id})).all()
-            assert [message for _, message in rows] == [100, 101, 102]
+            assert [message for _, message in rows] == [m100, m101, m102]
             # The stream shows what the store holds, with the store's ids.
             shown = [e for e in actor._recent if e["type"] == "message"]
             assert [(e["id"], e["message"]["id"]) for e in shown] == [(i, m) for i, m in rows]
@@ -211,25 +213,26 @@ def test_a_delivery_retried_across_an_agent_restart_is_shown_once(tmp_path: Path
     async def run() -> None:
         async with _agent(url, tmp_path) as (actor, _store, db):
             await actor.view()
+            tx, (m201, m202, m203) = await held_conversation(db, actor.org_id, actor.user_id, 3)
             # A reply the agent wrote, echoed on its stream: its id is an outbox id, not a customer message's.
-            await actor.push_event("message", {"transaction_id": 7, "inbox_id": 3,
-                                               "message": {"id": 203, "direction": "outbound", "text": "hi"}})
-            await actor.deliver(3, _delivery(201))
+            await actor.push_event("message", {"transaction_id": tx, "inbox_id": 3,
+                                               "message": {"id": m203, "direction": "outbound", "text": "hi"}})
+            await actor.deliver(3, _delivery(tx, m201))
             # The process dies after the commit, before the inbox heard the answer; a new one takes over.
             restarted = AgentActor(actor.org_id, actor.user_id, actor._settings)
             restarted._store = open_agent_store(url, linger_s=0, name="y")
             try:
                 await restarted.view()
-                await restarted.deliver(3, _delivery(201))  # the inbox's retry
-                await restarted.deliver(3, _delivery(202))
-                await restarted.deliver(3, _delivery(203))  # the customer's message 203: not the reply 203
+                await restarted.deliver(3, _delivery(tx, m201))  # the inbox's retry
+                await restarted.deliver(3, _delivery(tx, m202))
+                await restarted.deliver(3, _delivery(tx, m203))  # the customer's message: not the reply, same id
                 async with db.session() as session:
                     rows = (await session.execute(text(
                         "SELECT payload FROM agent_events WHERE user_id = :u AND kind = 'message' ORDER BY id"),
                         {"u": actor.user_id})).scalars().all()
                 shown = [((m := (p if isinstance(p, dict) else json.loads(p))["message"])["id"], m.get("direction"))
                          for p in rows]
-                assert shown == [(203, "outbound"), (201, None), (202, None), (203, None)]
+                assert shown == [(m203, "outbound"), (m201, None), (m202, None), (m203, None)]
             finally:
                 await restarted._store.close()
 
@@ -245,26 +248,28 @@ def test_a_message_handed_to_the_customer_s_next_conversation_is_shown_there_too
     url = (f"sqlite+aiosqlite:///{tmp_path}/store.db" if backend == "sqlite"
            else request.getfixturevalue("postgres_url"))
     upgrade_to_head(url)
-    message = {"id": 301, "summary": "one more thing"}
 
     async def run() -> None:
         async with _agent(url, tmp_path) as (actor, _store, db):
             await actor.view()
-            await actor.deliver(3, [(7, [message])])
-            await actor.deliver(3, [(8, [message])])  # the customer's next conversation, held by the same agent
-            await actor.deliver(3, [(8, [message])])  # the inbox's retry
+            first, (m301,) = await held_conversation(db, actor.org_id, actor.user_id, 1)
+            message = {"id": m301, "summary": "one more thing"}
+            await actor.deliver(3, [(first, [message])])
+            following = await hand_on(db, first, [m301])  # the customer's next conversation, the same agent's
+            await actor.deliver(3, [(following, [message])])
+            await actor.deliver(3, [(following, [message])])  # the inbox's retry
             restarted = AgentActor(actor.org_id, actor.user_id, actor._settings)
             restarted._store = open_agent_store(url, linger_s=0, name="y")
             try:
                 await restarted.view()
-                await restarted.deliver(3, [(7, [message]), (8, [message])])  # retries across the restart
+                await restarted.deliver(3, [(first, [message]), (following, [message])])  # retries across the restart
                 async with db.session() as session:
                     rows = (await session.execute(text(
                         "SELECT payload FROM agent_events WHERE user_id = :u AND kind = 'message' ORDER BY id"),
                         {"u": actor.user_id})).scalars().all()
                 shown = [((p := (r if isinstance(r, dict) else json.loads(r)))["transaction_id"], p["message"]["id"])
                          for r in rows]
-                assert shown == [(7, 301), (8, 301)]
+                assert shown == [(first, m301), (following, m301)]
             finally:
                 await restarted._store.close()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from actors.inbox_actor import InboxActor
 from config.actor_settings import ActorSettings
@@ -280,7 +280,7 @@ def test_a_claim_confirmed_after_its_agent_s_restart_reconciled_it_still_shows_t
         async with db.session() as session:
             first = await session.scalar(select(InboundMessage).where(InboundMessage.transaction_id == tx_id))
             assert first is not None
-        agent = AgentActor(org_id, user_id, settings)
+        agent = AgentActor(org_id, user_id, settings, _Inboxes())  # type: ignore[arg-type]
         agent._store = open_agent_store(url, linger_s=0, name="agent")
         try:
             await agent.view()  # activated: the catch-up shows the conversation ("reconciled")
@@ -293,6 +293,230 @@ def test_a_claim_confirmed_after_its_agent_s_restart_reconciled_it_still_shows_t
             assert shown == [("assigned", "reconciled", None), ("assigned", "claimed", first.id)], shown
         finally:
             await agent.store.close()
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+# ---------------------------------------------------------------- a delivery that lands after the close
+
+
+class _Inboxes:
+    """A real agent actor's directory here: its snapshot pushes to inboxes are answered and dropped (no Ray: an
+    actor's default directory would join whatever Ray cluster runs on the machine)."""
+
+    def inbox(self, org_id: int, inbox_id: int) -> Any:
+        return self
+
+    def __getattr__(self, method: str) -> Any:
+        async def answer(*args: Any) -> None:
+            return None
+
+        return answer
+
+
+class _HeldDelivery(_Agent):
+    """A real agent actor's deliveries, held while `thawed` is clear (its commit late under load); the inbox's
+    other calls answered at once."""
+
+    def __init__(self, actor: Any) -> None:
+        super().__init__(actor.user_id)
+        self.actor = actor
+        self.landed = asyncio.Event()
+
+    async def deliver(self, inbox_id: int, deliveries: list[tuple[int, list[dict[str, Any]]]]) -> None:
+        self.calls.append("deliver")
+        await self.thawed.wait()
+        await self.actor.deliver(inbox_id, deliveries)
+        self.landed.set()
+
+
+async def _shown_on_stream(db: Database, user_id: int) -> list[tuple[int, int]]:
+    """(transaction id, message id) of the customer messages the agent's stream shows, in order."""
+    async with db.session() as session:
+        payloads = (await session.scalars(select(AgentEvent.payload).where(
+            AgentEvent.user_id == user_id, AgentEvent.kind == "message").order_by(AgentEvent.id))).all()
+    return [(int(p["transaction_id"]), int(p["message"]["id"])) for p in payloads]
+
+
+async def _close_handing_back(db: Database, inbox_id: int, tx_id: int, agent_id: int, unshown: list[int]) -> list[int]:
+    """A close's commit (`InboxAnswers._close`): the conversation closed, its unshown messages handed back."""
+    def statements(connection: Connection) -> list[int]:
+        repo.save_transaction(connection, tx_id, {"state": "closed", "closed_at": utcnow()})
+        return repo.detach_messages(connection, inbox_id, tx_id, agent_id, unshown)
+
+    return await db.write(statements)
+
+
+def _store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    url = (f"sqlite+aiosqlite:///{tmp_path}/store.db" if backend == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    upgrade_to_head(url)
+    return url
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_delivery_whose_commit_comes_after_the_close_handed_its_message_on_is_not_shown_with_the_closed_one(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """The close waited for the delivery until its deadline and handed the message to the customer's next
+    conversation; the agent's commit comes after (a loaded machine). The message is shown there, never also with
+    the closed conversation."""
+    from actors.agent_actor import AgentActor
+    from store.agent_store import open_agent_store
+
+    url = _store_url(backend, tmp_path, request)
+    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key",
+                                                    actor_call_timeout_s=0.3, inbox_sync_interval_s=3600))
+
+    async def run() -> None:
+        db = Database(url, pool_size=1)
+        org_id, user_id, inbox_id, customer_id, tx_id = await _conversation(db)
+        actor = AgentActor(org_id, user_id, settings, _Inboxes())  # type: ignore[arg-type]
+        actor._store = open_agent_store(url, linger_s=0, name="agent")
+        agent = _HeldDelivery(actor)
+        inbox = InboxActor(org_id, inbox_id, settings, _Agents(agent))  # type: ignore[arg-type]
+        try:
+            await actor.view()
+            assert (await inbox.activate())["exists"]
+            agent.thawed.clear()
+            async with db.session() as session:
+                follow_up = _message(org_id, inbox_id, customer_id, "one more thing", None)
+                session.add(follow_up)
+            assert (await inbox.ingest([_forwarded(follow_up, None)]))["attached"] == 1
+            assert (await inbox.close(tx_id, user_id, False))["status"] == 200
+            agent.thawed.set()  # the inbox's mailbox retries the delivery: the agent's commit comes now
+            await asyncio.wait_for(agent.landed.wait(), 10)
+            async with db.session() as session:
+                attached_to = await session.scalar(select(InboundMessage.transaction_id)
+                                                   .where(InboundMessage.id == follow_up.id))
+            assert attached_to is not None and attached_to != tx_id
+            assert (tx_id, follow_up.id) not in await _shown_on_stream(db, user_id)
+        finally:
+            await _crash(inbox)
+            await actor.store.close()
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_an_agent_shows_a_message_with_a_conversation_only_while_it_is_attached_to_it(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """Whichever of a close and a delivery commits first wins: a delivery committed first keeps its message with
+    the closing conversation; one committed after the close handed the message on (to the customer's next
+    conversation, maybe attached there already) writes nothing for the old one, and is shown with the new one."""
+    from actors.agent_actor import AgentActor
+    from store.agent_store import open_agent_store
+
+    url = _store_url(backend, tmp_path, request)
+    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key"))
+
+    async def run() -> None:
+        db = Database(url, pool_size=1)
+        org_id, user_id, inbox_id, customer_id, tx_id = await _conversation(db)
+        async with db.session() as session:
+            early, late = (_message(org_id, inbox_id, customer_id, text, tx_id) for text in ("early", "late"))
+            session.add_all([early, late])
+        actor = AgentActor(org_id, user_id, settings, _Inboxes())  # type: ignore[arg-type]
+        actor._store = open_agent_store(url, linger_s=0, name="agent")
+        try:
+            await actor.view()
+            await actor.deliver(inbox_id, [(tx_id, [{"id": early.id, "summary": "early"}])])
+            handed_back = await _close_handing_back(db, inbox_id, tx_id, user_id, [early.id, late.id])
+            assert handed_back == [late.id]  # `early` is on the stream: it stays with its conversation
+            await actor.deliver(inbox_id, [(tx_id, [{"id": late.id, "summary": "late"}])])
+
+            def next_conversation(connection: Connection) -> int:
+                now = utcnow()
+                next_tx = repo.insert_transaction(connection, {
+                    "org_id": org_id, "inbox_id": inbox_id, "customer_id": customer_id, "state": "assigned",
+                    "agent_id": user_id, "assigned_at": now, "waiting_since": now, "created_at": now,
+                    "updated_at": now, "tried": []})
+                repo.attach_messages(connection, next_tx, [late.id])
+                return next_tx
+
+            next_tx = await db.write(next_conversation)
+            # A retry of the old delivery joined with the new conversation's (one call, as a mailbox joins them).
+            await actor.deliver(inbox_id, [(tx_id, [{"id": late.id, "summary": "late"}]),
+                                           (next_tx, [{"id": late.id, "summary": "late"}])])
+            assert await _shown_on_stream(db, user_id) == [(tx_id, early.id), (next_tx, late.id)]
+        finally:
+            await actor.store.close()
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+def test_on_postgres_a_delivery_waits_for_a_close_handing_its_message_on_and_then_skips_it(
+        postgres_url: str, tmp_path: Path) -> None:
+    """The close's hand-back takes the agent's stream lock first: the agent's delivery commit, which takes it
+    too, waits for the close's commit and then finds its message no longer attached."""
+    from actors.agent_actor import AgentActor
+    from store.agent_store import open_agent_store
+
+    upgrade_to_head(postgres_url)
+    settings = ActorSettings.from_settings(Settings(database_url=postgres_url,
+                                                    secret_key_file=tmp_path / "secret.key"))
+
+    async def run() -> None:
+        db = Database(postgres_url, pool_size=2)
+        org_id, user_id, inbox_id, customer_id, tx_id = await _conversation(db)
+        async with db.session() as session:
+            late = _message(org_id, inbox_id, customer_id, "late", tx_id)
+            session.add(late)
+        actor = AgentActor(org_id, user_id, settings, _Inboxes())  # type: ignore[arg-type]
+        actor._store = open_agent_store(postgres_url, linger_s=0, name="agent")
+        try:
+            await actor.view()
+            async with db.engine.connect() as connection:
+                async with connection.begin():  # the close's commit, under way
+                    assert await connection.run_sync(
+                        lambda c: repo.detach_messages(c, inbox_id, tx_id, user_id, [late.id])) == [late.id]
+                    delivery = asyncio.ensure_future(actor.deliver(inbox_id, [(tx_id, [{"id": late.id}])]))
+                    await asyncio.sleep(0.5)
+                    assert not delivery.done()  # waiting for the stream lock
+                await asyncio.wait_for(delivery, 10)
+            assert await _shown_on_stream(db, user_id) == []
+        finally:
+            await actor.store.close()
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+def test_on_postgres_a_close_waits_for_a_delivery_under_way_and_keeps_its_message(
+        postgres_url: str, tmp_path: Path) -> None:
+    """The other order: the agent's delivery commit holds the stream lock, its event written but not committed.
+    The close's hand-back waits for it, then sees the event and keeps the message with the conversation."""
+    import asyncpg
+
+    from store.agent_store import _asyncpg_dsn, _deliver_and_read, _PostgresTx
+
+    upgrade_to_head(postgres_url)
+
+    async def run() -> None:
+        db = Database(postgres_url, pool_size=2)
+        org_id, user_id, inbox_id, customer_id, tx_id = await _conversation(db)
+        async with db.session() as session:
+            late = _message(org_id, inbox_id, customer_id, "late", tx_id)
+            session.add(late)
+        connection = await asyncpg.connect(_asyncpg_dsn(postgres_url))
+        try:
+            await connection.execute("INSERT INTO agent_states (user_id, org_id, status, max_concurrent, "
+                                     "status_changed_at, missed_in_a_row, epoch) VALUES ($1, $2, 'offline', 1, "
+                                     "now(), 0, 1)", user_id, org_id)
+            delivery = connection.transaction()
+            await delivery.start()  # the agent's step, as its store runs it, held before its commit
+            event = ("message", {"transaction_id": tx_id, "inbox_id": inbox_id, "message": {"id": late.id}})
+            assert len(await _deliver_and_read(_PostgresTx(connection), org_id, user_id, [event], utcnow(), 0)) == 1
+            close = asyncio.ensure_future(_close_handing_back(db, inbox_id, tx_id, user_id, [late.id]))
+            await asyncio.sleep(0.5)
+            assert not close.done()  # waiting for the stream lock
+            await delivery.commit()
+            assert await asyncio.wait_for(close, 10) == []  # kept: the stream shows it
+            assert await _shown_on_stream(db, user_id) == [(tx_id, late.id)]
+        finally:
+            await connection.close()
             await db.dispose()
 
     asyncio.run(run())
