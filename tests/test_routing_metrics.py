@@ -13,6 +13,7 @@ import pytest
 
 from actors.metric_recorder import MetricRecorder
 from actors.transaction_state import TxState
+from store.tables import Transaction
 from tests.metrics_support import Samples, figure, settled
 from tests.routing_support import Scenario, customer_id
 
@@ -115,3 +116,16 @@ def test_times_are_measured_from_the_states_the_inbox_holds() -> None:
     assigned = offered.assigned(1, T0 + timedelta(seconds=5))
     assert assigned.assigned_at is not None and offered.offered_at is not None
     assert (assigned.assigned_at - offered.offered_at).total_seconds() == 3
+
+
+def test_an_offer_reloaded_after_a_restart_is_timed_from_its_commit_and_known_to_its_agent() -> None:
+    committed = T0 + timedelta(seconds=4)
+    row = Transaction(id=7, customer_id=3, state="offered", waiting_since=T0, offered_to=1, offer_id="7.a",
+                      offer_expires_at=T0 + timedelta(seconds=34), offer_seq=1, sticky_dials=0,
+                      sticky_declined=False, tried=[], updated_at=committed)
+    reloaded = TxState.of(row)
+    assert reloaded.offered_at == committed  # the offer's commit wrote the row last
+    assert reloaded.last_agent == 1 and not reloaded.requeued("missed", 1).moves_to(1)
+    queued = TxState.of(Transaction(id=8, customer_id=4, state="queued", waiting_since=T0, offer_seq=2, tried=[1],
+                                    sticky_dials=0, sticky_declined=False, updated_at=committed))
+    assert queued.offered_at is None and queued.moves_to(1)  # offered before, to an agent no longer known
