@@ -225,7 +225,7 @@ class SenderActor(StoreBackedActor):
             self._tokens.clear()  # a relinked account brings a new token
         async with self.db.session() as session:
             change = await outbox.mark_failed(session, outbound_id, error.code, title, error.details)
-        if change is not None:  # None: no longer pending (an earlier incarnation ended it), counted there
+        if change is not None:  # None: no longer pending, another attempt ended it (and counted it)
             sender_metrics.failed(org_id, self.phone_number_id, error)
         self._notify([change] if change is not None else [])
         return True
