@@ -91,7 +91,7 @@ class InboxAnswers(InboxCore):
             return refuse(409, "the offer expired")
         assigned, unseen = await self._assign(tx, user_id, "accepted", offer_id=tx.offer_id)
         await self._confirm(user_id, tx.offer_id, assigned, "accepted", unseen)
-        inbox_metrics.offer(self.org_id, self.inbox_id, "accepted")
+        inbox_metrics.offer_accepted(self.org_id, self.inbox_id, tx, assigned)
         # No longer holding an offer, the agent may take more work if under capacity. The pass runs
         # after this answer (as after every API step): an accept never waits for the queue's routing.
         self.request_routing()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from actors import inbox_metrics
@@ -92,10 +93,11 @@ class InboxRouting(InboxCore):
         if pointer is not None:
             self.config.rotation_pointer = pointer
         for plan in held:
-            self._remember(plan.offered)
-            self._arm_timer(plan.offered)
+            offered = replace(plan.offered, offered_at=now)  # as the row's updated_at: the same after a reload
+            self._remember(offered)
+            self._arm_timer(offered)
             self._link.tell(plan.user_id, "publish", plan.offer)
-            inbox_metrics.offer(self.org_id, self.inbox_id, "made")
+            inbox_metrics.offer_made(self.org_id, self.inbox_id, plan.waiting, offered)
 
     def request_routing(self) -> None:
         """Coalesce eligibility events into routing passes (never run under a caller's await).

@@ -22,12 +22,13 @@ import contextlib
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 
+from actors import sender_metrics
 from actors.activation import StoreBackedActor
 from actors.directory import Directory, push_agent_event, spawn
 from actors.pacing import PairGate, RateGate, backoff_s
@@ -66,6 +67,8 @@ class SenderActor(StoreBackedActor):
         self._refreshed_at = 0.0
         self._pump: asyncio.Task[None] | None = None
         self.sent_count = 0
+        # Organizations whose queue depth was reported: an emptied queue reads 0, not its last figure.
+        self._depth_orgs: set[int] = set()
         # Org 0: a number's sender serves every organization whose inbox uses the number.
         super().__init__(0, settings, directory)
 
@@ -133,11 +136,15 @@ class SenderActor(StoreBackedActor):
             parked = await outbox.apply_parked_statuses(session, self.phone_number_id,
                                                         utcnow() - timedelta(seconds=_PARKED_STATUSES_S))
         self._notify(parked)
-        for row_id, recipient, next_at in rows:
+        for row_id, recipient, next_at, _ in rows:
             self._due[row_id] = _monotonic_of(next_at)
             if row_id not in self._known:
                 self._known.add(row_id)
                 self._queues.setdefault(recipient, deque()).append(row_id)
+        # Every pending message of the number was just read: the outbox's depth, at least once per poll.
+        waiting = Counter(org_id for *_, org_id in rows)
+        sender_metrics.queue_depth(self.phone_number_id, waiting, self._depth_orgs)
+        self._depth_orgs.update(waiting)
 
     def _dispatch(self) -> float:
         """Start every send that may go now; the seconds until the next one could."""
@@ -193,15 +200,16 @@ class SenderActor(StoreBackedActor):
             self._pairs.sent(recipient, time.monotonic())
             answer = await self._graph.send_message(self.phone_number_id, token, payload, idempotency_key=key)
         except GraphAPIError as error:
-            return await self._failed(outbound_id, attempts, error)
+            return await self._failed(org_id, outbound_id, attempts, error)
         wamid = _wamid_of(answer)
         async with self.db.session() as session:
             changes = await outbox.mark_accepted(session, outbound_id, wamid)
         self.sent_count += 1
+        sender_metrics.sent(org_id, self.phone_number_id)
         self._notify([*changes])
         return True
 
-    async def _failed(self, outbound_id: int, attempts: int, error: GraphAPIError) -> bool:
+    async def _failed(self, org_id: int, outbound_id: int, attempts: int, error: GraphAPIError) -> bool:
         title = error.message
         transient = error.code is None or error.retryable
         if transient and attempts < self._settings.send_max_attempts:
@@ -210,12 +218,15 @@ class SenderActor(StoreBackedActor):
                      outbound_id, attempts, error, delay)
             async with self.db.session() as session:
                 await outbox.mark_retry(session, outbound_id, delay, error.code, title, error.details)
+            sender_metrics.retried(org_id, self.phone_number_id, error)
             self._due[outbound_id] = time.monotonic() + delay
             return False
         if error.is_auth_error:
             self._tokens.clear()  # a relinked account brings a new token
         async with self.db.session() as session:
             change = await outbox.mark_failed(session, outbound_id, error.code, title, error.details)
+        if change is not None:  # None: no longer pending, another attempt ended it (and counted it)
+            sender_metrics.failed(org_id, self.phone_number_id, error)
         self._notify([change] if change is not None else [])
         return True
 

@@ -42,6 +42,11 @@ class TxState:
     # The messages handed to the agent holding it (or shown with its offer): the control loop tells the agent of
     # any other attached (a lost forward), whatever came after it.
     handed: frozenset[int] = field(default=frozenset(), compare=False)
+    # For the inbox's metrics (`actors.inbox_metrics`): when the pending offer was committed (its time to accept
+    # counts from it), and the agent who last had the conversation offered or held (an offer to another one is
+    # a reassignment). Rebuilt from the row on activation.
+    offered_at: datetime | None = field(default=None, compare=False)
+    last_agent: int | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, row: Transaction) -> TxState:
@@ -51,6 +56,9 @@ class TxState:
             offer_expires_at=row.offer_expires_at, offer_seq=row.offer_seq, sticky_dials=row.sticky_dials,
             sticky_declined=row.sticky_declined, tried=tuple(row.tried or []), assigned_at=row.assigned_at,
             closed_at=row.closed_at,
+            # An offered row was last written by its offer's commit.
+            offered_at=row.updated_at if row.state == "offered" else None,
+            last_agent=row.offered_to if row.offered_to is not None else row.agent_id,
         )
 
     # ------------------------------------------------------------------ transitions (pure)
@@ -62,7 +70,8 @@ class TxState:
     def offered(self, user_id: int, expires_at: datetime, *, sticky_dial: bool, offer_id: str) -> TxState:
         return replace(self, state="offered", offered_to=user_id, offer_seq=self.offer_seq + 1, offer_id=offer_id,
                        offer_expires_at=expires_at, current_offer_is_sticky=sticky_dial,
-                       past_offerees=self.past_offerees | {user_id})
+                       past_offerees=self.past_offerees | {user_id}, last_agent=user_id,
+                       offered_at=None)  # stamped by the inbox with its commit's time
 
     def requeued(self, kind: str, dials_per_agent: int, *, count_as_tried: bool = True) -> TxState:
         """The pending offer ended (missed, declined or rescinded): back to the queue.
@@ -95,7 +104,20 @@ class TxState:
         """A supervisor sent an assigned transaction back to the queue: the previous agent is tried."""
         return replace(self, state="queued", agent_id=None, assigned_at=None, offered_to=None, offer_id=None,
                        offer_expires_at=None, tried=(previous,) if previous is not None else (),
-                       sticky_dials=0, sticky_declined=False)
+                       sticky_dials=0, sticky_declined=False,
+                       last_agent=previous if previous is not None else self.last_agent)
+
+    # ------------------------------------------------------------------ for the metrics
+
+    @property
+    def never_offered(self) -> bool:
+        """Never offered nor held by an agent yet: its next offer is its first."""
+        return self.offer_seq == 0 and self.last_agent is None
+
+    def moves_to(self, user_id: int) -> bool:
+        """Offering it to `user_id` reassigns it: another agent had it last (or one this inbox no longer knows:
+        a conversation reloaded in the queue after a restart was offered before, most likely to someone else)."""
+        return not self.never_offered and self.last_agent != user_id
 
     def closed(self, now: datetime) -> TxState:
         return replace(self, state="closed", closed_at=now, offered_to=None, offer_id=None, offer_expires_at=None)

@@ -211,16 +211,16 @@ async def mark_failed(session: AsyncSession, outbound_id: int, code: int | None,
 
 
 async def pending_for_number(session: AsyncSession, phone_number_id: str,
-                             after_id: int = 0) -> list[tuple[int, str, datetime]]:
-    """(id, recipient, next attempt) of the number's messages still to send, oldest first."""
+                             after_id: int = 0) -> list[tuple[int, str, datetime, int]]:
+    """(id, recipient, next attempt, organization) of the number's messages still to send, oldest first."""
     rows = (await session.execute(
         select(OutboundMessage.id, OutboundMessage.to_wa_id, OutboundMessage.to_user_id,
-               OutboundMessage.next_attempt_at)
+               OutboundMessage.next_attempt_at, OutboundMessage.org_id)
         .where(OutboundMessage.phone_number_id == phone_number_id,
                OutboundMessage.state.in_(PENDING_STATES), OutboundMessage.id > after_id)
         .order_by(OutboundMessage.id)
     )).all()
-    return [(row_id, wa_id or user_id or "", at) for row_id, wa_id, user_id, at in rows]
+    return [(row_id, wa_id or user_id or "", at, org_id) for row_id, wa_id, user_id, at, org_id in rows]
 
 
 async def numbers_with_pending(session: AsyncSession) -> list[str]:

@@ -46,8 +46,9 @@ _started: list[RayDirectory] = []
 def ray_instance() -> Iterator[None]:
     # One Ray instance for the whole session: ray.init() costs seconds on these machines.
     # address="local": a fresh instance of our own, never a cluster someone left running here.
+    # Actors' metrics reach the node's export every second (Ray's default: 10 s), so metrics tests wait ~1 s.
     ray.init(address="local", namespace="wa-router-tests", include_dashboard=False, num_cpus=2, log_to_driver=False,
-             configure_logging=False)
+             configure_logging=False, _system_config={"metrics_report_interval_ms": 1000})
     yield
     ray.shutdown()
 

@@ -1,5 +1,5 @@
 """The Grafana dashboard charts metrics that exist: every name in its queries is one the gateway serves at
-`/metrics` or one the routing actors record through Ray (with Ray's `ray_` prefix)."""
+`/metrics` or one the routing and sender actors record through Ray (with Ray's `ray_` prefix)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import actors.inbox_metrics
+import actors.sender_metrics
 from gateway.metrics import GatewayMetrics
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "wa-router.json"
@@ -18,9 +19,9 @@ def known_metrics() -> set[str]:
     names: set[str] = set()
     for family in GatewayMetrics().registry.collect():
         names |= {family.name + suffix for suffix in SUFFIXES}
-    source = Path(actors.inbox_metrics.__file__).read_text()
-    for name in re.findall(r'metrics\.\w+\(\s*"(\w+)"', source):
-        names |= {f"ray_{name}{suffix}" for suffix in SUFFIXES}
+    for module in (actors.inbox_metrics, actors.sender_metrics):
+        for name in re.findall(r'metrics\.\w+\(\s*"(\w+)"', Path(str(module.__file__)).read_text()):
+            names |= {f"ray_{name}{suffix}" for suffix in SUFFIXES}
     return names
 
 
