@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import load_only
 
 from config.licenses import holds_agent_licenses
 from store import customers
+from store.core_connection import core_connection
 from store.tables import (
     AgentEvent,
     AgentState,
@@ -220,6 +221,16 @@ async def first_messages(session: AsyncSession, transaction_ids: Sequence[int]) 
     return {m.transaction_id: p for m, p in zip(messages, payloads, strict=True) if m.transaction_id is not None}
 
 
+# Built once: the intake runs them for every message (building and keying a statement costs more than running it).
+_ASSIGNED_TO_CUSTOMER = select(Transaction.id, Transaction.agent_id).where(
+    Transaction.state == "assigned", Transaction.inbox_id == bindparam("inbox"),
+    Transaction.customer_id == bindparam("customer"))
+_ASSIGNED_TO_CUSTOMER_LOCKED = _ASSIGNED_TO_CUSTOMER.with_for_update(read=True)
+_ATTACH_IF_UNATTACHED = update(InboundMessage).where(
+    InboundMessage.id.in_(bindparam("ids", expanding=True)), InboundMessage.transaction_id.is_(None)).values(
+    transaction_id=bindparam("tx")).returning(InboundMessage.id)
+
+
 async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int, int, int]],
                              share_lock: bool) -> dict[int, tuple[int, int]]:
     """At intake, in the transaction that stores them: attach (message id, inbox id, customer id) to the customer's
@@ -233,16 +244,13 @@ async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int
     pairs = {(inbox_id, customer_id) for _, inbox_id, customer_id in messages}
     if not pairs:
         return {}
-    query = select(Transaction.id, Transaction.inbox_id, Transaction.customer_id, Transaction.agent_id).where(
-        Transaction.state == "assigned",
-        or_(*(and_(Transaction.inbox_id == inbox_id, Transaction.customer_id == customer_id)
-              for inbox_id, customer_id in sorted(pairs))))
-    if share_lock:
-        query = query.with_for_update(read=True)
+    connection = await core_connection(session)
+    query = _ASSIGNED_TO_CUSTOMER_LOCKED if share_lock else _ASSIGNED_TO_CUSTOMER
     found: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for tx_id, inbox_id, customer_id, agent_id in (await session.execute(query)).all():
-        if agent_id is not None:
-            found.setdefault((inbox_id, customer_id), []).append((int(tx_id), int(agent_id)))
+    for inbox_id, customer_id in sorted(pairs):  # one order everywhere: share locks taken without deadlock
+        for tx_id, agent_id in (await connection.execute(query, {"inbox": inbox_id, "customer": customer_id})).all():
+            if agent_id is not None:
+                found.setdefault((inbox_id, customer_id), []).append((int(tx_id), int(agent_id)))
     by_tx: dict[tuple[int, int], list[int]] = {}
     for message_id, inbox_id, customer_id in messages:
         open_txs = found.get((inbox_id, customer_id), [])
@@ -250,9 +258,7 @@ async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int
             by_tx.setdefault(open_txs[0], []).append(message_id)
     attached: dict[int, tuple[int, int]] = {}
     for (tx_id, agent_id), ids in by_tx.items():
-        done = (await session.execute(update(InboundMessage).where(
-            InboundMessage.id.in_(ids), InboundMessage.transaction_id.is_(None))
-            .values(transaction_id=tx_id).returning(InboundMessage.id))).scalars().all()
+        done = (await connection.execute(_ATTACH_IF_UNATTACHED, {"ids": ids, "tx": tx_id})).scalars().all()
         attached.update({int(message_id): (tx_id, agent_id) for message_id in done})
     return attached
 
@@ -273,6 +279,11 @@ def detach_messages(connection: Connection, inbox_id: int, transaction_id: int, 
         .values(transaction_id=None).returning(InboundMessage.id)).scalars()]
 
 
+_LOCK_STREAMS = select(AgentState.user_id).where(AgentState.user_id.in_(bindparam("agents", expanding=True))) \
+    .order_by(AgentState.user_id).with_for_update()
+_APPEND_EVENTS = insert(AgentEvent)
+
+
 async def show_to_agents(session: AsyncSession, shown: Sequence[tuple[int, int, int, dict[str, Any]]],
                          stream_lock: bool) -> None:
     """In the same transaction: the `message` events of attached follow-ups on their agents' streams, (org id,
@@ -281,12 +292,11 @@ async def show_to_agents(session: AsyncSession, shown: Sequence[tuple[int, int, 
     is locked first, as every writer of a stream does, so a stream's ids commit in id order."""
     if not shown:
         return
+    connection = await core_connection(session)
     if stream_lock:
-        agents = sorted({agent_id for _, agent_id, _, _ in shown})
-        await session.execute(select(AgentState.user_id).where(AgentState.user_id.in_(agents))
-                              .order_by(AgentState.user_id).with_for_update())
+        await connection.execute(_LOCK_STREAMS, {"agents": sorted({agent_id for _, agent_id, _, _ in shown})})
     now = utcnow()
-    await session.execute(insert(AgentEvent), [
+    await connection.execute(_APPEND_EVENTS, [
         {"org_id": org_id, "user_id": agent_id, "kind": "message", "created_at": now,
          "payload": {"transaction_id": tx_id, "inbox_id": message["inbox_id"], "message": message}}
         for org_id, agent_id, tx_id, message in shown])
