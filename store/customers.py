@@ -77,6 +77,12 @@ class CustomerRef:
         return cls(id=row.id, user_id=row.user_id, wa_id=row.wa_id, username=row.username, name=row.name)
 
 
+# The predicates of the partial unique indexes on BSUIDs and numbers.
+_HAS_USER_ID = Customer.user_id.is_not(None)
+_HAS_WA_ID = Customer.wa_id.is_not(None)
+_IDENTITY_COLUMNS = (Customer.id, Customer.user_id, Customer.wa_id, Customer.username, Customer.name)
+
+
 async def resolve_customers(session: AsyncSession, org_id: int,
                             identities: Sequence[Identity]) -> list[CustomerRef | None]:
     """The customer of each identity (None when it names no BSUID and no number), created or linked."""
@@ -113,15 +119,20 @@ async def aliases_of(session: AsyncSession, customer_ids: Iterable[int]) -> dict
     return (await aliases_and_views(session, customer_ids))[0]
 
 
+# Customers and the customers merged into them (read as rows: the routing step never loads them as objects).
+_WITH_MERGED = select(*_IDENTITY_COLUMNS, Customer.merged_into).where(
+    or_(Customer.id.in_(bindparam("ids", expanding=True)), Customer.merged_into.in_(bindparam("ids", expanding=True)))
+).order_by(Customer.id)
+
+
 async def aliases_and_views(session: AsyncSession, customer_ids: Iterable[int]
                             ) -> tuple[dict[int, list[int]], dict[int, dict[str, Any]]]:
     """`aliases_of` and `customers_by_id` together, in two statements (the inbox's hot path needs both)."""
     survivors = await _survivor_ids(session, set(customer_ids))
     if not survivors:
         return {}, {}
-    wanted = set(survivors.values())
-    rows = (await session.scalars(select(Customer).where(
-        or_(Customer.id.in_(wanted), Customer.merged_into.in_(wanted))).order_by(Customer.id))).all()
+    wanted = sorted(set(survivors.values()))
+    rows = (await (await core_connection(session)).execute(_WITH_MERGED, {"ids": wanted})).all()
     merged: dict[int, list[int]] = {}
     shown: dict[int, CustomerRef] = {}
     for row in rows:
@@ -179,10 +190,6 @@ async def _survivor_ids(session: AsyncSession, customer_ids: set[int]) -> dict[i
     return {row_id: survivor for row_id, survivor in rows}
 
 
-# The predicates of the partial unique indexes on BSUIDs and numbers.
-_HAS_USER_ID = Customer.user_id.is_not(None)
-_HAS_WA_ID = Customer.wa_id.is_not(None)
-_IDENTITY_COLUMNS = (Customer.id, Customer.user_id, Customer.wa_id, Customer.username, Customer.name)
 
 
 def _naming(*conditions: Any) -> Any:
