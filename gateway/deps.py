@@ -20,7 +20,8 @@ from store.tables import ApiToken, Organization, User
 from store.types import utcnow
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop on every request.
     runtime: Runtime = request.app.state.runtime
     return runtime
 

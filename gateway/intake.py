@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from actors.messages import StoredMessage
 from meta.webhook_parser import InboundMessage as ParsedMessage
 from meta.webhook_parser import ParsedWebhook
+from store.core_connection import core_connection
 from store.customers import CustomerRef, Identity, new_anonymous_customer, resolve_customers
 from store.outbox import StatusChange, apply_status
 from store.routing_repo import attach_to_assigned, forwarded_payload, show_to_agents
@@ -34,6 +35,10 @@ class IntakeResult:
     duplicate_messages: int = 0
     statuses: int = 0
     other_changes: int = 0
+
+
+_INBOXES_OF_NUMBERS = select(Inbox.id, Inbox.phone_number_id, Inbox.org_id).where(
+    Inbox.phone_number_id.in_(bindparam("numbers", expanding=True)))
 
 
 def _fit_row(model: type[Base], row: dict[str, Any], keys: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -58,7 +63,7 @@ def _fit_row(model: type[Base], row: dict[str, Any], keys: tuple[str, ...] = ())
 
 def _as_shown(message: StoredMessage) -> dict[str, Any]:
     """A follow-up as its agent's stream shows it: what its inbox would hand the agent from the forward."""
-    payload = forwarded_payload(asdict(message))
+    payload = forwarded_payload({f.name: getattr(message, f.name) for f in fields(message)})  # asdict: a deep copy
     assert payload is not None  # a StoredMessage has every forwarded field
     return payload
 
@@ -102,9 +107,8 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
     # A number is used by at most one inbox anywhere: its owner decides where the message belongs.
     owner_of_number: dict[str, tuple[int, int]] = {}
     if numbers:
-        owner_of_number = {number: (inbox_id, owner) for inbox_id, number, owner in (await session.execute(
-            select(Inbox.id, Inbox.phone_number_id, Inbox.org_id).where(Inbox.phone_number_id.in_(numbers))
-        )).all()}
+        owner_of_number = {number: (inbox_id, owner) for inbox_id, number, owner in (await (
+            await core_connection(session)).execute(_INBOXES_OF_NUMBERS, {"numbers": sorted(numbers)})).all()}
 
     unique_messages: dict[str, ParsedMessage] = {}
     for message in parsed.messages:

@@ -119,7 +119,7 @@ class PageRequest:
                          next_cursor=encode_cursor(key(shown[-1])) if more and shown else None)
 
 
-def page_request(
+async def page_request(  # async: a plain `def` dependency would run in FastAPI's thread pool
     request: Request,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Items per page (1..{MAX_LIMIT})")] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page; omit for the first")] = None,

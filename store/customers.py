@@ -27,9 +27,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import Row, bindparam, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store.core_connection import core_connection
 from store.tables import Customer, InboundMessage, StickyAgent, Transaction
 from store.types import utcnow
 from store.upsert import insert_ignoring_duplicates
@@ -72,8 +73,14 @@ class CustomerRef:
                 "name": self.name}
 
     @classmethod
-    def of(cls, row: Customer) -> CustomerRef:
+    def of(cls, row: Customer | Row[Any]) -> CustomerRef:
         return cls(id=row.id, user_id=row.user_id, wa_id=row.wa_id, username=row.username, name=row.name)
+
+
+# The predicates of the partial unique indexes on BSUIDs and numbers.
+_HAS_USER_ID = Customer.user_id.is_not(None)
+_HAS_WA_ID = Customer.wa_id.is_not(None)
+_IDENTITY_COLUMNS = (Customer.id, Customer.user_id, Customer.wa_id, Customer.username, Customer.name)
 
 
 async def resolve_customers(session: AsyncSession, org_id: int,
@@ -112,15 +119,20 @@ async def aliases_of(session: AsyncSession, customer_ids: Iterable[int]) -> dict
     return (await aliases_and_views(session, customer_ids))[0]
 
 
+# Customers and the customers merged into them (read as rows: the routing step never loads them as objects).
+_WITH_MERGED = select(*_IDENTITY_COLUMNS, Customer.merged_into).where(
+    or_(Customer.id.in_(bindparam("ids", expanding=True)), Customer.merged_into.in_(bindparam("ids", expanding=True)))
+).order_by(Customer.id)
+
+
 async def aliases_and_views(session: AsyncSession, customer_ids: Iterable[int]
                             ) -> tuple[dict[int, list[int]], dict[int, dict[str, Any]]]:
     """`aliases_of` and `customers_by_id` together, in two statements (the inbox's hot path needs both)."""
     survivors = await _survivor_ids(session, set(customer_ids))
     if not survivors:
         return {}, {}
-    wanted = set(survivors.values())
-    rows = (await session.scalars(select(Customer).where(
-        or_(Customer.id.in_(wanted), Customer.merged_into.in_(wanted))).order_by(Customer.id))).all()
+    wanted = sorted(set(survivors.values()))
+    rows = (await (await core_connection(session)).execute(_WITH_MERGED, {"ids": wanted})).all()
     merged: dict[int, list[int]] = {}
     shown: dict[int, CustomerRef] = {}
     for row in rows:
@@ -150,6 +162,10 @@ def _lock_key(org_id: int, kind: str, value: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+# A write that changes nothing: SQLite's write lock, taken up front.
+_TAKE_WRITE_LOCK = update(Customer).where(text("1 = 0")).values(updated_at=Customer.updated_at)
+
+
 async def _lock(session: AsyncSession, org_id: int, identities: Sequence[Identity]) -> None:
     """Serialise deliveries naming the same identifiers until this transaction ends."""
     bind = session.get_bind()
@@ -160,21 +176,43 @@ async def _lock(session: AsyncSession, org_id: int, identities: Sequence[Identit
             await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
     else:
         # SQLite takes its single write lock at a transaction's first write and holds it to the end.
-        await session.execute(update(Customer).where(text("1 = 0")).values(updated_at=Customer.updated_at))
+        await (await core_connection(session)).execute(_TAKE_WRITE_LOCK)
+
+
+_SURVIVORS = select(Customer.id, func.coalesce(Customer.merged_into, Customer.id)).where(
+    Customer.id.in_(bindparam("ids", expanding=True)))
 
 
 async def _survivor_ids(session: AsyncSession, customer_ids: set[int]) -> dict[int, int]:
     if not customer_ids:
         return {}
-    rows = (await session.execute(select(Customer.id, func.coalesce(Customer.merged_into, Customer.id))
-                                  .where(Customer.id.in_(customer_ids)))).all()
+    rows = (await (await core_connection(session)).execute(_SURVIVORS, {"ids": list(customer_ids)})).all()
     return {row_id: survivor for row_id, survivor in rows}
 
 
-async def _rows(session: AsyncSession, org_id: int, *conditions: Any) -> list[Customer]:
-    return list((await session.scalars(
-        select(Customer).where(Customer.org_id == org_id, Customer.merged_into.is_(None), or_(*conditions))
-        .order_by(Customer.id).execution_options(populate_existing=True))).all())
+
+
+def _naming(*conditions: Any) -> Any:
+    return select(*_IDENTITY_COLUMNS).where(Customer.org_id == bindparam("org"), Customer.merged_into.is_(None),
+                                            or_(*conditions)).order_by(Customer.id)
+
+
+# The unmerged customers holding any of an identity's BSUIDs or numbers, by which of the two it names (built once:
+# every delivery runs one).
+_NAMING = {
+    (True, True): _naming(Customer.user_id.in_(bindparam("user_ids", expanding=True)),
+                          Customer.wa_id.in_(bindparam("wa_ids", expanding=True))),
+    (True, False): _naming(Customer.user_id.in_(bindparam("user_ids", expanding=True))),
+    (False, True): _naming(Customer.wa_id.in_(bindparam("wa_ids", expanding=True))),
+}
+
+
+async def _rows(session: AsyncSession, org_id: int, *conditions: Any) -> list[Row[Any]]:
+    """The unmerged customers matching any condition, oldest first: rows with the identity's columns (read on
+    the session's connection, so they are the store's values after this transaction's own writes)."""
+    return list((await (await core_connection(session)).execute(
+        select(*_IDENTITY_COLUMNS).where(Customer.org_id == org_id, Customer.merged_into.is_(None), or_(*conditions))
+        .order_by(Customer.id))).all())
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,13 +223,14 @@ class _Resolved:
 
 async def _resolve_one(session: AsyncSession, org_id: int, identity: Identity) -> _Resolved:
     user_ids, wa_ids = identity.user_ids, identity.wa_ids
-    conditions = []
+    named: dict[str, Any] = {"org": org_id}
     if user_ids:
-        conditions.append(Customer.user_id.in_(user_ids))
+        named["user_ids"] = sorted(user_ids)
     if wa_ids:
-        conditions.append(Customer.wa_id.in_(wa_ids))
-    found_rows = await _rows(session, org_id, *conditions)
-    same: list[Customer] = []
+        named["wa_ids"] = sorted(wa_ids)
+    found_rows = list((await (await core_connection(session)).execute(
+        _NAMING[(bool(user_ids), bool(wa_ids))], named)).all())
+    same: list[Row[Any]] = []
     for row in found_rows:
         # A row with another BSUID is another person who had this number before: not this customer.
         # Unless Meta says this number was the sender's until now (`user_changed_number`): a number
@@ -214,11 +253,11 @@ async def _resolve_one(session: AsyncSession, org_id: int, identity: Identity) -
                   "name": identity.name, "created_at": now, "updated_at": now}
         if final_user is not None:
             await insert_ignoring_duplicates(session, Customer, [values], conflict_on=["org_id", "user_id"],
-                                             index_where=Customer.user_id.is_not(None))
+                                             index_where=_HAS_USER_ID)
             found = await _rows(session, org_id, Customer.user_id == final_user)
         else:
             await insert_ignoring_duplicates(session, Customer, [values], conflict_on=["org_id", "wa_id"],
-                                             index_where=Customer.wa_id.is_not(None))
+                                             index_where=_HAS_WA_ID)
             found = await _rows(session, org_id, Customer.wa_id == final_wa)
         return _Resolved(CustomerRef.of(found[0]), touched_only_itself=not released)
     survivor, *others = same  # ordered by id: the older row survives

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import load_only
 
 from config.licenses import holds_agent_licenses
 from store import customers
+from store.core_connection import core_connection
 from store.tables import (
     AgentEvent,
     AgentState,
@@ -162,7 +162,7 @@ async def past_offerees(session: AsyncSession, transaction_ids: Sequence[int]) -
     return result
 
 
-def message_payload(message: InboundMessage, customer: dict[str, Any] | None = None,
+def message_payload(message: InboundMessage | Row[Any], customer: dict[str, Any] | None = None,
                     customer_ids: list[int] | None = None) -> dict[str, Any]:
     """A stored message as an inbox actor routes it. `customer_ids`: its customer's id first, then the
     customers merged into it, whose open conversations (if any) are this customer's too."""
@@ -189,24 +189,32 @@ def forwarded_payload(message: dict[str, Any]) -> dict[str, Any] | None:
     return payload
 
 
-# What routing reads of a message: never `raw` (Meta's whole payload, decoded for nothing on the hot path).
-_ROUTED_COLUMNS = load_only(
+# What routing reads of a message: never `raw` (Meta's whole payload, decoded for nothing on the hot path). Read as
+# rows on the session's connection: the routing steps never load messages as objects.
+_ROUTED_COLUMNS = (
     InboundMessage.id, InboundMessage.org_id, InboundMessage.inbox_id, InboundMessage.transaction_id,
     InboundMessage.wamid, InboundMessage.from_wa_id, InboundMessage.from_user_id, InboundMessage.customer_id,
     InboundMessage.customer_name, InboundMessage.type, InboundMessage.summary, InboundMessage.sent_at,
 )
 
 
-async def _payloads(session: AsyncSession, messages: Sequence[InboundMessage]) -> list[dict[str, Any]]:
+async def _routed(session: AsyncSession, query: Any) -> list[Any]:
+    return list((await (await core_connection(session)).execute(query)).all())
+
+
+async def _payloads(session: AsyncSession, messages: Sequence[Any]) -> list[dict[str, Any]]:
+    customer_of: dict[int, int] = {}
     for message in messages:
-        if message.customer_id is None:
+        customer_id = message.customer_id
+        if customer_id is None:
             # Stored before customers existed, naming no sender: a conversation of its own.
-            message.customer_id = await customers.new_anonymous_customer(
-                session, message.org_id, message.customer_name)
-    ids = {m.customer_id for m in messages if m.customer_id is not None}
-    aliases, shown = await customers.aliases_and_views(session, ids)
-    return [message_payload(m, shown.get(m.customer_id), aliases.get(m.customer_id))
-            for m in messages if m.customer_id is not None]
+            customer_id = await customers.new_anonymous_customer(session, message.org_id, message.customer_name)
+            await session.execute(update(InboundMessage).where(InboundMessage.id == message.id)
+                                  .values(customer_id=customer_id))
+        customer_of[message.id] = customer_id
+    aliases, shown = await customers.aliases_and_views(session, set(customer_of.values()))
+    return [message_payload(m, shown.get(customer_of[m.id]),
+                            aliases.get(customer_of[m.id]) or [customer_of[m.id]]) for m in messages]
 
 
 async def first_messages(session: AsyncSession, transaction_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -214,10 +222,19 @@ async def first_messages(session: AsyncSession, transaction_ids: Sequence[int]) 
         return {}
     first_ids = select(func.min(InboundMessage.id)).where(
         InboundMessage.transaction_id.in_(transaction_ids)).group_by(InboundMessage.transaction_id)
-    messages = (await session.scalars(select(InboundMessage).options(_ROUTED_COLUMNS)
-                                      .where(InboundMessage.id.in_(first_ids)))).all()
+    messages = await _routed(session, select(*_ROUTED_COLUMNS).where(InboundMessage.id.in_(first_ids)))
     payloads = await _payloads(session, messages)
     return {m.transaction_id: p for m, p in zip(messages, payloads, strict=True) if m.transaction_id is not None}
+
+
+# Built once: the intake runs them for every message (building and keying a statement costs more than running it).
+_ASSIGNED_TO_CUSTOMER = select(Transaction.id, Transaction.agent_id).where(
+    Transaction.state == "assigned", Transaction.inbox_id == bindparam("inbox"),
+    Transaction.customer_id == bindparam("customer"))
+_ASSIGNED_TO_CUSTOMER_LOCKED = _ASSIGNED_TO_CUSTOMER.with_for_update(read=True)
+_ATTACH_TO_HELD = update(InboundMessage).where(
+    InboundMessage.id.in_(bindparam("ids", expanding=True)), InboundMessage.transaction_id.is_(None)).values(
+    transaction_id=bindparam("tx")).returning(InboundMessage.id)
 
 
 async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int, int, int]],
@@ -233,16 +250,13 @@ async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int
     pairs = {(inbox_id, customer_id) for _, inbox_id, customer_id in messages}
     if not pairs:
         return {}
-    query = select(Transaction.id, Transaction.inbox_id, Transaction.customer_id, Transaction.agent_id).where(
-        Transaction.state == "assigned",
-        or_(*(and_(Transaction.inbox_id == inbox_id, Transaction.customer_id == customer_id)
-              for inbox_id, customer_id in sorted(pairs))))
-    if share_lock:
-        query = query.with_for_update(read=True)
+    connection = await core_connection(session)
+    query = _ASSIGNED_TO_CUSTOMER_LOCKED if share_lock else _ASSIGNED_TO_CUSTOMER
     found: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for tx_id, inbox_id, customer_id, agent_id in (await session.execute(query)).all():
-        if agent_id is not None:
-            found.setdefault((inbox_id, customer_id), []).append((int(tx_id), int(agent_id)))
+    for inbox_id, customer_id in sorted(pairs):  # one order everywhere: share locks taken without deadlock
+        for tx_id, agent_id in (await connection.execute(query, {"inbox": inbox_id, "customer": customer_id})).all():
+            if agent_id is not None:
+                found.setdefault((inbox_id, customer_id), []).append((int(tx_id), int(agent_id)))
     by_tx: dict[tuple[int, int], list[int]] = {}
     for message_id, inbox_id, customer_id in messages:
         open_txs = found.get((inbox_id, customer_id), [])
@@ -250,9 +264,7 @@ async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int
             by_tx.setdefault(open_txs[0], []).append(message_id)
     attached: dict[int, tuple[int, int]] = {}
     for (tx_id, agent_id), ids in by_tx.items():
-        done = (await session.execute(update(InboundMessage).where(
-            InboundMessage.id.in_(ids), InboundMessage.transaction_id.is_(None))
-            .values(transaction_id=tx_id).returning(InboundMessage.id))).scalars().all()
+        done = (await connection.execute(_ATTACH_TO_HELD, {"ids": ids, "tx": tx_id})).scalars().all()
         attached.update({int(message_id): (tx_id, agent_id) for message_id in done})
     return attached
 
@@ -282,6 +294,11 @@ def detach_messages(connection: Connection, inbox_id: int, transaction_id: int, 
         .values(transaction_id=None).returning(InboundMessage.id)).scalars()]
 
 
+_LOCK_STREAMS = select(AgentState.user_id).where(AgentState.user_id.in_(bindparam("agents", expanding=True))) \
+    .order_by(AgentState.user_id).with_for_update()
+_APPEND_EVENTS = insert(AgentEvent)
+
+
 async def show_to_agents(session: AsyncSession, shown: Sequence[tuple[int, int, int, dict[str, Any]]],
                          stream_lock: bool) -> None:
     """In the same transaction: the `message` events of attached follow-ups on their agents' streams, (org id,
@@ -290,12 +307,11 @@ async def show_to_agents(session: AsyncSession, shown: Sequence[tuple[int, int, 
     is locked first, as every writer of a stream does, so a stream's ids commit in id order."""
     if not shown:
         return
+    connection = await core_connection(session)
     if stream_lock:
-        agents = sorted({agent_id for _, agent_id, _, _ in shown})
-        await session.execute(select(AgentState.user_id).where(AgentState.user_id.in_(agents))
-                              .order_by(AgentState.user_id).with_for_update())
+        await connection.execute(_LOCK_STREAMS, {"agents": sorted({agent_id for _, agent_id, _, _ in shown})})
     now = utcnow()
-    await session.execute(insert(AgentEvent), [
+    await connection.execute(_APPEND_EVENTS, [
         {"org_id": org_id, "user_id": agent_id, "kind": "message", "created_at": now,
          "payload": {"transaction_id": tx_id, "inbox_id": message["inbox_id"], "message": message}}
         for org_id, agent_id, tx_id, message in shown])
@@ -316,12 +332,11 @@ async def attached_counts(session: AsyncSession, inbox_id: int, transaction_ids:
 async def messages_except(session: AsyncSession, inbox_id: int, transaction_id: int, known: Collection[int],
                           limit: int = 200) -> list[dict[str, Any]]:
     """The transaction's oldest `limit` messages other than `known`, oldest first (the next batch to hand over)."""
-    query = select(InboundMessage).options(_ROUTED_COLUMNS).where(InboundMessage.inbox_id == inbox_id,
-                                                                  InboundMessage.transaction_id == transaction_id)
+    query = select(*_ROUTED_COLUMNS).where(InboundMessage.inbox_id == inbox_id,
+                                           InboundMessage.transaction_id == transaction_id)
     if known:
         query = query.where(InboundMessage.id.not_in(list(known)))
-    rows = (await session.scalars(query.order_by(InboundMessage.id).limit(limit))).all()
-    return await _payloads(session, list(rows))
+    return await _payloads(session, await _routed(session, query.order_by(InboundMessage.id).limit(limit)))
 
 
 async def unrouted_messages(session: AsyncSession, inbox_id: int, ids: Sequence[int] | None = None,
@@ -330,15 +345,14 @@ async def unrouted_messages(session: AsyncSession, inbox_id: int, ids: Sequence[
 
     With `limit`, a page: the caller loops until a page comes back short (never a silent cut).
     """
-    query = select(InboundMessage).options(_ROUTED_COLUMNS).where(InboundMessage.inbox_id == inbox_id,
-                                                                  InboundMessage.transaction_id.is_(None))
+    query = select(*_ROUTED_COLUMNS).where(InboundMessage.inbox_id == inbox_id,
+                                           InboundMessage.transaction_id.is_(None))
     if ids is not None:
         query = query.where(InboundMessage.id.in_(ids))
     query = query.order_by(InboundMessage.id)
     if limit is not None:
         query = query.limit(limit)
-    messages = (await session.scalars(query)).all()
-    return await _payloads(session, messages)
+    return await _payloads(session, await _routed(session, query))
 
 
 async def customers_of(session: AsyncSession, customer_ids: Sequence[int]) -> dict[int, dict[str, Any]]:

@@ -10,8 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Result, ScalarResult
+from sqlalchemy import Connection, CursorResult, Result, ScalarResult
 from sqlalchemy.orm import Session
+
+
+class ThreadConnection:
+    """The session's connection behind `AsyncConnection.execute` (no await suspends)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.sync_connection = connection
+
+    async def execute(self, statement: Any, parameters: Any = None) -> CursorResult[tuple[Any, ...]]:
+        return self.sync_connection.execute(statement, parameters)
 
 
 class ThreadSession:
@@ -26,6 +36,9 @@ class ThreadSession:
 
     def get_bind(self) -> Any:
         return self.sync_session.get_bind()
+
+    async def connection(self) -> ThreadConnection:
+        return ThreadConnection(self.sync_session.connection())
 
     def add(self, instance: object) -> None:
         self.sync_session.add(instance)

@@ -9,6 +9,7 @@ from sqlalchemy import ColumnElement, Insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store.core_connection import core_connection
 from store.tables import Base
 
 
@@ -21,21 +22,30 @@ def _insert(dialect: str, model: type[Base]) -> Any:
     return module.insert(model)
 
 
+# Statements built once per shape (building one costs more than running it); `index_where` is keyed by identity,
+# so callers pass a constant.
+_IGNORING_DUPLICATES: dict[tuple[Any, ...], Insert] = {}
+
+
 async def insert_ignoring_duplicates(session: AsyncSession, model: type[Base], rows: Sequence[dict[str, Any]],
                                      *, conflict_on: Sequence[str], returning: Sequence[str] = ("id",),
                                      index_where: ColumnElement[bool] | None = None) -> list[Any]:
     """Insert rows, silently skipping those that collide on `conflict_on`; return the inserted rows.
 
-    `index_where` names the predicate of a partial unique index (e.g. `user_id IS NOT NULL`)."""
+    `index_where` names the predicate of a partial unique index (e.g. `user_id IS NOT NULL`): a module constant."""
     if not rows:
         return []
-    table = model.__table__
-    # The rows go as parameters, not into the statement: a statement holding them (a JSON value is a dict)
-    # has no cache key, so it would be compiled again for every delivery.
-    statement: Insert = _insert(_dialect_of(session), model).on_conflict_do_nothing(
-        index_elements=list(conflict_on), index_where=index_where
-    ).returning(*(table.c[name] for name in returning))  # type: ignore[attr-defined]
-    return list((await session.execute(statement, list(rows))).all())
+    key = (_dialect_of(session), model, tuple(conflict_on), tuple(returning), index_where)
+    statement = _IGNORING_DUPLICATES.get(key)
+    if statement is None:
+        table = model.__table__
+        # The rows go as parameters, not into the statement: a statement holding them (a JSON value is a dict)
+        # has no cache key, so it would be compiled again for every delivery.
+        statement = _insert(key[0], model).on_conflict_do_nothing(
+            index_elements=list(conflict_on), index_where=index_where
+        ).returning(*(table.c[name] for name in returning))  # type: ignore[attr-defined]
+        _IGNORING_DUPLICATES[key] = statement
+    return list((await (await core_connection(session)).execute(statement, list(rows))).all())
 
 
 def upsert_statement(dialect: str, model: type[Base], rows: Sequence[dict[str, Any]], *, key: Sequence[str]) -> Any:

@@ -156,20 +156,25 @@ async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgContext, tx_id: 
                *args: Any) -> TransactionOut:
     # The same rule as the reads (_visible_transaction): a member who does not serve the inbox is refused
     # before the inbox actor answers anything about the conversation's state.
-    tx = await _visible_transaction(session, ctx, tx_id)
-    inbox_id = tx.inbox_id
-    customer = (await _customers(session, [tx]))[tx.customer_id]
     # Give the connection back while the inbox actor works: under load, requests waiting on actors
     # must not hold the pool the webhook intake needs (a commit, unlike a rollback, expires nothing).
     await session.commit()
+
+    async def visible(reading: AsyncSession) -> tuple[Transaction, CustomerOut]:
+        tx = await _visible_transaction(reading, ctx, tx_id)
+        return tx, (await _customers(reading, [tx]))[tx.customer_id]
+
+    # One read step (on SQLite a worker thread's session: no round trip through the loop per statement).
+    tx, customer = await runtime.db.read(visible)
+    inbox_id = tx.inbox_id
     result = await call_through_restart(lambda: runtime.routing.inbox(ctx.org.id, inbox_id), method, tx_id, *args,
                                         unavailable="the inbox's actor is restarting; retry shortly")
     if result["status"] != 200:
         raise ApiError(result["status"], result["detail"])
     view = result.get("transaction")
     if view is None:  # an inbox actor of an earlier version, still running: read what it wrote
-        await session.refresh(tx)
-        return transaction_out(tx, customer)
+        written = await session.get(Transaction, tx.id, populate_existing=True)
+        return transaction_out(written or tx, customer)
     # The conversation as the inbox's step left it: not read again.
     return TransactionOut(id=tx.id, org_id=tx.org_id, inbox_id=tx.inbox_id, customer=customer,
                           created_at=tx.created_at, **view)
