@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Annotated, Any
 
@@ -14,7 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from actors.directory import ActorUnavailable
 from config.models import AgentSettingsUpdate, PresenceUpdate
 from gateway.actor_calls import call_through_restart
-from gateway.deps import OrgContext, OrgId, OrgMember, RuntimeDep, SessionDep, Supervisor, UserId, resolve_token
+from gateway.deps import (
+    OrgContext,
+    OrgId,
+    OrgMember,
+    Principal,
+    RuntimeDep,
+    SessionDep,
+    Supervisor,
+    UserId,
+    resolve_token,
+)
 from gateway.errors import forbidden, not_found
 from gateway.runtime import Runtime
 from gateway.schemas import AgentOut
@@ -155,14 +166,20 @@ async def agent_events(
             await websocket.close()
 
 
+async def _caller_and_agent(session: AsyncSession, runtime: Runtime, token: str | None,
+                            user_id: int) -> tuple[Principal | None, User | None]:
+    principal = await resolve_token(session, token, runtime.principals) if token else None
+    return principal, await session.get(User, user_id)
+
+
 async def _recheck(websocket: WebSocket, runtime: Runtime, token: str | None, org_id: int, user_id: int) -> None:
     """Re-resolve the caller every few seconds; close with 1008 (policy violation) once they may no longer watch."""
     while True:
         await asyncio.sleep(runtime.settings.ws_recheck_interval_s)
         try:
-            async with runtime.db.sessions() as session:
-                principal = await resolve_token(session, token, runtime.principals) if token else None
-                user = await session.get(User, user_id)
+            # One read step (on SQLite in a worker thread): every stream re-checks every few seconds.
+            principal, user = await runtime.db.read(functools.partial(_caller_and_agent, runtime=runtime, token=token,
+                                                                      user_id=user_id))
         except SQLAlchemyError as exc:  # the store briefly unavailable: the stream goes on, checked next round
             log.warning("agent %s stream: caller not re-checked (%s)", user_id, exc)
             continue
