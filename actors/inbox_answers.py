@@ -20,6 +20,7 @@ from store.clock import utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 
 class InboxAnswers(InboxCore):
@@ -114,11 +115,15 @@ class InboxAnswers(InboxCore):
         queued or offered), to deliver once the agent has confirmed.
         """
         now = utcnow()
-        async with self.db.session() as session:
-            sticky_customer = await repo.sticky_customer(session, tx.customer_id)
-            shown = (tx.first_message or {}).get("id")
+        shown = (tx.first_message or {}).get("id")
+        inbox_id = self.inbox_id
+
+        async def read(session: AsyncSession) -> tuple[int, list[dict[str, Any]]]:
             # What came while it waited, oldest first; a longer wait's rest follows through the control loop.
-            unseen = await repo.messages_except(session, self.inbox_id, tx.id, {shown} if shown is not None else set())
+            return (await repo.sticky_customer(session, tx.customer_id),
+                    await repo.messages_except(session, inbox_id, tx.id, {shown} if shown is not None else set()))
+
+        sticky_customer, unseen = await self.db.read(read)
         # No follow-up is attached to it meanwhile: the gateway attaches only to conversations held by an agent.
         handed = {m["id"] for m in unseen} | ({shown} if shown is not None else set())
         assigned = replace(tx.assigned(user_id, now), handed=frozenset(handed))

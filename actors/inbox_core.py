@@ -16,6 +16,7 @@ configuration version, a newer owner, and stored messages no forward delivered.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -34,6 +35,7 @@ from store.clock import utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
+    from sqlalchemy.ext.asyncio import AsyncSession
 
     from store import routing_repo as repo
 else:
@@ -217,8 +219,8 @@ class InboxCore(StoreBackedActor):
     async def _control_pass(self) -> None:
         if not self._activated or self._config is None:
             return
-        async with self.db.session() as session:
-            watch = await repo.inbox_watch(session, self.inbox_id)
+        # Read steps (on SQLite a worker thread's session): every inbox runs this pass every few seconds.
+        watch = await self.db.read(functools.partial(repo.inbox_watch, inbox_id=self.inbox_id))
         if watch is None:
             return  # deleted: the gateway stops this actor
         version, epoch, unrouted = watch
@@ -249,8 +251,8 @@ class InboxCore(StoreBackedActor):
         held = {tx.id: len(tx.handed) for tx in self._txs.values() if tx.state == "assigned"}
         if not held:
             return
-        async with self.db.session() as session:
-            counts = await repo.attached_counts(session, self.inbox_id, list(held))
+        counts = await self.db.read(functools.partial(repo.attached_counts, inbox_id=self.inbox_id,
+                                                      transaction_ids=list(held)))
         behind = [tx_id for tx_id, handed in held.items() if counts.get(tx_id, 0) > handed]
         if behind:
             async with self._lock:
@@ -259,13 +261,15 @@ class InboxCore(StoreBackedActor):
 
     async def _hand_over(self, tx_ids: list[int]) -> None:
         """The messages of the conversations their agent was not handed (the lock held, or activating)."""
-        handed: dict[int, list[dict[str, Any]]] = {}
-        async with self.db.session() as session:
-            for tx_id in tx_ids:
-                tx = self._txs.get(tx_id)
-                if tx is not None and tx.state == "assigned":
-                    handed[tx_id] = await repo.messages_except(session, self.inbox_id, tx_id, tx.handed)
-        self._absorb_attached(handed)
+        known = {tx_id: tx.handed for tx_id in tx_ids if (tx := self._txs.get(tx_id)) is not None
+                 and tx.state == "assigned"}
+        inbox_id = self.inbox_id
+
+        async def read(session: AsyncSession) -> dict[int, list[dict[str, Any]]]:
+            return {tx_id: await repo.messages_except(session, inbox_id, tx_id, handed)
+                    for tx_id, handed in known.items()}
+
+        self._absorb_attached(await self.db.read(read))
 
     def _absorb_attached(self, by_tx: dict[int, list[dict[str, Any]]], on_stream: bool = False) -> None:
         """After the commit: each conversation shows its customer's newest identity, and its agent gets the messages.
