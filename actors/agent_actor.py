@@ -35,7 +35,14 @@ from actors.free_heap import release_free_heap
 from actors.mailbox import Mailbox
 from config.actor_settings import ActorSettings
 from routing.presence import after_missed_offer, missed_reason
-from store.agent_store import AgentStore, StoredEvent, StoredOffer, is_postgres, open_agent_store
+from store.agent_store import (
+    AgentStore,
+    StoredEvent,
+    StoredOffer,
+    is_postgres,
+    open_agent_store,
+    without_first_message,
+)
 from store.clock import utcnow
 from store.errors import StoreUnavailable
 
@@ -390,8 +397,10 @@ class AgentActor(StoreBackedActor):
                 return self.snapshot()
             kind = payload.get("kind", "accepted")
             state = {"missed_in_a_row": 0} if kind == "accepted" else None
+            # The store writes the first message only while it is still attached to the conversation (a close
+            # may have handed it on before this commit: `AgentStore.confirm_and_read`).
             await self._commit(state=state, events=[("transferred" if kind == "transferred" else "assigned",
-                                                     {**payload, "offer_id": offer_id})])
+                                                     {**payload, "offer_id": offer_id})], confirming=True)
             if state is not None:
                 self.missed_in_a_row = 0
             hold = self.holds.get(offer_id)
@@ -549,14 +558,17 @@ class AgentActor(StoreBackedActor):
     # ------------------------------------------------------------------ event stream (own concurrency group)
 
     async def _commit(self, state: dict[str, Any] | None = None,
-                      events: list[tuple[str, dict[str, Any]]] | None = None, delivering: bool = False) -> None:
+                      events: list[tuple[str, dict[str, Any]]] | None = None, delivering: bool = False,
+                      confirming: bool = False) -> None:
         """One store transaction for a step: the agent's state row and its new events.
 
         The caller holds the step lock. The commit also reads back every event of the stream after the newest
         one this actor knows, its own and any the gateway appended (follow-ups shown at intake), so the
         recent-events buffer never has a gap. Memory changes only after the commit. `delivering`: `events` are
         customer messages' `message` events, and the store writes only those whose message is still attached to
-        their transaction (a close may have handed it on: `AgentStore.deliver_and_read`).
+        their transaction (a close may have handed it on: `AgentStore.deliver_and_read`). `confirming`: `events` is
+        a confirm's one event, written without its first message if that is no longer attached to the transaction
+        (`AgentStore.confirm_and_read`).
         """
         if not state and not events:
             return
@@ -566,12 +578,19 @@ class AgentActor(StoreBackedActor):
             if delivering:
                 rows = await self.store.deliver_and_read(self.org_id, self.user_id, new_events, utcnow(),
                                                          after_id=last_id)
+            elif confirming:
+                (event,) = new_events
+                rows = await self.store.confirm_and_read(self.org_id, self.user_id, state, event, utcnow(),
+                                                         after_id=last_id)
             else:
                 rows = await self.store.commit_and_read(self.org_id, self.user_id, state, new_events, utcnow(),
                                                         after_id=last_id)
         except StoreUnavailable:
             # Lost mid-way (its connection, or the store actor running it): it may have committed.
-            landed = await self._landed(last_id, new_events, some=delivering) if new_events else None
+            # The forms the store may have written each event in: a confirm's without its first message too.
+            forms = [[event, (event[0], without_first_message(event[1]))] if confirming else [event]
+                     for event in new_events]
+            landed = await self._landed(last_id, forms, some=delivering) if new_events else None
             if landed is None:
                 raise
             rows = landed
@@ -603,14 +622,15 @@ class AgentActor(StoreBackedActor):
             if len(rows) < CATCH_UP_PAGE:
                 return
 
-    async def _landed(self, last_id: int, events: list[tuple[str, dict[str, Any]]],
+    async def _landed(self, last_id: int, events: list[list[tuple[str, dict[str, Any]]]],
                       some: bool = False) -> list[StoredEvent] | None:
         """Every event after `last_id` if the commit of `events` landed after all, None if it did not. Other
         writers may have appended between (the gateway's follow-ups), so the step's own are found in order by
-        kind and payload. The caller's retry must not add them twice (a `message` shown twice, say). Asked until
-        the store answers, for `OUTCOME_WAIT_S` at most. `some`: the commit may have written only some of
-        `events` (a delivery skips messages no longer attached); one that wrote none counts as not landed, and its
-        retry skips them again."""
+        kind and payload. Each of `events` is given as the forms the store may write it in (a confirm's event
+        with or without its first message: the store decides). The caller's retry must not add them twice (a
+        `message` shown twice, say). Asked until the store answers, for `OUTCOME_WAIT_S` at most. `some`: the
+        commit may have written only some of `events` (a delivery skips messages no longer attached); one that
+        wrote none counts as not landed, and its retry skips them again."""
         deadline = time.monotonic() + OUTCOME_WAIT_S
         while True:
             try:
@@ -622,12 +642,13 @@ class AgentActor(StoreBackedActor):
                                 self.user_id)
                     return None
                 await asyncio.sleep(0.2)
-        wanted = [(kind, json.loads(json.dumps(payload))) for kind, payload in events]
+        wanted = [[(kind, json.loads(json.dumps(payload))) for kind, payload in forms] for forms in events]
         found = matched = 0  # wanted events passed, and of those, found
         for row in rows:
             ahead = wanted[found:] if some else wanted[found:found + 1]
-            if (row.kind, row.payload) in ahead:
-                found += ahead.index((row.kind, row.payload)) + 1
+            hit = next((i for i, forms in enumerate(ahead) if (row.kind, row.payload) in forms), None)
+            if hit is not None:
+                found += hit + 1
                 matched += 1
         if matched == 0:
             return None

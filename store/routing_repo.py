@@ -280,13 +280,19 @@ def detach_messages(connection: Connection, inbox_id: int, transaction_id: int, 
     handed on, never both. On PostgreSQL that takes the agent's stream lock first, as every writer of its stream
     does: this check then sees a delivery committed before, and one waiting for the lock sees the hand-back. (The
     lock is its own statement: READ COMMITTED gives the check a snapshot taken once it is held.) SQLite has one
-    writer at a time."""
+    writer at a time.
+
+    A claimed or transferred conversation's first message is shown by the confirm's `assigned`/`transferred`
+    event (its `first_message`), not by a `message` event: that counts as shown too, and a confirm committing
+    after this hand-back writes its event without it (`store.agent_store._confirm_and_read`)."""
     if connection.dialect.name == "postgresql":
         connection.execute(select(AgentState.user_id).where(AgentState.user_id == agent_id).with_for_update())
     shown = select(AgentEvent.id).where(
-        AgentEvent.user_id == agent_id, AgentEvent.kind == "message",
+        AgentEvent.user_id == agent_id,
         AgentEvent.payload["transaction_id"].as_integer() == transaction_id,
-        AgentEvent.payload["message"]["id"].as_integer() == InboundMessage.id)
+        or_(and_(AgentEvent.kind == "message", AgentEvent.payload["message"]["id"].as_integer() == InboundMessage.id),
+            and_(AgentEvent.kind.in_(("assigned", "transferred")),
+                 AgentEvent.payload["first_message"]["id"].as_integer() == InboundMessage.id)))
     return [int(i) for i in connection.execute(
         update(InboundMessage).where(InboundMessage.inbox_id == inbox_id,
                                      InboundMessage.transaction_id == transaction_id,

@@ -38,6 +38,7 @@ from store.tables import (
     TransactionEvent,
     User,
 )
+from tests.store_rows import hand_on, held_conversation
 
 
 class _Agent:
@@ -517,6 +518,238 @@ def test_on_postgres_a_close_waits_for_a_delivery_under_way_and_keeps_its_messag
             assert await _shown_on_stream(db, user_id) == [(tx_id, late.id)]
         finally:
             await connection.close()
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+# ---------------------------------------------------------------- a confirm that lands after the close
+
+
+class _HeldConfirm(_Agent):
+    """A real agent actor's confirms (a claim's or a transfer's, carrying the conversation's first message), held
+    while `thawed` is clear (its commit late under load); a hold is taken at once, other calls answered."""
+
+    def __init__(self, actor: Any) -> None:
+        super().__init__(actor.user_id)
+        self.actor = actor
+        self.landed = asyncio.Event()
+
+    async def hold(self, offer: dict[str, Any], direct: bool = False) -> dict[str, Any]:
+        self.calls.append("hold")
+        return {"ok": True, "reason": None, "snapshot": self.snapshot()}
+
+    async def confirm(self, offer_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("confirm")
+        await self.thawed.wait()
+        snapshot = await self.actor.confirm(offer_id, payload)
+        self.landed.set()
+        return snapshot  # type: ignore[no-any-return]
+
+
+async def _firsts_shown(db: Database, user_id: int) -> list[tuple[int, int | None]]:
+    """(transaction id, first message id or None) of the `assigned`/`transferred` events on the agent's stream that
+    start a conversation (a transfer away carries no first message either way), in order."""
+    async with db.session() as session:
+        payloads = (await session.scalars(select(AgentEvent.payload).where(
+            AgentEvent.user_id == user_id, AgentEvent.kind.in_(("assigned", "transferred")))
+            .order_by(AgentEvent.id))).all()
+    return [(int(p["transaction_id"]), (p.get("first_message") or {}).get("id")) for p in payloads
+            if p.get("direction") != "away" and p.get("kind") != "reconciled"]
+
+
+def _confirmed(tx_id: int, inbox_id: int, kind: str, first_id: int) -> dict[str, Any]:
+    """A confirm's payload as the inbox sends it (`TxState.summary` and the kind), trimmed."""
+    return {"transaction_id": tx_id, "inbox_id": inbox_id, "kind": kind,
+            "first_message": {"id": first_id, "summary": "hello"}}
+
+
+async def _first_of(db: Database, tx_id: int) -> int:
+    async with db.session() as session:
+        first = await session.scalar(select(func.min(InboundMessage.id)).where(InboundMessage.transaction_id == tx_id))
+    assert first is not None
+    return int(first)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_claim_whose_confirm_comes_after_the_close_shows_its_first_message_only_with_the_next_conversation(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """A claim's confirm carries the conversation's first message (no offer showed it). Its agent's commit is
+    late; the close waits for it until its deadline and hands the message to the customer's next conversation.
+    The late confirm then shows the assignment without it: the message is shown once, with the next one."""
+    from actors.agent_actor import AgentActor
+    from store.agent_store import open_agent_store
+
+    url = _store_url(backend, tmp_path, request)
+    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key",
+                                                    actor_call_timeout_s=0.3, inbox_sync_interval_s=3600))
+
+    async def run() -> None:
+        db = Database(url, pool_size=1)
+        org_id, user_id, inbox_id, _, tx_id = await _conversation(db, mode="manual")
+        first = await _first_of(db, tx_id)
+        actor = AgentActor(org_id, user_id, settings, _Inboxes())  # type: ignore[arg-type]
+        actor._store = open_agent_store(url, linger_s=0, name="agent")
+        agent = _HeldConfirm(actor)
+        inbox = InboxActor(org_id, inbox_id, settings, _Agents(agent))  # type: ignore[arg-type]
+        try:
+            await actor.view()
+            assert (await inbox.activate())["exists"]
+            agent.thawed.clear()
+            assert (await inbox.claim(tx_id, user_id))["status"] == 200
+            assert (await inbox.close(tx_id, user_id, False))["status"] == 200
+            async with db.session() as session:
+                attached_to = await session.scalar(select(InboundMessage.transaction_id)
+                                                   .where(InboundMessage.id == first))
+            assert attached_to is not None and attached_to != tx_id  # handed on: the next conversation's first
+            agent.thawed.set()  # the inbox's mailbox retries the confirm: the agent's commit comes now
+            await asyncio.wait_for(agent.landed.wait(), 10)
+            assert await _firsts_shown(db, user_id) == [(tx_id, None)]
+        finally:
+            await _crash(inbox)
+            await actor.store.close()
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("kind", ["claimed", "transferred"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_an_agent_shows_a_first_message_with_a_conversation_only_while_it_is_attached_to_it(
+        tmp_path: Path, backend: str, kind: str, request: pytest.FixtureRequest) -> None:
+    """Whichever of a close and a confirm commits first wins: a first message a confirm's event already shows
+    stays with the closing conversation; a confirm committed after the close handed it on shows the assignment
+    without it, and the next conversation's confirm shows it."""
+    from actors.agent_actor import AgentActor
+    from store.agent_store import open_agent_store
+
+    url = _store_url(backend, tmp_path, request)
+    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key"))
+
+    async def run() -> None:
+        db = Database(url, pool_size=1)
+        org_id, user_id, inbox_id, _, kept_tx = await _conversation(db)
+        moved_tx, (moved,) = await held_conversation(db, org_id, user_id, 1)
+        kept = await _first_of(db, kept_tx)
+        actor = AgentActor(org_id, user_id, settings, _Inboxes())  # type: ignore[arg-type]
+        actor._store = open_agent_store(url, linger_s=0, name="agent")
+        try:
+            await actor.view()
+            await actor.confirm("kept-offer", _confirmed(kept_tx, inbox_id, kind, kept))
+            assert await _close_handing_back(db, inbox_id, kept_tx, user_id, [kept]) == []  # the event shows it
+            next_tx = await hand_on(db, moved_tx, [moved])  # closed, its first message the next one's
+            await actor.confirm("moved-offer", _confirmed(moved_tx, inbox_id, kind, moved))  # late
+            await actor.confirm("next-offer", _confirmed(next_tx, inbox_id, kind, moved))
+            assert await _firsts_shown(db, user_id) == [(kept_tx, kept), (moved_tx, None), (next_tx, moved)]
+        finally:
+            await actor.store.close()
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+def test_on_postgres_a_confirm_waits_for_a_close_handing_its_first_message_on_and_then_leaves_it_out(
+        postgres_url: str, tmp_path: Path) -> None:
+    """The close's hand-back holds the agent's stream lock: the confirm's commit waits for it, then finds the
+    first message no longer attached."""
+    from actors.agent_actor import AgentActor
+    from store.agent_store import open_agent_store
+
+    upgrade_to_head(postgres_url)
+    settings = ActorSettings.from_settings(Settings(database_url=postgres_url,
+                                                    secret_key_file=tmp_path / "secret.key"))
+
+    async def run() -> None:
+        db = Database(postgres_url, pool_size=2)
+        org_id, user_id, inbox_id, _, tx_id = await _conversation(db)
+        first = await _first_of(db, tx_id)
+        actor = AgentActor(org_id, user_id, settings, _Inboxes())  # type: ignore[arg-type]
+        actor._store = open_agent_store(postgres_url, linger_s=0, name="agent")
+        try:
+            await actor.view()
+            async with db.engine.connect() as connection:
+                async with connection.begin():  # the close's commit, under way
+                    assert await connection.run_sync(
+                        lambda c: repo.detach_messages(c, inbox_id, tx_id, user_id, [first])) == [first]
+                    confirm = asyncio.ensure_future(
+                        actor.confirm("claim-offer", _confirmed(tx_id, inbox_id, "claimed", first)))
+                    await asyncio.sleep(0.5)
+                    assert not confirm.done()  # waiting for the stream lock
+                await asyncio.wait_for(confirm, 10)
+            assert await _firsts_shown(db, user_id) == [(tx_id, None)]
+        finally:
+            await actor.store.close()
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+def test_on_postgres_a_close_waits_for_a_confirm_under_way_and_keeps_its_first_message(
+        postgres_url: str, tmp_path: Path) -> None:
+    """The other order: the confirm's commit holds the stream lock, its event written but not committed. The
+    close's hand-back waits for it, then sees the event's first message and keeps it with the conversation."""
+    import asyncpg
+
+    from store.agent_store import _asyncpg_dsn, _confirm_and_read, _PostgresTx
+
+    upgrade_to_head(postgres_url)
+
+    async def run() -> None:
+        db = Database(postgres_url, pool_size=2)
+        org_id, user_id, inbox_id, _, tx_id = await _conversation(db)
+        first = await _first_of(db, tx_id)
+        connection = await asyncpg.connect(_asyncpg_dsn(postgres_url))
+        try:
+            await connection.execute("INSERT INTO agent_states (user_id, org_id, status, max_concurrent, "
+                                     "status_changed_at, missed_in_a_row, epoch) VALUES ($1, $2, 'offline', 1, "
+                                     "now(), 0, 1)", user_id, org_id)
+            confirm = connection.transaction()
+            await confirm.start()  # the agent's step, as its store runs it, held before its commit
+            event = ("assigned", _confirmed(tx_id, inbox_id, "claimed", first))
+            assert len(await _confirm_and_read(_PostgresTx(connection), org_id, user_id, None, event, utcnow(),
+                                               0)) == 1
+            close = asyncio.ensure_future(_close_handing_back(db, inbox_id, tx_id, user_id, [first]))
+            await asyncio.sleep(0.5)
+            assert not close.done()  # waiting for the stream lock
+            await confirm.commit()
+            assert await asyncio.wait_for(close, 10) == []  # kept: the stream shows it
+            assert await _firsts_shown(db, user_id) == [(tx_id, first)]
+        finally:
+            await connection.close()
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+def test_a_confirm_whose_answer_was_lost_after_it_left_out_the_first_message_counts_as_landed(
+        tmp_path: Path) -> None:
+    """The store wrote the confirm's event without its first message (handed on by a close); the answer was lost.
+    The agent must recognize what the store wrote as its step's: landed, not retried, not an error."""
+    from actors.agent_actor import AgentActor
+    from store.agent_store import open_agent_store
+    from tests.test_agent_store_actors import _AnswerLost
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/store.db"
+    upgrade_to_head(url)
+    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key"))
+
+    async def run() -> None:
+        db = Database(url, pool_size=1)
+        org_id, user_id, inbox_id, _, tx_id = await _conversation(db)
+        first = await _first_of(db, tx_id)
+        actor = AgentActor(org_id, user_id, settings, _Inboxes())  # type: ignore[arg-type]
+        store = _AnswerLost(open_agent_store(url, linger_s=0, name="agent"))
+        actor._store = store
+        try:
+            await actor.view()
+            assert await _close_handing_back(db, inbox_id, tx_id, user_id, [first]) == [first]
+            store.lose_next = "after commit"
+            await actor.confirm("claim-offer", _confirmed(tx_id, inbox_id, "claimed", first))
+            await actor.confirm("claim-offer", _confirmed(tx_id, inbox_id, "claimed", first))  # the inbox's retry
+            assert await _firsts_shown(db, user_id) == [(tx_id, None)]
+            assert tx_id in actor.active
+        finally:
+            await store.close()
             await db.dispose()
 
     asyncio.run(run())

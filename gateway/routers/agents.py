@@ -112,7 +112,8 @@ async def agent_events(
     - `offer_rescinded`: the offer is over: `offer_id`, `transaction_id`, `inbox_id`, `reason` (`missed`,
       `declined`, `rescinded`, `expired`, `withdrawn by the inbox`, `agent away`, `agent offline`).
     - `assigned`: a conversation is the agent's: `transaction_id`, `inbox_id`, `kind` (`accepted`,
-      `claimed`, `assigned` for WhatsApp Back, `reconciled`), the conversation's summary as in `offer`.
+      `claimed`, `assigned` for WhatsApp Back, `reconciled`), the conversation's summary as in `offer`
+      (`first_message` null when the conversation closed first and its message opened the next one).
     - `transferred`: a supervisor moved a conversation: to the agent (as `assigned`, `kind: transferred`)
       or away from them (`transaction_id`, `inbox_id`, `reason`, `direction: "away"`).
     - `transaction_closed`: `transaction_id`, `inbox_id`, `reason`.
