@@ -604,7 +604,10 @@ class AgentActor(StoreBackedActor):
         """Events read from the store after the newest known one, in id order: into memory, and the streams told."""
         for row in rows:
             self._track(row.kind, row.payload)
-            message = row.payload.get("message") if row.kind == "message" else None
+            # A customer message the stream shows: as a `message`, or as the first message of a claimed or transferred
+            # conversation's assignment (a restarted inbox hands that one over again).
+            message = row.payload.get("message") if row.kind == "message" else \
+                row.payload.get("first_message") if row.kind in ("assigned", "transferred") else None
             tx_id = row.payload.get("transaction_id")
             if isinstance(message, dict) and message.get("direction") != "outbound" and "id" in message \
                     and tx_id is not None:

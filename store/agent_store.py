@@ -107,9 +107,11 @@ class _Tx(Protocol):
 
     def when(self, value: Any) -> datetime | None: ...
 
-    # The SQL expressions of a `message` event's message id and direction (the backends' JSON operators differ).
+    # The SQL expressions of a `message` event's message id and direction, and of the first message an `assigned` or
+    # `transferred` event shows (the backends' JSON operators differ).
     message_id_sql: str
     message_direction_sql: str
+    first_message_id_sql: str
     # Taken first by every transaction appending to a user's stream (None: SQLite, whose writers take turns), so
     # a user's event ids commit in id order and a reader that saw an id never meets a smaller one later.
     stream_lock_sql: str | None
@@ -142,12 +144,14 @@ async def _load(tx: _Tx, org_id: int, user_id: int, recent: int, work_kinds: Seq
     kinds = ", ".join("?" for _ in work_kinds)
     work = await tx.rows(f"{_EVENT_READ} WHERE user_id = ? AND kind IN ({kinds}) ORDER BY id DESC LIMIT ?",
                          user_id, *work_kinds, work_history) if work_kinds else []
-    # What the stream already shows: a delivery retried across a restart must not show a message twice.
+    # What the stream already shows: a delivery retried across a restart must not show a message twice, nor one
+    # a claim's or transfer's confirm showed as the conversation's first.
     # Customer messages only: a reply's echo (`direction: outbound`) carries an outbox id, another id space.
-    delivered = await tx.rows(f"SELECT {tx.transaction_id_sql}, {tx.message_id_sql} FROM agent_events "
-                              "WHERE user_id = ? AND kind = 'message' "
-                              f"AND coalesce({tx.message_direction_sql}, 'inbound') <> 'outbound' "
-                              "ORDER BY id DESC LIMIT ?", user_id, delivered_history) if delivered_history else []
+    delivered = await tx.rows(
+        f"SELECT {tx.transaction_id_sql}, CASE WHEN kind = 'message' THEN {tx.message_id_sql} "
+        f"ELSE {tx.first_message_id_sql} END FROM agent_events WHERE user_id = ? AND ((kind = 'message' "
+        f"AND coalesce({tx.message_direction_sql}, 'inbound') <> 'outbound') OR kind IN ('assigned', 'transferred')) "
+        "ORDER BY id DESC LIMIT ?", user_id, delivered_history) if delivered_history else []
     return LoadedAgent(state, active, offers, [_event(tx, r) for r in latest], [_event(tx, r) for r in work],
                        [(int(t), int(m)) for (t, m) in delivered if t is not None and m is not None])
 
@@ -388,6 +392,7 @@ def _sqlite_args(args: Sequence[Any]) -> list[Any]:
 class _SqliteTx:
     message_id_sql = "json_extract(payload, '$.message.id')"
     message_direction_sql = "json_extract(payload, '$.message.direction')"
+    first_message_id_sql = "json_extract(payload, '$.first_message.id')"
     stream_lock_sql: str | None = None
     transaction_id_sql = "json_extract(payload, '$.transaction_id')"
 
@@ -489,6 +494,7 @@ def _numbered(sql: str) -> str:
 class _PostgresTx:
     message_id_sql = "(payload -> 'message' ->> 'id')"
     message_direction_sql = "(payload -> 'message' ->> 'direction')"
+    first_message_id_sql = "(payload -> 'first_message' ->> 'id')"
     stream_lock_sql: str | None = "SELECT 1 FROM agent_states WHERE user_id = ? FOR UPDATE"
     transaction_id_sql = "(payload ->> 'transaction_id')"
 

@@ -753,3 +753,41 @@ def test_a_confirm_whose_answer_was_lost_after_it_left_out_the_first_message_cou
             await db.dispose()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("kind", ["claimed", "transferred"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_first_message_a_confirm_showed_is_not_shown_again_when_a_restarted_inbox_hands_it_over(
+        tmp_path: Path, backend: str, kind: str, request: pytest.FixtureRequest) -> None:
+    """A restarted inbox hands a claimed or transferred conversation's first message over again (the confirm that
+    showed it may have died with the previous process). An agent whose stream shows it in the confirm's event skips
+    it, before and after its own restart: the message is shown once."""
+    from actors.agent_actor import AgentActor
+    from store.agent_store import open_agent_store
+
+    url = _store_url(backend, tmp_path, request)
+    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key"))
+
+    async def run() -> None:
+        db = Database(url, pool_size=1)
+        org_id, user_id, inbox_id, _, tx_id = await _conversation(db)
+        first = await _first_of(db, tx_id)
+        message = {"id": first, "inbox_id": inbox_id, "summary": "hello"}
+        actor = AgentActor(org_id, user_id, settings, _Inboxes())  # type: ignore[arg-type]
+        actor._store = open_agent_store(url, linger_s=0, name="agent")
+        restarted = AgentActor(org_id, user_id, settings, _Inboxes())  # type: ignore[arg-type]
+        restarted._store = open_agent_store(url, linger_s=0, name="agent")
+        try:
+            await actor.view()
+            await actor.confirm("an-offer", _confirmed(tx_id, inbox_id, kind, first))
+            await actor.deliver(inbox_id, [(tx_id, [message])])  # the restarted inbox's hand-over
+            await restarted.view()  # the agent's own restart: what its stream shows is read from the store
+            await restarted.deliver(inbox_id, [(tx_id, [message])])
+            assert await _firsts_shown(db, user_id) == [(tx_id, first)]
+            assert await _shown_on_stream(db, user_id) == []
+        finally:
+            await actor.store.close()
+            await restarted.store.close()
+            await db.dispose()
+
+    asyncio.run(run())
