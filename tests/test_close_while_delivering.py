@@ -332,6 +332,14 @@ class _HeldDelivery(_Agent):
         self.landed.set()
 
 
+async def _transaction_of(db: Database, message_id: int) -> int | None:
+    """The conversation the message is attached to now (None: unattached)."""
+    async with db.session() as session:
+        found: int | None = await session.scalar(select(InboundMessage.transaction_id)
+                                                 .where(InboundMessage.id == message_id))
+    return found
+
+
 async def _shown_on_stream(db: Database, user_id: int) -> list[tuple[int, int]]:
     """(transaction id, message id) of the customer messages the agent's stream shows, in order."""
     async with db.session() as session:
@@ -387,9 +395,7 @@ def test_a_delivery_whose_commit_comes_after_the_close_handed_its_message_on_is_
             assert (await inbox.close(tx_id, user_id, False))["status"] == 200
             agent.thawed.set()  # the inbox's mailbox retries the delivery: the agent's commit comes now
             await asyncio.wait_for(agent.landed.wait(), 10)
-            async with db.session() as session:
-                attached_to = await session.scalar(select(InboundMessage.transaction_id)
-                                                   .where(InboundMessage.id == follow_up.id))
+            attached_to = await _transaction_of(db, follow_up.id)
             assert attached_to is not None and attached_to != tx_id
             assert (tx_id, follow_up.id) not in await _shown_on_stream(db, user_id)
         finally:
@@ -598,9 +604,7 @@ def test_a_claim_whose_confirm_comes_after_the_close_shows_its_first_message_onl
             agent.thawed.clear()
             assert (await inbox.claim(tx_id, user_id))["status"] == 200
             assert (await inbox.close(tx_id, user_id, False))["status"] == 200
-            async with db.session() as session:
-                attached_to = await session.scalar(select(InboundMessage.transaction_id)
-                                                   .where(InboundMessage.id == first))
+            attached_to = await _transaction_of(db, first)
             assert attached_to is not None and attached_to != tx_id  # handed on: the next conversation's first
             agent.thawed.set()  # the inbox's mailbox retries the confirm: the agent's commit comes now
             await asyncio.wait_for(agent.landed.wait(), 10)
