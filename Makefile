@@ -33,9 +33,10 @@ $(CHROMIUM_STAMP):
 	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
 	touch $@
 
-## Lint, type-check and run the whole test-suite (SQLite and PostgreSQL, real Ray, real HTTP, a real browser).
+## Lint, type-check and run the whole test-suite (SQLite and PostgreSQL, real Ray, real HTTP, a real browser),
+## its files dealt over three pytest processes at once (tests/run_suite.py; WA_ROUTER_TEST_SHARDS=1: one).
 test: install lint $(CHROMIUM_STAMP)
-	$(VENV)/bin/pytest -q -m "not fuzz"
+	$(PY) -m tests.run_suite -q -m "not fuzz"
 
 ## The long fuzzing runs: schemathesis against the whole API with many examples per operation, and every
 ## Hypothesis property with its full count of examples (`make test` runs a fifth of them) (minutes).

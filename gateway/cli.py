@@ -264,11 +264,13 @@ def demo(
     simulator_port: Annotated[int, typer.Option(help="Meta simulator port.")] = 9000,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")]
     = None,
+    customer_every: Annotated[float, typer.Option(min=0.1, help="Seconds between two customers' messages.")] = 4.0,
 ) -> None:
     """Run a live demo: gateway, Meta simulator, customers and agents."""
     from gateway.demo import DemoOptions, run_demo
 
-    run_demo(DemoOptions(port=port, simulator_port=simulator_port, duration_s=duration), out, err)
+    run_demo(DemoOptions(port=port, simulator_port=simulator_port, duration_s=duration,
+                         customer_every_s=customer_every), out, err)
 
 
 # ---------------------------------------------------------------- bench and soak

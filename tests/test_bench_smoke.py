@@ -57,8 +57,9 @@ def test_design_skeleton_carries_every_message_to_a_stream_once(tmp_path: Path) 
 def test_actor_ceiling_measures_both_empty_actors(tmp_path: Path) -> None:
     """`python -m bench.ceiling_actor`: raw call throughput, and the two baselines an idle agent actor is
     compared with, an empty actor and an empty one of an agent's shape (its stream read once), and that shape
-    after serving calls, with Ray's task events off and on."""
-    done = subprocess.run([sys.executable, "-m", "bench.ceiling_actor", "1"], capture_output=True, text=True,
+    after serving calls, with Ray's task events off and on. The idle CPU's window is short (0.5 s, not 5 s): no
+    figure is asserted here, only that each is measured."""
+    done = subprocess.run([sys.executable, "-m", "bench.ceiling_actor", "1", "0.5"], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -66,6 +67,7 @@ def test_actor_ceiling_measures_both_empty_actors(tmp_path: Path) -> None:
     assert report["empty_actor_uss_mib"] > 0 and report["empty_routing_actor_uss_mib"] > 0
     assert report["served_calls"] == 5000
     assert report["served_routing_actor_uss_mib"] > 0 and report["served_routing_actor_task_events_uss_mib"] > 0
+    assert report["empty_actor_idle_cpu_percent"] >= 0
 
 
 def test_the_bench_counts_postgresql_connections_by_whose_they_are(postgres_url: str) -> None:

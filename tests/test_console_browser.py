@@ -32,6 +32,10 @@ if not Path(CHROMIUM).exists():
 
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect, sync_playwright  # noqa: E402  (after the skip)
 
+# Every expectation waits as long as the page's actions do: on a busy machine a step that starts an actor
+# process (creating an inbox, an agent turning available) can take longer than Playwright's default 5 s.
+expect.set_options(timeout=TIMEOUT_MS)
+
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:

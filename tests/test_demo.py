@@ -56,8 +56,10 @@ def test_demo_routes_conversations_lists_actors_and_stops(tmp_path: Path) -> Non
         # --duration only bounds a demo the Ctrl-C below would fail to stop (the test then fails on stderr).
         # Ctrl-C reaches the demo as a terminal's would even when this suite runs as a background job (whose
         # children inherit SIGINT ignored).
+        # A customer writes every second (4 s by default): the conversations the test waits for come sooner.
         demo = subprocess.Popen([*command, "demo", "--port", str(port), "--simulator-port", str(simulator_port),
-                                 "--duration", "600"], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+                                 "--duration", "600", "--customer-every", "1"], stdout=subprocess.PIPE,
+                                stderr=stderr, text=True, env=env,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             assert demo.stdout is not None

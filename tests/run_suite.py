@@ -1,0 +1,125 @@
+"""`make test`'s pytest: the suite's test files in a few pytest processes at once (`python -m tests.run_suite`).
+
+Most of the suite's time is spent waiting, not computing: actor processes starting, offer timers, Meta's
+pacing in the simulator, subprocess gateways, clusters and the demo coming up. So the test files are dealt
+into SHARDS groups of about equal time (longest first, each to the least loaded group) and each group runs
+as its own `pytest` process, with its own session fixtures: its own Ray instance, simulator, gateways and
+PostgreSQL database. Nothing is shared between groups but the machine. Each group's output is printed
+whole once it ends; the exit status is the worst of them.
+
+    python -m tests.run_suite [--shards N] [pytest options, e.g. -m "not fuzz"]
+
+`--shards 1` runs a single pytest process over the whole suite (the same tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+SHARDS = 3
+
+# Seconds each file takes in one of SHARDS pytest processes (measured on this 2-core machine with other suites
+# running beside it, its share of its process's session fixtures included), used only to deal the files out
+# evenly. A file not listed counts DEFAULT_S.
+WEIGHTS_S: dict[str, float] = {
+    "test_fault_injection.py": 198, "test_bench_smoke.py": 143, "test_messaging_replies.py": 94,
+    "test_routing_flow.py": 87, "test_customer_identity.py": 77, "test_routing_capacity.py": 70,
+    "test_routing_v2.py": 67, "test_routing_modes_e2e.py": 62, "test_demo.py": 59, "test_messaging_sender.py": 55,
+    "test_openapi_schemathesis.py": 54, "test_api_inboxes.py": 46, "test_store_backends.py": 46,
+    "test_node_loss.py": 43, "test_agent_deactivation.py": 38, "test_cluster_placement.py": 8,
+    "test_followups_at_intake.py": 34, "test_console_browser.py": 33, "test_head_loss.py": 33,
+    "test_routing_recovery.py": 32, "test_messaging_multi_org.py": 30, "test_access_matrix.py": 29,
+    "test_agent_store_actors.py": 28, "test_deploy_manifests.py": 22, "test_messaging_whatsapp_back.py": 22,
+    "test_local_ray_loopback.py": 17, "test_action_answers.py": 17, "test_agent_event_stream.py": 17,
+    "test_metrics_under_load.py": 15, "test_stats.py": 14, "test_close_while_delivering.py": 13,
+    "test_ws_auth_and_log_scrub.py": 12, "test_two_gateways.py": 12, "test_actor_secrets.py": 12,
+    "test_credentials_rotation.py": 12, "test_inbox_metrics.py": 12, "test_api_paging.py": 10,
+    "test_number_settings_owner.py": 9, "test_gateway_metrics.py": 9, "test_cli.py": 9, "test_webhook_intake.py": 8,
+    "test_health.py": 8, "test_api_whatsapp_accounts.py": 8, "test_api_auth_orgs_users.py": 7,
+    "test_agent_store.py": 7, "test_startup_refusals.py": 7,
+}
+DEFAULT_S = 2.0
+# Files kept in one process. The storms (SIGKILLs under load, the benchmark's smoke, clusters of their own, the
+# demo) each load the whole machine for a minute or more: one after another in one process, never two at
+# once, as in a single pytest run; they share it with the other processes' lighter tests only. And the files
+# sharing a costly session fixture start it once: the three-node cluster of `tests/cluster_checks.py`.
+TOGETHER: list[tuple[str, ...]] = [
+    ("test_fault_injection.py", "test_bench_smoke.py", "test_cluster_placement.py", "test_node_loss.py",
+     "test_head_loss.py", "test_demo.py"),
+]
+
+
+def deal(files: list[Path], shards: int) -> list[list[Path]]:
+    """Longest first, each unit (a file, or files kept TOGETHER) to the group with the least time so far."""
+    units: list[list[Path]] = []
+    for names in TOGETHER:
+        unit = [p for p in files if p.name in names]
+        if unit:
+            units.append(unit)
+    kept = {p for unit in units for p in unit}
+    units += [[p] for p in files if p not in kept]
+    groups: list[list[Path]] = [[] for _ in range(shards)]
+    loads = [0.0] * shards
+
+    def weight(unit: list[Path]) -> float:
+        return sum(WEIGHTS_S.get(p.name, DEFAULT_S) for p in unit)
+
+    for unit in sorted(units, key=lambda u: (-weight(u), u[0].name)):
+        least = loads.index(min(loads))
+        groups[least] += unit
+        loads[least] += weight(unit)
+    return [sorted(group) for group in groups if group]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.run_suite", description=__doc__.splitlines()[0],
+                                     epilog="Any other option is passed to every pytest process.")
+    parser.add_argument("--shards", type=int, default=int(os.environ.get("WA_ROUTER_TEST_SHARDS", SHARDS)))
+    args, pytest_args = parser.parse_known_args(argv)
+    files = sorted(TESTS.glob("test_*.py"))
+    groups = deal(files, max(1, args.shards))
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="wa-router-suite-") as logs:
+        running = []
+        for index, group in enumerate(groups):
+            log = (Path(logs) / f"shard-{index}.log").open("w+")
+            # The cache plugin's files would be written by every process at once: off in the shards.
+            command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args,
+                       *(str(p.relative_to(TESTS.parent)) for p in group)]
+            running.append((index, group, log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                                cwd=TESTS.parent)))
+        print(f"{len(files)} test files in {len(groups)} pytest processes", flush=True)
+        codes = []
+        for index, group, log, process in running:
+            while True:
+                try:
+                    code = process.wait()
+                    break
+                except KeyboardInterrupt:  # Ctrl-C: each pytest stops and reports, as a single one would
+                    for *_, other in running:
+                        if other.poll() is None:
+                            other.send_signal(signal.SIGINT)
+            log.seek(0)
+            print(f"\n===== pytest {index + 1}/{len(groups)} ({len(group)} files: "
+                  f"{', '.join(p.stem.removeprefix('test_') for p in group)}) exit {code} =====", flush=True)
+            sys.stdout.write(log.read())
+            log.close()
+            codes.append(code)
+    print(f"\n===== {len(groups)} pytest processes, exit {codes}, {time.monotonic() - began:.0f} s =====", flush=True)
+    # 5 is pytest's "no tests collected": a group whose files the options deselected entirely is not a failure.
+    failed = [code for code in codes if code not in (0, 5)]
+    if failed:
+        return failed[0]
+    return 0 if 0 in codes else 5
+
+
+if __name__ == "__main__":
+    sys.exit(main())
