@@ -148,6 +148,8 @@ class AgentActor(StoreBackedActor):
         # confirm, when it comes, still shows the assignment as the inbox sent it (its first message).
         self._reconciled: set[int] = set()
         self._finished_offers: OrderedDict[str, None] = OrderedDict()
+        # Offers this process confirmed: a retried confirm (its answer was slow) is answered without a second step.
+        self._confirmed: OrderedDict[str, None] = OrderedDict()
         # (transaction id, message id) the stream showed: a message a close handed to the customer's next
         # conversation is shown there too.
         self._delivered: OrderedDict[tuple[int, int], None] = OrderedDict()
@@ -393,20 +395,26 @@ class AgentActor(StoreBackedActor):
         await self._ensure_active()
         async with self._step_lock:
             tx_id = int(payload["transaction_id"])
-            if tx_id in self.active and tx_id not in self._reconciled:
+            if offer_id in self._confirmed or (tx_id in self.active and tx_id not in self._reconciled):
+                # Confirmed already: a retry of a confirm whose answer was slow, maybe after the close ended it.
                 return self.snapshot()
             kind = payload.get("kind", "accepted")
             state = {"missed_in_a_row": 0} if kind == "accepted" else None
+            event_kind = "transferred" if kind == "transferred" else "assigned"
             # The store writes the first message only while it is still attached to the conversation (a close
-            # may have handed it on before this commit: `AgentStore.confirm_and_read`).
-            await self._commit(state=state, events=[("transferred" if kind == "transferred" else "assigned",
-                                                     {**payload, "offer_id": offer_id})], confirming=True)
-            if state is not None:
-                self.missed_in_a_row = 0
+            # may have handed it on before this commit), and nothing for an offer it shows confirmed already
+            # (`AgentStore.confirm_and_read`).
+            rows = await self._commit(state=state, events=[(event_kind, {**payload, "offer_id": offer_id})],
+                                      confirming=True)
             hold = self.holds.get(offer_id)
             if hold is not None:
                 self._drop_hold(hold)
             _remember(self._finished_offers, offer_id)
+            _remember(self._confirmed, offer_id)
+            if not any(r.kind == event_kind and r.payload.get("offer_id") == offer_id for r in rows):
+                return self.snapshot()  # confirmed before (the stream shows it), maybe closed since: no work taken on
+            if state is not None:
+                self.missed_in_a_row = 0
             self.active[tx_id] = int(payload["inbox_id"])
         self._notify_inboxes(answered=int(payload["inbox_id"]))
         return self.snapshot()
@@ -559,7 +567,7 @@ class AgentActor(StoreBackedActor):
 
     async def _commit(self, state: dict[str, Any] | None = None,
                       events: list[tuple[str, dict[str, Any]]] | None = None, delivering: bool = False,
-                      confirming: bool = False) -> None:
+                      confirming: bool = False) -> list[StoredEvent]:
         """One store transaction for a step: the agent's state row and its new events.
 
         The caller holds the step lock. The commit also reads back every event of the stream after the newest
@@ -571,7 +579,7 @@ class AgentActor(StoreBackedActor):
         (`AgentStore.confirm_and_read`).
         """
         if not state and not events:
-            return
+            return []
         new_events = list(events or [])
         last_id = self._last_known_id()
         try:
@@ -596,6 +604,7 @@ class AgentActor(StoreBackedActor):
             rows = landed
         self._last_step = time.monotonic()
         self._absorb(rows)
+        return rows
 
     def _last_known_id(self) -> int:
         return int(self._recent[-1]["id"]) if self._recent else self._known_id

@@ -50,6 +50,8 @@ _SQLITE_CACHE_KIB = 256
 # PostgreSQL: connections of one store at once, the kept one and one more while two steps overlap.
 _POSTGRES_CONNECTIONS = 2
 _CONNECT_TIMEOUT_S = 10.0
+# How far back a confirm looks for its offer's event, written by an earlier attempt whose answer was slow.
+CONFIRM_LOOKBACK_EVENTS = 1000
 # Message ids per statement when a delivery checks what is still attached (well under both drivers' limits).
 _IDS_PER_STATEMENT = 500
 
@@ -112,6 +114,7 @@ class _Tx(Protocol):
     message_id_sql: str
     message_direction_sql: str
     first_message_id_sql: str
+    offer_id_sql: str
     # Taken first by every transaction appending to a user's stream (None: SQLite, whose writers take turns), so
     # a user's event ids commit in id order and a reader that saw an id never meets a smaller one later.
     stream_lock_sql: str | None
@@ -229,10 +232,20 @@ async def _confirm_and_read(tx: _Tx, org_id: int, user_id: int, state: dict[str,
     show it (`routing_repo.detach_messages`, which counts this event's first message as shown), and the confirm's
     commit may come after (late under load). So, as a delivery does (`_deliver_and_read`), this decides under
     the agent's stream lock (PostgreSQL; SQLite's writers take turns), and writes the event without the message
-    when it was handed on or attached to another conversation since: shown once, with the next conversation."""
+    when it was handed on or attached to another conversation since: shown once, with the next conversation.
+    A confirm of an offer the stream shows confirmed already writes nothing."""
     if tx.stream_lock_sql is not None:
         await tx.execute(tx.stream_lock_sql, user_id)
     kind, payload = event
+    offer_id = payload.get("offer_id")
+    # Among the stream's latest events (a retry follows its first attempt within seconds; the index keeps this short).
+    if offer_id is not None and await tx.rows(
+            "SELECT 1 FROM (SELECT kind, payload FROM agent_events WHERE user_id = ? ORDER BY id DESC LIMIT ?) "
+            f"AS latest WHERE kind IN ('assigned', 'transferred') AND {tx.offer_id_sql} = ? LIMIT 1",
+            user_id, CONFIRM_LOOKBACK_EVENTS, str(offer_id)):
+        # Confirmed already (a retry whose first attempt landed, maybe after the close's `end` too): written once.
+        # The caller sees that its event is not among those read, and takes no work on.
+        return await _events(tx, f"{_EVENT_READ} WHERE user_id = ? AND id > ? ORDER BY id", (user_id, after_id))
     first = payload.get("first_message")
     if isinstance(first, dict) and "id" in first:
         rows = await tx.rows("SELECT transaction_id FROM inbound_messages WHERE id = ?", int(first["id"]))
@@ -393,6 +406,7 @@ class _SqliteTx:
     message_id_sql = "json_extract(payload, '$.message.id')"
     message_direction_sql = "json_extract(payload, '$.message.direction')"
     first_message_id_sql = "json_extract(payload, '$.first_message.id')"
+    offer_id_sql = "json_extract(payload, '$.offer_id')"
     stream_lock_sql: str | None = None
     transaction_id_sql = "json_extract(payload, '$.transaction_id')"
 
@@ -495,6 +509,7 @@ class _PostgresTx:
     message_id_sql = "(payload -> 'message' ->> 'id')"
     message_direction_sql = "(payload -> 'message' ->> 'direction')"
     first_message_id_sql = "(payload -> 'first_message' ->> 'id')"
+    offer_id_sql = "(payload ->> 'offer_id')"
     stream_lock_sql: str | None = "SELECT 1 FROM agent_states WHERE user_id = ? FOR UPDATE"
     transaction_id_sql = "(payload ->> 'transaction_id')"
 

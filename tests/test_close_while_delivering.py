@@ -795,3 +795,45 @@ def test_a_first_message_a_confirm_showed_is_not_shown_again_when_a_restarted_in
             await db.dispose()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["same-process", "restarted-agent"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_confirm_retried_after_its_conversation_closed_shows_nothing_and_takes_no_work(
+        tmp_path: Path, backend: str, restarted: bool, request: pytest.FixtureRequest) -> None:
+    """A confirm whose answer was slow is sent again by the inbox's mailbox; the first attempt lands, the close
+    ends the conversation, then the retry comes. It writes no second assignment and takes no work on (the agent's
+    capacity would stay taken by a closed conversation), in the same process and after the agent's restart."""
+    from actors.agent_actor import AgentActor
+    from store.agent_store import open_agent_store
+
+    url = _store_url(backend, tmp_path, request)
+    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key"))
+
+    async def run() -> None:
+        db = Database(url, pool_size=1)
+        org_id, user_id, inbox_id, _, tx_id = await _conversation(db)
+        first = await _first_of(db, tx_id)
+        actor = AgentActor(org_id, user_id, settings, _Inboxes())  # type: ignore[arg-type]
+        actor._store = open_agent_store(url, linger_s=0, name="agent")
+        later = actor
+        try:
+            await actor.view()
+            await actor.confirm("the-offer", _confirmed(tx_id, inbox_id, "claimed", first))
+            await db.write(lambda connection: repo.save_transaction(connection, tx_id, {"state": "closed",
+                                                                                       "closed_at": utcnow()}))
+            await actor.end(tx_id, "closed")
+            if restarted:
+                later = AgentActor(org_id, user_id, settings, _Inboxes())  # type: ignore[arg-type]
+                later._store = open_agent_store(url, linger_s=0, name="agent")
+                await later.view()
+            snapshot = await later.confirm("the-offer", _confirmed(tx_id, inbox_id, "claimed", first))
+            assert await _firsts_shown(db, user_id) == [(tx_id, first)]
+            assert later.active == {} and snapshot["active_count"] == 0
+        finally:
+            await actor.store.close()
+            if later is not actor:
+                await later.store.close()
+            await db.dispose()
+
+    asyncio.run(run())
