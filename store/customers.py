@@ -190,8 +190,6 @@ async def _survivor_ids(session: AsyncSession, customer_ids: set[int]) -> dict[i
     return {row_id: survivor for row_id, survivor in rows}
 
 
-
-
 def _naming(*conditions: Any) -> Any:
     return select(*_IDENTITY_COLUMNS).where(Customer.org_id == bindparam("org"), Customer.merged_into.is_(None),
                                             or_(*conditions)).order_by(Customer.id)

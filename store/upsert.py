@@ -22,9 +22,9 @@ def _insert(dialect: str, model: type[Base]) -> Any:
     return module.insert(model)
 
 
-# Statements built once per shape (building one costs more than running it); `index_where` is keyed by identity,
-# so callers pass a constant.
-_IGNORING_DUPLICATES: dict[tuple[Any, ...], Insert] = {}
+# Statements built once per shape (building one costs more than running it). `index_where` is keyed by its id (a
+# SQL expression compares by building another one), the expression kept with the statement so the id stays its own.
+_IGNORING_DUPLICATES: dict[tuple[Any, ...], tuple[ColumnElement[bool] | None, Insert]] = {}
 
 
 async def insert_ignoring_duplicates(session: AsyncSession, model: type[Base], rows: Sequence[dict[str, Any]],
@@ -32,19 +32,22 @@ async def insert_ignoring_duplicates(session: AsyncSession, model: type[Base], r
                                      index_where: ColumnElement[bool] | None = None) -> list[Any]:
     """Insert rows, silently skipping those that collide on `conflict_on`; return the inserted rows.
 
-    `index_where` names the predicate of a partial unique index (e.g. `user_id IS NOT NULL`): a module constant."""
+    `index_where` names the predicate of a partial unique index (e.g. `user_id IS NOT NULL`), best a module
+    constant: its statement is then built once."""
     if not rows:
         return []
-    key = (_dialect_of(session), model, tuple(conflict_on), tuple(returning), index_where)
-    statement = _IGNORING_DUPLICATES.get(key)
-    if statement is None:
+    key = (_dialect_of(session), model, tuple(conflict_on), tuple(returning), id(index_where))
+    cached = _IGNORING_DUPLICATES.get(key)
+    if cached is not None and cached[0] is index_where:
+        statement = cached[1]
+    else:
         table = model.__table__
         # The rows go as parameters, not into the statement: a statement holding them (a JSON value is a dict)
         # has no cache key, so it would be compiled again for every delivery.
         statement = _insert(key[0], model).on_conflict_do_nothing(
             index_elements=list(conflict_on), index_where=index_where
         ).returning(*(table.c[name] for name in returning))  # type: ignore[attr-defined]
-        _IGNORING_DUPLICATES[key] = statement
+        _IGNORING_DUPLICATES[key] = (index_where, statement)
     return list((await (await core_connection(session)).execute(statement, list(rows))).all())
 
 
