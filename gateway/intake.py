@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from actors.messages import StoredMessage
 from meta.webhook_parser import InboundMessage as ParsedMessage
 from meta.webhook_parser import ParsedWebhook
-from store.core_connection import core_rows
+from store.core_connection import core_connection
 from store.customers import CustomerRef, Identity, new_anonymous_customer, resolve_customers
 from store.outbox import StatusChange, apply_status
 from store.routing_repo import attach_to_assigned, forwarded_payload, show_to_agents
@@ -107,8 +107,8 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
     # A number is used by at most one inbox anywhere: its owner decides where the message belongs.
     owner_of_number: dict[str, tuple[int, int]] = {}
     if numbers:
-        owner_of_number = {number: (inbox_id, owner) for inbox_id, number, owner in await core_rows(
-            session, _INBOXES_OF_NUMBERS, {"numbers": sorted(numbers)})}
+        owner_of_number = {number: (inbox_id, owner) for inbox_id, number, owner in (await (
+            await core_connection(session)).execute(_INBOXES_OF_NUMBERS, {"numbers": sorted(numbers)})).all()}
 
     unique_messages: dict[str, ParsedMessage] = {}
     for message in parsed.messages:

@@ -23,8 +23,3 @@ async def core_connection(session: AsyncSession) -> CoreConnection:
     await session.flush()
     connection: CoreConnection = await session.connection()  # type: ignore[assignment]
     return connection
-
-
-async def core_rows(session: AsyncSession, statement: Any, parameters: Any = None) -> list[Any]:
-    """Every row of a Core statement run on the session's connection."""
-    return list((await (await core_connection(session)).execute(statement, parameters)).all())

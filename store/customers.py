@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Row, bindparam, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from store.core_connection import core_connection, core_rows
+from store.core_connection import core_connection
 from store.tables import Customer, InboundMessage, StickyAgent, Transaction
 from store.types import utcnow
 from store.upsert import insert_ignoring_duplicates
@@ -132,7 +132,7 @@ async def aliases_and_views(session: AsyncSession, customer_ids: Iterable[int]
     if not survivors:
         return {}, {}
     wanted = sorted(set(survivors.values()))
-    rows = await core_rows(session, _WITH_MERGED, {"ids": wanted})
+    rows = (await (await core_connection(session)).execute(_WITH_MERGED, {"ids": wanted})).all()
     merged: dict[int, list[int]] = {}
     shown: dict[int, CustomerRef] = {}
     for row in rows:
@@ -186,7 +186,7 @@ _SURVIVORS = select(Customer.id, func.coalesce(Customer.merged_into, Customer.id
 async def _survivor_ids(session: AsyncSession, customer_ids: set[int]) -> dict[int, int]:
     if not customer_ids:
         return {}
-    rows = await core_rows(session, _SURVIVORS, {"ids": list(customer_ids)})
+    rows = (await (await core_connection(session)).execute(_SURVIVORS, {"ids": list(customer_ids)})).all()
     return {row_id: survivor for row_id, survivor in rows}
 
 
@@ -208,7 +208,9 @@ _NAMING = {
 async def _rows(session: AsyncSession, org_id: int, *conditions: Any) -> list[Row[Any]]:
     """The unmerged customers matching any condition, oldest first: rows with the identity's columns (read on
     the session's connection, so they are the store's values after this transaction's own writes)."""
-    return await core_rows(session, _naming(*conditions), {"org": org_id})
+    return list((await (await core_connection(session)).execute(
+        select(*_IDENTITY_COLUMNS).where(Customer.org_id == org_id, Customer.merged_into.is_(None), or_(*conditions))
+        .order_by(Customer.id))).all())
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +226,8 @@ async def _resolve_one(session: AsyncSession, org_id: int, identity: Identity) -
         named["user_ids"] = sorted(user_ids)
     if wa_ids:
         named["wa_ids"] = sorted(wa_ids)
-    found_rows = await core_rows(session, _NAMING[(bool(user_ids), bool(wa_ids))], named)
+    found_rows = list((await (await core_connection(session)).execute(
+        _NAMING[(bool(user_ids), bool(wa_ids))], named)).all())
     same: list[Row[Any]] = []
     for row in found_rows:
         # A row with another BSUID is another person who had this number before: not this customer.

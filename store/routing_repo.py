@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.licenses import holds_agent_licenses
 from store import customers
-from store.core_connection import core_connection, core_rows
+from store.core_connection import core_connection
 from store.tables import (
     AgentEvent,
     AgentState,
@@ -198,6 +198,10 @@ _ROUTED_COLUMNS = (
 )
 
 
+async def _routed(session: AsyncSession, query: Any) -> list[Any]:
+    return list((await (await core_connection(session)).execute(query)).all())
+
+
 async def _payloads(session: AsyncSession, messages: Sequence[Any]) -> list[dict[str, Any]]:
     customer_of: dict[int, int] = {}
     for message in messages:
@@ -218,7 +222,7 @@ async def first_messages(session: AsyncSession, transaction_ids: Sequence[int]) 
         return {}
     first_ids = select(func.min(InboundMessage.id)).where(
         InboundMessage.transaction_id.in_(transaction_ids)).group_by(InboundMessage.transaction_id)
-    messages = await core_rows(session, select(*_ROUTED_COLUMNS).where(InboundMessage.id.in_(first_ids)))
+    messages = await _routed(session, select(*_ROUTED_COLUMNS).where(InboundMessage.id.in_(first_ids)))
     payloads = await _payloads(session, messages)
     return {m.transaction_id: p for m, p in zip(messages, payloads, strict=True) if m.transaction_id is not None}
 
@@ -338,7 +342,7 @@ async def messages_except(session: AsyncSession, inbox_id: int, transaction_id: 
                                            InboundMessage.transaction_id == transaction_id)
     if known:
         query = query.where(InboundMessage.id.not_in(list(known)))
-    return await _payloads(session, await core_rows(session, query.order_by(InboundMessage.id).limit(limit)))
+    return await _payloads(session, await _routed(session, query.order_by(InboundMessage.id).limit(limit)))
 
 
 async def unrouted_messages(session: AsyncSession, inbox_id: int, ids: Sequence[int] | None = None,
@@ -354,7 +358,7 @@ async def unrouted_messages(session: AsyncSession, inbox_id: int, ids: Sequence[
     query = query.order_by(InboundMessage.id)
     if limit is not None:
         query = query.limit(limit)
-    return await _payloads(session, await core_rows(session, query))
+    return await _payloads(session, await _routed(session, query))
 
 
 async def customers_of(session: AsyncSession, customer_ids: Sequence[int]) -> dict[int, dict[str, Any]]:

@@ -9,7 +9,7 @@ from sqlalchemy import ColumnElement, Insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from store.core_connection import core_rows
+from store.core_connection import core_connection
 from store.tables import Base
 
 
@@ -48,7 +48,7 @@ async def insert_ignoring_duplicates(session: AsyncSession, model: type[Base], r
             index_elements=list(conflict_on), index_where=index_where
         ).returning(*(table.c[name] for name in returning))  # type: ignore[attr-defined]
         _IGNORING_DUPLICATES[key] = (index_where, statement)
-    return await core_rows(session, statement, list(rows))
+    return list((await (await core_connection(session)).execute(statement, list(rows))).all())
 
 
 def upsert_statement(dialect: str, model: type[Base], rows: Sequence[dict[str, Any]], *, key: Sequence[str]) -> Any:
