@@ -377,15 +377,29 @@ class AgentActor(StoreBackedActor):
         return None
 
     async def publish(self, offer: dict[str, Any]) -> dict[str, Any]:
-        """The inbox committed the offer: show it to the agent (once; idempotent on the offer id)."""
+        """The inbox committed the offer, and with it the offer's event on the stream: the hold is shown (a read,
+        not a write; idempotent on the offer id). A hold that lapsed before this came has its offer withdrawn."""
         await self._ensure_active()
         async with self._step_lock:
-            hold = self.holds.get(offer["offer_id"])
-            if hold is not None and not hold.published:
-                await self._commit(events=[("offer", offer)])
+            await self._catch_up()
+            offer_id = offer["offer_id"]
+            hold = self.holds.get(offer_id)
+            if hold is not None:
                 hold.offer = offer
                 hold.published = True
+            elif self._shown_ringing(offer_id):
+                await self._commit(events=[("offer_rescinded", {
+                    "transaction_id": int(offer["transaction_id"]), "inbox_id": int(offer["inbox_id"]),
+                    "offer_id": offer_id, "reason": "expired"})])
             return self.snapshot()
+
+    def _shown_ringing(self, offer_id: str) -> bool:
+        """Whether the stream's latest event of the offer shows it (no rescind or assignment after it)."""
+        latest = None
+        for event in self._recent:
+            if event.get("offer_id") == offer_id:
+                latest = event["type"]
+        return latest == "offer"
 
     async def confirm(self, offer_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         """The inbox committed the assignment (accepted, claimed or transferred): the hold becomes active work.
@@ -427,6 +441,8 @@ class AgentActor(StoreBackedActor):
             if hold is None:
                 _remember(self._finished_offers, offer_id)
                 return self.snapshot()
+            if not hold.published:
+                await self._catch_up()  # the inbox's commit may have shown it with its publish still on the way
             events = [("offer_rescinded", _rescinded(hold, reason))] if hold.published else []
             if reason == "missed":
                 threshold = await self.store.missed_offers_before_away(self.org_id)
@@ -446,25 +462,26 @@ class AgentActor(StoreBackedActor):
         self._notify_inboxes(answered=hold.inbox_id)
         return self.snapshot()
 
-    async def end(self, transaction_id: int, reason: str) -> dict[str, Any]:
-        """Closed or transferred away: capacity frees and the idle clock starts now (idempotent)."""
+    async def end(self, transaction_id: int, reason: str, at: str | None = None) -> dict[str, Any]:
+        """Closed or transferred away: capacity frees and the idle clock starts at `at` (idempotent).
+
+        The inbox's commit wrote the event on the stream and the idle clock's start (`store.agent_streams`): the
+        agent reads it, and writes only what the stream lacks (a caller that did not write it: no `at`)."""
         await self._ensure_active()
         async with self._step_lock:
-            kind = "transaction_closed" if reason == "closed" else "transferred"
+            await self._catch_up()
+            ended_at = datetime.fromisoformat(at) if at else utcnow()
+            inbox_id = self.active.get(transaction_id, self._shown_open.get(transaction_id))
+            if transaction_id in self._shown_open and inbox_id is not None:
+                kind = "transaction_closed" if reason == "closed" else "transferred"
+                state = {"last_chat_end_at": ended_at} if transaction_id in self.active else None
+                await self._commit(state=state, events=[(kind, {
+                    "transaction_id": transaction_id, "inbox_id": inbox_id, "reason": reason,
+                    "direction": "away" if kind == "transferred" else None})])
             if transaction_id not in self.active:
-                # Already gone from memory (a reload read the store after the commit), maybe not from the stream.
-                inbox_id = self._shown_open.get(transaction_id)
-                if inbox_id is not None:
-                    await self._commit(events=[(kind, {"transaction_id": transaction_id, "inbox_id": inbox_id,
-                                                       "reason": reason,
-                                                       "direction": "away" if kind == "transferred" else None})])
-                return self.snapshot()
-            now = utcnow()
-            await self._commit(state={"last_chat_end_at": now}, events=[(kind, {
-                "transaction_id": transaction_id, "inbox_id": self.active[transaction_id], "reason": reason,
-                "direction": "away" if kind == "transferred" else None})])
+                return self.snapshot()  # ended before (a retry, or a reload read the store after the commit)
             inbox_id = self.active.pop(transaction_id)
-            self.last_chat_end_at = now
+            self.last_chat_end_at = ended_at
         self._notify_inboxes(answered=inbox_id)
         return self.snapshot()
 
@@ -497,6 +514,7 @@ class AgentActor(StoreBackedActor):
         if not await self._ensure_active():
             return self.snapshot()
         async with self._step_lock:
+            await self._catch_up()  # what the inboxes' commits showed: an offer on the stream is not shown again
             active, offers = await self.store.work(self.user_id)
             now = time.monotonic()
             stored = {o.offer_id: o for o in offers}
@@ -511,7 +529,7 @@ class AgentActor(StoreBackedActor):
             new = [o for oid, o in stored.items() if oid not in self.holds and oid not in self._finished_offers]
             changed_work = active != self.active
             events = [("offer_rescinded", _rescinded(h, "withdrawn by the inbox")) for h in stale if h.published]
-            events += [("offer", _stored_offer(o)) for o in new]
+            events += [("offer", _stored_offer(o)) for o in new if not self._shown_ringing(o.offer_id)]
             events += self._stream_catch_up(active)
             if events:
                 await self._commit(events=events)
@@ -555,6 +573,8 @@ class AgentActor(StoreBackedActor):
                 hold = self.holds.get(offer_id)
                 if hold is None:
                     return
+                if not hold.published:
+                    await self._catch_up()  # shown by the inbox's commit, its publish still on the way?
                 if hold.published:
                     await self._commit(events=[("offer_rescinded", _rescinded(hold, "expired"))])
                 self._drop_hold(hold)
@@ -613,6 +633,10 @@ class AgentActor(StoreBackedActor):
         """Events read from the store after the newest known one, in id order: into memory, and the streams told."""
         for row in rows:
             self._track(row.kind, row.payload)
+            if row.kind == "offer":
+                hold = self.holds.get(str(row.payload.get("offer_id")))
+                if hold is not None:
+                    hold.published = True  # the inbox wrote it with the offer (`publish` is on its way)
             # A customer message the stream shows: as a `message`, or as the first message of a claimed or transferred
             # conversation's assignment (a restarted inbox hands that one over again).
             message = row.payload.get("message") if row.kind == "message" else \

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from actors import inbox_metrics
-from actors.inbox_core import RELOADING, InboxCore, Result, done, ok, refuse, repo
+from actors.inbox_core import RELOADING, InboxCore, Result, done, ok, refuse, repo, streams
 from actors.offer_plan import new_offer_id
 from actors.transaction_state import TxState
 from routing import AssignmentMode
@@ -108,15 +108,17 @@ class InboxAnswers(InboxCore):
         self.request_routing()
         return done(self._txs[tx.id])
 
-    async def _assign(self, tx: TxState, user_id: int, kind: str, **detail: Any) -> tuple[TxState, list[Any]]:
-        """One step: the transaction is the agent's; they become the customer's sticky agent here.
+    async def _assign(self, tx: TxState, user_id: int, kind: str, *, leaving: int | None = None,
+                      **detail: Any) -> tuple[TxState, list[Any]]:
+        """One step: the transaction is the agent's; they become the customer's sticky agent here. The agent it
+        is transferred away from (`leaving`) sees that on its stream in the same commit.
 
         Also answers the messages the agent has not been sent yet (those that came while it was
         queued or offered), to deliver once the agent has confirmed.
         """
         now = utcnow()
         shown = (tx.first_message or {}).get("id")
-        inbox_id = self.inbox_id
+        inbox_id, org_id = self.inbox_id, self.org_id
 
         async def read(session: AsyncSession) -> tuple[int, list[dict[str, Any]]]:
             # What came while it waited, oldest first; a longer wait's rest follows through the control loop.
@@ -132,6 +134,8 @@ class InboxAnswers(InboxCore):
             repo.save_transaction(connection, tx.id, assigned.columns(now))
             repo.remember_sticky_agent(connection, self.inbox_id, sticky_customer, user_id)
             repo.add_transaction_event(connection, tx.id, kind, user_id, now, **detail)
+            if leaving is not None:
+                streams.work_ended(connection, org_id, leaving, tx.id, inbox_id, "transferred", now)
 
         await self._write(statements)
         self._cancel_timer(tx.id)
@@ -183,14 +187,17 @@ class InboxAnswers(InboxCore):
         previous_agent = tx.agent_id if tx.state == "assigned" else None
         previous_offer = (tx.offered_to, tx.offer_id) if tx.state == "offered" else None
         try:
-            assigned, unseen = await self._assign(tx, user_id, kind, offer_id=offer_id, **detail)
+            assigned, unseen = await self._assign(tx, user_id, kind, leaving=previous_agent, offer_id=offer_id,
+                                                  **detail)
         except BaseException:
             self._link.tell(user_id, "release", offer_id, "rescinded")
             raise
         if previous_offer is not None and previous_offer[0] is not None and previous_offer[1] is not None:
             self._link.tell(previous_offer[0], "release", previous_offer[1], "rescinded")
         if previous_agent is not None:
-            self._after_step(self._link.tell(previous_agent, "end", tx.id, "transferred"))
+            assert assigned.assigned_at is not None
+            self._after_step(self._link.tell(previous_agent, "end", tx.id, "transferred",
+                                             assigned.assigned_at.isoformat()))
         await self._confirm(user_id, offer_id, assigned, kind, unseen)
         return done(assigned)
 
@@ -201,7 +208,7 @@ class InboxAnswers(InboxCore):
         if not by_supervisor and not (tx.state == "assigned" and tx.agent_id == user_id):
             return refuse(403, "only the agent handling this transaction may close it")
         now = utcnow()
-        closed, held, inbox_id = tx.closed(now), tx.state == "assigned", self.inbox_id
+        closed, held, inbox_id, org_id = tx.closed(now), tx.state == "assigned", self.inbox_id, self.org_id
         # A message the inbox handed the agent counts as shown once the agent answered its delivery: one still in
         # this process's mailbox would be lost with it (a restart hands over only what open conversations hold).
         # Follow-ups attached at intake are on the agent's stream from their commit: never among these.
@@ -214,15 +221,19 @@ class InboxAnswers(InboxCore):
             # whose delivery the agent never answered.
             repo.save_transaction(connection, tx.id, closed.columns(now))
             repo.add_transaction_event(connection, tx.id, "closed", user_id, now)
-            return repo.detach_messages(connection, inbox_id, tx.id, agent_id, unshown) \
+            handed = repo.detach_messages(connection, inbox_id, tx.id, agent_id, unshown) \
                 if unshown and agent_id is not None else []
+            if held and agent_id is not None:
+                # The agent's stream shows the close with it; the agent writes nothing for it.
+                streams.work_ended(connection, org_id, agent_id, tx.id, inbox_id, "closed", now)
+            return handed
 
         handed_back = await self._write(statements)
         self._forget(tx)
         if handed_back:
             await self._ingest_page(handed_back)
-        if tx.state == "assigned" and tx.agent_id is not None:
-            self._after_step(self._link.tell(tx.agent_id, "end", tx.id, "closed"))
+        if held and agent_id is not None:
+            self._after_step(self._link.tell(agent_id, "end", tx.id, "closed", now.isoformat()))
         if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:
             self._link.tell(tx.offered_to, "release", tx.offer_id, "rescinded")
         self.request_routing()
@@ -245,13 +256,14 @@ class InboxAnswers(InboxCore):
             return answer
         else:
             queued = tx.back_to_queue(previous)
-            await self._save(queued, "transferred", None, from_agent=previous, to_queue=True, by=by_user_id)
+            at = await self._save(queued, "transferred", None, leaving=previous, from_agent=previous, to_queue=True,
+                                  by=by_user_id)
             self._cancel_timer(tx.id)
             self._remember(queued)
             if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:
                 self._link.tell(tx.offered_to, "release", tx.offer_id, "rescinded")
             if previous is not None:
-                self._after_step(self._link.tell(previous, "end", tx.id, "transferred"))
+                self._after_step(self._link.tell(previous, "end", tx.id, "transferred", at.isoformat()))
         self.request_routing()
         return done(queued)
 

@@ -20,6 +20,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import ray
@@ -37,10 +38,12 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from store import agent_streams as streams
     from store import routing_repo as repo
 else:
     # Loaded at the inbox's activation: an agent's process loads this class to call inboxes (`actors.lazy_store`).
     repo = lazy_module("store.routing_repo")
+    streams = lazy_module("store.agent_streams")
 
 log = logging.getLogger("actors.inbox_actor")
 
@@ -438,15 +441,21 @@ class InboxCore(StoreBackedActor):
 
     # ------------------------------------------------------------------ store and agents
 
-    async def _save(self, tx: TxState, event: str, agent_id: int | None, **detail: Any) -> None:
-        """One step's commit: the transaction row and its audit event."""
+    async def _save(self, tx: TxState, event: str, agent_id: int | None, *, leaving: int | None = None,
+                    **detail: Any) -> datetime:
+        """One step's commit: the transaction row and its audit event; when it leaves its agent (`leaving`),
+        the agent's stream shows that in the same commit. The commit's time."""
         now = utcnow()
+        org_id, inbox_id = self.org_id, self.inbox_id
 
         def statements(connection: Connection) -> None:
             repo.save_transaction(connection, tx.id, tx.columns(now))
             repo.add_transaction_event(connection, tx.id, event, agent_id, now, **detail)
+            if leaving is not None:
+                streams.work_ended(connection, org_id, leaving, tx.id, inbox_id, "transferred", now)
 
         await self._write(statements)
+        return now
 
     def _after_step(self, answer: asyncio.Future[Any]) -> None:
         """An agent's answer the API caller of this step waits for (nobody waits in a timer's or a pass's step)."""

@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from actors import inbox_metrics
-from actors.inbox_core import InboxCore, log, repo
+from actors.inbox_core import InboxCore, log, repo, streams
 from actors.offer_plan import PlannedOffer, RoutingSettings, plan_offers
 from routing import AssignmentMode
 from store.clock import utcnow
@@ -75,7 +75,7 @@ class InboxRouting(InboxCore):
         now = utcnow()
         pointer = held[-1].rotation_pointer
         new_pointer = pointer is not None and pointer != self.config.rotation_pointer
-        inbox_id = self.inbox_id
+        inbox_id, org_id = self.inbox_id, self.org_id
 
         def statements(connection: Connection) -> None:
             for plan in held:
@@ -83,6 +83,8 @@ class InboxRouting(InboxCore):
                 repo.add_transaction_event(connection, plan.offered.id, "offered", plan.user_id, now, **plan.detail)
             if new_pointer:
                 repo.save_rotation_pointer(connection, inbox_id, pointer)
+            # Each agent's stream shows its offer from this commit: the agent writes nothing for it.
+            streams.append_to_streams(connection, org_id, [(plan.user_id, "offer", plan.offer) for plan in held], now)
 
         try:
             await self._write(statements)
