@@ -41,7 +41,6 @@ from store.agent_store import (
     StoredOffer,
     is_postgres,
     open_agent_store,
-    without_first_message,
 )
 from store.clock import utcnow
 from store.errors import StoreUnavailable
@@ -144,9 +143,6 @@ class AgentActor(StoreBackedActor):
         self.active: dict[int, int] = {}
         # Transactions the event stream has shown as open (assigned, not yet closed or transferred away).
         self._shown_open: dict[int, int] = {}
-        # Of those, the ones a catch-up showed (after a crash between the inbox's commit and its confirm): the
-        # confirm, when it comes, still shows the assignment as the inbox sent it (its first message).
-        self._reconciled: set[int] = set()
         self._finished_offers: OrderedDict[str, None] = OrderedDict()
         # Offers this process confirmed: a retried confirm (its answer was slow) is answered without a second step.
         self._confirmed: OrderedDict[str, None] = OrderedDict()
@@ -235,10 +231,6 @@ class AgentActor(StoreBackedActor):
             self._shown_open.pop(int(tx_id), None)
         else:
             self._shown_open[int(tx_id)] = int(payload.get("inbox_id") or 0)
-        if kind != "transaction_closed" and payload.get("kind") == "reconciled":
-            self._reconciled.add(int(tx_id))
-        else:
-            self._reconciled.discard(int(tx_id))
 
     def _stream_catch_up(self, active: dict[int, int]) -> list[tuple[str, dict[str, Any]]]:
         """Events that make the stream's open work equal `active` (after a crash between a commit and its event)."""
@@ -402,35 +394,30 @@ class AgentActor(StoreBackedActor):
         return latest == "offer"
 
     async def confirm(self, offer_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """The inbox committed the assignment (accepted, claimed or transferred): the hold becomes active work.
+        """The inbox committed the assignment (accepted, claimed or transferred) and, with it, the assignment's
+        event on the stream (`store.agent_streams`): the hold becomes active work. A read, not a write.
 
-        The store is the truth: a hold that lapsed meanwhile does not stop it.
+        The stream is the truth: a hold that lapsed meanwhile does not stop it, and a conversation the stream shows
+        ended since (a retried confirm coming after the close) is not taken on again.
         """
         await self._ensure_active()
         async with self._step_lock:
-            tx_id = int(payload["transaction_id"])
-            if offer_id in self._confirmed or (tx_id in self.active and tx_id not in self._reconciled):
-                # Confirmed already: a retry of a confirm whose answer was slow, maybe after the close ended it.
-                return self.snapshot()
-            kind = payload.get("kind", "accepted")
-            state = {"missed_in_a_row": 0} if kind == "accepted" else None
-            event_kind = "transferred" if kind == "transferred" else "assigned"
-            # The store writes the first message only while it is still attached to the conversation (a close
-            # may have handed it on before this commit), and nothing for an offer it shows confirmed already
-            # (`AgentStore.confirm_and_read`).
-            rows = await self._commit(state=state, events=[(event_kind, {**payload, "offer_id": offer_id})],
-                                      confirming=True)
+            if offer_id in self._confirmed:
+                return self.snapshot()  # a retry of a confirm whose answer was slow
+            await self._catch_up()
             hold = self.holds.get(offer_id)
             if hold is not None:
                 self._drop_hold(hold)
             _remember(self._finished_offers, offer_id)
             _remember(self._confirmed, offer_id)
-            if not any(r.kind == event_kind and r.payload.get("offer_id") == offer_id for r in rows):
-                return self.snapshot()  # confirmed before (the stream shows it), maybe closed since: no work taken on
-            if state is not None:
+            if payload.get("kind", "accepted") == "accepted" and self.missed_in_a_row:
+                await self._commit(state={"missed_in_a_row": 0})
                 self.missed_in_a_row = 0
-            self.active[tx_id] = int(payload["inbox_id"])
-        self._notify_inboxes(answered=int(payload["inbox_id"]))
+            tx_id, inbox_id = int(payload["transaction_id"]), int(payload["inbox_id"])
+            if tx_id not in self._shown_open:
+                return self.snapshot()  # ended since (the stream shows it): no work taken on
+            self.active[tx_id] = inbox_id
+        self._notify_inboxes(answered=inbox_id)
         return self.snapshot()
 
     async def release(self, offer_id: str, reason: str) -> dict[str, Any]:
@@ -586,17 +573,15 @@ class AgentActor(StoreBackedActor):
     # ------------------------------------------------------------------ event stream (own concurrency group)
 
     async def _commit(self, state: dict[str, Any] | None = None,
-                      events: list[tuple[str, dict[str, Any]]] | None = None, delivering: bool = False,
-                      confirming: bool = False) -> list[StoredEvent]:
+                      events: list[tuple[str, dict[str, Any]]] | None = None,
+                      delivering: bool = False) -> list[StoredEvent]:
         """One store transaction for a step: the agent's state row and its new events.
 
         The caller holds the step lock. The commit also reads back every event of the stream after the newest
         one this actor knows, its own and any the gateway appended (follow-ups shown at intake), so the
         recent-events buffer never has a gap. Memory changes only after the commit. `delivering`: `events` are
         customer messages' `message` events, and the store writes only those whose message is still attached to
-        their transaction (a close may have handed it on: `AgentStore.deliver_and_read`). `confirming`: `events` is
-        a confirm's one event, written without its first message if that is no longer attached to the transaction
-        (`AgentStore.confirm_and_read`).
+        their transaction (a close may have handed it on: `AgentStore.deliver_and_read`).
         """
         if not state and not events:
             return []
@@ -606,19 +591,12 @@ class AgentActor(StoreBackedActor):
             if delivering:
                 rows = await self.store.deliver_and_read(self.org_id, self.user_id, new_events, utcnow(),
                                                          after_id=last_id)
-            elif confirming:
-                (event,) = new_events
-                rows = await self.store.confirm_and_read(self.org_id, self.user_id, state, event, utcnow(),
-                                                         after_id=last_id)
             else:
                 rows = await self.store.commit_and_read(self.org_id, self.user_id, state, new_events, utcnow(),
                                                         after_id=last_id)
         except StoreUnavailable:
             # Lost mid-way (its connection, or the store actor running it): it may have committed.
-            # The forms the store may have written each event in: a confirm's without its first message too.
-            forms = [[event, (event[0], without_first_message(event[1]))] if confirming else [event]
-                     for event in new_events]
-            landed = await self._landed(last_id, forms, some=delivering) if new_events else None
+            landed = await self._landed(last_id, new_events, some=delivering) if new_events else None
             if landed is None:
                 raise
             rows = landed
@@ -658,12 +636,11 @@ class AgentActor(StoreBackedActor):
             if len(rows) < CATCH_UP_PAGE:
                 return
 
-    async def _landed(self, last_id: int, events: list[list[tuple[str, dict[str, Any]]]],
+    async def _landed(self, last_id: int, events: list[tuple[str, dict[str, Any]]],
                       some: bool = False) -> list[StoredEvent] | None:
         """Every event after `last_id` if the commit of `events` landed after all, None if it did not. Other
-        writers may have appended between (the gateway's follow-ups), so the step's own are found in order by
-        kind and payload. Each of `events` is given as the forms the store may write it in (a confirm's event
-        with or without its first message: the store decides). The caller's retry must not add them twice (a
+        writers may have appended between (the gateway's follow-ups, an inbox's offers and assignments), so the
+        step's own are found in order by kind and payload. The caller's retry must not add them twice (a
         `message` shown twice, say). Asked until the store answers, for `OUTCOME_WAIT_S` at most. `some`: the
         commit may have written only some of `events` (a delivery skips messages no longer attached); one that
         wrote none counts as not landed, and its retry skips them again."""
@@ -678,11 +655,11 @@ class AgentActor(StoreBackedActor):
                                 self.user_id)
                     return None
                 await asyncio.sleep(0.2)
-        wanted = [[(kind, json.loads(json.dumps(payload))) for kind, payload in forms] for forms in events]
+        wanted = [(kind, json.loads(json.dumps(payload))) for kind, payload in events]
         found = matched = 0  # wanted events passed, and of those, found
         for row in rows:
             ahead = wanted[found:] if some else wanted[found:found + 1]
-            hit = next((i for i, forms in enumerate(ahead) if (row.kind, row.payload) in forms), None)
+            hit = next((i for i, event in enumerate(ahead) if (row.kind, row.payload) == event), None)
             if hit is not None:
                 found += hit + 1
                 matched += 1

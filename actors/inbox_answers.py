@@ -90,8 +90,8 @@ class InboxAnswers(InboxCore):
             await self._end_offer(tx, "missed")
             self.request_routing()
             return refuse(409, "the offer expired")
-        assigned, unseen = await self._assign(tx, user_id, "accepted", offer_id=tx.offer_id)
-        await self._confirm(user_id, tx.offer_id, assigned, "accepted", unseen)
+        assigned = await self._assign(tx, user_id, "accepted", offer_id=tx.offer_id)
+        self._confirm(user_id, tx.offer_id, assigned, "accepted")
         inbox_metrics.offer_accepted(self.org_id, self.inbox_id, tx, assigned)
         # No longer holding an offer, the agent may take more work if under capacity. The pass runs
         # after this answer (as after every API step): an accept never waits for the queue's routing.
@@ -108,17 +108,17 @@ class InboxAnswers(InboxCore):
         self.request_routing()
         return done(self._txs[tx.id])
 
-    async def _assign(self, tx: TxState, user_id: int, kind: str, *, leaving: int | None = None,
-                      **detail: Any) -> tuple[TxState, list[Any]]:
-        """One step: the transaction is the agent's; they become the customer's sticky agent here. The agent it
-        is transferred away from (`leaving`) sees that on its stream in the same commit.
+    async def _assign(self, tx: TxState, user_id: int, kind: str, *, offer_id: str, leaving: int | None = None,
+                      **detail: Any) -> TxState:
+        """One step: the transaction is the agent's; they become the customer's sticky agent here.
 
-        Also answers the messages the agent has not been sent yet (those that came while it was
-        queued or offered), to deliver once the agent has confirmed.
+        The agent's stream shows it in the same commit, with its first message and the messages that came while it
+        was queued or offered (`store.agent_streams`): the agent reads them when confirmed and writes nothing. The
+        agent it is transferred away from (`leaving`) sees that on its stream in the same commit too.
         """
         now = utcnow()
         shown = (tx.first_message or {}).get("id")
-        inbox_id, org_id = self.inbox_id, self.org_id
+        inbox_id, org_id, inbox_name = self.inbox_id, self.org_id, self.config.name
 
         async def read(session: AsyncSession) -> tuple[int, list[dict[str, Any]]]:
             # What came while it waited, oldest first; a longer wait's rest follows through the control loop.
@@ -129,29 +129,28 @@ class InboxAnswers(InboxCore):
         # No follow-up is attached to it meanwhile: the gateway attaches only to conversations held by an agent.
         handed = {m["id"] for m in unseen} | ({shown} if shown is not None else set())
         assigned = replace(tx.assigned(user_id, now), handed=frozenset(handed))
+        on_streams = [streams.work_started(user_id, kind, assigned.summary(inbox_id, inbox_name), offer_id)]
+        on_streams += [streams.message_shown(user_id, tx.id, message) for message in unseen]
+        if leaving is not None:
+            on_streams.append(streams.work_ended(leaving, tx.id, inbox_id, "transferred"))
 
         def statements(connection: Connection) -> None:
             repo.save_transaction(connection, tx.id, assigned.columns(now))
-            repo.remember_sticky_agent(connection, self.inbox_id, sticky_customer, user_id)
-            repo.add_transaction_event(connection, tx.id, kind, user_id, now, **detail)
+            repo.remember_sticky_agent(connection, inbox_id, sticky_customer, user_id)
+            repo.add_transaction_event(connection, tx.id, kind, user_id, now, offer_id=offer_id, **detail)
+            streams.append_to_streams(connection, org_id, on_streams, now)
             if leaving is not None:
-                streams.work_ended(connection, org_id, leaving, tx.id, inbox_id, "transferred", now)
+                streams.chat_ended(connection, leaving, now)
 
         await self._write(statements)
         self._cancel_timer(tx.id)
         self._remember(assigned)
-        return assigned, unseen
+        return assigned
 
-    async def _confirm(self, user_id: int, offer_id: str, tx: TxState, kind: str, unseen: list[Any]) -> None:
-        """Tell the agent its assignment (then what it has not seen); the caller answers once the agent shows it."""
+    def _confirm(self, user_id: int, offer_id: str, tx: TxState, kind: str) -> None:
+        """Tell the agent its assignment, which its stream shows already; the caller answers once the agent has it."""
         payload = {**tx.summary(self.inbox_id, self.config.name), "kind": kind}
-        confirmed = self._link.tell(user_id, "confirm", offer_id, payload)
-        self._after_step(confirmed)
-        if tx.first_message is not None and user_id not in tx.past_offerees:
-            # Claimed or transferred: no offer showed this agent the first message, the confirm does.
-            self._showing(tx.id, [int(tx.first_message["id"])], confirmed)
-        if unseen:
-            self._deliver(user_id, tx.id, unseen)
+        self._after_step(self._link.tell(user_id, "confirm", offer_id, payload))
 
     def _licensed_member(self, user_id: int) -> bool:
         membership = self.config.members.get(user_id)
@@ -187,8 +186,7 @@ class InboxAnswers(InboxCore):
         previous_agent = tx.agent_id if tx.state == "assigned" else None
         previous_offer = (tx.offered_to, tx.offer_id) if tx.state == "offered" else None
         try:
-            assigned, unseen = await self._assign(tx, user_id, kind, leaving=previous_agent, offer_id=offer_id,
-                                                  **detail)
+            assigned = await self._assign(tx, user_id, kind, offer_id=offer_id, leaving=previous_agent, **detail)
         except BaseException:
             self._link.tell(user_id, "release", offer_id, "rescinded")
             raise
@@ -198,7 +196,7 @@ class InboxAnswers(InboxCore):
             assert assigned.assigned_at is not None
             self._after_step(self._link.tell(previous_agent, "end", tx.id, "transferred",
                                              assigned.assigned_at.isoformat()))
-        await self._confirm(user_id, offer_id, assigned, kind, unseen)
+        self._confirm(user_id, offer_id, assigned, kind)
         return done(assigned)
 
     async def _close(self, tx_id: int, user_id: int, by_supervisor: bool) -> Result:
@@ -225,7 +223,9 @@ class InboxAnswers(InboxCore):
                 if unshown and agent_id is not None else []
             if held and agent_id is not None:
                 # The agent's stream shows the close with it; the agent writes nothing for it.
-                streams.work_ended(connection, org_id, agent_id, tx.id, inbox_id, "closed", now)
+                streams.append_to_streams(connection, org_id, [streams.work_ended(agent_id, tx.id, inbox_id, "closed")],
+                                          now)
+                streams.chat_ended(connection, agent_id, now)
             return handed
 
         handed_back = await self._write(statements)
@@ -297,6 +297,7 @@ class InboxAnswers(InboxCore):
             return refusal
         now = utcnow()
         customer_id = int(customer["id"])
+        inbox_id, org_id, inbox_name = self.inbox_id, self.org_id, self.config.name
         row: dict[str, Any] = {
             "org_id": self.org_id, "inbox_id": self.inbox_id, "customer_id": customer_id,
             "customer_wa_id": customer.get("wa_id"), "customer_name": customer.get("name"), "state": "assigned",
@@ -306,20 +307,24 @@ class InboxAnswers(InboxCore):
             async with self.db.session() as session:
                 sticky_customer = await repo.sticky_customer(session, customer_id)
 
-            def statements(connection: Connection) -> int:
-                tx_id = repo.insert_transaction(connection, row)
-                repo.remember_sticky_agent(connection, self.inbox_id, sticky_customer, user_id)
-                repo.add_transaction_event(connection, tx_id, "opened_outbound", user_id, now, customer=customer_id)
-                repo.add_transaction_event(connection, tx_id, "assigned", user_id, now, offer_id=offer_id,
-                                           outbound=True)
-                return tx_id
+            def opened(tx_id: int) -> TxState:
+                return TxState(id=tx_id, customer_id=customer_id, state="assigned", waiting_since=now,
+                               agent_id=user_id, assigned_at=now, customer=customer, sticky_agent=user_id)
 
-            tx_id = await self._write(statements)
+            def statements(connection: Connection) -> TxState:
+                tx = opened(repo.insert_transaction(connection, row))
+                repo.remember_sticky_agent(connection, inbox_id, sticky_customer, user_id)
+                repo.add_transaction_event(connection, tx.id, "opened_outbound", user_id, now, customer=customer_id)
+                repo.add_transaction_event(connection, tx.id, "assigned", user_id, now, offer_id=offer_id,
+                                           outbound=True)
+                streams.append_to_streams(connection, org_id, [
+                    streams.work_started(user_id, "assigned", tx.summary(inbox_id, inbox_name), offer_id)], now)
+                return tx
+
+            tx = await self._write(statements)
         except BaseException:
             self._link.tell(user_id, "release", offer_id, "rescinded")
             raise
-        tx = TxState(id=tx_id, customer_id=customer_id, state="assigned", waiting_since=now, agent_id=user_id,
-                     assigned_at=now, customer=customer, sticky_agent=user_id)
         self._remember(tx)
-        await self._confirm(user_id, offer_id, tx, "assigned", [])
+        self._confirm(user_id, offer_id, tx, "assigned")
         return {**ok(tx.id), "reused": False}

@@ -452,7 +452,9 @@ class InboxCore(StoreBackedActor):
             repo.save_transaction(connection, tx.id, tx.columns(now))
             repo.add_transaction_event(connection, tx.id, event, agent_id, now, **detail)
             if leaving is not None:
-                streams.work_ended(connection, org_id, leaving, tx.id, inbox_id, "transferred", now)
+                streams.append_to_streams(connection, org_id, [streams.work_ended(leaving, tx.id, inbox_id,
+                                                                                  "transferred")], now)
+                streams.chat_ended(connection, leaving, now)
 
         await self._write(statements)
         return now

@@ -50,8 +50,6 @@ _SQLITE_CACHE_KIB = 256
 # PostgreSQL: connections of one store at once, the kept one and one more while two steps overlap.
 _POSTGRES_CONNECTIONS = 2
 _CONNECT_TIMEOUT_S = 10.0
-# How far back a confirm looks for its offer's event, written by an earlier attempt whose answer was slow.
-CONFIRM_LOOKBACK_EVENTS = 1000
 # Message ids per statement when a delivery checks what is still attached (well under both drivers' limits).
 _IDS_PER_STATEMENT = 500
 
@@ -114,7 +112,6 @@ class _Tx(Protocol):
     message_id_sql: str
     message_direction_sql: str
     first_message_id_sql: str
-    offer_id_sql: str
     # Taken first by every transaction appending to a user's stream (None: SQLite, whose writers take turns), so
     # a user's event ids commit in id order and a reader that saw an id never meets a smaller one later.
     stream_lock_sql: str | None
@@ -216,45 +213,6 @@ async def _deliver_and_read(tx: _Tx, org_id: int, user_id: int, events: Sequence
     return await _events(tx, f"{_EVENT_READ} WHERE user_id = ? AND id > ? ORDER BY id", (user_id, after_id))
 
 
-def without_first_message(payload: dict[str, Any]) -> dict[str, Any]:
-    """An `assigned`/`transferred` event's payload as a confirm writes it once its first message is no longer
-    attached to the conversation (`_confirm_and_read`): the agent's `_landed` expects this form too."""
-    return {**payload, "first_message": None}
-
-
-async def _confirm_and_read(tx: _Tx, org_id: int, user_id: int, state: dict[str, Any] | None,
-                            event: tuple[str, dict[str, Any]], at: datetime, after_id: int) -> list[StoredEvent]:
-    """`_commit_and_read` of a confirm's `assigned`/`transferred` event, whose payload's `first_message` is written
-    only if that message is still attached to the event's transaction.
-
-    A claimed or transferred conversation's first message is shown by this event, not by a `message` event: no
-    offer showed it to the agent. A close hands it to the customer's next conversation when the stream does not
-    show it (`routing_repo.detach_messages`, which counts this event's first message as shown), and the confirm's
-    commit may come after (late under load). So, as a delivery does (`_deliver_and_read`), this decides under
-    the agent's stream lock (PostgreSQL; SQLite's writers take turns), and writes the event without the message
-    when it was handed on or attached to another conversation since: shown once, with the next conversation.
-    A confirm of an offer the stream shows confirmed already writes nothing."""
-    if tx.stream_lock_sql is not None:
-        await tx.execute(tx.stream_lock_sql, user_id)
-    kind, payload = event
-    offer_id = payload.get("offer_id")
-    # Among the stream's latest events (a retry follows its first attempt within seconds; the index keeps this short).
-    if offer_id is not None and await tx.rows(
-            "SELECT 1 FROM (SELECT kind, payload FROM agent_events WHERE user_id = ? ORDER BY id DESC LIMIT ?) "
-            f"AS latest WHERE kind IN ('assigned', 'transferred') AND {tx.offer_id_sql} = ? LIMIT 1",
-            user_id, CONFIRM_LOOKBACK_EVENTS, str(offer_id)):
-        # Confirmed already (a retry whose first attempt landed, maybe after the close's `end` too): written once.
-        # The caller sees that its event is not among those read, and takes no work on.
-        return await _events(tx, f"{_EVENT_READ} WHERE user_id = ? AND id > ? ORDER BY id", (user_id, after_id))
-    first = payload.get("first_message")
-    if isinstance(first, dict) and "id" in first:
-        rows = await tx.rows("SELECT transaction_id FROM inbound_messages WHERE id = ?", int(first["id"]))
-        if not rows or rows[0][0] is None or int(rows[0][0]) != int(payload["transaction_id"]):
-            payload = without_first_message(payload)
-    await _commit(tx, org_id, user_id, state, [(kind, payload)], at, locked=True)
-    return await _events(tx, f"{_EVENT_READ} WHERE user_id = ? AND id > ? ORDER BY id", (user_id, after_id))
-
-
 async def _one_value(tx: _Tx, sql: str, args: Sequence[Any]) -> Any:
     rows = await tx.rows(sql, *args)
     return rows[0][0] if rows else None
@@ -321,16 +279,6 @@ class AgentStore:
         return await self._run(functools.partial(_deliver_and_read, org_id=org_id, user_id=user_id, events=events,
                                                  at=at, after_id=after_id), write=True)
 
-    async def confirm_and_read(self, org_id: int, user_id: int, state: dict[str, Any] | None,
-                               event: tuple[str, dict[str, Any]], at: datetime, after_id: int) -> list[StoredEvent]:
-        """`commit_and_read` of a confirm's event (payload with `transaction_id`, maybe `first_message.id`),
-        written `without_first_message` if that message is no longer attached to the transaction."""
-        unknown = set(state or ()) - STATE_COLUMNS
-        if unknown:
-            raise ValueError(f"not a column an agent's step sets: {sorted(unknown)}")
-        return await self._run(functools.partial(_confirm_and_read, org_id=org_id, user_id=user_id, state=state,
-                                                 event=event, at=at, after_id=after_id), write=True)
-
     async def work(self, user_id: int) -> tuple[dict[int, int], list[StoredOffer]]:
         """Active transactions (id -> inbox) and pending offers, as the inboxes committed them."""
         return await self._run(functools.partial(_work, user_id=user_id))
@@ -368,7 +316,7 @@ class AgentStore:
 
 
 _STEPS: frozenset[Callable[..., Any]] = frozenset({_load, _work, _commit, _commit_and_read, _deliver_and_read,
-                                                   _confirm_and_read, _one_value, _column, _events})
+                                                   _one_value, _column, _events})
 
 
 def is_postgres(url: str) -> bool:
@@ -406,7 +354,6 @@ class _SqliteTx:
     message_id_sql = "json_extract(payload, '$.message.id')"
     message_direction_sql = "json_extract(payload, '$.message.direction')"
     first_message_id_sql = "json_extract(payload, '$.first_message.id')"
-    offer_id_sql = "json_extract(payload, '$.offer_id')"
     stream_lock_sql: str | None = None
     transaction_id_sql = "json_extract(payload, '$.transaction_id')"
 
@@ -509,7 +456,6 @@ class _PostgresTx:
     message_id_sql = "(payload -> 'message' ->> 'id')"
     message_direction_sql = "(payload -> 'message' ->> 'direction')"
     first_message_id_sql = "(payload -> 'first_message' ->> 'id')"
-    offer_id_sql = "(payload ->> 'offer_id')"
     stream_lock_sql: str | None = "SELECT 1 FROM agent_states WHERE user_id = ? FOR UPDATE"
     transaction_id_sql = "(payload ->> 'transaction_id')"
 

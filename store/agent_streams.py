@@ -39,12 +39,27 @@ def append_to_streams(connection: Connection, org_id: int, events: Sequence[Stre
                                   "created_at": at} for user_id, kind, payload in events])
 
 
-def work_ended(connection: Connection, org_id: int, user_id: int, transaction_id: int, inbox_id: int, reason: str,
-               at: datetime) -> None:
-    """A conversation left its agent (`reason` "closed", or "transferred" away): the stream shows it, and the agent's
-    idle time (Longest Idle) counts from `at`."""
-    kind = "transaction_closed" if reason == "closed" else "transferred"
-    append_to_streams(connection, org_id, [(user_id, kind, {
-        "transaction_id": transaction_id, "inbox_id": inbox_id, "reason": reason,
-        "direction": "away" if kind == "transferred" else None})], at)
+def chat_ended(connection: Connection, user_id: int, at: datetime) -> None:
+    """The agent's conversation ended at `at` (closed, or transferred away): its idle time (Longest Idle) counts
+    from then."""
     connection.execute(_CHAT_ENDED, {"agent": user_id, "at": at})
+
+
+def work_ended(user_id: int, transaction_id: int, inbox_id: int, reason: str) -> StreamEvent:
+    """The event of a conversation leaving its agent: `reason` "closed", or "transferred" away."""
+    kind = "transaction_closed" if reason == "closed" else "transferred"
+    return (user_id, kind, {"transaction_id": transaction_id, "inbox_id": inbox_id, "reason": reason,
+                            "direction": "away" if kind == "transferred" else None})
+
+
+def work_started(user_id: int, kind: str, summary: dict[str, Any], offer_id: str) -> StreamEvent:
+    """The event of a conversation becoming the agent's (`kind`: accepted, claimed, transferred, assigned): what
+    it is shown of it (`TxState.summary`), with its first message."""
+    return (user_id, "transferred" if kind == "transferred" else "assigned",
+            {**summary, "kind": kind, "offer_id": offer_id})
+
+
+def message_shown(user_id: int, transaction_id: int, message: dict[str, Any]) -> StreamEvent:
+    """The event of a customer's message shown with the agent's conversation."""
+    return (user_id, "message", {"transaction_id": transaction_id, "inbox_id": message["inbox_id"],
+                                 "message": message})

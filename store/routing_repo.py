@@ -282,9 +282,9 @@ def detach_messages(connection: Connection, inbox_id: int, transaction_id: int, 
     lock is its own statement: READ COMMITTED gives the check a snapshot taken once it is held.) SQLite has one
     writer at a time.
 
-    A claimed or transferred conversation's first message is shown by the confirm's `assigned`/`transferred`
-    event (its `first_message`), not by a `message` event: that counts as shown too, and a confirm committing
-    after this hand-back writes its event without it (`store.agent_store._confirm_and_read`)."""
+    A claimed or transferred conversation's first message is shown by its `assigned`/`transferred` event (its
+    `first_message`, written with the assignment: `store.agent_streams`), not by a `message` event: that counts as
+    shown too."""
     if connection.dialect.name == "postgresql":
         connection.execute(select(AgentState.user_id).where(AgentState.user_id == agent_id).with_for_update())
     shown = select(AgentEvent.id).where(

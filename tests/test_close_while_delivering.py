@@ -21,6 +21,7 @@ from actors.inbox_actor import InboxActor
 from config.actor_settings import ActorSettings
 from config.licenses import AGENT_LICENSES
 from config.settings import Settings
+from store import agent_streams
 from store import routing_repo as repo
 from store.clock import utcnow
 from store.db import Database
@@ -38,7 +39,6 @@ from store.tables import (
     TransactionEvent,
     User,
 )
-from tests.store_rows import hand_on, held_conversation
 
 
 class _Agent:
@@ -263,11 +263,11 @@ def test_a_claimed_conversation_s_first_message_is_shown_when_the_inbox_dies_bef
     asyncio.run(run())
 
 
-def test_a_claim_confirmed_after_its_agent_s_restart_reconciled_it_still_shows_the_first_message(
+def test_a_claim_confirmed_after_its_agent_s_restart_shows_its_first_message_once_from_the_inbox_s_commit(
         tmp_path: Path) -> None:
-    """The agent's process died between the inbox's commit of a claim and the confirm (the only event carrying the
-    first message: no offer showed it). The restarted agent's catch-up shows the conversation as its work, without
-    a first message; the inbox's retried confirm must still show it."""
+    """The agent's process died between the inbox's commit of a claim and the confirm. The assignment, with the
+    conversation's first message (no offer showed it), is on the stream from the inbox's commit: the restarted
+    agent has nothing to reconcile, and the inbox's retried confirm shows nothing twice."""
     from actors.agent_actor import AgentActor
     from store.agent_store import open_agent_store
 
@@ -278,20 +278,18 @@ def test_a_claim_confirmed_after_its_agent_s_restart_reconciled_it_still_shows_t
     async def run() -> None:
         db = Database(url, pool_size=1)
         org_id, user_id, inbox_id, _, tx_id = await _conversation(db)  # committed as the agent's by the inbox
-        async with db.session() as session:
-            first = await session.scalar(select(InboundMessage).where(InboundMessage.transaction_id == tx_id))
-            assert first is not None
+        first = await _first_of(db, tx_id)
+        payload = await _assigned_by_inbox(db, org_id, user_id, inbox_id, tx_id, "claimed", first, "claim-offer")
         agent = AgentActor(org_id, user_id, settings, _Inboxes())  # type: ignore[arg-type]
         agent._store = open_agent_store(url, linger_s=0, name="agent")
         try:
-            await agent.view()  # activated: the catch-up shows the conversation ("reconciled")
-            payload = {"transaction_id": tx_id, "inbox_id": inbox_id, "kind": "claimed",
-                       "first_message": {"id": first.id, "summary": first.summary}}
+            await agent.view()  # activated after the inbox's commit
             await agent.confirm("claim-offer", payload)
             await agent.confirm("claim-offer", payload)  # a retry: shown once
             shown = [(e["type"], e.get("kind"), (e.get("first_message") or {}).get("id"))
                      for e in await agent._events_after(0, 100) if e.get("transaction_id") == tx_id]
-            assert shown == [("assigned", "reconciled", None), ("assigned", "claimed", first.id)], shown
+            assert shown == [("assigned", "claimed", first)], shown
+            assert tx_id in agent.active
         finally:
             await agent.store.close()
             await db.dispose()
@@ -570,6 +568,16 @@ def _confirmed(tx_id: int, inbox_id: int, kind: str, first_id: int) -> dict[str,
             "first_message": {"id": first_id, "summary": "hello"}}
 
 
+async def _assigned_by_inbox(db: Database, org_id: int, user_id: int, inbox_id: int, tx_id: int, kind: str,
+                             first_id: int, offer_id: str) -> dict[str, Any]:
+    """The assignment's event as the inbox's commit writes it on the agent's stream (`store.agent_streams`); the
+    payload the inbox then confirms with."""
+    payload = _confirmed(tx_id, inbox_id, kind, first_id)
+    await db.write(lambda connection: agent_streams.append_to_streams(
+        connection, org_id, [agent_streams.work_started(user_id, kind, payload, offer_id)], utcnow()))
+    return payload
+
+
 async def _first_of(db: Database, tx_id: int) -> int:
     async with db.session() as session:
         first = await session.scalar(select(func.min(InboundMessage.id)).where(InboundMessage.transaction_id == tx_id))
@@ -578,11 +586,11 @@ async def _first_of(db: Database, tx_id: int) -> int:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_a_claim_whose_confirm_comes_after_the_close_shows_its_first_message_only_with_the_next_conversation(
+def test_a_claim_whose_confirm_comes_after_the_close_shows_its_first_message_once_and_takes_no_work(
         tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
-    """A claim's confirm carries the conversation's first message (no offer showed it). Its agent's commit is
-    late; the close waits for it until its deadline and hands the message to the customer's next conversation.
-    The late confirm then shows the assignment without it: the message is shown once, with the next one."""
+    """A claim's assignment carries the conversation's first message (no offer showed it), written on the agent's
+    stream by the claim's own commit. The agent's confirm is late; the close finds the message shown and keeps it
+    with the conversation (nothing is handed on); the late confirm takes no closed conversation on."""
     from actors.agent_actor import AgentActor
     from store.agent_store import open_agent_store
 
@@ -603,157 +611,16 @@ def test_a_claim_whose_confirm_comes_after_the_close_shows_its_first_message_onl
             assert (await inbox.activate())["exists"]
             agent.thawed.clear()
             assert (await inbox.claim(tx_id, user_id))["status"] == 200
+            assert await _firsts_shown(db, user_id) == [(tx_id, first)]  # before any confirm
             assert (await inbox.close(tx_id, user_id, False))["status"] == 200
-            attached_to = await _transaction_of(db, first)
-            assert attached_to is not None and attached_to != tx_id  # handed on: the next conversation's first
-            agent.thawed.set()  # the inbox's mailbox retries the confirm: the agent's commit comes now
+            assert await _transaction_of(db, first) == tx_id  # shown: kept with its conversation
+            agent.thawed.set()  # the inbox's mailbox retries the confirm: it comes now
             await asyncio.wait_for(agent.landed.wait(), 10)
-            assert await _firsts_shown(db, user_id) == [(tx_id, None)]
+            assert await _firsts_shown(db, user_id) == [(tx_id, first)]
+            assert actor.active == {}
         finally:
             await _crash(inbox)
             await actor.store.close()
-            await db.dispose()
-
-    asyncio.run(run())
-
-
-@pytest.mark.parametrize("kind", ["claimed", "transferred"])
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_an_agent_shows_a_first_message_with_a_conversation_only_while_it_is_attached_to_it(
-        tmp_path: Path, backend: str, kind: str, request: pytest.FixtureRequest) -> None:
-    """Whichever of a close and a confirm commits first wins: a first message a confirm's event already shows
-    stays with the closing conversation; a confirm committed after the close handed it on shows the assignment
-    without it, and the next conversation's confirm shows it."""
-    from actors.agent_actor import AgentActor
-    from store.agent_store import open_agent_store
-
-    url = _store_url(backend, tmp_path, request)
-    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key"))
-
-    async def run() -> None:
-        db = Database(url, pool_size=1)
-        org_id, user_id, inbox_id, _, kept_tx = await _conversation(db)
-        moved_tx, (moved,) = await held_conversation(db, org_id, user_id, 1)
-        kept = await _first_of(db, kept_tx)
-        actor = AgentActor(org_id, user_id, settings, _Inboxes())  # type: ignore[arg-type]
-        actor._store = open_agent_store(url, linger_s=0, name="agent")
-        try:
-            await actor.view()
-            await actor.confirm("kept-offer", _confirmed(kept_tx, inbox_id, kind, kept))
-            assert await _close_handing_back(db, inbox_id, kept_tx, user_id, [kept]) == []  # the event shows it
-            next_tx = await hand_on(db, moved_tx, [moved])  # closed, its first message the next one's
-            await actor.confirm("moved-offer", _confirmed(moved_tx, inbox_id, kind, moved))  # late
-            await actor.confirm("next-offer", _confirmed(next_tx, inbox_id, kind, moved))
-            assert await _firsts_shown(db, user_id) == [(kept_tx, kept), (moved_tx, None), (next_tx, moved)]
-        finally:
-            await actor.store.close()
-            await db.dispose()
-
-    asyncio.run(run())
-
-
-def test_on_postgres_a_confirm_waits_for_a_close_handing_its_first_message_on_and_then_leaves_it_out(
-        postgres_url: str, tmp_path: Path) -> None:
-    """The close's hand-back holds the agent's stream lock: the confirm's commit waits for it, then finds the
-    first message no longer attached."""
-    from actors.agent_actor import AgentActor
-    from store.agent_store import open_agent_store
-
-    upgrade_to_head(postgres_url)
-    settings = ActorSettings.from_settings(Settings(database_url=postgres_url,
-                                                    secret_key_file=tmp_path / "secret.key"))
-
-    async def run() -> None:
-        db = Database(postgres_url, pool_size=2)
-        org_id, user_id, inbox_id, _, tx_id = await _conversation(db)
-        first = await _first_of(db, tx_id)
-        actor = AgentActor(org_id, user_id, settings, _Inboxes())  # type: ignore[arg-type]
-        actor._store = open_agent_store(postgres_url, linger_s=0, name="agent")
-        try:
-            await actor.view()
-            async with db.engine.connect() as connection:
-                async with connection.begin():  # the close's commit, under way
-                    assert await connection.run_sync(
-                        lambda c: repo.detach_messages(c, inbox_id, tx_id, user_id, [first])) == [first]
-                    confirm = asyncio.ensure_future(
-                        actor.confirm("claim-offer", _confirmed(tx_id, inbox_id, "claimed", first)))
-                    await asyncio.sleep(0.5)
-                    assert not confirm.done()  # waiting for the stream lock
-                await asyncio.wait_for(confirm, 10)
-            assert await _firsts_shown(db, user_id) == [(tx_id, None)]
-        finally:
-            await actor.store.close()
-            await db.dispose()
-
-    asyncio.run(run())
-
-
-def test_on_postgres_a_close_waits_for_a_confirm_under_way_and_keeps_its_first_message(
-        postgres_url: str, tmp_path: Path) -> None:
-    """The other order: the confirm's commit holds the stream lock, its event written but not committed. The
-    close's hand-back waits for it, then sees the event's first message and keeps it with the conversation."""
-    import asyncpg
-
-    from store.agent_store import _asyncpg_dsn, _confirm_and_read, _PostgresTx
-
-    upgrade_to_head(postgres_url)
-
-    async def run() -> None:
-        db = Database(postgres_url, pool_size=2)
-        org_id, user_id, inbox_id, _, tx_id = await _conversation(db)
-        first = await _first_of(db, tx_id)
-        connection = await asyncpg.connect(_asyncpg_dsn(postgres_url))
-        try:
-            await connection.execute("INSERT INTO agent_states (user_id, org_id, status, max_concurrent, "
-                                     "status_changed_at, missed_in_a_row, epoch) VALUES ($1, $2, 'offline', 1, "
-                                     "now(), 0, 1)", user_id, org_id)
-            confirm = connection.transaction()
-            await confirm.start()  # the agent's step, as its store runs it, held before its commit
-            event = ("assigned", _confirmed(tx_id, inbox_id, "claimed", first))
-            assert len(await _confirm_and_read(_PostgresTx(connection), org_id, user_id, None, event, utcnow(),
-                                               0)) == 1
-            close = asyncio.ensure_future(_close_handing_back(db, inbox_id, tx_id, user_id, [first]))
-            await asyncio.sleep(0.5)
-            assert not close.done()  # waiting for the stream lock
-            await confirm.commit()
-            assert await asyncio.wait_for(close, 10) == []  # kept: the stream shows it
-            assert await _firsts_shown(db, user_id) == [(tx_id, first)]
-        finally:
-            await connection.close()
-            await db.dispose()
-
-    asyncio.run(run())
-
-
-def test_a_confirm_whose_answer_was_lost_after_it_left_out_the_first_message_counts_as_landed(
-        tmp_path: Path) -> None:
-    """The store wrote the confirm's event without its first message (handed on by a close); the answer was lost.
-    The agent must recognize what the store wrote as its step's: landed, not retried, not an error."""
-    from actors.agent_actor import AgentActor
-    from store.agent_store import open_agent_store
-    from tests.test_agent_store_actors import _AnswerLost
-
-    url = f"sqlite+aiosqlite:///{tmp_path}/store.db"
-    upgrade_to_head(url)
-    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key"))
-
-    async def run() -> None:
-        db = Database(url, pool_size=1)
-        org_id, user_id, inbox_id, _, tx_id = await _conversation(db)
-        first = await _first_of(db, tx_id)
-        actor = AgentActor(org_id, user_id, settings, _Inboxes())  # type: ignore[arg-type]
-        store = _AnswerLost(open_agent_store(url, linger_s=0, name="agent"))
-        actor._store = store
-        try:
-            await actor.view()
-            assert await _close_handing_back(db, inbox_id, tx_id, user_id, [first]) == [first]
-            store.lose_next = "after commit"
-            await actor.confirm("claim-offer", _confirmed(tx_id, inbox_id, "claimed", first))
-            await actor.confirm("claim-offer", _confirmed(tx_id, inbox_id, "claimed", first))  # the inbox's retry
-            assert await _firsts_shown(db, user_id) == [(tx_id, None)]
-            assert tx_id in actor.active
-        finally:
-            await store.close()
             await db.dispose()
 
     asyncio.run(run())
@@ -783,7 +650,8 @@ def test_a_first_message_a_confirm_showed_is_not_shown_again_when_a_restarted_in
         restarted._store = open_agent_store(url, linger_s=0, name="agent")
         try:
             await actor.view()
-            await actor.confirm("an-offer", _confirmed(tx_id, inbox_id, kind, first))
+            await actor.confirm("an-offer", await _assigned_by_inbox(db, org_id, user_id, inbox_id, tx_id, kind, first,
+                                                                     "an-offer"))
             await actor.deliver(inbox_id, [(tx_id, [message])])  # the restarted inbox's hand-over
             await restarted.view()  # the agent's own restart: what its stream shows is read from the store
             await restarted.deliver(inbox_id, [(tx_id, [message])])
@@ -819,7 +687,8 @@ def test_a_confirm_retried_after_its_conversation_closed_shows_nothing_and_takes
         later = actor
         try:
             await actor.view()
-            await actor.confirm("the-offer", _confirmed(tx_id, inbox_id, "claimed", first))
+            await actor.confirm("the-offer", await _assigned_by_inbox(db, org_id, user_id, inbox_id, tx_id, "claimed",
+                                                                      first, "the-offer"))
             await db.write(lambda connection: repo.save_transaction(connection, tx_id, {"state": "closed",
                                                                                        "closed_at": utcnow()}))
             await actor.end(tx_id, "closed")
