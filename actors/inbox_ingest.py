@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from actors import inbox_metrics
-from actors.inbox_core import InboxCore, repo
+from actors.inbox_core import InboxCore, repo, streams
 from actors.transaction_state import TxState
 from store.clock import utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncSession
+
+    from store.agent_streams import StreamEvent
 
 # Unrouted messages are read from the store in pages of this size.
 INGEST_PAGE = 500
@@ -70,18 +73,24 @@ class InboxIngest(InboxCore):
         handed = {m["id"] for payloads in at_intake.values() for m in payloads}
         attached: set[int] = set()
         if known:
-            inbox_id = self.inbox_id
+            inbox_id, org_id, agents = self.inbox_id, self.org_id, self._agents_of(known)
 
             def statements(connection: Connection) -> set[int]:
                 done: set[int] = set()
+                shown: list[StreamEvent] = []
                 for tx_id, payloads in known.items():  # one customer per conversation
-                    done |= repo.attach_if_unattached(connection, tx_id, inbox_id, payloads[0]["customer_id"],
-                                                      [m["id"] for m in payloads])
+                    now_attached = repo.attach_if_unattached(connection, tx_id, inbox_id, payloads[0]["customer_id"],
+                                                             [m["id"] for m in payloads])
+                    done |= now_attached
+                    if tx_id in agents:
+                        shown += [streams.message_shown(agents[tx_id], tx_id, m) for m in payloads
+                                  if m["id"] in now_attached]
+                streams.append_to_streams(connection, org_id, shown, utcnow())
                 return done
 
             attached = await self._write(statements)
             self._absorb_attached({tx_id: [m for m in payloads if m["id"] in attached]
-                                   for tx_id, payloads in known.items()})
+                                   for tx_id, payloads in known.items()}, on_stream=True)
         rest = [m["id"] for m in messages if m["id"] not in attached and m["id"] not in handed]
         attached_rest, opened = await self._ingest_page(rest) if rest else (0, 0)
         return len(handed) + len(attached) + attached_rest, opened
@@ -121,6 +130,9 @@ class InboxIngest(InboxCore):
                           "created_at": now, "updated_at": now, "tried": []}
                     for key, first in first_of.items()}
 
+        agents = self._agents_of(tx_id for tx_id in open_tx.values() if tx_id is not None)
+        org_id = self.org_id
+
         def statements(connection: Connection) -> tuple[dict[int, int], dict[int, list[dict[str, Any]]]]:
             opened = {key: repo.insert_transaction(connection, row) for key, row in new_rows.items()}
             for key, tx_id in opened.items():
@@ -131,6 +143,9 @@ class InboxIngest(InboxCore):
                 by_tx.setdefault(opened[message["customer_id"]] if existing is None else existing, []).append(message)
             for tx_id, messages in by_tx.items():
                 repo.attach_messages(connection, tx_id, [m["id"] for m in messages])
+            streams.append_to_streams(connection, org_id, [
+                streams.message_shown(agents[tx_id], tx_id, m)
+                for tx_id, messages in by_tx.items() if tx_id in agents for m in messages], now)
             return opened, by_tx
 
         opened, by_tx = await self._write(statements)
@@ -138,5 +153,11 @@ class InboxIngest(InboxCore):
             self._remember(TxState(id=tx_id, customer_id=key, state="queued", waiting_since=now,
                                    sticky_agent=sticky[key], first_message=first_of[key],
                                    customer=first_of[key]["customer"]))
-        self._absorb_attached(by_tx)
+        self._absorb_attached(by_tx, on_stream=True)
         return len(fresh), len(opened)
+
+    def _agents_of(self, tx_ids: Iterable[int]) -> dict[int, int]:
+        """The agent of each of these conversations that one holds: a message attached to it in a commit is shown on
+        that agent's stream in the same commit (`store.agent_streams`)."""
+        return {tx_id: tx.agent_id for tx_id in tx_ids if (tx := self._txs.get(tx_id)) is not None
+                and tx.state == "assigned" and tx.agent_id is not None}
