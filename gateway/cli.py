@@ -150,7 +150,7 @@ def _preflight(settings: Settings) -> SqliteGatewayClaim | None:
     """Every refusal before the server starts, each one line: another live deployment on the store, another
     gateway on a SQLite store, and what cannot work on the joined cluster. A new local Ray instance is
     checked before it is started (it would be a new deployment)."""
-    from actors.directory import connect_ray, disconnect_ray
+    from actors.ray_connection import connect_ray, disconnect_ray
     from gateway.deployment import cluster_identity
     from gateway.startup_checks import StartupRefused, check_cluster, claim_sqlite_store
 
