@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from actors.directory import RayDirectory
 from actors.ray_connection import withheld_environment
+from actors.ray_directory import RayDirectory
 from config.actor_settings import ActorSettings
 from config.settings import Settings
 from gateway.key_handoff import KeyHandoff
