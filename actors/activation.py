@@ -3,6 +3,9 @@
 A Ray actor's `__init__` is synchronous and runs again after every restart. Under Ray it starts the
 activation at once (so a restarted inbox re-arms its offer timers without waiting for a call);
 every public method also awaits `_ensure_active`, which is how plain-Python use activates.
+
+An actor reaches the others through the `Directory` it is given: deployed, a `RayDirectory`
+(`actors.ray_directory` hands it one); in plain Python (tests), whatever the test hands it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import TYPE_CHECKING
 import ray
 
 from actors import gc_tuning
-from actors.directory import Directory, RayDirectory
+from actors.directory import Directory
 from config.actor_settings import ActorSettings
 
 if TYPE_CHECKING:
@@ -71,8 +74,7 @@ class StoreBackedActor:
 
     @property
     def directory(self) -> Directory:
-        if self._directory is None:
-            self._directory = RayDirectory(self._settings)
+        assert self._directory is not None, f"{type(self).__name__} was given no directory"
         return self._directory
 
     async def _ensure_active(self) -> bool:

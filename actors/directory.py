@@ -1,30 +1,19 @@
-"""The one thin wrapper around Ray: finding or activating named actors and calling them.
+"""How actors and the gateway reach one another: the `Directory` interface and the awaitable proxies it hands out.
 
-Everything else (inbox and agent logic, the gateway) talks to a `Directory` and to awaitable
-proxies, so the state machines run and test without Ray, and Ray's API lives in one file.
+Everything else (inbox and agent logic, the gateway) talks to a `Directory` and to `Proxy`s, so the state
+machines run and test without Ray. The directory that creates the named Ray actors is `actors.ray_directory`
+(it knows every actor class; this module knows none), and joining or starting Ray is `actors.ray_connection`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import os
-import signal
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 import ray
-
-from actors.names import agent_actor_name, agent_store_actor_name, inbox_actor_name, sender_actor_name
-from config.actor_settings import ActorSettings
-
-if TYPE_CHECKING:  # only the gateway connects to Ray; actors' processes need no pydantic
-    from config.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +86,6 @@ class Directory(Protocol):
 
 _background: set[asyncio.Task[Any]] = set()
 
-# What each routing actor asks of `ray_actor_resource`: Ray's smallest unit, so a node advertising
-# 100,000 of it fits a billion actors (memory, not this, is what limits them).
-ACTOR_RESOURCE_SHARE = 0.0001
-
 
 def spawn(coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
     """Fire-and-forget with a logged failure: for notifications that must not block their caller."""
@@ -152,209 +137,3 @@ async def push_agent_event(directory: Directory, org_id: int, user_id: int, kind
                                      within_s=_PUSH_WITHIN_S)
     except ActorUnavailable as exc:
         log.error("agent %s:%s: %s event not shown within %.0fs: %s", org_id, user_id, kind, _PUSH_WITHIN_S, exc)
-
-
-_remote_classes: dict[type, Any] = {}
-
-
-def routing_actor_class(actor_class: type) -> Any:
-    """The Ray actor class with the options every routing actor shares (made once per process; the
-    benchmark's design skeleton uses it too, so its actors run as ours do)."""
-    remote = _remote_classes.get(actor_class)
-    if remote is None:
-        remote = ray.remote(  # type: ignore[call-overload]  # Ray's stubs omit the concurrency options
-            num_cpus=0,
-            max_restarts=-1,
-            # A call is not blindly replayed after a restart: its effect may already be in the store.
-            max_task_retries=0,
-            max_concurrency=1000,
-            # No Ray task events by default (`Settings.ray_task_events`; the directory sets them per
-            # deployment): the benchmark's skeleton and empty actors then run as ours do.
-            enable_task_events=False,
-            # Health checks have their own group, so a busy actor still answers them; an agent's
-            # stream readers have theirs, so open streams never starve the calls inboxes make.
-            concurrency_groups={"health": 1, "stream": 1000},
-        )(actor_class)
-        _remote_classes[actor_class] = remote
-    return remote
-
-
-class RayDirectory:
-    """Named, detached, restartable actors in one namespace; handles cached per process.
-
-    Options are set here, where the actors are created (as Ray Serve's controller does).
-    """
-
-    def __init__(self, settings: ActorSettings | Settings, key_file: Path | None = None) -> None:
-        # What actors are given (pickled into their processes): the plain values, not pydantic's `Settings`,
-        # and where the sender finds the key (`key_file`, e.g. the gateway's credential file), never the key.
-        self._settings = ActorSettings.from_settings(settings)
-        if key_file is not None:
-            self._settings = replace(self._settings, secret_key_file=key_file)
-        self._namespace = settings.ray_namespace
-        self._cache: dict[str, Proxy] = {}
-
-    def _get_or_create(self, name: str, actor_class: type, *args: Any) -> Proxy:
-        proxy = self._cache.get(name)
-        if proxy is None:
-            placement: dict[str, Any] = {}
-            if self._settings.ray_actor_resource:
-                # A sliver of a resource only the chosen nodes advertise: placed there, never limited by it.
-                placement["resources"] = {self._settings.ray_actor_resource: ACTOR_RESOURCE_SHARE}
-            handle = routing_actor_class(actor_class).options(
-                name=name, namespace=self._namespace, get_if_exists=True, lifetime="detached",
-                enable_task_events=self._settings.ray_task_events, **placement,
-            ).remote(*args)
-            proxy = Proxy(handle, name, on_dead=self._evict)
-            self._cache[name] = proxy
-        return proxy
-
-    def _evict(self, name: str) -> None:
-        self._cache.pop(name, None)
-
-    def inbox(self, org_id: int, inbox_id: int) -> Proxy:
-        from actors.inbox_actor import InboxActor
-
-        return self._get_or_create(inbox_actor_name(org_id, inbox_id), InboxActor, org_id, inbox_id, self._settings)
-
-    def agent(self, org_id: int, user_id: int) -> Proxy:
-        from actors.agent_actor import AgentActor
-
-        return self._get_or_create(agent_actor_name(org_id, user_id), AgentActor, org_id, user_id, self._settings)
-
-    def sender(self, phone_number_id: str) -> Proxy:
-        from actors.sender_actor import SenderActor
-
-        return self._get_or_create(sender_actor_name(phone_number_id), SenderActor, phone_number_id, self._settings)
-
-    def agent_store(self, index: int) -> Proxy:
-        from actors.agent_store_actor import AgentStoreActor
-
-        return self._get_or_create(agent_store_actor_name(index), AgentStoreActor, index, self._settings)
-
-    def _kill(self, name: str) -> None:
-        self._cache.pop(name, None)
-        with contextlib.suppress(ValueError):  # never activated
-            ray.kill(ray.get_actor(name, namespace=self._namespace), no_restart=True)
-
-    def forget_inbox(self, org_id: int, inbox_id: int) -> None:
-        self._kill(inbox_actor_name(org_id, inbox_id))
-
-    def forget_agent(self, org_id: int, user_id: int) -> None:
-        self._kill(agent_actor_name(org_id, user_id))
-
-    def kill_namespace(self) -> int:
-        """Stop every actor of this deployment's namespace (tests sharing one Ray instance)."""
-        killed = 0
-        for entry in ray.util.list_named_actors(all_namespaces=True):
-            if entry.get("namespace") == self._namespace:
-                try:
-                    ray.kill(ray.get_actor(entry["name"], namespace=self._namespace), no_restart=True)
-                    killed += 1
-                except ValueError:
-                    pass
-        self._cache.clear()
-        return killed
-
-
-@dataclass(frozen=True)
-class RayConnection:
-    dashboard_url: str | None
-    # True when this process started the local instance (and so shuts it down).
-    owns_instance: bool
-
-
-# The gateway's own configuration (admin token, encryption key among it) stays in the gateway: actors are
-# given what they need as arguments, and nothing secret.
-CONFIG_ENV_PREFIX = "WA_ROUTER_"
-
-
-@contextlib.contextmanager
-def withheld_environment(prefix: str) -> Iterator[None]:
-    """Variables starting with `prefix` removed from this process's environment while the block runs.
-
-    Ray's processes (GCS, raylet, and the workers the raylet starts later) inherit the environment of
-    the process that starts them: started inside this block, they never see these variables.
-    """
-    withheld = {name: value for name, value in os.environ.items() if name.startswith(prefix)}
-    for name in withheld:
-        del os.environ[name]
-    try:
-        yield
-    finally:
-        os.environ.update(withheld)
-
-
-# A local instance serves this machine alone, so each of its listening sockets is on the loopback address.
-# Ray binds its components (GCS, raylet and object manager, workers' gRPC servers, dashboard agent,
-# runtime-env agent, metrics endpoints) to loopback only when the node's address is a loopback one, and it
-# replaces a loopback `_node_ip_address` with the machine's reachable address (so that other nodes could
-# join) unless its single-machine switch is set: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which Ray reads once,
-# at import, into `ray_constants.ENABLE_RAY_CLUSTER`. The dashboard binds `ray_dashboard_host` (127.0.0.1).
-LOOPBACK = "127.0.0.1"
-_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-@contextlib.contextmanager
-def single_machine_ray() -> Iterator[None]:
-    """Ray's single-machine switch set for this process and the Ray processes started inside the block."""
-    from ray._private import ray_constants
-
-    previous_constant = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
-    previous_env = os.environ.get(_SINGLE_MACHINE_ENV)
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    os.environ[_SINGLE_MACHINE_ENV] = "0"
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = previous_constant
-        if previous_env is None:
-            os.environ.pop(_SINGLE_MACHINE_ENV, None)
-        else:
-            os.environ[_SINGLE_MACHINE_ENV] = previous_env
-
-
-def is_loopback(address: str) -> bool:
-    """127.0.0.0/8, ::1, or an IPv4-mapped loopback address (::ffff:127.0.0.1)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address == "localhost"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped.is_loopback
-    return ip.is_loopback
-
-
-def connect_ray(settings: Settings) -> RayConnection:
-    """Join the configured cluster, or start a local instance with its dashboard."""
-    if ray.is_initialized():
-        return RayConnection(dashboard_url=None, owns_instance=False)
-    kwargs: dict[str, Any] = {"namespace": settings.ray_namespace, "log_to_driver": True}
-    if settings.ray_address:
-        kwargs["address"] = settings.ray_address
-    else:
-        # "local" starts our own instance even if another cluster runs on this machine; on loopback only.
-        kwargs.update(address="local", _node_ip_address=LOOPBACK, include_dashboard=True,
-                      dashboard_host=settings.ray_dashboard_host, dashboard_port=settings.ray_dashboard_port)
-        if settings.ray_num_cpus is not None:
-            kwargs["num_cpus"] = settings.ray_num_cpus
-    # ray.init replaces SIGTERM/SIGINT handlers with ones that exit at once; the server's own
-    # (graceful shutdown: drain requests, run the lifespan's cleanup) must stay in charge.
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main_thread else {}
-    local = contextlib.nullcontext() if settings.ray_address else single_machine_ray()
-    with withheld_environment(CONFIG_ENV_PREFIX), local:
-        context = ray.init(**kwargs)
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-    if not settings.ray_address and not is_loopback(node := ray.util.get_node_ip_address()):
-        log.warning("the local Ray instance runs on %s, not on loopback: other machines can reach it", node)
-    url = str(getattr(context, "dashboard_url", "") or "")
-    if url and not url.startswith("http"):
-        url = f"http://{url}"
-    return RayConnection(dashboard_url=url or None, owns_instance=not settings.ray_address)
-
-
-def disconnect_ray(connection: RayConnection) -> None:
-    if connection.owns_instance and ray.is_initialized():
-        ray.shutdown()

@@ -1,6 +1,6 @@
 """InboxActor: owns one inbox's transactions — their queue, offers, timers, sticky memory and rotation.
 
-A plain class: `actors.directory.RayDirectory` deploys it as the named Ray actor `inbox:<org>:<inbox>`.
+A plain class: `actors.ray_directory.RayDirectory` deploys it as the named Ray actor `inbox:<org>:<inbox>`.
 It is composed of the parts of `actors.inbox_core` (state, activation, fencing, control loop, timers),
 `actors.inbox_ingest` (messages in), `actors.inbox_routing` (routing passes) and `actors.inbox_answers`
 (the agents' and supervisors' actions).

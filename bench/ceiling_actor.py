@@ -21,8 +21,8 @@ from typing import Any
 import psutil
 import ray
 
-from actors.directory import routing_actor_class
 from actors.free_heap import release_free_heap
+from actors.ray_directory import routing_actor_class
 from bench.stats import summary_ms
 
 

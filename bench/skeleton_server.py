@@ -30,8 +30,9 @@ import ray
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 
-from actors.directory import Proxy, routing_actor_class
+from actors.directory import Proxy
 from actors.event_signal import EventSignal
+from actors.ray_directory import routing_actor_class
 from bench.workload import WorkloadShape, agent_inboxes
 from meta.signature import HEADER, verify
 

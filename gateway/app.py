@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from actors.directory import RayDirectory, connect_ray, disconnect_ray
+from actors.ray_connection import connect_ray, disconnect_ray
+from actors.ray_directory import RayDirectory
 from actors.routing_client import RoutingClient
 from config.settings import Settings, get_settings
 from gateway import health, metrics

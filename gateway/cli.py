@@ -101,6 +101,7 @@ def _root(
 
 def banner_lines(app_: FastAPI) -> list[str]:
     """What every start prints: where things are, the Ray address, and how to get an admin token."""
+    from gateway.cluster_record import ray_address
     from gateway.runtime import Runtime
 
     runtime: Runtime = app_.state.runtime
@@ -122,29 +123,6 @@ def banner_lines(app_: FastAPI) -> list[str]:
     else:
         lines.append("  admin token:     issued at first start; run 'wa-router admin rotate-token' for a new one")
     return lines
-
-
-def ray_address() -> str | None:
-    """The GCS address of the Ray cluster this process is connected to."""
-    import ray
-
-    try:
-        return str(ray.get_runtime_context().gcs_address)
-    except Exception:  # not connected: nothing to show
-        return None
-
-
-def record_cluster(app_: FastAPI) -> None:
-    """Record the gateway's Ray cluster for `wa-router actors`."""
-    from gateway.cluster_record import ClusterRecord, token_auth_enabled, write_record
-    from gateway.runtime import Runtime
-
-    runtime: Runtime = app_.state.runtime
-    settings = runtime.settings
-    write_record(settings.cluster_record_file, ClusterRecord(
-        gateway_url=f"http://{settings.host}:{settings.port}", ray_address=ray_address(),
-        dashboard_url=app_.state.dashboard_url, namespace=settings.ray_namespace,
-        token_auth=token_auth_enabled(), pid=os.getpid()))
 
 
 def _store_in_use(settings: Settings, deployment: str | None) -> str | None:
@@ -172,7 +150,7 @@ def _preflight(settings: Settings) -> SqliteGatewayClaim | None:
     """Every refusal before the server starts, each one line: another live deployment on the store, another
     gateway on a SQLite store, and what cannot work on the joined cluster. A new local Ray instance is
     checked before it is started (it would be a new deployment)."""
-    from actors.directory import connect_ray, disconnect_ray
+    from actors.ray_connection import connect_ray, disconnect_ray
     from gateway.deployment import cluster_identity
     from gateway.startup_checks import StartupRefused, check_cluster, claim_sqlite_store
 
@@ -224,7 +202,7 @@ def serve(
     from actors import gc_tuning
     from config.settings import Settings
     from gateway.app import create_app
-    from gateway.cluster_record import remove_record
+    from gateway.cluster_record import record_cluster, remove_record
     from gateway.logs import configure_logging
 
     overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port, "ray_address": ray_address}.items()

@@ -2,6 +2,7 @@
 
 `wa-router actors` reads it instead of guessing an address: several Ray instances may run on one
 machine (tests, benchmarks, other checkouts), and only this file says which one is the gateway's.
+`wa-router serve` and `wa-router demo` write it once their gateway is up (`record_cluster`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,28 @@ def token_auth_enabled() -> bool:
     except ImportError:  # an older Ray: only the environment says
         return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
     return bool(is_token_auth_enabled())
+
+
+def ray_address() -> str | None:
+    """The GCS address of the Ray cluster this process is connected to."""
+    import ray
+
+    try:
+        return str(ray.get_runtime_context().gcs_address)
+    except Exception:  # not connected: nothing to show
+        return None
+
+
+def record_cluster(app_: FastAPI) -> None:
+    """Record the gateway's Ray cluster for `wa-router actors`."""
+    from gateway.runtime import Runtime
+
+    runtime: Runtime = app_.state.runtime
+    settings = runtime.settings
+    write_record(settings.cluster_record_file, ClusterRecord(
+        gateway_url=f"http://{settings.host}:{settings.port}", ray_address=ray_address(),
+        dashboard_url=app_.state.dashboard_url, namespace=settings.ray_namespace,
+        token_auth=token_auth_enabled(), pid=os.getpid()))
 
 
 def write_record(path: Path, record: ClusterRecord) -> None:

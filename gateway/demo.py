@@ -26,8 +26,7 @@ from rich.console import Console
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.background_server import BackgroundServer
-from gateway.cli import ray_address, record_cluster
-from gateway.cluster_record import remove_record
+from gateway.cluster_record import ray_address, record_cluster, remove_record
 from meta.simulator.app import create_simulator_app
 from meta.simulator.state import DeliveryPlan, ReviewPlan, SimulatorState, seed_demo
 from routing.model import AssignmentMode

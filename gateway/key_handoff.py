@@ -1,7 +1,7 @@
 """Where sender actors find the encryption key: a file, never an argument or an environment variable.
 
 With a key file (the default) they read that file. With the key given as `WA_ROUTER_SECRET_KEY`, the
-gateway keeps it out of Ray's processes' environment (`actors.directory.connect_ray`) and hands it to
+gateway keeps it out of Ray's processes' environment (`actors.ray_connection.connect_ray`) and hands it to
 the senders on this machine as a credential file: 0600, in a private directory of its own, removed when
 the gateway stops. On a multi-node cluster, senders on other nodes read `WA_ROUTER_SECRET_KEY` set there
 by the operator, or the key file at the same path.

@@ -31,7 +31,7 @@ _SCRIPT = """
 import asyncio, json, os, sys, time
 import ray
 from ray.cluster_utils import Cluster
-from actors.directory import RayDirectory
+from actors.ray_directory import RayDirectory
 from config.settings import Settings
 from tests.fault_injection import actor_pid
 from tests.node_loss import HEALTH_CHECK, worker_node_killer

@@ -14,7 +14,7 @@ import pytest
 import ray
 from hypothesis import settings as hypothesis_settings
 
-from actors.directory import RayDirectory
+from actors.ray_directory import RayDirectory
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.background_server import BackgroundServer, free_port

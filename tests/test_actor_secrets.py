@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from actors.directory import RayDirectory, withheld_environment
+from actors.ray_connection import withheld_environment
+from actors.ray_directory import RayDirectory
 from config.actor_settings import ActorSettings
 from config.settings import Settings
 from gateway.key_handoff import KeyHandoff
@@ -71,7 +72,7 @@ def test_withheld_environment_restores_the_variables(monkeypatch: pytest.MonkeyP
 _RAY_ENV_SCRIPT = """
 import json, os
 import ray
-from actors.directory import connect_ray, disconnect_ray
+from actors.ray_connection import connect_ray, disconnect_ray
 from config.settings import Settings
 
 connection = connect_ray(Settings(ray_namespace="env-check", ray_num_cpus=1, ray_dashboard_port=0))

@@ -12,8 +12,8 @@ import time
 import pytest
 import ray
 
-from actors.directory import RayDirectory
 from actors.names import agent_actor_name
+from actors.ray_directory import RayDirectory
 from config.settings import Settings
 from tests.routing_support import Agent, Scenario, customer_id
 from tests.support import eventually

@@ -12,7 +12,8 @@ import asyncio
 import time
 from typing import Any
 
-from actors.directory import Proxy, RayDirectory
+from actors.directory import Proxy
+from actors.ray_directory import RayDirectory
 from config.settings import Settings
 from store.db import Database
 from tests.routing_support import Agent, Scenario

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from actors.directory import RayDirectory
+from actors.ray_directory import RayDirectory
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.background_server import BackgroundServer

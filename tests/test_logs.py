@@ -18,7 +18,7 @@ import ray
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from actors.directory import RayDirectory
+from actors.ray_directory import RayDirectory
 from config.settings import Settings
 from gateway.background_server import free_port
 from gateway.logs import JsonFormatter, LogContext, RedactSecrets, configure_logging, redact

@@ -17,7 +17,7 @@ from typing import Any
 import ray
 
 from actors.agent_link import AgentLink
-from actors.directory import RayDirectory
+from actors.ray_directory import RayDirectory
 from config.settings import Settings
 from gateway.intake import store_delivery
 from meta.webhook_parser import parse_webhook

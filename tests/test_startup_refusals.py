@@ -17,7 +17,7 @@ import pytest
 import ray
 
 import gateway.startup_checks as startup_checks
-from actors.directory import RayDirectory
+from actors.ray_directory import RayDirectory
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.background_server import BackgroundServer, free_port

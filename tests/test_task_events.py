@@ -14,7 +14,7 @@ from pathlib import Path
 import ray
 from ray._private.state import state as ray_state
 
-from actors.directory import RayDirectory
+from actors.ray_directory import RayDirectory
 from config.settings import Settings
 from tests.support import eventually
 

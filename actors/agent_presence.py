@@ -1,0 +1,181 @@
+"""An agent's presence: its view, status and capacity, telling the inboxes it serves, and idle deactivation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import ray
+
+from actors.agent_core import AgentCore, Hold, log, rescinded
+from actors.free_heap import release_free_heap
+from actors.mailbox import Mailbox
+from store.clock import utcnow
+
+# An agent without a call or a step for this long gives the heap its work freed back (`actors/free_heap.py`).
+QUIET_AFTER_S = 5.0
+# The inboxes the agent serves are read from the store at most this often; an inbox's call or resync from an
+# inbox not among them reads them again at once (see `_served_inboxes`).
+SERVED_INBOXES_TTL_S = 30.0
+
+
+class AgentPresence(AgentCore):
+    """What the agent shows and sets, and how the inboxes it serves hear of it."""
+
+    # ------------------------------------------------------------------ view
+
+    async def view(self) -> dict[str, Any] | None:
+        if not await self._ensure_active():
+            return None
+        return self._view()
+
+    def _view(self) -> dict[str, Any]:
+        idle = self._idle_since()
+        ringing = self._ringing()
+        pending = None
+        if ringing is not None:
+            pending = {key: ringing.offer.get(key) for key in ("transaction_id", "inbox_id", "expires_at")}
+        return {"user_id": self.user_id, "status": self.status, "status_reason": self.status_reason,
+                "max_concurrent": self.max_concurrent, "active_transactions": sorted(self.active),
+                "idle_since": idle.isoformat() if idle and not self.active else None,
+                "pending_offer": pending}
+
+    # ------------------------------------------------------------------ presence and settings
+
+    async def set_status(self, status: str, reason: str | None = None) -> dict[str, Any] | None:
+        self._inboxes = None  # a person's act, not the message path: the inboxes told are read anew
+        if not await self._ensure_active():
+            return None
+        async with self._step_lock:
+            if status == self.status and reason == self.status_reason:
+                return self._view()
+            withdrawn = await self._change_status(status, reason)
+        for hold in withdrawn:
+            # The inbox rescinds and reroutes at once (idempotent on the offer id).
+            self._mailbox(hold.inbox_id).post("agent_withdrew", self.user_id, hold.offer["offer_id"])
+        self._notify_inboxes()
+        return self._view()
+
+    async def _change_status(self, status: str, reason: str | None,
+                             extra_events: list[tuple[str, dict[str, Any]]] | None = None,
+                             keep: str | None = None, **values: Any) -> list[Hold]:
+        """One step (lock held): the new status, its event and any withdrawn offers, in one transaction.
+
+        `keep`: an offer the caller ends itself (it is not withdrawn from its inbox).
+        """
+        now = utcnow()
+        available_since = now if status == "available" and self.status != "available" else self.available_since
+        withdrawn = [h for oid, h in self.holds.items() if not h.direct and oid != keep] \
+            if status != "available" else []
+        events = list(extra_events or [])
+        events.append(("status", {"status": status, "reason": reason}))
+        events += [("offer_rescinded", rescinded(h, f"agent {status}")) for h in withdrawn if h.published]
+        missed = 0 if status == "available" else values.pop("missed_in_a_row", self.missed_in_a_row)
+        await self._commit(state=dict(status=status, status_reason=reason, status_changed_at=now,
+                                      available_since=available_since, missed_in_a_row=missed, **values),
+                           events=events)
+        self.status, self.status_reason, self.available_since = status, reason, available_since
+        self.missed_in_a_row = missed
+        for hold in withdrawn:
+            self._drop_hold(hold)
+        return withdrawn
+
+    async def set_max_concurrent(self, max_concurrent: int) -> dict[str, Any] | None:
+        self._inboxes = None
+        if not await self._ensure_active():
+            return None
+        async with self._step_lock:
+            await self._commit(state={"max_concurrent": max_concurrent})
+            self.max_concurrent = max_concurrent
+        self._notify_inboxes()
+        return self._view()
+
+    # ------------------------------------------------------------------ telling inboxes
+
+    def _mailbox(self, inbox_id: int) -> Mailbox:
+        mailbox = self._mailboxes.get(inbox_id)
+        if mailbox is None:
+            inbox = self.directory.inbox(self.org_id, inbox_id)
+
+            async def send(method: str, args: tuple[Any, ...]) -> Any:
+                return await getattr(inbox, method)(*args)
+
+            mailbox = Mailbox(f"agent {self.user_id} -> inbox {inbox_id}", send,
+                              deadline_s=self._settings.actor_call_timeout_s, give_up_after_s=60.0)
+            self._mailboxes[inbox_id] = mailbox
+        return mailbox
+
+    def _notify_inboxes(self, answered: int | None = None) -> None:
+        """Push the newest snapshot to every inbox the agent serves (retried; only the newest is kept).
+
+        `answered`: the inbox whose call this step answers. The answer carries the snapshot, which that
+        inbox absorbs whenever it arrives (`AgentLink.tell`), so it is not pushed there too.
+        """
+        self._notifying = asyncio.ensure_future(self._push_snapshot(answered))
+        self._notifying.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    def _heard_from(self, inbox_id: int) -> None:
+        """An inbox called: one the cached list does not know (the agent just joined it) is read anew."""
+        if self._inboxes is not None and inbox_id not in self._inboxes[0]:
+            self._inboxes = None
+
+    async def _served_inboxes(self) -> frozenset[int]:
+        """The inboxes the agent serves, off the message path: read again after `SERVED_INBOXES_TTL_S`, after a
+        resync (an inbox that gained the agent tells it so) or a call from an inbox not among them."""
+        now = time.monotonic()
+        if self._inboxes is None or now - self._inboxes[1] > SERVED_INBOXES_TTL_S:
+            self._inboxes = (frozenset(await self.store.inboxes_of(self.user_id)), now)
+        return self._inboxes[0]
+
+    async def _push_snapshot(self, answered: int | None) -> None:
+        inbox_ids = await self._served_inboxes()
+        snapshot = self.snapshot()
+        for inbox_id in inbox_ids:
+            if inbox_id != answered:
+                self._mailbox(inbox_id).post("agent_changed", snapshot, key="snapshot")
+
+    # ------------------------------------------------------------------ deactivation
+
+    def _idle_enough_to_retire(self) -> bool:
+        """Offline, no work, no offer held, no stream reader, nothing still being told: the store holds all of it."""
+        return (self._activated and self.status == "offline" and not self.active and not self.holds
+                and not self._signal.has_waiters() and not any(len(m) for m in self._mailboxes.values())
+                and (self._notifying is None or self._notifying.done())
+                and time.monotonic() - self._last_call >= self._settings.agent_deactivate_after_s)
+
+    async def _retire_when_idle(self) -> None:
+        """Orleans' idle deactivation: an agent process costs ~50 MiB, so an absent agent gives it back.
+
+        The check is cheap and rare (a few times per deactivation period). A call that races the exit
+        sees the actor gone and its caller activates it again, from the store.
+        """
+        period = max(1.0, self._settings.agent_deactivate_after_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                if self._idle_enough_to_retire():
+                    async with self._step_lock:  # no step is half-way while the process goes
+                        if self._idle_enough_to_retire():
+                            log.info("agent %s: offline with no work for %.0fs; deactivating", self.user_id,
+                                     self._settings.agent_deactivate_after_s)
+                            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                            return
+            except Exception:
+                log.exception("agent %s: deactivation check failed", self.user_id)
+
+    async def _release_heap_when_quiet(self) -> None:
+        """Once the agent has had no call and no step for `QUIET_AFTER_S`, give what its work freed back, once
+        per quiet spell: hundreds of idle agent processes would otherwise each keep a few MiB of free heap.
+        A release costs ~1 ms when little was freed (an open stream's reconnect every 15 s: ~0.01 % of a core)."""
+        released_at = 0.0
+        while True:
+            await asyncio.sleep(QUIET_AFTER_S)
+            try:
+                now = time.monotonic()
+                last_active = max(self._last_step, self._last_call)
+                if last_active > released_at and now - last_active >= QUIET_AFTER_S:
+                    release_free_heap()
+                    released_at = now
+            except Exception:
+                log.exception("agent %s: releasing free heap failed", self.user_id)
