@@ -7,7 +7,8 @@ reservations, assignments, holds that lapse by themselves), `actors.agent_presen
 telling the inboxes, idle deactivation) and `actors.agent_stream` (the event stream's readers).
 
 Every step runs in the default concurrency group, under one lock: decide, commit one store
-transaction (state and events together), then change memory, then tell the inboxes. Stream
+transaction (state and events together) or read what an inbox's commit wrote on the stream, then
+change memory, then tell the inboxes. Stream
 readers run in their own group ("stream"), so a thousand open event streams never starve the
 calls inboxes make; health checks have theirs ("health").
 """

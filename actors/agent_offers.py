@@ -1,10 +1,14 @@
 """An agent's offers and assignments: holds reserved for inboxes, shown, confirmed as work, released, ended.
 
 Offers are reservations (Twilio TaskRouter's model): an inbox asks to `hold` an offer id, commits the offer to
-the store, then `publish`es it (the agent sees it), and later `confirm`s or `release`s it. Every call names the
-offer or transaction id and is idempotent, so an inbox may retry any of them after a lost reply. A hold the
-inbox never follows up lapses by itself at `expires_at`, and `resync` rebuilds what the agent holds from the
-store, the single truth.
+the store, then `publish`es it, and later `confirm`s or `release`s it. Every call names the offer or transaction
+id and is idempotent, so an inbox may retry any of them after a lost reply. A hold the inbox never follows up
+lapses by itself at `expires_at`, and `resync` rebuilds what the agent holds from the store, the single truth.
+
+The inbox writes the offer, the assignment (with its messages) and the end on the agent's stream in its own
+commits (`store.agent_streams`): `publish`, `confirm`, `deliver` and `end` read the stream and change memory, and
+the agent writes only what the stream lacks (an offer withdrawn because its hold lapsed, a reset of its missed
+offers, a delivery handed over by a control pass).
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 and WhatsApp Back (a conversation an agent starts).
 
 An offer is a reservation with an id (Twilio TaskRouter's model): the agent actor holds it, the inbox commits
-it, the agent publishes it; accept/decline/timeout end it. Each action is one locked step whose caller is
-answered once the agents show its outcome, waited for with the lock released."""
+it (and its event on the agent's stream), the agent is told; accept/decline/timeout end it. An assignment, a
+close and a transfer write their events on the agents' streams in the step's own commit (`store.agent_streams`).
+Each action is one locked step whose caller is answered once the agents show its outcome, waited for with the
+lock released."""
 
 from __future__ import annotations
 

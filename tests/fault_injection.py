@@ -466,6 +466,7 @@ class AgentWorker:
         self.replies: list[Reply] = []
         self._active: set[int] = set()
         self._close_due: dict[int, float] = {}
+        self.set_away_in_end_game = 0  # times the router set the agent away after `drain` began
         self._reply_due: dict[int, list[float]] = {}  # tx -> when its next replies are written
         self._reply_seq = itertools.count(1)
         self._jobs: queue.Queue[Event | None] = queue.Queue()
@@ -561,6 +562,16 @@ class AgentWorker:
                     self._active.discard(tx_id)
                     self._close_due.pop(tx_id, None)
                     self._reply_due.pop(tx_id, None)
+            elif kind == "status" and event.get("status") != "available":
+                self._back_to_available()
+
+    def _back_to_available(self) -> None:
+        """In the end game every agent is available: one the router set away (offers missed while the machine was
+        slow: 1-second offers) sets itself available again, as a person back at their desk would."""
+        with self._presence_lock:
+            if self.phase != "chaos":
+                self.set_away_in_end_game += 1
+                self._put_status("available")
 
     def _answer_offer(self, tx_id: int) -> None:
         path = f"{self.org_path}/transactions/{tx_id}"
@@ -1413,7 +1424,9 @@ def run_fault_injection(plan: FaultPlan, *, database_url: str, database: str, si
             worker.enter("drain")
         reached, waited, left = wait_quiescent(store, org.id, plan)
         notes.append(f"quiescence {'reached' if reached else 'NOT reached'} after {waited:.0f}s"
-                     + ("" if reached else f" ({left} conversations still queued/offered)"))
+                     + ("" if reached else f" ({left} conversations still queued/offered)")
+                     + f"; agents set away for missed offers in it, then available again: "
+                       f"{sum(w.set_away_in_end_game for w in workers)}")
         for worker in workers:
             worker.enter("frozen")
         time.sleep(plan.reassign_after_s + 1.0)  # let any in-flight offer settle before comparing views
