@@ -211,7 +211,8 @@ class InboxAnswers(InboxCore):
         closed, held, inbox_id, org_id = tx.closed(now), tx.state == "assigned", self.inbox_id, self.org_id
         # A message the inbox handed the agent counts as shown once the agent answered its delivery: one still in
         # this process's mailbox would be lost with it (a restart hands over only what open conversations hold).
-        # Follow-ups attached at intake are on the agent's stream from their commit: never among these.
+        # Messages attached at intake or by this inbox are on the agent's stream from their commit: never among these
+        # (only what a control pass handed over is).
         unshown = list(self._delivering.get(tx.id, {})) if held else []
         agent_id = tx.agent_id
 

@@ -276,7 +276,8 @@ class InboxCore(StoreBackedActor):
 
     def _absorb_attached(self, by_tx: dict[int, list[dict[str, Any]]], on_stream: bool = False) -> None:
         """After the commit: each conversation shows its customer's newest identity, and its agent gets the messages.
-        `on_stream`: attached and shown at intake, the agent is only told (they count as shown already)."""
+        `on_stream`: shown on the agent's stream by the commit that attached them (the gateway's intake, or this
+        inbox's): the agent is only told (they count as shown already)."""
         for tx_id, messages in by_tx.items():
             tx = self._txs.get(tx_id)
             if tx is None or not messages:
