@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.util
 import os
 import subprocess
 import sys
@@ -276,16 +275,24 @@ def bench(ctx: typer.Context) -> None:
 @one_line_errors
 def soak() -> None:
     """Run the long fault-injection soak, then the node-loss and two-gateway soaks (minutes)."""
-    if importlib.util.find_spec("tests.fault_injection") is None:
-        raise CliError("the soak runs from a source checkout: tests/fault_injection.py is not importable here")
+    # The scenarios are the test suite's own (`tests/`), run from the checkout this command is installed from,
+    # whatever the directory it is started in.
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / "tests" / "fault_injection.py").is_file():
+        raise CliError("the soak runs from a source checkout: tests/fault_injection.py is not beside this install")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(checkout), os.environ.get("PYTHONPATH")]))}
+
+    def scenario(module: str) -> int:
+        return subprocess.call([sys.executable, "-m", module, "--long"], cwd=checkout, env=env)
+
     err.print("running the fault-injection soak (python -m tests.fault_injection --long); it takes minutes")
-    code = subprocess.call([sys.executable, "-m", "tests.fault_injection", "--long"])
+    code = scenario("tests.fault_injection")
     # Then a worker node of a three-node cluster on this machine lost under load (PostgreSQL).
     err.print("running the node-loss soak (python -m tests.node_loss --long)")
-    node_code = subprocess.call([sys.executable, "-m", "tests.node_loss", "--long"])
+    node_code = scenario("tests.node_loss")
     # Then two gateways of one deployment sharing PostgreSQL, one SIGKILLed and restarted under load.
     err.print("running the two-gateway soak (python -m tests.two_gateways --long)")
-    pair_code = subprocess.call([sys.executable, "-m", "tests.two_gateways", "--long"])
+    pair_code = scenario("tests.two_gateways")
     if code or node_code or pair_code:
         raise typer.Exit(code or node_code or pair_code)
 

@@ -144,3 +144,26 @@ def test_readme_opens_with_the_demo_and_the_screenshots_and_sets_up_with_two_com
     assert len(shots) >= 3 and all((Path(__file__).resolve().parents[1] / "docs" / s).is_file() for s in shots)
     setup = readme.split("## Set-up", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     assert [line.split("#")[0].strip() for line in setup.strip().splitlines()] == ["make run", "make test"]
+
+
+def test_soak_runs_its_three_scenarios_from_the_checkout_whatever_the_directory_it_starts_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make soak` starts `wa-router soak`, whose scenarios are the suite's modules: started anywhere, it runs each
+    from the checkout (they are not part of the installed package), and fails when one fails."""
+    from gateway import cli
+
+    calls: list[tuple[list[str], str, str]] = []
+
+    def call(command: list[str], cwd: Path, env: dict[str, str]) -> int:
+        calls.append((command, str(cwd), env["PYTHONPATH"]))
+        return 3 if command[2] == "tests.node_loss" else 0
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.subprocess, "call", call)
+    result = runner.invoke(app, ["soak"])
+    checkout = str(Path(__file__).resolve().parents[1])
+    assert [command[2:] for command, _, _ in calls] == [["tests.fault_injection", "--long"],
+                                                         ["tests.node_loss", "--long"],
+                                                         ["tests.two_gateways", "--long"]]
+    assert all(cwd == checkout and path.split(os.pathsep)[0] == checkout for _, cwd, path in calls)
+    assert result.exit_code == 3
