@@ -1,16 +1,16 @@
-"""Webhook deliveries arriving together share one store transaction (a group commit).
+"""Webhook deliveries arriving together share one store transaction (a group commit), on SQLite.
 
-A group is written by one of a few lanes; deliveries that arrive while every lane is busy wait and form the
-next group, so under load a single commit carries many deliveries, and with little traffic a group is one
-delivery, written at once. SQLite writes one transaction at a time whatever the process: one lane.
-PostgreSQL runs transactions side by side: several lanes (`POSTGRES_LANES`), so a group never queues behind
-one connection while others sit idle (one lane there cut the long fault-injection soak's intake from 40 to ~17
-deliveries/s).
+SQLite writes one transaction at a time whatever the process, so there one group is written at a
+time; deliveries that arrive meanwhile wait and form the next group, so under load a single lock turn
+and commit carry many deliveries, and with little traffic a group is one delivery. PostgreSQL runs
+transactions side by side (and serialises deliveries naming the same customer itself): there each
+delivery is its own transaction, as grouping them would queue every delivery behind one connection
+(measured: the long fault-injection soak's intake fell from 40 to ~17 deliveries/s).
 
 Each delivery's answer is what storing it alone would have answered: they are stored one after
 another in the transaction, so a redelivery in the same group is seen as a duplicate. A group that
-fails (on PostgreSQL also a deadlock between two groups' row locks) is tried again one delivery at a time,
-so a delivery that cannot be stored fails alone and its neighbours are still acknowledged.
+fails is tried again one delivery at a time, so a delivery that cannot be stored fails alone and its
+neighbours are still acknowledged.
 """
 
 from __future__ import annotations
@@ -46,27 +46,21 @@ def _settle(future: asyncio.Future[IntakeResult], result: IntakeResult | None = 
         future.set_result(result)
 
 
-# Groups committing side by side on PostgreSQL: well under the gateway's pool (`store.db.Database`), which
-# its reads share.
-POSTGRES_LANES = 4
-
-
 class DeliveryGroupCommit:
-    def __init__(self, db: Database, max_group: int = 64, lanes: int = POSTGRES_LANES) -> None:
+    def __init__(self, db: Database, max_group: int = 64) -> None:
         self._db = db
         self._max_group = max_group
-        self._lanes = 1 if db.one_writer else lanes
         self._waiting: list[tuple[Delivery, asyncio.Future[IntakeResult]]] = []
-        self._writers: set[asyncio.Task[None]] = set()
+        self._writer: asyncio.Task[None] | None = None
 
     async def store(self, org_id: int, parsed: ParsedWebhook, verified: dict[str, set[int]]) -> IntakeResult:
         """Store one delivery durably (`store_delivery`), in the next group; its own result once committed."""
+        if not self._db.one_writer:
+            return await self._store_alone((org_id, parsed, verified))
         future: asyncio.Future[IntakeResult] = asyncio.get_running_loop().create_future()
         self._waiting.append(((org_id, parsed, verified), future))
-        if len(self._writers) < self._lanes:
-            writer = asyncio.ensure_future(self._write_groups())
-            self._writers.add(writer)
-            writer.add_done_callback(self._writers.discard)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_groups())
         return await future
 
     async def _store_alone(self, delivery: Delivery) -> IntakeResult:
@@ -75,10 +69,8 @@ class DeliveryGroupCommit:
     async def _write_groups(self) -> None:
         try:
             while self._waiting:
-                # A lane's share of what waits: the other lanes take the rest side by side.
-                size = min(self._max_group, -(-len(self._waiting) // self._lanes))
-                group = self._waiting[:size]
-                del self._waiting[:size]
+                group = self._waiting[:self._max_group]
+                del self._waiting[:self._max_group]
                 await self._write(group)
         except BaseException as exc:  # stopping: nobody may be left waiting for an answer
             for _, future in self._waiting:
