@@ -5,7 +5,9 @@ time; deliveries that arrive meanwhile wait and form the next group, so under lo
 and commit carry many deliveries, and with little traffic a group is one delivery. PostgreSQL runs
 transactions side by side (and serialises deliveries naming the same customer itself): there each
 delivery is its own transaction, as grouping them would queue every delivery behind one connection
-(measured: the long fault-injection soak's intake fell from 40 to ~17 deliveries/s).
+(measured: the long fault-injection soak's intake fell from 40 to ~17 deliveries/s), and groups written side
+by side hold several deliveries' row locks at once, which can deadlock with an inbox's commit (a conversation's
+row, then its agent's stream row: measured in the long soak, an agent's close answered 500).
 
 Each delivery's answer is what storing it alone would have answered: they are stored one after
 another in the transaction, so a redelivery in the same group is seen as a duplicate. A group that
