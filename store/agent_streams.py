@@ -19,9 +19,9 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 
 from store.tables import AgentEvent, AgentState
 
-_LOCK = select(AgentState.user_id).where(AgentState.user_id.in_(bindparam("agents", expanding=True))) \
+LOCK_STREAMS = select(AgentState.user_id).where(AgentState.user_id.in_(bindparam("agents", expanding=True))) \
     .order_by(AgentState.user_id).with_for_update()
-_APPEND = insert(AgentEvent)
+APPEND_EVENTS = insert(AgentEvent)
 _CHAT_ENDED = update(AgentState).where(AgentState.user_id == bindparam("agent")) \
     .values(last_chat_end_at=bindparam("at"))
 
@@ -34,8 +34,8 @@ def append_to_streams(connection: Connection, org_id: int, events: Sequence[Stre
     if not events:
         return
     if connection.dialect.name == "postgresql":
-        connection.execute(_LOCK, {"agents": sorted({user_id for user_id, _, _ in events})})
-    connection.execute(_APPEND, [{"org_id": org_id, "user_id": user_id, "kind": kind, "payload": payload,
+        connection.execute(LOCK_STREAMS, {"agents": sorted({user_id for user_id, _, _ in events})})
+    connection.execute(APPEND_EVENTS, [{"org_id": org_id, "user_id": user_id, "kind": kind, "payload": payload,
                                   "created_at": at} for user_id, kind, payload in events])
 
 

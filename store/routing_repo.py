@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.licenses import holds_agent_licenses
 from store import customers
+from store.agent_streams import APPEND_EVENTS, LOCK_STREAMS, message_shown
 from store.core_connection import core_connection
 from store.tables import (
     AgentEvent,
@@ -286,7 +287,7 @@ def detach_messages(connection: Connection, inbox_id: int, transaction_id: int, 
     `first_message`, written with the assignment: `store.agent_streams`), not by a `message` event: that counts as
     shown too."""
     if connection.dialect.name == "postgresql":
-        connection.execute(select(AgentState.user_id).where(AgentState.user_id == agent_id).with_for_update())
+        connection.execute(LOCK_STREAMS, {"agents": [agent_id]})
     shown = select(AgentEvent.id).where(
         AgentEvent.user_id == agent_id,
         AgentEvent.payload["transaction_id"].as_integer() == transaction_id,
@@ -300,11 +301,6 @@ def detach_messages(connection: Connection, inbox_id: int, transaction_id: int, 
         .values(transaction_id=None).returning(InboundMessage.id)).scalars()]
 
 
-_LOCK_STREAMS = select(AgentState.user_id).where(AgentState.user_id.in_(bindparam("agents", expanding=True))) \
-    .order_by(AgentState.user_id).with_for_update()
-_APPEND_EVENTS = insert(AgentEvent)
-
-
 async def show_to_agents(session: AsyncSession, shown: Sequence[tuple[int, int, int, dict[str, Any]]],
                          stream_lock: bool) -> None:
     """In the same transaction: the `message` events of attached follow-ups on their agents' streams, (org id,
@@ -315,12 +311,11 @@ async def show_to_agents(session: AsyncSession, shown: Sequence[tuple[int, int, 
         return
     connection = await core_connection(session)
     if stream_lock:
-        await connection.execute(_LOCK_STREAMS, {"agents": sorted({agent_id for _, agent_id, _, _ in shown})})
+        await connection.execute(LOCK_STREAMS, {"agents": sorted({agent_id for _, agent_id, _, _ in shown})})
     now = utcnow()
-    await connection.execute(_APPEND_EVENTS, [
-        {"org_id": org_id, "user_id": agent_id, "kind": "message", "created_at": now,
-         "payload": {"transaction_id": tx_id, "inbox_id": message["inbox_id"], "message": message}}
-        for org_id, agent_id, tx_id, message in shown])
+    rows = [(org_id, message_shown(agent_id, tx_id, message)) for org_id, agent_id, tx_id, message in shown]
+    await connection.execute(APPEND_EVENTS, [{"org_id": org_id, "user_id": agent_id, "kind": kind, "payload": payload,
+                                              "created_at": now} for org_id, (agent_id, kind, payload) in rows])
 
 
 async def attached_counts(session: AsyncSession, inbox_id: int, transaction_ids: Sequence[int]) -> dict[int, int]:
