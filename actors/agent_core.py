@@ -91,9 +91,10 @@ def stored_offer(offer: StoredOffer) -> dict[str, Any]:
             "expires_at": offer.expires_at.isoformat() if offer.expires_at else None}
 
 
-def rescinded(hold: Hold, reason: str) -> dict[str, Any]:
-    return {"transaction_id": hold.transaction_id, "inbox_id": hold.inbox_id, "offer_id": hold.offer["offer_id"],
-            "reason": reason}
+def rescinded(offer: dict[str, Any], reason: str) -> dict[str, Any]:
+    """An `offer_rescinded` event's payload: the offer (as held or published) is over."""
+    return {"transaction_id": int(offer["transaction_id"]), "inbox_id": int(offer["inbox_id"]),
+            "offer_id": offer["offer_id"], "reason": reason}
 
 
 class AgentCore(StoreBackedActor):

@@ -81,9 +81,7 @@ class AgentOffers(AgentCore):
                 hold.offer = offer
                 hold.published = True
             elif self._shown_ringing(offer_id):
-                await self._commit(events=[("offer_rescinded", {
-                    "transaction_id": int(offer["transaction_id"]), "inbox_id": int(offer["inbox_id"]),
-                    "offer_id": offer_id, "reason": "expired"})])
+                await self._commit(events=[("offer_rescinded", rescinded(offer, "expired"))])
             return self.snapshot()
 
     def _shown_ringing(self, offer_id: str) -> bool:
@@ -131,7 +129,7 @@ class AgentOffers(AgentCore):
                 return self.snapshot()
             if not hold.published:
                 await self._catch_up()  # the inbox's commit may have shown it with its publish still on the way
-            events = [("offer_rescinded", rescinded(hold, reason))] if hold.published else []
+            events = [("offer_rescinded", rescinded(hold.offer, reason))] if hold.published else []
             if reason == "missed":
                 threshold = await self.store.missed_offers_before_away(self.org_id)
                 outcome = after_missed_offer(self.missed_in_a_row, threshold)
@@ -216,7 +214,7 @@ class AgentOffers(AgentCore):
                     lambda: asyncio.ensure_future(self.resync()))
             new = [o for oid, o in stored.items() if oid not in self.holds and oid not in self._finished_offers]
             changed_work = active != self.active
-            events = [("offer_rescinded", rescinded(h, "withdrawn by the inbox")) for h in stale if h.published]
+            events = [("offer_rescinded", rescinded(h.offer, "withdrawn by the inbox")) for h in stale if h.published]
             events += [("offer", stored_offer(o)) for o in new if not self._shown_ringing(o.offer_id)]
             events += self._stream_catch_up(active)
             if events:
@@ -264,7 +262,7 @@ class AgentOffers(AgentCore):
                 if not hold.published:
                     await self._catch_up()  # shown by the inbox's commit, its publish still on the way?
                 if hold.published:
-                    await self._commit(events=[("offer_rescinded", rescinded(hold, "expired"))])
+                    await self._commit(events=[("offer_rescinded", rescinded(hold.offer, "expired"))])
                 self._drop_hold(hold)
             self._notify_inboxes()
         except Exception:

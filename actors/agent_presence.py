@@ -70,7 +70,7 @@ class AgentPresence(AgentCore):
             if status != "available" else []
         events = list(extra_events or [])
         events.append(("status", {"status": status, "reason": reason}))
-        events += [("offer_rescinded", rescinded(h, f"agent {status}")) for h in withdrawn if h.published]
+        events += [("offer_rescinded", rescinded(h.offer, f"agent {status}")) for h in withdrawn if h.published]
         missed = 0 if status == "available" else values.pop("missed_in_a_row", self.missed_in_a_row)
         await self._commit(state=dict(status=status, status_reason=reason, status_changed_at=now,
                                       available_since=available_since, missed_in_a_row=missed, **values),
