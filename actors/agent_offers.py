@@ -230,6 +230,13 @@ class AgentOffers(AgentCore):
             self._notify_inboxes()
         return self.snapshot()
 
+    async def read_stream(self) -> None:
+        """Another actor's commit appended events to the stream (the intake, a reply's delivery status): read them
+        and show them to the stream's readers. Writes nothing; safe to repeat."""
+        await self._ensure_active()
+        async with self._step_lock:
+            await self._catch_up()
+
     async def push_event(self, kind: str, payload: dict[str, Any]) -> None:
         """Append an event to the agent's stream (messaging: `message`, `message_status`); one step."""
         await self._ensure_active()

@@ -47,11 +47,16 @@ class AgentStream(AgentCore):
         loop = asyncio.get_running_loop()
         ends_at = loop.time() + lifetime_s
         waiter = self._signal.register()
+        # While the agent holds conversations, a stream's first read is the store's: a follow-up the intake showed
+        # whose tell to this agent was lost (its gateway died after the commit) is shown when the next stream
+        # opens, at most `idle_s` later, though nothing wakes this agent.
+        from_store = bool(self.active)
         try:
             while True:
                 # Cleared before reading: an event committed after the read sets it again.
                 waiter[1].clear()
-                events = await self._events_after(after_id, limit)
+                events = await self._events_after(after_id, limit, from_store)
+                from_store = False
                 if events:
                     after_id = events[-1]["id"]
                     self._last_call = time.monotonic()
@@ -85,8 +90,8 @@ class AgentStream(AgentCore):
                                                   name=f"wa-router agent {self.user_id} stream")
         return self._stream_store
 
-    async def _events_after(self, after_id: int, limit: int) -> list[dict[str, Any]]:
+    async def _events_after(self, after_id: int, limit: int, from_store: bool = False) -> list[dict[str, Any]]:
         recent = list(self._recent)  # a copy: the main loop appends from another thread
-        if recent and recent[0]["id"] <= after_id + 1:
+        if not from_store and recent and recent[0]["id"] <= after_id + 1:
             return [e for e in recent if e["id"] > after_id][:limit]
         return [event_of(row) for row in await self._reader_store().events_after(self.user_id, after_id, limit)]

@@ -123,12 +123,12 @@ class InboxAnswers(InboxCore):
         inbox_id, org_id, inbox_name = self.inbox_id, self.org_id, self.config.name
 
         async def read(session: AsyncSession) -> tuple[int, list[dict[str, Any]]]:
-            # What came while it waited, oldest first; a longer wait's rest follows through the control loop.
+            # What came while it waited, oldest first; a longer wait's rest is handed over after the commit.
             return (await repo.sticky_customer(session, tx.customer_id),
                     await repo.messages_except(session, inbox_id, tx.id, {shown} if shown is not None else set()))
 
         sticky_customer, unseen = await self.db.read(read)
-        # No follow-up is attached to it meanwhile: the gateway attaches only to conversations held by an agent.
+        # Only a conversation an agent holds (a transfer) has follow-ups attached meanwhile, by the intake.
         handed = {m["id"] for m in unseen} | ({shown} if shown is not None else set())
         assigned = replace(tx.assigned(user_id, now), handed=frozenset(handed))
         on_streams = [streams.work_started(user_id, kind, assigned.summary(inbox_id, inbox_name), offer_id)]
@@ -136,17 +136,22 @@ class InboxAnswers(InboxCore):
         if leaving is not None:
             on_streams.append(streams.work_ended(leaving, tx.id, inbox_id, "transferred"))
 
-        def statements(connection: Connection) -> None:
+        def statements(connection: Connection) -> set[int]:
             repo.save_transaction(connection, tx.id, assigned.columns(now))
             repo.remember_sticky_agent(connection, inbox_id, sticky_customer, user_id)
             repo.add_transaction_event(connection, tx.id, kind, user_id, now, offer_id=offer_id, **detail)
             streams.append_to_streams(connection, org_id, on_streams, now)
             if leaving is not None:
                 streams.chat_ended(connection, leaving, now)
+            # Not on this agent's stream yet: a long wait's messages past the read's page, and in a transfer the
+            # follow-ups the intake attached (and showed the agent it leaves) since the read.
+            return repo.attached_ids(connection, inbox_id, tx.id) - handed
 
-        await self._write(statements)
+        attached_since = await self._write(statements)
         self._cancel_timer(tx.id)
         self._remember(assigned)
+        if attached_since:
+            await self._hand_over([tx.id])  # the agent writes what its stream lacks
         return assigned
 
     def _confirm(self, user_id: int, offer_id: str, tx: TxState, kind: str) -> None:

@@ -146,7 +146,9 @@ class InboxCore(StoreBackedActor):
 
     async def _on_activated(self) -> None:
         inbox_metrics.activated(self.org_id, self.inbox_id)
-        # What a lost forward never brought to the agents holding conversations (the agents skip what they showed).
+        # Anything attached to a held conversation that its agent's stream may not show (a store written by an
+        # earlier release, where an attach did not always show the message in its own commit): the agents skip
+        # what their stream showed.
         await self._hand_over([tx.id for tx in self._txs.values() if tx.state == "assigned"])
         # Durable reminders become local timers again; an overdue one fires at once.
         for tx in self._txs.values():
@@ -232,7 +234,6 @@ class InboxCore(StoreBackedActor):
         if epoch != self._epoch:
             self._fenced()  # fenced by a newer activation: take the inbox back from the store
             return
-        await self._hand_over_missed()
         if version != self.config.config_version or unrouted or self._config_stale:
             async with self._lock:
                 if not self._activated:
@@ -247,32 +248,21 @@ class InboxCore(StoreBackedActor):
                     return
             self.request_routing()
 
-    async def _hand_over_missed(self) -> None:
-        """Follow-ups the gateway attached at intake whose forward never came (it died between its commit and the
-        forward) reach their agent, even when a later one did: the attached messages of each held conversation
-        are counted against those handed over."""
-        held = {tx.id: len(tx.handed) for tx in self._txs.values() if tx.state == "assigned"}
-        if not held:
-            return
-        counts = await self.db.read(functools.partial(repo.attached_counts, inbox_id=self.inbox_id,
-                                                      transaction_ids=list(held)))
-        behind = [tx_id for tx_id, handed in held.items() if counts.get(tx_id, 0) > handed]
-        if behind:
-            async with self._lock:
-                if self._activated:
-                    await self._hand_over(behind)
-
     async def _hand_over(self, tx_ids: list[int]) -> None:
-        """The messages of the conversations their agent was not handed (the lock held, or activating)."""
-        known = {tx_id: tx.handed for tx_id in tx_ids if (tx := self._txs.get(tx_id)) is not None
-                 and tx.state == "assigned"}
+        """The messages of the conversations their agent was not handed, page after page (the lock held, or
+        activating)."""
         inbox_id = self.inbox_id
+        while known := {tx_id: tx.handed for tx_id in tx_ids if (tx := self._txs.get(tx_id)) is not None
+                        and tx.state == "assigned"}:
 
-        async def read(session: AsyncSession) -> dict[int, list[dict[str, Any]]]:
-            return {tx_id: await repo.messages_except(session, inbox_id, tx_id, handed)
-                    for tx_id, handed in known.items()}
+            async def read(session: AsyncSession, known: dict[int, frozenset[int]] = known
+                           ) -> dict[int, list[dict[str, Any]]]:
+                return {tx_id: await repo.messages_except(session, inbox_id, tx_id, handed)
+                        for tx_id, handed in known.items()}
 
-        self._absorb_attached(await self.db.read(read))
+            pages = await self.db.read(read)
+            self._absorb_attached(pages)
+            tx_ids = [tx_id for tx_id, page in pages.items() if len(page) == repo.HAND_OVER_PAGE]
 
     def _absorb_attached(self, by_tx: dict[int, list[dict[str, Any]]], on_stream: bool = False) -> None:
         """After the commit: each conversation shows its customer's newest identity, and its agent gets the messages.

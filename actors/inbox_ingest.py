@@ -53,11 +53,12 @@ class InboxIngest(InboxCore):
     async def _ingest_forwarded(self, messages: list[dict[str, Any]]) -> tuple[int, int]:
         """(messages attached, conversations opened).
 
-        A follow-up the gateway attached at intake (its conversation held by an agent) costs no write: it is on
-        the agent's stream already, and the agent is told. Other forwarded messages of customers with an open
-        conversation here are attached without reading the store first (the gateway sent what it stored): one
-        write. The rest, and any the write left alone (attached meanwhile, customer merged since), go through
-        the step that reads the store."""
+        A follow-up the gateway attached at intake (its conversation held by an agent) and forwarded here (an
+        identity change: the conversation shows its customer as they are now) costs no write: it is on the agent's
+        stream already, and the agent is told. The gateway tells the agent of every other such follow-up itself.
+        Other forwarded messages of customers with an open conversation here are attached without reading the
+        store first (the gateway sent what it stored): one write. The rest, and any the write left alone (attached
+        meanwhile, customer merged since), go through the step that reads the store."""
         at_intake: dict[int, list[dict[str, Any]]] = {}  # transaction id -> its messages, in order
         known: dict[int, list[dict[str, Any]]] = {}
         for message in messages:

@@ -14,10 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from actors.messages import StoredMessage
 from meta.webhook_parser import InboundMessage as ParsedMessage
 from meta.webhook_parser import ParsedWebhook
+from store.agent_streams import StreamEvent, message_shown
 from store.core_connection import core_connection
 from store.customers import CustomerRef, Identity, new_anonymous_customer, resolve_customers
 from store.outbox import StatusChange, apply_status
-from store.routing_repo import attach_to_assigned, forwarded_payload, show_to_agents
+from store.routing_repo import append_at_intake, attach_to_assigned, forwarded_payload
 from store.tables import Base, Customer, InboundMessage, Inbox, MessageStatus, WebhookChange
 from store.templates_repo import apply_status_event
 from store.upsert import insert_ignoring_duplicates
@@ -172,18 +173,18 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
         ))
 
     # Follow-ups of conversations an agent holds are attached, and put on the agent's stream, in the commit that
-    # stores them: their inbox and agent then only tell each other, writing nothing.
+    # stores them: the agent is then only told, and writes nothing; their inbox is not even told.
     stored = [m for messages in result.new_messages.values() for m in messages]
     postgres = session.get_bind().dialect.name == "postgresql"
     attached = await attach_to_assigned(session, [(m.id, m.inbox_id, m.customer_id) for m in stored],
                                         share_lock=postgres)
+    on_streams: list[tuple[int, StreamEvent]] = []  # (organization, event), appended with one lock at the end
     if attached:
-        result.new_messages = {org: [replace(m, transaction_id=attached[m.id][0] if m.id in attached else None)
-                                     for m in messages] for org, messages in result.new_messages.items()}
-        await show_to_agents(session, [
-            (org, attached[m.id][1], attached[m.id][0], _as_shown(m))
-            for org, messages in sorted(result.new_messages.items()) for m in messages if m.id in attached],
-            stream_lock=postgres)
+        result.new_messages = {org: [replace(m, transaction_id=attached[m.id][0], agent_id=attached[m.id][1])
+                                     if m.id in attached else m for m in messages]
+                               for org, messages in result.new_messages.items()}
+        on_streams += [(org, message_shown(attached[m.id][1], attached[m.id][0], _as_shown(m)))
+                       for org, messages in sorted(result.new_messages.items()) for m in messages if m.id in attached]
 
     status_rows = [_fit_row(MessageStatus, {
         "org_id": org_id, "wamid": s.wamid, "waba_id": s.waba_id, "phone_number_id": s.phone_number_id,
@@ -199,6 +200,11 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
                                    status.timestamp, status.errors)
         if moved is not None:
             result.status_changes.append(moved)
+            if moved.agent_id is not None:
+                # On the replying agent's stream from this commit: a status is never lost between the store and the
+                # stream, and the agent writes nothing for it.
+                on_streams.append((moved.org_id, (moved.agent_id, "message_status", moved.event())))
+    await append_at_intake(session, on_streams, stream_lock=postgres)
     for update in parsed.template_updates:
         await apply_status_event(session, verified.get(update.waba_id, {org_id}), update.waba_id,
                                  update.message_template_id, update.message_template_name,

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.licenses import holds_agent_licenses
 from store import customers
-from store.agent_streams import APPEND_EVENTS, LOCK_STREAMS, message_shown
+from store.agent_streams import APPEND_EVENTS, LOCK_STREAMS, StreamEvent, message_shown
 from store.core_connection import core_connection
 from store.tables import (
     AgentEvent,
@@ -304,34 +304,44 @@ def detach_messages(connection: Connection, inbox_id: int, transaction_id: int, 
 async def show_to_agents(session: AsyncSession, shown: Sequence[tuple[int, int, int, dict[str, Any]]],
                          stream_lock: bool) -> None:
     """In the same transaction: the `message` events of attached follow-ups on their agents' streams, (org id,
-    agent id, transaction id, message payload) in message order, so a follow-up costs its agent no write either
-    (the agent reads them when told, `actors.agent_actor`). `stream_lock` (PostgreSQL): each agent's state row
-    is locked first, as every writer of a stream does, so a stream's ids commit in id order."""
-    if not shown:
+    agent id, transaction id, message payload) in message order (`append_at_intake`)."""
+    await append_at_intake(session, [(org_id, message_shown(agent_id, tx_id, message))
+                                     for org_id, agent_id, tx_id, message in shown], stream_lock)
+
+
+async def append_at_intake(session: AsyncSession, events: Sequence[tuple[int, StreamEvent]],
+                           stream_lock: bool) -> None:
+    """In the intake's transaction: events on agents' streams, (org id, event) in order — a follow-up shown, a reply's
+    delivery status — so they cost the agent no write (it reads them when told, `actors.agent_actor`) and land with
+    what they show. `stream_lock` (PostgreSQL): the agents' state rows are locked first, sorted, as every writer of a
+    stream does, so a stream's ids commit in id order."""
+    if not events:
         return
     connection = await core_connection(session)
     if stream_lock:
-        await connection.execute(LOCK_STREAMS, {"agents": sorted({agent_id for _, agent_id, _, _ in shown})})
+        await connection.execute(LOCK_STREAMS, {"agents": sorted({agent_id for _, (agent_id, _, _) in events})})
     now = utcnow()
-    rows = [(org_id, message_shown(agent_id, tx_id, message)) for org_id, agent_id, tx_id, message in shown]
     await connection.execute(APPEND_EVENTS, [{"org_id": org_id, "user_id": agent_id, "kind": kind, "payload": payload,
-                                              "created_at": now} for org_id, (agent_id, kind, payload) in rows])
+                                              "created_at": now} for org_id, (agent_id, kind, payload) in events])
 
 
-async def attached_counts(session: AsyncSession, inbox_id: int, transaction_ids: Sequence[int]) -> dict[int, int]:
-    """How many messages are attached to each of the inbox's transactions (those with any)."""
-    if not transaction_ids:
-        return {}
-    # The inbox first: the (inbox_id, transaction_id) index answers it.
-    rows = (await session.execute(select(InboundMessage.transaction_id, func.count())
-                                  .where(InboundMessage.inbox_id == inbox_id,
-                                         InboundMessage.transaction_id.in_(transaction_ids))
-                                  .group_by(InboundMessage.transaction_id))).all()
-    return {int(tx_id): int(count) for tx_id, count in rows if tx_id is not None}
+_ATTACHED_IDS = select(InboundMessage.id).where(InboundMessage.inbox_id == bindparam("inbox"),
+                                                InboundMessage.transaction_id == bindparam("tx"))
+
+
+def attached_ids(connection: Connection, inbox_id: int, transaction_id: int) -> set[int]:
+    """In a write step's transaction, after it wrote the conversation's row: the ids of the messages attached to it.
+    On PostgreSQL the intake share-locks that row to attach a follow-up, so this sees every attach committed before
+    the step's own write; one waiting for the lock sees the step's outcome. SQLite has one writer."""
+    return set(connection.execute(_ATTACHED_IDS, {"inbox": inbox_id, "tx": transaction_id}).scalars())
+
+
+# Messages handed over to an agent per read.
+HAND_OVER_PAGE = 200
 
 
 async def messages_except(session: AsyncSession, inbox_id: int, transaction_id: int, known: Collection[int],
-                          limit: int = 200) -> list[dict[str, Any]]:
+                          limit: int = HAND_OVER_PAGE) -> list[dict[str, Any]]:
     """The transaction's oldest `limit` messages other than `known`, oldest first (the next batch to hand over)."""
     query = select(*_ROUTED_COLUMNS).where(InboundMessage.inbox_id == inbox_id,
                                            InboundMessage.transaction_id == transaction_id)

@@ -1,15 +1,18 @@
 """A follow-up to a conversation an agent holds is attached, and put on the agent's stream, in the commit that
-stores it (its inbox and its agent write nothing for it) and reaches the agent once, even when the gateway dies
-before forwarding it; one stored before a close is shown before the close, one stored after it opens the
-customer's next conversation."""
+stores it (its inbox and its agent write nothing for it; the gateway tells the agent, not the inbox) and reaches
+the agent once, even when the gateway dies before telling it; one stored before a close is shown before the close,
+one stored after it opens the customer's next conversation."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+import ray
 from sqlalchemy import select
 
+from actors.messages import StoredMessage
+from actors.routing_client import destination
 from store.db import Database
 from store.routing_repo import message_payload, show_to_agents
 from store.tables import InboundMessage
@@ -96,22 +99,26 @@ def test_a_follow_up_whose_forward_was_lost_reaches_the_agent_once(sc: Scenario)
     with sc.socket(agent) as sock:
         tx_id = _held(sc, agent, sock, customer_id())
         message_id = _stored_but_never_forwarded(sc, agent, tx_id, "are you there?")
-        # The inbox's control loop finds it (every 2 s) and tells the agent, which reads it.
-        shown = sock.next("message", timeout=20)
+        # Nothing wakes the agent: its idle stream ends after 15 s and the next one, the agent holding a
+        # conversation, reads the store first.
+        shown = sock.next("message", timeout=40)
         assert (shown["transaction_id"], shown["message"]["id"], shown["message"]["summary"]) == (
             tx_id, message_id, "are you there?")
         assert _events_showing(sc, agent, "are you there?") == 1
 
 
 @pytest.mark.ray
-def test_a_message_attached_but_never_told_reaches_the_agent(sc: Scenario) -> None:
-    """Attached without its event (its inbox died before telling the agent): the agent is handed it."""
+def test_a_message_attached_but_never_shown_reaches_the_agent_when_its_inbox_activates(sc: Scenario) -> None:
+    """Attached without its event (a store an earlier release wrote): the inbox's next activation hands it over,
+    and the agent writes its event."""
     (agent,) = sc.agents(1)
-    sc.inbox([agent])
+    inbox = sc.inbox([agent])
     with sc.socket(agent) as sock:
         tx_id = _held(sc, agent, sock, customer_id())
         message_id = _attached_but_never_told(sc, tx_id, "still waiting")
-        shown = sock.next("message", timeout=20)
+        # A crash: Ray restarts the inbox actor, which activates from the store.
+        ray.kill(ray.get_actor(f"inbox:{sc.org.id}:{inbox}", namespace=sc.gateway.namespace), no_restart=False)
+        shown = sock.next("message", timeout=30)
         assert (shown["transaction_id"], shown["message"]["id"]) == (tx_id, message_id)
         assert _events_showing(sc, agent, "still waiting") == 1
 
@@ -126,8 +133,9 @@ def test_a_lost_forward_reaches_the_agent_even_when_a_later_follow_up_came_throu
         tx_id = _held(sc, agent, sock, customer)
         lost = _stored_but_never_forwarded(sc, agent, tx_id, "first, never forwarded")
         sc.send(customer, "second, forwarded")
-        # The agent, told of the second, reads the stream's events in order: the first comes first.
-        first = sock.next("message", timeout=20)
+        # The agent, told of the second, reads the stream's events in order: the first comes first (long before
+        # its stream would open again).
+        first = sock.next("message", timeout=10)
         assert (first["transaction_id"], first["message"]["id"]) == (tx_id, lost)
         assert sock.next("message")["message"]["summary"] == "second, forwarded"
         assert _events_showing(sc, agent, "first, never forwarded") == 1
@@ -150,3 +158,18 @@ def test_a_follow_up_stored_before_a_close_is_shown_before_it_and_one_after_open
         sc.send(customer, "and another")
         offer = sock.next("offer")
         assert offer["transaction_id"] != tx_id and offer["first_message"]["summary"] == "and another"
+
+
+def _stored(kind: str = "text", transaction_id: int | None = None, agent_id: int | None = None) -> StoredMessage:
+    return StoredMessage(id=1, inbox_id=7, wamid="wamid.x", from_wa_id="15550001", from_user_id=None,
+                         customer_name=None, type=kind, summary="hi", sent_at="2026-01-01T00:00:00+00:00",
+                         customer_id=3, customer={"id": 3}, transaction_id=transaction_id, agent_id=agent_id)
+
+
+def test_the_gateway_tells_a_held_conversations_agent_and_forwards_everything_else_to_the_inbox() -> None:
+    # Shown on the agent's stream by the intake's commit: one call, to the agent.
+    assert destination(5, _stored(transaction_id=11, agent_id=2)) == ("agent", 5, 2)
+    # Not attached at intake (a new or waiting conversation): the inbox attaches and routes it.
+    assert destination(5, _stored()) == ("inbox", 5, 7)
+    # An identity change: the inbox shows the conversation's customer as they are now (and tells the agent).
+    assert destination(5, _stored("system", transaction_id=11, agent_id=2)) == ("inbox", 5, 7)

@@ -6,6 +6,9 @@ import datetime as dt
 import time
 from typing import Any
 
+import pytest
+import ray
+
 from gateway.outbound import conversation_order
 from gateway.schemas import MessageOut
 from tests.messaging_support import (
@@ -22,7 +25,7 @@ from tests.messaging_support import (
     wait_states,
 )
 from tests.routing_support import Scenario, customer_id
-from tests.support import eventually
+from tests.support import eventually, query_db
 
 
 def test_a_reply_inside_the_window_reaches_the_customer_in_order_with_statuses(any_sc: Scenario) -> None:
@@ -152,6 +155,41 @@ def test_statuses_out_of_order_and_twice_never_move_backwards(any_sc: Scenario) 
     assert failed["error"] == {"code": 131026, "title": "Message undeliverable", "details": "unreachable phone"}
     event = socket.next("message_status", where=lambda e: e["status"] == "failed")
     assert event["message_id"] == second["id"] and event["error"]["code"] == 131026
+
+
+def _status_events(sc: Scenario, user_id: int, message_id: int, status: str) -> int:
+    ((count,),) = query_db(sc.gateway, "SELECT count(*) FROM agent_events WHERE user_id = :u AND kind = "
+                                       "'message_status' AND CAST(payload AS TEXT) LIKE :status AND "
+                                       "CAST(payload AS TEXT) LIKE :message",
+                           u=user_id, status=f'%"{status}"%', message=f'%"message_id": {message_id},%')
+    return int(count)
+
+
+@pytest.mark.ray
+def test_a_status_is_on_the_agents_stream_in_the_commit_that_stores_it(any_sc: Scenario) -> None:
+    """Meta's 200 means the status is on the replying agent's stream: nothing is left to a later write of the agent,
+    which a dead or restarting actor (or a gateway dying after the commit) would lose or delay."""
+    sc = any_sc
+    connect_callback(sc)
+    deliveries(sc, enabled=False)
+    (agent,) = sc.agents(1)
+    sc.inbox([agent])
+    socket = sc.socket(agent)
+    tx_id = converse(sc, agent, socket, customer_id())
+    reply(sc, agent, tx_id, "on its way")
+    sent = eventually(lambda: next((r for r in outbound(sc, tx_id) if r["wamid"]), None), what="reply accepted")
+    cursor = max(int(e["id"]) for e in socket.events)
+    socket.close()
+    # The agent's actor is gone: no write of its own can show the status now.
+    ray.kill(ray.get_actor(f"agent:{sc.org.id}:{agent.id}", namespace=sc.gateway.namespace), no_restart=True)
+    sim(sc, "POST", "/statuses", json={"message_id": sent["wamid"], "status": "delivered"})
+    assert next(r for r in outbound(sc, tx_id) if r["id"] == sent["id"])["state"] == "delivered"
+    assert _status_events(sc, agent.id, sent["id"], "delivered") == 1
+    # The agent's workspace reconnects from where it was: the agent (activated again) shows it once, and wrote no
+    # second event.
+    with sc.socket(agent, cursor=cursor) as again:
+        assert again.next("message_status", where=lambda e: e["message_id"] == sent["id"])["status"] == "delivered"
+    assert _status_events(sc, agent.id, sent["id"], "delivered") == 1
 
 
 def test_transient_errors_are_retried_without_a_duplicate_and_permanent_ones_fail(sc: Scenario) -> None:

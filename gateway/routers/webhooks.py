@@ -13,7 +13,6 @@ from fastapi.responses import PlainTextResponse
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from actors.directory import spawn
 from gateway import metrics
 from gateway.deps import OrgId, RuntimeDep, SessionDep
 from gateway.errors import ApiError
@@ -185,9 +184,9 @@ async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep)
     # Durable now; routing happens after the answer, and is recovered from the store if interrupted.
     for owner_org, messages in result.new_messages.items():
         runtime.routing.submit_messages(owner_org, messages)
-    for change in result.status_changes:
-        if change.agent_id is not None:
-            spawn(runtime.routing.push_event(change.org_id, change.agent_id, "message_status", change.event()),
-                  f"message_status to agent {change.agent_id}")
+    # Each status is on its agent's stream from the same commit: the agent is told to read it.
+    for change_org in {change.org_id for change in result.status_changes}:
+        runtime.routing.tell_to_read(change_org, [change.agent_id for change in result.status_changes
+                                                  if change.org_id == change_org and change.agent_id is not None])
     return WebhookAck(messages=result.new_message_count, duplicate_messages=result.duplicate_messages,
                       statuses=result.statuses, other_changes=result.other_changes)
