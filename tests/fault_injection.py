@@ -800,7 +800,7 @@ class Killer:
         pending = self._pending_offers()
         # A sender exists once its number had a reply to send: early in a run, or on a loaded machine where the
         # first replies come late, wait for one.
-        give_up = time.monotonic() + (30.0 if kind == "sender" else 10.0)
+        give_up = time.monotonic() + (60.0 if kind == "sender" else 10.0)
         while True:
             for name in targets:
                 # A busy machine may take seconds to answer; a kill skipped for that would not be the storm planned.
