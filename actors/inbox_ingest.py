@@ -34,15 +34,22 @@ class InboxIngest(InboxCore):
         """
         if not await self._ensure_active():
             return {"attached": 0}
-        async with self._lock:
-            if not self._activated:
-                return {"attached": 0}
-            try:
-                with inbox_metrics.timed(self.org_id, self.inbox_id, "ingest"):
-                    attached, opened = await self._ingest_forwarded(messages)
-            except repo.Fenced:
-                self._fenced()
-                return {"attached": 0}
+        # Follow-ups the intake attached and showed: no write, no decision, so no lock either (a step holding it
+        # waits on the store or an agent); the agent is told at once.
+        shown, rest = self._shown_at_intake(messages)
+        self._absorb_attached(shown, on_stream=True)
+        attached, opened = sum(map(len, shown.values())), 0
+        if rest:
+            async with self._lock:
+                if not self._activated:
+                    return {"attached": attached}
+                try:
+                    with inbox_metrics.timed(self.org_id, self.inbox_id, "ingest"):
+                        attached_rest, opened = await self._ingest_forwarded(rest)
+                        attached += attached_rest
+                except repo.Fenced:
+                    self._fenced()
+                    return {"attached": attached}
         inbox_metrics.routed(self.org_id, self.inbox_id, attached)
         if opened:
             # Routed in a pass of its own: ingests arriving meanwhile share it, and the forward returns at once.
@@ -50,28 +57,34 @@ class InboxIngest(InboxCore):
             self.request_routing()
         return {"attached": attached}
 
-    async def _ingest_forwarded(self, messages: list[dict[str, Any]]) -> tuple[int, int]:
-        """(messages attached, conversations opened).
+    def _shown_at_intake(self, messages: list[dict[str, Any]]) -> tuple[dict[int, list[dict[str, Any]]],
+                                                                        list[dict[str, Any]]]:
+        """(transaction id -> its follow-ups the gateway attached at intake, in order; the other messages).
 
-        A follow-up the gateway attached at intake (its conversation held by an agent) and forwarded here (an
-        identity change: the conversation shows its customer as they are now) costs no write: it is on the agent's
-        stream already, and the agent is told. The gateway tells the agent of every other such follow-up itself.
-        Other forwarded messages of customers with an open conversation here are attached without reading the
-        store first (the gateway sent what it stored): one write. The rest, and any the write left alone (attached
-        meanwhile, customer merged since), go through the step that reads the store."""
-        at_intake: dict[int, list[dict[str, Any]]] = {}  # transaction id -> its messages, in order
+        Such a follow-up (its conversation held by an agent) is on the agent's stream from the intake's commit: the
+        agent is only told. One of a conversation this inbox no longer holds (closed meanwhile) is neither: its
+        stream showed it before the close."""
+        shown: dict[int, list[dict[str, Any]]] = {}
+        rest = []
+        for message in messages:
+            attached_to = message.get("transaction_id")
+            if attached_to is None:
+                rest.append(message)
+            elif (payload := repo.forwarded_payload(message)) is not None and attached_to in self._txs:
+                shown.setdefault(attached_to, []).append(payload)
+        return shown, rest
+
+    async def _ingest_forwarded(self, messages: list[dict[str, Any]]) -> tuple[int, int]:
+        """(messages attached, conversations opened), of messages the intake did not attach.
+
+        Those of customers with an open conversation here are attached without reading the store first (the
+        gateway sent what it stored): one write. The rest, and any the write left alone (attached meanwhile,
+        customer merged since), go through the step that reads the store."""
         known: dict[int, list[dict[str, Any]]] = {}
         for message in messages:
             payload = repo.forwarded_payload(message)
-            attached_to = message.get("transaction_id")
-            if attached_to is not None:
-                if payload is not None and attached_to in self._txs:
-                    at_intake.setdefault(attached_to, []).append(payload)
-                continue
             if payload is not None and (tx_id := self._by_customer.get(payload["customer_id"])) is not None:
                 known.setdefault(tx_id, []).append(payload)
-        self._absorb_attached(at_intake, on_stream=True)
-        handed = {m["id"] for payloads in at_intake.values() for m in payloads}
         attached: set[int] = set()
         if known:
             inbox_id, org_id, agents = self.inbox_id, self.org_id, self._agents_of(known)
@@ -92,9 +105,9 @@ class InboxIngest(InboxCore):
             attached = await self._write(statements)
             self._absorb_attached({tx_id: [m for m in payloads if m["id"] in attached]
                                    for tx_id, payloads in known.items()}, on_stream=True)
-        rest = [m["id"] for m in messages if m["id"] not in attached and m["id"] not in handed]
+        rest = [m["id"] for m in messages if m["id"] not in attached]
         attached_rest, opened = await self._ingest_page(rest) if rest else (0, 0)
-        return len(handed) + len(attached) + attached_rest, opened
+        return len(attached) + attached_rest, opened
 
     async def _ingest_stored(self) -> None:
         """Attach every unrouted message of the inbox, page after page (lock held)."""

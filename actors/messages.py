@@ -26,5 +26,3 @@ class StoredMessage:
     # Attached at intake to the conversation an agent holds (`store.routing_repo.attach_to_assigned`); None: the
     # inbox attaches it.
     transaction_id: int | None = None
-    # That agent, whose stream shows it from the intake's commit: the gateway tells the agent, not the inbox.
-    agent_id: int | None = None

@@ -6,17 +6,14 @@ gateway stopping) loses nothing. Three paths lead every stored message to its in
 and this gateway's recovery loop (it activates every inbox with unrouted messages, at start and
 every few seconds, in case no actor of that inbox is alive).
 
-A follow-up the intake attached to a conversation an agent holds is on that agent's stream from the
-intake's commit: the agent is told directly (one call, where the inbox's forward and its tell cost two),
-and its inbox is not (it has nothing to write or decide for it). An identity change (a `system`
-message) still goes through the inbox, which shows the conversation's customer as it is now.
+A reply's delivery status is on its agent's stream from the intake's commit: the agent is only told to
+read it (`tell_to_read`), through the same per-actor forwarders.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
@@ -29,7 +26,6 @@ from actors.directory import ActorUnavailable, Directory, push_agent_event
 from actors.messages import StoredMessage
 from store import outbox
 from store.db import Database
-from store.routing_repo import forwarded_payload
 from store.tables import InboundMessage, Inbox, Transaction
 
 log = logging.getLogger(__name__)
@@ -40,21 +36,14 @@ _FORWARD_ATTEMPTS = 12
 _RECOVERY_INTERVAL_S = 10.0
 
 
-def destination(org_id: int, message: StoredMessage) -> tuple[str, int, int]:
-    """Where a stored message is forwarded: the agent whose stream shows it since the intake, else its inbox."""
-    if message.agent_id is not None and message.transaction_id is not None and message.type != "system":
-        return ("agent", org_id, message.agent_id)
-    return ("inbox", org_id, message.inbox_id)
-
-
 class RoutingClient:
     def __init__(self, directory: Directory, db: Database) -> None:
         self.directory = directory
         self._db = db
         self._queue: asyncio.Queue[tuple[int, StoredMessage]] = asyncio.Queue()
         self._dispatcher: asyncio.Task[None] | None = None
-        # One forwarder task per destination with work, ("inbox" | "agent", org id, inbox or user id): a
-        # destination's messages go in order, destinations independently.
+        # One forwarder task per actor with work, ("inbox" | "agent", org id, inbox or user id): an inbox's
+        # messages go in order, actors independently.
         self._waiting: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
         self._forwarders: dict[tuple[str, int, int], asyncio.Task[None]] = {}
         self._recovery: asyncio.Task[None] | None = None
@@ -129,7 +118,7 @@ class RoutingClient:
         """These agents' streams have events another commit appended (a reply's delivery status, at intake): each
         agent is told to read its stream, after any follow-up told before."""
         for user_id in set(user_ids):
-            self._put(("agent", org_id, user_id), [{}])  # an empty entry: read the stream
+            self._put(("agent", org_id, user_id), [{}])
 
     async def _dispatch_forever(self) -> None:
         # A control loop that never dies: every failure is logged and the loop goes on.
@@ -139,12 +128,12 @@ class RoutingClient:
                 batch = [first]
                 while not self._queue.empty() and len(batch) < 500:
                     batch.append(self._queue.get_nowait())
-                by_destination: dict[tuple[str, int, int], list[dict[str, Any]]] = defaultdict(list)
+                by_inbox: dict[tuple[str, int, int], list[dict[str, Any]]] = defaultdict(list)
                 for org_id, message in batch:
-                    by_destination[destination(org_id, message)].append(asdict(message))
+                    by_inbox[("inbox", org_id, message.inbox_id)].append(asdict(message))
                 # Not awaited here: an actor that is restarting (its forward retries for seconds) must not hold
-                # up every other inbox's or agent's messages.
-                for key, msgs in by_destination.items():
+                # up every other inbox's messages.
+                for key, msgs in by_inbox.items():
                     self._put(key, msgs)
             except asyncio.CancelledError:
                 raise
@@ -158,7 +147,7 @@ class RoutingClient:
                                                         name=f"wa-router-forward-{'-'.join(map(str, key))}")
 
     async def _forward_waiting(self, key: tuple[str, int, int]) -> None:
-        """Forward the destination's waiting messages, batch after batch, until none are left."""
+        """Forward the actor's waiting messages (or reads), batch after batch, until none are left."""
         kind, org_id, actor_id = key
         try:
             while batch := self._waiting.pop(key, None):
@@ -166,7 +155,7 @@ class RoutingClient:
                     if kind == "inbox":
                         await self._forward(org_id, actor_id, batch)
                     else:
-                        await self._tell_agent(org_id, actor_id, batch)
+                        await self._tell_to_read(org_id, actor_id)
                 except Exception:
                     log.exception("forwarding to %s %s:%s failed", *key)
         finally:
@@ -178,26 +167,10 @@ class RoutingClient:
         await self._retried(f"inbox {org_id}:{inbox_id}",
                             lambda: self.directory.inbox(org_id, inbox_id).ingest(messages))
 
-    async def _tell_agent(self, org_id: int, user_id: int, messages: list[dict[str, Any]]) -> None:
-        """Follow-ups on the agent's stream since the intake's commit: the agent reads and shows them (it skips what
-        it showed already, so a retry is safe). Given up, they are still on its stream: its readers find them when
-        the agent next reads it, or when a stream opens."""
-        by_inbox: dict[int, dict[int, list[dict[str, Any]]]] = {}  # inbox -> transaction -> messages, in order
-        for message in messages:
-            if not message:
-                continue  # a `tell_to_read`
-            payload = forwarded_payload(message)
-            assert payload is not None  # a StoredMessage has every forwarded field
-            by_inbox.setdefault(message["inbox_id"], {}).setdefault(message["transaction_id"], []).append(payload)
-        for inbox_id, deliveries in by_inbox.items():
-            await self._retried(f"agent {org_id}:{user_id}", functools.partial(
-                self._agent_call, org_id, user_id, "deliver", inbox_id, list(deliveries.items())))
-        if not all(messages):
-            await self._retried(f"agent {org_id}:{user_id}", functools.partial(
-                self._agent_call, org_id, user_id, "read_stream"))
-
-    async def _agent_call(self, org_id: int, user_id: int, method: str, *args: Any) -> None:
-        await getattr(self.directory.agent(org_id, user_id), method)(*args)
+    async def _tell_to_read(self, org_id: int, user_id: int) -> None:
+        # Safe to repeat; given up, the events are still on the agent's stream: its readers find them when the
+        # agent next reads it, or when a stream opens.
+        await self._retried(f"agent {org_id}:{user_id}", lambda: self.directory.agent(org_id, user_id).read_stream())
 
     async def _retried(self, actor: str, call: Callable[[], Awaitable[Any]]) -> None:
         delay = 0.05

@@ -173,16 +173,15 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
         ))
 
     # Follow-ups of conversations an agent holds are attached, and put on the agent's stream, in the commit that
-    # stores them: the agent is then only told, and writes nothing; their inbox is not even told.
+    # stores them: their inbox and agent then only tell each other, writing nothing.
     stored = [m for messages in result.new_messages.values() for m in messages]
     postgres = session.get_bind().dialect.name == "postgresql"
     attached = await attach_to_assigned(session, [(m.id, m.inbox_id, m.customer_id) for m in stored],
                                         share_lock=postgres)
     on_streams: list[tuple[int, StreamEvent]] = []  # (organization, event), appended with one lock at the end
     if attached:
-        result.new_messages = {org: [replace(m, transaction_id=attached[m.id][0], agent_id=attached[m.id][1])
-                                     if m.id in attached else m for m in messages]
-                               for org, messages in result.new_messages.items()}
+        result.new_messages = {org: [replace(m, transaction_id=attached[m.id][0] if m.id in attached else None)
+                                     for m in messages] for org, messages in result.new_messages.items()}
         on_streams += [(org, message_shown(attached[m.id][1], attached[m.id][0], _as_shown(m)))
                        for org, messages in sorted(result.new_messages.items()) for m in messages if m.id in attached]
 

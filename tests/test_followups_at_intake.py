@@ -1,7 +1,7 @@
 """A follow-up to a conversation an agent holds is attached, and put on the agent's stream, in the commit that
-stores it (its inbox and its agent write nothing for it; the gateway tells the agent, not the inbox) and reaches
-the agent once, even when the gateway dies before telling it; one stored before a close is shown before the close,
-one stored after it opens the customer's next conversation."""
+stores it (its inbox and its agent write nothing for it, and the inbox takes no lock for it) and reaches the agent
+once, even when the gateway dies before forwarding it; one stored before a close is shown before the close, one
+stored after it opens the customer's next conversation."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import pytest
 import ray
 from sqlalchemy import select
 
-from actors.messages import StoredMessage
-from actors.routing_client import destination
 from store.db import Database
 from store.routing_repo import message_payload, show_to_agents
 from store.tables import InboundMessage
@@ -159,17 +157,3 @@ def test_a_follow_up_stored_before_a_close_is_shown_before_it_and_one_after_open
         offer = sock.next("offer")
         assert offer["transaction_id"] != tx_id and offer["first_message"]["summary"] == "and another"
 
-
-def _stored(kind: str = "text", transaction_id: int | None = None, agent_id: int | None = None) -> StoredMessage:
-    return StoredMessage(id=1, inbox_id=7, wamid="wamid.x", from_wa_id="15550001", from_user_id=None,
-                         customer_name=None, type=kind, summary="hi", sent_at="2026-01-01T00:00:00+00:00",
-                         customer_id=3, customer={"id": 3}, transaction_id=transaction_id, agent_id=agent_id)
-
-
-def test_the_gateway_tells_a_held_conversations_agent_and_forwards_everything_else_to_the_inbox() -> None:
-    # Shown on the agent's stream by the intake's commit: one call, to the agent.
-    assert destination(5, _stored(transaction_id=11, agent_id=2)) == ("agent", 5, 2)
-    # Not attached at intake (a new or waiting conversation): the inbox attaches and routes it.
-    assert destination(5, _stored()) == ("inbox", 5, 7)
-    # An identity change: the inbox shows the conversation's customer as they are now (and tells the agent).
-    assert destination(5, _stored("system", transaction_id=11, agent_id=2)) == ("inbox", 5, 7)
