@@ -231,9 +231,7 @@ class InboxAnswers(InboxCore):
                 if unshown and agent_id is not None else []
             if held and agent_id is not None:
                 # The agent's stream shows the close with it; the agent writes nothing for it.
-                streams.append_to_streams(connection, org_id, [streams.work_ended(agent_id, tx.id, inbox_id, "closed")],
-                                          now)
-                streams.chat_ended(connection, agent_id, now)
+                streams.work_left(connection, org_id, agent_id, tx.id, inbox_id, "closed", now)
             return handed
 
         handed_back = await self._write(statements)

@@ -443,9 +443,7 @@ class InboxCore(StoreBackedActor):
             repo.save_transaction(connection, tx.id, tx.columns(now))
             repo.add_transaction_event(connection, tx.id, event, agent_id, now, **detail)
             if leaving is not None:
-                streams.append_to_streams(connection, org_id, [streams.work_ended(leaving, tx.id, inbox_id,
-                                                                                  "transferred")], now)
-                streams.chat_ended(connection, leaving, now)
+                streams.work_left(connection, org_id, leaving, tx.id, inbox_id, "transferred", now)
 
         await self._write(statements)
         return now

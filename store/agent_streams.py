@@ -45,6 +45,14 @@ def chat_ended(connection: Connection, user_id: int, at: datetime) -> None:
     connection.execute(_CHAT_ENDED, {"agent": user_id, "at": at})
 
 
+def work_left(connection: Connection, org_id: int, user_id: int, transaction_id: int, inbox_id: int, reason: str,
+              at: datetime) -> None:
+    """A conversation leaves its agent (`reason` "closed", or "transferred" away): the event on the agent's stream,
+    and its idle time counting from `at`."""
+    append_to_streams(connection, org_id, [work_ended(user_id, transaction_id, inbox_id, reason)], at)
+    chat_ended(connection, user_id, at)
+
+
 def work_ended(user_id: int, transaction_id: int, inbox_id: int, reason: str) -> StreamEvent:
     """The event of a conversation leaving its agent: `reason` "closed", or "transferred" away."""
     kind = "transaction_closed" if reason == "closed" else "transferred"
