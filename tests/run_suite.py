@@ -26,25 +26,30 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 SHARDS = 3
 
-# Seconds each file takes in one of SHARDS pytest processes (measured on this 2-core machine with other suites
-# running beside it, its share of its process's session fixtures included), used only to deal the files out
-# evenly. A file not listed counts DEFAULT_S.
+# Seconds each file takes in one of SHARDS pytest processes (summed from `--durations=0` of a whole `make test` on
+# this 2-core machine, the other groups running beside it, its share of its process's session fixtures
+# included), used only to deal the files out evenly. A file not listed counts DEFAULT_S.
 WEIGHTS_S: dict[str, float] = {
-    "test_fault_injection.py": 198, "test_bench_smoke.py": 143, "test_messaging_replies.py": 94,
-    "test_routing_flow.py": 87, "test_customer_identity.py": 77, "test_routing_capacity.py": 70,
-    "test_routing_v2.py": 67, "test_routing_modes_e2e.py": 62, "test_demo.py": 59, "test_messaging_sender.py": 55,
-    "test_openapi_schemathesis.py": 54, "test_api_inboxes.py": 46, "test_store_backends.py": 46,
-    "test_node_loss.py": 43, "test_agent_deactivation.py": 38, "test_cluster_placement.py": 8,
-    "test_followups_at_intake.py": 34, "test_console_browser.py": 33, "test_head_loss.py": 33,
-    "test_routing_recovery.py": 32, "test_messaging_multi_org.py": 30, "test_access_matrix.py": 29,
-    "test_agent_store_actors.py": 28, "test_deploy_manifests.py": 22, "test_messaging_whatsapp_back.py": 22,
-    "test_local_ray_loopback.py": 17, "test_action_answers.py": 17, "test_agent_event_stream.py": 17,
-    "test_metrics_under_load.py": 15, "test_stats.py": 14, "test_close_while_delivering.py": 13,
-    "test_ws_auth_and_log_scrub.py": 12, "test_two_gateways.py": 12, "test_actor_secrets.py": 12,
-    "test_credentials_rotation.py": 12, "test_inbox_metrics.py": 12, "test_api_paging.py": 10,
-    "test_number_settings_owner.py": 9, "test_gateway_metrics.py": 9, "test_cli.py": 9, "test_webhook_intake.py": 8,
-    "test_health.py": 8, "test_api_whatsapp_accounts.py": 8, "test_api_auth_orgs_users.py": 7,
-    "test_agent_store.py": 7, "test_startup_refusals.py": 7,
+    "test_fault_injection.py": 250, "test_bench_smoke.py": 140, "test_routing_flow.py": 137,
+    "test_messaging_replies.py": 131, "test_routing_v2.py": 112, "test_customer_identity.py": 105,
+    "test_openapi_schemathesis.py": 93, "test_routing_capacity.py": 91, "test_messaging_sender.py": 81,
+    "test_routing_modes_e2e.py": 70, "test_cluster_placement.py": 58, "test_console_browser.py": 55,
+    "test_demo.py": 52, "test_agent_deactivation.py": 50, "test_messaging_multi_org.py": 43,
+    "test_followups_at_intake.py": 37, "test_api_inboxes.py": 37, "test_store_backends.py": 34,
+    "test_head_loss.py": 31, "test_access_matrix.py": 28, "test_routing_metrics.py": 28,
+    "test_deploy_manifests.py": 27, "test_agent_store_actors.py": 24, "test_messaging_whatsapp_back.py": 23,
+    "test_local_ray_loopback.py": 22, "test_close_while_delivering.py": 20, "test_stats.py": 19,
+    "test_routing_recovery.py": 18, "test_actor_secrets.py": 17, "test_two_gateways.py": 15,
+    "test_number_settings_owner.py": 15, "test_api_paging.py": 15, "test_sender_metrics.py": 14,
+    "test_ws_auth_and_log_scrub.py": 13, "test_credentials_rotation.py": 12, "test_api_me.py": 11,
+    "test_agent_event_stream.py": 11, "test_metrics_under_load.py": 10, "test_agent_store.py": 8, "test_cli.py": 7,
+    "test_api_whatsapp_accounts.py": 7, "test_webhook_pywa_shared.py": 7, "test_gateway_metrics.py": 7,
+    "test_health.py": 7, "test_routing_properties.py": 6, "test_action_answers.py": 6, "test_startup_refusals.py": 6,
+    "test_meta_simulator.py": 6, "test_api_auth_orgs_users.py": 6, "test_messaging_templates.py": 5,
+    "test_logs.py": 5, "test_smoke_flow.py": 5, "test_meta_simulator_messaging.py": 5, "test_smoke_routing.py": 4,
+    "test_actor_imports.py": 4, "test_graph_client.py": 4, "test_webhook_intake.py": 4,
+    "test_webhook_parser_fuzz.py": 3, "test_user_tokens.py": 3, "test_inbox_metrics.py": 3,
+    "test_agent_reads_inbox_commits.py": 3,
 }
 DEFAULT_S = 2.0
 # Files kept in one process. The storms (SIGKILLs under load, the benchmark's smoke, clusters of their own, the
