@@ -33,8 +33,7 @@ def _make(metrics: ModuleType) -> dict[str, Any]:
         "offers": metrics.Counter("wa_router_inbox_offers", "Offers by outcome (made, accepted, declined, missed, "
                                   "rescinded)", tag_keys=(*TAGS, "outcome")),
         "routed": metrics.Counter("wa_router_inbox_messages_routed", "Customer messages an inbox actor routed "
-                                  "(those opening or joining a waiting conversation; a held conversation's "
-                                  "follow-ups go from the gateway to its agent)", tag_keys=TAGS),
+                                  "(new conversations and follow-ups)", tag_keys=TAGS),
         "step": metrics.Histogram("wa_router_inbox_step_seconds", "Duration of an inbox actor's step (ingest, "
                                   "route, accept, close, ...)", boundaries=STEP_BUCKETS, tag_keys=(*TAGS, "step")),
         "queue": metrics.Gauge("wa_router_inbox_queue_depth", "Conversations waiting in the inbox actor's queue",

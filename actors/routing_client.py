@@ -116,7 +116,7 @@ class RoutingClient:
 
     def tell_to_read(self, org_id: int, user_ids: Iterable[int]) -> None:
         """These agents' streams have events another commit appended (a reply's delivery status, at intake): each
-        agent is told to read its stream, after any follow-up told before."""
+        agent is told to read its stream (reads waiting behind one on the wire go as one)."""
         for user_id in set(user_ids):
             self._put(("agent", org_id, user_id), [{}])
 
