@@ -159,4 +159,3 @@ def test_a_follow_up_stored_before_a_close_is_shown_before_it_and_one_after_open
         sc.send(customer, "and another")
         offer = sock.next("offer")
         assert offer["transaction_id"] != tx_id and offer["first_message"]["summary"] == "and another"
-
