@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.licenses import holds_agent_licenses
 from store import customers
-from store.agent_streams import APPEND_EVENTS, LOCK_STREAMS, StreamEvent, message_shown
+from store.agent_streams import APPEND_EVENTS, LOCK_STREAMS, StreamEvent
 from store.core_connection import core_connection
 from store.tables import (
     AgentEvent,
@@ -299,14 +299,6 @@ def detach_messages(connection: Connection, inbox_id: int, transaction_id: int, 
                                      InboundMessage.transaction_id == transaction_id,
                                      InboundMessage.id.in_(list(message_ids)), ~shown.exists())
         .values(transaction_id=None).returning(InboundMessage.id)).scalars()]
-
-
-async def show_to_agents(session: AsyncSession, shown: Sequence[tuple[int, int, int, dict[str, Any]]],
-                         stream_lock: bool) -> None:
-    """In the same transaction: the `message` events of attached follow-ups on their agents' streams, (org id,
-    agent id, transaction id, message payload) in message order (`append_at_intake`)."""
-    await append_at_intake(session, [(org_id, message_shown(agent_id, tx_id, message))
-                                     for org_id, agent_id, tx_id, message in shown], stream_lock)
 
 
 async def append_at_intake(session: AsyncSession, events: Sequence[tuple[int, StreamEvent]],

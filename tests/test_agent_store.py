@@ -285,7 +285,8 @@ def test_a_commit_reads_back_what_the_gateway_appended_to_the_stream_since_in_id
     at = datetime(2026, 12, 6, 6, 0, tzinfo=UTC)
 
     async def run() -> None:
-        from store.routing_repo import show_to_agents
+        from store.agent_streams import message_shown
+        from store.routing_repo import append_at_intake
 
         db = Database(store_url, pool_size=1)
         org_id, user_id = await _new_agent(db)
@@ -295,9 +296,10 @@ def test_a_commit_reads_back_what_the_gateway_appended_to_the_stream_since_in_id
             await store.load(org_id, user_id, recent=10, work_kinds=("assigned",), work_history=10)
             (first,) = await store.commit(org_id, user_id, None, [("offer", {"offer_id": "1.0"})], at)
             async with db.session() as session:
-                await show_to_agents(session, [(org_id, user_id, 7, {"id": 11, "inbox_id": 3, "summary": "a"}),
-                                               (org_id, user_id, 7, {"id": 12, "inbox_id": 3, "summary": "b"})],
-                                     stream_lock=postgres)
+                await append_at_intake(session, [
+                    (org_id, message_shown(user_id, 7, {"id": 11, "inbox_id": 3, "summary": "a"})),
+                    (org_id, message_shown(user_id, 7, {"id": 12, "inbox_id": 3, "summary": "b"}))],
+                    stream_lock=postgres)
             rows = await store.commit_and_read(org_id, user_id, {"status": "available"},
                                                [("status", {"status": "available"})], at, after_id=first)
             assert [(r.kind, r.payload.get("message", {}).get("summary")) for r in rows] == [

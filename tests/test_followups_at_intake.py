@@ -11,8 +11,9 @@ import pytest
 import ray
 from sqlalchemy import select
 
+from store.agent_streams import message_shown
 from store.db import Database
-from store.routing_repo import message_payload, show_to_agents
+from store.routing_repo import append_at_intake, message_payload
 from store.tables import InboundMessage
 from tests.routing_support import Agent, AgentSocket, Scenario, customer_id, scenario
 from tests.support import Gateway, query_db
@@ -39,8 +40,8 @@ def _stored_but_never_forwarded(sc: Scenario, agent: Agent, tx_id: int, text: st
         try:
             async with db.session() as session:
                 row = (await session.scalars(select(InboundMessage).where(InboundMessage.id == message_id))).one()
-                await show_to_agents(session, [(row.org_id, agent.id, tx_id, message_payload(row))],
-                                     stream_lock=session.get_bind().dialect.name == "postgresql")
+                await append_at_intake(session, [(row.org_id, message_shown(agent.id, tx_id, message_payload(row)))],
+                                       stream_lock=session.get_bind().dialect.name == "postgresql")
         finally:
             await db.dispose()
 
