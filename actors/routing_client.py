@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -114,11 +114,10 @@ class RoutingClient:
         for message in messages:
             self._queue.put_nowait((org_id, message))
 
-    def tell_to_read(self, org_id: int, user_ids: Iterable[int]) -> None:
-        """These agents' streams have events another commit appended (a reply's delivery status, at intake): each
-        agent is told to read its stream (reads waiting behind one on the wire go as one)."""
-        for user_id in set(user_ids):
-            self._put(("agent", org_id, user_id), [{}])
+    def tell_to_read(self, org_id: int, user_id: int) -> None:
+        """The agent's stream has events another commit appended (a reply's delivery status, at intake): the agent is
+        told to read it (reads waiting behind one on the wire go as one)."""
+        self._put(("agent", org_id, user_id), [{}])
 
     async def _dispatch_forever(self) -> None:
         # A control loop that never dies: every failure is logged and the loop goes on.

@@ -185,8 +185,8 @@ async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep)
     for owner_org, messages in result.new_messages.items():
         runtime.routing.submit_messages(owner_org, messages)
     # Each status is on its agent's stream from the same commit: the agent is told to read it.
-    for change_org in {change.org_id for change in result.status_changes}:
-        runtime.routing.tell_to_read(change_org, [change.agent_id for change in result.status_changes
-                                                  if change.org_id == change_org and change.agent_id is not None])
+    for change in result.status_changes:
+        if change.agent_id is not None:
+            runtime.routing.tell_to_read(change.org_id, change.agent_id)
     return WebhookAck(messages=result.new_message_count, duplicate_messages=result.duplicate_messages,
                       statuses=result.statuses, other_changes=result.other_changes)
