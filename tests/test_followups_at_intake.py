@@ -160,3 +160,26 @@ def test_a_follow_up_stored_before_a_close_is_shown_before_it_and_one_after_open
         sc.send(customer, "and another")
         offer = sock.next("offer")
         assert offer["transaction_id"] != tx_id and offer["first_message"]["summary"] == "and another"
+
+
+@pytest.mark.ray
+def test_a_conversation_claimed_after_a_long_wait_shows_its_agent_every_message_once(sc: Scenario) -> None:
+    """More messages came while it waited than the assignment's read takes (200): the rest are handed over right
+    after its commit, each shown once."""
+    (agent,) = sc.agents(1)
+    sc.inbox([agent], mode="manual")
+    customer = customer_id()
+    sc.send(customer, "first")
+    tx_id = int(sc.tx_of(customer)["id"])
+    query_db(sc.gateway, f"INSERT INTO inbound_messages (wamid, summary, {_COPIED}) WITH RECURSIVE n(i) AS "
+                         "(SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 250) "
+                         f"SELECT 'wamid.wait.' || i || '.' || :tx, 'waited ' || i, {_COPIED} FROM n, inbound_messages "
+                         "WHERE inbound_messages.transaction_id = :tx RETURNING id", tx=tx_id)
+    with sc.socket(agent) as sock:
+        sc.do(tx_id, "claim", agent)
+        assert sock.next("assigned")["first_message"]["summary"] == "first"
+        shown = [sock.next("message", timeout=30)["message"]["summary"] for _ in range(250)]
+    assert sorted(shown) == sorted(f"waited {i}" for i in range(1, 251))
+    ((events,),) = query_db(sc.gateway, "SELECT count(*) FROM agent_events WHERE user_id = :u AND kind = 'message'",
+                            u=agent.id)
+    assert events == 250
