@@ -93,8 +93,9 @@ class Settings(BaseSettings):
     max_webhook_body_bytes: int = 1024 * 1024
     # Every other request body (the API's): larger ones get 413, before the body is read when declared.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
-    # An open agent event socket re-checks its caller's token, role and membership this often and is
-    # closed (code 1008) once the caller may no longer watch (deleted, demoted, token revoked).
+    # The gateway re-checks the callers of all its open agent event sockets (token, role, membership) this
+    # often, in one read, and closes (code 1008) each whose caller may no longer watch (deleted, demoted,
+    # token revoked).
     ws_recheck_interval_s: float = Field(default=2.0, gt=0)
     # Who a bearer token stands for is kept this long (0: read on every call). A gateway forgets at once
     # when users or tokens change through it; this bounds how long other gateways honour a stale one.

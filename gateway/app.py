@@ -18,6 +18,7 @@ from gateway.auth_throttle import AuthThrottle
 from gateway.body_guard import BodyGuard
 from gateway.bootstrap import ensure_admin_token
 from gateway.deployment import DeploymentConflict, DeploymentLease, cluster_identity
+from gateway.deps import Principal
 from gateway.errors import install_error_handlers
 from gateway.group_commit import DeliveryGroupCommit
 from gateway.key_handoff import KeyHandoff
@@ -29,6 +30,7 @@ from gateway.routers.webhooks import signing_secrets_loader
 from gateway.runtime import Runtime
 from gateway.signing_cache import SigningCache
 from gateway.startup_checks import SqliteGatewayClaim, StartupRefused, check_cluster, claim_sqlite_store
+from gateway.stream_watch import StreamWatch
 from gateway.web import install_web
 from meta.graph_client import GraphClient
 from store.crypto import SecretBox, load_or_create_key
@@ -91,11 +93,12 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         # Senders are told where the key is (a file), never given it.
         key_handoff = KeyHandoff(settings)
         routing = RoutingClient(RayDirectory(settings, key_file=key_handoff.key_file), db)
+        principals: TokenCache[Principal] = TokenCache(settings.principal_cache_s)
         runtime = Runtime(settings=settings, db=db, secrets=secrets, graph=graph, routing=routing,
                           intake=DeliveryGroupCommit(db),
                           signing=SigningCache(signing_secrets_loader(db, secrets), settings.webhook_secret_cache_s),
-                          principals=TokenCache(settings.principal_cache_s),
-                          auth_throttle=AuthThrottle(settings.auth_failures_per_minute))
+                          principals=principals, auth_throttle=AuthThrottle(settings.auth_failures_per_minute),
+                          streams=StreamWatch(db, principals, settings.ws_recheck_interval_s))
         try:
             runtime.generated_admin_token = await ensure_admin_token(db, settings.admin_token)
             app.state.runtime = runtime
@@ -114,6 +117,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
             yield
         finally:
             await gateway_metrics.stop()
+            await runtime.streams.stop()
             await routing.stop()
             if checkpointer is not None:
                 await checkpointer.stop()

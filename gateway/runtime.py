@@ -16,6 +16,7 @@ from store.db import Database
 if TYPE_CHECKING:
     from actors.routing_client import RoutingClient
     from gateway.group_commit import DeliveryGroupCommit
+    from gateway.stream_watch import StreamWatch
 
 
 @dataclass
@@ -33,5 +34,7 @@ class Runtime:
     principals: TokenCache[Any]
     # Failed authentications per client address (429 past the limit).
     auth_throttle: AuthThrottle
+    # The open agent event streams, their callers' right to watch re-checked together every few seconds.
+    streams: StreamWatch
     # The admin token generated at this start (None when it came from settings or an earlier start).
     generated_admin_token: str | None = field(default=None, repr=False)

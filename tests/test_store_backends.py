@@ -94,7 +94,7 @@ def test_link_stores_secrets_encrypted(any_gateway: Gateway) -> None:
 
 def test_two_orgs_racing_for_a_shared_number_get_exactly_one_inbox(any_gateway: Gateway) -> None:
     # Each round is one race (both requests released together); each inbox costs an actor process.
-    rounds = 10
+    rounds = 5
     waba = add_simulated_waba(any_gateway, numbers=rounds)
     a, b = create_org(any_gateway), create_org(any_gateway)
     clients = [httpx.Client(base_url=any_gateway.url, timeout=30) for _ in range(2)]

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from actors.directory import ActorUnavailable
@@ -19,7 +17,6 @@ from gateway.deps import (
     OrgContext,
     OrgId,
     OrgMember,
-    Principal,
     RuntimeDep,
     SessionDep,
     Supervisor,
@@ -29,6 +26,7 @@ from gateway.deps import (
 from gateway.errors import forbidden, not_found
 from gateway.runtime import Runtime
 from gateway.schemas import AgentOut
+from gateway.stream_watch import WatchedStream
 from gateway.ws_auth import may_watch, socket_credentials
 from store.tables import User
 
@@ -147,6 +145,7 @@ async def agent_events(
         return
     agent = runtime.routing.agent(org_id, user_id)
     await websocket.accept(subprotocol=credentials.subprotocol)
+    watched: WatchedStream | None = None
     try:
         last_id = await agent.last_event_id()
         await websocket.send_json({"type": "hello", "cursor": last_id, "agent": await agent.view()})
@@ -154,7 +153,8 @@ async def agent_events(
         receiver = asyncio.create_task(_drain(websocket))
         sender = asyncio.create_task(_send_events(websocket, agent, position))
         # The caller's right is not only the handshake's: a demoted, deleted or revoked caller is dropped.
-        checker = asyncio.create_task(_recheck(websocket, runtime, credentials.token, org_id, user_id))
+        watched = runtime.streams.add(credentials.token, org_id, user_id)
+        checker = asyncio.create_task(_close_once_refused(websocket, watched))
         await asyncio.wait({sender, receiver, checker}, return_when=asyncio.FIRST_COMPLETED)
         for task in (sender, receiver, checker):
             task.cancel()
@@ -163,30 +163,16 @@ async def agent_events(
     except (WebSocketDisconnect, ActorUnavailable):
         pass
     finally:
+        if watched is not None:
+            runtime.streams.remove(watched)
         with contextlib.suppress(Exception):
             await websocket.close()
 
 
-async def _caller_and_agent(session: AsyncSession, runtime: Runtime, token: str | None,
-                            user_id: int) -> tuple[Principal | None, User | None]:
-    principal = await resolve_token(session, token, runtime.principals) if token else None
-    return principal, await session.get(User, user_id)
-
-
-async def _recheck(websocket: WebSocket, runtime: Runtime, token: str | None, org_id: int, user_id: int) -> None:
-    """Re-resolve the caller every few seconds; close with 1008 (policy violation) once they may no longer watch."""
-    while True:
-        await asyncio.sleep(runtime.settings.ws_recheck_interval_s)
-        try:
-            # One read step (on SQLite in a worker thread): every stream re-checks every few seconds.
-            principal, user = await runtime.db.read(functools.partial(_caller_and_agent, runtime=runtime, token=token,
-                                                                      user_id=user_id))
-        except SQLAlchemyError as exc:  # the store briefly unavailable: the stream goes on, checked next round
-            log.warning("agent %s stream: caller not re-checked (%s)", user_id, exc)
-            continue
-        if not may_watch(principal, user, org_id, user_id):
-            await websocket.close(code=1008, reason="no longer allowed to watch this agent")
-            return
+async def _close_once_refused(websocket: WebSocket, watched: WatchedStream) -> None:
+    """Close with 1008 (policy violation) once the gateway's re-check finds the caller may no longer watch."""
+    await watched.refused.wait()
+    await websocket.close(code=1008, reason="no longer allowed to watch this agent")
 
 
 async def _send_events(websocket: WebSocket, agent: Any, position: int) -> None:
