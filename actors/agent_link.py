@@ -87,6 +87,10 @@ class AgentLink:
             return False
         self.snapshots[user_id] = snapshot
         self._unreachable.pop(user_id, None)
+        if snapshot.get("status") != "offline":
+            # The agent's handle before its first offer, not on a customer's path: this process's first one
+            # costs tens of milliseconds (the agent's class is shipped), each one after a few.
+            self._directory().agent(self._org_id, user_id)
         return current is None or any(current.get(key) != snapshot.get(key) for key in ROUTING_FIELDS)
 
     def routing_view(self, members: dict[int, tuple[int, bool]]) -> tuple[AgentSnapshot, ...]:

@@ -232,3 +232,29 @@ def test_an_inbox_joins_the_deliveries_that_wait_behind_a_slow_delivery_to_the_s
     asyncio.run(run())
     assert received == [(7, [(11, [{"id": 1}])]),
                         (7, [(11, [{"id": 2}]), (12, [{"id": 3}]), (11, [{"id": 4}, {"id": 5}])])]
+
+
+def test_an_inbox_looks_up_a_present_agent_before_offering_and_never_wakes_an_offline_one() -> None:
+    """A member's snapshot that says it is present has the inbox look its actor up then, so a customer's first
+    offer does not wait for it; an offline member's does not (a lookup would activate a deactivated agent)."""
+    from actors.agent_link import AgentLink
+    from config.settings import Settings
+
+    looked_up: list[int] = []
+
+    class Agents:
+        def agent(self, org_id: int, user_id: int) -> object:
+            looked_up.append(user_id)
+            return object()
+
+    def snapshot(user_id: int, status: str) -> dict[str, Any]:
+        return {"user_id": user_id, "status": status, "max_concurrent": 2, "active_count": 0,
+                "has_pending_offer": False, "idle_since": None, "version": [1, 1]}
+
+    link = AgentLink(1, 1, Settings(), lambda: Agents(), lambda: None)  # type: ignore[arg-type,return-value]
+    link.load(frozenset({5, 6, 7}), {})
+    assert link.update(snapshot(5, "available"))
+    assert link.update(snapshot(6, "offline"))
+    assert link.update(snapshot(7, "away"))
+    assert not link.update(snapshot(8, "available"))  # not a member of this inbox
+    assert looked_up == [5, 7]
