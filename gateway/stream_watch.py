@@ -42,6 +42,8 @@ class WatchedStream:
 
 
 class StreamWatch:
+    """The open streams of this gateway and the one loop that re-checks them while any is open."""
+
     def __init__(self, db: Database, principals: TokenCache[Any], interval_s: float) -> None:
         self._db = db
         self._principals = principals
