@@ -56,8 +56,8 @@ def test_one_pass_checks_every_open_stream_in_one_read_step(gateway: Gateway) ->
             (None, org.id, agent_id),
             (agent_token, org.id, supervisor_id),  # a member watching someone else
         ]
-        # Forty more workspaces of the same agent: the pass costs the same one read step.
-        streams += [(agent_token, org.id, agent_id)] * 40
+        # Twenty more agents, each on their own workspace: the pass costs the same one read step.
+        streams += [(token, org.id, user_id) for user_id, token in (org.add_user() for _ in range(20))]
         refused, steps = _pass(db, streams)
         assert refused[:7] == [False, False, False, True, True, True, True]
         assert not any(refused[7:])
