@@ -18,13 +18,13 @@ from gateway.auth_throttle import AuthThrottle
 from gateway.body_guard import BodyGuard
 from gateway.bootstrap import ensure_admin_token
 from gateway.deployment import DeploymentConflict, DeploymentLease, cluster_identity
-from gateway.deps import Principal
 from gateway.errors import install_error_handlers
 from gateway.group_commit import DeliveryGroupCommit
 from gateway.key_handoff import KeyHandoff
 from gateway.log_scrub import install_token_scrubbing
 from gateway.logs import LogContext
 from gateway.principal_cache import TokenCache
+from gateway.principals import Principal
 from gateway.routers import api_routers
 from gateway.routers.webhooks import signing_secrets_loader
 from gateway.runtime import Runtime

@@ -20,8 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.deps import Principal, resolve_tokens
 from gateway.principal_cache import TokenCache
+from gateway.principals import Principal, resolve_tokens
 from gateway.ws_auth import may_watch
 from store.db import Database
 from store.tables import User

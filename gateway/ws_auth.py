@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fastapi import WebSocket
 
 from config.models import Role
-from gateway.deps import Principal
+from gateway.principals import Principal
 from store.tables import User
 
 EVENTS_SUBPROTOCOL = "wa-router.events"

@@ -21,9 +21,9 @@ from gateway.deps import (
     SessionDep,
     Supervisor,
     UserId,
-    resolve_token,
 )
 from gateway.errors import forbidden, not_found
+from gateway.principals import resolve_token
 from gateway.runtime import Runtime
 from gateway.schemas import AgentOut
 from gateway.stream_watch import WatchedStream
