@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.principal_cache import TokenCache
 from gateway.security import hash_token
+from store.in_lists import in_batches
 from store.tables import ApiToken, User
 from store.types import utcnow
 
@@ -42,34 +43,28 @@ async def resolve_token(session: AsyncSession, token: str,
     return (await resolve_tokens(session, [token], cache))[token]
 
 
-# Bound parameters per lookup: far below SQLite's and PostgreSQL's limits, whatever the number of tokens.
-_TOKENS_PER_QUERY = 500
-
-
 async def resolve_tokens(session: AsyncSession, tokens: Iterable[str],
                          cache: TokenCache[Principal] | None = None) -> dict[str, Principal | None]:
     """The principal of each token (None for an unknown or expired one): those not in `cache` in one query per
     few hundred, each kept in `cache` a few seconds."""
     digests = {token: hash_token(token) for token in tokens}
     found: dict[str, Principal | None] = {}
-    missing: dict[str, list[str]] = {}
+    # digest -> token, for the tokens the cache does not hold
+    missing: dict[str, str] = {}
     for token, digest in digests.items():
         if cache is not None and (cached := cache.get(digest)) is not None:
             found[token] = cached
         else:
-            missing.setdefault(digest, []).append(token)
+            missing[digest] = token
     generation = cache.generation if cache is not None else 0
-    wanted = list(missing)
-    for start in range(0, len(wanted), _TOKENS_PER_QUERY):
-        chunk = wanted[start:start + _TOKENS_PER_QUERY]
+    for batch in in_batches(list(missing)):
         # One token (a request's, on a cache miss) keeps the plain comparison: no list expanded per call.
-        matching = ApiToken.token_hash == chunk[0] if len(chunk) == 1 else ApiToken.token_hash.in_(chunk)
+        matching = ApiToken.token_hash == batch[0] if len(batch) == 1 else ApiToken.token_hash.in_(batch)
         rows = (await session.execute(
             select(ApiToken, User).outerjoin(User, User.id == ApiToken.user_id).where(matching))).all()
         for api_token, user in rows:
             principal, valid_for_s = _principal_of(api_token, user)
-            for token in missing[api_token.token_hash]:
-                found[token] = principal
+            found[missing[api_token.token_hash]] = principal
             if cache is not None and principal is not None:
                 cache.put(api_token.token_hash, principal, generation, valid_for_s)
     return {token: found.get(token) for token in digests}

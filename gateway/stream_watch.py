@@ -24,11 +24,10 @@ from gateway.principal_cache import TokenCache
 from gateway.principals import Principal, resolve_tokens
 from gateway.ws_auth import may_watch
 from store.db import Database
+from store.in_lists import in_batches
 from store.tables import User
 
 log = logging.getLogger(__name__)
-
-_USERS_PER_QUERY = 500
 
 
 @dataclass(eq=False)
@@ -100,9 +99,7 @@ class StreamWatch:
 
 
 async def _users(session: AsyncSession, user_ids: Iterable[int]) -> dict[int, User]:
-    wanted = sorted(user_ids)
     found: dict[int, User] = {}
-    for start in range(0, len(wanted), _USERS_PER_QUERY):
-        chunk = wanted[start:start + _USERS_PER_QUERY]
-        found.update((user.id, user) for user in (await session.scalars(select(User).where(User.id.in_(chunk)))))
+    for batch in in_batches(sorted(user_ids)):
+        found.update((user.id, user) for user in (await session.scalars(select(User).where(User.id.in_(batch)))))
     return found

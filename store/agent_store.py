@@ -32,6 +32,7 @@ from typing import Any, Protocol, TypeVar
 from store.clock import as_utc, from_stored, utcnow
 from store.coroutines import not_abandoned, run_to_end
 from store.errors import StoreUnavailable, means_unavailable
+from store.in_lists import in_batches
 from store.sqlite_file import PRAGMAS, TURN_WAIT_S, WriterTurn, lock_path_of, sqlite_file_path
 
 T = TypeVar("T")
@@ -50,8 +51,6 @@ _SQLITE_CACHE_KIB = 256
 # PostgreSQL: connections of one store at once, the kept one and one more while two steps overlap.
 _POSTGRES_CONNECTIONS = 2
 _CONNECT_TIMEOUT_S = 10.0
-# Message ids per statement when a delivery checks what is still attached (well under both drivers' limits).
-_IDS_PER_STATEMENT = 500
 
 
 class _StaleConnection(Exception):
@@ -202,10 +201,9 @@ async def _deliver_and_read(tx: _Tx, org_id: int, user_id: int, events: Sequence
         await tx.execute(tx.stream_lock_sql, user_id)
     ids = sorted({int(payload["message"]["id"]) for _, payload in events})
     attached: dict[int, int] = {}
-    for start in range(0, len(ids), _IDS_PER_STATEMENT):
-        chunk = ids[start:start + _IDS_PER_STATEMENT]
+    for batch in in_batches(ids):
         rows = await tx.rows("SELECT id, transaction_id FROM inbound_messages WHERE id IN "
-                             f"({', '.join('?' for _ in chunk)}) AND transaction_id IS NOT NULL", *chunk)
+                             f"({', '.join('?' for _ in batch)}) AND transaction_id IS NOT NULL", *batch)
         attached.update({int(message_id): int(tx_id) for message_id, tx_id in rows})
     kept = [(kind, payload) for kind, payload in events
             if attached.get(int(payload["message"]["id"])) == int(payload["transaction_id"])]
