@@ -304,7 +304,10 @@ class AgentCore(StoreBackedActor):
             if row.kind == "offer":
                 hold = self.holds.get(str(row.payload.get("offer_id")))
                 if hold is not None:
-                    hold.published = True  # the inbox wrote it with the offer (`publish` is on its way)
+                    # The inbox wrote it with the offer (`publish` is on its way): the offer as shown, with its
+                    # conversation's id (held before the commit that opened it, it had none).
+                    hold.offer = dict(row.payload)
+                    hold.published = True
             # A customer message the stream shows: as a `message`, or as the first message of a claimed or transferred
             # conversation's assignment (a restarted inbox hands that one over again).
             message = row.payload.get("message") if row.kind == "message" else \

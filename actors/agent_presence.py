@@ -34,7 +34,8 @@ class AgentPresence(AgentCore):
         idle = self._idle_since()
         ringing = self._ringing()
         pending = None
-        if ringing is not None:
+        # An offer of a conversation still being opened has no transaction id until its inbox's commit shows it.
+        if ringing is not None and ringing.offer.get("transaction_id") is not None:
             pending = {key: ringing.offer.get(key) for key in ("transaction_id", "inbox_id", "expires_at")}
         return {"user_id": self.user_id, "status": self.status, "status_reason": self.status_reason,
                 "max_concurrent": self.max_concurrent, "active_transactions": sorted(self.active),

@@ -298,6 +298,9 @@ class InboxAnswers(InboxCore):
                 return {**ok(current.id), "reused": True}
             owner = "another agent's" if current.state == "assigned" else f"{current.state} for routing"
             return refuse(409, f"the customer already has an open conversation on this inbox ({owner})")
+        if self._opens.of([int(customer["id"])]) is not None:
+            # The customer just wrote: their conversation opens with the inbox's next routing pass.
+            return refuse(409, "the customer already has an open conversation on this inbox (queued for routing)")
         # Capacity first (nothing is written if the agent cannot take it), then one commit.
         offer_id, refusal = await self._hold_directly(
             {"transaction_id": 0, "inbox_id": self.inbox_id, "customer": customer}, user_id, "outbound")

@@ -30,6 +30,7 @@ from actors.activation import StoreBackedActor
 from actors.agent_link import AgentLink
 from actors.directory import Directory
 from actors.lazy_store import lazy_module
+from actors.pending_opens import PendingOpens
 from actors.transaction_state import TxState
 from config.actor_settings import ActorSettings
 from store.clock import utcnow
@@ -93,6 +94,9 @@ class InboxCore(StoreBackedActor):
         self._epoch = 0
         self._txs: dict[int, TxState] = {}
         self._by_customer: dict[int, int] = {}
+        # New customers' conversations, opened by the next routing pass's commit (memory only: their messages wait
+        # unattached in the store, where a reload finds them).
+        self._opens = PendingOpens()
         self._routing_requested: asyncio.Task[None] | None = None
         self._routing_wanted = False
         # Messages handed to a held conversation's agent whose delivery it has not answered yet (its stream may not
@@ -461,5 +465,5 @@ class InboxCore(StoreBackedActor):
     async def _ingest_stored(self) -> None:
         raise NotImplementedError  # actors.inbox_ingest.InboxIngest
 
-    async def _ingest_page(self, ids: list[int] | None) -> tuple[int, int]:
+    async def _ingest_page(self, ids: list[int] | None, after_id: int = 0) -> tuple[int, int, int, int]:
         raise NotImplementedError  # actors.inbox_ingest.InboxIngest

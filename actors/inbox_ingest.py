@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 from actors import inbox_metrics
 from actors.inbox_core import InboxCore, repo, streams
-from actors.transaction_state import TxState
 from store.clock import utcnow
 
 if TYPE_CHECKING:
@@ -26,36 +25,37 @@ class InboxIngest(InboxCore):
     # ------------------------------------------------------------------ ingest
 
     async def ingest(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        """Attach stored messages to their customer's transaction (opening one if needed) and route.
+        """Attach stored messages to their customer's transaction, or have the next routing pass open one.
 
-        Idempotent: a message already attached (a redelivery, a recovery pass) is skipped. Whatever
-        is not attached now (the inbox reloading, a failed commit) stays unattached in the store,
-        where the control loop finds it.
+        Idempotent: a message already attached (a redelivery, a recovery pass) is skipped. Whatever is not attached
+        now (a new customer's, waiting for its conversation's commit; the inbox reloading; a failed commit) stays
+        unattached in the store, where the control loop finds it. `attached`: the messages attached now;
+        `opening`: those the commit opening their conversation attaches.
         """
         if not await self._ensure_active():
-            return {"attached": 0}
+            return {"attached": 0, "opening": 0}
         # Follow-ups the intake attached and showed: no write, no decision, so no lock either (a step holding it
         # waits on the store or an agent); the agent is told at once.
         shown, rest = self._shown_at_intake(messages)
         self._absorb_attached(shown, on_stream=True)
-        attached, opened = sum(map(len, shown.values())), 0
+        attached, opening, opened = sum(map(len, shown.values())), 0, 0
         if rest:
             async with self._lock:
                 if not self._activated:
-                    return {"attached": attached}
+                    return {"attached": attached, "opening": 0}
                 try:
                     with inbox_metrics.timed(self.org_id, self.inbox_id, "ingest"):
-                        attached_rest, opened = await self._ingest_forwarded(rest)
+                        attached_rest, opening, opened = await self._ingest_forwarded(rest)
                         attached += attached_rest
                 except repo.Fenced:
                     self._fenced()
-                    return {"attached": attached}
+                    return {"attached": attached, "opening": 0}
         inbox_metrics.routed(self.org_id, self.inbox_id, attached)
         if opened:
-            # Routed in a pass of its own: ingests arriving meanwhile share it, and the forward returns at once.
-            # Follow-ups of open conversations change nobody's eligibility: no pass for them.
+            # Opened (and offered) by a pass of its own: ingests arriving meanwhile share it, and the forward returns
+            # at once. Follow-ups of open conversations change nobody's eligibility: no pass for them.
             self.request_routing()
-        return {"attached": attached}
+        return {"attached": attached, "opening": opening}
 
     def _shown_at_intake(self, messages: list[dict[str, Any]]) -> tuple[dict[int, list[dict[str, Any]]],
                                                                         list[dict[str, Any]]]:
@@ -74,17 +74,26 @@ class InboxIngest(InboxCore):
                 shown.setdefault(attached_to, []).append(payload)
         return shown, rest
 
-    async def _ingest_forwarded(self, messages: list[dict[str, Any]]) -> tuple[int, int]:
-        """(messages attached, conversations opened), of messages the intake did not attach.
+    async def _ingest_forwarded(self, messages: list[dict[str, Any]]) -> tuple[int, int, int]:
+        """(messages attached, messages joining a conversation being opened, conversations to open), of messages
+        the intake did not attach.
 
         Those of customers with an open conversation here are attached without reading the store first (the
         gateway sent what it stored): one write. The rest, and any the write left alone (attached meanwhile,
         customer merged since), go through the step that reads the store."""
         known: dict[int, list[dict[str, Any]]] = {}
+        joined: set[int] = set()
+        joining = 0
         for message in messages:
             payload = repo.forwarded_payload(message)
-            if payload is not None and (tx_id := self._by_customer.get(payload["customer_id"])) is not None:
+            if payload is None:
+                continue
+            if (tx_id := self._by_customer.get(payload["customer_id"])) is not None:
                 known.setdefault(tx_id, []).append(payload)
+            elif (pending := self._opens.of(payload["customer_ids"])) is not None:
+                # The customer's conversation is being opened: its commit attaches this one too (if still unattached).
+                joining += pending.join(payload)
+                joined.add(payload["id"])
         attached: set[int] = set()
         if known:
             inbox_id, org_id, agents = self.inbox_id, self.org_id, self._agents_of(known)
@@ -105,70 +114,73 @@ class InboxIngest(InboxCore):
             attached = await self._write(statements)
             self._absorb_attached({tx_id: [m for m in payloads if m["id"] in attached]
                                    for tx_id, payloads in known.items()}, on_stream=True)
-        rest = [m["id"] for m in messages if m["id"] not in attached]
-        attached_rest, opened = await self._ingest_page(rest) if rest else (0, 0)
-        return len(attached) + attached_rest, opened
+        rest = [m["id"] for m in messages if m["id"] not in attached and m["id"] not in joined]
+        if not rest:
+            return len(attached), joining, 0
+        attached_rest, opening, opened, _ = await self._ingest_page(rest)
+        return len(attached) + attached_rest, joining + opening, opened
 
     async def _ingest_stored(self) -> None:
-        """Attach every unrouted message of the inbox, page after page (lock held)."""
-        while (await self._ingest_page(None))[0] == INGEST_PAGE:
-            pass
+        """Take every unrouted message of the inbox, page after page (lock held)."""
+        after_id = 0
+        while True:
+            attached, opening, _, after_id = await self._ingest_page(None, after_id)
+            if attached + opening < INGEST_PAGE:
+                return
 
-    async def _ingest_page(self, ids: list[int] | None) -> tuple[int, int]:
-        """One step: open transactions for new customers and attach the messages, in one commit.
+    async def _ingest_page(self, ids: list[int] | None, after_id: int = 0) -> tuple[int, int, int, int]:
+        """One step (lock held): attach the messages of open conversations in one commit; those of other customers
+        join the conversation the next routing pass opens for them (`actors.pending_opens`), with no write here.
 
-        (messages attached, conversations opened)."""
+        (messages attached, messages joining a conversation to open, new conversations to open, the last id read)."""
         now = utcnow()
         inbox_id, by_customer = self.inbox_id, dict(self._by_customer)  # the read step runs in another thread
+        opening = self._opens.customers()
 
         async def read(session: AsyncSession) -> tuple[list[dict[str, Any]], dict[int, int | None],
-                                                        dict[int, dict[str, Any]], dict[int, int | None]]:
-            fresh = await repo.unrouted_messages(session, inbox_id, ids=ids,
+                                                        dict[int, int | None]]:
+            fresh = await repo.unrouted_messages(session, inbox_id, ids=ids, after_id=after_id,
                                                  limit=None if ids is not None else INGEST_PAGE)
             # The customer's open conversation, else one of a customer merged into it (store/customers.py).
             open_tx = {m["id"]: next((by_customer[c] for c in m["customer_ids"] if c in by_customer), None)
                        for m in fresh}
-            first_of: dict[int, dict[str, Any]] = {}
-            for message in fresh:
-                if open_tx[message["id"]] is None:
-                    first_of.setdefault(message["customer_id"], message)
-            sticky = {key: await repo.sticky_agent_of(session, inbox_id, key) for key in first_of}
-            return fresh, open_tx, first_of, sticky
+            # Sticky memory of the customers whose conversation is not open nor being opened yet.
+            new = {m["customer_id"] for m in fresh if open_tx[m["id"]] is None
+                   and not any(c in opening for c in m["customer_ids"])}
+            sticky = {key: await repo.sticky_agent_of(session, inbox_id, key) for key in new}
+            return fresh, open_tx, sticky
 
-        fresh, open_tx, first_of, sticky = await self.db.read(read)
+        fresh, open_tx, sticky = await self.db.read(read)
         if not fresh:
-            return 0, 0
-        new_rows = {key: {"org_id": self.org_id, "inbox_id": self.inbox_id, "customer_id": key,
-                          "customer_wa_id": first["customer"].get("wa_id"),
-                          "customer_name": first["customer"].get("name"), "state": "queued", "waiting_since": now,
-                          "created_at": now, "updated_at": now, "tried": []}
-                    for key, first in first_of.items()}
-
+            return 0, 0, 0, after_id
         agents = self._agents_of(tx_id for tx_id in open_tx.values() if tx_id is not None)
-        org_id = self.org_id
+        by_tx: dict[int, list[dict[str, Any]]] = {}
+        for message in fresh:
+            if (tx_id := open_tx[message["id"]]) is not None:
+                by_tx.setdefault(tx_id, []).append(message)
+        if by_tx:
+            org_id = self.org_id
 
-        def statements(connection: Connection) -> tuple[dict[int, int], dict[int, list[dict[str, Any]]]]:
-            opened = {key: repo.insert_transaction(connection, row) for key, row in new_rows.items()}
-            for key, tx_id in opened.items():
-                repo.add_transaction_event(connection, tx_id, "queued", None, now, customer=key)
-            by_tx: dict[int, list[dict[str, Any]]] = {}
-            for message in fresh:
-                existing = open_tx[message["id"]]
-                by_tx.setdefault(opened[message["customer_id"]] if existing is None else existing, []).append(message)
-            for tx_id, messages in by_tx.items():
-                repo.attach_messages(connection, tx_id, [m["id"] for m in messages])
-            streams.append_to_streams(connection, org_id, [
-                streams.message_shown(agents[tx_id], tx_id, m)
-                for tx_id, messages in by_tx.items() if tx_id in agents for m in messages], now)
-            return opened, by_tx
+            def statements(connection: Connection) -> None:
+                for tx_id, messages in by_tx.items():
+                    repo.attach_messages(connection, tx_id, [m["id"] for m in messages])
+                streams.append_to_streams(connection, org_id, [
+                    streams.message_shown(agents[tx_id], tx_id, m)
+                    for tx_id, messages in by_tx.items() if tx_id in agents for m in messages], now)
 
-        opened, by_tx = await self._write(statements)
-        for key, tx_id in opened.items():
-            self._remember(TxState(id=tx_id, customer_id=key, state="queued", waiting_since=now,
-                                   sticky_agent=sticky[key], first_message=first_of[key],
-                                   customer=first_of[key]["customer"]))
-        self._absorb_attached(by_tx, on_stream=True)
-        return len(fresh), len(opened)
+            await self._write(statements)
+            self._absorb_attached(by_tx, on_stream=True)
+        joining = opened = 0
+        for message in fresh:
+            if open_tx[message["id"]] is not None:
+                continue
+            pending = self._opens.of(message["customer_ids"])
+            if pending is None:
+                self._opens.add(self.org_id, self.inbox_id, message, sticky.get(message["customer_id"]), now)
+                joining, opened = joining + 1, opened + 1
+            elif pending.join(message):
+                joining += 1
+        return sum(map(len, by_tx.values())), joining, opened, int(fresh[-1]["id"])
 
     def _agents_of(self, tx_ids: Iterable[int]) -> dict[int, int]:
         """The agent of each of these conversations that one holds: a message attached to it in a commit is shown on

@@ -9,11 +9,15 @@ from typing import TYPE_CHECKING
 from actors import inbox_metrics
 from actors.inbox_core import InboxCore, log, repo, streams
 from actors.offer_plan import PlannedOffer, RoutingSettings, plan_offers
+from actors.pending_opens import PendingOpen
 from routing import AssignmentMode
 from store.clock import utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
+
+# After a pass's commit failed, the conversations it was opening are tried again this much later.
+RETRY_OPENING_S = 1.0
 
 
 class InboxRouting(InboxCore):
@@ -28,9 +32,10 @@ class InboxRouting(InboxCore):
                                rotation_pointer=config.rotation_pointer)
 
     async def _routing_pass(self) -> bool:
-        """Offer the waiting conversations: plan under the lock, have the agents hold the offers together with
-        the lock released (ingests and answers go on meanwhile), then commit every held offer in one store
-        transaction. True when another pass is wanted (a refusal changed what the inbox knows of an agent).
+        """Open the conversations new customers started and offer the waiting ones: plan under the lock, have the
+        agents hold the offers together with the lock released (ingests and answers go on meanwhile), then commit
+        every new conversation and every held offer in one store transaction. True when another pass is wanted (a
+        refusal changed what the inbox knows of an agent).
         """
         await self._link.settle()
         async with self._lock:
@@ -40,14 +45,20 @@ class InboxRouting(InboxCore):
                 await self._reload_config()
             if self._config is None:
                 return False
+            opening = self._opens.take()
             planned = plan_offers(self._routing_settings(), self._link.routing_view(self.config.members),
-                                  self._txs.values(), utcnow())
+                                  [*self._txs.values(), *(pending.state for pending in opening)], utcnow())
             if not planned:
+                if opening:
+                    await self._commit_pass(opening, [])
                 return False
             epoch, version = self._epoch, self.config.config_version
         # Holds reserve the agents' capacity; an agent arbitrates between inboxes offering at once.
         answers = await asyncio.gather(*(self._link.call(p.user_id, "hold", p.offer) for p in planned))
         async with self._lock:
+            if not self._activated or self._epoch != epoch:
+                # Reloaded meanwhile: the new activation found the new conversations' messages in the store.
+                opening = []
             again, held = False, []
             for plan, answer in zip(planned, answers, strict=True):
                 if answer is None:
@@ -60,46 +71,76 @@ class InboxRouting(InboxCore):
                 if not answer["ok"]:
                     continue
                 if (not self._activated or self._epoch != epoch or self._config is None
-                        or self.config.config_version != version or self._txs.get(plan.waiting.id) != plan.waiting):
+                        or self.config.config_version != version or (plan.waiting.id > 0 and
+                                                                     self._txs.get(plan.waiting.id) != plan.waiting)):
                     # The conversation moved on while the agents were asked (closed, transferred, reloaded).
                     self._link.tell(plan.user_id, "release", plan.offer_id, "rescinded")
                     again = True
                     continue
                 held.append(plan)
-            if held:
-                await self._commit_offers(held)
+            if (held or opening) and self._config is not None:
+                await self._commit_pass(opening, held)
         return again
 
-    async def _commit_offers(self, held: list[PlannedOffer]) -> None:
-        """One step for the whole pass: every held offer, its audit event and the rotation pointer (lock held)."""
+    async def _commit_pass(self, opening: list[PendingOpen], held: list[PlannedOffer]) -> None:
+        """One step for the whole pass (lock held): every new conversation with its messages, every held offer with
+        its audit event and its agent's stream event, and the rotation pointer."""
         now = utcnow()
-        pointer = held[-1].rotation_pointer
+        pointer = held[-1].rotation_pointer if held else None
         new_pointer = pointer is not None and pointer != self.config.rotation_pointer
         inbox_id, org_id = self.inbox_id, self.org_id
+        offer_of = {plan.waiting.id: plan for plan in held}
+        # Read here, under the lock: a message that joined a conversation while its offer was held is attached too.
+        to_open = [(pending.row, offer_of[pending.state.id].offered if pending.state.id in offer_of else pending.state,
+                    pending.state, [m["id"] for m in pending.messages]) for pending in opening]
 
-        def statements(connection: Connection) -> None:
+        def statements(connection: Connection) -> dict[int, int]:
+            ids: dict[int, int] = {}  # provisional id -> the row's
+            for row, state, queued, message_ids in to_open:
+                tx_id = repo.insert_transaction(connection, {**row, **state.columns(now)})
+                ids[queued.id] = tx_id
+                repo.add_transaction_event(connection, tx_id, "queued", None, queued.waiting_since,
+                                           customer=queued.customer_id)
+                repo.attach_unattached(connection, tx_id, message_ids)
             for plan in held:
-                repo.save_transaction(connection, plan.offered.id, plan.offered.columns(now))
-                repo.add_transaction_event(connection, plan.offered.id, "offered", plan.user_id, now, **plan.detail)
+                tx_id = ids.get(plan.waiting.id, plan.waiting.id)
+                if tx_id == plan.waiting.id:
+                    repo.save_transaction(connection, tx_id, plan.offered.columns(now))
+                repo.add_transaction_event(connection, tx_id, "offered", plan.user_id, now, **plan.detail)
             if new_pointer:
                 repo.save_rotation_pointer(connection, inbox_id, pointer)
             # Each agent's stream shows its offer from this commit: the agent writes nothing for it.
-            streams.append_to_streams(connection, org_id, [(plan.user_id, "offer", plan.offer) for plan in held], now)
+            streams.append_to_streams(connection, org_id, [
+                (plan.user_id, "offer", {**plan.offer, "transaction_id": ids.get(plan.waiting.id, plan.waiting.id)})
+                for plan in held], now)
+            return ids
 
         try:
-            await self._write(statements)
-        except BaseException:
+            ids = await self._write(statements)
+        except BaseException as failure:
             for plan in held:
                 self._link.tell(plan.user_id, "release", plan.offer_id, "rescinded")
+            if opening and not isinstance(failure, repo.Fenced):
+                # Their messages are still unattached: a later pass opens them.
+                self._opens.put_back(opening)
+                asyncio.get_running_loop().call_later(RETRY_OPENING_S, self.request_routing)
             raise
+        self._opens.landed(opening)
+        for pending in opening:
+            tx_id = ids[pending.state.id]
+            self._remember(replace(pending.state, id=tx_id, customer=pending.customer))
+            inbox_metrics.routed(self.org_id, self.inbox_id, len(pending.messages))
         if pointer is not None:
             self.config.rotation_pointer = pointer
         for plan in held:
-            offered = replace(plan.offered, offered_at=now)  # as the row's updated_at: the same after a reload
+            tx_id = ids.get(plan.waiting.id, plan.waiting.id)
+            waiting = self._txs[tx_id]
+            # Stamped with the commit's time, as the row's updated_at: the same after a reload.
+            offered = replace(plan.offered, id=tx_id, offered_at=now, customer=waiting.customer)
             self._remember(offered)
             self._arm_timer(offered)
-            self._link.tell(plan.user_id, "publish", plan.offer)
-            inbox_metrics.offer_made(self.org_id, self.inbox_id, plan.waiting, offered)
+            self._link.tell(plan.user_id, "publish", {**plan.offer, "transaction_id": tx_id})
+            inbox_metrics.offer_made(self.org_id, self.inbox_id, waiting, offered)
 
     def request_routing(self) -> None:
         """Coalesce eligibility events into routing passes (never run under a caller's await).

@@ -20,8 +20,9 @@ from routing import AgentSnapshot, AssignmentMode, Offer, Queue, RoutingRequest,
 
 
 def new_offer_id(tx_id: int) -> str:
-    # Unique even when a commit fails and the same sequence number is offered again.
-    return f"{tx_id}.{uuid.uuid4().hex[:12]}"
+    # Unique even when a commit fails and the same sequence number is offered again. A conversation the pass opens
+    # has no id before its commit (`actors.pending_opens`).
+    return f"{tx_id if tx_id > 0 else 'new'}.{uuid.uuid4().hex[:12]}"
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ def plan_offers(settings: RoutingSettings, agents: Iterable[AgentSnapshot], wait
         assert offered.offer_id is not None
         offer = {**offered.summary(settings.inbox_id, settings.inbox_name), "offer_id": offered.offer_id,
                  "expires_at": expires_at.isoformat()}
+        if tx.id < 0:
+            offer["transaction_id"] = None  # opened by the pass's commit, which shows the offer with the row's id
         detail: dict[str, Any] = {"reason": decision.reason, "expires_at": expires_at.isoformat(),
                                   "sticky_dial": decision.sticky_dial, "offer_id": offered.offer_id}
         if new_round:

@@ -233,9 +233,10 @@ _ASSIGNED_TO_CUSTOMER = select(Transaction.id, Transaction.agent_id).where(
     Transaction.state == "assigned", Transaction.inbox_id == bindparam("inbox"),
     Transaction.customer_id == bindparam("customer"))
 _ASSIGNED_TO_CUSTOMER_LOCKED = _ASSIGNED_TO_CUSTOMER.with_for_update(read=True)
-_ATTACH_TO_HELD = update(InboundMessage).where(
+_ATTACH_UNATTACHED = update(InboundMessage).where(
     InboundMessage.id.in_(bindparam("ids", expanding=True)), InboundMessage.transaction_id.is_(None)).values(
-    transaction_id=bindparam("tx")).returning(InboundMessage.id)
+    transaction_id=bindparam("tx"))
+_ATTACH_TO_HELD = _ATTACH_UNATTACHED.returning(InboundMessage.id)
 
 
 async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int, int, int]],
@@ -343,15 +344,18 @@ async def messages_except(session: AsyncSession, inbox_id: int, transaction_id: 
 
 
 async def unrouted_messages(session: AsyncSession, inbox_id: int, ids: Sequence[int] | None = None,
-                            limit: int | None = None) -> list[dict[str, Any]]:
+                            limit: int | None = None, after_id: int = 0) -> list[dict[str, Any]]:
     """Messages stored for this inbox but not yet attached to a transaction, in arrival order.
 
-    With `limit`, a page: the caller loops until a page comes back short (never a silent cut).
+    With `limit`, a page: the caller loops from the last id it read (`after_id`) until a page comes back short
+    (never a silent cut; a page's messages may stay unattached a while, waiting for their conversation's commit).
     """
     query = select(*_ROUTED_COLUMNS).where(InboundMessage.inbox_id == inbox_id,
                                            InboundMessage.transaction_id.is_(None))
     if ids is not None:
         query = query.where(InboundMessage.id.in_(ids))
+    if after_id:
+        query = query.where(InboundMessage.id > after_id)
     query = query.order_by(InboundMessage.id)
     if limit is not None:
         query = query.limit(limit)
@@ -366,6 +370,11 @@ async def customers_of(session: AsyncSession, customer_ids: Sequence[int]) -> di
 def attach_messages(connection: Connection, transaction_id: int, message_ids: Sequence[int]) -> None:
     connection.execute(update(InboundMessage).where(InboundMessage.id.in_(message_ids))
                        .values(transaction_id=transaction_id))
+
+
+def attach_unattached(connection: Connection, transaction_id: int, message_ids: Sequence[int]) -> None:
+    """Attach those of the messages that no transaction holds yet (the others stay where they are)."""
+    connection.execute(_ATTACH_UNATTACHED, {"ids": list(message_ids), "tx": transaction_id})
 
 
 def attach_if_unattached(connection: Connection, transaction_id: int, inbox_id: int, customer_id: int,
