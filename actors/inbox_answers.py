@@ -127,7 +127,12 @@ class InboxAnswers(InboxCore):
             return (await repo.sticky_customer(session, tx.customer_id),
                     await repo.messages_except(session, inbox_id, tx.id, {shown} if shown is not None else set()))
 
-        sticky_customer, unseen = await self.db.read(read)
+        sticky_customer: int | None = None
+        if tx.messages_known and leaving is None and len(tx.waited) < repo.HAND_OVER_PAGE:
+            # Every message it has came through this inbox: no read step (the sticky customer is found in the write).
+            unseen = [m for m in tx.waited if m["id"] != shown]
+        else:
+            sticky_customer, unseen = await self.db.read(read)
         # Only a conversation an agent holds (a transfer) has follow-ups attached meanwhile, by the intake.
         handed = {m["id"] for m in unseen} | ({shown} if shown is not None else set())
         assigned = replace(tx.assigned(user_id, now), handed=frozenset(handed))
@@ -138,7 +143,10 @@ class InboxAnswers(InboxCore):
 
         def statements(connection: Connection) -> set[int]:
             repo.save_transaction(connection, tx.id, assigned.columns(now))
-            repo.remember_sticky_agent(connection, inbox_id, sticky_customer, user_id)
+            if sticky_customer is None:
+                repo.remember_sticky_agent_of(connection, inbox_id, tx.customer_id, user_id)
+            else:
+                repo.remember_sticky_agent(connection, inbox_id, sticky_customer, user_id)
             repo.add_transaction_event(connection, tx.id, kind, user_id, now, offer_id=offer_id, **detail)
             streams.append_to_streams(connection, org_id, on_streams, now)
             if leaving is not None:

@@ -283,6 +283,8 @@ class InboxCore(StoreBackedActor):
                 else:
                     self._deliver(tx.agent_id, tx.id, messages)
                 tx = replace(tx, handed=tx.handed | {m["id"] for m in messages})
+            elif tx.messages_known:
+                tx = replace(tx, waited=tx.waited + tuple(messages))
             self._txs[tx_id] = tx
 
     def _deliver(self, user_id: int, tx_id: int, messages: list[dict[str, Any]]) -> None:

@@ -82,18 +82,10 @@ class InboxIngest(InboxCore):
         gateway sent what it stored): one write. The rest, and any the write left alone (attached meanwhile,
         customer merged since), go through the step that reads the store."""
         known: dict[int, list[dict[str, Any]]] = {}
-        joined: set[int] = set()
-        joining = 0
         for message in messages:
             payload = repo.forwarded_payload(message)
-            if payload is None:
-                continue
-            if (tx_id := self._by_customer.get(payload["customer_id"])) is not None:
+            if payload is not None and (tx_id := self._by_customer.get(payload["customer_id"])) is not None:
                 known.setdefault(tx_id, []).append(payload)
-            elif (pending := self._opens.of(payload["customer_ids"])) is not None:
-                # The customer's conversation is being opened: its commit attaches this one too (if still unattached).
-                joining += pending.join(payload)
-                joined.add(payload["id"])
         attached: set[int] = set()
         if known:
             inbox_id, org_id, agents = self.inbox_id, self.org_id, self._agents_of(known)
@@ -114,11 +106,12 @@ class InboxIngest(InboxCore):
             attached = await self._write(statements)
             self._absorb_attached({tx_id: [m for m in payloads if m["id"] in attached]
                                    for tx_id, payloads in known.items()}, on_stream=True)
-        rest = [m["id"] for m in messages if m["id"] not in attached and m["id"] not in joined]
+        rest = [m["id"] for m in messages if m["id"] not in attached]
         if not rest:
-            return len(attached), joining, 0
+            return len(attached), 0, 0
+        # A message of a customer whose conversation is being opened joins it there: the store says whose it is.
         attached_rest, opening, opened, _ = await self._ingest_page(rest)
-        return len(attached) + attached_rest, joining + opening, opened
+        return len(attached) + attached_rest, opening, opened
 
     async def _ingest_stored(self) -> None:
         """Take every unrouted message of the inbox, page after page (lock held)."""

@@ -128,7 +128,8 @@ class InboxRouting(InboxCore):
         self._opens.landed(opening)
         for pending in opening:
             tx_id = ids[pending.state.id]
-            self._remember(replace(pending.state, id=tx_id, customer=pending.customer))
+            self._remember(replace(pending.state, id=tx_id, customer=pending.customer,
+                                   waited=tuple(pending.messages[1:])))
             inbox_metrics.routed(self.org_id, self.inbox_id, len(pending.messages))
         if pointer is not None:
             self.config.rotation_pointer = pointer

@@ -42,6 +42,10 @@ class TxState:
     # The messages handed to the agent holding it (or shown with its offer): the control loop tells the agent of
     # any other attached (a lost forward), whatever came after it.
     handed: frozenset[int] = field(default=frozenset(), compare=False)
+    # Opened by this activation and never held by an agent since: every message attached to it passed through this
+    # inbox, and `waited` holds those after the first, in order (the assignment shows them without reading them).
+    messages_known: bool = field(default=False, compare=False)
+    waited: tuple[dict[str, Any], ...] = field(default=(), compare=False)
     # For the inbox's metrics (`actors.inbox_metrics`): when the pending offer was committed (its time to accept
     # counts from it), and the agent who last had the conversation offered or held (an offer to another one is
     # a reassignment). Rebuilt from the row on activation.
@@ -97,8 +101,10 @@ class TxState:
                        sticky_declined=declined)
 
     def assigned(self, user_id: int, now: datetime) -> TxState:
+        # From now on the intake attaches its follow-ups: the inbox no longer sees every message.
         return replace(self, state="assigned", agent_id=user_id, assigned_at=now, offered_to=None, offer_id=None,
-                       offer_expires_at=None, current_offer_is_sticky=False, sticky_agent=user_id)
+                       offer_expires_at=None, current_offer_is_sticky=False, sticky_agent=user_id,
+                       messages_known=False, waited=())
 
     def back_to_queue(self, previous: int | None) -> TxState:
         """A supervisor sent an assigned transaction back to the queue: the previous agent is tried."""

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, or_, select, text, update
+from sqlalchemy import Connection, Row, bindparam, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.core_connection import core_connection
@@ -147,6 +147,12 @@ async def aliases_and_views(session: AsyncSession, customer_ids: Iterable[int]
 
 async def survivor_of(session: AsyncSession, customer_id: int) -> int:
     return (await _survivor_ids(session, {customer_id})).get(customer_id, customer_id)
+
+
+def survivor_on(connection: Connection, customer_id: int) -> int:
+    """`survivor_of` inside a write step, on its connection (no read step of its own)."""
+    row = connection.execute(_SURVIVORS, {"ids": [customer_id]}).first()
+    return customer_id if row is None else int(row[1])
 
 
 async def customers_by_id(session: AsyncSession, customer_ids: Iterable[int]) -> dict[int, dict[str, Any]]:

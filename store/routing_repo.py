@@ -417,6 +417,11 @@ def remember_sticky_agent(connection: Connection, inbox_id: int, sticky_customer
         key=["inbox_id", "customer_id"]))
 
 
+def remember_sticky_agent_of(connection: Connection, inbox_id: int, customer_id: int, user_id: int) -> None:
+    """`remember_sticky_agent` for the customer's survivor, found in the same write."""
+    remember_sticky_agent(connection, inbox_id, customers.survivor_on(connection, customer_id), user_id)
+
+
 def add_transaction_event(connection: Connection, transaction_id: int, kind: str, agent_id: int | None,
                           at: datetime, **detail: Any) -> None:
     connection.execute(insert(TransactionEvent).values(transaction_id=transaction_id, kind=kind, agent_id=agent_id,

@@ -21,7 +21,7 @@ from config.actor_settings import ActorSettings
 from config.settings import Settings
 from store.clock import utcnow
 from store.db import Database
-from store.tables import AgentEvent, Customer, InboundMessage, Transaction, TransactionEvent
+from store.tables import AgentEvent, Customer, InboundMessage, StickyAgent, Transaction, TransactionEvent
 from tests.test_close_while_delivering import _Agent, _Agents, _conversation, _crash, _forwarded, _message, _store_url
 
 
@@ -94,6 +94,19 @@ def _counting_writes(inbox: InboxActor) -> list[int]:
     return writes
 
 
+def _counting_reads(inbox: InboxActor) -> list[int]:
+    """The inbox's read steps from now on, counted."""
+    reads: list[int] = []
+    read = inbox.db.read
+
+    async def counted(step: Any) -> Any:
+        reads.append(1)
+        return await read(step)
+
+    inbox.db.read = counted  # type: ignore[method-assign]
+    return reads
+
+
 async def _until(check: Any, what: str) -> None:
     for _ in range(400):
         if await check():
@@ -147,6 +160,58 @@ def test_a_new_customer_is_opened_and_offered_in_one_commit_and_a_message_meanwh
                 assert agent.published[0]["offer_id"] == agent.held[0]["offer_id"]
                 assert await _offers_shown(db, user_id) == [tx_id]
             assert inbox._txs[tx_id].state == state and len(inbox._opens) == 0
+        finally:
+            await _crash(inbox)
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_accepting_a_conversation_this_inbox_opened_reads_nothing_and_shows_what_came_while_it_rang(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """Every message of a conversation the inbox opened and no agent held yet came through the inbox: the accept's
+    one commit shows the agent the conversation with its first message and each later one, and remembers the agent
+    as the customer's sticky agent, with no read step before it."""
+    url = _store_url(backend, tmp_path, request)
+    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key",
+                                                    inbox_sync_interval_s=3600))
+
+    async def run() -> None:
+        db = Database(url, pool_size=1)
+        org_id, user_id, inbox_id, _, _ = await _conversation(db)
+        agent = _HoldingAgent(user_id)
+        agent.let_go.set()
+        inbox = InboxActor(org_id, inbox_id, settings, _Agents(agent))  # type: ignore[arg-type]
+        try:
+            assert (await inbox.activate())["exists"]
+            customer_id, (opening, while_offered, later) = await _new_customer(
+                db, org_id, inbox_id, "hello", "anyone?", "still there?")
+            await inbox.ingest([_forwarded(opening, None)])
+
+            async def offered() -> bool:
+                return bool(agent.published)
+
+            await _until(offered, "the offer")
+            tx_id = agent.published[0]["transaction_id"]
+            for message in (while_offered, later):
+                assert await inbox.ingest([_forwarded(message, None)]) == {"attached": 1, "opening": 0}
+            writes, reads = _counting_writes(inbox), _counting_reads(inbox)
+            accepted = await inbox.accept(tx_id, user_id)
+            assert accepted["status"] == 200 and accepted["transaction"]["state"] == "assigned"
+            assert (writes, reads) == ([1], [])
+            async with db.session() as session:
+                shown = [(kind, payload.get("transaction_id"),
+                          (payload.get("message") or payload.get("first_message") or {}).get("id"))
+                         for kind, payload in (await session.execute(
+                             select(AgentEvent.kind, AgentEvent.payload).where(AgentEvent.user_id == user_id)
+                             .order_by(AgentEvent.id))).all()]
+                sticky = await session.scalar(select(StickyAgent.user_id).where(
+                    StickyAgent.inbox_id == inbox_id, StickyAgent.customer_id == customer_id))
+            assert shown == [("offer", tx_id, opening.id), ("assigned", tx_id, opening.id),
+                             ("message", tx_id, while_offered.id), ("message", tx_id, later.id)]
+            assert sticky == user_id
+            assert inbox._txs[tx_id].handed == {opening.id, while_offered.id, later.id}
         finally:
             await _crash(inbox)
             await db.dispose()
