@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from actors import inbox_metrics
 from actors.inbox_core import InboxCore, log, repo, streams
@@ -38,48 +38,60 @@ class InboxRouting(InboxCore):
         refusal changed what the inbox knows of an agent).
         """
         await self._link.settle()
-        async with self._lock:
-            if not self._activated:
-                return False
-            if self._config_stale:
-                await self._reload_config()
-            if self._config is None:
-                return False
-            opening = self._opens.take()
-            planned = plan_offers(self._routing_settings(), self._link.routing_view(self.config.members),
-                                  [*self._txs.values(), *(pending.state for pending in opening)], utcnow())
-            if not planned:
-                if opening:
-                    await self._commit_pass(opening, [])
-                return False
-            epoch, version = self._epoch, self.config.config_version
-        # Holds reserve the agents' capacity; an agent arbitrates between inboxes offering at once.
-        answers = await asyncio.gather(*(self._link.call(p.user_id, "hold", p.offer) for p in planned))
-        async with self._lock:
-            if not self._activated or self._epoch != epoch:
-                # Reloaded meanwhile: the new activation found the new conversations' messages in the store.
-                opening = []
-            again, held = False, []
-            for plan, answer in zip(planned, answers, strict=True):
-                if answer is None:
-                    # The hold may have been taken with its reply lost: release it (a no-op otherwise). The
-                    # agent is skipped for a while: the next pass offers to another one at once.
-                    self._link.tell(plan.user_id, "release", plan.offer_id, "rescinded")
-                    again = True
-                    continue
-                again |= self._link.update(answer["snapshot"])
-                if not answer["ok"]:
-                    continue
-                if (not self._activated or self._epoch != epoch or self._config is None
-                        or self.config.config_version != version or (plan.waiting.id > 0 and
-                                                                     self._txs.get(plan.waiting.id) != plan.waiting)):
-                    # The conversation moved on while the agents were asked (closed, transferred, reloaded).
-                    self._link.tell(plan.user_id, "release", plan.offer_id, "rescinded")
-                    again = True
-                    continue
-                held.append(plan)
-            if (held or opening) and self._config is not None:
-                await self._commit_pass(opening, held)
+        opening: list[PendingOpen] = []
+        try:
+            async with self._lock:
+                if not self._activated:
+                    return False
+                if self._config_stale:
+                    await self._reload_config()
+                if self._config is None:
+                    return False
+                opening = self._opens.take()
+                planned = plan_offers(self._routing_settings(), self._link.routing_view(self.config.members),
+                                      [*self._txs.values(), *(pending.state for pending in opening)], utcnow())
+                if not planned:
+                    if opening:
+                        await self._commit_pass(opening, [])
+                    return False
+                epoch, version = self._epoch, self.config.config_version
+            # Holds reserve the agents' capacity; an agent arbitrates between inboxes offering at once.
+            answers = await asyncio.gather(*(self._link.call(p.user_id, "hold", p.offer) for p in planned))
+            async with self._lock:
+                return await self._commit_held(opening, planned, answers, epoch, version)
+        finally:
+            # A pass that did not commit its new conversations leaves them to the next one (their messages are still
+            # unattached); one reloaded meanwhile has dropped them with the rest of its memory.
+            if self._opens.put_back(opening):
+                asyncio.get_running_loop().call_later(RETRY_OPENING_S, self.request_routing)
+
+    async def _commit_held(self, opening: list[PendingOpen], planned: list[PlannedOffer],
+                           answers: list[dict[str, Any] | None], epoch: int, version: int) -> bool:
+        """The agents answered the pass's holds (lock held): commit the new conversations and the offers still
+        valid, release the others. True when another pass is wanted."""
+        if not self._activated or self._epoch != epoch:
+            opening = []  # reloaded meanwhile: the new activation found the new conversations' messages in the store
+        again, held = False, []
+        for plan, answer in zip(planned, answers, strict=True):
+            if answer is None:
+                # The hold may have been taken with its reply lost: release it (a no-op otherwise). The
+                # agent is skipped for a while: the next pass offers to another one at once.
+                self._link.tell(plan.user_id, "release", plan.offer_id, "rescinded")
+                again = True
+                continue
+            again |= self._link.update(answer["snapshot"])
+            if not answer["ok"]:
+                continue
+            if (not self._activated or self._epoch != epoch or self._config is None
+                    or self.config.config_version != version
+                    or (plan.waiting.id > 0 and self._txs.get(plan.waiting.id) != plan.waiting)):
+                # The conversation moved on while the agents were asked (closed, transferred, reloaded).
+                self._link.tell(plan.user_id, "release", plan.offer_id, "rescinded")
+                again = True
+                continue
+            held.append(plan)
+        if (held or opening) and self._config is not None:
+            await self._commit_pass(opening, held)
         return again
 
     async def _commit_pass(self, opening: list[PendingOpen], held: list[PlannedOffer]) -> None:
@@ -117,13 +129,9 @@ class InboxRouting(InboxCore):
 
         try:
             ids = await self._write(statements)
-        except BaseException as failure:
+        except BaseException:
             for plan in held:
                 self._link.tell(plan.user_id, "release", plan.offer_id, "rescinded")
-            if opening and not isinstance(failure, repo.Fenced):
-                # Their messages are still unattached: a later pass opens them.
-                self._opens.put_back(opening)
-                asyncio.get_running_loop().call_later(RETRY_OPENING_S, self.request_routing)
             raise
         self._opens.landed(opening)
         for pending in opening:

@@ -84,11 +84,14 @@ class PendingOpens:
         for pending in opens:
             self._in_flight.pop(pending.state.customer_id, None)
 
-    def put_back(self, opens: Iterable[PendingOpen]) -> None:
-        """Their pass did not commit: the next one takes them again."""
+    def put_back(self, opens: Iterable[PendingOpen]) -> int:
+        """Those of them their pass did not commit: the next one takes them again. How many."""
+        back = 0
         for pending in opens:
-            if self._in_flight.pop(pending.state.customer_id, None) is pending:
-                self._waiting[pending.state.customer_id] = pending
+            if self._in_flight.get(pending.state.customer_id) is pending:
+                self._waiting[pending.state.customer_id] = self._in_flight.pop(pending.state.customer_id)
+                back += 1
+        return back
 
     def __len__(self) -> int:
         return len(self._waiting) + len(self._in_flight)

@@ -219,6 +219,49 @@ def test_accepting_a_conversation_this_inbox_opened_reads_nothing_and_shows_what
     asyncio.run(run())
 
 
+def test_a_new_conversation_whose_commit_failed_is_opened_by_a_later_pass(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The store refuses the pass's commit once (a lost connection): the conversation is not lost with it; the next
+    pass opens and offers it, once."""
+    url = _store_url("sqlite", tmp_path, request)
+    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key",
+                                                    inbox_sync_interval_s=3600))
+
+    async def run() -> None:
+        db = Database(url, pool_size=1)
+        org_id, user_id, inbox_id, _, _ = await _conversation(db)
+        agent = _HoldingAgent(user_id)
+        agent.let_go.set()
+        inbox = InboxActor(org_id, inbox_id, settings, _Agents(agent))  # type: ignore[arg-type]
+        try:
+            assert (await inbox.activate())["exists"]
+            customer_id, (opening,) = await _new_customer(db, org_id, inbox_id, "hello")
+            write, failed = inbox.db.write, []
+
+            async def fails_once(statements: Any) -> Any:
+                if not failed:
+                    failed.append(1)
+                    raise OSError("the store went away")
+                return await write(statements)
+
+            inbox.db.write = fails_once  # type: ignore[method-assign]
+            await inbox.ingest([_forwarded(opening, None)])
+
+            async def offered() -> bool:
+                return len(agent.published) == 1
+
+            await _until(offered, "the offer of the retried pass")
+            ((tx_id, state, offered_to, kinds, messages),) = await _conversations_of(db, customer_id)
+            assert failed == [1] and len(agent.held) == 2  # the first hold was released with the failed commit
+            assert (state, offered_to, kinds, messages) == ("offered", user_id, ["queued", "offered"], [opening.id])
+            assert agent.published[0]["transaction_id"] == tx_id and "release" in agent.calls
+        finally:
+            await _crash(inbox)
+            await db.dispose()
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_an_inbox_dying_while_an_offer_of_a_new_conversation_is_held_opens_it_once_when_restarted(
         tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
@@ -277,9 +320,9 @@ def test_pending_opens_keep_one_conversation_per_customer_until_their_pass_commi
     (taken,) = opens.take()
     assert taken is pending and opens.waiting == 0 and opens.of([7]) is pending  # in flight: still joined
     assert opens.take() == []
-    opens.put_back([pending])
+    assert opens.put_back([pending]) == 1 and opens.put_back([pending]) == 0
     assert opens.waiting == 1 and opens.take() == [pending]
     opens.landed([pending])
-    assert len(opens) == 0 and opens.of([7]) is None
+    assert len(opens) == 0 and opens.of([7]) is None and opens.put_back([pending]) == 0
     other = opens.add(1, 2, {**first, "id": 3, "customer_id": 8, "customer_ids": [8]}, sticky_agent=5, now=now)
     assert other.state.id != pending.state.id and other.state.sticky_agent == 5
