@@ -81,30 +81,37 @@ async def _offers_shown(db: Database, user_id: int) -> list[Any]:
             select(AgentEvent.payload).where(AgentEvent.user_id == user_id, AgentEvent.kind == "offer"))).all()]
 
 
-def _counting_writes(inbox: InboxActor) -> list[int]:
-    """The inbox's store transactions from now on, counted."""
-    writes: list[int] = []
-    write = inbox.db.write
+def _counting(inbox: InboxActor, step: str) -> list[int]:
+    """The inbox's store steps of one kind (`write`: transactions, `read`: read steps) from now on, counted."""
+    counted: list[int] = []
+    run = getattr(inbox.db, step)
 
-    async def counted(statements: Any) -> Any:
-        writes.append(1)
-        return await write(statements)
+    async def count(statements: Any) -> Any:
+        counted.append(1)
+        return await run(statements)
 
-    inbox.db.write = counted  # type: ignore[method-assign]
-    return writes
+    setattr(inbox.db, step, count)
+    return counted
 
 
-def _counting_reads(inbox: InboxActor) -> list[int]:
-    """The inbox's read steps from now on, counted."""
-    reads: list[int] = []
-    read = inbox.db.read
+def _store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[str, ActorSettings]:
+    """A fresh store and the actors' settings on it (no control pass during a test)."""
+    url = _store_url(backend, tmp_path, request)
+    return url, ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key",
+                                                     inbox_sync_interval_s=3600))
 
-    async def counted(step: Any) -> Any:
-        reads.append(1)
-        return await read(step)
 
-    inbox.db.read = counted  # type: ignore[method-assign]
-    return reads
+async def _live_inbox(db: Database, settings: ActorSettings, refuse: bool = False,
+                      let_go: bool = False) -> tuple[int, int, _HoldingAgent, InboxActor]:
+    """(organization, inbox, its agent, the inbox's actor activated): a round-robin inbox whose one agent holds
+    a conversation and has room for more."""
+    org_id, user_id, inbox_id, _, _ = await _conversation(db)
+    agent = _HoldingAgent(user_id, refuse=refuse)
+    if let_go:
+        agent.let_go.set()
+    inbox = InboxActor(org_id, inbox_id, settings, _Agents(agent))  # type: ignore[arg-type]
+    assert (await inbox.activate())["exists"]
+    return org_id, inbox_id, agent, inbox
 
 
 async def _until(check: Any, what: str) -> None:
@@ -123,19 +130,15 @@ def test_a_new_customer_is_opened_and_offered_in_one_commit_and_a_message_meanwh
     again. One commit then opens the conversation with both messages and, when the agent held it, its offer: on
     the agent's stream with the conversation's id, which the hold, asked before the row existed, did not have. An
     agent who refused leaves it queued for the next pass, still one commit."""
-    url = _store_url(backend, tmp_path, request)
-    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key",
-                                                    inbox_sync_interval_s=3600))
+    url, settings = _store(backend, tmp_path, request)
 
     async def run() -> None:
         db = Database(url, pool_size=1)
-        org_id, user_id, inbox_id, _, _ = await _conversation(db)
-        agent = _HoldingAgent(user_id, refuse=refused)
-        inbox = InboxActor(org_id, inbox_id, settings, _Agents(agent))  # type: ignore[arg-type]
+        org_id, inbox_id, agent, inbox = await _live_inbox(db, settings, refuse=refused)
+        user_id = agent.user_id
         try:
-            assert (await inbox.activate())["exists"]
             customer_id, (opening, follow_up) = await _new_customer(db, org_id, inbox_id, "hello", "are you there?")
-            writes = _counting_writes(inbox)
+            writes = _counting(inbox, "write")
             assert await inbox.ingest([_forwarded(opening, None)]) == {"attached": 0, "opening": 1}
             await asyncio.wait_for(agent.asked.wait(), 10)
             assert agent.held[0]["transaction_id"] is None  # no row yet: nothing is written before the commit
@@ -173,18 +176,13 @@ def test_accepting_a_conversation_this_inbox_opened_reads_nothing_and_shows_what
     """Every message of a conversation the inbox opened and no agent held yet came through the inbox: the accept's
     one commit shows the agent the conversation with its first message and each later one, and remembers the agent
     as the customer's sticky agent, with no read step before it."""
-    url = _store_url(backend, tmp_path, request)
-    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key",
-                                                    inbox_sync_interval_s=3600))
+    url, settings = _store(backend, tmp_path, request)
 
     async def run() -> None:
         db = Database(url, pool_size=1)
-        org_id, user_id, inbox_id, _, _ = await _conversation(db)
-        agent = _HoldingAgent(user_id)
-        agent.let_go.set()
-        inbox = InboxActor(org_id, inbox_id, settings, _Agents(agent))  # type: ignore[arg-type]
+        org_id, inbox_id, agent, inbox = await _live_inbox(db, settings, let_go=True)
+        user_id = agent.user_id
         try:
-            assert (await inbox.activate())["exists"]
             customer_id, (opening, while_offered, later) = await _new_customer(
                 db, org_id, inbox_id, "hello", "anyone?", "still there?")
             await inbox.ingest([_forwarded(opening, None)])
@@ -196,7 +194,7 @@ def test_accepting_a_conversation_this_inbox_opened_reads_nothing_and_shows_what
             tx_id = agent.published[0]["transaction_id"]
             for message in (while_offered, later):
                 assert await inbox.ingest([_forwarded(message, None)]) == {"attached": 1, "opening": 0}
-            writes, reads = _counting_writes(inbox), _counting_reads(inbox)
+            writes, reads = _counting(inbox, "write"), _counting(inbox, "read")
             accepted = await inbox.accept(tx_id, user_id)
             assert accepted["status"] == 200 and accepted["transaction"]["state"] == "assigned"
             assert (writes, reads) == ([1], [])
@@ -223,20 +221,16 @@ def test_a_new_conversation_whose_commit_failed_is_opened_by_a_later_pass(
         tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """The store refuses the pass's commit once (a lost connection): the conversation is not lost with it; the next
     pass opens and offers it, once."""
-    url = _store_url("sqlite", tmp_path, request)
-    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key",
-                                                    inbox_sync_interval_s=3600))
+    url, settings = _store("sqlite", tmp_path, request)
 
     async def run() -> None:
         db = Database(url, pool_size=1)
-        org_id, user_id, inbox_id, _, _ = await _conversation(db)
-        agent = _HoldingAgent(user_id)
-        agent.let_go.set()
-        inbox = InboxActor(org_id, inbox_id, settings, _Agents(agent))  # type: ignore[arg-type]
+        org_id, inbox_id, agent, inbox = await _live_inbox(db, settings, let_go=True)
+        user_id = agent.user_id
         try:
-            assert (await inbox.activate())["exists"]
             customer_id, (opening,) = await _new_customer(db, org_id, inbox_id, "hello")
-            write, failed = inbox.db.write, []
+            write = inbox.db.write
+            failed: list[int] = []
 
             async def fails_once(statements: Any) -> Any:
                 if not failed:
@@ -267,18 +261,14 @@ def test_an_inbox_dying_while_an_offer_of_a_new_conversation_is_held_opens_it_on
         tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     """Nothing of the conversation was written when the process died: its messages wait unattached in the store,
     and the restarted inbox opens one conversation with all of them."""
-    url = _store_url(backend, tmp_path, request)
-    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key",
-                                                    inbox_sync_interval_s=3600))
+    url, settings = _store(backend, tmp_path, request)
 
     async def run() -> None:
         db = Database(url, pool_size=1)
-        org_id, user_id, inbox_id, _, _ = await _conversation(db)
-        stuck = _HoldingAgent(user_id)
-        inbox = InboxActor(org_id, inbox_id, settings, _Agents(stuck))  # type: ignore[arg-type]
+        org_id, inbox_id, stuck, inbox = await _live_inbox(db, settings)
+        user_id = stuck.user_id
         restarted: InboxActor | None = None
         try:
-            assert (await inbox.activate())["exists"]
             customer_id, (opening, follow_up) = await _new_customer(db, org_id, inbox_id, "hello", "are you there?")
             await inbox.ingest([_forwarded(opening, None)])
             await asyncio.wait_for(stuck.asked.wait(), 10)
