@@ -144,8 +144,10 @@ class InboxRouting(InboxCore):
         for plan in held:
             tx_id = ids.get(plan.waiting.id, plan.waiting.id)
             waiting = self._txs[tx_id]
-            # Stamped with the commit's time, as the row's updated_at: the same after a reload.
-            offered = replace(plan.offered, id=tx_id, offered_at=now, customer=waiting.customer)
+            # Stamped with the commit's time, as the row's updated_at: the same after a reload. What came while the
+            # agent was asked (the customer's newest identity, their messages) is the conversation's as memory has it.
+            offered = replace(plan.offered, id=tx_id, offered_at=now, customer=waiting.customer,
+                              messages_known=waiting.messages_known, waited=waiting.waited)
             self._remember(offered)
             self._arm_timer(offered)
             self._link.tell(plan.user_id, "publish", {**plan.offer, "transaction_id": tx_id})

@@ -22,6 +22,7 @@ from config.settings import Settings
 from store.clock import utcnow
 from store.db import Database
 from store.tables import AgentEvent, Customer, InboundMessage, StickyAgent, Transaction, TransactionEvent
+from tests.test_agent_reads_inbox_commits import _stream
 from tests.test_close_while_delivering import _Agent, _Agents, _conversation, _crash, _forwarded, _message, _store_url
 
 
@@ -163,6 +164,12 @@ def test_a_new_customer_is_opened_and_offered_in_one_commit_and_a_message_meanwh
                 assert agent.published[0]["offer_id"] == agent.held[0]["offer_id"]
                 assert await _offers_shown(db, user_id) == [tx_id]
             assert inbox._txs[tx_id].state == state and len(inbox._opens) == 0
+            if not refused:
+                # Accepted: the agent is shown the conversation with both messages, the one that came while its
+                # offer was being held included.
+                assert (await inbox.accept(tx_id, user_id))["status"] == 200
+                assert [event for event in await _stream(db, user_id) if event[1] == tx_id] == [
+                    ("offer", tx_id, opening.id), ("assigned", tx_id, opening.id), ("message", tx_id, follow_up.id)]
         finally:
             await _crash(inbox)
             await db.dispose()
@@ -198,12 +205,8 @@ def test_accepting_a_conversation_this_inbox_opened_reads_nothing_and_shows_what
             accepted = await inbox.accept(tx_id, user_id)
             assert accepted["status"] == 200 and accepted["transaction"]["state"] == "assigned"
             assert (writes, reads) == ([1], [])
+            shown = await _stream(db, user_id)
             async with db.session() as session:
-                shown = [(kind, payload.get("transaction_id"),
-                          (payload.get("message") or payload.get("first_message") or {}).get("id"))
-                         for kind, payload in (await session.execute(
-                             select(AgentEvent.kind, AgentEvent.payload).where(AgentEvent.user_id == user_id)
-                             .order_by(AgentEvent.id))).all()]
                 sticky = await session.scalar(select(StickyAgent.user_id).where(
                     StickyAgent.inbox_id == inbox_id, StickyAgent.customer_id == customer_id))
             assert shown == [("offer", tx_id, opening.id), ("assigned", tx_id, opening.id),
