@@ -130,7 +130,7 @@ class InboxAnswers(InboxCore):
         sticky_customer: int | None = None
         if tx.messages_known and leaving is None and len(tx.waited) < repo.HAND_OVER_PAGE:
             # Every message it has came through this inbox: no read step (the sticky customer is found in the write).
-            unseen = [m for m in tx.waited if m["id"] != shown]
+            unseen = sorted((m for m in tx.waited if m["id"] != shown), key=lambda m: int(m["id"]))  # as stored
         else:
             sticky_customer, unseen = await self.db.read(read)
         # Only a conversation an agent holds (a transfer) has follow-ups attached meanwhile, by the intake.
