@@ -467,5 +467,5 @@ class InboxCore(StoreBackedActor):
     async def _ingest_stored(self) -> None:
         raise NotImplementedError  # actors.inbox_ingest.InboxIngest
 
-    async def _ingest_page(self, ids: list[int] | None, after_id: int = 0) -> tuple[int, int, int, int]:
+    async def _ingest_page(self, ids: list[int] | None, after_id: int = 0) -> tuple[int, int, int, int | None]:
         raise NotImplementedError  # actors.inbox_ingest.InboxIngest

@@ -115,17 +115,16 @@ class InboxIngest(InboxCore):
 
     async def _ingest_stored(self) -> None:
         """Take every unrouted message of the inbox, page after page (lock held)."""
-        after_id = 0
-        while True:
-            attached, opening, _, after_id = await self._ingest_page(None, after_id)
-            if attached + opening < INGEST_PAGE:
-                return
+        read_on: int | None = 0
+        while read_on is not None:
+            read_on = (await self._ingest_page(None, read_on))[3]
 
-    async def _ingest_page(self, ids: list[int] | None, after_id: int = 0) -> tuple[int, int, int, int]:
+    async def _ingest_page(self, ids: list[int] | None, after_id: int = 0) -> tuple[int, int, int, int | None]:
         """One step (lock held): attach the messages of open conversations in one commit; those of other customers
         join the conversation the next routing pass opens for them (`actors.pending_opens`), with no write here.
 
-        (messages attached, messages joining a conversation to open, new conversations to open, the last id read)."""
+        (messages attached, messages joining a conversation to open, new conversations to open, the id to read on
+        from when the page came back full, else None)."""
         now = utcnow()
         inbox_id, by_customer = self.inbox_id, dict(self._by_customer)  # the read step runs in another thread
         opening = self._opens.customers()
@@ -145,7 +144,7 @@ class InboxIngest(InboxCore):
 
         fresh, open_tx, sticky = await self.db.read(read)
         if not fresh:
-            return 0, 0, 0, after_id
+            return 0, 0, 0, None
         agents = self._agents_of(tx_id for tx_id in open_tx.values() if tx_id is not None)
         by_tx: dict[int, list[dict[str, Any]]] = {}
         for message in fresh:
@@ -173,7 +172,8 @@ class InboxIngest(InboxCore):
                 joining, opened = joining + 1, opened + 1
             elif pending.join(message):
                 joining += 1
-        return sum(map(len, by_tx.values())), joining, opened, int(fresh[-1]["id"])
+        full = ids is None and len(fresh) == INGEST_PAGE
+        return sum(map(len, by_tx.values())), joining, opened, int(fresh[-1]["id"]) if full else None
 
     def _agents_of(self, tx_ids: Iterable[int]) -> dict[int, int]:
         """The agent of each of these conversations that one holds: a message attached to it in a commit is shown on

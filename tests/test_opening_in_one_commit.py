@@ -299,6 +299,52 @@ def test_an_inbox_dying_while_an_offer_of_a_new_conversation_is_held_opens_it_on
     asyncio.run(run())
 
 
+def test_a_control_pass_reads_every_page_of_unrouted_messages_while_earlier_ones_wait_for_their_commit(
+        tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of three: the first page's messages wait, unattached, for the commit opening their conversations
+    (its offer is being held); a control pass reads on past them and finds a new customer's message on a later
+    page. Once the hold is answered, each customer has one conversation with all of their messages."""
+    from actors import inbox_ingest
+
+    monkeypatch.setattr(inbox_ingest, "INGEST_PAGE", 3)
+    url, settings = _store("sqlite", tmp_path, request)
+
+    async def run() -> None:
+        db = Database(url, pool_size=1)
+        org_id, inbox_id, agent, inbox = await _live_inbox(db, settings)
+        try:
+            first, waiting = await _new_customer(db, org_id, inbox_id, "one", "two", "three", "four")
+            async with inbox._lock:
+                await inbox._ingest_stored()
+            inbox.request_routing()
+            await asyncio.wait_for(agent.asked.wait(), 10)  # the pass holds the first customer's offer
+            async with db.session() as session:
+                late = Customer(org_id=org_id, wa_id="15550003333", name="Eve")
+                session.add(late)
+                await session.flush()
+                late_message = _message(org_id, inbox_id, late.id, "hi", None)
+                session.add(late_message)
+            async with inbox._lock:
+                await inbox._ingest_stored()  # as the control loop does: four waiting, then the new one
+            assert inbox._opens.of([late.id]) is not None
+            inbox.request_routing()
+            agent.let_go.set()
+
+            async def both_open() -> bool:
+                return all([await _conversations_of(db, c) for c in (first, late.id)])
+
+            await _until(both_open, "both conversations opened")
+            (opened,) = await _conversations_of(db, first)
+            assert opened[4] == [m.id for m in waiting]
+            (later,) = await _conversations_of(db, late.id)
+            assert later[4] == [late_message.id]
+        finally:
+            await _crash(inbox)
+            await db.dispose()
+
+    asyncio.run(run())
+
+
 def test_pending_opens_keep_one_conversation_per_customer_until_their_pass_commits_or_gives_them_back() -> None:
     opens = PendingOpens()
     now = utcnow()
