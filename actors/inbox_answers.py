@@ -151,10 +151,11 @@ class InboxAnswers(InboxCore):
             streams.append_to_streams(connection, org_id, on_streams, now)
             if leaving is not None:
                 streams.chat_ended(connection, leaving, now)
-            if leaving is None and len(unseen) < repo.HAND_OVER_PAGE:
-                return set()  # under the lock, nothing else attaches to a conversation no agent holds
-            # Not on this agent's stream yet: a long wait's messages past the read's page, and in a transfer the
-            # follow-ups the intake attached (and showed the agent it leaves) since the read.
+            if sticky_customer is not None and leaving is None and len(unseen) < repo.HAND_OVER_PAGE:
+                return set()  # read under the lock, and nothing else attaches to a conversation no agent holds
+            # Not on this agent's stream yet: a long wait's messages past the read's page, in a transfer the
+            # follow-ups the intake attached (and showed the agent it leaves) since the read, and, shown from memory,
+            # any the store holds that memory did not (checked in this transaction: one indexed query, no read step).
             return repo.attached_ids(connection, inbox_id, tx.id) - handed
 
         attached_since = await self._write(statements)
