@@ -106,6 +106,14 @@ class InboxRouting(InboxCore):
         to_open = [(pending.row, offer_of[pending.state.id].offered if pending.state.id in offer_of else pending.state,
                     pending.state, [m["id"] for m in pending.messages]) for pending in opening]
 
+        def row_id(plan: PlannedOffer, ids: dict[int, int]) -> int:
+            # The conversation's id: the row the commit inserted for one it opened, else its own.
+            return ids.get(plan.waiting.id, plan.waiting.id)
+
+        def shown(plan: PlannedOffer, ids: dict[int, int]) -> dict[str, Any]:
+            """The offer as its agent is shown it: with its conversation's id."""
+            return {**plan.offer, "transaction_id": row_id(plan, ids)}
+
         def statements(connection: Connection) -> dict[int, int]:
             ids: dict[int, int] = {}  # provisional id -> the row's
             for row, state, queued, message_ids in to_open:
@@ -115,16 +123,14 @@ class InboxRouting(InboxCore):
                                            customer=queued.customer_id)
                 repo.attach_unattached(connection, tx_id, message_ids)
             for plan in held:
-                tx_id = ids.get(plan.waiting.id, plan.waiting.id)
-                if tx_id == plan.waiting.id:
-                    repo.save_transaction(connection, tx_id, plan.offered.columns(now))
-                repo.add_transaction_event(connection, tx_id, "offered", plan.user_id, now, **plan.detail)
+                if plan.waiting.id not in ids:
+                    repo.save_transaction(connection, plan.waiting.id, plan.offered.columns(now))
+                repo.add_transaction_event(connection, row_id(plan, ids), "offered", plan.user_id, now, **plan.detail)
             if new_pointer:
                 repo.save_rotation_pointer(connection, inbox_id, pointer)
             # Each agent's stream shows its offer from this commit: the agent writes nothing for it.
-            streams.append_to_streams(connection, org_id, [
-                (plan.user_id, "offer", {**plan.offer, "transaction_id": ids.get(plan.waiting.id, plan.waiting.id)})
-                for plan in held], now)
+            streams.append_to_streams(connection, org_id, [(plan.user_id, "offer", shown(plan, ids)) for plan in held],
+                                      now)
             return ids
 
         try:
@@ -142,7 +148,7 @@ class InboxRouting(InboxCore):
         if pointer is not None:
             self.config.rotation_pointer = pointer
         for plan in held:
-            tx_id = ids.get(plan.waiting.id, plan.waiting.id)
+            tx_id = row_id(plan, ids)
             waiting = self._txs[tx_id]
             # Stamped with the commit's time, as the row's updated_at: the same after a reload. What came while the
             # agent was asked (the customer's newest identity, their messages) is the conversation's as memory has it.
@@ -150,7 +156,7 @@ class InboxRouting(InboxCore):
                               messages_known=waiting.messages_known, waited=waiting.waited)
             self._remember(offered)
             self._arm_timer(offered)
-            self._link.tell(plan.user_id, "publish", {**plan.offer, "transaction_id": tx_id})
+            self._link.tell(plan.user_id, "publish", shown(plan, ids))
             inbox_metrics.offer_made(self.org_id, self.inbox_id, waiting, offered)
 
     def request_routing(self) -> None:
