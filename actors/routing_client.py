@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 _FORWARD_ATTEMPTS = 12
 # How often the gateway looks for inboxes with messages no actor attached.
 _RECOVERY_INTERVAL_S = 10.0
+# How long creating an inbox waits for its actor to run. A busy cluster may take longer to start a process: the
+# inbox is created all the same, and its actor goes on starting (its first message finds it).
+_ACTIVATION_AT_CREATION_S = 10.0
 
 
 class RoutingClient:
@@ -190,10 +193,10 @@ class RoutingClient:
     async def inbox_created(self, org_id: int, inbox_id: int) -> None:
         """Start the new inbox's actor now, so its first customer does not wait for a process to start."""
         try:
-            await self.directory.inbox(org_id, inbox_id).activate()
-        except ActorUnavailable as exc:
+            await asyncio.wait_for(self.directory.inbox(org_id, inbox_id).activate(), _ACTIVATION_AT_CREATION_S)
+        except (ActorUnavailable, TimeoutError) as exc:
             # The first message (or the recovery loop) activates it.
-            log.warning("inbox %s:%s not activated at creation: %s", org_id, inbox_id, exc)
+            log.warning("inbox %s:%s not activated at creation: %r", org_id, inbox_id, exc)
 
     async def inboxes_changed(self, org_id: int, inbox_ids: list[int]) -> None:
         for inbox_id in sorted(set(inbox_ids)):

@@ -318,7 +318,7 @@ class Scenario:
         return {t["id"] for t in self.transactions() if t["customer"]["wa_id"] == customer}
 
     def tx_of(self, customer: str, inbox_id: int | None = None, state: str | None = None,
-              exclude: set[int] | None = None) -> dict[str, Any]:
+              exclude: set[int] | None = None, timeout: float = 15.0) -> dict[str, Any]:
         """The customer's newest transaction (other than `exclude`), once it exists."""
         def find() -> dict[str, Any] | None:
             query: dict[str, Any] = {}
@@ -330,17 +330,19 @@ class Scenario:
                     if t["customer"]["wa_id"] == customer and t["id"] not in (exclude or set())]
             return rows[-1] if rows else None
 
-        found: dict[str, Any] = eventually(find, what=f"a transaction of {customer}")
+        found: dict[str, Any] = eventually(find, timeout=timeout, what=f"a transaction of {customer}")
         return found
 
-    def wait_state(self, tx_id: int, state: str, offered_to: int | None = None) -> dict[str, Any]:
+    def wait_state(self, tx_id: int, state: str, offered_to: int | None = None,
+                   timeout: float = 15.0) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             tx = self.tx(tx_id)
             if tx["state"] == state and (offered_to is None or tx["offered_to"] == offered_to):
                 return tx
             return None
 
-        found: dict[str, Any] = eventually(check, what=f"transaction {tx_id} {state} (offered to {offered_to})")
+        found: dict[str, Any] = eventually(check, timeout=timeout,
+                                           what=f"transaction {tx_id} {state} (offered to {offered_to})")
         return found
 
     def wait_trail(self, tx_id: int, kind: str, count: int = 1) -> list[tuple[str, int | None]]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any, cast
+
 import pytest
 import ray
 
@@ -20,3 +24,25 @@ def test_a_created_inbox_has_its_actor_running_when_the_answer_arrives(gateway: 
     actor = ray.get_actor(inbox_actor_name(org.id, created["id"]), namespace=gateway.namespace)
     state = ray.get(actor.ping.remote(), timeout=10)
     assert state["inbox_id"] == created["id"] and state["activated"] is True
+
+
+def test_creating_an_inbox_waits_for_its_actor_only_so_long(monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A cluster too busy to start the actor in time: the inbox is created all the same (its first message, or the
+    recovery loop, finds the actor once it runs), and the operator's log says so."""
+    from actors import routing_client
+
+    class StartingInbox:
+        async def activate(self) -> None:
+            await asyncio.sleep(3600)  # a process that does not come up
+
+    class Directory:
+        def inbox(self, org_id: int, inbox_id: int) -> StartingInbox:
+            return StartingInbox()
+
+    monkeypatch.setattr(routing_client, "_ACTIVATION_AT_CREATION_S", 0.2)
+    client = routing_client.RoutingClient(cast(Any, Directory()), cast(Any, None))
+    began = time.monotonic()
+    asyncio.run(client.inbox_created(3, 7))
+    assert time.monotonic() - began < 5
+    assert "inbox 3:7 not activated at creation" in caplog.text

@@ -44,23 +44,25 @@ def _figures(number: str) -> Callable[[Samples], dict[str, float]]:
 def test_replies_sent_retried_and_failed_show_by_metas_error_code_and_the_outbox_waiting(sc: Scenario) -> None:
     agent, tx_id = _conversation(sc)
     figures = _figures(sc.org.numbers[0])
-    # Meta accepts but answers after the sender's timeout (2 s): the reply waits in the outbox meanwhile, then is
-    # retried with the same key (a transport failure: Meta never answered in time) and sent once.
-    inject(sc, {"delay_s": 3.0})
-    reply(sc, agent, tx_id, "slowly")
-    eventually(lambda: figures(exported(sc.org.id))["waiting"] == 1, timeout=10, interval=0.2,
-               what="the reply waiting in the outbox on the export")
-    wait_states(sc, tx_id, {"accepted", "sent", "delivered", "read"}, count=1)
+    # Meta accepts but answers after the sender's timeout (2 s): each reply waits in the outbox meanwhile, then is
+    # retried with the same key (a transport failure: Meta never answered in time) and sent once. Three such
+    # replies keep the outbox waiting for over 6 s, so that even a loaded machine's export shows it.
+    inject(sc, *[{"delay_s": 3.0}] * 3)
+    for text in ("slowly", "slowly again", "slowly once more"):
+        reply(sc, agent, tx_id, text)
+    eventually(lambda: figures(exported(sc.org.id))["waiting"] >= 1, timeout=20, interval=0.2,
+               what="the replies waiting in the outbox on the export")
+    wait_states(sc, tx_id, {"accepted", "sent", "delivered", "read"}, count=3)
     # A 503 (Meta's code 2, transient): one retry, then sent.
     inject(sc, {"http_status": 503, "code": 2})
     reply(sc, agent, tx_id, "after one retry")
-    wait_states(sc, tx_id, {"accepted", "sent", "delivered", "read"}, count=2)
+    wait_states(sc, tx_id, {"accepted", "sent", "delivered", "read"}, count=4)
     # Undeliverable (131026, permanent): failed at once.
     inject(sc, {"http_status": 400, "code": 131026, "message": "Message undeliverable"})
     reply(sc, agent, tx_id, "into the void")
-    rows = wait_states(sc, tx_id, {"accepted", "sent", "delivered", "read", "failed"}, count=3)
+    rows = wait_states(sc, tx_id, {"accepted", "sent", "delivered", "read", "failed"}, count=5)
     assert [row["state"] == "failed" for row in rows].count(True) == 1
-    settled(sc.org.id, figures, {"sent": 2, "retries": 2, "retries transport": 1, "retries 2": 1, "failed": 1,
+    settled(sc.org.id, figures, {"sent": 4, "retries": 4, "retries transport": 3, "retries 2": 1, "failed": 1,
                                  "failed 131026": 1, "waiting": 0})
 
 
