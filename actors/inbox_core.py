@@ -1,9 +1,10 @@
-"""The inbox actor's core: its state, activation from the store, the fencing epoch, the control loop, the
-offer timers and the events agents and configuration changes send it.
+"""The inbox actor's core: its state, activation from the store, the fencing epoch, the control loop and the
+offer timers.
 
 The behaviour around it lives beside it, each in its own module: `actors.inbox_ingest` (messages in),
-`actors.inbox_routing` (a routing pass), `actors.inbox_answers` (the agents' and supervisors' actions);
-`actors.inbox_actor` composes them into the deployed class.
+`actors.inbox_routing` (a routing pass), `actors.inbox_answers` (the agents' and supervisors' actions),
+`actors.inbox_events` (what agents and configuration changes tell it); `actors.inbox_actor` composes them into
+the deployed class.
 
 Every step is: decide (pure) → commit ONE store transaction → change memory → tell agents. The
 store is the single truth: an activation (first call, a restart, or after being fenced) reloads it,
@@ -371,71 +372,6 @@ class InboxCore(StoreBackedActor):
         # pass; an API caller waits for it once the lock is released.
         self._after_step(self._link.tell(user_id, "release", offer_id, kind))
 
-    # ------------------------------------------------------------------ events from agents and config
-
-    async def agent_changed(self, snapshot: dict[str, Any]) -> None:
-        """An agent of this inbox changed presence or capacity: refresh it and route what waits.
-
-        A push that only repeats what an answer of the agent already told us is no new event.
-        Snapshots carry (epoch, sequence): an older one that overtakes a newer one is ignored.
-        """
-        if not await self._ensure_active():
-            return
-        if self._config is not None and self._link.update(snapshot):
-            self.request_routing()
-
-    async def agent_withdrew(self, user_id: int, offer_id: str) -> None:
-        """The agent went away or offline while holding our offer: rescind it and reroute at once (idempotent)."""
-        if not await self._ensure_active():
-            return
-        async with self._lock:
-            if not self._activated:
-                return
-            tx = next((t for t in self._txs.values() if t.offer_id == offer_id), None)
-            if tx is not None and tx.state == "offered" and tx.offered_to == user_id:
-                try:
-                    await self._end_offer(tx, "rescinded", count_as_tried=False, reason="agent unavailable")
-                    self.request_routing()
-                except repo.Fenced:
-                    self._fenced()
-
-    async def config_changed(self) -> dict[str, Any]:
-        """Mode, agents, proficiency or timers were edited: apply live, keeping queued and offered work.
-
-        Only a hint: the control loop finds the new configuration version in the store anyway.
-        """
-        if not await self._ensure_active():
-            return {"inbox_id": self.inbox_id, "exists": False}
-        async with self._lock:
-            if self._activated:
-                try:
-                    await self._reload_config()
-                    self.request_routing()
-                except repo.Fenced:
-                    self._fenced()
-        return {"inbox_id": self.inbox_id, "exists": self._config is not None, "open": len(self._txs)}
-
-    async def _reload_config(self) -> None:
-        """Reload the configuration (lock held); offers to agents no longer in the inbox are rescinded."""
-        async with self.db.session() as session:
-            config = await repo.load_inbox_config(session, self.inbox_id)
-            if config is None:
-                return
-            agents = await repo.load_agent_snapshots(session, config.members)
-        joined = set(config.members) - set(self._config.members if self._config is not None else ())
-        self._config_stale = False
-        self._config = config
-        self._link.load(frozenset(config.members), agents)
-        for user_id in joined:
-            # A new member at work pushes its snapshots here from now on (it caches the inboxes it serves);
-            # an offline one is left asleep and reads them when it next starts or changes presence.
-            if self._link.status_of(user_id) not in (None, "offline"):
-                self._link.tell(user_id, "resync")
-        for tx in list(self._txs.values()):
-            membership = config.members.get(tx.offered_to) if tx.offered_to is not None else None
-            if tx.state == "offered" and (membership is None or not membership[1]):
-                await self._end_offer(tx, "rescinded", count_as_tried=False, reason="agent left the inbox")
-
     # ------------------------------------------------------------------ store and agents
 
     async def _save(self, tx: TxState, event: str, agent_id: int | None, *, leaving: int | None = None,
@@ -466,6 +402,9 @@ class InboxCore(StoreBackedActor):
 
     async def _ingest_stored(self) -> None:
         raise NotImplementedError  # actors.inbox_ingest.InboxIngest
+
+    async def _reload_config(self) -> None:
+        raise NotImplementedError  # actors.inbox_events.InboxEvents
 
     async def _ingest_page(self, ids: list[int] | None, after_id: int = 0) -> tuple[int, int, int, int | None]:
         raise NotImplementedError  # actors.inbox_ingest.InboxIngest
