@@ -28,7 +28,15 @@ from actors.directory import Directory
 from actors.event_signal import EventSignal
 from actors.mailbox import Mailbox
 from config.actor_settings import ActorSettings
-from store.agent_store import AgentStore, StoredEvent, StoredOffer, is_postgres, open_agent_store
+from store.agent_store import (
+    AgentStore,
+    LinkedEvent,
+    StoredEvent,
+    StoredOffer,
+    is_postgres,
+    open_agent_store,
+    told_rows,
+)
 from store.clock import utcnow
 from store.errors import StoreUnavailable
 
@@ -320,6 +328,17 @@ class AgentCore(StoreBackedActor):
         if rows:
             self._known_id = rows[-1].id
             self._signal.notify()
+
+    async def _take_told(self, told: list[LinkedEvent] | None) -> bool:
+        """What another actor's commit appended to the stream, as it told it (the step lock held): taken without a
+        read when it follows the newest event known; otherwise (a tell before it still on its way, or lost, or
+        nothing told) the stream is read. Whether it was read."""
+        rows = told_rows(told, self._last_known_id()) if told else None
+        if rows is None:
+            await self._catch_up()
+            return True
+        self._absorb(rows)
+        return False
 
     async def _catch_up(self) -> None:
         """Read what other writers appended to the stream since the newest event known (the step lock held)."""

@@ -25,6 +25,7 @@ from routing import AgentSnapshot
 
 if TYPE_CHECKING:
     from store import routing_repo as repo
+    from store.agent_store import LinkedEvent
 else:
     repo = lazy_module("store.routing_repo")  # see actors.lazy_store
 
@@ -45,8 +46,8 @@ def _version(snapshot: dict[str, Any] | None) -> tuple[int, ...]:
 
 
 def _join_deliveries(queued: tuple[Any, ...], newer: tuple[Any, ...]) -> tuple[Any, ...]:
-    inbox_id, deliveries = queued
-    return inbox_id, deliveries + newer[1]
+    inbox_id, deliveries, told = queued
+    return inbox_id, deliveries + newer[1], ((told or []) + (newer[2] or [])) or None
 
 
 class AgentLink:
@@ -156,11 +157,12 @@ class AgentLink:
             await asyncio.wait_for(asyncio.gather(*(asyncio.shield(a) for a in waiting), return_exceptions=True),
                                    max(waiting.values()) - now)
 
-    def deliver(self, user_id: int, transaction_id: int, messages: list[dict[str, Any]]) -> asyncio.Future[Any]:
-        """Customer messages for the agent's active transaction; deliveries waiting behind a call on the
-        wire go to the agent together, in one call and one commit of its events. The answer resolves once the
-        agent's stream shows them (committed)."""
-        return self._mailbox(user_id).post("deliver", self._inbox_id, [(transaction_id, messages)],
+    def deliver(self, user_id: int, transaction_id: int, messages: list[dict[str, Any]],
+                told: list[LinkedEvent] | None = None) -> asyncio.Future[Any]:
+        """Customer messages for the agent's active transaction (`told`: the events of those a commit showed on its
+        stream already, as stored); deliveries waiting behind a call on the wire go to the agent together, in one
+        call and one commit of its events. The answer resolves once the agent's stream shows them (committed)."""
+        return self._mailbox(user_id).post("deliver", self._inbox_id, [(transaction_id, messages)], told,
                                            merge=_join_deliveries)
 
     async def wait_for_answers(self, answers: list[asyncio.Future[Any]]) -> None:

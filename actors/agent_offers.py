@@ -20,6 +20,7 @@ from typing import Any
 
 from actors.agent_core import AgentCore, Hold, log, remember, rescinded, stored_offer
 from routing.presence import after_missed_offer, missed_reason
+from store.agent_store import LinkedEvent
 from store.clock import utcnow
 
 # After `expires_at` the inbox's own timer normally ends the offer; the agent's lapse waits a little
@@ -69,18 +70,23 @@ class AgentOffers(AgentCore):
             return f"agent is at capacity ({self._load_count()}/{self.max_concurrent})"
         return None
 
-    async def publish(self, offer: dict[str, Any]) -> dict[str, Any]:
-        """The inbox committed the offer, and with it the offer's event on the stream: the hold is shown (a read,
-        not a write; idempotent on the offer id). A hold that lapsed before this came has its offer withdrawn."""
+    async def publish(self, offer: dict[str, Any], told: list[LinkedEvent] | None = None) -> dict[str, Any]:
+        """The inbox committed the offer, and with it the offer's event on the stream (`told`: as its commit stored
+        it): the hold is shown (no write; idempotent on the offer id). A hold that lapsed before this came has its
+        offer withdrawn."""
         await self._ensure_active()
         async with self._step_lock:
-            await self._catch_up()
+            await self._take_told(told)
             offer_id = offer["offer_id"]
             hold = self.holds.get(offer_id)
             if hold is not None:
                 hold.offer = offer
                 hold.published = True
-            elif self._shown_ringing(offer_id):
+                return self.snapshot()
+            # The hold lapsed: what the stream shows of the offer now decides, so its newest events are read (the
+            # inbox may have committed the offer's end after the told commit).
+            await self._catch_up()
+            if self._shown_ringing(offer_id):
                 await self._commit(events=[("offer_rescinded", rescinded(offer, "expired"))])
             return self.snapshot()
 
@@ -94,7 +100,9 @@ class AgentOffers(AgentCore):
 
     async def confirm(self, offer_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         """The inbox committed the assignment (accepted, claimed or transferred) and, with it, the assignment's
-        event on the stream (`store.agent_streams`): the hold becomes active work. A read, not a write.
+        event on the stream (`store.agent_streams`): the hold becomes active work. A read, not a write: whether the
+        conversation is still open needs the stream's newest events (a confirm late under load may come after the
+        close committed), which no teller's events can promise.
 
         The stream is the truth: a hold that lapsed meanwhile does not stop it, and a conversation the stream shows
         ended since (a retried confirm coming after the close) is not taken on again.
@@ -148,14 +156,16 @@ class AgentOffers(AgentCore):
         self._notify_inboxes(answered=hold.inbox_id)
         return self.snapshot()
 
-    async def end(self, transaction_id: int, reason: str, at: str | None = None) -> dict[str, Any]:
+    async def end(self, transaction_id: int, reason: str, at: str | None = None,
+                  told: list[LinkedEvent] | None = None) -> dict[str, Any]:
         """Closed or transferred away: capacity frees and the idle clock starts at `at` (idempotent).
 
-        The inbox's commit wrote the event on the stream and the idle clock's start (`store.agent_streams`): the
-        agent reads it, and writes only what the stream lacks (a caller that did not write it: no `at`)."""
+        The inbox's commit wrote the event on the stream and the idle clock's start (`store.agent_streams`; `told`:
+        the event as it stored it): the agent takes it, and writes only what the stream lacks (a caller that did not
+        write it: no `at`)."""
         await self._ensure_active()
         async with self._step_lock:
-            await self._catch_up()
+            await self._take_told(told)
             ended_at = datetime.fromisoformat(at) if at else utcnow()
             inbox_id = self.active.get(transaction_id, self._shown_open.get(transaction_id))
             if transaction_id in self._shown_open and inbox_id is not None:
@@ -171,15 +181,21 @@ class AgentOffers(AgentCore):
         self._notify_inboxes(answered=inbox_id)
         return self.snapshot()
 
-    async def deliver(self, inbox_id: int, deliveries: list[tuple[int, list[dict[str, Any]]]]) -> None:
+    async def deliver(self, inbox_id: int, deliveries: list[tuple[int, list[dict[str, Any]]]],
+                      told: list[LinkedEvent] | None = None) -> None:
         """New customer messages of active transactions, (transaction id, its messages) in order, in one
         commit; a message already delivered with its transaction is skipped, and so is one the store no longer
-        shows attached to it (the conversation's close handed it on before this commit)."""
+        shows attached to it (the conversation's close handed it on before this commit). `told`: the events of
+        those a commit (the intake's, the inbox's) showed on the stream already, as it stored them."""
         await self._ensure_active()
         async with self._step_lock:
-            if any((int(tx_id), int(m["id"])) not in self._delivered
-                   for tx_id, messages in deliveries for m in messages):
-                # Follow-ups the gateway showed at intake are on the stream already: a read, not a commit.
+            def undelivered() -> bool:
+                return any((int(tx_id), int(m["id"])) not in self._delivered
+                           for tx_id, messages in deliveries for m in messages)
+
+            # Follow-ups a commit showed are on the stream already: taken as told, else read; not written. Any not
+            # told may be on the stream too (a commit whose tell is still on its way): read before writing them.
+            if undelivered() and not await self._take_told(told) and undelivered():
                 await self._catch_up()
             # (transaction, message id) -> message, in order
             fresh: dict[tuple[int, int], dict[str, Any]] = {}

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from store.agent_store import Told
+
 
 class InboxAnswers(InboxCore):
     """API actions as locked steps; the agents' answers their callers wait for come after the lock."""
@@ -92,7 +94,7 @@ class InboxAnswers(InboxCore):
             await self._end_offer(tx, "missed")
             self.request_routing()
             return refuse(409, "the offer expired")
-        assigned = await self._assign(tx, user_id, "accepted", offer_id=tx.offer_id)
+        assigned, _ = await self._assign(tx, user_id, "accepted", offer_id=tx.offer_id)
         self._confirm(user_id, tx.offer_id, assigned, "accepted")
         inbox_metrics.offer_accepted(self.org_id, self.inbox_id, tx, assigned)
         # No longer holding an offer, the agent may take more work if under capacity. The pass runs
@@ -111,8 +113,9 @@ class InboxAnswers(InboxCore):
         return done(self._txs[tx.id])
 
     async def _assign(self, tx: TxState, user_id: int, kind: str, *, offer_id: str, leaving: int | None = None,
-                      **detail: Any) -> TxState:
-        """One step: the transaction is the agent's; they become the customer's sticky agent here.
+                      **detail: Any) -> tuple[TxState, Told]:
+        """One step: the transaction is the agent's; they become the customer's sticky agent here. (It as assigned,
+        what the commit appended to the agents' streams.)
 
         The agent's stream shows it in the same commit, with its first message and the messages that came while it
         was queued or offered (`store.agent_streams`): the agent reads them when confirmed and writes nothing. The
@@ -141,29 +144,29 @@ class InboxAnswers(InboxCore):
         if leaving is not None:
             on_streams.append(streams.work_ended(leaving, tx.id, inbox_id, "transferred"))
 
-        def statements(connection: Connection) -> set[int]:
+        def statements(connection: Connection) -> tuple[set[int], Told]:
             repo.save_transaction(connection, tx.id, assigned.columns(now))
             if sticky_customer is None:
                 repo.remember_sticky_agent_of(connection, inbox_id, tx.customer_id, user_id)
             else:
                 repo.remember_sticky_agent(connection, inbox_id, sticky_customer, user_id)
             repo.add_transaction_event(connection, tx.id, kind, user_id, now, offer_id=offer_id, **detail)
-            streams.append_to_streams(connection, org_id, on_streams, now)
+            told = streams.append_to_streams(connection, org_id, on_streams, now)
             if leaving is not None:
                 streams.chat_ended(connection, leaving, now)
             if sticky_customer is not None and leaving is None and len(unseen) < repo.HAND_OVER_PAGE:
-                return set()  # read under the lock, and nothing else attaches to a conversation no agent holds
+                return set(), told  # read under the lock, and nothing else attaches to a conversation no agent holds
             # Not on this agent's stream yet: a long wait's messages past the read's page, in a transfer the
             # follow-ups the intake attached (and showed the agent it leaves) since the read, and, shown from memory,
             # any the store holds that memory did not (checked in this transaction: one indexed query, no read step).
-            return repo.attached_ids(connection, inbox_id, tx.id) - handed
+            return repo.attached_ids(connection, inbox_id, tx.id) - handed, told
 
-        attached_since = await self._write(statements)
+        attached_since, told = await self._write(statements)
         self._cancel_timer(tx.id)
         self._remember(assigned)
         if attached_since:
             await self._hand_over([tx.id])  # the agent writes what its stream lacks
-        return assigned
+        return assigned, told
 
     def _confirm(self, user_id: int, offer_id: str, tx: TxState, kind: str) -> None:
         """Tell the agent its assignment, which its stream shows already; the caller answers once the agent has it."""
@@ -204,7 +207,8 @@ class InboxAnswers(InboxCore):
         previous_agent = tx.agent_id if tx.state == "assigned" else None
         previous_offer = (tx.offered_to, tx.offer_id) if tx.state == "offered" else None
         try:
-            assigned = await self._assign(tx, user_id, kind, offer_id=offer_id, leaving=previous_agent, **detail)
+            assigned, told = await self._assign(tx, user_id, kind, offer_id=offer_id, leaving=previous_agent,
+                                                **detail)
         except BaseException:
             self._link.tell(user_id, "release", offer_id, "rescinded")
             raise
@@ -213,7 +217,7 @@ class InboxAnswers(InboxCore):
         if previous_agent is not None:
             assert assigned.assigned_at is not None
             self._after_step(self._link.tell(previous_agent, "end", tx.id, "transferred",
-                                             assigned.assigned_at.isoformat()))
+                                             assigned.assigned_at.isoformat(), streams.told_to(told, previous_agent)))
         self._confirm(user_id, offer_id, assigned, kind)
         return done(assigned)
 
@@ -232,7 +236,7 @@ class InboxAnswers(InboxCore):
         unshown = list(self._delivering.get(tx.id, {})) if held else []
         agent_id = tx.agent_id
 
-        def statements(connection: Connection) -> list[int]:
+        def statements(connection: Connection) -> tuple[list[int], Told]:
             # A follow-up stored before this commit is on the agent's stream before its close (attached and shown
             # at intake); one stored after it opens the customer's next conversation, as does one handed over
             # whose delivery the agent never answered.
@@ -242,15 +246,16 @@ class InboxAnswers(InboxCore):
                 if unshown and agent_id is not None else []
             if held and agent_id is not None:
                 # The agent's stream shows the close with it; the agent writes nothing for it.
-                streams.work_left(connection, org_id, agent_id, tx.id, inbox_id, "closed", now)
-            return handed
+                return handed, streams.work_left(connection, org_id, agent_id, tx.id, inbox_id, "closed", now)
+            return handed, {}
 
-        handed_back = await self._write(statements)
+        handed_back, told = await self._write(statements)
         self._forget(tx)
         if handed_back:
             await self._ingest_page(handed_back)
         if held and agent_id is not None:
-            self._after_step(self._link.tell(agent_id, "end", tx.id, "closed", now.isoformat()))
+            self._after_step(self._link.tell(agent_id, "end", tx.id, "closed", now.isoformat(),
+                                             streams.told_to(told, agent_id)))
         if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:
             self._link.tell(tx.offered_to, "release", tx.offer_id, "rescinded")
         self.request_routing()
@@ -273,14 +278,15 @@ class InboxAnswers(InboxCore):
             return answer
         else:
             queued = tx.back_to_queue(previous)
-            at = await self._save(queued, "transferred", None, leaving=previous, from_agent=previous, to_queue=True,
-                                  by=by_user_id)
+            at, told = await self._save(queued, "transferred", None, leaving=previous, from_agent=previous,
+                                        to_queue=True, by=by_user_id)
             self._cancel_timer(tx.id)
             self._remember(queued)
             if tx.state == "offered" and tx.offered_to is not None and tx.offer_id is not None:
                 self._link.tell(tx.offered_to, "release", tx.offer_id, "rescinded")
             if previous is not None:
-                self._after_step(self._link.tell(previous, "end", tx.id, "transferred", at.isoformat()))
+                self._after_step(self._link.tell(previous, "end", tx.id, "transferred", at.isoformat(),
+                                                 streams.told_to(told, previous)))
         self.request_routing()
         return done(queued)
 

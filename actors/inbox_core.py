@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from store import agent_streams as streams
     from store import routing_repo as repo
+    from store.agent_store import Told
 else:
     # Loaded at the inbox's activation: an agent's process loads this class to call inboxes (`actors.lazy_store`).
     repo = lazy_module("store.routing_repo")
@@ -269,10 +270,11 @@ class InboxCore(StoreBackedActor):
             self._absorb_attached(pages)
             tx_ids = [tx_id for tx_id, page in pages.items() if len(page) == repo.HAND_OVER_PAGE]
 
-    def _absorb_attached(self, by_tx: dict[int, list[dict[str, Any]]], on_stream: bool = False) -> None:
+    def _absorb_attached(self, by_tx: dict[int, list[dict[str, Any]]], on_stream: bool = False,
+                         told: Told | None = None) -> None:
         """After the commit: each conversation shows its customer's newest identity, and its agent gets the messages.
         `on_stream`: shown on the agent's stream by the commit that attached them (the gateway's intake, or this
-        inbox's): the agent is only told (they count as shown already)."""
+        inbox's): the agent is only told (they count as shown already), with their events as stored (`told`)."""
         for tx_id, messages in by_tx.items():
             tx = self._txs.get(tx_id)
             if tx is None or not messages:
@@ -280,7 +282,10 @@ class InboxCore(StoreBackedActor):
             tx = replace(tx, customer=messages[-1]["customer"])
             if tx.state == "assigned" and tx.agent_id is not None:
                 if on_stream:
-                    self._link.deliver(tx.agent_id, tx.id, messages)
+                    # Only the agent's own events of this conversation: another agent's stream is not its own.
+                    events = [event for event in (told or {}).get(tx.agent_id, ())
+                              if event[3].get("transaction_id") == tx.id]
+                    self._link.deliver(tx.agent_id, tx.id, messages, events or None)
                 else:
                     self._deliver(tx.agent_id, tx.id, messages)
                 tx = replace(tx, handed=tx.handed | {m["id"] for m in messages})
@@ -375,20 +380,20 @@ class InboxCore(StoreBackedActor):
     # ------------------------------------------------------------------ store and agents
 
     async def _save(self, tx: TxState, event: str, agent_id: int | None, *, leaving: int | None = None,
-                    **detail: Any) -> datetime:
+                    **detail: Any) -> tuple[datetime, Told]:
         """One step's commit: the transaction row and its audit event; when it leaves its agent (`leaving`),
-        the agent's stream shows that in the same commit. The commit's time."""
+        the agent's stream shows that in the same commit. The commit's time, and what it appended to the stream."""
         now = utcnow()
         org_id, inbox_id = self.org_id, self.inbox_id
 
-        def statements(connection: Connection) -> None:
+        def statements(connection: Connection) -> Told:
             repo.save_transaction(connection, tx.id, tx.columns(now))
             repo.add_transaction_event(connection, tx.id, event, agent_id, now, **detail)
-            if leaving is not None:
-                streams.work_left(connection, org_id, leaving, tx.id, inbox_id, "transferred", now)
+            if leaving is None:
+                return {}
+            return streams.work_left(connection, org_id, leaving, tx.id, inbox_id, "transferred", now)
 
-        await self._write(statements)
-        return now
+        return now, await self._write(statements)
 
     def _after_step(self, answer: asyncio.Future[Any]) -> None:
         """An agent's answer the API caller of this step waits for (nobody waits in a timer's or a pass's step)."""

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from store.agent_store import Told
     from store.agent_streams import StreamEvent
 
 # Unrouted messages are read from the store in pages of this size.
@@ -36,8 +37,8 @@ class InboxIngest(InboxCore):
             return {"attached": 0, "opening": 0}
         # Follow-ups the intake attached and showed: no write, no decision, so no lock either (a step holding it
         # waits on the store or an agent); the agent is told at once.
-        shown, rest = self._shown_at_intake(messages)
-        self._absorb_attached(shown, on_stream=True)
+        shown, told, rest = self._shown_at_intake(messages)
+        self._absorb_attached(shown, on_stream=True, told=told)
         attached, opening, opened = sum(map(len, shown.values())), 0, 0
         if rest:
             async with self._lock:
@@ -57,14 +58,16 @@ class InboxIngest(InboxCore):
             self.request_routing()
         return {"attached": attached, "opening": opening}
 
-    def _shown_at_intake(self, messages: list[dict[str, Any]]) -> tuple[dict[int, list[dict[str, Any]]],
+    def _shown_at_intake(self, messages: list[dict[str, Any]]) -> tuple[dict[int, list[dict[str, Any]]], Told,
                                                                         list[dict[str, Any]]]:
-        """(transaction id -> its follow-ups the gateway attached at intake, in order; the other messages).
+        """(transaction id -> its follow-ups the gateway attached at intake, in order; their events as the intake
+        stored them on their agents' streams; the other messages).
 
         Such a follow-up (its conversation held by an agent) is on the agent's stream from the intake's commit: the
         agent is only told. One of a conversation this inbox no longer holds (closed meanwhile) is neither: its
         stream showed it before the close."""
         shown: dict[int, list[dict[str, Any]]] = {}
+        told: Told = {}
         rest = []
         for message in messages:
             attached_to = message.get("transaction_id")
@@ -72,7 +75,10 @@ class InboxIngest(InboxCore):
                 rest.append(message)
             elif (payload := repo.forwarded_payload(message)) is not None and attached_to in self._txs:
                 shown.setdefault(attached_to, []).append(payload)
-        return shown, rest
+                if message.get("shown_as"):
+                    agent_id, event = message["shown_as"]
+                    told.setdefault(agent_id, []).append(event)
+        return shown, told, rest
 
     async def _ingest_forwarded(self, messages: list[dict[str, Any]]) -> tuple[int, int, int]:
         """(messages attached, messages joining a conversation being opened, conversations to open), of messages
@@ -90,7 +96,7 @@ class InboxIngest(InboxCore):
         if known:
             inbox_id, org_id, agents = self.inbox_id, self.org_id, self._agents_of(known)
 
-            def statements(connection: Connection) -> set[int]:
+            def statements(connection: Connection) -> tuple[set[int], Told]:
                 done: set[int] = set()
                 shown: list[StreamEvent] = []
                 for tx_id, payloads in known.items():  # one customer per conversation
@@ -100,12 +106,11 @@ class InboxIngest(InboxCore):
                     if tx_id in agents:
                         shown += [streams.message_shown(agents[tx_id], tx_id, m) for m in payloads
                                   if m["id"] in now_attached]
-                streams.append_to_streams(connection, org_id, shown, utcnow())
-                return done
+                return done, streams.append_to_streams(connection, org_id, shown, utcnow())
 
-            attached = await self._write(statements)
+            attached, told = await self._write(statements)
             self._absorb_attached({tx_id: [m for m in payloads if m["id"] in attached]
-                                   for tx_id, payloads in known.items()}, on_stream=True)
+                                   for tx_id, payloads in known.items()}, on_stream=True, told=told)
         rest = [m["id"] for m in messages if m["id"] not in attached]
         if not rest:
             return len(attached), 0, 0
@@ -153,15 +158,15 @@ class InboxIngest(InboxCore):
         if by_tx:
             org_id = self.org_id
 
-            def statements(connection: Connection) -> None:
+            def statements(connection: Connection) -> Told:
                 for tx_id, messages in by_tx.items():
                     repo.attach_messages(connection, tx_id, [m["id"] for m in messages])
-                streams.append_to_streams(connection, org_id, [
+                return streams.append_to_streams(connection, org_id, [
                     streams.message_shown(agents[tx_id], tx_id, m)
                     for tx_id, messages in by_tx.items() if tx_id in agents for m in messages], now)
 
-            await self._write(statements)
-            self._absorb_attached(by_tx, on_stream=True)
+            told = await self._write(statements)
+            self._absorb_attached(by_tx, on_stream=True, told=told)
         joining = opened = 0
         for message in fresh:
             if open_tx[message["id"]] is not None:

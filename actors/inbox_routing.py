@@ -16,6 +16,8 @@ from store.clock import utcnow
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
+    from store.agent_store import Told
+
 # After a pass's commit failed, the conversations it was opening are tried again this much later.
 RETRY_OPENING_S = 1.0
 
@@ -114,7 +116,7 @@ class InboxRouting(InboxCore):
             """The offer as its agent is shown it: with its conversation's id."""
             return {**plan.offer, "transaction_id": row_id(plan, ids)}
 
-        def statements(connection: Connection) -> dict[int, int]:
+        def statements(connection: Connection) -> tuple[dict[int, int], Told]:
             ids: dict[int, int] = {}  # provisional id -> the row's
             for row, state, queued, message_ids in to_open:
                 tx_id = repo.insert_transaction(connection, {**row, **state.columns(now)})
@@ -128,13 +130,12 @@ class InboxRouting(InboxCore):
                 repo.add_transaction_event(connection, row_id(plan, ids), "offered", plan.user_id, now, **plan.detail)
             if new_pointer:
                 repo.save_rotation_pointer(connection, inbox_id, pointer)
-            # Each agent's stream shows its offer from this commit: the agent writes nothing for it.
-            streams.append_to_streams(connection, org_id, [(plan.user_id, "offer", shown(plan, ids)) for plan in held],
-                                      now)
-            return ids
+            # Each agent's stream shows its offer from this commit: the agent writes nothing for it, and is told it.
+            return ids, streams.append_to_streams(connection, org_id, [(plan.user_id, "offer", shown(plan, ids))
+                                                                       for plan in held], now)
 
         try:
-            ids = await self._write(statements)
+            ids, told = await self._write(statements)
         except BaseException:
             for plan in held:
                 self._link.tell(plan.user_id, "release", plan.offer_id, "rescinded")
@@ -156,7 +157,7 @@ class InboxRouting(InboxCore):
                               messages_known=waiting.messages_known, waited=waiting.waited)
             self._remember(offered)
             self._arm_timer(offered)
-            self._link.tell(plan.user_id, "publish", shown(plan, ids))
+            self._link.tell(plan.user_id, "publish", shown(plan, ids), streams.told_to(told, plan.user_id))
             inbox_metrics.offer_made(self.org_id, self.inbox_id, waiting, offered)
 
     def request_routing(self) -> None:

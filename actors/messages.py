@@ -26,3 +26,6 @@ class StoredMessage:
     # Attached at intake to the conversation an agent holds (`store.routing_repo.attach_to_assigned`); None: the
     # inbox attaches it.
     transaction_id: int | None = None
+    # Attached at intake: (the agent, its `message` event as the intake's commit stored it on the agent's stream,
+    # a `store.agent_store.LinkedEvent`), told to the agent so it need not read its stream.
+    shown_as: tuple[int, tuple[int, int, str, dict[str, Any], str]] | None = None

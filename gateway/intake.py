@@ -203,7 +203,13 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
                 # On the replying agent's stream from this commit: a status is never lost between the store and the
                 # stream, and the agent writes nothing for it.
                 on_streams.append((moved.org_id, (moved.agent_id, "message_status", moved.event())))
-    await append_at_intake(session, on_streams, stream_lock=postgres)
+    told = await append_at_intake(session, on_streams, stream_lock=postgres)
+    if attached:
+        # Each follow-up carries its event as stored, for its agent to take without reading its stream.
+        shown_as = {int(event[3]["message"]["id"]): (agent_id, event) for agent_id, events in told.items()
+                    for event in events if event[2] == "message"}
+        result.new_messages = {org: [replace(m, shown_as=shown_as.get(m.id)) for m in messages]
+                               for org, messages in result.new_messages.items()}
     for update in parsed.template_updates:
         await apply_status_event(session, verified.get(update.waba_id, {org_id}), update.waba_id,
                                  update.message_template_id, update.message_template_name,

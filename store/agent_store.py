@@ -84,6 +84,28 @@ class StoredEvent:
     created_at: datetime
 
 
+# An event as another writer's commit stored it on an agent's stream, linked to the stream's event before it: (that
+# event's id, 0 for none, the event's id, kind, payload as read back, created_at in ISO format). The writer tells
+# the agent these (`store.agent_streams`), and the agent takes them without a read when the link meets what it knows.
+LinkedEvent = tuple[int, int, str, dict[str, Any], str]
+# Each agent's events appended by one commit, in stream order.
+Told = dict[int, list[LinkedEvent]]
+
+
+def told_rows(told: Sequence[LinkedEvent], after_id: int) -> list[StoredEvent] | None:
+    """The told events after `after_id` (the newest event its reader knows) as a read would give them, in id order;
+    None when they do not follow it (an event between is missing: the reader reads its stream instead)."""
+    rows: list[StoredEvent] = []
+    for before, event_id, kind, payload, stamp in sorted(told, key=lambda event: event[1]):
+        if event_id <= after_id:
+            continue  # known already (a retried tell, or read meanwhile)
+        if before != after_id:
+            return None
+        rows.append(StoredEvent(event_id, kind, payload, datetime.fromisoformat(stamp)))
+        after_id = event_id
+    return rows
+
+
 @dataclass(frozen=True)
 class LoadedAgent:
     state: AgentRow

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.licenses import holds_agent_licenses
 from store import customers
-from store.agent_streams import APPEND_EVENTS, LOCK_STREAMS, StreamEvent
+from store.agent_streams import APPEND_EVENTS, LOCK_STREAMS, StreamEvent, Told, link_appended, rows_of
 from store.core_connection import core_connection
 from store.tables import (
     AgentEvent,
@@ -303,19 +303,20 @@ def detach_messages(connection: Connection, inbox_id: int, transaction_id: int, 
 
 
 async def append_at_intake(session: AsyncSession, events: Sequence[tuple[int, StreamEvent]],
-                           stream_lock: bool) -> None:
+                           stream_lock: bool) -> Told:
     """In the intake's transaction: events on agents' streams, (org id, event) in order — a follow-up shown, a reply's
     delivery status — so they cost the agent no write (it reads them when told, `actors.agent_actor`) and land with
     what they show. `stream_lock` (PostgreSQL): the agents' state rows are locked first, sorted, as every writer of a
-    stream does, so a stream's ids commit in id order."""
+    stream does, so a stream's ids commit in id order. What each agent is told of them: `store.agent_streams`."""
     if not events:
-        return
+        return {}
     connection = await core_connection(session)
     if stream_lock:
         await connection.execute(LOCK_STREAMS, {"agents": sorted({agent_id for _, (agent_id, _, _) in events})})
     now = utcnow()
-    await connection.execute(APPEND_EVENTS, [{"org_id": org_id, "user_id": agent_id, "kind": kind, "payload": payload,
-                                              "created_at": now} for org_id, (agent_id, kind, payload) in events])
+    on_streams = [event for _, event in events]
+    appended = (await connection.execute(APPEND_EVENTS, rows_of([org for org, _ in events], on_streams, now))).all()
+    return link_appended(on_streams, appended, now)
 
 
 _ATTACHED_IDS = select(InboundMessage.id).where(InboundMessage.inbox_id == bindparam("inbox"),

@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from actors.inbox_actor import InboxActor
 from config.actor_settings import ActorSettings
 from config.settings import Settings
-from store.agent_store import AgentStore, Step
+from store.agent_store import AgentStore, Step, StoredEvent
 from store.db import Database
 from store.tables import AgentEvent, AgentState, InboundMessage, Inbox, Transaction
 from tests.test_close_while_delivering import (
@@ -33,17 +33,22 @@ from tests.test_close_while_delivering import (
 
 
 class _CountingStore(AgentStore):
-    """The agent's real store, counting the write transactions the agent itself runs."""
+    """The agent's real store, counting the write transactions the agent itself runs, and its reads of its stream."""
 
     reads_from_any_loop = True
 
     def __init__(self, store: AgentStore) -> None:
         self._store = store
         self.writes = 0
+        self.reads = 0
 
     async def _run(self, step: Step[Any], write: bool = False) -> Any:
         self.writes += write
         return await self._store.run(step, write)
+
+    async def events_after(self, user_id: int, after_id: int, limit: int) -> list[StoredEvent]:
+        self.reads += 1
+        return await super().events_after(user_id, after_id, limit)
 
     async def close(self) -> None:
         await self._store.close()
@@ -98,6 +103,8 @@ def test_a_routed_conversation_costs_its_agent_no_write_from_offer_to_close(
             await actor.set_status("available")  # the agent's own act: a write, before the message path
             writes = store.writes
             assert (await inbox.activate())["exists"]
+            await asyncio.sleep(0.2)  # what the activation asks of its agents (a resync) is over
+            reads = store.reads
 
             async def follow_up(tx_id: int) -> int:
                 async with db.session() as session:
@@ -112,10 +119,15 @@ def test_a_routed_conversation_costs_its_agent_no_write_from_offer_to_close(
             one_more = await follow_up(claimed)
             assert (await inbox.close(claimed, user_id, False))["status"] == 200
             assert actor.active == {}
+            # Its stream read once, by the confirm (whether the conversation is still open needs the newest events):
+            # the offer, the follow-up and the close each came told as their commit stored them.
+            assert store.reads == reads + 1
 
             # The inbox now routes by round robin; the customer writes again: a new conversation, offered.
             await db.write(lambda connection: connection.execute(_routed_by(inbox_id, "round_robin")))
             await inbox.config_changed()
+            await asyncio.sleep(0.2)  # the agents asked to resync with the store (a read of the stream) have done so
+            reads = store.reads
             async with db.session() as session:
                 opening = _message(org_id, inbox_id, customer_id, "hello again", None)
                 session.add(opening)
@@ -133,6 +145,7 @@ def test_a_routed_conversation_costs_its_agent_no_write_from_offer_to_close(
             assert actor.active == {}
 
             assert store.writes == writes  # nothing written by the agent on the message path
+            assert store.reads == reads + 1
             assert [(kind, tx, shown) for kind, tx, shown in await _stream(db, user_id) if kind != "status"] == [
                 ("assigned", claimed, first), ("message", claimed, one_more), ("transaction_closed", claimed, None),
                 ("offer", routed, opening.id), ("assigned", routed, opening.id), ("message", routed, again),

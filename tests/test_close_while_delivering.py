@@ -57,7 +57,8 @@ class _Agent:
         return {"user_id": self.user_id, "status": "available", "max_concurrent": 5, "active_count": 0,
                 "has_pending_offer": False, "idle_since": None, "version": None}
 
-    async def deliver(self, inbox_id: int, deliveries: list[tuple[int, list[dict[str, Any]]]]) -> None:
+    async def deliver(self, inbox_id: int, deliveries: list[tuple[int, list[dict[str, Any]]]],
+                      told: list[Any] | None = None) -> None:
         self.calls.append("deliver")
         await self.thawed.wait()
         for tx_id, messages in deliveries:
@@ -312,10 +313,11 @@ class _HeldDelivery(_Agent):
         self.actor = actor
         self.landed = asyncio.Event()
 
-    async def deliver(self, inbox_id: int, deliveries: list[tuple[int, list[dict[str, Any]]]]) -> None:
+    async def deliver(self, inbox_id: int, deliveries: list[tuple[int, list[dict[str, Any]]]],
+                      told: list[Any] | None = None) -> None:
         self.calls.append("deliver")
         await self.thawed.wait()
-        await self.actor.deliver(inbox_id, deliveries)
+        await self.actor.deliver(inbox_id, deliveries, told)
         self.landed.set()
 
 

@@ -44,7 +44,7 @@ class _HoldingAgent(_Agent):
         await self.let_go.wait()
         return {"ok": not self.refuse, "reason": "busy" if self.refuse else None, "snapshot": self.snapshot()}
 
-    async def publish(self, offer: dict[str, Any]) -> dict[str, Any]:
+    async def publish(self, offer: dict[str, Any], told: list[Any] | None = None) -> dict[str, Any]:
         self.published.append(offer)
         return self.snapshot()
 

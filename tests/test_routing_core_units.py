@@ -204,14 +204,16 @@ def test_an_answer_that_comes_after_the_inbox_stopped_waiting_is_still_absorbed(
 
 
 def test_an_inbox_joins_the_deliveries_that_wait_behind_a_slow_delivery_to_the_same_agent() -> None:
+    """Joined with their told events (those a commit showed on the agent's stream already), in order."""
     from actors.agent_link import AgentLink
     from config.settings import Settings
 
-    received: list[tuple[int, list[tuple[int, list[dict[str, Any]]]]]] = []
+    received: list[tuple[int, list[tuple[int, list[dict[str, Any]]]], list[Any] | None]] = []
 
     class SlowAgent:
-        async def deliver(self, inbox_id: int, deliveries: list[tuple[int, list[dict[str, Any]]]]) -> None:
-            received.append((inbox_id, deliveries))
+        async def deliver(self, inbox_id: int, deliveries: list[tuple[int, list[dict[str, Any]]]],
+                          told: list[Any] | None = None) -> None:
+            received.append((inbox_id, deliveries, told))
             if len(received) == 1:
                 await asyncio.sleep(0.2)  # the first call is on the wire while three more wait
 
@@ -219,19 +221,23 @@ def test_an_inbox_joins_the_deliveries_that_wait_behind_a_slow_delivery_to_the_s
         def agent(self, org_id: int, user_id: int) -> SlowAgent:
             return SlowAgent()
 
+    def told(before: int, event_id: int, message_id: int) -> tuple[int, int, str, dict[str, Any], str]:
+        return (before, event_id, "message", {"transaction_id": 11, "message": {"id": message_id}}, "2026-12-07")
+
     async def run() -> None:
         link = AgentLink(1, 7, Settings(actor_call_timeout_s=2.0), lambda: Agents(),  # type: ignore[arg-type,return-value]
                          lambda: None)
         link.deliver(5, 11, [{"id": 1}])
         await asyncio.sleep(0.05)
-        link.deliver(5, 11, [{"id": 2}])
+        link.deliver(5, 11, [{"id": 2}], [told(0, 20, 2)])
         link.deliver(5, 12, [{"id": 3}])
-        link.deliver(5, 11, [{"id": 4}, {"id": 5}])
+        link.deliver(5, 11, [{"id": 4}, {"id": 5}], [told(20, 21, 4), told(21, 22, 5)])
         await asyncio.sleep(0.4)
 
     asyncio.run(run())
-    assert received == [(7, [(11, [{"id": 1}])]),
-                        (7, [(11, [{"id": 2}]), (12, [{"id": 3}]), (11, [{"id": 4}, {"id": 5}])])]
+    assert received == [(7, [(11, [{"id": 1}])], None),
+                        (7, [(11, [{"id": 2}]), (12, [{"id": 3}]), (11, [{"id": 4}, {"id": 5}])],
+                         [told(0, 20, 2), told(20, 21, 4), told(21, 22, 5)])]
 
 
 def test_an_inbox_looks_up_a_present_agent_before_offering_and_never_wakes_an_offline_one() -> None:
