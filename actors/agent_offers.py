@@ -6,9 +6,10 @@ id and is idempotent, so an inbox may retry any of them after a lost reply. A ho
 lapses by itself at `expires_at`, and `resync` rebuilds what the agent holds from the store, the single truth.
 
 The inbox writes the offer, the assignment (with its messages) and the end on the agent's stream in its own
-commits (`store.agent_streams`): `publish`, `confirm`, `deliver` and `end` read the stream and change memory, and
-the agent writes only what the stream lacks (an offer withdrawn because its hold lapsed, a reset of its missed
-offers, a delivery handed over by a control pass).
+commits (`store.agent_streams`): `publish`, `deliver` and `end` take those events as the commit tells them (read
+from the stream only when they do not follow what the agent knows), `confirm` reads the stream, each changes
+memory, and the agent writes only what the stream lacks (an offer withdrawn because its hold lapsed, a reset of
+its missed offers, a delivery handed over by a control pass).
 """
 
 from __future__ import annotations
@@ -246,12 +247,12 @@ class AgentOffers(AgentCore):
             self._notify_inboxes()
         return self.snapshot()
 
-    async def read_stream(self) -> None:
-        """Another actor's commit appended events to the stream (the intake, a reply's delivery status): read them
-        and show them to the stream's readers. Writes nothing; safe to repeat."""
+    async def read_stream(self, told: list[LinkedEvent] | None = None) -> None:
+        """Another actor's commit appended events to the stream (the intake, a reply's delivery status): take them as
+        told (or read them), and show them to the stream's readers. Writes nothing; safe to repeat."""
         await self._ensure_active()
         async with self._step_lock:
-            await self._catch_up()
+            await self._take_told(told)
 
     async def push_event(self, kind: str, payload: dict[str, Any]) -> None:
         """Append an event to the agent's stream (messaging: `message`, `message_status`); one step."""

@@ -25,6 +25,7 @@ from sqlalchemy import select, union
 from actors.directory import ActorUnavailable, Directory, push_agent_event
 from actors.messages import StoredMessage
 from store import outbox
+from store.agent_store import LinkedEvent
 from store.db import Database
 from store.tables import InboundMessage, Inbox, Transaction
 
@@ -117,10 +118,10 @@ class RoutingClient:
         for message in messages:
             self._queue.put_nowait((org_id, message))
 
-    def tell_to_read(self, org_id: int, user_id: int) -> None:
+    def tell_to_read(self, org_id: int, user_id: int, told: list[LinkedEvent] | None) -> None:
         """The agent's stream has events another commit appended (a reply's delivery status, at intake): the agent is
-        told to read it (reads waiting behind one on the wire go as one)."""
-        self._put(("agent", org_id, user_id), [{}])
+        told them as stored (`told`), or to read its stream (tells waiting behind one on the wire go as one)."""
+        self._put(("agent", org_id, user_id), [{"told": told}])
 
     async def _dispatch_forever(self) -> None:
         # A control loop that never dies: every failure is logged and the loop goes on.
@@ -157,7 +158,10 @@ class RoutingClient:
                     if kind == "inbox":
                         await self._forward(org_id, actor_id, batch)
                     else:
-                        await self._tell_to_read(org_id, actor_id)
+                        # Told together; one tell without its events has the agent read its stream instead.
+                        told = [event for entry in batch for event in entry["told"] or ()]
+                        await self._tell_to_read(org_id, actor_id,
+                                                 told if all(entry["told"] for entry in batch) else None)
                 except Exception:
                     log.exception("forwarding to %s %s:%s failed", *key)
         finally:
@@ -169,10 +173,11 @@ class RoutingClient:
         await self._retried(f"inbox {org_id}:{inbox_id}",
                             lambda: self.directory.inbox(org_id, inbox_id).ingest(messages))
 
-    async def _tell_to_read(self, org_id: int, user_id: int) -> None:
+    async def _tell_to_read(self, org_id: int, user_id: int, told: list[LinkedEvent] | None) -> None:
         # Safe to repeat; given up, the events are still on the agent's stream: its readers find them when the
         # agent next reads it, or when a stream opens.
-        await self._retried(f"agent {org_id}:{user_id}", lambda: self.directory.agent(org_id, user_id).read_stream())
+        await self._retried(f"agent {org_id}:{user_id}",
+                            lambda: self.directory.agent(org_id, user_id).read_stream(told))
 
     async def _retried(self, actor: str, call: Callable[[], Awaitable[Any]]) -> None:
         delay = 0.05

@@ -74,10 +74,10 @@ PlatformAdmin = Annotated[Principal, Depends(require_platform_admin)]
 
 
 @dataclass(frozen=True)
-class OrgContext:
-    """The organization named in the path, and the caller, who is allowed to see it."""
+class OrgAccess:
+    """The organization named in the path (its id), and the caller, who is allowed in it."""
 
-    org: Organization
+    org_id: int
     principal: Principal
 
     @property
@@ -90,6 +90,13 @@ class OrgContext:
 
     def is_self(self, user_id: int) -> bool:
         return self.user is not None and self.user.id == user_id
+
+
+@dataclass(frozen=True)
+class OrgContext(OrgAccess):
+    """The organization named in the path, as stored, and the caller, who is allowed to see it."""
+
+    org: Organization
 
 
 def id_path(description: str) -> Any:
@@ -120,10 +127,30 @@ async def get_org_context(
     org = await session.get(Organization, org_id)
     if org is None:
         raise not_found("organization")
-    return OrgContext(org=org, principal=principal)
+    return OrgContext(org_id=org_id, principal=principal, org=org)
 
 
 OrgMember = Annotated[OrgContext, Depends(get_org_context)]
+
+
+async def get_org_access(
+    org_id: OrgId,
+    principal: PrincipalDep,
+    session: SessionDep,
+) -> OrgAccess:
+    """`get_org_context` without reading the organization's row, for the agents' actions on conversations: a member's
+    organization exists (its users belong to it, and organizations are never deleted); the platform admin's is
+    looked up."""
+    if principal.user is not None:
+        if principal.user.org_id != org_id:
+            raise not_found("organization")
+        return OrgAccess(org_id=org_id, principal=principal)
+    if await session.get(Organization, org_id) is None:
+        raise not_found("organization")
+    return OrgAccess(org_id=org_id, principal=principal)
+
+
+OrgActing = Annotated[OrgAccess, Depends(get_org_access)]
 
 
 async def require_supervisor(ctx: OrgMember) -> OrgContext:

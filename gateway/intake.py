@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from actors.messages import StoredMessage
 from meta.webhook_parser import InboundMessage as ParsedMessage
 from meta.webhook_parser import ParsedWebhook
+from store.agent_store import Told
 from store.agent_streams import StreamEvent, message_shown
 from store.core_connection import core_connection
 from store.customers import CustomerRef, Identity, new_anonymous_customer, resolve_customers
@@ -32,6 +33,8 @@ class IntakeResult:
     # Messages to route, per organization owning the number's inbox (the receiving one or another).
     new_messages: dict[int, list[StoredMessage]] = field(default_factory=dict)
     status_changes: list[StatusChange] = field(default_factory=list)
+    # Each replying agent's `message_status` events as the commit stored them on its stream, for it to be told.
+    statuses_told: Told = field(default_factory=dict)
     new_message_count: int = 0
     duplicate_messages: int = 0
     statuses: int = 0
@@ -204,6 +207,8 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
                 # stream, and the agent writes nothing for it.
                 on_streams.append((moved.org_id, (moved.agent_id, "message_status", moved.event())))
     told = await append_at_intake(session, on_streams, stream_lock=postgres)
+    result.statuses_told = {agent_id: shown for agent_id, events in told.items()
+                            if (shown := [event for event in events if event[2] == "message_status"])}
     if attached:
         # Each follow-up carries its event as stored, for its agent to take without reading its stream.
         shown_as = {int(event[3]["message"]["id"]): (agent_id, event) for agent_id, events in told.items()

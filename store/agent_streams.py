@@ -1,7 +1,7 @@
 """Events an inbox writes on its agents' streams in its own commit: the offer it makes, the assignment, the close.
 
-The event then lands with the change it shows, in one transaction: the agent writes nothing for it, and reads
-it from the stream when the inbox tells it (`actors.agent_actor`). Nothing can come between the change and its
+The event then lands with the change it shows, in one transaction: the agent writes nothing for it, and takes it
+when the inbox tells it (`actors.agent_offers`). Nothing can come between the change and its
 event (a close after an assignment, say), so the stream never shows one without the other.
 
 On PostgreSQL every writer of a stream locks the agent's state row first (sorted by user, as every writer

@@ -1,5 +1,6 @@
 """On the message path an agent writes nothing: the inbox's commits put the offer, the assignment (with its first
-message), the messages it attaches and the close on the agent's stream, and the agent reads them when told.
+message), the messages it attaches and the close on the agent's stream, and the agent takes them as told (it reads
+its stream only to confirm an assignment).
 
 Ray-free: a real inbox actor and a real agent actor in this process, on a real store (SQLite and PostgreSQL);
 the agent's store counts the agent's own write transactions.

@@ -17,7 +17,8 @@ from gateway.deps import (
     AgentFilter,
     InboxFilter,
     InboxId,
-    OrgContext,
+    OrgAccess,
+    OrgActing,
     OrgMember,
     RuntimeDep,
     SessionDep,
@@ -59,16 +60,16 @@ def transaction_out(tx: Transaction, customer: CustomerOut) -> TransactionOut:
     )
 
 
-async def _served_inboxes(session: AsyncSession, ctx: OrgContext) -> list[int] | None:
+async def _served_inboxes(session: AsyncSession, ctx: OrgAccess) -> list[int] | None:
     """None for supervisors (every inbox); otherwise the inboxes the agent serves."""
     if ctx.is_supervisor or ctx.user is None:
         return None
     return list((await session.scalars(select(InboxAgent.inbox_id).where(InboxAgent.user_id == ctx.user.id))).all())
 
 
-async def _visible_transaction(session: AsyncSession, ctx: OrgContext, tx_id: int) -> Transaction:
+async def _visible_transaction(session: AsyncSession, ctx: OrgAccess, tx_id: int) -> Transaction:
     tx = await session.get(Transaction, tx_id)
-    if tx is None or tx.org_id != ctx.org.id:
+    if tx is None or tx.org_id != ctx.org_id:
         raise not_found("transaction")
     served = await _served_inboxes(session, ctx)
     if served is not None and tx.inbox_id not in served and tx.agent_id != ctx.user.id:  # type: ignore[union-attr]
@@ -152,7 +153,7 @@ async def transaction_messages(tx_id: TxId, ctx: OrgMember, session: SessionDep,
     return paging.page(shown[: paging.limit + 1], conversation_order, lambda m: m)
 
 
-async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgContext, tx_id: int, method: str,
+async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgAccess, tx_id: int, method: str,
                *args: Any) -> TransactionOut:
     # The same rule as the reads (_visible_transaction): a member who does not serve the inbox is refused
     # before the inbox actor answers anything about the conversation's state.
@@ -167,7 +168,7 @@ async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgContext, tx_id: 
     # One read step (on SQLite a worker thread's session: no round trip through the loop per statement).
     tx, customer = await runtime.db.read(visible)
     inbox_id = tx.inbox_id
-    result = await call_through_restart(lambda: runtime.routing.inbox(ctx.org.id, inbox_id), method, tx_id, *args,
+    result = await call_through_restart(lambda: runtime.routing.inbox(ctx.org_id, inbox_id), method, tx_id, *args,
                                         unavailable="the inbox's actor is restarting; retry shortly")
     if result["status"] != 200:
         raise ApiError(result["status"], result["detail"])
@@ -180,14 +181,14 @@ async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgContext, tx_id: 
                           created_at=tx.created_at, **view)
 
 
-def _acting_user(ctx: OrgContext) -> int:
+def _acting_user(ctx: OrgAccess) -> int:
     if ctx.user is None:
         raise forbidden("the platform admin cannot act as an agent")
     return ctx.user.id
 
 
 @router.post("/transactions/{tx_id}/accept", response_model=TransactionOut)
-async def accept_offer(tx_id: TxId, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
+async def accept_offer(tx_id: TxId, ctx: OrgActing, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
     """Accept the offer ringing for the caller: the conversation is assigned to them. 409 when the offer is over;
     repeating an accept that succeeded answers 200 again.
     """
@@ -195,13 +196,13 @@ async def accept_offer(tx_id: TxId, ctx: OrgMember, session: SessionDep, runtime
 
 
 @router.post("/transactions/{tx_id}/decline", response_model=TransactionOut)
-async def decline_offer(tx_id: TxId, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
+async def decline_offer(tx_id: TxId, ctx: OrgActing, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
     """Decline the offer ringing for the caller: it goes to the next agent in the inbox's order."""
     return await _act(runtime, session, ctx, tx_id, "decline", _acting_user(ctx))
 
 
 @router.post("/transactions/{tx_id}/claim", response_model=TransactionOut)
-async def claim_transaction(tx_id: TxId, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
+async def claim_transaction(tx_id: TxId, ctx: OrgActing, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
     """Take a waiting conversation of a manual inbox: the first claim wins, later ones get 409 (409 naming the
     mode in other inboxes). Agents of the inbox.
     """
@@ -209,7 +210,7 @@ async def claim_transaction(tx_id: TxId, ctx: OrgMember, session: SessionDep, ru
 
 
 @router.post("/transactions/{tx_id}/close", response_model=TransactionOut)
-async def close_transaction(tx_id: TxId, ctx: OrgMember, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
+async def close_transaction(tx_id: TxId, ctx: OrgActing, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
     """Close the conversation: frees the agent's capacity and starts their idle clock. The agent handling it, or
     a supervisor.
     """
