@@ -99,6 +99,15 @@ def stored_offer(offer: StoredOffer) -> dict[str, Any]:
             "expires_at": offer.expires_at.isoformat() if offer.expires_at else None}
 
 
+def routing_key(snapshot: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a snapshot routing decides on (`routing.model.AgentSnapshot`: eligible means available, under
+    capacity and no offer ringing; Longest Idle skips busy agents and orders the others by `idle_since`). Two
+    snapshots with the same key route alike, whatever their exact counts."""
+    active, limit = snapshot["active_count"], snapshot["max_concurrent"]
+    return (snapshot["status"], limit, active >= limit, active > 0, snapshot["has_pending_offer"],
+            snapshot["idle_since"] if active == 0 else None)
+
+
 def rescinded(offer: dict[str, Any], reason: str) -> dict[str, Any]:
     """An `offer_rescinded` event's payload: the offer (as held or published) is over."""
     return {"transaction_id": int(offer["transaction_id"]), "inbox_id": int(offer["inbox_id"]),
@@ -151,6 +160,9 @@ class AgentCore(StoreBackedActor):
         # conversation is shown there too.
         self._delivered: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._lapse_timers: dict[str, asyncio.Task[None]] = {}
+        # inbox id -> the routing key (`routing_key`) of the newest snapshot it was given, in an answer or a push:
+        # a change that leaves it as it is need not be pushed there. Unknown (empty) after a reload.
+        self._told_keys: dict[int, tuple[Any, ...]] = {}
 
     def _exists(self) -> bool:
         return self._user_exists
@@ -267,6 +279,17 @@ class AgentCore(StoreBackedActor):
                 "active_count": len(self.active) + sum(1 for h in self.holds.values() if h.direct),
                 "has_pending_offer": self._ringing() is not None,
                 "idle_since": idle.isoformat() if idle else None, "version": [self.epoch, self._seq]}
+
+    def _answer(self, inbox_id: int | None) -> dict[str, Any]:
+        """The snapshot an inbox's call is answered with, which that inbox then routes on (its mailbox retries the
+        call until the answer arrives). `None`: the calling inbox is not known here, so what any inbox knows is no
+        longer assumed (each hears of the next change)."""
+        snapshot = self.snapshot()
+        if inbox_id is None:
+            self._told_keys.clear()
+        else:
+            self._told_keys[inbox_id] = routing_key(snapshot)
+        return snapshot
 
     # ------------------------------------------------------------------ the event log: one commit per step
 

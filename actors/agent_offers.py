@@ -43,22 +43,23 @@ class AgentOffers(AgentCore):
 
         Nothing is written: the inbox commits the offer next, and a hold it never follows up lapses.
         """
+        inbox_id = int(offer["inbox_id"])
         if not await self._ensure_active():
-            return {"ok": False, "reason": "agent not found", "snapshot": self.snapshot()}
-        self._heard_from(int(offer["inbox_id"]))
+            return {"ok": False, "reason": "agent not found", "snapshot": self._answer(inbox_id)}
+        self._heard_from(inbox_id)
         async with self._step_lock:
             offer_id = offer["offer_id"]
             if offer_id in self.holds:
-                return {"ok": True, "reason": None, "snapshot": self.snapshot()}
+                return {"ok": True, "reason": None, "snapshot": self._answer(inbox_id)}
             refusal = self._hold_refusal(offer_id, direct)
             if refusal is not None:
-                return {"ok": False, "reason": refusal, "snapshot": self.snapshot()}
+                return {"ok": False, "reason": refusal, "snapshot": self._answer(inbox_id)}
             hold = Hold(offer=offer, direct=direct, held_at=time.monotonic())
             if direct:
                 hold.offer = {**offer, "expires_at": (utcnow() + timedelta(seconds=DIRECT_HOLD_S)).isoformat()}
             self.holds[offer_id] = hold
             self._arm_lapse(hold)
-            return {"ok": True, "reason": None, "snapshot": self.snapshot()}
+            return {"ok": True, "reason": None, "snapshot": self._answer(inbox_id)}
 
     def _hold_refusal(self, offer_id: str, direct: bool) -> str | None:
         if offer_id in self._finished_offers:
@@ -83,13 +84,13 @@ class AgentOffers(AgentCore):
             if hold is not None:
                 hold.offer = offer
                 hold.published = True
-                return self.snapshot()
+                return self._answer(int(offer["inbox_id"]))
             # The hold lapsed: what the stream shows of the offer now decides, so its newest events are read (the
             # inbox may have committed the offer's end after the told commit).
             await self._catch_up()
             if self._shown_ringing(offer_id):
                 await self._commit(events=[("offer_rescinded", rescinded(offer, "expired"))])
-            return self.snapshot()
+            return self._answer(int(offer["inbox_id"]))
 
     def _shown_ringing(self, offer_id: str) -> bool:
         """Whether the stream's latest event of the offer shows it (no rescind or assignment after it)."""
@@ -111,7 +112,7 @@ class AgentOffers(AgentCore):
         await self._ensure_active()
         async with self._step_lock:
             if offer_id in self._confirmed:
-                return self.snapshot()  # a retry of a confirm whose answer was slow
+                return self._answer(int(payload["inbox_id"]))  # a retry of a confirm whose answer was slow
             await self._catch_up()
             hold = self.holds.get(offer_id)
             if hold is not None:
@@ -123,10 +124,10 @@ class AgentOffers(AgentCore):
                 self.missed_in_a_row = 0
             tx_id, inbox_id = int(payload["transaction_id"]), int(payload["inbox_id"])
             if tx_id not in self._shown_open:
-                return self.snapshot()  # ended since (the stream shows it): no work taken on
+                return self._answer(inbox_id)  # ended since (the stream shows it): no work taken on
             self.active[tx_id] = inbox_id
         self._notify_inboxes(answered=inbox_id)
-        return self.snapshot()
+        return self._answer(inbox_id)
 
     async def release(self, offer_id: str, reason: str) -> dict[str, Any]:
         """The inbox ended the offer (missed, declined, rescinded). Missing too many in a row sets the agent away."""
@@ -135,7 +136,7 @@ class AgentOffers(AgentCore):
             hold = self.holds.get(offer_id)
             if hold is None:
                 remember(self._finished_offers, offer_id)
-                return self.snapshot()
+                return self._answer(None)
             if not hold.published:
                 await self._catch_up()  # the inbox's commit may have shown it with its publish still on the way
             events = [("offer_rescinded", rescinded(hold.offer, reason))] if hold.published else []
@@ -155,7 +156,7 @@ class AgentOffers(AgentCore):
                     self.missed_in_a_row = 0
             self._drop_hold(hold)
         self._notify_inboxes(answered=hold.inbox_id)
-        return self.snapshot()
+        return self._answer(hold.inbox_id)
 
     async def end(self, transaction_id: int, reason: str, at: str | None = None,
                   told: list[LinkedEvent] | None = None) -> dict[str, Any]:
@@ -176,11 +177,12 @@ class AgentOffers(AgentCore):
                     "transaction_id": transaction_id, "inbox_id": inbox_id, "reason": reason,
                     "direction": "away" if kind == "transferred" else None})])
             if transaction_id not in self.active:
-                return self.snapshot()  # ended before (a retry, or a reload read the store after the commit)
+                # Ended before (a retry, or a reload read the store after the commit).
+                return self._answer(inbox_id)
             inbox_id = self.active.pop(transaction_id)
             self.last_chat_end_at = ended_at
         self._notify_inboxes(answered=inbox_id)
-        return self.snapshot()
+        return self._answer(inbox_id)
 
     async def deliver(self, inbox_id: int, deliveries: list[tuple[int, list[dict[str, Any]]]],
                       told: list[LinkedEvent] | None = None) -> None:
@@ -215,7 +217,7 @@ class AgentOffers(AgentCore):
         gained the agent as a member)."""
         self._inboxes = None
         if not await self._ensure_active():
-            return self.snapshot()
+            return self._answer(None)
         async with self._step_lock:
             await self._catch_up()  # what the inboxes' commits showed: an offer on the stream is not shown again
             active, offers = await self.store.work(self.user_id)
@@ -245,7 +247,7 @@ class AgentOffers(AgentCore):
             self.active = active
         if events or changed_work:
             self._notify_inboxes()
-        return self.snapshot()
+        return self._answer(None)  # its caller is an inbox this agent does not name
 
     async def read_stream(self, told: list[LinkedEvent] | None = None) -> None:
         """Another actor's commit appended events to the stream (the intake, a reply's delivery status): take them as

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
 import ray
 
-from actors.agent_core import AgentCore, Hold, log, rescinded
+from actors.agent_core import AgentCore, Hold, log, rescinded, routing_key
 from actors.free_heap import release_free_heap
 from actors.mailbox import Mailbox
 from store.clock import utcnow
@@ -108,10 +109,14 @@ class AgentPresence(AgentCore):
         return mailbox
 
     def _notify_inboxes(self, answered: int | None = None) -> None:
-        """Push the newest snapshot to every inbox the agent serves (retried; only the newest is kept).
+        """Push the newest snapshot to every inbox the agent serves whose routing it changes (retried; only the
+        newest is kept).
 
         `answered`: the inbox whose call this step answers. The answer carries the snapshot, which that
-        inbox absorbs whenever it arrives (`AgentLink.tell`), so it is not pushed there too.
+        inbox absorbs whenever it arrives (`AgentLink.tell`), so it is not pushed there too. An inbox whose last
+        snapshot from this agent routes as the new one does (`routing_key`: one more chat under capacity, say)
+        is not told either: a push is an actor call, and most capacity changes of a busy agent change nothing
+        its other inboxes decide on.
         """
         self._notifying = asyncio.ensure_future(self._push_snapshot(answered))
         self._notifying.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
@@ -132,9 +137,18 @@ class AgentPresence(AgentCore):
     async def _push_snapshot(self, answered: int | None) -> None:
         inbox_ids = await self._served_inboxes()
         snapshot = self.snapshot()
+        key = routing_key(snapshot)
         for inbox_id in inbox_ids:
-            if inbox_id != answered:
-                self._mailbox(inbox_id).post("agent_changed", snapshot, key="snapshot")
+            if inbox_id == answered or self._told_keys.get(inbox_id) == key:
+                continue
+            self._told_keys[inbox_id] = key
+            pushed = self._mailbox(inbox_id).post("agent_changed", snapshot, key="snapshot")
+            pushed.add_done_callback(functools.partial(self._push_ended, inbox_id))
+
+    def _push_ended(self, inbox_id: int, pushed: asyncio.Future[Any]) -> None:
+        """A push the inbox never got (its mailbox gave up): what it knows is no longer assumed."""
+        if pushed.cancelled() or pushed.exception() is not None:
+            self._told_keys.pop(inbox_id, None)
 
     # ------------------------------------------------------------------ deactivation
 
