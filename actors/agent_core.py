@@ -17,13 +17,13 @@ import json
 import logging
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import ray
 
 from actors.activation import StoreBackedActor, in_ray_actor
+from actors.agent_holds import Hold, stored_offer
 from actors.directory import Directory
 from actors.event_signal import EventSignal
 from actors.mailbox import Mailbox
@@ -32,7 +32,6 @@ from store.agent_store import (
     AgentStore,
     LinkedEvent,
     StoredEvent,
-    StoredOffer,
     is_postgres,
     open_agent_store,
     told_rows,
@@ -58,28 +57,6 @@ CATCH_UP_PAGE = 500
 LANDED_READ_LIMIT = 1000
 
 
-@dataclass
-class Hold:
-    offer: dict[str, Any]
-    # A claim or a transfer: it takes capacity but is no "ringing" offer.
-    direct: bool
-    held_at: float
-    published: bool = False
-
-    @property
-    def transaction_id(self) -> int:
-        return int(self.offer["transaction_id"])
-
-    @property
-    def inbox_id(self) -> int:
-        return int(self.offer["inbox_id"])
-
-    @property
-    def expires_at(self) -> datetime | None:
-        value = self.offer.get("expires_at")
-        return datetime.fromisoformat(value) if value else None
-
-
 def remember(ids: OrderedDict[Any, None], key: Any) -> None:
     ids[key] = None
     while len(ids) > REMEMBERED_IDS:
@@ -92,26 +69,6 @@ def _event(event_id: int, kind: str, at: datetime, payload: dict[str, Any]) -> d
 
 def event_of(row: StoredEvent) -> dict[str, Any]:
     return _event(row.id, row.kind, row.created_at, row.payload)
-
-
-def stored_offer(offer: StoredOffer) -> dict[str, Any]:
-    return {"offer_id": offer.offer_id, "transaction_id": offer.transaction_id, "inbox_id": offer.inbox_id,
-            "expires_at": offer.expires_at.isoformat() if offer.expires_at else None}
-
-
-def routing_key(snapshot: dict[str, Any]) -> tuple[Any, ...]:
-    """What of a snapshot routing decides on (`routing.model.AgentSnapshot`: eligible means available, under
-    capacity and no offer ringing; Longest Idle skips busy agents and orders the others by `idle_since`). Two
-    snapshots with the same key route alike, whatever their exact counts."""
-    active, limit = snapshot["active_count"], snapshot["max_concurrent"]
-    return (snapshot["status"], limit, active >= limit, active > 0, snapshot["has_pending_offer"],
-            snapshot["idle_since"] if active == 0 else None)
-
-
-def rescinded(offer: dict[str, Any], reason: str) -> dict[str, Any]:
-    """An `offer_rescinded` event's payload: the offer (as held or published) is over."""
-    return {"transaction_id": int(offer["transaction_id"]), "inbox_id": int(offer["inbox_id"]),
-            "offer_id": offer["offer_id"], "reason": reason}
 
 
 class AgentCore(StoreBackedActor):
@@ -280,17 +237,6 @@ class AgentCore(StoreBackedActor):
                 "has_pending_offer": self._ringing() is not None,
                 "idle_since": idle.isoformat() if idle else None, "version": [self.epoch, self._seq]}
 
-    def _answer(self, inbox_id: int | None) -> dict[str, Any]:
-        """The snapshot an inbox's call is answered with, which that inbox then routes on (its mailbox retries the
-        call until the answer arrives). `None`: the calling inbox is not known here, so what any inbox knows is no
-        longer assumed (each hears of the next change)."""
-        snapshot = self.snapshot()
-        if inbox_id is None:
-            self._told_keys.clear()
-        else:
-            self._told_keys[inbox_id] = routing_key(snapshot)
-        return snapshot
-
     # ------------------------------------------------------------------ the event log: one commit per step
 
     async def _commit(self, state: dict[str, Any] | None = None,
@@ -420,6 +366,9 @@ class AgentCore(StoreBackedActor):
         raise NotImplementedError  # actors.agent_presence.AgentPresence
 
     def _notify_inboxes(self, answered: int | None = None) -> None:
+        raise NotImplementedError  # actors.agent_presence.AgentPresence
+
+    def _answer(self, inbox_id: int | None) -> dict[str, Any]:
         raise NotImplementedError  # actors.agent_presence.AgentPresence
 
     def _heard_from(self, inbox_id: int) -> None:

@@ -19,7 +19,8 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from actors.agent_core import AgentCore, Hold, log, remember, rescinded, stored_offer
+from actors.agent_core import AgentCore, log, remember
+from actors.agent_holds import Hold, rescinded, stored_offer
 from routing.presence import after_missed_offer, missed_reason
 from store.agent_store import LinkedEvent
 from store.clock import utcnow

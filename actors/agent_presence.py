@@ -9,7 +9,8 @@ from typing import Any
 
 import ray
 
-from actors.agent_core import AgentCore, Hold, log, rescinded, routing_key
+from actors.agent_core import AgentCore, log
+from actors.agent_holds import Hold, rescinded
 from actors.free_heap import release_free_heap
 from actors.mailbox import Mailbox
 from store.clock import utcnow
@@ -19,6 +20,15 @@ QUIET_AFTER_S = 5.0
 # The inboxes the agent serves are read from the store at most this often; an inbox's call or resync from an
 # inbox not among them reads them again at once (see `_served_inboxes`).
 SERVED_INBOXES_TTL_S = 30.0
+
+
+def routing_key(snapshot: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a snapshot routing decides on (`routing.model.AgentSnapshot`: eligible means available, under
+    capacity and no offer ringing; Longest Idle skips busy agents and orders the others by `idle_since`). Two
+    snapshots with the same key route alike, whatever their exact counts."""
+    active, limit = snapshot["active_count"], snapshot["max_concurrent"]
+    return (snapshot["status"], limit, active >= limit, active > 0, snapshot["has_pending_offer"],
+            snapshot["idle_since"] if active == 0 else None)
 
 
 class AgentPresence(AgentCore):
@@ -120,6 +130,17 @@ class AgentPresence(AgentCore):
         """
         self._notifying = asyncio.ensure_future(self._push_snapshot(answered))
         self._notifying.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    def _answer(self, inbox_id: int | None) -> dict[str, Any]:
+        """The snapshot an inbox's call is answered with, which that inbox then routes on (its mailbox retries the
+        call until the answer arrives). `None`: the calling inbox is not known here, so what any inbox knows is no
+        longer assumed (each hears of the next change)."""
+        snapshot = self.snapshot()
+        if inbox_id is None:
+            self._told_keys.clear()
+        else:
+            self._told_keys[inbox_id] = routing_key(snapshot)
+        return snapshot
 
     def _heard_from(self, inbox_id: int) -> None:
         """An inbox called: one the cached list does not know (the agent just joined it) is read anew."""

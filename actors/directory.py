@@ -137,3 +137,15 @@ async def push_agent_event(directory: Directory, org_id: int, user_id: int, kind
                                      within_s=_PUSH_WITHIN_S)
     except ActorUnavailable as exc:
         log.error("agent %s:%s: %s event not shown within %.0fs: %s", org_id, user_id, kind, _PUSH_WITHIN_S, exc)
+
+
+async def tell_agent_of_events(directory: Directory, org_id: int, user_id: int, told: list[Any]) -> None:
+    """Tell an agent of events another actor's commit appended to its stream (`told`: as stored, linked), waiting out
+    a restart or a deactivation. Given up, they are still on its stream: the agent reads them when it next reads it,
+    or when a stream opens."""
+    try:
+        await call_while_unavailable(lambda: directory.agent(org_id, user_id), "read_stream", told,
+                                     within_s=_PUSH_WITHIN_S)
+    except ActorUnavailable as exc:
+        log.error("agent %s:%s: not told of %d events within %.0fs: %s", org_id, user_id, len(told), _PUSH_WITHIN_S,
+                  exc)

@@ -27,15 +27,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from actors import sender_metrics
 from actors.activation import StoreBackedActor
-from actors.directory import Directory, push_agent_event, spawn
+from actors.directory import Directory, spawn, tell_agent_of_events
 from actors.pacing import PairGate, RateGate, backoff_s
 from config.actor_settings import ActorSettings
 from meta.graph_client import GraphAPIError, GraphClient
 from store import outbox
+from store.agent_store import Told
 from store.crypto import SecretBox, resolve_key
+from store.routing_repo import append_in_transaction
 from store.tables import PhoneNumber, WhatsAppAccount
 from store.types import utcnow
 
@@ -135,7 +138,8 @@ class SenderActor(StoreBackedActor):
         async with self.db.session() as session:
             parked = await outbox.apply_parked_statuses(session, self.phone_number_id,
                                                         utcnow() - timedelta(seconds=_PARKED_STATUSES_S))
-        self._notify(parked)
+            told = await self._on_streams(session, parked)
+        self._notify(parked, told)
         for row_id, recipient, next_at, _ in rows:
             self._due[row_id] = _monotonic_of(next_at)
             if row_id not in self._known:
@@ -204,9 +208,10 @@ class SenderActor(StoreBackedActor):
         wamid = _wamid_of(answer)
         async with self.db.session() as session:
             changes = await outbox.mark_accepted(session, outbound_id, wamid)
+            told = await self._on_streams(session, changes)
         self.sent_count += 1
         sender_metrics.sent(org_id, self.phone_number_id)
-        self._notify([*changes])
+        self._notify(changes, told)
         return True
 
     async def _failed(self, org_id: int, outbound_id: int, attempts: int, error: GraphAPIError) -> bool:
@@ -225,9 +230,11 @@ class SenderActor(StoreBackedActor):
             self._tokens.clear()  # a relinked account brings a new token
         async with self.db.session() as session:
             change = await outbox.mark_failed(session, outbound_id, error.code, title, error.details)
+            changes = [change] if change is not None else []
+            told = await self._on_streams(session, changes)
         if change is not None:  # None: no longer pending, another attempt ended it (and counted it)
             sender_metrics.failed(org_id, self.phone_number_id, error)
-        self._notify([change] if change is not None else [])
+        self._notify(changes, told)
         return True
 
     async def _token(self, org_id: int, waba_id: str) -> str:
@@ -241,12 +248,22 @@ class SenderActor(StoreBackedActor):
             token = self._tokens[(org_id, waba_id)] = self._secrets.decrypt(encrypted)
         return token
 
-    def _notify(self, changes: list[outbox.StatusChange]) -> None:
-        """Tell the agent who wrote the message how it went (fire-and-forget: the store has it)."""
-        for change in changes:
-            if change.agent_id is not None:
-                spawn(push_agent_event(self.directory, change.org_id, change.agent_id, "message_status",
-                                       change.event()), f"message_status to agent {change.agent_id}")
+    @staticmethod
+    async def _on_streams(session: AsyncSession, changes: list[outbox.StatusChange]) -> Told:
+        """Each change's status on the stream of the agent who wrote the message, in the commit that makes it, in
+        order (as the intake appends the statuses it applies): a stream never shows an older status after a newer
+        one, whichever commit applied it."""
+        return await append_in_transaction(
+            session, [(change.org_id, (change.agent_id, "message_status", change.event())) for change in changes
+                      if change.agent_id is not None], stream_lock=session.get_bind().dialect.name == "postgresql")
+
+    def _notify(self, changes: list[outbox.StatusChange], told: Told) -> None:
+        """Tell each agent who wrote a message how it went: the events its stream shows from the commit (fire and
+        forget: the store has them)."""
+        org_of = {change.agent_id: change.org_id for change in changes if change.agent_id is not None}
+        for agent_id, events in told.items():
+            spawn(tell_agent_of_events(self.directory, org_of[agent_id], agent_id, events),
+                  f"message_status to agent {agent_id}")
 
 
 def _wamid_of(answer: dict[str, Any]) -> str:

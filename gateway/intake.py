@@ -19,7 +19,7 @@ from store.agent_streams import StreamEvent, message_shown
 from store.core_connection import core_connection
 from store.customers import CustomerRef, Identity, new_anonymous_customer, resolve_customers
 from store.outbox import StatusChange, apply_status
-from store.routing_repo import append_at_intake, attach_to_assigned, forwarded_payload
+from store.routing_repo import append_in_transaction, attach_to_assigned, forwarded_payload
 from store.tables import Base, Customer, InboundMessage, Inbox, MessageStatus, WebhookChange
 from store.templates_repo import apply_status_event
 from store.upsert import insert_ignoring_duplicates
@@ -206,7 +206,7 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
                 # On the replying agent's stream from this commit: a status is never lost between the store and the
                 # stream, and the agent writes nothing for it.
                 on_streams.append((moved.org_id, (moved.agent_id, "message_status", moved.event())))
-    told = await append_at_intake(session, on_streams, stream_lock=postgres)
+    told = await append_in_transaction(session, on_streams, stream_lock=postgres)
     result.statuses_told = {agent_id: shown for agent_id, events in told.items()
                             if (shown := [event for event in events if event[2] == "message_status"])}
     if attached:

@@ -302,12 +302,13 @@ def detach_messages(connection: Connection, inbox_id: int, transaction_id: int, 
         .values(transaction_id=None).returning(InboundMessage.id)).scalars()]
 
 
-async def append_at_intake(session: AsyncSession, events: Sequence[tuple[int, StreamEvent]],
-                           stream_lock: bool) -> Told:
-    """In the intake's transaction: events on agents' streams, (org id, event) in order — a follow-up shown, a reply's
-    delivery status — so they cost the agent no write and land with what they show; each agent's, as stored and
-    linked, is what it is told (`store.agent_streams`). `stream_lock` (PostgreSQL): the agents' state rows are locked
-    first, sorted, as every writer of a stream does, so a stream's ids commit in id order."""
+async def append_in_transaction(session: AsyncSession, events: Sequence[tuple[int, StreamEvent]],
+                                stream_lock: bool) -> Told:
+    """In the session's transaction (the intake's, the sender's): events on agents' streams, (org id, event) in order
+    — a follow-up shown, a reply's delivery status — so they cost the agent no write and land with what they show;
+    each agent's, as stored and linked, is what it is told (`store.agent_streams`). `stream_lock` (PostgreSQL): the
+    agents' state rows are locked first, sorted, as every writer of a stream does, so a stream's ids commit in id
+    order."""
     if not events:
         return {}
     connection = await core_connection(session)

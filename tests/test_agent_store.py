@@ -286,7 +286,7 @@ def test_a_commit_reads_back_what_the_gateway_appended_to_the_stream_since_in_id
 
     async def run() -> None:
         from store.agent_streams import message_shown
-        from store.routing_repo import append_at_intake
+        from store.routing_repo import append_in_transaction
 
         db = Database(store_url, pool_size=1)
         org_id, user_id = await _new_agent(db)
@@ -296,7 +296,7 @@ def test_a_commit_reads_back_what_the_gateway_appended_to_the_stream_since_in_id
             await store.load(org_id, user_id, recent=10, work_kinds=("assigned",), work_history=10)
             (first,) = await store.commit(org_id, user_id, None, [("offer", {"offer_id": "1.0"})], at)
             async with db.session() as session:
-                await append_at_intake(session, [
+                await append_in_transaction(session, [
                     (org_id, message_shown(user_id, 7, {"id": 11, "inbox_id": 3, "summary": "a"})),
                     (org_id, message_shown(user_id, 7, {"id": 12, "inbox_id": 3, "summary": "b"}))],
                     stream_lock=postgres)

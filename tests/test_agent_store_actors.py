@@ -32,7 +32,7 @@ from store.agent_streams import message_shown
 from store.db import Database
 from store.errors import StoreUnavailable
 from store.migrate import upgrade_to_head
-from store.routing_repo import append_at_intake
+from store.routing_repo import append_in_transaction
 from store.tables import Organization, User
 from tests.fault_injection import actor_pid
 from tests.routing_support import Scenario, customer_id, scenario
@@ -181,7 +181,7 @@ def test_a_delivery_whose_commit_landed_but_whose_answer_was_lost_is_shown_once(
             async def gateway_shows_a_follow_up() -> None:  # just before the agent's commit
                 async with db.session() as session:
                     follow_up = {"id": m100, "inbox_id": 3, "summary": "m 100"}
-                    await append_at_intake(session, [(actor.org_id, message_shown(actor.user_id, tx, follow_up))],
+                    await append_in_transaction(session, [(actor.org_id, message_shown(actor.user_id, tx, follow_up))],
                                            stream_lock=False)
 
             store.before_next_write = gateway_shows_a_follow_up

@@ -26,7 +26,7 @@ from store import routing_repo as repo
 from store.clock import utcnow
 from store.db import Database
 from store.migrate import upgrade_to_head
-from store.routing_repo import append_at_intake
+from store.routing_repo import append_in_transaction
 from store.tables import (
     AgentEvent,
     Customer,
@@ -179,7 +179,7 @@ def test_a_follow_up_still_being_delivered_when_its_conversation_closes_is_shown
             if at_intake:
                 forward = _forwarded(follow_up, tx_id)
                 shown = agent_streams.message_shown(user_id, tx_id, repo.forwarded_payload(forward))
-                await append_at_intake(session, [(org_id, shown)], stream_lock=False)
+                await append_in_transaction(session, [(org_id, shown)], stream_lock=False)
             else:
                 forward = _forwarded(follow_up, None)
         assert (await inbox.ingest([forward]))["attached"] == 1

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from store.agent_streams import message_shown
 from store.db import Database
-from store.routing_repo import append_at_intake, message_payload
+from store.routing_repo import append_in_transaction, message_payload
 from store.tables import InboundMessage
 from tests.routing_support import Agent, AgentSocket, Scenario, customer_id, scenario
 from tests.support import Gateway, query_db
@@ -40,8 +40,9 @@ def _stored_but_never_forwarded(sc: Scenario, agent: Agent, tx_id: int, text: st
         try:
             async with db.session() as session:
                 row = (await session.scalars(select(InboundMessage).where(InboundMessage.id == message_id))).one()
-                await append_at_intake(session, [(row.org_id, message_shown(agent.id, tx_id, message_payload(row)))],
-                                       stream_lock=session.get_bind().dialect.name == "postgresql")
+                shown = message_shown(agent.id, tx_id, message_payload(row))
+                await append_in_transaction(session, [(row.org_id, shown)],
+                                            stream_lock=session.get_bind().dialect.name == "postgresql")
         finally:
             await db.dispose()
 

@@ -108,7 +108,8 @@ def test_no_accepted_message_is_lost_or_sent_twice_when_the_sender_is_sigkilled(
 def test_statuses_that_raced_the_senders_accept_are_applied_by_its_next_poll(any_sc: Scenario) -> None:
     """On PostgreSQL a status webhook and the sender storing the wamid can run at once and miss each other
     (neither sees the other's uncommitted write): the statuses are stored, never applied. The sender's poll
-    applies them. The race's outcome is made here by hand: a read reply put back to `accepted`."""
+    applies them, and the agent's stream shows them in the order they apply (one commit appends them). The race's
+    outcome is made here by hand: a read reply put back to `accepted`."""
     sc = any_sc
     connect_callback(sc)
     deliveries(sc)
@@ -118,7 +119,11 @@ def test_statuses_that_raced_the_senders_accept_are_applied_by_its_next_poll(any
     tx_id = converse(sc, agent, socket, customer_id(), "is it shipped?")
     reply(sc, agent, tx_id, "it left this morning")
     (row,) = wait_states(sc, tx_id, {"read"})
+    socket.next("message_status", where=lambda e: e["status"] == "read")
+    shown_before = len(socket.of_type("message_status"))
     assert query_db(sc.gateway, "UPDATE outbound_messages SET state = 'accepted', status_at = NULL WHERE id = :id "
                                 "RETURNING id", id=row["id"]) == [(row["id"],)]
     (again,) = wait_states(sc, tx_id, {"read"}, timeout=15)
     assert again["wamid"] == row["wamid"] and again["status_at"] == row["status_at"]
+    socket.next("message_status", where=lambda e: e["status"] == "read")
+    assert [e["status"] for e in socket.of_type("message_status")[shown_before:]] == ["sent", "delivered", "read"]

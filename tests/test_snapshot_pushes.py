@@ -1,7 +1,7 @@
 """An agent tells its other inboxes of a change only when it changes what they route on.
 
 Each push of an agent's snapshot to an inbox is an actor call. An inbox routes on whether the agent is present,
-under capacity, holding an offer, busy and (when free) idle since when (`actors.agent_core.routing_key`): a
+under capacity, holding an offer, busy and (when free) idle since when (`actors.agent_presence.routing_key`): a
 busy agent taking one more chat under capacity, or ending one of several, changes none of it for its other
 inboxes. Ray-free: a real agent actor in this process, on a real store (SQLite and PostgreSQL), whose directory
 counts the snapshots each inbox is pushed.
@@ -17,15 +17,14 @@ from typing import Any
 import pytest
 
 from actors.agent_actor import AgentActor
-from actors.agent_core import routing_key
+from actors.agent_presence import routing_key
 from config.actor_settings import ActorSettings
-from config.licenses import AGENT_LICENSES
 from config.settings import Settings
 from store import agent_streams
 from store.clock import utcnow
 from store.db import Database
-from store.tables import Inbox, InboxAgent, Organization, PhoneNumber, User
-from tests.test_close_while_delivering import _store_url
+from store.tables import Inbox, InboxAgent, PhoneNumber
+from tests.test_close_while_delivering import _conversation, _store_url
 
 
 class _CountingInboxes:
@@ -45,23 +44,18 @@ class _CountingInboxes:
 
 
 async def _agent_of_two_inboxes(db: Database) -> tuple[int, int, int, int]:
-    """(org, agent, sales inbox, support inbox): one agent serving both."""
+    """(org, agent, sales inbox, support inbox): one agent serving both (sales has a customer waiting, unrouted)."""
+    org_id, user_id, sales, _, _ = await _conversation(db, mode="manual")
     async with db.session() as session:
-        org = Organization(name="Acme", webhook_verify_token=uuid.uuid4().hex)
-        session.add(org)
+        number = PhoneNumber(phone_number_id=uuid.uuid4().hex[:12], waba_id="waba")
+        session.add(number)
         await session.flush()
-        user = User(org_id=org.id, name="Ana", email=f"{uuid.uuid4().hex}@acme.test", role="member",
-                    licenses=sorted(AGENT_LICENSES))
-        numbers = [PhoneNumber(phone_number_id=uuid.uuid4().hex[:12], waba_id="waba") for _ in range(2)]
-        session.add_all([user, *numbers])
+        support = Inbox(org_id=org_id, name="Support", phone_number_id=number.phone_number_id,
+                        assignment_mode="longest_idle", reassign_after_s=30)
+        session.add(support)
         await session.flush()
-        inboxes = [Inbox(org_id=org.id, name=name, phone_number_id=number.phone_number_id,
-                         assignment_mode="longest_idle", reassign_after_s=30)
-                   for name, number in zip(("Sales", "Support"), numbers, strict=True)]
-        session.add_all(inboxes)
-        await session.flush()
-        session.add_all([InboxAgent(inbox_id=inbox.id, user_id=user.id, proficiency=1) for inbox in inboxes])
-        return org.id, user.id, inboxes[0].id, inboxes[1].id
+        session.add(InboxAgent(inbox_id=support.id, user_id=user_id, proficiency=1))
+        return org_id, user_id, sales, support.id
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

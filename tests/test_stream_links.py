@@ -9,7 +9,6 @@ the event the stream really has before it: both are checked here on both stores,
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,8 +19,9 @@ from store.agent_store import LinkedEvent, open_agent_store, told_rows
 from store.agent_streams import append_to_streams
 from store.db import Database
 from store.migrate import upgrade_to_head
-from store.routing_repo import append_at_intake
-from store.tables import AgentState, Organization, User
+from store.routing_repo import append_in_transaction
+from store.tables import AgentState
+from tests.test_agent_store_actors import _new_agents
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -33,17 +33,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 async def _org_with_agents(db: Database, count: int) -> tuple[int, list[int]]:
+    """Agents at work: each with its state row, which every writer of its stream locks first on PostgreSQL."""
+    org_id, users = await _new_agents(db, count)
     async with db.session() as session:
-        org = Organization(name="Acme", webhook_verify_token=uuid.uuid4().hex, missed_offers_before_away=4)
-        session.add(org)
-        await session.flush()
-        users = [User(org_id=org.id, name=f"Agent {i}", email=f"{uuid.uuid4().hex}@acme.test", role="member")
-                 for i in range(count)]
-        session.add_all(users)
-        await session.flush()
-        session.add_all([AgentState(user_id=u.id, org_id=org.id, status="available", max_concurrent=3)
-                         for u in users])
-        return org.id, [u.id for u in users]
+        session.add_all([AgentState(user_id=user_id, org_id=org_id, status="available", max_concurrent=3)
+                         for user_id in users])
+    return org_id, users
 
 
 def test_each_agent_is_told_its_events_as_its_stream_reads_them_each_linked_to_the_one_before(
@@ -66,7 +61,7 @@ def test_each_agent_is_told_its_events_as_its_stream_reads_them_each_linked_to_t
             ], at))
             # The intake's commit (async, with each event's own organization) after it.
             async with db.session() as session:
-                second = await append_at_intake(session, [
+                second = await append_in_transaction(session, [
                     (org_id, (bob, "message", {"transaction_id": 2, "message": message})),
                     (org_id, (ana, "transaction_closed", {"transaction_id": 3, "reason": "closed"})),
                 ], stream_lock=store_url.startswith("postgresql"))
