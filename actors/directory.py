@@ -128,24 +128,22 @@ async def call_while_unavailable(proxy: Callable[[], Any], method: str, *args: A
 _PUSH_WITHIN_S = 30.0
 
 
+async def _call_agent(directory: Directory, org_id: int, user_id: int, what: str, method: str, *args: Any) -> None:
+    """`method(*args)` on the agent, safe to repeat, waiting out a restart or a deactivation (the next attempt
+    activates the agent again from the store); `what` names it in the log if the wait runs out."""
+    try:
+        await call_while_unavailable(lambda: directory.agent(org_id, user_id), method, *args, within_s=_PUSH_WITHIN_S)
+    except ActorUnavailable as exc:
+        log.error("agent %s:%s: %s not done within %.0fs: %s", org_id, user_id, what, _PUSH_WITHIN_S, exc)
+
+
 async def push_agent_event(directory: Directory, org_id: int, user_id: int, kind: str,
                            payload: dict[str, Any]) -> None:
-    """Append an event to an agent's stream, waiting out a restart or a deactivation (the next attempt
-    activates the agent again from the store)."""
-    try:
-        await call_while_unavailable(lambda: directory.agent(org_id, user_id), "push_event", kind, payload,
-                                     within_s=_PUSH_WITHIN_S)
-    except ActorUnavailable as exc:
-        log.error("agent %s:%s: %s event not shown within %.0fs: %s", org_id, user_id, kind, _PUSH_WITHIN_S, exc)
+    """Append an event to an agent's stream (one step of the agent's)."""
+    await _call_agent(directory, org_id, user_id, f"{kind} event shown", "push_event", kind, payload)
 
 
 async def tell_agent_of_events(directory: Directory, org_id: int, user_id: int, told: list[Any]) -> None:
-    """Tell an agent of events another actor's commit appended to its stream (`told`: as stored, linked), waiting out
-    a restart or a deactivation. Given up, they are still on its stream: the agent reads them when it next reads it,
-    or when a stream opens."""
-    try:
-        await call_while_unavailable(lambda: directory.agent(org_id, user_id), "read_stream", told,
-                                     within_s=_PUSH_WITHIN_S)
-    except ActorUnavailable as exc:
-        log.error("agent %s:%s: not told of %d events within %.0fs: %s", org_id, user_id, len(told), _PUSH_WITHIN_S,
-                  exc)
+    """Tell an agent of events another actor's commit appended to its stream (`told`: as stored, linked). Given up,
+    they are still on its stream: the agent reads them when it next reads it, or when a stream opens."""
+    await _call_agent(directory, org_id, user_id, f"told of {len(told)} events", "read_stream", told)

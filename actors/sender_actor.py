@@ -255,7 +255,7 @@ class SenderActor(StoreBackedActor):
         one, whichever commit applied it."""
         return await append_in_transaction(
             session, [(change.org_id, (change.agent_id, "message_status", change.event())) for change in changes
-                      if change.agent_id is not None], stream_lock=session.get_bind().dialect.name == "postgresql")
+                      if change.agent_id is not None])
 
     def _notify(self, changes: list[outbox.StatusChange], told: Told) -> None:
         """Tell each agent who wrote a message how it went: the events its stream shows from the commit (fire and

@@ -116,41 +116,35 @@ InboxFilter = Annotated[int | None, id_query("Only this inbox")]
 AgentFilter = Annotated[int | None, id_query("Only this agent")]
 
 
-async def get_org_context(
-    org_id: OrgId,
-    principal: PrincipalDep,
-    session: SessionDep,
-) -> OrgContext:
-    # Another organization's id looks exactly like one that does not exist: no data leaks.
-    if principal.user is not None and principal.user.org_id != org_id:
-        raise not_found("organization")
-    org = await session.get(Organization, org_id)
-    if org is None:
-        raise not_found("organization")
-    return OrgContext(org_id=org_id, principal=principal, org=org)
-
-
-OrgMember = Annotated[OrgContext, Depends(get_org_context)]
-
-
 async def get_org_access(
     org_id: OrgId,
     principal: PrincipalDep,
     session: SessionDep,
 ) -> OrgAccess:
-    """`get_org_context` without reading the organization's row, for the agents' actions on conversations: a member's
-    organization exists (its users belong to it, and organizations are never deleted); the platform admin's is
-    looked up."""
+    """The organization named in the path and its caller, without reading the organization's row for a member, as
+    the agents' actions on conversations need: a member's organization exists (its users belong to it, and
+    organizations are never deleted); the platform admin's is looked up."""
+    # Another organization's id looks exactly like one that does not exist: no data leaks.
     if principal.user is not None:
         if principal.user.org_id != org_id:
             raise not_found("organization")
-        return OrgAccess(org_id=org_id, principal=principal)
-    if await session.get(Organization, org_id) is None:
+    elif await session.get(Organization, org_id) is None:
         raise not_found("organization")
     return OrgAccess(org_id=org_id, principal=principal)
 
 
 OrgActing = Annotated[OrgAccess, Depends(get_org_access)]
+
+
+async def get_org_context(access: OrgActing, session: SessionDep) -> OrgContext:
+    """`get_org_access` with the organization's row (the platform admin's already in the session: no second read)."""
+    org = await session.get(Organization, access.org_id)
+    if org is None:
+        raise not_found("organization")
+    return OrgContext(org_id=access.org_id, principal=access.principal, org=org)
+
+
+OrgMember = Annotated[OrgContext, Depends(get_org_context)]
 
 
 async def require_supervisor(ctx: OrgMember) -> OrgContext:

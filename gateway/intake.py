@@ -33,8 +33,9 @@ class IntakeResult:
     # Messages to route, per organization owning the number's inbox (the receiving one or another).
     new_messages: dict[int, list[StoredMessage]] = field(default_factory=dict)
     status_changes: list[StatusChange] = field(default_factory=list)
-    # Each replying agent's `message_status` events as the commit stored them on its stream, for it to be told.
-    statuses_told: Told = field(default_factory=dict)
+    # Each agent's events the commit appended to its stream (follow-ups shown, reply statuses), as stored: what the
+    # agent is told.
+    told: Told = field(default_factory=dict)
     new_message_count: int = 0
     duplicate_messages: int = 0
     statuses: int = 0
@@ -206,12 +207,10 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
                 # On the replying agent's stream from this commit: a status is never lost between the store and the
                 # stream, and the agent writes nothing for it.
                 on_streams.append((moved.org_id, (moved.agent_id, "message_status", moved.event())))
-    told = await append_in_transaction(session, on_streams, stream_lock=postgres)
-    result.statuses_told = {agent_id: shown for agent_id, events in told.items()
-                            if (shown := [event for event in events if event[2] == "message_status"])}
+    result.told = await append_in_transaction(session, on_streams)
     if attached:
         # Each follow-up carries its event as stored, for its agent to take without reading its stream.
-        shown_as = {int(event[3]["message"]["id"]): (agent_id, event) for agent_id, events in told.items()
+        shown_as = {int(event[3]["message"]["id"]): (agent_id, event) for agent_id, events in result.told.items()
                     for event in events if event[2] == "message"}
         result.new_messages = {org: [replace(m, shown_as=shown_as.get(m.id)) for m in messages]
                                for org, messages in result.new_messages.items()}

@@ -302,17 +302,16 @@ def detach_messages(connection: Connection, inbox_id: int, transaction_id: int, 
         .values(transaction_id=None).returning(InboundMessage.id)).scalars()]
 
 
-async def append_in_transaction(session: AsyncSession, events: Sequence[tuple[int, StreamEvent]],
-                                stream_lock: bool) -> Told:
+async def append_in_transaction(session: AsyncSession, events: Sequence[tuple[int, StreamEvent]]) -> Told:
     """In the session's transaction (the intake's, the sender's): events on agents' streams, (org id, event) in order
     — a follow-up shown, a reply's delivery status — so they cost the agent no write and land with what they show;
-    each agent's, as stored and linked, is what it is told (`store.agent_streams`). `stream_lock` (PostgreSQL): the
-    agents' state rows are locked first, sorted, as every writer of a stream does, so a stream's ids commit in id
-    order."""
+    each agent's, as stored and linked, is what it is told (`store.agent_streams`). On PostgreSQL the agents' state
+    rows are locked first, sorted, as every writer of a stream does (`append_to_streams`), so a stream's ids commit
+    in id order."""
     if not events:
         return {}
     connection = await core_connection(session)
-    if stream_lock:
+    if session.get_bind().dialect.name == "postgresql":
         await connection.execute(LOCK_STREAMS, {"agents": sorted({agent_id for _, (agent_id, _, _) in events})})
     now = utcnow()
     on_streams = [event for _, event in events]

@@ -291,15 +291,13 @@ def test_a_commit_reads_back_what_the_gateway_appended_to_the_stream_since_in_id
         db = Database(store_url, pool_size=1)
         org_id, user_id = await _new_agent(db)
         store = _open(store_url, user_id)
-        postgres = store_url.startswith("postgresql")
         try:
             await store.load(org_id, user_id, recent=10, work_kinds=("assigned",), work_history=10)
             (first,) = await store.commit(org_id, user_id, None, [("offer", {"offer_id": "1.0"})], at)
             async with db.session() as session:
                 await append_in_transaction(session, [
                     (org_id, message_shown(user_id, 7, {"id": 11, "inbox_id": 3, "summary": "a"})),
-                    (org_id, message_shown(user_id, 7, {"id": 12, "inbox_id": 3, "summary": "b"}))],
-                    stream_lock=postgres)
+                    (org_id, message_shown(user_id, 7, {"id": 12, "inbox_id": 3, "summary": "b"}))])
             rows = await store.commit_and_read(org_id, user_id, {"status": "available"},
                                                [("status", {"status": "available"})], at, after_id=first)
             assert [(r.kind, r.payload.get("message", {}).get("summary")) for r in rows] == [

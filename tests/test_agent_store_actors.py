@@ -181,8 +181,7 @@ def test_a_delivery_whose_commit_landed_but_whose_answer_was_lost_is_shown_once(
             async def gateway_shows_a_follow_up() -> None:  # just before the agent's commit
                 async with db.session() as session:
                     follow_up = {"id": m100, "inbox_id": 3, "summary": "m 100"}
-                    await append_in_transaction(session, [(actor.org_id, message_shown(actor.user_id, tx, follow_up))],
-                                           stream_lock=False)
+                    await append_in_transaction(session, [(actor.org_id, message_shown(actor.user_id, tx, follow_up))])
 
             store.before_next_write = gateway_shows_a_follow_up
             store.lose_next = "after commit"

@@ -179,7 +179,7 @@ def test_a_follow_up_still_being_delivered_when_its_conversation_closes_is_shown
             if at_intake:
                 forward = _forwarded(follow_up, tx_id)
                 shown = agent_streams.message_shown(user_id, tx_id, repo.forwarded_payload(forward))
-                await append_in_transaction(session, [(org_id, shown)], stream_lock=False)
+                await append_in_transaction(session, [(org_id, shown)])
             else:
                 forward = _forwarded(follow_up, None)
         assert (await inbox.ingest([forward]))["attached"] == 1

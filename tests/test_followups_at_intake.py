@@ -41,8 +41,7 @@ def _stored_but_never_forwarded(sc: Scenario, agent: Agent, tx_id: int, text: st
             async with db.session() as session:
                 row = (await session.scalars(select(InboundMessage).where(InboundMessage.id == message_id))).one()
                 shown = message_shown(agent.id, tx_id, message_payload(row))
-                await append_in_transaction(session, [(row.org_id, shown)],
-                                            stream_lock=session.get_bind().dialect.name == "postgresql")
+                await append_in_transaction(session, [(row.org_id, shown)])
         finally:
             await db.dispose()
 

@@ -187,6 +187,6 @@ async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep)
     # Each status is on its agent's stream from the same commit: the agent is told it, as stored.
     for org_id_of_agent, agent_id in sorted({(change.org_id, change.agent_id) for change in result.status_changes
                                              if change.agent_id is not None}):
-        runtime.routing.tell_to_read(org_id_of_agent, agent_id, result.statuses_told.get(agent_id))
+        runtime.routing.tell_to_read(org_id_of_agent, agent_id, result.told.get(agent_id))
     return WebhookAck(messages=result.new_message_count, duplicate_messages=result.duplicate_messages,
                       statuses=result.statuses, other_changes=result.other_changes)
