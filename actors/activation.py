@@ -18,6 +18,7 @@ import ray
 
 from actors import gc_tuning
 from actors.directory import Directory
+from actors.ray_connection import warn_if_below_the_gateways_priority
 from config.actor_settings import ActorSettings
 
 if TYPE_CHECKING:
@@ -97,8 +98,10 @@ class StoreBackedActor:
                         self._reset()
                         raise
                     self._activated = True
-                    if self._settings.gc_tuning and self._exists() and in_ray_actor():
-                        gc_tuning.tune_after_start_up(busy=self.BUSY_PROCESS)
+                    if self._exists() and in_ray_actor():
+                        if self._settings.gc_tuning:
+                            gc_tuning.tune_after_start_up(busy=self.BUSY_PROCESS)
+                        warn_if_below_the_gateways_priority(f"{type(self).__name__} of organization {self.org_id}")
         return self._exists()
 
     def _open_store(self) -> None:

@@ -32,9 +32,28 @@ class RayConnection:
     owns_instance: bool
 
 
+# Ray starts its workers at niceness 15 (its `worker_niceness`), so that batch tasks yield the CPU to Ray's own
+# processes and drivers. Here the workers are the routing actors, the message path itself: ranked below the
+# gateway, they starve whenever it is busy (measured on 2 cores with the CPUs taken: an actor got 3 % of the
+# share a process at niceness 0 got; an inbox took 16 s instead of 0.3 s to start). Every Ray instance or node
+# that hosts them runs them at the gateway's niceness: `ray.init(_system_config=RAY_SYSTEM_CONFIG)` where we
+# start the instance, `RAY_WORKER_NICENESS_ENV` in the environment of each `ray start` (ray_cluster.yaml, deploy/).
+WORKER_NICENESS = 0
+RAY_SYSTEM_CONFIG: dict[str, Any] = {"worker_niceness": WORKER_NICENESS}
+RAY_WORKER_NICENESS_ENV = "RAY_worker_niceness"
+
 # The gateway's own configuration (admin token, encryption key among it) stays in the gateway: actors are
 # given what they need as arguments, and nothing secret.
 CONFIG_ENV_PREFIX = "WA_ROUTER_"
+
+
+def warn_if_below_the_gateways_priority(actor: str) -> None:
+    """Logged by a routing actor whose node runs Ray's workers at a lower priority than `WORKER_NICENESS`
+    (a node started without `RAY_worker_niceness=0`): it works, but a busy machine starves it."""
+    niceness = os.getpriority(os.PRIO_PROCESS, 0)
+    if niceness > WORKER_NICENESS:
+        log.warning("%s runs at niceness %d, below the gateway's priority: a busy node starves it; start this "
+                    "node's Ray with %s=%d", actor, niceness, RAY_WORKER_NICENESS_ENV, WORKER_NICENESS)
 
 
 @contextlib.contextmanager
@@ -103,7 +122,8 @@ def connect_ray(settings: Settings) -> RayConnection:
     else:
         # "local" starts our own instance even if another cluster runs on this machine; on loopback only.
         kwargs.update(address="local", _node_ip_address=LOOPBACK, include_dashboard=True,
-                      dashboard_host=settings.ray_dashboard_host, dashboard_port=settings.ray_dashboard_port)
+                      dashboard_host=settings.ray_dashboard_host, dashboard_port=settings.ray_dashboard_port,
+                      _system_config=RAY_SYSTEM_CONFIG)
         if settings.ray_num_cpus is not None:
             kwargs["num_cpus"] = settings.ray_num_cpus
     # ray.init replaces SIGTERM/SIGINT handlers with ones that exit at once; the server's own

@@ -22,6 +22,7 @@ import psutil
 import ray
 
 from actors.free_heap import release_free_heap
+from actors.ray_connection import RAY_SYSTEM_CONFIG
 from actors.ray_directory import routing_actor_class
 from bench.stats import summary_ms
 
@@ -130,7 +131,8 @@ async def measure(duration_s: float, idle_s: float | None = None) -> dict[str, A
 
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _system_config=RAY_SYSTEM_CONFIG)
     try:
         result = asyncio.run(measure(float(args[0]) if args else 10.0, float(args[1]) if len(args) > 1 else None))
     finally:

@@ -17,12 +17,14 @@ def main(argv: list[str]) -> int:
     import ray
     from ray.cluster_utils import Cluster
 
+    from actors.ray_connection import RAY_SYSTEM_CONFIG
     from bench.counters import short_node_id
 
     workers, dashboard_port = int(argv[0]), int(argv[1])
     # Routing actors reserve no CPU (num_cpus=0): a node's CPU count only bounds Ray's own task workers.
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port})
+        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port,
+        "_system_config": RAY_SYSTEM_CONFIG})
     try:
         for _ in range(workers):
             cluster.add_node(num_cpus=1)

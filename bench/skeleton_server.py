@@ -32,6 +32,7 @@ from fastapi import FastAPI, HTTPException, Request
 
 from actors.directory import Proxy
 from actors.event_signal import EventSignal
+from actors.ray_connection import RAY_SYSTEM_CONFIG
 from actors.ray_directory import routing_actor_class
 from bench.workload import WorkloadShape, agent_inboxes
 from meta.signature import HEADER, verify
@@ -179,7 +180,7 @@ def create_app(spec: dict[str, Any]) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=spec["dashboard_port"],
-                 log_to_driver=False, configure_logging=False)
+                 log_to_driver=False, configure_logging=False, _system_config=RAY_SYSTEM_CONFIG)
         await skeleton.start()
         try:
             yield

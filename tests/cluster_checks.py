@@ -31,13 +31,15 @@ _SCRIPT = """
 import asyncio, json, os, sys, time
 import ray
 from ray.cluster_utils import Cluster
+from actors.ray_connection import RAY_SYSTEM_CONFIG
 from actors.ray_directory import RayDirectory
 from config.settings import Settings
 from tests.fault_injection import actor_pid
 from tests.node_loss import HEALTH_CHECK, worker_node_killer
 
 os.environ.update(HEALTH_CHECK)
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+cluster = Cluster(initialize_head=True, head_node_args={
+    "num_cpus": 1, "include_dashboard": False, "_system_config": RAY_SYSTEM_CONFIG})
 killed = []
 found = {}
 try:
@@ -79,6 +81,8 @@ try:
 
     # 3. node loss
     pids = {n: actor_pid(n, "node-loss", timeout_s=30) for n in names}
+    # Each node's workers at the niceness the head's configuration sets (Ray's default: 15).
+    found["niceness"] = {n: os.getpriority(os.PRIO_PROCESS, pid) for n, pid in pids.items()}
     killed_at = time.monotonic()
     node_id, raylet_pid, affected = worker_node_killer(cluster, workers, killed)(pids)
     back, dead_after = {}, None

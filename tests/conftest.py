@@ -14,6 +14,7 @@ import pytest
 import ray
 from hypothesis import settings as hypothesis_settings
 
+from actors.ray_connection import RAY_SYSTEM_CONFIG
 from actors.ray_directory import RayDirectory
 from config.settings import Settings
 from gateway.app import create_app
@@ -48,7 +49,8 @@ def ray_instance() -> Iterator[None]:
     # address="local": a fresh instance of our own, never a cluster someone left running here.
     # Actors' metrics reach the node's export every second (Ray's default: 10 s), so metrics tests wait ~1 s.
     ray.init(address="local", namespace="wa-router-tests", include_dashboard=False, num_cpus=2, log_to_driver=False,
-             configure_logging=False, _system_config={"metrics_report_interval_ms": 1000})
+             configure_logging=False,
+             _system_config={**RAY_SYSTEM_CONFIG, "metrics_report_interval_ms": 1000})
     yield
     ray.shutdown()
 

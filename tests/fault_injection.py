@@ -40,6 +40,7 @@ import httpx
 import ray
 
 from actors.names import agent_store_actor_name, sender_actor_name
+from actors.ray_connection import RAY_SYSTEM_CONFIG
 from config.settings import Settings
 from meta.simulator import payloads
 from meta.simulator.state import DeliveryPlan, SentMessage, SimulatorState
@@ -1518,7 +1519,7 @@ def main(argv: list[str] | None = None) -> int:
     from meta.simulator.app import create_simulator_app
 
     ray.init(address="local", namespace="wa-router-soak", include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+             configure_logging=False, _system_config=RAY_SYSTEM_CONFIG)
     state = SimulatorState()
     reports: list[FaultReport] = []
     try:

@@ -87,12 +87,14 @@ def worker_node_killer(cluster: Any, workers: list[Any], killed: list[Any]) -> N
 def run(plan: FaultPlan, log: Any = print, health_check: dict[str, str] | None = None) -> dict[str, Any]:
     from ray.cluster_utils import Cluster
 
+    from actors.ray_connection import RAY_SYSTEM_CONFIG
     from gateway.background_server import BackgroundServer
     from meta.simulator.app import create_simulator_app
 
     health_check = HEALTH_CHECK if health_check is None else health_check
     os.environ.update(health_check)  # read by the GCS and raylets the cluster starts below
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": False, "_system_config": RAY_SYSTEM_CONFIG})
     killed: list[Any] = []
     try:
         workers = [cluster.add_node(num_cpus=1, resources={"routing": 100000}) for _ in range(2)]

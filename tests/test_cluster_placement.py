@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from actors.ray_connection import WORKER_NICENESS
+
 
 def test_inbox_and_agent_actors_spread_over_the_nodes_of_a_cluster(cluster_checks: dict[str, Any]) -> None:
     assert "spread" in cluster_checks, cluster_checks["stderr"]
@@ -30,3 +32,11 @@ def test_routing_actors_stay_on_the_nodes_advertising_their_resource(cluster_che
     assert len(placed) == 6
     assert set(placed.values()) <= set(cluster_checks["workers"]), cluster_checks
     assert cluster_checks["head"] not in set(placed.values())
+
+
+def test_routing_actors_on_every_node_run_at_the_gateways_niceness(cluster_checks: dict[str, Any]) -> None:
+    # Set once, on the head (as `ray-cluster.yaml` sets it on every pod): the worker nodes' actors run at
+    # niceness 0 too, not at Ray's 15 for batch workers.
+    assert "niceness" in cluster_checks, cluster_checks["stderr"]
+    assert len(cluster_checks["niceness"]) == 6
+    assert set(cluster_checks["niceness"].values()) == {WORKER_NICENESS}, cluster_checks["niceness"]

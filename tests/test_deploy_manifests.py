@@ -19,6 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from actors.ray_connection import WORKER_NICENESS
+
 REPO = Path(__file__).resolve().parent.parent
 MANIFESTS = REPO / "deploy" / "kubernetes"
 
@@ -147,6 +149,8 @@ def test_raycluster_keeps_routing_actors_off_the_head_and_auth_on() -> None:
         assert env["RAY_AUTH_MODE"]["value"] == "token"
         assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "wa-router-ray-token",
                                                                       "key": "auth_token"}
+        # The routing actors at the gateway's priority on every node that may host them (Ray's default: 15).
+        assert env["RAY_worker_niceness"]["value"] == str(WORKER_NICENESS)
         assert any(p["containerPort"] == 8080 for p in container["ports"])
 
 

@@ -40,11 +40,12 @@ LONG = replace(_GATEWAY_ONLY, messages=2000, send_rate_per_s=30.0, quiescence_ti
 
 
 def run(plan: FaultPlan, log: Any = print) -> dict[str, Any]:
+    from actors.ray_connection import RAY_SYSTEM_CONFIG
     from gateway.background_server import BackgroundServer
     from meta.simulator.app import create_simulator_app
 
     ray.init(address="local", namespace="wa-router-two-gateways", include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+             configure_logging=False, _system_config=RAY_SYSTEM_CONFIG)
     try:
         state = SimulatorState()
         with (BackgroundServer(create_simulator_app(state)) as simulator,
