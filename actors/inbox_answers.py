@@ -335,7 +335,8 @@ class InboxAnswers(InboxCore):
 
             def opened(tx_id: int) -> TxState:
                 return TxState(id=tx_id, customer_id=customer_id, state="assigned", waiting_since=now,
-                               agent_id=user_id, assigned_at=now, customer=customer, sticky_agent=user_id)
+                               agent_id=user_id, assigned_at=now, customer=customer, sticky_agent=user_id,
+                               created_at=now)
 
             def statements(connection: Connection) -> TxState:
                 tx = opened(repo.insert_transaction(connection, row))

@@ -65,7 +65,8 @@ class PendingOpens:
         customer_id = int(first["customer_id"])
         customer = first["customer"]
         state = TxState(id=self._last_id, customer_id=customer_id, state="queued", waiting_since=now,
-                        sticky_agent=sticky_agent, first_message=first, customer=customer, messages_known=True)
+                        sticky_agent=sticky_agent, first_message=first, customer=customer, messages_known=True,
+                        created_at=now)
         row = {"org_id": org_id, "inbox_id": inbox_id, "customer_id": customer_id,
                "customer_wa_id": customer.get("wa_id"), "customer_name": customer.get("name"), "created_at": now}
         pending = PendingOpen(state=state, row=row, messages=[first])

@@ -39,6 +39,8 @@ class TxState:
     first_message: dict[str, Any] | None = field(default=None, compare=False)
     # {id, user_id, wa_id, username, name} as agents are shown it; refreshed by each message.
     customer: dict[str, Any] = field(default_factory=dict, compare=False)
+    # The row's creation time (the API shows it; it never changes).
+    created_at: datetime | None = field(default=None, compare=False)
     # The messages handed to the agent holding it (or shown with its offer): the control loop tells the agent of
     # any other attached (a lost forward), whatever came after it.
     handed: frozenset[int] = field(default=frozenset(), compare=False)
@@ -59,7 +61,7 @@ class TxState:
             agent_id=row.agent_id, offered_to=row.offered_to, offer_id=row.offer_id,
             offer_expires_at=row.offer_expires_at, offer_seq=row.offer_seq, sticky_dials=row.sticky_dials,
             sticky_declined=row.sticky_declined, tried=tuple(row.tried or []), assigned_at=row.assigned_at,
-            closed_at=row.closed_at,
+            closed_at=row.closed_at, created_at=row.created_at,
             # An offered row was last written by its offer's commit.
             offered_at=row.updated_at if row.state == "offered" else None,
             last_agent=row.offered_to if row.offered_to is not None else row.agent_id,
@@ -141,18 +143,23 @@ class TxState:
         }
 
     def view(self) -> dict[str, Any]:
-        """The columns an API answer shows after an action (the gateway adds what never changes)."""
+        """What an API answer shows after an action: the columns, and what never changes when this state knows
+        it (`created_at`, `customer`: None otherwise, and the gateway reads them)."""
         return {"state": self.state, "agent_id": self.agent_id, "offered_to": self.offered_to,
                 "offer_expires_at": self.offer_expires_at, "waiting_since": self.waiting_since,
-                "assigned_at": self.assigned_at, "closed_at": self.closed_at}
+                "assigned_at": self.assigned_at, "closed_at": self.closed_at, "created_at": self.created_at,
+                "customer": self.shown_customer() if self.customer else None}
+
+    def shown_customer(self) -> dict[str, Any]:
+        """The customer as agents and the API show it."""
+        return {"id": self.customer_id, "user_id": self.customer.get("user_id"), "wa_id": self.customer.get("wa_id"),
+                "username": self.customer.get("username"), "name": self.customer.get("name")}
 
     def summary(self, inbox_id: int, inbox_name: str) -> dict[str, Any]:
         """What an agent is shown about the transaction (offer, assignment, transfer events)."""
         return {
             "transaction_id": self.id, "inbox_id": inbox_id, "inbox_name": inbox_name,
-            "customer": {"id": self.customer_id, "user_id": self.customer.get("user_id"),
-                         "wa_id": self.customer.get("wa_id"), "username": self.customer.get("username"),
-                         "name": self.customer.get("name")},
+            "customer": self.shown_customer(),
             "first_message": self.first_message,
             "waiting_since": self.waiting_since.isoformat(),
         }

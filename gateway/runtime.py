@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings
 from gateway.auth_throttle import AuthThrottle
+from gateway.conversation_places import ConversationPlaces
 from gateway.principal_cache import TokenCache
 from gateway.signing_cache import SigningCache
 from meta.graph_client import GraphClient
@@ -36,5 +37,7 @@ class Runtime:
     auth_throttle: AuthThrottle
     # The open agent event streams, their callers' right to watch re-checked together every few seconds.
     streams: StreamWatch
+    # Each conversation's inbox, as learnt from reads and relayed events: actions read nothing first.
+    places: ConversationPlaces = field(default_factory=ConversationPlaces)
     # The admin token generated at this start (None when it came from settings or an earlier start).
     generated_admin_token: str | None = field(default=None, repr=False)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from actors.directory import ActorUnavailable
 from config.models import AgentSettingsUpdate, PresenceUpdate
 from gateway.actor_calls import call_through_restart
+from gateway.conversation_places import ConversationPlaces
 from gateway.deps import (
     OrgContext,
     OrgId,
@@ -151,7 +152,7 @@ async def agent_events(
         await websocket.send_json({"type": "hello", "cursor": last_id, "agent": await agent.view()})
         position = cursor if cursor is not None else last_id
         receiver = asyncio.create_task(_drain(websocket))
-        sender = asyncio.create_task(_send_events(websocket, agent, position))
+        sender = asyncio.create_task(_send_events(websocket, agent, position, org_id, runtime.places))
         # The caller's right is not only the handshake's: a demoted, deleted or revoked caller is dropped.
         watched = runtime.streams.add(credentials.token, org_id, user_id)
         checker = asyncio.create_task(_close_once_refused(websocket, watched))
@@ -175,11 +176,14 @@ async def _close_once_refused(websocket: WebSocket, watched: WatchedStream) -> N
     await websocket.close(code=1008, reason="no longer allowed to watch this agent")
 
 
-async def _send_events(websocket: WebSocket, agent: Any, position: int) -> None:
-    """The agent's events after `position`, one frame each, stream after stream (each ends by itself)."""
+async def _send_events(websocket: WebSocket, agent: Any, position: int, org_id: int,
+                       places: ConversationPlaces) -> None:
+    """The agent's events after `position`, one frame each, stream after stream (each ends by itself); the
+    conversations' inboxes they name are kept for the actions that follow (an accept after its offer)."""
     while True:
         async for events in agent.stream("stream_events", position):
             for event in events:
+                places.learn_from_event(org_id, event)
                 await websocket.send_json(event)
                 position = event["id"]
 

@@ -155,8 +155,6 @@ async def transaction_messages(tx_id: TxId, ctx: OrgMember, session: SessionDep,
 
 async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgAccess, tx_id: int, method: str,
                *args: Any) -> TransactionOut:
-    # The same rule as the reads (_visible_transaction): a member who does not serve the inbox is refused
-    # before the inbox actor answers anything about the conversation's state.
     # Give the connection back while the inbox actor works: under load, requests waiting on actors
     # must not hold the pool the webhook intake needs (a commit, unlike a rollback, expires nothing).
     await session.commit()
@@ -165,20 +163,35 @@ async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgAccess, tx_id: i
         tx = await _visible_transaction(reading, ctx, tx_id)
         return tx, (await _customers(reading, [tx]))[tx.customer_id]
 
-    # One read step (on SQLite a worker thread's session: no round trip through the loop per statement).
-    tx, customer = await runtime.db.read(visible)
-    inbox_id = tx.inbox_id
+    # A conversation whose inbox this gateway knows (from an offer it relayed, or an earlier action) is not read:
+    # an action succeeds only for who may see it (the agent offered it or holding it, an agent of its manual
+    # inbox, a supervisor), and a refusal is answered after the same check as the reads (`_visible_transaction`),
+    # so a member who does not serve the inbox learns nothing of the conversation's state.
+    read: tuple[Transaction, CustomerOut] | None = None
+    inbox_id = runtime.places.inbox_of(ctx.org_id, tx_id)
+    if inbox_id is None:
+        # One read step (on SQLite a worker thread's session: no round trip through the loop per statement).
+        read = await runtime.db.read(visible)
+        inbox_id = read[0].inbox_id
+        runtime.places.learn(ctx.org_id, tx_id, inbox_id)
     result = await call_through_restart(lambda: runtime.routing.inbox(ctx.org_id, inbox_id), method, tx_id, *args,
                                         unavailable="the inbox's actor is restarting; retry shortly")
     if result["status"] != 200:
+        if read is None:
+            await runtime.db.read(visible)
         raise ApiError(result["status"], result["detail"])
-    view = result.get("transaction")
-    if view is None:  # an inbox actor of an earlier version, still running: read what it wrote
-        written = await session.get(Transaction, tx.id, populate_existing=True)
-        return transaction_out(written or tx, customer)
-    # The conversation as the inbox's step left it: not read again.
-    return TransactionOut(id=tx.id, org_id=tx.org_id, inbox_id=tx.inbox_id, customer=customer,
-                          created_at=tx.created_at, **view)
+    view = dict(result.get("transaction") or {})
+    # The conversation as the inbox's step left it: not read again. An inbox actor of an earlier version (still
+    # running) leaves out what never changes: read then.
+    customer, created_at = view.pop("customer", None), view.pop("created_at", None)
+    if not view or customer is None or created_at is None:
+        tx, known_customer = read if read is not None else await runtime.db.read(visible)
+        if not view:
+            written = await session.get(Transaction, tx.id, populate_existing=True)
+            return transaction_out(written or tx, known_customer)
+        customer, created_at = known_customer, tx.created_at
+    return TransactionOut(id=tx_id, org_id=ctx.org_id, inbox_id=inbox_id, customer=customer,
+                          created_at=created_at, **view)
 
 
 def _acting_user(ctx: OrgAccess) -> int:
