@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-_MAX_ENTRIES = 100_000
+# Far more than the conversations open at once in a large contact center (an entry serves from offer to close).
+_MAX_ENTRIES = 20_000
 
 
 class ConversationPlaces:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from gateway.conversation_places import ConversationPlaces
 from tests.routing_support import Scenario, customer_id
 
 # The action's read of the conversation (`session.get(Transaction, id)`), whatever the dialect's placeholder.
@@ -96,3 +97,14 @@ def test_a_member_of_another_inbox_is_refused_as_the_reads_refuse_them(sc: Scena
     sc.do(tx_id, "close", agent)
     refused = sc.act(tx_id, "close", outsider)
     assert (refused.status_code, refused.json()) == (403, expected.json())
+
+
+def test_the_places_kept_are_bounded_and_never_cross_organizations() -> None:
+    places = ConversationPlaces(max_entries=2)
+    places.learn_from_event(1, {"type": "offer", "transaction_id": 10, "inbox_id": 3})
+    places.learn_from_event(1, {"type": "status", "message_id": 5})  # names no conversation's place
+    places.learn(1, 11, 4)
+    assert (places.inbox_of(1, 10), places.inbox_of(1, 11)) == (3, 4)
+    assert places.inbox_of(2, 10) is None  # another organization's caller: read (and refused) as before
+    places.learn(1, 12, 4)  # past the bound the least recently learnt goes
+    assert (places.inbox_of(1, 10), places.inbox_of(1, 12)) == (None, 4)
