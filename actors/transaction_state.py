@@ -151,9 +151,11 @@ class TxState:
                 "customer": self.shown_customer() if self.customer else None}
 
     def shown_customer(self) -> dict[str, Any]:
-        """The customer as agents and the API show it."""
-        return {"id": self.customer_id, "user_id": self.customer.get("user_id"), "wa_id": self.customer.get("wa_id"),
-                "username": self.customer.get("username"), "name": self.customer.get("name")}
+        """The customer as agents and the API show it: one merged into another shows as the one it joined (as the
+        store's reads show it), whose view the customer dict holds."""
+        return {"id": self.customer.get("id", self.customer_id), "user_id": self.customer.get("user_id"),
+                "wa_id": self.customer.get("wa_id"), "username": self.customer.get("username"),
+                "name": self.customer.get("name")}
 
     def summary(self, inbox_id: int, inbox_name: str) -> dict[str, Any]:
         """What an agent is shown about the transaction (offer, assignment, transfer events)."""

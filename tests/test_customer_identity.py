@@ -130,6 +130,10 @@ def test_a_customer_seen_as_two_becomes_one_and_keeps_its_open_conversation(sc: 
     shown = {t["id"]: (t["customer"]["id"], t["customer"]["user_id"], t["customer"]["wa_id"])
              for t in sc.transactions(inbox_id=inbox)}
     assert shown == {first: (older[0], user, phone), second: (older[0], user, phone)}
+    # An action answers with the customer as the reads show it (the one merged into), read or not.
+    accepted = sc.do(second, "accept", agent)
+    assert accepted["customer"] == sc.tx(second)["customer"] == {
+        "id": older[0], "user_id": user, "wa_id": phone, "username": None, "name": accepted["customer"]["name"]}
 
 
 def test_user_changed_number_keeps_the_conversation(sc: Scenario) -> None:
