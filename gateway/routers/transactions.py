@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -177,8 +178,8 @@ async def _act(runtime: Runtime, session: AsyncSession, ctx: OrgAccess, tx_id: i
     result = await call_through_restart(lambda: runtime.routing.inbox(ctx.org_id, inbox_id), method, tx_id, *args,
                                         unavailable="the inbox's actor is restarting; retry shortly")
     if result["status"] != 200:
-        if read is None:
-            await runtime.db.read(visible)
+        if read is None:  # the reads' visibility check alone: its 403 or 404 goes first, no customer is needed
+            await runtime.db.read(functools.partial(_visible_transaction, ctx=ctx, tx_id=tx_id))
         raise ApiError(result["status"], result["detail"])
     view = dict(result.get("transaction") or {})
     # The conversation as the inbox's step left it: not read again. An inbox actor of an earlier version (still
