@@ -10,14 +10,14 @@ Every step is: decide (pure) → commit ONE store transaction → change memory 
 store is the single truth: an activation (first call, a restart, or after being fenced) reloads it,
 re-arms the offer timers and has the member agents reconcile. Each activation takes a new fencing
 epoch, and every write is conditional on it, so a stale owner (another deployment, a zombie) can
-never overwrite a newer one's work. A control loop checks the store every few seconds for a new
-configuration version, a newer owner, and stored messages no forward delivered.
+never overwrite a newer one's work. The gateways' sweep of the store (`actors.inbox_sweep`, one read for every
+inbox every few seconds) tells it of a new configuration version, a newer owner, and stored messages no forward
+delivered (`store_watched`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -217,7 +217,9 @@ class InboxCore(StoreBackedActor):
     # ------------------------------------------------------------------ control loop
 
     async def _control_forever(self) -> None:
-        """Never dies: configuration versions, ownership and stored-but-unrouted messages, every few seconds."""
+        """Never dies: the queue's gauge, and a configuration a write found newer, every few seconds. It reads nothing:
+        what only the store shows (a newer configuration or owner, messages no forward brought) comes from the
+        gateways' sweep of every inbox at once (`store_watched`)."""
         while True:
             await asyncio.sleep(self._settings.inbox_sync_interval_s)
             try:
@@ -230,29 +232,38 @@ class InboxCore(StoreBackedActor):
     async def _control_pass(self) -> None:
         if not self._activated or self._config is None:
             return
-        # Read steps (on SQLite a worker thread's session): every inbox runs this pass every few seconds.
-        watch = await self.db.read(functools.partial(repo.inbox_watch, inbox_id=self.inbox_id))
-        if watch is None:
-            return  # deleted: the gateway stops this actor
-        version, epoch, unrouted = watch
         inbox_metrics.queue_depth(self.org_id, self.inbox_id,
                                   sum(1 for tx in self._txs.values() if tx.state in ("queued", "offered")))
-        if epoch != self._epoch:
-            self._fenced()  # fenced by a newer activation: take the inbox back from the store
-            return
-        if version != self.config.config_version or unrouted or self._config_stale:
-            async with self._lock:
-                if not self._activated:
-                    return
-                try:
-                    if version != self.config.config_version:
-                        self._config_stale = True
-                    if unrouted:
-                        await self._ingest_stored()
-                except repo.Fenced:
-                    self._fenced()
-                    return
-            self.request_routing()
+        if self._config_stale:
+            await self._catch_up_with_store(unattached=False)
+
+    async def store_watched(self, config_version: int, owner_epoch: int, unattached: bool) -> dict[str, Any]:
+        """What a gateway's sweep of the store found (`actors.inbox_sweep`): the inbox's configuration version, its
+        owner's epoch, and whether a message stayed unattached. Safe to repeat; a value older than this actor's own
+        (read before its activation or reload) changes nothing."""
+        if not await self._ensure_active() or self._config is None:
+            return {"inbox_id": self.inbox_id, "exists": False}
+        if owner_epoch > self._epoch:
+            self._fenced()  # a newer activation owns the inbox: take it back from the store
+        elif config_version > self.config.config_version or unattached or self._config_stale:
+            if config_version > self.config.config_version:
+                self._config_stale = True
+            await self._catch_up_with_store(unattached)
+        return {"inbox_id": self.inbox_id, "exists": True, "epoch": self._epoch}
+
+    async def _catch_up_with_store(self, unattached: bool) -> None:
+        """A stale configuration is reloaded by the routing pass asked for; `unattached`: messages no forward
+        brought are read and attached first."""
+        async with self._lock:
+            if not self._activated:
+                return
+            try:
+                if unattached:
+                    await self._ingest_stored()
+            except repo.Fenced:
+                self._fenced()
+                return
+        self.request_routing()
 
     async def _hand_over(self, tx_ids: list[int]) -> None:
         """The messages of the conversations their agent was not handed, page after page (the lock held, or

@@ -2,9 +2,11 @@
 
 Messages are in the store before they reach this class, so a forward that fails (actor restarting,
 gateway stopping) loses nothing. Three paths lead every stored message to its inbox: the forward
-(retried on any failure), the live inbox actor's control loop (it attaches what it finds unrouted),
-and this gateway's recovery loop (it activates every inbox with unrouted messages, at start and
-every few seconds, in case no actor of that inbox is alive).
+(retried on any failure), the inbox actor's activation (it attaches what it finds unattached; every inbox
+is activated when the gateway starts), and this gateway's sweep of the store every few seconds
+(`actors.inbox_sweep`: one read for every inbox; an inbox whose message stayed unattached from one sweep
+to the next is told to read it, which activates its actor if none is alive). The same sweep tells an
+inbox of a configuration change or a newer owner it may have missed.
 
 A reply's delivery status is on its agent's stream from the intake's commit: the agent is only told to
 read it (`tell_to_read`), through the same per-actor forwarders.
@@ -20,30 +22,35 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import select, union
+from sqlalchemy import select
 
 from actors.directory import ActorUnavailable, Directory, push_agent_event
+from actors.inbox_sweep import InboxSweep, InboxTold, InboxWatched
 from actors.messages import StoredMessage
-from store import outbox
+from store import outbox, routing_repo
 from store.agent_store import LinkedEvent
 from store.db import Database
-from store.tables import InboundMessage, Inbox, Transaction
+from store.tables import Inbox
 
 log = logging.getLogger(__name__)
 
 # Delivery attempts of one batch to an inbox actor before leaving it to the recovery paths.
 _FORWARD_ATTEMPTS = 12
-# How often the gateway looks for inboxes with messages no actor attached.
+# How often the gateway wakes the senders of numbers with messages still in the outbox.
 _RECOVERY_INTERVAL_S = 10.0
+# How long a sweep waits for an inbox's answer (its actor may be starting); unanswered, it is told again next sweep.
+_SWEEP_CALL_TIMEOUT_S = 10.0
 # How long creating an inbox waits for its actor to run. A busy cluster may take longer to start a process: the
 # inbox is created all the same, and its actor goes on starting (its first message finds it).
 _ACTIVATION_AT_CREATION_S = 10.0
 
 
 class RoutingClient:
-    def __init__(self, directory: Directory, db: Database) -> None:
+    def __init__(self, directory: Directory, db: Database, sweep_interval_s: float = 2.0) -> None:
         self.directory = directory
         self._db = db
+        self._sweep_interval_s = sweep_interval_s
+        self._sweep = InboxSweep()
         self._queue: asyncio.Queue[tuple[int, StoredMessage]] = asyncio.Queue()
         self._dispatcher: asyncio.Task[None] | None = None
         # One forwarder task per actor with work, ("inbox" | "agent", org id, inbox or user id): an inbox's
@@ -51,13 +58,15 @@ class RoutingClient:
         self._waiting: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
         self._forwarders: dict[tuple[str, int, int], asyncio.Task[None]] = {}
         self._recovery: asyncio.Task[None] | None = None
+        self._sweeping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="wa-router-dispatcher")
         # Every inbox is live before the first webhook: no customer waits for an actor process to start.
-        await self.recover(every_inbox=True)
+        await self.activate_every_inbox()
         await self.recover_senders()
         self._recovery = asyncio.create_task(self._recover_forever(), name="wa-router-recovery")
+        self._sweeping = asyncio.create_task(self._sweep_forever(), name="wa-router-inbox-sweep")
 
     async def recover_senders(self) -> int:
         """Wake the sender of every number with messages still in the outbox (accepted, not yet sent)."""
@@ -70,7 +79,7 @@ class RoutingClient:
         return len(numbers)
 
     async def stop(self) -> None:
-        for task in (self._dispatcher, self._recovery):
+        for task in (self._dispatcher, self._recovery, self._sweeping):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -83,28 +92,47 @@ class RoutingClient:
         while True:
             await asyncio.sleep(_RECOVERY_INTERVAL_S)
             try:
-                await self.recover(open_work=False)
                 await self.recover_senders()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("recovery pass failed")
 
-    async def recover(self, *, open_work: bool = True, every_inbox: bool = False) -> int:
-        """Activate every inbox with unattached messages, and (`open_work`) with open transactions, or
-        (`every_inbox`) every inbox of the store.
+    async def _sweep_forever(self) -> None:
+        # A control loop that never dies.
+        while True:
+            await asyncio.sleep(self._sweep_interval_s)
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("inbox sweep failed")
 
-        An activation re-arms offer timers and attaches what is unrouted; a live actor just answers.
-        """
+    async def sweep(self) -> list[InboxTold]:
+        """One pass of the sweep (`actors.inbox_sweep`): one read, then the inboxes it concerns told; those told."""
         async with self._db.session() as session:
-            unrouted = select(InboundMessage.inbox_id).where(InboundMessage.inbox_id.is_not(None),
-                                                             InboundMessage.transaction_id.is_(None))
-            query = (union(select(Transaction.inbox_id).where(Transaction.state != "closed"), unrouted)
-                     if open_work else unrouted).subquery()
-            inboxes = select(Inbox.org_id, Inbox.id)
-            if not every_inbox:
-                inboxes = inboxes.where(Inbox.id.in_(select(query.c[0])))
-            rows = (await session.execute(inboxes)).all()
+            rows = await routing_repo.inboxes_watched(session)
+        due = self._sweep.due(InboxWatched(*row) for row in rows)
+        results = await asyncio.gather(*(self._tell_watched(told) for told in due), return_exceptions=True)
+        answered = []
+        for told, result in zip(due, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("inbox %s:%s not told what the store holds: %r", told.org_id, told.inbox_id, result)
+            else:
+                self._sweep.told(told)
+                answered.append(told)
+        return answered
+
+    async def _tell_watched(self, told: InboxTold) -> None:
+        await asyncio.wait_for(self.directory.inbox(told.org_id, told.inbox_id).store_watched(
+            told.config_version, told.owner_epoch, told.unattached), _SWEEP_CALL_TIMEOUT_S)
+
+    async def activate_every_inbox(self) -> int:
+        """Activate every inbox of the store: an activation re-arms offer timers and attaches what is unattached; a
+        live actor just answers. How many."""
+        async with self._db.session() as session:
+            rows = (await session.execute(select(Inbox.org_id, Inbox.id))).all()
         results = await asyncio.gather(*(self.directory.inbox(org, inbox).activate() for org, inbox in rows),
                                        return_exceptions=True)
         for (org, inbox), result in zip(rows, results, strict=True):
@@ -168,8 +196,8 @@ class RoutingClient:
             del self._forwarders[key]
 
     async def _forward(self, org_id: int, inbox_id: int, messages: list[dict[str, Any]]) -> None:
-        # The messages are stored: trying again is always safe (ingest is idempotent); given up, the inbox's
-        # control loop and the recovery loop attach them.
+        # The messages are stored: trying again is always safe (ingest is idempotent); given up, the gateways'
+        # sweep has the inbox attach them (`actors.inbox_sweep`).
         await self._retried(f"inbox {org_id}:{inbox_id}",
                             lambda: self.directory.inbox(org_id, inbox_id).ingest(messages))
 
@@ -200,7 +228,7 @@ class RoutingClient:
         try:
             await asyncio.wait_for(self.directory.inbox(org_id, inbox_id).activate(), _ACTIVATION_AT_CREATION_S)
         except (ActorUnavailable, TimeoutError) as exc:
-            # The first message (or the recovery loop) activates it.
+            # The first message (or the sweep) activates it.
             log.warning("inbox %s:%s not activated at creation: %r", org_id, inbox_id, exc)
 
     async def inboxes_changed(self, org_id: int, inbox_ids: list[int]) -> None:

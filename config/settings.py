@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     ray_actor_resource: str | None = None
 
     # Routing actors: the deadline of one call between inbox and agent actors (retried after it),
-    # and how often an inbox checks the store for configuration changes and unrouted messages.
+    # and how often each gateway sweeps the store for every inbox's configuration version, owner and messages
+    # left unattached (one read for all inboxes; `actors.inbox_sweep`).
     actor_call_timeout_s: float = Field(default=2.0, gt=0)
     inbox_sync_interval_s: float = Field(default=2.0, gt=0)
     # An agent actor (a process) that has been offline with no work, no held offer and no stream reader

@@ -92,7 +92,8 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         secrets = SecretBox(load_or_create_key(settings.secret_key, settings.secret_key_file))
         # Senders are told where the key is (a file), never given it.
         key_handoff = KeyHandoff(settings)
-        routing = RoutingClient(RayDirectory(settings, key_file=key_handoff.key_file), db)
+        routing = RoutingClient(RayDirectory(settings, key_file=key_handoff.key_file), db,
+                                settings.inbox_sync_interval_s)
         principals: TokenCache[Principal] = TokenCache(settings.principal_cache_s)
         runtime = Runtime(settings=settings, db=db, secrets=secrets, graph=graph, routing=routing,
                           intake=DeliveryGroupCommit(db),

@@ -93,14 +93,16 @@ def fence(connection: Connection, inbox_id: int, epoch: int) -> int:
     return int(version)
 
 
-async def inbox_watch(session: AsyncSession, inbox_id: int) -> tuple[int, int, bool] | None:
-    """(config version, owner epoch, has unrouted messages) — what an inbox's control loop checks."""
-    row = (await session.execute(select(Inbox.config_version, Inbox.owner_epoch).where(Inbox.id == inbox_id))).first()
-    if row is None:
-        return None
-    unrouted = await session.scalar(select(InboundMessage.id).where(
-        InboundMessage.inbox_id == inbox_id, InboundMessage.transaction_id.is_(None)).limit(1))
-    return int(row[0]), int(row[1]), unrouted is not None
+async def inboxes_watched(session: AsyncSession) -> list[tuple[int, int, int, int, int | None]]:
+    """(org id, inbox id, configuration version, owner epoch, oldest unattached message id or None) of every inbox:
+    a gateway's sweep (`actors.inbox_sweep`), one query for the whole deployment."""
+    oldest = (select(func.min(InboundMessage.id))
+              .where(InboundMessage.inbox_id == Inbox.id, InboundMessage.transaction_id.is_(None))
+              .correlate(Inbox).scalar_subquery())
+    rows = (await session.execute(
+        select(Inbox.org_id, Inbox.id, Inbox.config_version, Inbox.owner_epoch, oldest).order_by(Inbox.id))).all()
+    return [(int(org), int(inbox), int(version), int(epoch), None if first is None else int(first))
+            for org, inbox, version, epoch, first in rows]
 
 
 async def bump_config_version(session: AsyncSession, inbox_ids: Iterable[int]) -> None:

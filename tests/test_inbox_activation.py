@@ -29,7 +29,7 @@ def test_a_created_inbox_has_its_actor_running_when_the_answer_arrives(gateway: 
 def test_creating_an_inbox_waits_for_its_actor_only_so_long(monkeypatch: pytest.MonkeyPatch,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     """A cluster too busy to start the actor in time: the inbox is created all the same (its first message, or the
-    recovery loop, finds the actor once it runs), and the operator's log says so."""
+    gateway's sweep, finds the actor once it runs), and the operator's log says so."""
     from actors import routing_client
 
     class StartingInbox:
