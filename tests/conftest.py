@@ -121,10 +121,15 @@ def gateway(ray_instance: None, simulator: tuple[SimulatorState, str],
 
 
 @pytest.fixture(scope="session")
-def pg_gateway(ray_instance: None, simulator: tuple[SimulatorState, str], postgres_url: str,
+def pg_gateway(ray_instance: None, simulator: tuple[SimulatorState, str],
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """The gateway on the real PostgreSQL server."""
-    yield from _start_gateway(tmp_path_factory.mktemp("pg-gateway"), postgres_url, simulator)
+    """The gateway on the real PostgreSQL server, in a database of its own: a deployment owns its store (its sweep
+    activates every inbox there), so tests that run actors in this process on `postgres_url` never meet it."""
+    name = asyncio.run(create_postgres_database())
+    if name is None:
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}")
+    yield from _start_gateway(tmp_path_factory.mktemp("pg-gateway"), postgres_database_url(name), simulator)
+    asyncio.run(drop_postgres_database(name))
 
 
 @pytest.fixture(scope="session")
