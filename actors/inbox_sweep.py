@@ -5,7 +5,8 @@ Each pass reads every inbox's configuration version, owner epoch and oldest unat
 than the one this gateway last told it (a configuration change whose notification was lost, a newer owner), or a
 message that stayed unattached from one pass to the next (a forward lost with its gateway). A message being forwarded
 right now is not one: the next pass no longer finds it. Every inbox is told once after the gateway starts, since a
-gateway that died may have left any of them a notification short.
+gateway that died may have left any of them a notification short. A configuration or owner is told only to an actor
+that runs (one that starts reads both from the store); an unattached message starts the inbox's actor if none runs.
 
 Pure (no Ray, no store): `actors.routing_client.RoutingClient` reads the rows and makes the calls.
 """

@@ -90,6 +90,19 @@ class RayDirectory:
         return self._get_or_create(inbox_actor_name(org_id, inbox_id), given_a_ray_directory(InboxActor),
                                    org_id, inbox_id, self._settings)
 
+    def inbox_if_running(self, org_id: int, inbox_id: int) -> Proxy | None:
+        """The inbox's actor if one runs (alive or restarting), else None: unlike `inbox`, no process is started
+        (a blocking lookup in Ray's control store)."""
+        name = inbox_actor_name(org_id, inbox_id)
+        try:
+            handle = ray.get_actor(name, namespace=self._namespace)
+        except ValueError:
+            self._cache.pop(name, None)  # a handle of one stopped for good
+            return None
+        proxy = Proxy(handle, name, on_dead=self._evict)
+        self._cache[name] = proxy
+        return proxy
+
     def agent(self, org_id: int, user_id: int) -> Proxy:
         from actors.agent_actor import AgentActor
 

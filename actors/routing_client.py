@@ -125,8 +125,14 @@ class RoutingClient:
         return answered
 
     async def _tell_watched(self, told: InboxTold) -> None:
-        await asyncio.wait_for(self.directory.inbox(told.org_id, told.inbox_id).store_watched(
-            told.config_version, told.owner_epoch, told.unattached), _SWEEP_CALL_TIMEOUT_S)
+        if told.unattached:
+            inbox = self.directory.inbox(told.org_id, told.inbox_id)  # messages wait: its actor starts if none runs
+        else:
+            inbox = await asyncio.to_thread(self.directory.inbox_if_running, told.org_id, told.inbox_id)
+            if inbox is None:
+                return  # none runs: whichever starts loads the configuration and takes the inbox from the store
+        await asyncio.wait_for(inbox.store_watched(told.config_version, told.owner_epoch, told.unattached),
+                               _SWEEP_CALL_TIMEOUT_S)
 
     async def activate_every_inbox(self) -> int:
         """Activate every inbox of the store: an activation re-arms offer timers and attaches what is unattached; a

@@ -127,9 +127,16 @@ class _RecordingDirectory:
     def __init__(self) -> None:
         self.calls: list[tuple[int, int, int, bool]] = []
         self.failing: set[int] = set()
+        self.stopped: set[int] = set()  # inboxes whose actor does not run
+        self.started: list[int] = []
 
     def inbox(self, org_id: int, inbox_id: int) -> _RecordingInbox:
+        if inbox_id in self.stopped:
+            self.started.append(inbox_id)
         return _RecordingInbox(self.calls, inbox_id, self.failing)
+
+    def inbox_if_running(self, org_id: int, inbox_id: int) -> _RecordingInbox | None:
+        return None if inbox_id in self.stopped else _RecordingInbox(self.calls, inbox_id, self.failing)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -176,6 +183,19 @@ def test_a_sweep_reads_every_inbox_in_one_statement_and_tells_each_what_it_misse
                 (inboxes[0], 0, True), (inboxes[1], 1, False)]
             assert [call for call in sorted(directory.calls) if call[0] in inboxes] == [
                 (inboxes[0], 0, 0, True), (inboxes[1], 1, 0, False)]
+
+            # An inbox whose actor does not run: a new configuration starts no process for it (one that starts reads
+            # the store), a message left unattached does.
+            directory.calls.clear()
+            directory.stopped = {inboxes[0], inboxes[2]}
+            async with db.session() as session:
+                await session.execute(update(Inbox).where(Inbox.id == inboxes[2])
+                                      .values(config_version=Inbox.config_version + 1))
+            told = await _ours(client.sweep(), inboxes)
+            assert sorted((t.inbox_id, t.unattached) for t in told) == [(inboxes[0], True), (inboxes[2], False)]
+            assert directory.started == [inboxes[0]]
+            assert [call for call in directory.calls if call[0] in inboxes] == [(inboxes[0], 0, 0, True)]
+            assert await _ours(client.sweep(), inboxes) == [told[0]]  # still unattached: told until attached
         finally:
             await db.dispose()
 
