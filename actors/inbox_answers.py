@@ -94,8 +94,8 @@ class InboxAnswers(InboxCore):
             await self._end_offer(tx, "missed")
             self.request_routing()
             return refuse(409, "the offer expired")
-        assigned, told = await self._assign(tx, user_id, "accepted", offer_id=tx.offer_id)
-        self._confirm(user_id, tx.offer_id, assigned, "accepted", told)
+        assigned, _ = await self._assign(tx, user_id, "accepted", offer_id=tx.offer_id)
+        self._confirm(user_id, tx.offer_id, assigned, "accepted")
         inbox_metrics.offer_accepted(self.org_id, self.inbox_id, tx, assigned)
         # No longer holding an offer, the agent may take more work if under capacity. The pass runs
         # after this answer (as after every API step): an accept never waits for the queue's routing.
@@ -168,11 +168,10 @@ class InboxAnswers(InboxCore):
             await self._hand_over([tx.id])  # the agent writes what its stream lacks
         return assigned, told
 
-    def _confirm(self, user_id: int, offer_id: str, tx: TxState, kind: str, told: Told) -> None:
-        """Tell the agent its assignment, which its stream shows already (`told`: the events the assignment's commit
-        appended, so the agent need not read them); the caller answers once the agent has it."""
+    def _confirm(self, user_id: int, offer_id: str, tx: TxState, kind: str) -> None:
+        """Tell the agent its assignment, which its stream shows already; the caller answers once the agent has it."""
         payload = {**tx.summary(self.inbox_id, self.config.name), "kind": kind}
-        self._after_step(self._link.tell(user_id, "confirm", offer_id, payload, streams.told_to(told, user_id)))
+        self._after_step(self._link.tell(user_id, "confirm", offer_id, payload))
 
     def _licensed_member(self, user_id: int) -> bool:
         membership = self.config.members.get(user_id)
@@ -219,7 +218,7 @@ class InboxAnswers(InboxCore):
             assert assigned.assigned_at is not None
             self._after_step(self._link.tell(previous_agent, "end", tx.id, "transferred",
                                              assigned.assigned_at.isoformat(), streams.told_to(told, previous_agent)))
-        self._confirm(user_id, offer_id, assigned, kind, told)
+        self._confirm(user_id, offer_id, assigned, kind)
         return done(assigned)
 
     async def _close(self, tx_id: int, user_id: int, by_supervisor: bool) -> Result:
@@ -339,19 +338,20 @@ class InboxAnswers(InboxCore):
                                agent_id=user_id, assigned_at=now, customer=customer, sticky_agent=user_id,
                                created_at=now)
 
-            def statements(connection: Connection) -> tuple[TxState, Told]:
+            def statements(connection: Connection) -> TxState:
                 tx = opened(repo.insert_transaction(connection, row))
                 repo.remember_sticky_agent(connection, inbox_id, sticky_customer, user_id)
                 repo.add_transaction_event(connection, tx.id, "opened_outbound", user_id, now, customer=customer_id)
                 repo.add_transaction_event(connection, tx.id, "assigned", user_id, now, offer_id=offer_id,
                                            outbound=True)
-                return tx, streams.append_to_streams(connection, org_id, [
+                streams.append_to_streams(connection, org_id, [
                     streams.work_started(user_id, "assigned", tx.summary(inbox_id, inbox_name), offer_id)], now)
+                return tx
 
-            tx, told = await self._write(statements)
+            tx = await self._write(statements)
         except BaseException:
             self._link.tell(user_id, "release", offer_id, "rescinded")
             raise
         self._remember(tx)
-        self._confirm(user_id, offer_id, tx, "assigned", told)
+        self._confirm(user_id, offer_id, tx, "assigned")
         return {**ok(tx.id), "reused": False}
