@@ -218,8 +218,16 @@ class GraphClient:
         url = path_or_url if path_or_url.startswith(("http://", "https://")) else self.base_url + path_or_url
         headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json", **(headers or {})}
         try:
-            response = await self._client.request(method, url, params=params, json=json, headers=headers,
-                                                  timeout=self.timeout_s)
+            try:
+                response = await self._client.request(method, url, params=params, json=json, headers=headers,
+                                                      timeout=self.timeout_s)
+            except httpx.RemoteProtocolError:
+                if method != "GET":
+                    raise  # a send may have landed: never repeated blindly
+                # A kept-alive connection the server had closed: a read is asked again on a fresh one, once.
+                log.info("Graph %s %s: connection closed without an answer; asking again", method, _redact(url))
+                response = await self._client.request(method, url, params=params, json=json, headers=headers,
+                                                      timeout=self.timeout_s)
         except httpx.TimeoutException as exc:
             log.warning("Graph %s %s timed out after %ss", method, _redact(url), self.timeout_s)
             raise GraphAPIError(502, f"Graph API timed out after {self.timeout_s}s "

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import pickle
 import secrets
+import socket
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -419,3 +421,48 @@ def test_graph_error_survives_pickling(sim: Sim, tenant: Tenant) -> None:
 def test_ids_cannot_inject_path_segments(sim: Sim, tenant: Tenant) -> None:
     err = graph_error(lambda c: c.get_waba(f"{tenant.waba_id}/phone_numbers", tenant.token), sim.graph_url)
     assert err.code == 100  # the slash was quoted: one (unknown) object id, not another edge
+
+
+def _closing_once_server(answers: int) -> tuple[socket.socket, list[bytes]]:
+    """A server that closes its first connection without an answer (a kept-alive connection dropped), then
+    answers `answers` requests with a Graph object, one per connection; the requests it saw."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        for index in range(answers + 1):
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                seen.append(connection.recv(65536))
+                if index > 0:
+                    body = b'{"id": "1", "name": "Acme"}'
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                                       b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, seen
+
+
+def test_a_read_whose_connection_closed_without_an_answer_is_asked_again_once_and_a_send_is_not() -> None:
+    listener, seen = _closing_once_server(answers=1)
+    with listener:
+        base = f"http://127.0.0.1:{listener.getsockname()[1]}/{API}"
+
+        async def read() -> dict[str, Any]:
+            async with GraphClient(base) as client:
+                return await client.get_waba("1", "tok")
+
+        assert asyncio.run(read())["id"] == "1"
+        assert len(seen) == 2 and all(request.startswith(b"GET ") for request in seen)
+
+    listener, seen = _closing_once_server(answers=1)
+    with listener:
+        base = f"http://127.0.0.1:{listener.getsockname()[1]}/{API}"
+        err = graph_error(lambda c: c.send_message("123", "tok", {"messaging_product": "whatsapp", "to": "1",
+                                                                  "type": "text", "text": {"body": "hi"}}), base)
+        assert err.status_code == 502 and "unreachable" in err.message
+        assert len(seen) == 1  # the send was not repeated
+
