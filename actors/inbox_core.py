@@ -235,7 +235,7 @@ class InboxCore(StoreBackedActor):
         inbox_metrics.queue_depth(self.org_id, self.inbox_id,
                                   sum(1 for tx in self._txs.values() if tx.state in ("queued", "offered")))
         if self._config_stale:
-            await self._catch_up_with_store(unattached=False)
+            self.request_routing()  # the pass reloads it
 
     async def store_watched(self, config_version: int, owner_epoch: int, unattached: bool) -> dict[str, Any]:
         """What a gateway's sweep of the store found (`actors.inbox_sweep`): the inbox's configuration version, its
@@ -248,22 +248,21 @@ class InboxCore(StoreBackedActor):
         elif config_version > self.config.config_version or unattached or self._config_stale:
             if config_version > self.config.config_version:
                 self._config_stale = True
-            await self._catch_up_with_store(unattached)
+            if not unattached or await self._attach_unattached():
+                self.request_routing()  # a stale configuration is reloaded by the pass
         return {"inbox_id": self.inbox_id, "exists": True, "epoch": self._epoch}
 
-    async def _catch_up_with_store(self, unattached: bool) -> None:
-        """A stale configuration is reloaded by the routing pass asked for; `unattached`: messages no forward
-        brought are read and attached first."""
+    async def _attach_unattached(self) -> bool:
+        """Messages no forward brought, read and attached (the lock taken); False when the inbox is reloading."""
         async with self._lock:
             if not self._activated:
-                return
+                return False
             try:
-                if unattached:
-                    await self._ingest_stored()
+                await self._ingest_stored()
             except repo.Fenced:
                 self._fenced()
-                return
-        self.request_routing()
+                return False
+        return True
 
     async def _hand_over(self, tx_ids: list[int]) -> None:
         """The messages of the conversations their agent was not handed, page after page (the lock held, or

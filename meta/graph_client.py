@@ -217,17 +217,20 @@ class GraphClient:
                        headers: dict[str, str] | None = None) -> dict[str, Any]:
         url = path_or_url if path_or_url.startswith(("http://", "https://")) else self.base_url + path_or_url
         headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json", **(headers or {})}
+
+        async def send() -> httpx.Response:
+            return await self._client.request(method, url, params=params, json=json, headers=headers,
+                                              timeout=self.timeout_s)
+
         try:
             try:
-                response = await self._client.request(method, url, params=params, json=json, headers=headers,
-                                                      timeout=self.timeout_s)
+                response = await send()
             except httpx.RemoteProtocolError:
                 if method != "GET":
                     raise  # a send may have landed: never repeated blindly
                 # A kept-alive connection the server had closed: a read is asked again on a fresh one, once.
                 log.info("Graph %s %s: connection closed without an answer; asking again", method, _redact(url))
-                response = await self._client.request(method, url, params=params, json=json, headers=headers,
-                                                      timeout=self.timeout_s)
+                response = await send()
         except httpx.TimeoutException as exc:
             log.warning("Graph %s %s timed out after %ss", method, _redact(url), self.timeout_s)
             raise GraphAPIError(502, f"Graph API timed out after {self.timeout_s}s "
