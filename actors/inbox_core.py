@@ -41,12 +41,14 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from store import agent_streams as streams
+    from store import conversation_openings as openings
     from store import routing_repo as repo
     from store.agent_store import Told
 else:
     # Loaded at the inbox's activation: an agent's process loads this class to call inboxes (`actors.lazy_store`).
     repo = lazy_module("store.routing_repo")
     streams = lazy_module("store.agent_streams")
+    openings = lazy_module("store.conversation_openings")
 
 log = logging.getLogger("actors.inbox_actor")
 

@@ -85,13 +85,23 @@ class InboxIngest(InboxCore):
         the intake did not attach.
 
         Those of customers with an open conversation here are attached without reading the store first (the
-        gateway sent what it stored): one write. The rest, and any the write left alone (attached meanwhile,
-        customer merged since), go through the step that reads the store."""
+        gateway sent what it stored): one write. Those of customers with none, forwarded with what opening one
+        needs (`actors.messages.StoredMessage.opening`), join the conversation the next routing pass opens: no
+        read, no write. The rest, and any the write left alone (attached meanwhile, customer merged since), go
+        through the step that reads the store."""
         known: dict[int, list[dict[str, Any]]] = {}
+        new: list[dict[str, Any]] = []
         for message in messages:
             payload = repo.forwarded_payload(message)
-            if payload is not None and (tx_id := self._by_customer.get(payload["customer_id"])) is not None:
+            if payload is None:
+                continue
+            if (tx_id := self._by_customer.get(payload["customer_id"])) is not None:
                 known.setdefault(tx_id, []).append(payload)
+            elif (opening := message.get("opening")) and not any(c in self._by_customer
+                                                                   for c in opening["customer_ids"]):
+                new.append({**payload, "customer_ids": list(opening["customer_ids"]),
+                            "sticky_agent": opening["sticky_agent"]})
+        opening_now, opened_now = self._open_for(new)
         attached: set[int] = set()
         if known:
             inbox_id, org_id, agents = self.inbox_id, self.org_id, self._agents_of(known)
@@ -111,12 +121,30 @@ class InboxIngest(InboxCore):
             attached, told = await self._write(statements)
             self._absorb_attached({tx_id: [m for m in payloads if m["id"] in attached]
                                    for tx_id, payloads in known.items()}, on_stream=True, told=told)
-        rest = [m["id"] for m in messages if m["id"] not in attached]
+        taken = attached | {m["id"] for m in new}
+        rest = [m["id"] for m in messages if m["id"] not in taken]
         if not rest:
-            return len(attached), 0, 0
+            return len(attached), opening_now, opened_now
         # A message of a customer whose conversation is being opened joins it there: the store says whose it is.
         attached_rest, opening, opened, _ = await self._ingest_page(rest)
-        return len(attached) + attached_rest, opening, opened
+        return len(attached) + attached_rest, opening_now + opening, opened_now + opened
+
+    def _open_for(self, messages: list[dict[str, Any]]) -> tuple[int, int]:
+        """Messages of customers with no open conversation here, forwarded with what opening one needs (their
+        aliases and sticky agent, read at intake): each joins its customer's conversation being opened, or starts
+        one, with no read. The opening commit checks that what the intake read still holds
+        (`store.conversation_openings`). (messages joining, conversations to open.)"""
+        joining = opened = 0
+        now = utcnow()
+        for message in messages:
+            sticky = message.pop("sticky_agent")
+            pending = self._opens.of(message["customer_ids"])
+            if pending is None:
+                self._opens.add(self.org_id, self.inbox_id, message, sticky, now)
+                joining, opened = joining + 1, opened + 1
+            elif pending.join(message):
+                joining += 1
+        return joining, opened
 
     async def _ingest_stored(self) -> None:
         """Take every unrouted message of the inbox, page after page (lock held)."""

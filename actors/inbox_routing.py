@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from actors import inbox_metrics
-from actors.inbox_core import InboxCore, log, repo, streams
+from actors.inbox_core import InboxCore, log, openings, repo, streams
 from actors.offer_plan import PlannedOffer, RoutingSettings, plan_offers
 from actors.pending_opens import PendingOpen
 from routing import AssignmentMode
@@ -106,7 +106,8 @@ class InboxRouting(InboxCore):
         offer_of = {plan.waiting.id: plan for plan in held}
         # Read here, under the lock: a message that joined a conversation while its offer was held is attached too.
         to_open = [(pending.row, offer_of[pending.state.id].offered if pending.state.id in offer_of else pending.state,
-                    pending.state, [m["id"] for m in pending.messages]) for pending in opening]
+                    pending.state, pending.messages[0]["customer_ids"], [m["id"] for m in pending.messages])
+                   for pending in opening]
 
         def row_id(plan: PlannedOffer, ids: dict[int, int]) -> int:
             # The conversation's id: the row the commit inserted for one it opened, else its own.
@@ -116,31 +117,42 @@ class InboxRouting(InboxCore):
             """The offer as its agent is shown it: with its conversation's id."""
             return {**plan.offer, "transaction_id": row_id(plan, ids)}
 
-        def statements(connection: Connection) -> tuple[dict[int, int], Told]:
+        def statements(connection: Connection) -> tuple[dict[int, int], set[int], Told]:
             ids: dict[int, int] = {}  # provisional id -> the row's
-            for row, state, queued, message_ids in to_open:
+            stale: set[int] = set()  # provisional ids of those whose messages or customer changed meanwhile
+            for row, state, queued, customer_ids, message_ids in to_open:
+                if not openings.still_to_open(connection, inbox_id, customer_ids, message_ids):
+                    stale.add(queued.id)
+                    continue
                 tx_id = repo.insert_transaction(connection, {**row, **state.columns(now)})
                 ids[queued.id] = tx_id
                 repo.add_transaction_event(connection, tx_id, "queued", None, queued.waiting_since,
                                            customer=queued.customer_id)
-                repo.attach_unattached(connection, tx_id, message_ids)
-            for plan in held:
+                repo.attach_messages(connection, tx_id, message_ids)
+            kept = [plan for plan in held if plan.waiting.id not in stale]
+            for plan in kept:
                 if plan.waiting.id not in ids:
                     repo.save_transaction(connection, plan.waiting.id, plan.offered.columns(now))
                 repo.add_transaction_event(connection, row_id(plan, ids), "offered", plan.user_id, now, **plan.detail)
             if new_pointer:
                 repo.save_rotation_pointer(connection, inbox_id, pointer)
             # Each agent's stream shows its offer from this commit: the agent writes nothing for it, and is told it.
-            return ids, streams.append_to_streams(connection, org_id, [(plan.user_id, "offer", shown(plan, ids))
-                                                                       for plan in held], now)
+            return ids, stale, streams.append_to_streams(connection, org_id, [
+                (plan.user_id, "offer", shown(plan, ids)) for plan in kept], now)
 
         try:
-            ids, told = await self._write(statements)
+            ids, stale, told = await self._write(statements)
         except BaseException:
             for plan in held:
                 self._link.tell(plan.user_id, "release", plan.offer_id, "rescinded")
             raise
         self._opens.landed(opening)
+        stale_opens = [pending for pending in opening if pending.state.id in stale]
+        for plan in held:
+            if plan.waiting.id in stale:
+                self._link.tell(plan.user_id, "release", plan.offer_id, "rescinded")
+        held = [plan for plan in held if plan.waiting.id not in stale]
+        opening = [pending for pending in opening if pending.state.id not in stale]
         for pending in opening:
             tx_id = ids[pending.state.id]
             self._remember(replace(pending.state, id=tx_id, customer=pending.customer,
@@ -159,6 +171,22 @@ class InboxRouting(InboxCore):
             self._arm_timer(offered)
             self._link.tell(plan.user_id, "publish", shown(plan, ids), streams.told_to(told, plan.user_id))
             inbox_metrics.offer_made(self.org_id, self.inbox_id, waiting, offered)
+        if stale_opens:
+            await self._reread_stale(stale_opens)
+
+    async def _reread_stale(self, opens: list[PendingOpen]) -> None:
+        """Conversations the pass did not open because what their forward said no longer holds (a message attached
+        meanwhile, by a retried forward's earlier copy; its customer merged since; their offers were withdrawn):
+        their messages go through the step that reads the store (lock held), which opens what is still to open."""
+        try:
+            await self._ingest_page([m["id"] for pending in opens for m in pending.messages])
+        except repo.Fenced:
+            raise
+        except Exception:
+            # Still unattached in the store: the gateways' sweep has the inbox take them (`actors.inbox_sweep`).
+            log.exception("inbox %s could not read again the messages of conversations it did not open",
+                          self.inbox_id)
+        self.request_routing()
 
     def request_routing(self) -> None:
         """Coalesce eligibility events into routing passes (never run under a caller's await).

@@ -16,6 +16,7 @@ from meta.webhook_parser import InboundMessage as ParsedMessage
 from meta.webhook_parser import ParsedWebhook
 from store.agent_store import Told
 from store.agent_streams import StreamEvent, message_shown
+from store.conversation_openings import opening_facts
 from store.core_connection import core_connection
 from store.customers import CustomerRef, Identity, new_anonymous_customer, resolve_customers
 from store.outbox import StatusChange, apply_status
@@ -183,9 +184,14 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
     attached = await attach_to_assigned(session, [(m.id, m.inbox_id, m.customer_id) for m in stored],
                                         share_lock=postgres)
     on_streams: list[tuple[int, StreamEvent]] = []  # (organization, event), appended with one lock at the end
+    # The others (first messages, mostly) carry what opening their conversation needs: the inbox reads nothing.
+    facts = await opening_facts(session, {(m.inbox_id, m.customer_id) for m in stored if m.id not in attached})
+    result.new_messages = {org: [
+        replace(m, transaction_id=attached[m.id][0]) if m.id in attached else
+        replace(m, opening={"customer_ids": facts[(m.inbox_id, m.customer_id)][0],
+                            "sticky_agent": facts[(m.inbox_id, m.customer_id)][1]})
+        for m in messages] for org, messages in result.new_messages.items()}
     if attached:
-        result.new_messages = {org: [replace(m, transaction_id=attached[m.id][0] if m.id in attached else None)
-                                     for m in messages] for org, messages in result.new_messages.items()}
         on_streams += [(org, message_shown(attached[m.id][1], attached[m.id][0], _as_shown(m)))
                        for org, messages in sorted(result.new_messages.items()) for m in messages if m.id in attached]
 

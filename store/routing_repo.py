@@ -375,11 +375,6 @@ def attach_messages(connection: Connection, transaction_id: int, message_ids: Se
                        .values(transaction_id=transaction_id))
 
 
-def attach_unattached(connection: Connection, transaction_id: int, message_ids: Sequence[int]) -> None:
-    """Attach those of the messages that no transaction holds yet (the others stay where they are)."""
-    connection.execute(_ATTACH_UNATTACHED, {"ids": list(message_ids), "tx": transaction_id})
-
-
 def attach_if_unattached(connection: Connection, transaction_id: int, inbox_id: int, customer_id: int,
                          message_ids: Sequence[int]) -> set[int]:
     """Attach those of the messages that are still unattached and still the customer's; their ids.
