@@ -10,12 +10,16 @@ Ray-free: a real inbox actor in this process on a real store (SQLite and Postgre
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
+from actors.inbox_actor import InboxActor
+from config.actor_settings import ActorSettings
 from gateway.intake import store_delivery
 from meta.webhook_parser import parse_webhook
 from store.clock import utcnow
@@ -26,6 +30,7 @@ from tests.test_close_while_delivering import _crash, _forwarded
 from tests.test_opening_in_one_commit import (
     _conversations_of,
     _counting,
+    _HoldingAgent,
     _live_inbox,
     _new_customer,
     _store,
@@ -38,6 +43,26 @@ BACKENDS = ["sqlite", "postgres"]
 def _with_opening(message: InboundMessage, customer_ids: list[int], sticky_agent: int | None) -> dict[str, Any]:
     """The intake's forward of a message it did not attach (`actors.messages.StoredMessage.opening`)."""
     return {**_forwarded(message, None), "opening": {"customer_ids": customer_ids, "sticky_agent": sticky_agent}}
+
+
+@asynccontextmanager
+async def _live(url: str, settings: ActorSettings, let_go: bool = True
+                ) -> AsyncIterator[tuple[Database, int, int, _HoldingAgent, InboxActor]]:
+    """(the store, organization, inbox, its agent, the inbox's actor activated), the actor crashed at the end."""
+    db = Database(url, pool_size=1)
+    org_id, inbox_id, agent, inbox = await _live_inbox(db, settings, let_go=let_go)
+    try:
+        yield db, org_id, inbox_id, agent, inbox
+    finally:
+        await _crash(inbox)
+        await db.dispose()
+
+
+async def _offered(agent: _HoldingAgent) -> None:
+    async def published() -> bool:
+        return bool(agent.published)
+
+    await _until(published, "the offer")
 
 
 async def _merged_customer(db: Database, org_id: int, into: int) -> int:
@@ -55,9 +80,7 @@ def test_the_intake_reads_a_customers_aliases_and_sticky_agent_for_every_inbox_a
     url, settings = _store(backend, tmp_path, request)
 
     async def run() -> None:
-        db = Database(url, pool_size=1)
-        org_id, inbox_id, agent, inbox = await _live_inbox(db, settings, let_go=True)
-        try:
+        async with _live(url, settings) as (db, org_id, inbox_id, agent, _inbox):
             customer_id, _ = await _new_customer(db, org_id, inbox_id)
             merged = await _merged_customer(db, org_id, customer_id)
             async with db.session() as session:
@@ -70,9 +93,6 @@ def test_the_intake_reads_a_customers_aliases_and_sticky_agent_for_every_inbox_a
                 facts = await opening_facts(session, {(inbox_id, customer_id), (inbox_id, stranger.id)})
             assert facts == {(inbox_id, customer_id): ([customer_id, merged], agent.user_id),
                              (inbox_id, stranger.id): ([stranger.id], None)}
-        finally:
-            await _crash(inbox)
-            await db.dispose()
 
     asyncio.run(run())
 
@@ -96,9 +116,7 @@ def test_the_intake_forwards_a_new_customers_message_with_its_opening_facts_and_
     url, settings = _store(backend, tmp_path, request)
 
     async def run() -> None:
-        db = Database(url, pool_size=1)
-        org_id, inbox_id, _, inbox = await _live_inbox(db, settings, let_go=True)
-        try:
+        async with _live(url, settings) as (db, org_id, inbox_id, _, _inbox):
             async with db.session() as session:
                 number = await session.scalar(select(Inbox.phone_number_id).where(Inbox.id == inbox_id))
             assert number is not None
@@ -111,9 +129,6 @@ def test_the_intake_forwards_a_new_customers_message_with_its_opening_facts_and_
             assert first.transaction_id is None
             assert first.opening == {"customer_ids": [first.customer_id], "sticky_agent": None}
             assert follow_up.transaction_id is not None and follow_up.opening is None
-        finally:
-            await _crash(inbox)
-            await db.dispose()
 
     asyncio.run(run())
 
@@ -126,9 +141,7 @@ def test_a_first_message_forwarded_with_its_opening_facts_is_opened_and_offered_
     url, settings = _store(backend, tmp_path, request)
 
     async def run() -> None:
-        db = Database(url, pool_size=1)
-        org_id, inbox_id, agent, inbox = await _live_inbox(db, settings)
-        try:
+        async with _live(url, settings, let_go=False) as (db, org_id, inbox_id, agent, inbox):
             customer_id, (first, second) = await _new_customer(db, org_id, inbox_id, "hello", "again")
             merged = await _merged_customer(db, org_id, customer_id)
             reads, writes = _counting(inbox, "read"), _counting(inbox, "write")
@@ -140,19 +153,12 @@ def test_a_first_message_forwarded_with_its_opening_facts_is_opened_and_offered_
             assert await inbox.ingest([_with_opening(second, [customer_id, merged], sticky)]) == {
                 "attached": 0, "opening": 1}
             agent.let_go.set()
-
-            async def offered() -> bool:
-                return bool(agent.published)
-
-            await _until(offered, "the offer")
+            await _offered(agent)
             ((tx_id, state, offered_to, kinds, messages),) = await _conversations_of(db, customer_id)
             assert (state, offered_to, kinds) == ("offered", agent.user_id, ["queued", "offered"])
             assert messages == [first.id, second.id]
             assert (reads, writes) == ([], [1])
             assert inbox._txs[tx_id].sticky_agent == sticky
-        finally:
-            await _crash(inbox)
-            await db.dispose()
 
     asyncio.run(run())
 
@@ -166,18 +172,12 @@ def test_a_forward_retried_after_its_conversation_closed_opens_no_empty_conversa
     url, settings = _store(backend, tmp_path, request)
 
     async def run() -> None:
-        db = Database(url, pool_size=1)
-        org_id, inbox_id, agent, inbox = await _live_inbox(db, settings, let_go=True)
-        user_id = agent.user_id
-        try:
+        async with _live(url, settings) as (db, org_id, inbox_id, agent, inbox):
+            user_id = agent.user_id
             customer_id, (first,) = await _new_customer(db, org_id, inbox_id, "hello")
             forward = _with_opening(first, [customer_id], None)
             await inbox.ingest([forward])
-
-            async def offered() -> bool:
-                return bool(agent.published)
-
-            await _until(offered, "the offer")
+            await _offered(agent)
             tx_id = agent.published[0]["transaction_id"]
             assert (await inbox.accept(tx_id, user_id))["status"] == 200
             assert (await inbox.close(tx_id, user_id, False))["status"] == 200
@@ -206,9 +206,6 @@ def test_a_forward_retried_after_its_conversation_closed_opens_no_empty_conversa
 
             await _until(reopened, "the customer's next conversation")
             assert (await _conversations_of(db, customer_id))[1][4] == [later.id]
-        finally:
-            await _crash(inbox)
-            await db.dispose()
 
     asyncio.run(run())
 
@@ -222,9 +219,7 @@ def test_a_customer_merged_after_the_intake_gets_one_conversation_under_the_surv
     url, settings = _store(backend, tmp_path, request)
 
     async def run() -> None:
-        db = Database(url, pool_size=1)
-        org_id, inbox_id, _, inbox = await _live_inbox(db, settings, let_go=True)
-        try:
+        async with _live(url, settings) as (db, org_id, inbox_id, _, inbox):
             loser, (first,) = await _new_customer(db, org_id, inbox_id, "hello")
             async with db.session() as session:
                 survivor = Customer(org_id=org_id, wa_id="15550003333", name="Dora")
@@ -246,8 +241,5 @@ def test_a_customer_merged_after_the_intake_gets_one_conversation_under_the_surv
             async with db.session() as session:
                 assert await session.scalar(select(Transaction.customer_id).where(Transaction.id == tx_id)) \
                     == survivor_id
-        finally:
-            await _crash(inbox)
-            await db.dispose()
 
     asyncio.run(run())
