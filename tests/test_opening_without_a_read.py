@@ -23,7 +23,7 @@ from config.actor_settings import ActorSettings
 from gateway.intake import store_delivery
 from meta.webhook_parser import parse_webhook
 from store.clock import utcnow
-from store.conversation_openings import opening_facts
+from store.conversation_openings import opening_facts, still_to_open
 from store.db import Database
 from store.tables import Customer, InboundMessage, Inbox, StickyAgent, Transaction
 from tests.test_close_while_delivering import _crash, _forwarded
@@ -241,5 +241,44 @@ def test_a_customer_merged_after_the_intake_gets_one_conversation_under_the_surv
             async with db.session() as session:
                 assert await session.scalar(select(Transaction.customer_id).where(Transaction.id == tx_id)) \
                     == survivor_id
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_opening_commits_check_says_no_when_anything_the_intake_read_changed(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """Each fact the forward carried, changed on its own: a message attached, a customer merged into this one since,
+    this customer merged into another. Only the unchanged facts pass."""
+    url, settings = _store(backend, tmp_path, request)
+
+    async def run() -> None:
+        async with _live(url, settings) as (db, org_id, inbox_id, _, _inbox):
+            customer_id, (first, second) = await _new_customer(db, org_id, inbox_id, "hello", "again")
+            merged = await _merged_customer(db, org_id, customer_id)
+            ids = [first.id, second.id]
+
+            async def check(customer_ids: list[int], message_ids: list[int]) -> bool:
+                return await db.write(lambda connection: still_to_open(connection, inbox_id, customer_ids,
+                                                                       message_ids))
+
+            assert await check([customer_id, merged], ids)
+            assert not await check([customer_id], ids)  # one merged into it since the intake read
+            async with db.session() as session:
+                tx = Transaction(org_id=org_id, inbox_id=inbox_id, customer_id=customer_id, state="closed",
+                                 waiting_since=utcnow(), created_at=utcnow(), updated_at=utcnow(), tried=[])
+                session.add(tx)
+                await session.flush()
+                await session.execute(update(InboundMessage).where(InboundMessage.id == second.id)
+                                      .values(transaction_id=tx.id))
+            assert not await check([customer_id, merged], ids)  # a message attached meanwhile
+            assert await check([customer_id, merged], [first.id])
+            async with db.session() as session:
+                survivor = Customer(org_id=org_id, name="Dora (older)")
+                session.add(survivor)
+                await session.flush()
+                await session.execute(update(Customer).where(Customer.id.in_([customer_id, merged]))
+                                      .values(merged_into=survivor.id))
+            assert not await check([customer_id, merged], [first.id])  # the customer merged into another
 
     asyncio.run(run())
