@@ -90,7 +90,7 @@ class InboxIngest(InboxCore):
         read, no write. The rest, and any the write left alone (attached meanwhile, customer merged since), go
         through the step that reads the store."""
         known: dict[int, list[dict[str, Any]]] = {}
-        new: list[dict[str, Any]] = []
+        new: list[tuple[dict[str, Any], int | None]] = []  # (message, its customer's sticky agent)
         for message in messages:
             payload = repo.forwarded_payload(message)
             if payload is None:
@@ -99,8 +99,7 @@ class InboxIngest(InboxCore):
                 known.setdefault(tx_id, []).append(payload)
             elif (opening := message.get("opening")) and not any(c in self._by_customer
                                                                    for c in opening["customer_ids"]):
-                new.append({**payload, "customer_ids": list(opening["customer_ids"]),
-                            "sticky_agent": opening["sticky_agent"]})
+                new.append(({**payload, "customer_ids": list(opening["customer_ids"])}, opening["sticky_agent"]))
         opening_now, opened_now = self._open_for(new)
         attached: set[int] = set()
         if known:
@@ -121,7 +120,7 @@ class InboxIngest(InboxCore):
             attached, told = await self._write(statements)
             self._absorb_attached({tx_id: [m for m in payloads if m["id"] in attached]
                                    for tx_id, payloads in known.items()}, on_stream=True, told=told)
-        taken = attached | {m["id"] for m in new}
+        taken = attached | {m["id"] for m, _ in new}
         rest = [m["id"] for m in messages if m["id"] not in taken]
         if not rest:
             return len(attached), opening_now, opened_now
@@ -129,22 +128,14 @@ class InboxIngest(InboxCore):
         attached_rest, opening, opened, _ = await self._ingest_page(rest)
         return len(attached) + attached_rest, opening_now + opening, opened_now + opened
 
-    def _open_for(self, messages: list[dict[str, Any]]) -> tuple[int, int]:
+    def _open_for(self, messages: list[tuple[dict[str, Any], int | None]]) -> tuple[int, int]:
         """Messages of customers with no open conversation here, forwarded with what opening one needs (their
         aliases and sticky agent, read at intake): each joins its customer's conversation being opened, or starts
         one, with no read. The opening commit checks that what the intake read still holds
         (`store.conversation_openings`). (messages joining, conversations to open.)"""
-        joining = opened = 0
         now = utcnow()
-        for message in messages:
-            sticky = message.pop("sticky_agent")
-            pending = self._opens.of(message["customer_ids"])
-            if pending is None:
-                self._opens.add(self.org_id, self.inbox_id, message, sticky, now)
-                joining, opened = joining + 1, opened + 1
-            elif pending.join(message):
-                joining += 1
-        return joining, opened
+        counts = [self._opens.take_in(self.org_id, self.inbox_id, message, sticky, now) for message, sticky in messages]
+        return sum(joined for joined, _ in counts), sum(opened for _, opened in counts)
 
     async def _ingest_stored(self) -> None:
         """Take every unrouted message of the inbox, page after page (lock held)."""
@@ -197,14 +188,10 @@ class InboxIngest(InboxCore):
             self._absorb_attached(by_tx, on_stream=True, told=told)
         joining = opened = 0
         for message in fresh:
-            if open_tx[message["id"]] is not None:
-                continue
-            pending = self._opens.of(message["customer_ids"])
-            if pending is None:
-                self._opens.add(self.org_id, self.inbox_id, message, sticky.get(message["customer_id"]), now)
-                joining, opened = joining + 1, opened + 1
-            elif pending.join(message):
-                joining += 1
+            if open_tx[message["id"]] is None:
+                joined, started = self._opens.take_in(self.org_id, self.inbox_id, message,
+                                                      sticky.get(message["customer_id"]), now)
+                joining, opened = joining + joined, opened + started
         full = ids is None and len(fresh) == INGEST_PAGE
         return sum(map(len, by_tx.values())), joining, opened, int(fresh[-1]["id"]) if full else None
 

@@ -73,6 +73,17 @@ class PendingOpens:
         self._waiting[customer_id] = pending
         return pending
 
+    def take_in(self, org_id: int, inbox_id: int, message: dict[str, Any], sticky_agent: int | None,
+                now: datetime) -> tuple[int, int]:
+        """A message of a customer with no open conversation: it joins the one being opened for any of its customer
+        ids, or starts one. (messages joining, conversations to open): (1, 1) started, (1, 0) joined, (0, 0)
+        joined already (a redelivered forward)."""
+        pending = self.of(message["customer_ids"])
+        if pending is None:
+            self.add(org_id, inbox_id, message, sticky_agent, now)
+            return 1, 1
+        return int(pending.join(message)), 0
+
     def take(self) -> list[PendingOpen]:
         """The waiting conversations, now in flight with the pass that takes them."""
         taken = list(self._waiting.values())

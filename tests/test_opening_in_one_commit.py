@@ -365,3 +365,10 @@ def test_pending_opens_keep_one_conversation_per_customer_until_their_pass_commi
     assert len(opens) == 0 and opens.of([7]) is None and opens.put_back([pending]) == 0
     other = opens.add(1, 2, {**first, "id": 3, "customer_id": 8, "customer_ids": [8]}, sticky_agent=5, now=now)
     assert other.state.id != pending.state.id and other.state.sticky_agent == 5
+    # A message taken in starts its customer's conversation, joins it (under any of its ids) or was in it already.
+    assert opens.take_in(1, 2, {**first, "id": 4, "customer_id": 9, "customer_ids": [9]}, 6, now) == (1, 1)
+    started = opens.of([9])
+    assert started is not None and started.state.sticky_agent == 6
+    assert opens.take_in(1, 2, {**first, "id": 5, "customer_id": 10, "customer_ids": [10, 9]}, None, now) == (1, 0)
+    assert opens.take_in(1, 2, {**first, "id": 5, "customer_id": 10, "customer_ids": [10, 9]}, None, now) == (0, 0)
+    assert [m["id"] for m in started.messages] == [4, 5]

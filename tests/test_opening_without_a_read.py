@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from actors.inbox_actor import InboxActor
 from config.actor_settings import ActorSettings
 from gateway.intake import store_delivery
+from meta.simulator import payloads
 from meta.webhook_parser import parse_webhook
 from store.clock import utcnow
 from store.conversation_openings import opening_facts, still_to_open
@@ -97,15 +98,8 @@ def test_the_intake_reads_a_customers_aliases_and_sticky_agent_for_every_inbox_a
     asyncio.run(run())
 
 
-def _text_from(number: str, sender: str, wamid: str) -> Any:
-    return parse_webhook({"object": "whatsapp_business_account", "entry": [{"id": "waba", "changes": [{
-        "field": "messages", "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550001", "phone_number_id": number},
-            "contacts": [{"wa_id": sender, "profile": {"name": "Someone"}}],
-            "messages": [{"from": sender, "id": wamid, "timestamp": "1760000000", "type": "text",
-                          "text": {"body": "hello"}}],
-        }}]}]})
+def _text_from(number: str, sender: str) -> Any:
+    return parse_webhook(payloads.inbound_message("waba", number, "15550001", sender, "Someone", body="hello"))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -121,9 +115,9 @@ def test_the_intake_forwards_a_new_customers_message_with_its_opening_facts_and_
                 number = await session.scalar(select(Inbox.phone_number_id).where(Inbox.id == inbox_id))
             assert number is not None
             async with db.session() as session:
-                new = await store_delivery(session, org_id, _text_from(number, "15550004444", "wamid.new"))
+                new = await store_delivery(session, org_id, _text_from(number, "15550004444"))
             async with db.session() as session:
-                held = await store_delivery(session, org_id, _text_from(number, "15550001111", "wamid.held"))
+                held = await store_delivery(session, org_id, _text_from(number, "15550001111"))
             ((first,),) = new.new_messages.values()
             ((follow_up,),) = held.new_messages.values()
             assert first.transaction_id is None
