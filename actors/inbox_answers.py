@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from actors import inbox_metrics
-from actors.inbox_core import RELOADING, InboxCore, Result, done, ok, refuse, repo, streams
+from actors.inbox_core import RELOADING, InboxCore, Result, capacity, done, ok, refuse, repo, streams
 from actors.offer_plan import new_offer_id
 from actors.transaction_state import TxState
 from routing import AssignmentMode
@@ -94,7 +94,12 @@ class InboxAnswers(InboxCore):
             await self._end_offer(tx, "missed")
             self.request_routing()
             return refuse(409, "the offer expired")
-        assigned, _ = await self._assign(tx, user_id, "accepted", offer_id=tx.offer_id)
+        try:
+            assigned, _ = await self._assign(tx, user_id, "accepted", offer_id=tx.offer_id)
+        except capacity.AtCapacity as error:
+            await self._end_offer(tx, "rescinded", count_as_tried=False, reason=str(error))
+            self.request_routing()
+            return self._over_capacity(error)
         self._confirm(user_id, tx.offer_id, assigned, "accepted")
         inbox_metrics.offer_accepted(self.org_id, self.inbox_id, tx, assigned)
         # No longer holding an offer, the agent may take more work if under capacity. The pass runs
@@ -152,6 +157,7 @@ class InboxAnswers(InboxCore):
                 repo.remember_sticky_agent(connection, inbox_id, sticky_customer, user_id)
             repo.add_transaction_event(connection, tx.id, kind, user_id, now, offer_id=offer_id, **detail)
             told = streams.append_to_streams(connection, org_id, on_streams, now)
+            capacity.check_capacity(connection, user_id, tx.id)
             if leaving is not None:
                 streams.chat_ended(connection, leaving, now)
             if sticky_customer is not None and leaving is None and len(unseen) < repo.HAND_OVER_PAGE:
@@ -172,6 +178,13 @@ class InboxAnswers(InboxCore):
         """Tell the agent its assignment, which its stream shows already; the caller answers once the agent has it."""
         payload = {**tx.summary(self.inbox_id, self.config.name), "kind": kind}
         self._after_step(self._link.tell(user_id, "confirm", offer_id, payload))
+
+    def _over_capacity(self, error: capacity.AtCapacity) -> Result:
+        """The assignment's commit counted more work than the agent's actor did (a hold its restarted process forgot,
+        or one that lapsed while the commit was on its way): nothing was committed, and the agent rebuilds its work
+        from the store."""
+        self._link.tell(error.user_id, "resync")
+        return refuse(409, str(error))
 
     def _licensed_member(self, user_id: int) -> bool:
         membership = self.config.members.get(user_id)
@@ -209,6 +222,9 @@ class InboxAnswers(InboxCore):
         try:
             assigned, told = await self._assign(tx, user_id, kind, offer_id=offer_id, leaving=previous_agent,
                                                 **detail)
+        except capacity.AtCapacity as error:
+            self._link.tell(user_id, "release", offer_id, "rescinded")
+            return self._over_capacity(error)
         except BaseException:
             self._link.tell(user_id, "release", offer_id, "rescinded")
             raise
@@ -346,9 +362,13 @@ class InboxAnswers(InboxCore):
                                            outbound=True)
                 streams.append_to_streams(connection, org_id, [
                     streams.work_started(user_id, "assigned", tx.summary(inbox_id, inbox_name), offer_id)], now)
+                capacity.check_capacity(connection, user_id, tx.id)
                 return tx
 
             tx = await self._write(statements)
+        except capacity.AtCapacity as error:
+            self._link.tell(user_id, "release", offer_id, "rescinded")
+            return self._over_capacity(error)
         except BaseException:
             self._link.tell(user_id, "release", offer_id, "rescinded")
             raise

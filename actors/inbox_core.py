@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from store import agent_capacity as capacity
     from store import agent_streams as streams
     from store import conversation_openings as openings
     from store import routing_repo as repo
@@ -48,6 +49,7 @@ else:
     # Loaded at the inbox's activation: an agent's process loads this class to call inboxes (`actors.lazy_store`).
     repo = lazy_module("store.routing_repo")
     streams = lazy_module("store.agent_streams")
+    capacity = lazy_module("store.agent_capacity")
     openings = lazy_module("store.conversation_openings")
 
 log = logging.getLogger("actors.inbox_actor")

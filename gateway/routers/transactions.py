@@ -203,8 +203,9 @@ def _acting_user(ctx: OrgAccess) -> int:
 
 @router.post("/transactions/{tx_id}/accept", response_model=TransactionOut)
 async def accept_offer(tx_id: TxId, ctx: OrgActing, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
-    """Accept the offer ringing for the caller: the conversation is assigned to them. 409 when the offer is over;
-    repeating an accept that succeeded answers 200 again.
+    """Accept the offer ringing for the caller: the conversation is assigned to them. 409 when the offer is over,
+    or when the caller already holds as many conversations as their capacity (the offer then goes back to the
+    queue); repeating an accept that succeeded answers 200 again.
     """
     return await _act(runtime, session, ctx, tx_id, "accept", _acting_user(ctx))
 
@@ -218,7 +219,7 @@ async def decline_offer(tx_id: TxId, ctx: OrgActing, session: SessionDep, runtim
 @router.post("/transactions/{tx_id}/claim", response_model=TransactionOut)
 async def claim_transaction(tx_id: TxId, ctx: OrgActing, session: SessionDep, runtime: RuntimeDep) -> TransactionOut:
     """Take a waiting conversation of a manual inbox: the first claim wins, later ones get 409 (409 naming the
-    mode in other inboxes). Agents of the inbox.
+    mode in other inboxes, and 409 when the caller is away or at capacity). Agents of the inbox.
     """
     return await _act(runtime, session, ctx, tx_id, "claim", _acting_user(ctx))
 
