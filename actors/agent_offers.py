@@ -6,10 +6,10 @@ id and is idempotent, so an inbox may retry any of them after a lost reply. A ho
 lapses by itself at `expires_at`, and `resync` rebuilds what the agent holds from the store, the single truth.
 
 The inbox writes the offer, the assignment (with its messages) and the end on the agent's stream in its own
-commits (`store.agent_streams`): `publish`, `deliver` and `end` take those events as the commit tells them (read
-from the stream only when they do not follow what the agent knows), `confirm` reads the stream, each changes
-memory, and the agent writes only what the stream lacks (an offer withdrawn because its hold lapsed, a reset of
-its missed offers, a delivery handed over by a control pass).
+commits (`store.agent_streams`): `publish`, `confirm`, `deliver` and `end` take those events as the commit tells
+them (read from the stream only when they do not follow what the agent knows), each changes memory, and the agent
+writes only what the stream lacks (an offer withdrawn because its hold lapsed, a reset of its missed offers, a
+delivery handed over by a restarted inbox).
 """
 
 from __future__ import annotations
@@ -101,20 +101,22 @@ class AgentOffers(AgentCore):
                 latest = event["type"]
         return latest == "offer"
 
-    async def confirm(self, offer_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def confirm(self, offer_id: str, payload: dict[str, Any],
+                      told: list[LinkedEvent] | None = None) -> dict[str, Any]:
         """The inbox committed the assignment (accepted, claimed or transferred) and, with it, the assignment's
-        event on the stream (`store.agent_streams`): the hold becomes active work. A read, not a write: whether the
-        conversation is still open needs the stream's newest events (a confirm late under load may come after the
-        close committed), which no teller's events can promise.
+        event on the stream (`store.agent_streams`; `told`: the events that commit appended): the hold becomes active
+        work. Nothing is written, and nothing read when the told events follow the newest one known.
 
         The stream is the truth: a hold that lapsed meanwhile does not stop it, and a conversation the stream shows
-        ended since (a retried confirm coming after the close) is not taken on again.
+        ended since (a retried confirm coming after the close, or one after the agent's restart) is not taken on
+        again. A close the agent does not know of yet is on its way: the inbox tells its `end` after this confirm
+        (its mailbox keeps the order), and that frees the capacity.
         """
         await self._ensure_active()
         async with self._step_lock:
             if offer_id in self._confirmed:
                 return self._answer(int(payload["inbox_id"]))  # a retry of a confirm whose answer was slow
-            await self._catch_up()
+            await self._take_told(told)
             hold = self.holds.get(offer_id)
             if hold is not None:
                 self._drop_hold(hold)

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from actors import inbox_metrics
-from actors.inbox_core import RELOADING, InboxCore, Result, capacity, done, ok, refuse, repo, streams
+from actors.inbox_core import RELOADING, InboxCore, Result, capacity, done, log, ok, refuse, repo, streams
 from actors.offer_plan import new_offer_id
 from actors.transaction_state import TxState
 from routing import AssignmentMode
@@ -95,12 +95,12 @@ class InboxAnswers(InboxCore):
             self.request_routing()
             return refuse(409, "the offer expired")
         try:
-            assigned, _ = await self._assign(tx, user_id, "accepted", offer_id=tx.offer_id)
+            assigned, told = await self._assign(tx, user_id, "accepted", offer_id=tx.offer_id)
         except capacity.AtCapacity as error:
             await self._end_offer(tx, "rescinded", count_as_tried=False, reason=str(error))
             self.request_routing()
             return self._over_capacity(error)
-        self._confirm(user_id, tx.offer_id, assigned, "accepted")
+        self._confirm(user_id, tx.offer_id, assigned, "accepted", told)
         inbox_metrics.offer_accepted(self.org_id, self.inbox_id, tx, assigned)
         # No longer holding an offer, the agent may take more work if under capacity. The pass runs
         # after this answer (as after every API step): an accept never waits for the queue's routing.
@@ -174,15 +174,18 @@ class InboxAnswers(InboxCore):
             await self._hand_over([tx.id])  # the agent writes what its stream lacks
         return assigned, told
 
-    def _confirm(self, user_id: int, offer_id: str, tx: TxState, kind: str) -> None:
-        """Tell the agent its assignment, which its stream shows already; the caller answers once the agent has it."""
+    def _confirm(self, user_id: int, offer_id: str, tx: TxState, kind: str, told: Told) -> None:
+        """Tell the agent its assignment, which its stream shows already (`told`: the events the assignment's commit
+        appended, so the agent need not read them); the caller answers once the agent has it."""
         payload = {**tx.summary(self.inbox_id, self.config.name), "kind": kind}
-        self._after_step(self._link.tell(user_id, "confirm", offer_id, payload))
+        self._after_step(self._link.tell(user_id, "confirm", offer_id, payload, streams.told_to(told, user_id)))
 
     def _over_capacity(self, error: capacity.AtCapacity) -> Result:
         """The assignment's commit counted more work than the agent's actor did (a hold its restarted process forgot,
         or one that lapsed while the commit was on its way): nothing was committed, and the agent rebuilds its work
         from the store."""
+        log.warning("inbox %s: an assignment to agent %s refused by its commit: %s (the agent's actor counted less; "
+                    "it resyncs)", self.inbox_id, error.user_id, error)
         self._link.tell(error.user_id, "resync")
         return refuse(409, str(error))
 
@@ -234,7 +237,7 @@ class InboxAnswers(InboxCore):
             assert assigned.assigned_at is not None
             self._after_step(self._link.tell(previous_agent, "end", tx.id, "transferred",
                                              assigned.assigned_at.isoformat(), streams.told_to(told, previous_agent)))
-        self._confirm(user_id, offer_id, assigned, kind)
+        self._confirm(user_id, offer_id, assigned, kind, told)
         return done(assigned)
 
     async def _close(self, tx_id: int, user_id: int, by_supervisor: bool) -> Result:
@@ -354,18 +357,18 @@ class InboxAnswers(InboxCore):
                                agent_id=user_id, assigned_at=now, customer=customer, sticky_agent=user_id,
                                created_at=now)
 
-            def statements(connection: Connection) -> TxState:
+            def statements(connection: Connection) -> tuple[TxState, Told]:
                 tx = opened(repo.insert_transaction(connection, row))
                 repo.remember_sticky_agent(connection, inbox_id, sticky_customer, user_id)
                 repo.add_transaction_event(connection, tx.id, "opened_outbound", user_id, now, customer=customer_id)
                 repo.add_transaction_event(connection, tx.id, "assigned", user_id, now, offer_id=offer_id,
                                            outbound=True)
-                streams.append_to_streams(connection, org_id, [
+                told = streams.append_to_streams(connection, org_id, [
                     streams.work_started(user_id, "assigned", tx.summary(inbox_id, inbox_name), offer_id)], now)
                 capacity.check_capacity(connection, user_id, tx.id)
-                return tx
+                return tx, told
 
-            tx = await self._write(statements)
+            tx, told = await self._write(statements)
         except capacity.AtCapacity as error:
             self._link.tell(user_id, "release", offer_id, "rescinded")
             return self._over_capacity(error)
@@ -373,5 +376,5 @@ class InboxAnswers(InboxCore):
             self._link.tell(user_id, "release", offer_id, "rescinded")
             raise
         self._remember(tx)
-        self._confirm(user_id, offer_id, tx, "assigned")
+        self._confirm(user_id, offer_id, tx, "assigned", told)
         return {**ok(tx.id), "reused": False}

@@ -215,7 +215,7 @@ class _ClaimingAgent(_Agent):
         self.calls.append("hold")
         return {"ok": True, "reason": None, "snapshot": self.snapshot()}
 
-    async def confirm(self, offer_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def confirm(self, offer_id: str, payload: dict[str, Any], told: list[Any] | None = None) -> dict[str, Any]:
         self.calls.append("confirm")
         await self.thawed.wait()
         first = payload.get("first_message")
@@ -523,22 +523,31 @@ def test_on_postgres_a_close_waits_for_a_delivery_under_way_and_keeps_its_messag
 
 class _HeldConfirm(_Agent):
     """A real agent actor's confirms (a claim's or a transfer's, carrying the conversation's first message), held
-    while `thawed` is clear (its commit late under load); a hold is taken at once, other calls answered."""
+    while `thawed` is clear (its commit late under load), and its ends; a hold is taken at once, other calls
+    answered."""
 
     def __init__(self, actor: Any) -> None:
         super().__init__(actor.user_id)
         self.actor = actor
         self.landed = asyncio.Event()
+        self.ended = asyncio.Event()
 
     async def hold(self, offer: dict[str, Any], direct: bool = False) -> dict[str, Any]:
         self.calls.append("hold")
         return {"ok": True, "reason": None, "snapshot": self.snapshot()}
 
-    async def confirm(self, offer_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def confirm(self, offer_id: str, payload: dict[str, Any], told: list[Any] | None = None) -> dict[str, Any]:
         self.calls.append("confirm")
         await self.thawed.wait()
-        snapshot = await self.actor.confirm(offer_id, payload)
+        snapshot = await self.actor.confirm(offer_id, payload, told)
         self.landed.set()
+        return snapshot  # type: ignore[no-any-return]
+
+    async def end(self, transaction_id: int, reason: str, at: str | None = None,
+                  told: list[Any] | None = None) -> dict[str, Any]:
+        self.calls.append("end")
+        snapshot = await self.actor.end(transaction_id, reason, at, told)
+        self.ended.set()
         return snapshot  # type: ignore[no-any-return]
 
 
@@ -581,7 +590,8 @@ def test_a_claim_whose_confirm_comes_after_the_close_shows_its_first_message_onc
         tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     """A claim's assignment carries the conversation's first message (no offer showed it), written on the agent's
     stream by the claim's own commit. The agent's confirm is late; the close finds the message shown and keeps it
-    with the conversation (nothing is handed on); the late confirm takes no closed conversation on."""
+    with the conversation (nothing is handed on); the close's end, which the inbox's mailbox delivers after the late
+    confirm, leaves the agent no closed conversation, and nothing is shown twice."""
     from actors.agent_actor import AgentActor
     from store.agent_store import open_agent_store
 
@@ -605,10 +615,12 @@ def test_a_claim_whose_confirm_comes_after_the_close_shows_its_first_message_onc
             assert await _firsts_shown(db, user_id) == [(tx_id, first)]  # before any confirm
             assert (await inbox.close(tx_id, user_id, False))["status"] == 200
             assert await _transaction_of(db, first) == tx_id  # shown: kept with its conversation
-            agent.thawed.set()  # the inbox's mailbox retries the confirm: it comes now
-            await asyncio.wait_for(agent.landed.wait(), 10)
+            agent.thawed.set()  # the inbox's mailbox retries the confirm: it comes now, then the close's end
+            await asyncio.wait_for(agent.ended.wait(), 10)
+            after = agent.calls[agent.calls.index("confirm"):]
+            assert set(after[:-1]) == {"confirm"} and after[-1] == "end"  # the confirm (and its retries) first
             assert await _firsts_shown(db, user_id) == [(tx_id, first)]
-            assert actor.active == {}
+            assert actor.active == {} and (await actor.view() or {})["active_transactions"] == []
         finally:
             await _crash(inbox)
             await actor.store.close()
