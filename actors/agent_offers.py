@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
+from actors import inbox_metrics
 from actors.agent_core import AgentCore, log, remember
 from actors.agent_holds import Hold, rescinded, stored_offer
 from routing.presence import after_missed_offer, missed_reason
@@ -253,11 +255,16 @@ class AgentOffers(AgentCore):
         return self._answer(None)  # its caller is an inbox this agent does not name
 
     async def read_stream(self, told: list[LinkedEvent] | None = None) -> None:
-        """Another actor's commit appended events to the stream (the intake, a reply's delivery status): take them as
-        told (or read them), and show them to the stream's readers. Writes nothing; safe to repeat."""
+        """Another actor's commit appended events to the stream (the intake: a follow-up of a conversation this agent
+        holds, a reply's delivery status): take them as told (or read them), and show them to the stream's readers.
+        Writes nothing; safe to repeat."""
         await self._ensure_active()
         async with self._step_lock:
             await self._take_told(told)
+        # The intake told this agent, not the inbox, of those follow-ups: they count among the inbox's routed messages.
+        for inbox_id, count in Counter(int(event[3]["inbox_id"]) for event in told or ()
+                                       if event[2] == "message").items():
+            inbox_metrics.routed(self.org_id, inbox_id, count)
 
     async def push_event(self, kind: str, payload: dict[str, Any]) -> None:
         """Append an event to the agent's stream (messaging: `message`, `message_status`); one step."""

@@ -3,7 +3,8 @@
 Labels are the organization and the inbox ids only, never a customer. Exported by the node the inbox actor
 runs on with Ray's `ray_` prefix: e.g. `ray_wa_router_inbox_offers_total`.
 
-These are the hooks `actors/inbox_actor.py` calls, one line each (README, "Operations", lists where).
+These are the hooks `actors/inbox_actor.py` calls, one line each (README, "Operations", lists where); an agent's
+actor counts the follow-ups the intake told it directly (`routed`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ def _make(metrics: ModuleType) -> dict[str, Any]:
     return {
         "offers": metrics.Counter("wa_router_inbox_offers", "Offers by outcome (made, accepted, declined, missed, "
                                   "rescinded)", tag_keys=(*TAGS, "outcome")),
-        "routed": metrics.Counter("wa_router_inbox_messages_routed", "Customer messages an inbox actor routed "
-                                  "(new conversations and follow-ups)", tag_keys=TAGS),
+        "routed": metrics.Counter("wa_router_inbox_messages_routed", "Customer messages routed to an inbox's "
+                                  "conversations (new conversations and follow-ups; a follow-up of a conversation an "
+                                  "agent holds is counted by the agent told of it)", tag_keys=TAGS),
         "step": metrics.Histogram("wa_router_inbox_step_seconds", "Duration of an inbox actor's step (ingest, "
                                   "route, accept, close, ...)", boundaries=STEP_BUCKETS, tag_keys=(*TAGS, "step")),
         "queue": metrics.Gauge("wa_router_inbox_queue_depth", "Conversations waiting in the inbox actor's queue",

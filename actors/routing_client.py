@@ -8,8 +8,9 @@ is activated when the gateway starts), and this gateway's sweep of the store eve
 to the next is told to read it, which activates its actor if none is alive). The same sweep tells an
 inbox of a configuration change or a newer owner it may have missed.
 
-A reply's delivery status is on its agent's stream from the intake's commit: the agent is only told to
-read it (`tell_to_read`), through the same per-actor forwarders.
+A follow-up of a conversation an agent holds, and a reply's delivery status, are on the agent's stream from the
+intake's commit: the agent is only told to read them (`tell_to_read`, no inbox in between), through the same
+per-actor forwarders.
 """
 
 from __future__ import annotations

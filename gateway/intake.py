@@ -37,10 +37,31 @@ class IntakeResult:
     # Each agent's events the commit appended to its stream (follow-ups shown, reply statuses), as stored: what the
     # agent is told.
     told: Told = field(default_factory=dict)
+    # (organization, agent) to tell of the follow-ups the commit showed them that their inboxes need not hear of
+    # (not in `new_messages`).
+    agents_shown: set[tuple[int, int]] = field(default_factory=set)
     new_message_count: int = 0
     duplicate_messages: int = 0
     statuses: int = 0
     other_changes: int = 0
+
+
+def _for_agents_only(new_messages: dict[int, list[StoredMessage]], changed_customers: set[int]
+                     ) -> tuple[dict[int, list[StoredMessage]], set[tuple[int, int]]]:
+    """(The messages for their inboxes, the (organization, agent) to tell instead of them.)
+
+    A follow-up shown on its agent's stream at intake needs no step of its inbox: the agent is told it directly (one
+    actor call instead of two). One whose customer's identity this delivery changed still goes through the inbox,
+    whose conversation then shows the newest identity (and tells the agent)."""
+    agents: set[tuple[int, int]] = set()
+    kept: dict[int, list[StoredMessage]] = {}
+    for org, messages in new_messages.items():
+        for message in messages:
+            if message.shown_as is not None and message.customer_id not in changed_customers:
+                agents.add((org, message.shown_as[0]))
+            else:
+                kept.setdefault(org, []).append(message)
+    return kept, agents
 
 
 _INBOXES_OF_NUMBERS = select(Inbox.id, Inbox.phone_number_id, Inbox.org_id).where(
@@ -133,9 +154,10 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
     # Customers belong to an organization: resolved in the organization each message goes to.
     # Same database transaction as the messages: a delivery is stored with its customers or not at all.
     customer_of_wamid: dict[str, CustomerRef | None] = {}
+    changed_customers: set[int] = set()  # whose identity this delivery wrote
     for target in sorted({org for org, _, _ in placement.values()}):
         batch = [m for m in unique_messages.values() if placement[m.wamid][0] == target]
-        resolved = await resolve_customers(session, target, [_identity(m) for m in batch])
+        resolved = await resolve_customers(session, target, [_identity(m) for m in batch], changed=changed_customers)
         customer_of_wamid.update({m.wamid: c for m, c in zip(batch, resolved, strict=True)})
     customer_of: dict[tuple[int, str], CustomerRef | None] = {}
     rows = []
@@ -220,6 +242,7 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
                     for event in events if event[2] == "message"}
         result.new_messages = {org: [replace(m, shown_as=shown_as.get(m.id)) for m in messages]
                                for org, messages in result.new_messages.items()}
+        result.new_messages, result.agents_shown = _for_agents_only(result.new_messages, changed_customers)
     for update in parsed.template_updates:
         await apply_status_event(session, verified.get(update.waba_id, {org_id}), update.waba_id,
                                  update.message_template_id, update.message_template_name,

@@ -83,9 +83,10 @@ _HAS_WA_ID = Customer.wa_id.is_not(None)
 _IDENTITY_COLUMNS = (Customer.id, Customer.user_id, Customer.wa_id, Customer.username, Customer.name)
 
 
-async def resolve_customers(session: AsyncSession, org_id: int,
-                            identities: Sequence[Identity]) -> list[CustomerRef | None]:
-    """The customer of each identity (None when it names no BSUID and no number), created or linked."""
+async def resolve_customers(session: AsyncSession, org_id: int, identities: Sequence[Identity],
+                            changed: set[int] | None = None) -> list[CustomerRef | None]:
+    """The customer of each identity (None when it names no BSUID and no number), created or linked. `changed`
+    gets the ids of the customers whose identity this call wrote (created, changed, merged)."""
     if not any(identity.known for identity in identities):
         return [None] * len(identities)
     await _lock(session, org_id, identities)
@@ -96,9 +97,13 @@ async def resolve_customers(session: AsyncSession, org_id: int,
         # Nothing merged and no other row changed: each row is as its identity left it (the last
         # identity naming a row wrote it last), so reading the rows back would return the same.
         final = {r.ref.id: r.ref for r in resolved if r is not None}
+        if changed is not None:
+            changed.update(r.ref.id for r in resolved if r is not None and r.changed)
         return [final[i] if i is not None else None for i in ids]
     # A later identity of the same delivery may have merged an earlier one's customer away.
     survivors = await _survivor_ids(session, {i for i in ids if i is not None})
+    if changed is not None:
+        changed.update(survivors.values())  # rows merged or given up: every customer of the delivery counts
     rows = {row.id: row for row in (await session.scalars(
         select(Customer).where(Customer.id.in_(set(survivors.values())))
         .execution_options(populate_existing=True))).all()}
@@ -223,6 +228,7 @@ async def _rows(session: AsyncSession, org_id: int, *conditions: Any) -> list[Ro
 class _Resolved:
     ref: CustomerRef  # the row as this identity left it
     touched_only_itself: bool  # no merge, and no other row gave up its number
+    changed: bool = True  # the row was written (created, or its identity changed)
 
 
 async def _resolve_one(session: AsyncSession, org_id: int, identity: Identity) -> _Resolved:
@@ -270,11 +276,12 @@ async def _resolve_one(session: AsyncSession, org_id: int, identity: Identity) -
     for other in others:
         await _merge(session, other.id, survivor.id)
     ref = CustomerRef(id=survivor.id, user_id=final_user, wa_id=final_wa, username=username, name=name)
-    if others or ref != CustomerRef.of(survivor):
+    written = bool(others) or ref != CustomerRef.of(survivor)
+    if written:
         # `updated_at` says when the identity last changed: an unchanged one is not written again.
         await session.execute(update(Customer).where(Customer.id == survivor.id).values(
             user_id=final_user, wa_id=final_wa, username=username, name=name, updated_at=now))
-    return _Resolved(ref, touched_only_itself=not released and not others)
+    return _Resolved(ref, touched_only_itself=not released and not others, changed=written)
 
 
 async def _release_number(session: AsyncSession, org_id: int, wa_id: str, keep: set[int]) -> None:

@@ -184,9 +184,11 @@ async def receive_delivery(org_id: OrgId, request: Request, runtime: RuntimeDep)
     # Durable now; routing happens after the answer, and is recovered from the store if interrupted.
     for owner_org, messages in result.new_messages.items():
         runtime.routing.submit_messages(owner_org, messages)
-    # Each status is on its agent's stream from the same commit: the agent is told it, as stored.
-    for org_id_of_agent, agent_id in sorted({(change.org_id, change.agent_id) for change in result.status_changes
-                                             if change.agent_id is not None}):
+    # Each status, and each follow-up of a conversation an agent holds, is on its agent's stream from the same commit:
+    # the agent is told them, as stored.
+    agents = result.agents_shown | {(change.org_id, change.agent_id) for change in result.status_changes
+                                    if change.agent_id is not None}
+    for org_id_of_agent, agent_id in sorted(agents):
         runtime.routing.tell_to_read(org_id_of_agent, agent_id, result.told.get(agent_id))
     return WebhookAck(messages=result.new_message_count, duplicate_messages=result.duplicate_messages,
                       statuses=result.statuses, other_changes=result.other_changes)
