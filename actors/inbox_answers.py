@@ -225,11 +225,10 @@ class InboxAnswers(InboxCore):
         try:
             assigned, told = await self._assign(tx, user_id, kind, offer_id=offer_id, leaving=previous_agent,
                                                 **detail)
-        except capacity.AtCapacity as error:
+        except BaseException as error:
             self._link.tell(user_id, "release", offer_id, "rescinded")
-            return self._over_capacity(error)
-        except BaseException:
-            self._link.tell(user_id, "release", offer_id, "rescinded")
+            if isinstance(error, capacity.AtCapacity):
+                return self._over_capacity(error)
             raise
         if previous_offer is not None and previous_offer[0] is not None and previous_offer[1] is not None:
             self._link.tell(previous_offer[0], "release", previous_offer[1], "rescinded")
@@ -369,11 +368,10 @@ class InboxAnswers(InboxCore):
                 return tx, told
 
             tx, told = await self._write(statements)
-        except capacity.AtCapacity as error:
+        except BaseException as error:
             self._link.tell(user_id, "release", offer_id, "rescinded")
-            return self._over_capacity(error)
-        except BaseException:
-            self._link.tell(user_id, "release", offer_id, "rescinded")
+            if isinstance(error, capacity.AtCapacity):
+                return self._over_capacity(error)
             raise
         self._remember(tx)
         self._confirm(user_id, offer_id, tx, "assigned", told)

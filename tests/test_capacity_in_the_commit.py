@@ -35,14 +35,7 @@ from store.clock import utcnow
 from store.db import Database
 from store.tables import AgentEvent, Customer, Inbox, InboxAgent, PhoneNumber, Transaction
 from tests.test_close_while_delivering import _conversation, _crash, _Inboxes, _message, _store_url
-
-
-async def _until(check: Any, what: str) -> None:
-    for _ in range(200):
-        if await check():
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"not within 5 s: {what}")
+from tests.test_opening_in_one_commit import _until
 
 
 class _HoldForgotten:
