@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 from sqlalchemy import select
 
 from gateway.intake import IntakeResult, store_delivery
@@ -18,7 +19,9 @@ from meta.webhook_parser import parse_webhook
 from store.db import Database
 from store.tables import Inbox
 from tests.routing_support import Scenario, customer_id
+from tests.support import eventually
 from tests.test_close_while_delivering import _conversation, _store_url
+from tests.test_metrics_under_load import ray_metrics_url, scrape, value
 
 
 def _text_from(number: str, sender: str, name: str, body: str) -> Any:
@@ -80,3 +83,29 @@ def test_a_follow_up_renaming_the_customer_reaches_the_agent_and_its_conversatio
         assert (shown["summary"], shown["customer"]["name"]) == ("new name, same me", "Dora Lima")
         # The close answers with the conversation as its inbox holds it: the name the last follow-up brought.
         assert sc.do(tx_id, "close", agent)["customer"]["name"] == "Dora Lima"
+
+
+@pytest.mark.ray
+def test_follow_ups_told_to_their_agent_count_among_the_inboxs_routed_messages(sc: Scenario) -> None:
+    """The inbox's `wa_router_inbox_messages_routed` counts every message of its conversations: the first one routed
+    by the inbox, the follow-ups by the agent the gateway told of them."""
+    (agent,) = sc.agents(1)
+    inbox = sc.inbox([agent])
+    customer = customer_id()
+    with sc.socket(agent) as sock:
+        sc.send(customer, "hello", name="Eva")
+        tx_id = int(sock.next("offer")["transaction_id"])
+        sc.do(tx_id, "accept", agent)
+        sock.next("assigned")
+        for text in ("one", "two", "three"):
+            sc.send(customer, text, name="Eva")
+            assert sock.next("message")["message"]["summary"] == text
+    nodes = {ray.get(ray.get_actor(name, namespace=sc.gateway.namespace).ping.remote(), timeout=20)["node_id"]
+             for name in (f"inbox:{sc.org.id}:{inbox}", f"agent:{sc.org.id}:{agent.id}")}
+
+    def routed() -> float | None:
+        found = sum(value(scrape(ray_metrics_url(node)), "ray_wa_router_inbox_messages_routed_total",
+                          organization=str(sc.org.id), inbox=str(inbox)) for node in nodes)
+        return found if found >= 4 else None
+
+    assert eventually(routed, timeout=40, interval=1, what="the inbox's routed messages on the node's export") == 4
