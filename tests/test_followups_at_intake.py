@@ -6,6 +6,7 @@ stored after it opens the customer's next conversation."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import ray
@@ -56,9 +57,10 @@ def _events_showing(sc: Scenario, agent: Agent, text: str) -> int:
     return int(count)
 
 
-def _held(sc: Scenario, agent: Agent, sock: AgentSocket, customer: str) -> int:
-    """The customer's first message offered to the agent, who accepts it: the conversation's id."""
-    sc.send(customer, "hello")
+def _held(sc: Scenario, agent: Agent, sock: AgentSocket, customer: str, **identity: Any) -> int:
+    """The customer's first message (`identity`: as `Scenario.send` takes it) offered to the agent, who accepts it:
+    the conversation's id."""
+    sc.send(customer, "hello", **identity)
     tx_id = int(sock.next("offer")["transaction_id"])
     sc.do(tx_id, "accept", agent)
     sock.next("assigned")

@@ -21,6 +21,7 @@ from store.tables import Inbox
 from tests.routing_support import Scenario, customer_id
 from tests.support import eventually
 from tests.test_close_while_delivering import _conversation, _store_url
+from tests.test_followups_at_intake import _held
 from tests.test_metrics_under_load import ray_metrics_url, scrape, value
 
 
@@ -72,10 +73,7 @@ def test_a_follow_up_renaming_the_customer_reaches_the_agent_and_its_conversatio
     sc.inbox([agent])
     customer = customer_id()
     with sc.socket(agent) as sock:
-        sc.send(customer, "hello", name="Dora")
-        tx_id = int(sock.next("offer")["transaction_id"])
-        sc.do(tx_id, "accept", agent)
-        sock.next("assigned")
+        tx_id = _held(sc, agent, sock, customer, name="Dora")
         sc.send(customer, "it's me again", name="Dora")
         assert sock.next("message")["message"]["summary"] == "it's me again"
         sc.send(customer, "new name, same me", name="Dora Lima")
@@ -93,10 +91,7 @@ def test_follow_ups_told_to_their_agent_count_among_the_inboxs_routed_messages(s
     inbox = sc.inbox([agent])
     customer = customer_id()
     with sc.socket(agent) as sock:
-        sc.send(customer, "hello", name="Eva")
-        tx_id = int(sock.next("offer")["transaction_id"])
-        sc.do(tx_id, "accept", agent)
-        sock.next("assigned")
+        _held(sc, agent, sock, customer, name="Eva")
         for text in ("one", "two", "three"):
             sc.send(customer, text, name="Eva")
             assert sock.next("message")["message"]["summary"] == text
