@@ -159,8 +159,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, DataError) or sqlstate.startswith("22"):
             log.info("value refused by the store: %s", exc.orig)
             return JSONResponse(status_code=422, content={"detail": "a value is out of range for the store"})
-        if means_unavailable(sqlstate):
-            # Connection trouble, the server out of connections or shutting down: retry later.
+        if means_unavailable(sqlstate) or exc.connection_invalidated:
+            # Connection trouble, the server out of connections or shutting down, or a connection found dead (the
+            # pool replaces it): retry later.
             log.warning("store unavailable: %s", exc.orig)
             return JSONResponse(status_code=503, content={"detail": "store temporarily unavailable"},
                                 headers={"Retry-After": "1"})

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from store.coroutines import not_abandoned, run_to_end
+from store.idle_ping import ping_idle_connections
 from store.sqlite_file import PRAGMAS, TURN_WAIT_S, WriterTurn, lock_path_of, sqlite_file_path
 from store.sqlite_writers import take_turns, take_turns_when_writing, turn_of
 from store.thread_session import ThreadSession
@@ -54,8 +55,12 @@ class Database:
                 # SQLite has one writer at a time whatever the pool; the pool only bounds waiting readers.
                 kwargs.update(pool_size=pool_size, max_overflow=2 * pool_size)
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            # Last in, first out: the connections in use stay few and warm, the others idle (and are pinged when
+            # taken again, `store.idle_ping`).
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_use_lifo=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if not is_sqlite(url):
+            ping_idle_connections(self.engine)
         if is_sqlite(url):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         if path is not None:

@@ -36,6 +36,20 @@ def test_too_many_connections_or_a_lost_server_is_a_503_with_retry_after(sqlstat
     assert response.headers["retry-after"] == "1"
 
 
+def test_a_connection_found_dead_is_a_503_whatever_the_driver_says() -> None:
+    """A pooled connection whose server end went away (a restart) can fail with a driver error that has no SQLSTATE
+    (asyncpg: "cannot switch to state 15"); SQLAlchemy marks it as a disconnect and drops the pool's connections."""
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/")
+    async def fail() -> None:
+        raise DBAPIError("SELECT 1", {}, RuntimeError("cannot switch to state 15"), connection_invalidated=True)
+
+    response = TestClient(app, raise_server_exceptions=False).get("/")
+    assert (response.status_code, response.headers["retry-after"]) == (503, "1")
+
+
 def test_a_value_the_store_cannot_hold_stays_a_422_and_anything_else_a_500() -> None:
     assert client_raising("22001").get("/").status_code == 422
     assert client_raising("XX000").get("/").status_code == 500
