@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from config.licenses import holds_agent_licenses
 from store import customers
 from store.agent_streams import APPEND_EVENTS, LOCK_STREAMS, StreamEvent, Told, link_appended, rows_of
-from store.core_connection import core_connection
+from store.core_connection import CoreConnection, core_connection
 from store.tables import (
     AgentEvent,
     AgentState,
@@ -239,6 +239,15 @@ _ATTACH_UNATTACHED = update(InboundMessage).where(
     InboundMessage.id.in_(bindparam("ids", expanding=True)), InboundMessage.transaction_id.is_(None)).values(
     transaction_id=bindparam("tx"))
 _ATTACH_TO_HELD = _ATTACH_UNATTACHED.returning(InboundMessage.id)
+# PostgreSQL: the share lock and the attach in one statement (one round trip, not two). The conversation's row is
+# locked by the CTE, which then yields its newest version (a close committed meanwhile leaves no row); the messages
+# are this transaction's own rows, which the statement's snapshot sees.
+_HELD = _ASSIGNED_TO_CUSTOMER_LOCKED.cte("held")
+_ATTACH_TO_HELD_LOCKED = update(InboundMessage).where(
+    InboundMessage.id.in_(bindparam("ids", expanding=True)), InboundMessage.transaction_id.is_(None),
+    _HELD.c.agent_id.is_not(None),
+    select(func.count()).select_from(_HELD).where(_HELD.c.agent_id.is_not(None)).scalar_subquery() == 1,
+).values(transaction_id=_HELD.c.id).returning(InboundMessage.id, _HELD.c.id, _HELD.c.agent_id)
 
 
 async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int, int, int]],
@@ -255,10 +264,12 @@ async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int
     if not pairs:
         return {}
     connection = await core_connection(session)
-    query = _ASSIGNED_TO_CUSTOMER_LOCKED if share_lock else _ASSIGNED_TO_CUSTOMER
+    if share_lock:
+        return await _attach_share_locked(connection, messages)
     found: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for inbox_id, customer_id in sorted(pairs):  # one order everywhere: share locks taken without deadlock
-        for tx_id, agent_id in (await connection.execute(query, {"inbox": inbox_id, "customer": customer_id})).all():
+    for inbox_id, customer_id in sorted(pairs):
+        for tx_id, agent_id in (await connection.execute(_ASSIGNED_TO_CUSTOMER,
+                                                         {"inbox": inbox_id, "customer": customer_id})).all():
             if agent_id is not None:
                 found.setdefault((inbox_id, customer_id), []).append((int(tx_id), int(agent_id)))
     by_tx: dict[tuple[int, int], list[int]] = {}
@@ -270,6 +281,21 @@ async def attach_to_assigned(session: AsyncSession, messages: Sequence[tuple[int
     for (tx_id, agent_id), ids in by_tx.items():
         done = (await connection.execute(_ATTACH_TO_HELD, {"ids": ids, "tx": tx_id})).scalars().all()
         attached.update({int(message_id): (tx_id, agent_id) for message_id in done})
+    return attached
+
+
+async def _attach_share_locked(connection: CoreConnection, messages: Sequence[tuple[int, int, int]]
+                               ) -> dict[int, tuple[int, int]]:
+    """`attach_to_assigned` on PostgreSQL: one statement per (inbox, customer), which share-locks the conversation's
+    row and attaches the messages to it when it is the one an agent holds."""
+    ids_of: dict[tuple[int, int], list[int]] = {}
+    for message_id, inbox_id, customer_id in messages:
+        ids_of.setdefault((inbox_id, customer_id), []).append(message_id)
+    attached: dict[int, tuple[int, int]] = {}
+    for (inbox_id, customer_id), ids in sorted(ids_of.items()):  # one order everywhere: share locks without deadlock
+        rows = await connection.execute(_ATTACH_TO_HELD_LOCKED,
+                                        {"inbox": inbox_id, "customer": customer_id, "ids": ids})
+        attached.update({int(message_id): (int(tx_id), int(agent_id)) for message_id, tx_id, agent_id in rows})
     return attached
 
 
