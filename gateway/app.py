@@ -25,7 +25,7 @@ from gateway.log_scrub import install_token_scrubbing
 from gateway.logs import LogContext
 from gateway.principal_cache import TokenCache
 from gateway.principals import Principal
-from gateway.routers import api_routers
+from gateway.routers import api_routers, api_tags, message_path_routers
 from gateway.routers.webhooks import signing_secrets_loader
 from gateway.runtime import Runtime
 from gateway.signing_cache import SigningCache
@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
         # Served by gateway.web from local files (the defaults load from a CDN).
         docs_url=None,
         redoc_url=None,
+        openapi_tags=[{"name": tag} for tag in api_tags],
     )
     install_error_handlers(app)
     gateway_metrics = metrics.GatewayMetrics()
@@ -150,7 +151,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
     app.add_middleware(metrics.RequestMetrics, metrics=gateway_metrics)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    for router in api_routers:
+    for router in message_path_routers + [r for r in api_routers if r not in message_path_routers]:
         app.include_router(router)
 
     install_web(app)  # the web console at / and the API docs at /docs

@@ -81,3 +81,9 @@ def _document_refusals(router: APIRouter) -> None:
 
 for _router in api_routers:
     _document_refusals(_router)
+
+# The routes a request is matched against first: the message path's (Meta's deliveries, the answers to offers and
+# conversations, agents' event sockets). Matching tries the routes one by one in order, ~0.15 ms for a delivery
+# behind all the others; the API docs keep `api_routers`' order (`api_tags`).
+message_path_routers: list[APIRouter] = [webhooks.router, transactions.router, agents.router]
+api_tags: list[str] = list(dict.fromkeys(tag for router in api_routers for tag in router.tags if isinstance(tag, str)))
