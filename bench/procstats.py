@@ -1,8 +1,10 @@
 """CPU and memory per process kind (psutil), sampled in a background thread of the orchestrator.
 
 Kinds: the gateway process, inbox actors, agent actors, other Ray workers, Ray's own daemons
-(raylet, GCS, dashboard...), the Meta simulator, the simulated agents and the load generator.
-Memory is USS (memory unique to the process: what stopping it would free).
+(raylet, GCS, dashboard...), the Meta simulator, the simulated agents and the load generator; on a
+PostgreSQL server of this machine, its processes too (`store_server`: the backends serving the stack,
+and the harness's few reads, with the server's own writers). Memory is USS (memory unique to the
+process: what stopping it would free).
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import psutil
 
 MIB = 2**20
+
+# A root process whose whole tree is of its kind, however its processes are named.
+WHOLE_TREE_KINDS = ("store_server",)
 
 
 def classify(process: psutil.Process, roles: dict[int, str]) -> str:
@@ -85,12 +91,14 @@ class ProcessSampler:
 
     def _tree(self) -> list[psutil.Process]:
         found: dict[int, psutil.Process] = {}
-        for pid in list(self.roles):
+        for pid, kind in list(self.roles.items()):
             try:
                 root = self._processes.get(pid) or psutil.Process(pid)
                 found[pid] = root
                 for child in root.children(recursive=True):
                     found[child.pid] = self._processes.get(child.pid) or child
+                    if kind in WHOLE_TREE_KINDS:
+                        self._kind[child.pid] = kind
             except psutil.NoSuchProcess:
                 continue
         self._processes = found
@@ -102,7 +110,7 @@ class ProcessSampler:
             for process in self._tree():
                 try:
                     kind = self._kind.get(process.pid) or classify(process, self.roles)
-                    if kind in ("ray_worker_other", "ray_system"):
+                    if kind in ("ray_worker_other", "ray_system") and process.pid not in self.roles:
                         kind = classify(process, self.roles)  # an idle worker may have become an actor
                     times = process.cpu_times()
                     self._cpu[process.pid] = times.user + times.system
@@ -156,3 +164,24 @@ class ProcessSampler:
             alive = {p.pid for p in self._processes.values()}
             return {pid: (self._cpu.get(pid, 0.0), self._uss.get(pid, 0.0) / MIB)
                     for pid, k in self._kind.items() if k == kind and pid in alive}
+
+
+def local_postgres_server(database_url: str) -> int | None:
+    """The pid of the PostgreSQL server (its postmaster) `database_url` names, when it runs on this machine and
+    can be seen; None otherwise."""
+    if not database_url.startswith("postgresql"):
+        return None
+    parts = urlsplit(database_url.replace("+asyncpg", ""))
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    port = parts.port or 5432
+    for process in psutil.process_iter(["name"]):
+        try:
+            if process.info["name"] != "postgres" or (process.parent() or process).name() == "postgres":
+                continue  # a backend or helper, not the postmaster
+            if any(c.laddr.port == port and c.status == psutil.CONN_LISTEN
+                   for c in process.net_connections(kind="inet")):
+                return process.pid
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return None

@@ -26,7 +26,7 @@ import psutil
 
 from bench.counters import PostgresConnections, actor_calls, actor_placement, per_message, store_commits
 from bench.options import apply_smoke
-from bench.procstats import ProcessSampler
+from bench.procstats import ProcessSampler, local_postgres_server
 from bench.profiles import record, summarise
 from bench.skeleton import DESIGN_STEP_S, design_ceiling
 from bench.stack import Stack, stop_process, wait_http
@@ -376,6 +376,9 @@ def _run_steps(args: argparse.Namespace, report: dict[str, Any], steps: list[dic
                      agents.pid: "simulated_agents"}
             if cluster is not None:
                 roles[cluster.process.pid] = "ray_system"
+            store_server = local_postgres_server(stack.database_url)
+            if store_server is not None:
+                roles[store_server] = "store_server"
             sampler = ProcessSampler(roles).start()
             log("idle floor of every process kind")
             floor = report["idle_floor_cpu_percent"] = idle_floor(sampler, IDLE_FLOOR_S)
