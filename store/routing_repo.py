@@ -234,7 +234,6 @@ async def first_messages(session: AsyncSession, transaction_ids: Sequence[int]) 
 _ASSIGNED_TO_CUSTOMER = select(Transaction.id, Transaction.agent_id).where(
     Transaction.state == "assigned", Transaction.inbox_id == bindparam("inbox"),
     Transaction.customer_id == bindparam("customer"))
-_ASSIGNED_TO_CUSTOMER_LOCKED = _ASSIGNED_TO_CUSTOMER.with_for_update(read=True)
 _ATTACH_UNATTACHED = update(InboundMessage).where(
     InboundMessage.id.in_(bindparam("ids", expanding=True)), InboundMessage.transaction_id.is_(None)).values(
     transaction_id=bindparam("tx"))
@@ -242,8 +241,11 @@ _ATTACH_TO_HELD = _ATTACH_UNATTACHED.returning(InboundMessage.id)
 # PostgreSQL: the share lock and the attach in one statement (one round trip, not two). The conversation's row is
 # locked by the CTE, which then yields its newest version (a close committed meanwhile leaves no row); the messages
 # are this transaction's own rows, which the statement's snapshot sees.
-_HELD = _ASSIGNED_TO_CUSTOMER_LOCKED.cte("held")
+_HELD = select(Transaction.id, Transaction.agent_id, Transaction.inbox_id, Transaction.customer_id).where(
+    Transaction.state == "assigned", Transaction.inbox_id == bindparam("inbox"),
+    Transaction.customer_id == bindparam("customer")).with_for_update(read=True).cte("held")
 _ATTACH_TO_HELD_LOCKED = update(InboundMessage).where(
+    InboundMessage.inbox_id == _HELD.c.inbox_id, InboundMessage.customer_id == _HELD.c.customer_id,
     InboundMessage.id.in_(bindparam("ids", expanding=True)), InboundMessage.transaction_id.is_(None),
     _HELD.c.agent_id.is_not(None),
     select(func.count()).select_from(_HELD).where(_HELD.c.agent_id.is_not(None)).scalar_subquery() == 1,
