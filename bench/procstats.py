@@ -110,7 +110,7 @@ class ProcessSampler:
             for process in self._tree():
                 try:
                     kind = self._kind.get(process.pid) or classify(process, self.roles)
-                    if kind in ("ray_worker_other", "ray_system") and process.pid not in self.roles:
+                    if kind in ("ray_worker_other", "ray_system"):
                         kind = classify(process, self.roles)  # an idle worker may have become an actor
                     times = process.cpu_times()
                     self._cpu[process.pid] = times.user + times.system

@@ -59,10 +59,10 @@ class Database:
             # taken again, `store.idle_ping`).
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_use_lifo=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
-        if not is_sqlite(url):
-            ping_idle_connections(self.engine)
         if is_sqlite(url):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            ping_idle_connections(self.engine)
         if path is not None:
             take_turns(self.engine, path, wait_s=TURN_WAIT_S)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)

@@ -241,9 +241,8 @@ _ATTACH_TO_HELD = _ATTACH_UNATTACHED.returning(InboundMessage.id)
 # PostgreSQL: the share lock and the attach in one statement (one round trip, not two). The conversation's row is
 # locked by the CTE, which then yields its newest version (a close committed meanwhile leaves no row); the messages
 # are this transaction's own rows, which the statement's snapshot sees.
-_HELD = select(Transaction.id, Transaction.agent_id, Transaction.inbox_id, Transaction.customer_id).where(
-    Transaction.state == "assigned", Transaction.inbox_id == bindparam("inbox"),
-    Transaction.customer_id == bindparam("customer")).with_for_update(read=True).cte("held")
+_HELD = _ASSIGNED_TO_CUSTOMER.add_columns(Transaction.inbox_id, Transaction.customer_id).with_for_update(
+    read=True).cte("held")
 _ATTACH_TO_HELD_LOCKED = update(InboundMessage).where(
     InboundMessage.inbox_id == _HELD.c.inbox_id, InboundMessage.customer_id == _HELD.c.customer_id,
     InboundMessage.id.in_(bindparam("ids", expanding=True)), InboundMessage.transaction_id.is_(None),
