@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     # are online (`actors/agent_store_actor.py`); 0 actors: each agent connects itself (up to 2).
     agent_store_actors: int = Field(default=2, ge=0, le=64)
     agent_store_connections: int = Field(default=4, ge=1, le=100)
+    # The gateway's own store connections (PostgreSQL: this many kept and as many more while steps overlap;
+    # SQLite: waiting readers), and how long a request waits for a free one before it is answered 503 with
+    # Retry-After (the store is busy: Meta redelivers a webhook, a client retries).
+    store_pool_size: int = Field(default=10, ge=1, le=200)
+    store_pool_timeout_s: float = Field(default=30.0, gt=0, le=300)
     # The deployment lease: a gateway heartbeats it; another Ray cluster may take the store only
     # once the lease is this old.
     deployment_heartbeat_s: float = Field(default=5.0, gt=0)

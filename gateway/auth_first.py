@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.deps import authenticate
-from gateway.errors import ApiError
+from gateway.errors import STORE_FAILURES, ApiError, store_failure_response
 from gateway.runtime import Runtime
 
 API_PREFIX = "/v1/"
@@ -48,5 +48,9 @@ class AuthenticateFirst:
         except ApiError as refusal:
             await JSONResponse(status_code=refusal.status_code, content=refusal.body(),
                                headers=refusal.headers)(scope, receive, send)
+            return
+        except STORE_FAILURES as exc:
+            # Outside the routes, so outside their exception handlers: answered as they would (503 when busy).
+            await store_failure_response(exc)(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from meta.unicode_safe import clean_text
 from store.errors import StoreUnavailable, means_unavailable
@@ -133,6 +134,48 @@ def unsupported_body_type(content_type: str | None, errors: Any) -> JSONResponse
         "msg": f"the body must be JSON sent with the header 'Content-Type: application/json' (got {got})"}]})
 
 
+# What a caller is told when the store is busy or unreachable: the step did not happen; the same request may succeed
+# in a moment (Meta redelivers a webhook answered so).
+_UNAVAILABLE = {"detail": "store temporarily unavailable"}
+_BUSY = {"detail": "store busy: no connection was free in time; retry shortly"}
+STORE_FAILURES: tuple[type[Exception], ...] = (DBAPIError, PoolTimeout, StoreUnavailable)
+
+
+def _retry_later(content: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(status_code=503, content=content, headers={"Retry-After": "1"})
+
+
+def store_failure_response(exc: Exception) -> JSONResponse:
+    """The answer to a store failure (one of `STORE_FAILURES`), for the exception handlers and for the middleware
+    that reaches the store before the routes (`gateway.auth_first`), which those handlers do not cover."""
+    if isinstance(exc, PoolTimeout):
+        # Every connection of the gateway's pool stayed in use for `store_pool_timeout_s`: overload, not a crash.
+        log.warning("store busy: %s", exc)
+        return _retry_later(_BUSY)
+    if isinstance(exc, StoreUnavailable):
+        # Raised by an agent actor's store (plain SQL, no SQLAlchemy) and carried back through the Ray call.
+        log.warning("store unavailable to an agent actor: %s", exc)
+        return _retry_later(_UNAVAILABLE)
+    assert isinstance(exc, DBAPIError)
+    if isinstance(exc, OperationalError):
+        # SQLite locked past its wait, a connection refused or lost: retry later.
+        log.warning("store unavailable: %s", exc.orig)
+        return _retry_later(_UNAVAILABLE)
+    # SQLSTATE class 22 is a value the column cannot hold (PostgreSQL checks lengths, ranges, NUL
+    # characters; asyncpg reports it as a plain DBAPIError, not DataError): bad input, not a crash.
+    sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+    if isinstance(exc, DataError) or sqlstate.startswith("22"):
+        log.info("value refused by the store: %s", exc.orig)
+        return JSONResponse(status_code=422, content={"detail": "a value is out of range for the store"})
+    if means_unavailable(sqlstate) or exc.connection_invalidated:
+        # Connection trouble, the server out of connections or shutting down, or a connection found dead (the
+        # pool replaces it): retry later.
+        log.warning("store unavailable: %s", exc.orig)
+        return _retry_later(_UNAVAILABLE)
+    log.error("store error", exc_info=exc)
+    return JSONResponse(status_code=500, content={"detail": "internal store error"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -153,20 +196,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def _dbapi(_request: Request, exc: DBAPIError) -> JSONResponse:
-        # SQLSTATE class 22 is a value the column cannot hold (PostgreSQL checks lengths, ranges, NUL
-        # characters; asyncpg reports it as a plain DBAPIError, not DataError): bad input, not a crash.
-        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
-        if isinstance(exc, DataError) or sqlstate.startswith("22"):
-            log.info("value refused by the store: %s", exc.orig)
-            return JSONResponse(status_code=422, content={"detail": "a value is out of range for the store"})
-        if means_unavailable(sqlstate) or exc.connection_invalidated:
-            # Connection trouble, the server out of connections or shutting down, or a connection found dead (the
-            # pool replaces it): retry later.
-            log.warning("store unavailable: %s", exc.orig)
-            return JSONResponse(status_code=503, content={"detail": "store temporarily unavailable"},
-                                headers={"Retry-After": "1"})
-        log.error("store error", exc_info=exc)
-        return JSONResponse(status_code=500, content={"detail": "internal store error"})
+        return store_failure_response(exc)
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_timeout(_request: Request, exc: PoolTimeout) -> JSONResponse:
+        return store_failure_response(exc)
 
     @app.exception_handler(OverflowError)
     async def _overflow(_request: Request, exc: OverflowError) -> JSONResponse:
@@ -176,13 +210,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreUnavailable)
     async def _agent_store_unavailable(_request: Request, exc: StoreUnavailable) -> JSONResponse:
-        # Raised by an agent actor's store (plain SQL, no SQLAlchemy) and carried back through the Ray call.
-        log.warning("store unavailable to an agent actor: %s", exc)
-        return JSONResponse(status_code=503, content={"detail": "store temporarily unavailable"},
-                            headers={"Retry-After": "1"})
-
-    @app.exception_handler(OperationalError)
-    async def _operational(_request: Request, exc: OperationalError) -> JSONResponse:
-        log.warning("store unavailable: %s", exc.orig)
-        return JSONResponse(status_code=503, content={"detail": "store temporarily unavailable"},
-                            headers={"Retry-After": "1"})
+        return store_failure_response(exc)

@@ -168,7 +168,9 @@ async def customers_by_id(session: AsyncSession, customer_ids: Iterable[int]) ->
 # ---------------------------------------------------------------- internals
 
 
-def _lock_key(org_id: int, kind: str, value: str) -> int:
+def identifier_lock_key(org_id: int, kind: str, value: str) -> int:
+    """PostgreSQL's advisory lock key for one identifier of an organization's customers: `kind` "u" for a BSUID,
+    "w" for a phone number (wa_id)."""
     digest = hashlib.sha256(f"wa-router:customer:{org_id}:{kind}:{value}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
@@ -181,8 +183,8 @@ async def _lock(session: AsyncSession, org_id: int, identities: Sequence[Identit
     """Serialise deliveries naming the same identifiers until this transaction ends."""
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
-        keys = sorted({_lock_key(org_id, "u", u) for i in identities for u in i.user_ids}
-                      | {_lock_key(org_id, "w", w) for i in identities for w in i.wa_ids})
+        keys = sorted({identifier_lock_key(org_id, "u", u) for i in identities for u in i.user_ids}
+                      | {identifier_lock_key(org_id, "w", w) for i in identities for w in i.wa_ids})
         for key in keys:  # one order everywhere: no deadlock between two deliveries
             await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
     else:

@@ -41,9 +41,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """One engine per process; `session()` yields a session that commits or rolls back."""
 
-    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
-        """PostgreSQL: `pool_size` connections kept, as many more while steps overlap (closed after use).
-        Agent actors, which are many and mostly idle, use `store.agent_store` instead."""
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10, pool_timeout_s: float = 30.0) -> None:
+        """PostgreSQL: `pool_size` connections kept, as many more while steps overlap (closed after use); a step
+        waits `pool_timeout_s` for a free one, then fails with SQLAlchemy's `TimeoutError` (the gateway answers
+        503). Agent actors, which are many and mostly idle, use `store.agent_store` instead."""
         self.url = url
         kwargs: dict[str, Any] = {"echo": echo}
         path = sqlite_file_path(url) if is_sqlite(url) else None  # file-backed SQLite
@@ -53,11 +54,11 @@ class Database:
             if path is not None:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 # SQLite has one writer at a time whatever the pool; the pool only bounds waiting readers.
-                kwargs.update(pool_size=pool_size, max_overflow=2 * pool_size)
+                kwargs.update(pool_size=pool_size, max_overflow=2 * pool_size, pool_timeout=pool_timeout_s)
         else:
             # Last in, first out: the connections in use stay few and warm, the others idle (and are pinged when
             # taken again, `store.idle_ping`).
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_use_lifo=True)
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=pool_timeout_s, pool_use_lifo=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if is_sqlite(url):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ def cluster_checks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _start_gateway(tmp: Path, database_url: str, simulator: tuple[SimulatorState, str],
-                   graph_url: str | None = None) -> Iterator[Gateway]:
+                   graph_url: str | None = None, **overrides: Any) -> Iterator[Gateway]:
     state, sim_url = simulator
     admin_token = f"admin-{secrets.token_urlsafe(32)}"
     namespace = f"wa-router-test-{uuid.uuid4().hex[:8]}"
@@ -92,6 +93,7 @@ def _start_gateway(tmp: Path, database_url: str, simulator: tuple[SimulatorState
         # Every test calls from 127.0.0.1, many with bad tokens on purpose: the failure limit is tested on
         # a gateway of its own (tests/test_auth_throttle.py).
         auth_failures_per_minute=0,
+        **overrides,
     )
     server = BackgroundServer(create_app(settings))
     directory = RayDirectory(settings)
@@ -130,6 +132,26 @@ def pg_gateway(ray_instance: None, simulator: tuple[SimulatorState, str],
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}")
     yield from _start_gateway(tmp_path_factory.mktemp("pg-gateway"), postgres_database_url(name), simulator)
     asyncio.run(drop_postgres_database(name))
+
+
+@pytest.fixture
+def start_pg_gateway(ray_instance: None, simulator: tuple[SimulatorState, str],
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Gateway]]:
+    """`start_pg_gateway(**settings)`: a gateway of the test's own, with those settings, on the real PostgreSQL
+    server in a database of its own; stopped (and the database dropped) after the test."""
+    with contextlib.ExitStack() as stack:
+        def start(**overrides: Any) -> Gateway:
+            name = asyncio.run(create_postgres_database())
+            if name is None:
+                pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}")
+            stack.callback(lambda: asyncio.run(drop_postgres_database(name)))
+            running = _start_gateway(tmp_path_factory.mktemp("own-pg-gateway"), postgres_database_url(name),
+                                     simulator, **overrides)
+            gateway = next(running)
+            stack.callback(lambda: next(running, None))
+            return gateway
+
+        yield start
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,72 @@
+"""Every connection of the gateway's pool busy (overload, a slow store): a request that cannot get one in time is
+answered 503 with Retry-After, never 500, whether it fails in a route or in the authentication that runs before
+the routes; what was answered 200 is stored, once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import asyncpg
+import httpx
+
+from meta.simulator.webhook_sender import WebhookSender
+from store.customers import identifier_lock_key
+from tests.support import Gateway, org_with_waba, query_db, text_from, unique
+
+# One connection kept and one more while steps overlap; a request waits this long for either.
+POOL_TIMEOUT_S = 0.5
+BUSY = {"detail": "store busy: no connection was free in time; retry shortly"}
+
+
+async def _advisory_waiters(connection: asyncpg.Connection) -> int:
+    return int(await connection.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))
+
+
+def test_requests_finding_every_store_connection_busy_are_answered_503_and_nothing_answered_200_is_lost(
+        start_pg_gateway: Callable[..., Gateway]) -> None:
+    gateway = start_pg_gateway(store_pool_size=1, store_pool_timeout_s=POOL_TIMEOUT_S)
+    org = org_with_waba(gateway)
+    _, member_token = org.add_user("member")  # never used yet: its first request reads the store
+    sender = WebhookSender(f"{gateway.url}/webhooks/whatsapp/{org.id}", org.app_secret, timeout_s=60)
+    held_customer, other_customer = "15550100001", "15550100002"
+    slow = [text_from(org, 0, held_customer, f"slow {i}") for i in range(2)]
+    other = text_from(org, 1, other_customer, "while busy")
+    wamids = [p["entry"][0]["changes"][0]["value"]["messages"][0]["id"] for p in [*slow, other]]
+
+    async def scenario() -> None:
+        locker = await asyncpg.connect(gateway.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            # The store holds the held customer's deliveries mid-transaction, each on one of the pool's connections.
+            await locker.execute("SELECT pg_advisory_lock($1)", identifier_lock_key(org.id, "w", held_customer))
+            held = [asyncio.ensure_future(sender.send(p)) for p in slow]
+            for _ in range(200):
+                if await _advisory_waiters(locker) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert await _advisory_waiters(locker) == 2, "both deliveries should wait for the customer's lock"
+
+            async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+                refused = await sender.send(other)
+                auth = {"Authorization": f"Bearer {member_token}"}
+                read = await client.get(f"/v1/orgs/{org.id}/inboxes", headers=auth)
+                write = await client.post(f"/v1/orgs/{org.id}/inboxes", headers=auth,
+                                          json={"name": unique("inbox"), "phone_number_id": org.numbers[1]})
+            for response in (refused, read, write):
+                assert response.status_code == 503, response.text
+                assert response.json() == BUSY
+                assert response.headers["retry-after"] == "1"
+            assert not any(h.done() for h in held)
+        finally:
+            await locker.execute("SELECT pg_advisory_unlock_all()")
+            await locker.close()
+        assert [(await h).status_code for h in held] == [200, 200]
+        # Meta redelivers what was refused; the member's requests go through once a connection is free.
+        assert (await sender.send(other)).status_code == 200
+        await sender.aclose()
+
+    asyncio.run(scenario())
+    assert gateway.call("GET", f"/v1/orgs/{org.id}/inboxes", member_token).status_code == 200
+    stored = query_db(gateway, "SELECT wamid, count(*) FROM inbound_messages WHERE org_id = :org GROUP BY wamid",
+                      org=org.id)
+    assert sorted(stored) == sorted((wamid, 1) for wamid in wamids)
