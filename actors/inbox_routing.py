@@ -84,6 +84,12 @@ class InboxRouting(InboxCore):
             again |= self._link.update(answer["snapshot"])
             if not answer["ok"]:
                 continue
+            if self._busy_for_longest_idle(answer["snapshot"]):
+                # Taken on a conversation meanwhile (another inbox's, not pushed here: `actors.agent_presence`):
+                # Longest Idle offers to idle agents only.
+                self._link.tell(plan.user_id, "release", plan.offer_id, "rescinded")
+                again = True
+                continue
             if (not self._activated or self._epoch != epoch or self._config is None
                     or self.config.config_version != version
                     or (plan.waiting.id > 0 and self._txs.get(plan.waiting.id) != plan.waiting)):
@@ -95,6 +101,10 @@ class InboxRouting(InboxCore):
         if (held or opening) and self._config is not None:
             await self._commit_pass(opening, held)
         return again
+
+    def _busy_for_longest_idle(self, snapshot: dict[str, Any]) -> bool:
+        return (self._config is not None and self.config.mode == AssignmentMode.LONGEST_IDLE
+                and int(snapshot["active_count"]) > 0)
 
     async def _commit_pass(self, opening: list[PendingOpen], held: list[PlannedOffer]) -> None:
         """One step for the whole pass (lock held): every new conversation with its messages, every held offer with

@@ -174,6 +174,36 @@ def test_longest_idle_picks_the_longest_idle_and_skips_busy_agents(sc: Scenario)
     assert sixth == a.id
 
 
+def test_longest_idle_skips_an_agent_who_took_a_conversation_in_another_inbox(sc: Scenario) -> None:
+    """An agent taking a conversation in one inbox does not tell its Longest Idle inbox (only what makes it more
+    eligible is pushed): that inbox, still seeing it idle the longest, asks it to hold an offer, sees from the answer
+    that it is busy and offers the next idle agent. Once its chat ends, it is heard of again."""
+    a, b = sc.agents(2, available=False, max_concurrent=3)
+    for agent in (a, b):  # a idle the longest
+        sc.status(agent, "available")
+    sc.inbox([a], number=0)
+    longest_idle = sc.inbox([a, b], mode="longest_idle", number=1)
+    watch = sc.socket(a)
+
+    first = customer_id()
+    sc.send(first, number=0)
+    taken = sc.wait_state(sc.tx_of(first)["id"], "offered", offered_to=a.id)["id"]
+    sc.do(taken, "accept", a)
+
+    waiting = customer_id()
+    sc.send(waiting, number=1)
+    tx_id = sc.tx_of(waiting, inbox_id=longest_idle)["id"]
+    assert sc.wait_state(tx_id, "offered")["offered_to"] == b.id
+    sc.do(tx_id, "accept", b)
+    assert [kind for kind, _ in sc.kinds(tx_id)].count("offered") == 1
+    assert tx_id not in {e["transaction_id"] for e in watch.of_type("offer")}
+
+    sc.do(taken, "close", a)  # idle again: the Longest Idle inbox hears of it
+    later = customer_id()
+    sc.send(later, number=1)
+    assert sc.wait_state(sc.tx_of(later, inbox_id=longest_idle)["id"], "offered")["offered_to"] == a.id
+
+
 def test_manual_mode_offers_nothing_and_first_claim_wins(sc: Scenario) -> None:
     team = sc.agents(4, max_concurrent=5)
     outsider = sc.agent()

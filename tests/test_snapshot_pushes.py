@@ -1,10 +1,12 @@
-"""An agent tells its other inboxes of a change only when it changes what they route on.
+"""An agent tells its other inboxes of a change only when it may change what they route on, to offer.
 
 Each push of an agent's snapshot to an inbox is an actor call. An inbox routes on whether the agent is present,
-under capacity, holding an offer, busy and (when free) idle since when (`actors.agent_presence.routing_key`): a
-busy agent taking one more chat under capacity, or ending one of several, changes none of it for its other
-inboxes. Ray-free: a real agent actor in this process, on a real store (SQLite and PostgreSQL), whose directory
-counts the snapshots each inbox is pushed.
+under capacity, holding an offer, busy and (when free) idle since when (`actors.agent_presence.routing_key`). An
+inbox hears of a change that lets it offer where it would not have (the agent under capacity again, idle again,
+no longer ringing) or of the agent's presence and capacity; not of one that only makes the agent less eligible,
+which the inbox finds out from the answer to its next hold (`actors.agent_presence.must_hear`). Ray-free: a real
+agent actor in this process, on a real store (SQLite and PostgreSQL), whose directory counts the snapshots each
+inbox is pushed.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from actors.agent_actor import AgentActor
-from actors.agent_presence import routing_key
+from actors.agent_presence import must_hear, routing_key
 from config.actor_settings import ActorSettings
 from config.settings import Settings
 from store import agent_streams
@@ -25,6 +29,37 @@ from store.clock import utcnow
 from store.db import Database
 from store.tables import Inbox, InboxAgent, PhoneNumber
 from tests.test_close_while_delivering import _conversation, _store_url
+
+# An agent's snapshot as pushed (`actors.agent_core.AgentCore.snapshot`), in the few values routing tells apart.
+snapshots = st.fixed_dictionaries({
+    "status": st.sampled_from(["available", "away", "offline"]), "max_concurrent": st.integers(1, 3),
+    "active_count": st.integers(0, 3), "has_pending_offer": st.booleans(),
+    "idle_since": st.sampled_from([None, "2026-01-01T09:00:00+00:00", "2026-01-01T10:00:00+00:00"])})
+
+
+def _may_offer(snapshot: dict[str, Any], *, idle_only: bool) -> bool:
+    """Whether an inbox seeing this snapshot may plan an offer to the agent (`routing.model.AgentSnapshot`)."""
+    return (snapshot["status"] == "available" and snapshot["active_count"] < snapshot["max_concurrent"]
+            and not snapshot["has_pending_offer"] and not (idle_only and snapshot["active_count"] > 0))
+
+
+@given(told=snapshots, now=snapshots)
+def test_an_inbox_hears_of_every_change_that_lets_it_offer(told: dict[str, Any], now: dict[str, Any]) -> None:
+    """Whatever an inbox last heard, a change after which it may offer where it could not, or after which Longest
+    Idle orders the agent otherwise, is pushed; one it is not pushed only makes the agent less eligible, which a
+    hold's answer shows."""
+    heard = must_hear(routing_key(told), routing_key(now))
+    for idle_only in (False, True):
+        if _may_offer(now, idle_only=idle_only) and not _may_offer(told, idle_only=idle_only):
+            assert heard
+    if _may_offer(now, idle_only=True) and now["idle_since"] != told["idle_since"]:
+        assert heard  # Longest Idle's order
+    if now["status"] != told["status"] or now["max_concurrent"] != told["max_concurrent"]:
+        assert heard
+    if not heard:
+        # What the inbox may still plan on is at least what the agent now allows: its hold finds out the rest.
+        for idle_only in (False, True):
+            assert _may_offer(told, idle_only=idle_only) or not _may_offer(now, idle_only=idle_only)
 
 
 class _CountingInboxes:
@@ -62,9 +97,9 @@ async def _agent_of_two_inboxes(db: Database) -> tuple[int, int, int, int]:
 def test_an_agent_pushes_its_other_inbox_only_the_changes_that_inbox_routes_on(
         tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     """Sales offers the agent (capacity 3) three conversations one after the other, and the agent closes them: the
-    support inbox hears when the agent becomes busy, full, no longer full, and free (with its idle clock), and
-    nothing of the chats taken or closed in between; each push it gets routes as the agent then is. After an
-    answer to an inbox it cannot name, the agent assumes nothing of what its inboxes know."""
+    support inbox hears only when the agent is free again (with its idle clock), and the push routes as the agent
+    then is. Once support's own hold was refused at capacity, it hears when a chat ends. After an answer to an
+    inbox it cannot name, the agent assumes nothing of what its inboxes know."""
     url = _store_url(backend, tmp_path, request)
     # On PostgreSQL the agent runs its store steps itself (no shared store actors: no Ray here).
     settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key",
@@ -114,25 +149,35 @@ def test_an_agent_pushes_its_other_inbox_only_the_changes_that_inbox_routes_on(
             for tx_id in (103, 102, 101):
                 await close(tx_id)
                 shapes.append(len(await pushes_to_support()))
-            # Busy (1 of 3), nothing, full (3 of 3); not full, nothing, free again.
-            assert shapes == [1, 1, 2, 3, 3, 4]
+            # Busy, one more chat, full: support is not told (its hold would find out). Not full, one chat less:
+            # still busy, nothing support could offer on. Free again, idle since its last chat ended: told.
+            assert shapes == [0, 0, 0, 0, 0, 1]
             pushed = await pushes_to_support()
-            assert [(p["active_count"] > 0, p["active_count"] >= p["max_concurrent"]) for p in pushed] == [
-                (True, False), (True, True), (True, False), (False, False)]
-            # The last one routes as the agent now is: free, idle since its last chat ended.
             assert routing_key(pushed[-1]) == routing_key(actor.snapshot())
+            assert pushed[-1]["active_count"] == 0
             assert pushed[-1]["idle_since"] == actor.last_chat_end_at.isoformat()  # type: ignore[union-attr]
             # The inbox that made each change learned it from the agent's answers, not from pushes.
             assert len(inboxes.pushed.get(sales, [])) == start
 
-            # An answer to an inbox the agent cannot name (a retried release of an offer it no longer holds): what
-            # every inbox knows is no longer assumed, and the next change, though it changes no routing, is pushed.
-            await take(104)
-            assert len(await pushes_to_support()) == 5  # busy again
-            await actor.release("104.0", "rescinded")
-            await take(105)
+            # Support learns from its own hold's answer that the agent is full; when a chat ends, it is told.
+            for tx_id in (104, 105, 106):
+                await take(tx_id)
+            refused = await actor.hold({"offer_id": "900.1", "transaction_id": 900, "inbox_id": support,
+                                        "expires_at": None})
+            assert not refused["ok"] and "capacity" in refused["reason"]
+            assert len(await pushes_to_support()) == 1
+            await close(106)
             pushed = await pushes_to_support()
-            assert len(pushed) == 6 and pushed[-1]["active_count"] == 2
+            assert len(pushed) == 2 and pushed[-1]["active_count"] == 2 < pushed[-1]["max_concurrent"]
+
+            # An answer to an inbox the agent cannot name (a retried release of an offer it no longer holds): what
+            # every inbox knows is no longer assumed, and the next change, though it only makes the agent less
+            # eligible, is pushed (the hold), and so is the confirm (no longer ringing; a push not yet sent is
+            # replaced by the newer one).
+            await actor.release("104.0", "rescinded")
+            await take(107)
+            pushed = await pushes_to_support()
+            assert len(pushed) in (3, 4) and pushed[-1]["active_count"] == 3
             assert len(inboxes.pushed.get(sales, [])) == start
         finally:
             await actor.store.close()
