@@ -1,7 +1,9 @@
 """The actor ceiling, in its own process and Ray instance: `python -m bench.ceiling_actor DURATION_S [IDLE_S]`.
 
 Raw Ray async actor calls with the routing actors' options (`num_cpus=0`, high `max_concurrency`, no task
-events): throughput with many calls in flight, and the latency of one call at a time. Also an EMPTY
+events): throughput with many calls in flight, the latency of one call at a time, and the CPU one call and one
+event-stream item cost each side at the pace the product's actors see them (one every `PACE_S`, their
+threads asleep in between). Also an EMPTY
 actor's unique memory (USS) and idle CPU, the baseline an agent actor is compared with, and the USS of
 empty actors of an agent's shape, fresh and after serving calls (Ray's task events off and on). Prints JSON.
 The idle CPU is read over IDLE_S (5 s by default) after as long again to settle (3 s by default); the test
@@ -52,9 +54,11 @@ class EmptyRoutingActor:
         return True
 
     @ray.method(concurrency_group="stream")
-    async def stream(self, count: int) -> AsyncIterator[list[int]]:
+    async def stream(self, count: int, gap_s: float = 0.0) -> AsyncIterator[list[int]]:
         for n in range(count):
             yield [n]
+            if gap_s:
+                await asyncio.sleep(gap_s)
 
     async def call(self, payload: dict[str, Any]) -> dict[str, Any]:
         return payload
@@ -62,6 +66,47 @@ class EmptyRoutingActor:
     async def release_heap(self) -> bool:
         """What an idle agent does once quiet (`actors/free_heap.py`)."""
         return release_free_heap()
+
+
+# The product's pace: at 20-80 msg/s each of ~60 actors is called every few tens of milliseconds, not back to back.
+PACE_S = 0.02
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    return float(sum(process.cpu_times()[:2]))
+
+
+async def _paced_cost(actor: Any, payload: dict[str, Any], window_s: float) -> dict[str, Any]:
+    """CPU per call and per stream item, caller (this process) and callee (the actor's), one every PACE_S over
+    `window_s` each, each process's idle CPU over as long taken off."""
+    here, there = psutil.Process(), psutil.Process(await actor.pid.remote())
+    count = max(10, int(window_s / PACE_S))
+    before = (_cpu_s(here), _cpu_s(there))
+    await asyncio.sleep(window_s)
+    idle = ((_cpu_s(here) - before[0]) / window_s, (_cpu_s(there) - before[1]) / window_s)
+
+    def per_item(began: float, start: tuple[float, float]) -> tuple[float, float]:
+        took = time.perf_counter() - began
+
+        def cost(process: psutil.Process, cpu: float, idle_rate: float) -> float:
+            return round(1000 * (_cpu_s(process) - cpu - idle_rate * took) / count, 3)
+
+        return cost(here, start[0], idle[0]), cost(there, start[1], idle[1])
+
+    start, began = (_cpu_s(here), _cpu_s(there)), time.perf_counter()
+    for _ in range(count):
+        await actor.call.remote(payload)
+        await asyncio.sleep(PACE_S)
+    caller, callee = per_item(began, start)
+    start, began = (_cpu_s(here), _cpu_s(there)), time.perf_counter()
+    items = 0
+    async for ref in actor.stream.options(num_returns="streaming").remote(count, PACE_S):
+        await ref
+        items += 1
+    assert items == count
+    consumer, producer = per_item(began, start)
+    return {"pace_ms": PACE_S * 1000, "calls": count, "call_caller_cpu_ms": caller, "call_callee_cpu_ms": callee,
+            "stream_item_consumer_cpu_ms": consumer, "stream_item_producer_cpu_ms": producer}
 
 
 # Calls an actor of an agent's shape serves before its memory is read: what Ray itself keeps of a process
@@ -105,6 +150,7 @@ async def measure(duration_s: float, idle_s: float | None = None) -> dict[str, A
         await asyncio.gather(*(echo.call.remote(payload) for _ in range(200)))
         calls += 200
     throughput = calls / (time.perf_counter() - began)
+    paced = await _paced_cost(shaped, payload, max(0.5, duration_s / 4))
 
     # Handles kept until the memory is read: an actor without one is stopped.
     served_actors = {task_events: routing_actor_class(EmptyRoutingActor).options(
@@ -118,6 +164,8 @@ async def measure(duration_s: float, idle_s: float | None = None) -> dict[str, A
     await asyncio.sleep(idle_s)
     idle_cpu = 100 * (sum(empty_process.cpu_times()[:2]) - cpu_before) / idle_s
     return {"calls_per_s": round(throughput, 1), "sequential_call_ms": summary_ms(latencies),
+            # What one call and one stream item cost in CPU at the product's pace (`PACE_S` apart).
+            "paced": paced,
             "empty_actor_uss_mib": round(empty_process.memory_full_info().uss / 2**20, 1),
             "empty_routing_actor_uss_mib": round(shaped_process.memory_full_info().uss / 2**20, 1),
             # The same shape after SERVED_CALLS calls, its freed heap given back; Ray's task events off (the

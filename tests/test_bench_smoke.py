@@ -57,13 +57,18 @@ def test_design_skeleton_carries_every_message_to_a_stream_once(tmp_path: Path) 
 def test_actor_ceiling_measures_both_empty_actors(tmp_path: Path) -> None:
     """`python -m bench.ceiling_actor`: raw call throughput, and the two baselines an idle agent actor is
     compared with, an empty actor and an empty one of an agent's shape (its stream read once), and that shape
-    after serving calls, with Ray's task events off and on. The idle CPU's window is short (0.5 s, not 5 s): no
+    after serving calls, with Ray's task events off and on; the CPU of a call and of a stream item at the
+    product's pace. The idle CPU's window is short (0.5 s, not 5 s): no
     figure is asserted here, only that each is measured."""
     done = subprocess.run([sys.executable, "-m", "bench.ceiling_actor", "1", "0.5"], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["calls_per_s"] > 0
+    paced = report["paced"]
+    assert paced["calls"] >= 10 and paced["pace_ms"] == 20
+    assert all(paced[key] is not None for key in ("call_caller_cpu_ms", "call_callee_cpu_ms",
+                                                   "stream_item_consumer_cpu_ms", "stream_item_producer_cpu_ms"))
     assert report["empty_actor_uss_mib"] > 0 and report["empty_routing_actor_uss_mib"] > 0
     assert report["served_calls"] == 5000
     assert report["served_routing_actor_uss_mib"] > 0 and report["served_routing_actor_task_events_uss_mib"] > 0
