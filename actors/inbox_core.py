@@ -189,15 +189,16 @@ class InboxCore(StoreBackedActor):
             del self._by_customer[tx.customer_id]
         self._cancel_timer(tx.id)
 
-    async def _write(self, statements: Callable[[Connection], T]) -> T:
+    async def _write(self, statements: Callable[[Connection], T], rotation_pointer: int | None = None) -> T:
         """A step's one store transaction, after its reads: refused (Fenced) once a newer activation owns the inbox.
 
         `statements` run on a worker thread (file-backed SQLite): they touch no memory of this actor.
+        `rotation_pointer`: a new one, written by the fence's statement.
         """
         inbox_id, epoch = self.inbox_id, self._epoch
 
         def fenced(connection: Connection) -> tuple[int, T]:
-            return repo.fence(connection, inbox_id, epoch), statements(connection)
+            return repo.fence(connection, inbox_id, epoch, rotation_pointer), statements(connection)
 
         version, result = await self.db.write(fenced)
         if version != self.config.config_version:

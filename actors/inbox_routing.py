@@ -130,28 +130,29 @@ class InboxRouting(InboxCore):
         def statements(connection: Connection) -> tuple[dict[int, int], set[int], Told]:
             ids: dict[int, int] = {}  # provisional id -> the row's
             stale: set[int] = set()  # provisional ids of those whose messages or customer changed meanwhile
+            events: list[dict[str, Any]] = []  # the audit trail's rows, written together
             for row, state, queued, customer_ids, message_ids in to_open:
                 if not openings.still_to_open(connection, inbox_id, customer_ids, message_ids):
                     stale.add(queued.id)
                     continue
                 tx_id = repo.insert_transaction(connection, {**row, **state.columns(now)})
                 ids[queued.id] = tx_id
-                repo.add_transaction_event(connection, tx_id, "queued", None, queued.waiting_since,
-                                           customer=queued.customer_id)
+                events.append(repo.transaction_event(tx_id, "queued", None, queued.waiting_since,
+                                                     customer=queued.customer_id))
                 repo.attach_messages(connection, tx_id, message_ids)
             kept = [plan for plan in held if plan.waiting.id not in stale]
             for plan in kept:
                 if plan.waiting.id not in ids:
                     repo.save_transaction(connection, plan.waiting.id, plan.offered.columns(now))
-                repo.add_transaction_event(connection, row_id(plan, ids), "offered", plan.user_id, now, **plan.detail)
-            if new_pointer:
-                repo.save_rotation_pointer(connection, inbox_id, pointer)
+                events.append(repo.transaction_event(row_id(plan, ids), "offered", plan.user_id, now, **plan.detail))
+            repo.add_transaction_events(connection, events)
             # Each agent's stream shows its offer from this commit: the agent writes nothing for it, and is told it.
             return ids, stale, streams.append_to_streams(connection, org_id, [
                 (plan.user_id, "offer", shown(plan, ids)) for plan in kept], now)
 
         try:
-            ids, stale, told = await self._write(statements)
+            # The pointer is written with the fence, on the inbox's row.
+            ids, stale, told = await self._write(statements, rotation_pointer=pointer if new_pointer else None)
         except BaseException:
             for plan in held:
                 self._link.tell(plan.user_id, "release", plan.offer_id, "rescinded")

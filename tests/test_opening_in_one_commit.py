@@ -21,7 +21,7 @@ from config.actor_settings import ActorSettings
 from config.settings import Settings
 from store.clock import utcnow
 from store.db import Database
-from store.tables import AgentEvent, Customer, InboundMessage, StickyAgent, Transaction, TransactionEvent
+from store.tables import AgentEvent, Customer, InboundMessage, Inbox, StickyAgent, Transaction, TransactionEvent
 from tests.test_agent_reads_inbox_commits import _stream
 from tests.test_close_while_delivering import _Agent, _Agents, _conversation, _crash, _forwarded, _message, _store_url
 
@@ -163,6 +163,9 @@ def test_a_new_customer_is_opened_and_offered_in_one_commit_and_a_message_meanwh
                 assert [offer["transaction_id"] for offer in agent.published] == [tx_id]
                 assert agent.published[0]["offer_id"] == agent.held[0]["offer_id"]
                 assert await _offers_shown(db, user_id) == [tx_id]
+                # The round robin's pointer moved to the agent offered, in the same commit (with the inbox's fence).
+                async with db.session() as session:
+                    assert await session.scalar(select(Inbox.rotation_pointer).where(Inbox.id == inbox_id)) == user_id
             assert inbox._txs[tx_id].state == state and len(inbox._opens) == 0
             if not refused:
                 # Accepted: the agent is shown the conversation with both messages, the one that came while its
