@@ -50,6 +50,7 @@ WEIGHTS_S: dict[str, float] = {
     "test_actor_imports.py": 4, "test_graph_client.py": 4, "test_webhook_intake.py": 4,
     "test_webhook_parser_fuzz.py": 3, "test_user_tokens.py": 3, "test_inbox_metrics.py": 3,
     "test_agent_reads_inbox_commits.py": 3, "test_stream_watch.py": 6, "test_opening_in_one_commit.py": 6,
+    "test_store_busy.py": 12,
 }
 DEFAULT_S = 2.0
 # Files kept in one process. The storms (SIGKILLs under load, the benchmark's smoke, clusters of their own, the

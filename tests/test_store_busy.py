@@ -1,14 +1,19 @@
 """Every connection of the gateway's pool busy (overload, a slow store): a request that cannot get one in time is
-answered 503 with Retry-After, never 500, whether it fails in a route or in the authentication that runs before
-the routes; what was answered 200 is stored, once."""
+answered 503 with Retry-After, never 500, whether it fails in a route, in the authentication that runs before
+the routes or in an agent's event-stream handshake; what was answered 200 is stored, once."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from meta.simulator.webhook_sender import WebhookSender
 from store.customers import identifier_lock_key
@@ -23,11 +28,21 @@ async def _advisory_waiters(connection: asyncpg.Connection) -> int:
     return int(await connection.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))
 
 
+def _workspace_refusal(gateway: Gateway, org_id: int, user_id: int, token: str) -> tuple[int, Any, str]:
+    """(status, JSON body, Retry-After) of the HTTP answer refusing an agent's event-stream handshake."""
+    url = gateway.url.replace("http://", "ws://") + f"/v1/orgs/{org_id}/agents/{user_id}/events"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=30).close()
+    answer = refused.value.response
+    return answer.status_code, json.loads(answer.body or b"null"), answer.headers.get("Retry-After", "")
+
+
 def test_requests_finding_every_store_connection_busy_are_answered_503_and_nothing_answered_200_is_lost(
         start_pg_gateway: Callable[..., Gateway]) -> None:
     gateway = start_pg_gateway(store_pool_size=1, store_pool_timeout_s=POOL_TIMEOUT_S)
     org = org_with_waba(gateway)
     _, member_token = org.add_user("member")  # never used yet: its first request reads the store
+    watcher_id, watcher_token = org.add_user("member")  # likewise, for its workspace's event stream
     sender = WebhookSender(f"{gateway.url}/webhooks/whatsapp/{org.id}", org.app_secret, timeout_s=60)
     held_customer, other_customer = "15550100001", "15550100002"
     slow = [text_from(org, 0, held_customer, f"slow {i}") for i in range(2)]
@@ -52,10 +67,12 @@ def test_requests_finding_every_store_connection_busy_are_answered_503_and_nothi
                 read = await client.get(f"/v1/orgs/{org.id}/inboxes", headers=auth)
                 write = await client.post(f"/v1/orgs/{org.id}/inboxes", headers=auth,
                                           json={"name": unique("inbox"), "phone_number_id": org.numbers[1]})
+                socket = await asyncio.to_thread(_workspace_refusal, gateway, org.id, watcher_id, watcher_token)
             for response in (refused, read, write):
                 assert response.status_code == 503, response.text
                 assert response.json() == BUSY
                 assert response.headers["retry-after"] == "1"
+            assert socket == (503, BUSY, "1")
             assert not any(h.done() for h in held)
         finally:
             await locker.execute("SELECT pg_advisory_unlock_all()")
