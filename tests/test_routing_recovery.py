@@ -57,6 +57,19 @@ def test_restarted_agent_still_holds_its_offer_and_replays_its_stream(sc: Scenar
         assert replay.next("assigned")["transaction_id"] == offer["transaction_id"]
 
 
+def test_a_workspace_opened_while_its_agents_actor_restarts_gets_its_hello_once_it_is_back(sc: Scenario) -> None:
+    """The handshake waits out the restart (as the API's calls do) instead of closing the socket at once."""
+    (agent,) = sc.agents(1)
+    sc.inbox([agent], reassign_after_s=60)
+    with sc.socket(agent) as first:
+        sc.send(customer_id(), "hello")
+        offer = first.next("offer")
+    _crash(sc, f"agent:{sc.org.id}:{agent.id}", restart=True)
+    with sc.socket(agent, cursor=offer["id"] - 1) as reopened:
+        assert reopened.hello["agent"]["user_id"] == agent.id
+        assert reopened.next("offer")["transaction_id"] == offer["transaction_id"]
+
+
 def test_messages_stored_while_an_inbox_actor_is_gone_are_routed_when_it_returns(sc: Scenario) -> None:
     (agent,) = sc.agents(1)
     inbox = sc.inbox([agent], reassign_after_s=60)

@@ -10,9 +10,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from actors.directory import ActorUnavailable
+from actors.directory import ActorUnavailable, call_while_unavailable
 from config.models import AgentSettingsUpdate, PresenceUpdate
-from gateway.actor_calls import call_through_restart
+from gateway.actor_calls import RESTART_GRACE_S, call_through_restart
 from gateway.conversation_places import ConversationPlaces
 from gateway.deps import (
     OrgContext,
@@ -148,8 +148,14 @@ async def agent_events(
     await websocket.accept(subprotocol=credentials.subprotocol)
     watched: WatchedStream | None = None
     try:
-        last_id = await agent.last_event_id()
-        await websocket.send_json({"type": "hello", "cursor": last_id, "agent": await agent.view()})
+        # An agent's actor restarting (a crash, a node lost) is waited out, as the API's calls do: the workspace
+        # gets its hello a few seconds late rather than a closed socket.
+        def proxy() -> Any:
+            return runtime.routing.agent(org_id, user_id)
+
+        last_id = await call_while_unavailable(proxy, "last_event_id", within_s=RESTART_GRACE_S)
+        view = await call_while_unavailable(proxy, "view", within_s=RESTART_GRACE_S)
+        await websocket.send_json({"type": "hello", "cursor": last_id, "agent": view})
         position = cursor if cursor is not None else last_id
         receiver = asyncio.create_task(_drain(websocket))
         sender = asyncio.create_task(_send_events(websocket, agent, position, org_id, runtime.places))
@@ -161,8 +167,13 @@ async def agent_events(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, ActorUnavailable, RuntimeError):
                 await task
-    except (WebSocketDisconnect, ActorUnavailable):
+    except WebSocketDisconnect:
         pass
+    except ActorUnavailable:
+        # Still restarting after the wait: "try again later" (the client reconnects from its cursor), not a normal
+        # closure.
+        with contextlib.suppress(Exception):
+            await websocket.close(code=1013)
     finally:
         if watched is not None:
             runtime.streams.remove(watched)
