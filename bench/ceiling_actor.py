@@ -160,9 +160,9 @@ async def measure(duration_s: float, idle_s: float | None = None) -> dict[str, A
     shaped_process = psutil.Process(await shaped.pid.remote())
     await asyncio.sleep(3.0 if idle_s is None else idle_s)  # let it settle
     idle_s = 5.0 if idle_s is None else idle_s
-    cpu_before = sum(empty_process.cpu_times()[:2])
+    cpu_before = _cpu_s(empty_process)
     await asyncio.sleep(idle_s)
-    idle_cpu = 100 * (sum(empty_process.cpu_times()[:2]) - cpu_before) / idle_s
+    idle_cpu = 100 * (_cpu_s(empty_process) - cpu_before) / idle_s
     return {"calls_per_s": round(throughput, 1), "sequential_call_ms": summary_ms(latencies),
             # What one call and one stream item cost in CPU at the product's pace (`PACE_S` apart).
             "paced": paced,

@@ -146,8 +146,9 @@ def _retry_later(content: dict[str, Any]) -> JSONResponse:
 
 
 def store_failure_response(exc: Exception) -> JSONResponse:
-    """The answer to a store failure (one of `STORE_FAILURES`), for the exception handlers and for the middleware
-    that reaches the store before the routes (`gateway.auth_first`), which those handlers do not cover."""
+    """The answer to a store failure (one of `STORE_FAILURES`: a conflict, a value the store refuses, the store busy
+    or unavailable), for the exception handlers and for the middleware that reaches the store before the routes
+    (`gateway.auth_first`), which those handlers do not cover."""
     if isinstance(exc, PoolTimeout):
         # Every connection of the gateway's pool stayed in use for `store_pool_timeout_s`: overload, not a crash.
         log.warning("store busy: %s", exc)
@@ -157,17 +158,18 @@ def store_failure_response(exc: Exception) -> JSONResponse:
         log.warning("store unavailable to an agent actor: %s", exc)
         return _retry_later(_UNAVAILABLE)
     assert isinstance(exc, DBAPIError)
-    if isinstance(exc, OperationalError):
-        # SQLite locked past its wait, a connection refused or lost: retry later.
-        log.warning("store unavailable: %s", exc.orig)
-        return _retry_later(_UNAVAILABLE)
+    if isinstance(exc, IntegrityError):
+        # A constraint the database enforces for us (a race the route did not foresee): a conflict.
+        log.info("integrity conflict: %s", exc.orig)
+        return JSONResponse(status_code=409, content={"detail": "conflicts with existing data"})
+    sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+    unavailable = isinstance(exc, OperationalError)  # SQLite locked past its wait, a connection refused or lost
     # SQLSTATE class 22 is a value the column cannot hold (PostgreSQL checks lengths, ranges, NUL
     # characters; asyncpg reports it as a plain DBAPIError, not DataError): bad input, not a crash.
-    sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
-    if isinstance(exc, DataError) or sqlstate.startswith("22"):
+    if not unavailable and (isinstance(exc, DataError) or sqlstate.startswith("22")):
         log.info("value refused by the store: %s", exc.orig)
         return JSONResponse(status_code=422, content={"detail": "a value is out of range for the store"})
-    if means_unavailable(sqlstate) or exc.connection_invalidated:
+    if unavailable or means_unavailable(sqlstate) or exc.connection_invalidated:
         # Connection trouble, the server out of connections or shutting down, or a connection found dead (the
         # pool replaces it): retry later.
         log.warning("store unavailable: %s", exc.orig)
@@ -187,12 +189,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content=exc.body(), headers=exc.headers)
-
-    @app.exception_handler(IntegrityError)
-    async def _integrity(_request: Request, exc: IntegrityError) -> JSONResponse:
-        # A constraint the database enforces for us (a race the route did not foresee): a conflict.
-        log.info("integrity conflict: %s", exc.orig)
-        return JSONResponse(status_code=409, content={"detail": "conflicts with existing data"})
 
     @app.exception_handler(DBAPIError)
     async def _dbapi(_request: Request, exc: DBAPIError) -> JSONResponse:

@@ -122,16 +122,24 @@ def gateway(ray_instance: None, simulator: tuple[SimulatorState, str],
     yield from _start_gateway(tmp, f"sqlite+aiosqlite:///{tmp / 'wa_router.db'}", simulator)
 
 
+def _start_pg_gateway(tmp: Path, simulator: tuple[SimulatorState, str], **overrides: Any) -> Iterator[Gateway]:
+    """A gateway on the real PostgreSQL server, in a database of its own, dropped once the gateway stops (the test
+    is skipped when the server cannot be reached)."""
+    name = asyncio.run(create_postgres_database())
+    if name is None:
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}")
+    try:
+        yield from _start_gateway(tmp, postgres_database_url(name), simulator, **overrides)
+    finally:
+        asyncio.run(drop_postgres_database(name))
+
+
 @pytest.fixture(scope="session")
 def pg_gateway(ray_instance: None, simulator: tuple[SimulatorState, str],
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """The gateway on the real PostgreSQL server, in a database of its own: a deployment owns its store (its sweep
     activates every inbox there), so tests that run actors in this process on `postgres_url` never meet it."""
-    name = asyncio.run(create_postgres_database())
-    if name is None:
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}")
-    yield from _start_gateway(tmp_path_factory.mktemp("pg-gateway"), postgres_database_url(name), simulator)
-    asyncio.run(drop_postgres_database(name))
+    yield from _start_pg_gateway(tmp_path_factory.mktemp("pg-gateway"), simulator)
 
 
 @pytest.fixture
@@ -141,12 +149,7 @@ def start_pg_gateway(ray_instance: None, simulator: tuple[SimulatorState, str],
     server in a database of its own; stopped (and the database dropped) after the test."""
     with contextlib.ExitStack() as stack:
         def start(**overrides: Any) -> Gateway:
-            name = asyncio.run(create_postgres_database())
-            if name is None:
-                pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}")
-            stack.callback(lambda: asyncio.run(drop_postgres_database(name)))
-            running = _start_gateway(tmp_path_factory.mktemp("own-pg-gateway"), postgres_database_url(name),
-                                     simulator, **overrides)
+            running = _start_pg_gateway(tmp_path_factory.mktemp("own-pg-gateway"), simulator, **overrides)
             gateway = next(running)
             stack.callback(lambda: next(running, None))
             return gateway

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from gateway.errors import install_error_handlers
 from store.errors import StoreUnavailable
@@ -68,3 +68,24 @@ def test_an_agent_actors_store_unavailable_is_a_503_too() -> None:
     response = TestClient(app, raise_server_exceptions=False).get("/")
     assert (response.status_code, response.headers["retry-after"]) == (503, "1")
     assert response.json() == {"detail": "store temporarily unavailable"}
+
+
+def test_a_constraint_the_store_enforces_is_a_409_and_sqlites_lock_past_its_wait_a_503() -> None:
+    """Both through the one mapping of store failures (`gateway.errors.store_failure_response`): a race a route did
+    not foresee is a conflict; an OperationalError is the store unavailable, whatever its SQLSTATE."""
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/conflict")
+    async def conflict() -> None:
+        raise IntegrityError("INSERT", {}, DriverError("23505"))
+
+    @app.get("/locked")
+    async def locked() -> None:
+        raise OperationalError("INSERT", {}, DriverError("22000"))
+
+    client = TestClient(app, raise_server_exceptions=False)
+    response = client.get("/conflict")
+    assert (response.status_code, response.json()) == (409, {"detail": "conflicts with existing data"})
+    response = client.get("/locked")
+    assert (response.status_code, response.headers["retry-after"]) == (503, "1")
