@@ -87,8 +87,8 @@ class AgentCore(StoreBackedActor):
         self._heap_release: asyncio.Task[None] | None = None
         self._last_call = time.monotonic()
         self._last_step = time.monotonic()
-        # (inbox ids, read at): the inboxes snapshots are pushed to, cached (`_served_inboxes`).
-        self._inboxes: tuple[frozenset[int], float] | None = None
+        # ({inbox id: assignment mode}, read at): the inboxes snapshots are pushed to, cached (`_served_inboxes`).
+        self._inboxes: tuple[dict[int, str], float] | None = None
         self._reset()
 
     def _reset(self) -> None:

@@ -13,6 +13,7 @@ from actors.agent_core import AgentCore, log
 from actors.agent_holds import Hold, rescinded
 from actors.free_heap import release_free_heap
 from actors.mailbox import Mailbox
+from routing import orders_by_idle
 from store.clock import utcnow
 
 # An agent without a call or a step for this long gives the heap its work freed back (`actors/free_heap.py`).
@@ -31,21 +32,23 @@ def routing_key(snapshot: dict[str, Any]) -> tuple[Any, ...]:
             snapshot["idle_since"] if active == 0 else None)
 
 
-def must_hear(told: tuple[Any, ...] | None, key: tuple[Any, ...]) -> bool:
+def must_hear(told: tuple[Any, ...] | None, key: tuple[Any, ...], idle_matters: bool = True) -> bool:
     """Whether an inbox whose last snapshot from this agent has routing key `told` must be pushed one with `key`.
 
     Yes when the inbox may now offer where it would not have: the agent under capacity again, no longer ringing,
-    idle again or idle since another time (Longest Idle's order), or its presence or capacity changed. A change that
-    only makes the agent less eligible (an offer ringing, a conversation taken on, capacity reached) is not pushed:
-    an inbox acting on what it knew asks for a hold, which the agent refuses, or whose answer shows it busy to a
-    Longest Idle inbox (`actors.inbox_routing`), and that answer carries the new snapshot. Under the benchmark's
-    workload this halves the pushes (0.22 → 0.11 actor calls per message)."""
+    its presence or capacity changed, or (to an inbox whose mode orders by idle time: `idle_matters`) idle again or
+    idle since another time. A change that only makes the agent less eligible (an offer ringing, a conversation
+    taken on, capacity reached) is not pushed: an inbox acting on what it knew asks for a hold, which the agent
+    refuses, or whose answer shows it busy to a Longest Idle inbox (`actors.inbox_routing`), and that answer carries
+    the new snapshot. Under the benchmark's workload this halves the pushes (0.22 → 0.11 actor calls per message),
+    and leaving idle time to the inboxes that order by it halves them again."""
     if told is None:
         return True
     status, limit, full, busy, ringing, idle_since = key
     was_status, was_limit, was_full, was_busy, was_ringing, was_idle_since = told
-    return (status != was_status or limit != was_limit or (was_full and not full) or (was_busy and not busy)
-            or (was_ringing and not ringing) or (not busy and idle_since != was_idle_since))
+    if status != was_status or limit != was_limit or (was_full and not full) or (was_ringing and not ringing):
+        return True
+    return idle_matters and ((was_busy and not busy) or (not busy and idle_since != was_idle_since))
 
 
 class AgentPresence(AgentCore):
@@ -164,20 +167,21 @@ class AgentPresence(AgentCore):
         if self._inboxes is not None and inbox_id not in self._inboxes[0]:
             self._inboxes = None
 
-    async def _served_inboxes(self) -> frozenset[int]:
-        """The inboxes the agent serves, off the message path: read again after `SERVED_INBOXES_TTL_S`, after a
-        resync (an inbox that gained the agent tells it so) or a call from an inbox not among them."""
+    async def _served_inboxes(self) -> dict[int, str]:
+        """The inboxes the agent serves and their assignment modes, off the message path: read again after
+        `SERVED_INBOXES_TTL_S`, after a resync (an inbox that gained the agent, or whose mode now orders by idle
+        time, tells it so: `actors.inbox_events`) or a call from an inbox not among them."""
         now = time.monotonic()
         if self._inboxes is None or now - self._inboxes[1] > SERVED_INBOXES_TTL_S:
-            self._inboxes = (frozenset(await self.store.inboxes_of(self.user_id)), now)
+            self._inboxes = (await self.store.served_inboxes(self.user_id), now)
         return self._inboxes[0]
 
     async def _push_snapshot(self, answered: int | None) -> None:
-        inbox_ids = await self._served_inboxes()
+        served = await self._served_inboxes()
         snapshot = self.snapshot()
         key = routing_key(snapshot)
-        for inbox_id in inbox_ids:
-            if inbox_id == answered or not must_hear(self._told_keys.get(inbox_id), key):
+        for inbox_id, mode in served.items():
+            if inbox_id == answered or not must_hear(self._told_keys.get(inbox_id), key, orders_by_idle(mode)):
                 continue
             self._told_keys[inbox_id] = key
             pushed = self._mailbox(inbox_id).post("agent_changed", snapshot, key="snapshot")

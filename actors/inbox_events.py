@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from actors.inbox_core import InboxCore, repo
+from routing import orders_by_idle
 
 
 class InboxEvents(InboxCore):
@@ -61,13 +62,19 @@ class InboxEvents(InboxCore):
             if config is None:
                 return
             agents = await repo.load_agent_snapshots(session, config.members)
-        joined = set(config.members) - set(self._config.members if self._config is not None else ())
+        before = self._config
+        joined = set(config.members) - set(before.members if before is not None else ())
+        # Agents push how long they have been idle only to inboxes whose mode orders by it
+        # (`actors.agent_presence.must_hear`): an inbox that now does knows no member's idle time for sure.
+        now_idle_ordered = (before is not None and orders_by_idle(config.mode)
+                            and not orders_by_idle(before.mode))
         self._config_stale = False
         self._config = config
         self._link.load(frozenset(config.members), agents)
-        for user_id in joined:
-            # A new member at work pushes its snapshots here from now on (it caches the inboxes it serves);
-            # an offline one is left asleep and reads them when it next starts or changes presence.
+        for user_id in config.members if now_idle_ordered else joined:
+            # A new member at work pushes its snapshots here from now on (it caches the inboxes it serves, and their
+            # modes), and its answer is its snapshot; an offline one is left asleep and reads them when it next
+            # starts or changes presence.
             if self._link.status_of(user_id) not in (None, "offline"):
                 self._link.tell(user_id, "resync")
         for tx in list(self._txs.values()):

@@ -16,6 +16,7 @@ from routing.model import (
     Queue,
     RoutingRequest,
     eligible_agents,
+    orders_by_idle,
 )
 from routing.queue import queue_order
 
@@ -28,6 +29,7 @@ __all__ = [
     "RoutingRequest",
     "decide",
     "eligible_agents",
+    "orders_by_idle",
     "pick_longest_idle",
     "pick_proficiency",
     "pick_round_robin",

@@ -23,6 +23,13 @@ class AssignmentMode(StrEnum):
     LONGEST_IDLE = "longest_idle"
 
 
+def orders_by_idle(mode: str) -> bool:
+    """Whether an inbox of this assignment mode decides on how long its agents have been idle (Longest Idle: busy
+    agents skipped, the others in `idle_since` order); every other mode decides on presence, capacity and an offer
+    ringing alone (`routing.decide`)."""
+    return mode == AssignmentMode.LONGEST_IDLE
+
+
 @dataclass(frozen=True, slots=True)
 class AgentSnapshot:
     """One inbox member as seen at decision time.

@@ -238,8 +238,8 @@ async def _one_value(tx: _Tx, sql: str, args: Sequence[Any]) -> Any:
     return rows[0][0] if rows else None
 
 
-async def _column(tx: _Tx, sql: str, args: Sequence[Any]) -> list[Any]:
-    return [row[0] for row in await tx.rows(sql, *args)]
+async def _rows(tx: _Tx, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+    return await tx.rows(sql, *args)
 
 
 async def _events(tx: _Tx, sql: str, args: Sequence[Any]) -> list[StoredEvent]:
@@ -308,9 +308,12 @@ class AgentStore:
             _one_value, sql="SELECT missed_offers_before_away FROM organizations WHERE id = ?", args=(org_id,)))
         return int(value or 0)
 
-    async def inboxes_of(self, user_id: int) -> list[int]:
-        return [int(i) for i in await self._run(functools.partial(
-            _column, sql="SELECT inbox_id FROM inbox_agents WHERE user_id = ?", args=(user_id,)))]
+    async def served_inboxes(self, user_id: int) -> dict[int, str]:
+        """The inboxes the agent serves, each with its assignment mode (what it decides on: `actors.agent_presence`)."""
+        rows = await self._run(functools.partial(
+            _rows, sql="SELECT m.inbox_id, i.assignment_mode FROM inbox_agents m JOIN inboxes i ON i.id = m.inbox_id "
+                       "WHERE m.user_id = ?", args=(user_id,)))
+        return {int(inbox_id): str(mode) for inbox_id, mode in rows}
 
     async def events_after(self, user_id: int, after_id: int, limit: int) -> list[StoredEvent]:
         return await self._run(functools.partial(
@@ -336,7 +339,7 @@ class AgentStore:
 
 
 _STEPS: frozenset[Callable[..., Any]] = frozenset({_load, _work, _commit, _commit_and_read, _deliver_and_read,
-                                                   _one_value, _column, _events})
+                                                   _one_value, _rows, _events})
 
 
 def is_postgres(url: str) -> bool:

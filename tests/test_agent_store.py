@@ -94,7 +94,7 @@ def test_what_an_agent_writes_reads_the_same_through_the_orm_and_back(store_url:
             assert [e.id for e in after][:1] == [ids[1]] and len(after) == 2
             assert await store.last_event_id(user_id) == after[-1].id
             assert await store.missed_offers_before_away(org_id) == 4
-            assert await store.inboxes_of(user_id) == []
+            assert await store.served_inboxes(user_id) == {}
         finally:
             await store.close()
             await db.dispose()
@@ -184,7 +184,7 @@ def test_on_postgres_an_agent_keeps_one_named_connection_then_none_once_idle(pos
             assert await _connections_named(watcher, name) == 1  # the second step reused the first's
             assert await _eventually_named(watcher, name, 0, within_s=30)  # idle past the linger: given back
             # A kept connection whose backend died while idle: the next step opens another and succeeds.
-            await store.inboxes_of(user_id)
+            await store.served_inboxes(user_id)
             async with watcher.session() as session:
                 await session.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                            "WHERE application_name = :name"), {"name": name})
@@ -217,7 +217,7 @@ def test_on_postgres_a_server_that_cannot_be_reached_is_store_unavailable() -> N
         store = open_agent_store("postgresql+asyncpg://postgres@127.0.0.1:9/none", linger_s=1, name="x")
         try:
             with pytest.raises(StoreUnavailable):
-                await store.inboxes_of(1)
+                await store.served_inboxes(1)
         finally:
             await store.close()
 

@@ -289,13 +289,13 @@ def test_an_agent_reads_the_inboxes_it_serves_off_the_message_path(tmp_path: Pat
             assert actor._notifying is not None
             await actor._notifying  # activation pushed its snapshot: the list is cached
             reads: list[str] = []
-            read = store.inboxes_of
+            read = store.served_inboxes
 
-            async def counted(user_id: int) -> list[int]:
+            async def counted(user_id: int) -> dict[int, str]:
                 reads.append("read")
                 return await read(user_id)
 
-            store.inboxes_of = counted  # type: ignore[method-assign]
+            store.served_inboxes = counted  # type: ignore[method-assign]
             seen = [len(reads)]
             for _ in range(3):  # three snapshot pushes on the message path
                 await actor._served_inboxes()

@@ -204,6 +204,28 @@ def test_longest_idle_skips_an_agent_who_took_a_conversation_in_another_inbox(sc
     assert sc.wait_state(sc.tx_of(later, inbox_id=longest_idle)["id"], "offered")["offered_to"] == a.id
 
 
+def test_an_inbox_switched_to_longest_idle_orders_its_agents_by_their_idle_time_now(sc: Scenario) -> None:
+    """Agents tell how long they have been idle only to the inboxes whose mode orders by it. A round-robin inbox
+    whose agent finished a chat in another inbox is not told that the agent's idle clock restarted; switched to
+    Longest Idle, it asks its agents for their snapshots again, and the agent idle the longest is offered."""
+    b, a = sc.agents(2, available=False, max_concurrent=3)
+    rotating = sc.inbox([a, b], number=0)
+    other = sc.inbox([b], number=1)
+    for agent in (b, a):  # b available first: idle the longest, until its chat below (both inboxes are told)
+        sc.status(agent, "available")
+
+    chat = customer_id()
+    sc.send(chat, number=1)
+    tx_id = sc.wait_state(sc.tx_of(chat, inbox_id=other)["id"], "offered", offered_to=b.id)["id"]
+    sc.do(tx_id, "accept", b)
+    sc.do(tx_id, "close", b)  # b idle since now: a is idle the longest
+
+    sc.edit_inbox(rotating, assignment_mode="longest_idle")
+    waiting = customer_id()
+    sc.send(waiting, number=0)
+    assert sc.wait_state(sc.tx_of(waiting, inbox_id=rotating)["id"], "offered")["offered_to"] == a.id
+
+
 def test_manual_mode_offers_nothing_and_first_claim_wins(sc: Scenario) -> None:
     team = sc.agents(4, max_concurrent=5)
     outsider = sc.agent()

@@ -24,6 +24,7 @@ from actors.agent_actor import AgentActor
 from actors.agent_presence import must_hear, routing_key
 from config.actor_settings import ActorSettings
 from config.settings import Settings
+from routing import AssignmentMode, orders_by_idle
 from store import agent_streams
 from store.clock import utcnow
 from store.db import Database
@@ -47,19 +48,24 @@ def _may_offer(snapshot: dict[str, Any], *, idle_only: bool) -> bool:
 def test_an_inbox_hears_of_every_change_that_lets_it_offer(told: dict[str, Any], now: dict[str, Any]) -> None:
     """Whatever an inbox last heard, a change after which it may offer where it could not, or after which Longest
     Idle orders the agent otherwise, is pushed; one it is not pushed only makes the agent less eligible, which a
-    hold's answer shows."""
-    heard = must_hear(routing_key(told), routing_key(now))
-    for idle_only in (False, True):
+    hold's answer shows. An inbox of another mode hears the same, except what only idle time decides."""
+    for mode in AssignmentMode:
+        idle_only = orders_by_idle(mode)
+        heard = must_hear(routing_key(told), routing_key(now), idle_only)
         if _may_offer(now, idle_only=idle_only) and not _may_offer(told, idle_only=idle_only):
             assert heard
-    if _may_offer(now, idle_only=True) and now["idle_since"] != told["idle_since"]:
-        assert heard  # Longest Idle's order
-    if now["status"] != told["status"] or now["max_concurrent"] != told["max_concurrent"]:
-        assert heard
-    if not heard:
-        # What the inbox may still plan on is at least what the agent now allows: its hold finds out the rest.
-        for idle_only in (False, True):
+        if idle_only and _may_offer(now, idle_only=True) and now["idle_since"] != told["idle_since"]:
+            assert heard  # Longest Idle's order
+        if now["status"] != told["status"] or now["max_concurrent"] != told["max_concurrent"]:
+            assert heard
+        if not heard:
+            # What the inbox may still plan on is at least what the agent now allows: its hold finds out the rest.
             assert _may_offer(told, idle_only=idle_only) or not _may_offer(now, idle_only=idle_only)
+        if not idle_only and told["active_count"] > 0 and now["active_count"] == 0 \
+                and (told["status"], told["max_concurrent"], told["has_pending_offer"]) == \
+                (now["status"], now["max_concurrent"], now["has_pending_offer"]) \
+                and told["active_count"] < told["max_concurrent"]:
+            assert not heard  # free again, which only Longest Idle decides on
 
 
 class _CountingInboxes:
@@ -78,7 +84,7 @@ class _CountingInboxes:
         return _Inbox()
 
 
-async def _agent_of_two_inboxes(db: Database) -> tuple[int, int, int, int]:
+async def _agent_of_two_inboxes(db: Database, support_mode: str = "longest_idle") -> tuple[int, int, int, int]:
     """(org, agent, sales inbox, support inbox): one agent serving both (sales has a customer waiting, unrouted)."""
     org_id, user_id, sales, _, _ = await _conversation(db, mode="manual")
     async with db.session() as session:
@@ -86,11 +92,85 @@ async def _agent_of_two_inboxes(db: Database) -> tuple[int, int, int, int]:
         session.add(number)
         await session.flush()
         support = Inbox(org_id=org_id, name="Support", phone_number_id=number.phone_number_id,
-                        assignment_mode="longest_idle", reassign_after_s=30)
+                        assignment_mode=support_mode, reassign_after_s=30)
         session.add(support)
         await session.flush()
         session.add(InboxAgent(inbox_id=support.id, user_id=user_id, proficiency=1))
         return org_id, user_id, sales, support.id
+
+
+async def _take(db: Database, actor: AgentActor, org_id: int, user_id: int, inbox_id: int, tx_id: int) -> None:
+    """The inbox's side of an offer the agent accepts: hold, the offer's commit, publish, the assignment's commit,
+    confirm."""
+    offer = {"offer_id": f"{tx_id}.1", "transaction_id": tx_id, "inbox_id": inbox_id, "expires_at": None}
+    assert (await actor.hold(offer))["ok"]
+    now = utcnow()
+    told = await db.write(lambda connection: agent_streams.append_to_streams(
+        connection, org_id, [(user_id, "offer", offer)], now))
+    await actor.publish(offer, told[user_id])
+    summary = {"transaction_id": tx_id, "inbox_id": inbox_id, "first_message": {"id": tx_id}}
+    await db.write(lambda connection: agent_streams.append_to_streams(
+        connection, org_id, [agent_streams.work_started(user_id, "accepted", summary, offer["offer_id"])], now))
+    await actor.confirm(offer["offer_id"], {**summary, "kind": "accepted"})
+
+
+async def _close(db: Database, actor: AgentActor, org_id: int, user_id: int, inbox_id: int, tx_id: int) -> None:
+    """The inbox's side of a close: its commit, then end."""
+    now = utcnow()
+    told = await db.write(lambda connection: agent_streams.work_left(
+        connection, org_id, user_id, tx_id, inbox_id, "closed", now))
+    await actor.end(tx_id, "closed", now.isoformat(), told[user_id])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_an_inbox_that_does_not_order_by_idle_time_is_not_told_an_agent_is_free_again(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """The agent reads its inboxes' modes with the inboxes it serves. Its round-robin support inbox, which decides
+    on presence, capacity and ringing alone, hears of none of a chat in sales: not the chat taken on, not the agent
+    free again with its idle clock restarted; it does hear when the agent, full, frees a place."""
+    url = _store_url(backend, tmp_path, request)
+    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key",
+                                                    agent_store_actors=0))
+
+    async def run() -> None:
+        db = Database(url, pool_size=1)
+        org_id, user_id, sales, support = await _agent_of_two_inboxes(db, support_mode="round_robin")
+        inboxes = _CountingInboxes()
+        actor = AgentActor(org_id, user_id, settings, inboxes)  # type: ignore[arg-type]
+        try:
+            await actor.view()
+            assert await actor.store.served_inboxes(user_id) == {sales: "manual", support: "round_robin"}
+            await actor.set_max_concurrent(2)
+            await actor.set_status("available")
+            await asyncio.sleep(0.1)
+            start = len(inboxes.pushed.get(support, []))
+            assert start >= 1  # presence and capacity: every inbox hears of them
+
+            async def pushes_to_support() -> list[dict[str, Any]]:
+                await asyncio.sleep(0.1)  # the pushes are told after the answer
+                return inboxes.pushed.get(support, [])[start:]
+
+            await _take(db, actor, org_id, user_id, sales, 201)
+            await _close(db, actor, org_id, user_id, sales, 201)
+            assert await pushes_to_support() == []
+            assert actor.snapshot()["idle_since"] == actor.last_chat_end_at.isoformat()  # type: ignore[union-attr]
+
+            # Full, support's hold is refused (its answer tells support so); a place freed is pushed.
+            await _take(db, actor, org_id, user_id, sales, 202)
+            await _take(db, actor, org_id, user_id, sales, 203)
+            refused = await actor.hold({"offer_id": "900.1", "transaction_id": 900, "inbox_id": support,
+                                        "expires_at": None})
+            assert not refused["ok"] and "capacity" in refused["reason"]
+            await _close(db, actor, org_id, user_id, sales, 203)
+            pushed = await pushes_to_support()
+            assert len(pushed) == 1 and pushed[-1]["active_count"] == 1 < pushed[-1]["max_concurrent"]
+            await _close(db, actor, org_id, user_id, sales, 202)
+            assert len(await pushes_to_support()) == 1  # free again: nothing support decides on
+        finally:
+            await actor.store.close()
+            await db.dispose()
+
+    asyncio.run(run())
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -123,24 +203,10 @@ def test_an_agent_pushes_its_other_inbox_only_the_changes_that_inbox_routes_on(
                 return inboxes.pushed.get(support, [])[start:]
 
             async def take(tx_id: int) -> None:
-                offer = {"offer_id": f"{tx_id}.1", "transaction_id": tx_id, "inbox_id": sales,
-                         "expires_at": None}
-                assert (await actor.hold(offer))["ok"]
-                now = utcnow()
-                told = await db.write(lambda connection: agent_streams.append_to_streams(
-                    connection, org_id, [(user_id, "offer", offer)], now))
-                await actor.publish(offer, told[user_id])
-                summary = {"transaction_id": tx_id, "inbox_id": sales, "first_message": {"id": tx_id}}
-                await db.write(lambda connection: agent_streams.append_to_streams(
-                    connection, org_id, [agent_streams.work_started(user_id, "accepted", summary, offer["offer_id"])],
-                    now))
-                await actor.confirm(offer["offer_id"], {**summary, "kind": "accepted"})
+                await _take(db, actor, org_id, user_id, sales, tx_id)
 
             async def close(tx_id: int) -> None:
-                now = utcnow()
-                told = await db.write(lambda connection: agent_streams.work_left(
-                    connection, org_id, user_id, tx_id, sales, "closed", now))
-                await actor.end(tx_id, "closed", now.isoformat(), told[user_id])
+                await _close(db, actor, org_id, user_id, sales, tx_id)
 
             shapes = []
             for tx_id in (101, 102, 103):
