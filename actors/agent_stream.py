@@ -13,8 +13,10 @@ import ray
 from actors.agent_core import AgentCore, event_of
 from store.agent_store import AgentStore, open_agent_store
 
-# An event stream ends by itself after this long without an event, or this long in all (see stream_events).
+# An event stream ends by itself after this long without an event (while the agent holds conversations; without,
+# after the longer quiet), or this long in all (see stream_events).
 STREAM_IDLE_S = 15.0
+STREAM_IDLE_WITHOUT_WORK_S = 60.0
 STREAM_LIFETIME_S = 120.0
 
 
@@ -36,12 +38,16 @@ class AgentStream(AgentCore):
 
     @ray.method(concurrency_group="stream")
     async def stream_events(self, after_id: int, idle_s: float = STREAM_IDLE_S, lifetime_s: float = STREAM_LIFETIME_S,
-                            limit: int = 500) -> AsyncIterator[list[dict[str, Any]]]:
+                            limit: int = 500, idle_without_work_s: float = STREAM_IDLE_WITHOUT_WORK_S,
+                            ) -> AsyncIterator[list[dict[str, Any]]]:
         """Batches of events after the cursor, each yielded as soon as it is committed: one call carries a
         stream's events (a Ray streaming generator), where a call per batch cost ~0.5 ms more CPU per event.
 
         Ray does not stop an actor's generator when its caller dies, so a stream ends by itself after
-        `idle_s` without an event or `lifetime_s` in all; the caller opens the next from its cursor.
+        `idle_s` without an event or `lifetime_s` in all; the caller opens the next from its cursor. While the agent
+        shows no open conversation the quiet allowed is `idle_without_work_s`: no follow-up can be missed then (below),
+        and each stream opened again is an actor call (under the benchmark's load most agents wait between
+        conversations longer than `idle_s`).
         """
         await self._wait_active()
         loop = asyncio.get_running_loop()
@@ -61,7 +67,9 @@ class AgentStream(AgentCore):
                     after_id = events[-1]["id"]
                     self._last_call = time.monotonic()
                     yield events
-                wait_s = min(idle_s, ends_at - loop.time())
+                # Asked anew after every event: a conversation the stream shows taken on (the event that wakes it)
+                # shortens the quiet allowed.
+                wait_s = min(idle_s if self._shown_open else idle_without_work_s, ends_at - loop.time())
                 if wait_s <= 0:
                     return
                 try:

@@ -80,7 +80,8 @@ def test_an_agent_with_work_presence_or_a_reader_keeps_its_actor(sc: Scenario, s
             time.sleep(4)
             assert alive(sc, a) == actor_id
         # The gateway cancels the stream when the socket closes (a stream left open would keep the
-        # actor for its 15 s of quiet), so the offline agent goes within a few periods.
+        # actor for its quiet spell, a minute for an agent without conversations), so the offline agent goes
+        # within a few periods.
         eventually(lambda: alive(sc, a) is None, timeout=8, what="the actor deactivated once its reader left")
         return
     time.sleep(4)  # four deactivation periods

@@ -16,7 +16,7 @@ from actors.directory import Proxy
 from actors.ray_directory import RayDirectory
 from config.settings import Settings
 from store.db import Database
-from tests.routing_support import Agent, Scenario
+from tests.routing_support import Agent, Scenario, customer_id
 from tests.store_rows import held_conversation
 from tests.support import eventually
 
@@ -42,7 +42,9 @@ def test_a_quiet_stream_ends_by_itself_and_the_next_one_resumes_from_the_cursor(
 
     async def read(after: int) -> tuple[list[dict[str, Any]], float]:
         started = time.monotonic()
-        got = [e for batch in [b async for b in proxy.stream("stream_events", after, 0.5)] for e in batch]
+        # Quiet half a second, with or without work.
+        got = [e for batch in [b async for b in proxy.stream("stream_events", after, 0.5, 120.0, 500, 0.5)]
+               for e in batch]
         return got, time.monotonic() - started
 
     events, took = asyncio.run(read(cursor))
@@ -51,6 +53,35 @@ def test_a_quiet_stream_ends_by_itself_and_the_next_one_resumes_from_the_cursor(
     push(proxy, 2, start=3)
     more, _ = asyncio.run(read(events[-1]["id"]))
     assert [e["n"] for e in more] == [3, 4]
+
+
+def test_a_stream_waits_longer_while_the_agent_has_no_conversation(sc: Scenario) -> None:
+    """Without an open conversation no follow-up can be missed, so the quiet allowed is the longer one (each stream
+    opened again is an actor call); once the stream shows a conversation taken on, the short one applies again."""
+    (a,) = sc.agents(1)
+    inbox = sc.inbox([a])
+    proxy = agent_proxy(sc, a)
+
+    async def quiet_spell(after: int, idle_without_work_s: float) -> tuple[int, float]:
+        """(the last event's id, seconds the stream stayed open after its first batch)."""
+        first = None
+        async for batch in proxy.stream("stream_events", after, 0.5, 60.0, 500, idle_without_work_s):
+            after = int(batch[-1]["id"])
+            first = first or time.monotonic()
+        assert first is not None
+        return after, time.monotonic() - first
+
+    cursor = asyncio.run(proxy.last_event_id())
+    push(proxy, 1)
+    cursor, open_for = asyncio.run(quiet_spell(cursor, 3.0))
+    assert open_for >= 2.5  # not ended after the half second allowed while the agent has work
+
+    customer = customer_id()
+    sc.send(customer)
+    tx_id = sc.wait_state(sc.tx_of(customer, inbox_id=inbox)["id"], "offered", offered_to=a.id)["id"]
+    sc.do(tx_id, "accept", a)
+    _, open_for = asyncio.run(quiet_spell(cursor, 40.0))
+    assert open_for < 30  # the conversation shown: half a second of quiet ends it, not the forty allowed without
 
 
 def test_a_stream_ends_at_its_lifetime_while_events_flow_and_nothing_is_lost(sc: Scenario) -> None:
@@ -125,7 +156,7 @@ def test_deliveries_joined_in_one_call_show_each_message_once_in_order(sc: Scena
         await proxy.deliver(7, [(one, [message[0], message[1]]), (two, [message[2]]),
                                 (one, [message[1], message[3]])])
         shown: list[tuple[int, str]] = []
-        async for batch in proxy.stream("stream_events", cursor, 0.5):
+        async for batch in proxy.stream("stream_events", cursor, 0.5, 120.0, 500, 0.5):
             shown += [(e["transaction_id"], e["message"]["summary"]) for e in batch if e["type"] == "message"]
         return shown
 
