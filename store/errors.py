@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-# SQLSTATE classes of connection trouble (08), a server out of resources such as connections (53) and a
-# server shutting down (57): the statement did not run; the same call may succeed later.
-_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+# SQLSTATE classes of connection trouble (08), a transaction the server rolled back to break a deadlock or a
+# serialization conflict (40), a server out of resources such as connections (53) and a server shutting down
+# (57): the statement did not run, or its transaction was undone; the same call may succeed later.
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "40", "53", "57")
 
 
 class StoreUnavailable(Exception):
