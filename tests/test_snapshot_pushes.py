@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +100,29 @@ async def _agent_of_two_inboxes(db: Database, support_mode: str = "longest_idle"
         return org_id, user_id, sales, support.id
 
 
+async def _online(actor: AgentActor, inboxes: _CountingInboxes, watched: int, max_concurrent: int,
+                  ) -> tuple[int, Callable[[], Awaitable[list[dict[str, Any]]]]]:
+    """The agent available with `max_concurrent`: (how many snapshots each inbox was pushed so far, what the watched
+    inbox is pushed from then on)."""
+    await actor.view()
+    await actor.set_max_concurrent(max_concurrent)
+    await actor.set_status("available")
+    await asyncio.sleep(0.1)
+    start = len(inboxes.pushed.get(watched, []))
+    assert start >= 1  # presence and capacity: every inbox hears of them
+
+    async def pushed_since() -> list[dict[str, Any]]:
+        await asyncio.sleep(0.1)  # the pushes are told after the answer
+        return inboxes.pushed.get(watched, [])[start:]
+
+    return start, pushed_since
+
+
 async def _take(db: Database, actor: AgentActor, org_id: int, user_id: int, inbox_id: int, tx_id: int) -> None:
     """The inbox's side of an offer the agent accepts: hold, the offer's commit, publish, the assignment's commit,
     confirm."""
-    offer = {"offer_id": f"{tx_id}.1", "transaction_id": tx_id, "inbox_id": inbox_id, "expires_at": None}
+    offer: dict[str, Any] = {"offer_id": f"{tx_id}.1", "transaction_id": tx_id, "inbox_id": inbox_id,
+                             "expires_at": None}
     assert (await actor.hold(offer))["ok"]
     now = utcnow()
     told = await db.write(lambda connection: agent_streams.append_to_streams(
@@ -138,18 +158,8 @@ def test_an_inbox_that_does_not_order_by_idle_time_is_not_told_an_agent_is_free_
         inboxes = _CountingInboxes()
         actor = AgentActor(org_id, user_id, settings, inboxes)  # type: ignore[arg-type]
         try:
-            await actor.view()
+            _, pushes_to_support = await _online(actor, inboxes, support, max_concurrent=2)
             assert await actor.store.served_inboxes(user_id) == {sales: "manual", support: "round_robin"}
-            await actor.set_max_concurrent(2)
-            await actor.set_status("available")
-            await asyncio.sleep(0.1)
-            start = len(inboxes.pushed.get(support, []))
-            assert start >= 1  # presence and capacity: every inbox hears of them
-
-            async def pushes_to_support() -> list[dict[str, Any]]:
-                await asyncio.sleep(0.1)  # the pushes are told after the answer
-                return inboxes.pushed.get(support, [])[start:]
-
             await _take(db, actor, org_id, user_id, sales, 201)
             await _close(db, actor, org_id, user_id, sales, 201)
             assert await pushes_to_support() == []
@@ -191,16 +201,7 @@ def test_an_agent_pushes_its_other_inbox_only_the_changes_that_inbox_routes_on(
         inboxes = _CountingInboxes()
         actor = AgentActor(org_id, user_id, settings, inboxes)  # type: ignore[arg-type]
         try:
-            await actor.view()
-            await actor.set_max_concurrent(3)
-            await actor.set_status("available")
-            await asyncio.sleep(0.1)
-            start = len(inboxes.pushed.get(support, []))
-            assert start >= 1  # presence and capacity: every inbox hears of them
-
-            async def pushes_to_support() -> list[dict[str, Any]]:
-                await asyncio.sleep(0.1)  # the pushes are told after the answer
-                return inboxes.pushed.get(support, [])[start:]
+            start, pushes_to_support = await _online(actor, inboxes, support, max_concurrent=3)
 
             async def take(tx_id: int) -> None:
                 await _take(db, actor, org_id, user_id, sales, tx_id)
