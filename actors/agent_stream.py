@@ -67,9 +67,10 @@ class AgentStream(AgentCore):
                     after_id = events[-1]["id"]
                     self._last_call = time.monotonic()
                     yield events
-                # Asked anew after every event: a conversation the stream shows taken on (the event that wakes it)
-                # shortens the quiet allowed.
-                wait_s = min(idle_s if self._shown_open else idle_without_work_s, ends_at - loop.time())
+                # Asked anew after every event: a conversation the stream shows taken on (the event that wakes it,
+                # before the agent's memory counts it as work) shortens the quiet allowed.
+                has_work = bool(self._shown_open or self.active)
+                wait_s = min(idle_s if has_work else idle_without_work_s, ends_at - loop.time())
                 if wait_s <= 0:
                     return
                 try:
