@@ -10,7 +10,7 @@ from actors import inbox_metrics
 from actors.inbox_core import InboxCore, log, openings, repo, streams
 from actors.offer_plan import PlannedOffer, RoutingSettings, plan_offers
 from actors.pending_opens import PendingOpen
-from routing import AssignmentMode
+from routing import AssignmentMode, orders_by_idle
 from store.clock import utcnow
 
 if TYPE_CHECKING:
@@ -103,8 +103,7 @@ class InboxRouting(InboxCore):
         return again
 
     def _busy_for_longest_idle(self, snapshot: dict[str, Any]) -> bool:
-        return (self._config is not None and self.config.mode == AssignmentMode.LONGEST_IDLE
-                and int(snapshot["active_count"]) > 0)
+        return self._config is not None and orders_by_idle(self.config.mode) and int(snapshot["active_count"]) > 0
 
     async def _commit_pass(self, opening: list[PendingOpen], held: list[PlannedOffer]) -> None:
         """One step for the whole pass (lock held): every new conversation with its messages, every held offer with

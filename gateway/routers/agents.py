@@ -144,15 +144,15 @@ async def agent_events(
         # Refused before the handshake completes: the client sees HTTP 403.
         await websocket.close(code=1008)
         return
-    agent = runtime.routing.agent(org_id, user_id)
+    def proxy() -> Any:
+        return runtime.routing.agent(org_id, user_id)
+
+    agent = proxy()
     await websocket.accept(subprotocol=credentials.subprotocol)
     watched: WatchedStream | None = None
     try:
         # An agent's actor restarting (a crash, a node lost) is waited out, as the API's calls do: the workspace
         # gets its hello a few seconds late rather than a closed socket.
-        def proxy() -> Any:
-            return runtime.routing.agent(org_id, user_id)
-
         last_id = await call_while_unavailable(proxy, "last_event_id", within_s=RESTART_GRACE_S)
         view = await call_while_unavailable(proxy, "view", within_s=RESTART_GRACE_S)
         await websocket.send_json({"type": "hello", "cursor": last_id, "agent": view})
