@@ -1,18 +1,21 @@
-"""Webhook deliveries arriving together share one store transaction (a group commit), on SQLite.
+"""Webhook deliveries arriving together share one store transaction (a group commit).
 
-SQLite writes one transaction at a time whatever the process, so there one group is written at a
-time; deliveries that arrive meanwhile wait and form the next group, so under load a single lock turn
-and commit carry many deliveries, and with little traffic a group is one delivery. PostgreSQL runs
-transactions side by side (and serialises deliveries naming the same customer itself): there each
-delivery is its own transaction, as grouping them would queue every delivery behind one connection
-(measured: the long fault-injection soak's intake fell from 40 to ~17 deliveries/s), and groups written side
-by side hold several deliveries' row locks at once, which can deadlock with an inbox's commit (a conversation's
-row, then its agent's stream row: measured in the long soak, an agent's close answered 500).
+Deliveries are written by a few lanes, each one transaction at a time: a delivery that finds a lane free is
+written at once, alone; deliveries that arrive while every lane is busy wait and form the next group, so under load
+one transaction and commit carry many deliveries, and with little traffic a group is one delivery. SQLite writes
+one transaction at a time whatever the process, so it has one lane. PostgreSQL runs transactions side by side, so it
+has several: one lane would queue every delivery behind one connection, and a group waiting for a row an inbox's
+commit holds would hold up all the others.
 
-Each delivery's answer is what storing it alone would have answered: they are stored one after
-another in the transaction, so a redelivery in the same group is seen as a duplicate. A group that
-fails is tried again one delivery at a time, so a delivery that cannot be stored fails alone and its
-neighbours are still acknowledged.
+A group takes its locks in the order every writer takes them (`gateway.intake.store_deliveries`), so on PostgreSQL
+it cannot deadlock with another lane's group or with an inbox's commit. Once it holds its customers' locks, it also
+gives up waiting for any other lock well before PostgreSQL looks for deadlocks (`GROUP_LOCK_TIMEOUT_MS`): should a
+cycle arise all the same (two lanes moving two replies' statuses in opposite orders), the group yields (its
+deliveries are then stored one by one), never an inbox's commit or an agent's request.
+
+Each delivery's answer is what storing it alone would have answered: they are stored one after another in the
+transaction, so a redelivery in the same group is seen as a duplicate. A group that fails is tried again one
+delivery at a time, so a delivery that cannot be stored fails alone and its neighbours are still acknowledged.
 """
 
 from __future__ import annotations
@@ -22,19 +25,25 @@ import functools
 import logging
 from collections.abc import Sequence
 
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.intake import IntakeResult, store_delivery
+from gateway.intake import Delivery, IntakeResult, store_deliveries
 from meta.webhook_parser import ParsedWebhook
 from store.db import Database
 
 log = logging.getLogger(__name__)
 
-Delivery = tuple[int, ParsedWebhook, dict[str, set[int]]]
+# Transactions writing deliveries side by side on PostgreSQL (SQLite: one).
+POSTGRES_LANES = 2
+# A group of several deliveries on PostgreSQL, once it holds its customers' locks, waits at most this long for any
+# other lock: far below the server's deadlock_timeout (1 s by default), after which the other side of a cycle would
+# be the one rolled back.
+GROUP_LOCK_TIMEOUT_MS = 300
 
 
 async def _store_all(session: AsyncSession, deliveries: Sequence[Delivery]) -> list[IntakeResult]:
-    return [await store_delivery(session, org_id, parsed, verified) for org_id, parsed, verified in deliveries]
+    return await store_deliveries(session, deliveries, GROUP_LOCK_TIMEOUT_MS if len(deliveries) > 1 else None)
 
 
 def _settle(future: asyncio.Future[IntakeResult], result: IntakeResult | None = None,
@@ -49,21 +58,32 @@ def _settle(future: asyncio.Future[IntakeResult], result: IntakeResult | None = 
 
 
 class DeliveryGroupCommit:
-    def __init__(self, db: Database, max_group: int = 64) -> None:
+    def __init__(self, db: Database, max_group: int = 64, lanes: int | None = None) -> None:
         self._db = db
         self._max_group = max_group
+        self._lanes = lanes if lanes is not None else 1 if db.one_writer else POSTGRES_LANES
         self._waiting: list[tuple[Delivery, asyncio.Future[IntakeResult]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.Task[None]] = set()
 
     async def store(self, org_id: int, parsed: ParsedWebhook, verified: dict[str, set[int]]) -> IntakeResult:
-        """Store one delivery durably (`store_delivery`), in the next group; its own result once committed."""
-        if not self._db.one_writer:
-            return await self._store_alone((org_id, parsed, verified))
+        """Store one delivery durably (`store_delivery`), in the next group; its own result once committed.
+
+        A delivery no lane has taken after the store's pool timeout (every lane held up, by locks say) is refused
+        as a step finding no connection free is: `PoolTimeout`, which the gateway answers 503 (Meta redelivers)."""
         future: asyncio.Future[IntakeResult] = asyncio.get_running_loop().create_future()
-        self._waiting.append(((org_id, parsed, verified), future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.ensure_future(self._write_groups())
-        return await future
+        entry = ((org_id, parsed, verified), future)
+        self._waiting.append(entry)
+        self._writers = {writer for writer in self._writers if not writer.done()}
+        if len(self._writers) < self._lanes:
+            self._writers.add(asyncio.ensure_future(self._write_groups()))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self._db.pool_timeout_s)
+        except TimeoutError:
+            for i, waiting in enumerate(self._waiting):
+                if waiting is entry:
+                    del self._waiting[i]
+                    raise PoolTimeout(f"no intake writer was free within {self._db.pool_timeout_s:g} s") from None
+            return await future  # being written: its outcome
 
     async def _store_alone(self, delivery: Delivery) -> IntakeResult:
         return (await self._db.write_session(functools.partial(_store_all, deliveries=[delivery])))[0]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, text
 from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,10 +16,17 @@ from actors.messages import StoredMessage
 from meta.webhook_parser import InboundMessage as ParsedMessage
 from meta.webhook_parser import ParsedWebhook
 from store.agent_store import Told
-from store.agent_streams import StreamEvent, message_shown
+from store.agent_streams import StreamEvent, message_shown, split_told
 from store.conversation_openings import opening_facts
 from store.core_connection import core_connection
-from store.customers import CustomerRef, Identity, new_anonymous_customer, resolve_customers
+from store.customers import (
+    CustomerRef,
+    Identity,
+    identifier_lock_keys,
+    lock_identifiers,
+    new_anonymous_customer,
+    resolve_customers,
+)
 from store.outbox import StatusChange, apply_status
 from store.routing_repo import append_in_transaction, attach_to_assigned, forwarded_payload
 from store.tables import Base, Customer, InboundMessage, Inbox, MessageStatus, WebhookChange
@@ -119,28 +127,45 @@ def _identity(message: ParsedMessage) -> Identity:
                     name=current["name"], previous_user_id=previous["user_id"], previous_wa_id=previous["wa_id"])
 
 
-async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebhook,
-                         verified: dict[str, set[int]] | None = None) -> IntakeResult:
-    """Write everything in the delivery; redelivered items are skipped by unique constraints.
+Delivery = tuple[int, ParsedWebhook, dict[str, set[int]] | None]
 
-    `verified` maps each WABA of the delivery to the organizations whose stored app secret verifies
-    its signature (the receiving one always). A message for a number whose inbox belongs to another
-    organization goes to that organization (and its customers) only when it is among them;
-    otherwise it stays here, flagged, unrouted.
-    """
-    result = IntakeResult()
-    verified = verified or {}
-    numbers = {m.phone_number_id for m in parsed.messages if m.phone_number_id}
-    # A number is used by at most one inbox anywhere: its owner decides where the message belongs.
-    owner_of_number: dict[str, tuple[int, int]] = {}
-    if numbers:
-        owner_of_number = {number: (inbox_id, owner) for inbox_id, number, owner in (await (
-            await core_connection(session)).execute(_INBOXES_OF_NUMBERS, {"numbers": sorted(numbers)})).all()}
 
+@dataclass
+class _Placed:
+    """A delivery's messages (each once) and where each belongs: (organization, inbox or None, flag or None)."""
+
+    org_id: int
+    parsed: ParsedWebhook
+    verified: dict[str, set[int]]
+    messages: list[ParsedMessage]
+    placement: dict[str, tuple[int, int | None, str | None]]
+
+    def by_target(self) -> dict[int, list[ParsedMessage]]:
+        """The messages per organization they go to, organizations in ascending order."""
+        targets: dict[int, list[ParsedMessage]] = {}
+        for message in self.messages:
+            targets.setdefault(self.placement[message.wamid][0], []).append(message)
+        return dict(sorted(targets.items()))
+
+
+@dataclass
+class _Staged:
+    """A delivery written but for its events on agents' streams, which its group appends at the end."""
+
+    result: IntakeResult
+    on_streams: list[tuple[int, StreamEvent]]
+    attached: bool
+    changed_customers: set[int]
+
+
+def _place(org_id: int, parsed: ParsedWebhook, verified: dict[str, set[int]],
+           owner_of_number: dict[str, tuple[int, int]]) -> _Placed:
+    """A number is used by at most one inbox anywhere: its owner decides where the message belongs (the receiving
+    organization otherwise). A message for a number whose inbox belongs to another organization goes to that
+    organization only when its stored app secret verified the delivery; otherwise it stays here, flagged, unrouted."""
     unique_messages: dict[str, ParsedMessage] = {}
     for message in parsed.messages:
         unique_messages.setdefault(message.wamid, message)  # the same message twice in one body: once
-    # Where each message belongs: (organization, inbox or None, flag or None).
     placement: dict[str, tuple[int, int | None, str | None]] = {}
     for message in unique_messages.values():
         owner = owner_of_number.get(message.phone_number_id or "")
@@ -151,17 +176,70 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
         else:
             placement[message.wamid] = (org_id, None, FOREIGN_SIGNATURE_FLAG.format(owner=owner[1],
                                                                                     waba=message.waba_id))
+    return _Placed(org_id, parsed, verified, list(unique_messages.values()), placement)
+
+
+async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebhook,
+                         verified: dict[str, set[int]] | None = None) -> IntakeResult:
+    """Write everything in the delivery; redelivered items are skipped by unique constraints.
+
+    `verified` maps each WABA of the delivery to the organizations whose stored app secret verifies
+    its signature (the receiving one always). A message for a number whose inbox belongs to another
+    organization goes to that organization (and its customers) only when it is among them;
+    otherwise it stays here, flagged, unrouted.
+    """
+    return (await store_deliveries(session, [(org_id, parsed, verified)]))[0]
+
+
+async def store_deliveries(session: AsyncSession, deliveries: Sequence[Delivery],
+                           lock_timeout_ms: int | None = None) -> list[IntakeResult]:
+    """`store_delivery` for several deliveries in the session's one transaction, each answered as if stored alone,
+    one after another (a redelivery later in the list is a duplicate).
+
+    Locks are taken in the order every writer takes them, whatever the number of deliveries, so a group of
+    deliveries on PostgreSQL cannot deadlock with another group or with an inbox's commit: first every customer
+    identifier the group names (advisory locks, ascending, one statement), then each delivery's conversations
+    (share locks, as `attach_to_assigned` takes them), and last the agents' streams, all of the group's at once
+    (sorted, as every writer of a stream locks them). A stream lock taken by the first delivery and held while a
+    later one waits for a conversation an inbox is closing (and will then lock the same stream) would be a cycle.
+
+    `lock_timeout_ms` (PostgreSQL): once the identifiers are locked, the transaction waits at most this long for any
+    other lock. (Waiting for the identifiers cannot close a cycle: a transaction waiting for them holds no row yet;
+    another group holding them may rightly take longer.)
+    """
+    numbers = {m.phone_number_id for _, parsed, _ in deliveries for m in parsed.messages if m.phone_number_id}
+    owner_of_number: dict[str, tuple[int, int]] = {}
+    if numbers:
+        owner_of_number = {number: (inbox_id, owner) for inbox_id, number, owner in (await (
+            await core_connection(session)).execute(_INBOXES_OF_NUMBERS, {"numbers": sorted(numbers)})).all()}
+    placed = [_place(org_id, parsed, verified or {}, owner_of_number) for org_id, parsed, verified in deliveries]
+    keys = {key for delivery in placed for target, messages in delivery.by_target().items()
+            for key in identifier_lock_keys(target, [_identity(m) for m in messages])}
+    if keys:
+        await lock_identifiers(session, keys)
+    if lock_timeout_ms is not None and session.get_bind().dialect.name == "postgresql":
+        await session.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'"))
+    staged = [await _stage(session, delivery) for delivery in placed]
+    told = await append_in_transaction(session, [event for delivery in staged for event in delivery.on_streams])
+    parts = split_told(told, [[event for _, event in delivery.on_streams] for delivery in staged])
+    return [_finish(delivery, part) for delivery, part in zip(staged, parts, strict=True)]
+
+
+async def _stage(session: AsyncSession, delivery: _Placed) -> _Staged:
+    """Everything in the delivery but its events on agents' streams (the group's identifier locks already held)."""
+    result = IntakeResult()
+    org_id, parsed, verified, placement = delivery.org_id, delivery.parsed, delivery.verified, delivery.placement
     # Customers belong to an organization: resolved in the organization each message goes to.
     # Same database transaction as the messages: a delivery is stored with its customers or not at all.
     customer_of_wamid: dict[str, CustomerRef | None] = {}
     changed_customers: set[int] = set()  # whose identity this delivery wrote
-    for target in sorted({org for org, _, _ in placement.values()}):
-        batch = [m for m in unique_messages.values() if placement[m.wamid][0] == target]
-        resolved = await resolve_customers(session, target, [_identity(m) for m in batch], changed=changed_customers)
+    for target, batch in delivery.by_target().items():
+        resolved = await resolve_customers(session, target, [_identity(m) for m in batch], changed=changed_customers,
+                                           locked=True)
         customer_of_wamid.update({m.wamid: c for m, c in zip(batch, resolved, strict=True)})
     customer_of: dict[tuple[int, str], CustomerRef | None] = {}
     rows = []
-    for message in unique_messages.values():
+    for message in delivery.messages:
         target_org, inbox_id, flag = placement[message.wamid]
         customer = customer_of_wamid[message.wamid]
         row = _fit_row(InboundMessage, {
@@ -235,14 +313,6 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
                 # On the replying agent's stream from this commit: a status is never lost between the store and the
                 # stream, and the agent writes nothing for it.
                 on_streams.append((moved.org_id, (moved.agent_id, "message_status", moved.event())))
-    result.told = await append_in_transaction(session, on_streams)
-    if attached:
-        # Each follow-up carries its event as stored, for its agent to take without reading its stream.
-        shown_as = {int(event[3]["message"]["id"]): (agent_id, event) for agent_id, events in result.told.items()
-                    for event in events if event[2] == "message"}
-        result.new_messages = {org: [replace(m, shown_as=shown_as.get(m.id)) for m in messages]
-                               for org, messages in result.new_messages.items()}
-        result.new_messages, result.agents_shown = _for_agents_only(result.new_messages, changed_customers)
     for update in parsed.template_updates:
         await apply_status_event(session, verified.get(update.waba_id, {org_id}), update.waba_id,
                                  update.message_template_id, update.message_template_name,
@@ -269,4 +339,18 @@ async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebho
     result.other_changes = len(await insert_ignoring_duplicates(
         session, WebhookChange, [_fit_row(WebhookChange, row) for row in change_rows.values()],
         conflict_on=["org_id", "dedupe_key"]))
+    return _Staged(result, on_streams, bool(attached), changed_customers)
+
+
+def _finish(delivery: _Staged, told: Told) -> IntakeResult:
+    """The delivery's answer, given what its group appended to agents' streams for it."""
+    result = delivery.result
+    result.told = told
+    if delivery.attached:
+        # Each follow-up carries its event as stored, for its agent to take without reading its stream.
+        shown_as = {int(event[3]["message"]["id"]): (agent_id, event) for agent_id, events in told.items()
+                    for event in events if event[2] == "message"}
+        result.new_messages = {org: [replace(m, shown_as=shown_as.get(m.id)) for m in messages]
+                               for org, messages in result.new_messages.items()}
+        result.new_messages, result.agents_shown = _for_agents_only(result.new_messages, delivery.changed_customers)
     return result

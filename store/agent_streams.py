@@ -82,6 +82,24 @@ def link_appended(events: Sequence[StreamEvent], appended: Iterable[Any], at: da
     return told
 
 
+def split_told(told: Told, parts: Sequence[Sequence[StreamEvent]]) -> list[Told]:
+    """What one append of several writers' events (`parts`, given in this order) told each agent, per part: each
+    agent's events keep the order they were given in, so a part's are the next ones of its agents."""
+    taken: dict[int, int] = {}
+    split: list[Told] = []
+    for events in parts:
+        counts: dict[int, int] = {}
+        for user_id, _, _ in events:
+            counts[user_id] = counts.get(user_id, 0) + 1
+        part: Told = {}
+        for user_id, count in counts.items():
+            start = taken.get(user_id, 0)
+            part[user_id] = told[user_id][start:start + count]
+            taken[user_id] = start + count
+        split.append(part)
+    return split
+
+
 def told_to(told: Told, user_id: int) -> list[LinkedEvent] | None:
     """One agent's part of what a commit appended; None when the commit appended nothing for it."""
     return told.get(user_id) or None

@@ -23,7 +23,7 @@ Linking rules, applied per identity:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,12 +84,14 @@ _IDENTITY_COLUMNS = (Customer.id, Customer.user_id, Customer.wa_id, Customer.use
 
 
 async def resolve_customers(session: AsyncSession, org_id: int, identities: Sequence[Identity],
-                            changed: set[int] | None = None) -> list[CustomerRef | None]:
+                            changed: set[int] | None = None, locked: bool = False) -> list[CustomerRef | None]:
     """The customer of each identity (None when it names no BSUID and no number), created or linked. `changed`
-    gets the ids of the customers whose identity this call wrote (created, changed, merged)."""
+    gets the ids of the customers whose identity this call wrote (created, changed, merged). `locked`: the
+    transaction already holds the identities' locks (`lock_identifiers`)."""
     if not any(identity.known for identity in identities):
         return [None] * len(identities)
-    await _lock(session, org_id, identities)
+    if not locked:
+        await lock_identifiers(session, identifier_lock_keys(org_id, identities))
     resolved = [await _resolve_one(session, org_id, identity) if identity.known else None
                 for identity in identities]
     ids = [r.ref.id if r is not None else None for r in resolved]
@@ -179,14 +181,22 @@ def identifier_lock_key(org_id: int, kind: str, value: str) -> int:
 _TAKE_WRITE_LOCK = update(Customer).where(text("1 = 0")).values(updated_at=Customer.updated_at)
 
 
-async def _lock(session: AsyncSession, org_id: int, identities: Sequence[Identity]) -> None:
-    """Serialise deliveries naming the same identifiers until this transaction ends."""
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        keys = sorted({identifier_lock_key(org_id, "u", u) for i in identities for u in i.user_ids}
-                      | {identifier_lock_key(org_id, "w", w) for i in identities for w in i.wa_ids})
-        for key in keys:  # one order everywhere: no deadlock between two deliveries
-            await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+def identifier_lock_keys(org_id: int, identities: Iterable[Identity]) -> set[int]:
+    """The advisory lock keys of every BSUID and number the identities name, in one organization."""
+    return ({identifier_lock_key(org_id, "u", u) for i in identities for u in i.user_ids}
+            | {identifier_lock_key(org_id, "w", w) for i in identities for w in i.wa_ids})
+
+
+# Every key in ascending order, in one statement: PostgreSQL evaluates a volatile output expression after the sort
+# (the plan's Result above its Sort), so every transaction takes its keys in one order: no deadlock between two.
+_LOCK_KEYS = text("SELECT pg_advisory_xact_lock(key) FROM unnest(CAST(:keys AS BIGINT[])) AS key ORDER BY key")
+
+
+async def lock_identifiers(session: AsyncSession, keys: Collection[int]) -> None:
+    """Serialise deliveries naming the same identifiers (`identifier_lock_keys`) until this transaction ends."""
+    if session.get_bind().dialect.name == "postgresql":
+        if keys:
+            await session.execute(_LOCK_KEYS, {"keys": sorted(keys)})
     else:
         # SQLite takes its single write lock at a transaction's first write and holds it to the end.
         await (await core_connection(session)).execute(_TAKE_WRITE_LOCK)

@@ -7,14 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
 
 from gateway.group_commit import DeliveryGroupCommit
-from gateway.intake import IntakeResult
+from gateway.intake import IntakeResult, store_deliveries
+from meta.simulator import payloads
 from meta.webhook_parser import parse_webhook
+from store.agent_streams import LOCK_STREAMS
 from store.db import Database
 from store.migrate import upgrade_to_head
-from store.tables import InboundMessage, Organization
+from store.tables import AgentState, Customer, InboundMessage, Inbox, Organization, Transaction
+from store.types import utcnow
+from tests.test_close_while_delivering import _conversation
 
 WABA = "waba-group-commit"
 
@@ -103,20 +108,114 @@ def test_a_delivery_that_cannot_be_stored_fails_alone_and_its_group_is_still_sto
     assert stored == ["wamid.a", "wamid.c", "wamid.d"]
 
 
-def test_with_postgresql_each_delivery_is_its_own_transaction_side_by_side(postgres_url: str) -> None:
+def test_with_postgresql_deliveries_arriving_together_share_transactions_written_side_by_side(
+        postgres_url: str) -> None:
     upgrade_to_head(postgres_url)
 
-    async def run() -> tuple[list[IntakeResult], int]:
+    async def run() -> tuple[list[IntakeResult], int, list[str]]:
         db = CountingDatabase(postgres_url, pool_size=4)
         try:
             org_id = await _org(db)
             intake = DeliveryGroupCommit(db)
-            results = await asyncio.gather(*(intake.store(org_id, _delivery(f"wamid.pg.{org_id}.{i}", f"49160{i:05d}"),
-                                                          {WABA: {org_id}}) for i in range(10)))
-            return list(results), db.transactions
+            wamids = [f"wamid.pg.{org_id}.{i}" for i in range(30)] + [f"wamid.pg.{org_id}.0"]
+            results = await asyncio.gather(*(intake.store(org_id, _delivery(w, f"49160{i:05d}"), {WABA: {org_id}})
+                                             for i, w in enumerate(wamids)))
+            async with db.session() as session:
+                stored = list((await session.scalars(select(InboundMessage.wamid).where(
+                    InboundMessage.org_id == org_id))).all())
+            return list(results), db.transactions, stored
         finally:
             await db.dispose()
 
-    results, transactions = asyncio.run(run())
-    assert [r.new_message_count for r in results] == [1] * 10
-    assert transactions == 10  # no group: PostgreSQL runs them side by side
+    results, transactions, stored = asyncio.run(run())
+    assert [r.new_message_count for r in results] == [1] * 30 + [0]
+    assert results[-1].duplicate_messages == 1 and len(stored) == 30
+    # Two lanes: the first two deliveries alone, one each, the rest in groups behind them.
+    assert transactions < 31 // 2
+
+
+async def _two_conversations_of_one_agent(db: Database) -> tuple[int, int, str, list[int]]:
+    """(org, agent, the inbox's number, [conversation of 15550001111, of 15550002222]): both held by the agent."""
+    org_id, user_id, inbox_id, _, first = await _conversation(db)
+    now = utcnow()
+    async with db.session() as session:
+        customer = Customer(org_id=org_id, wa_id="15550002222", name="Dora")
+        session.add_all([customer, AgentState(user_id=user_id, org_id=org_id, status="available")])
+        await session.flush()
+        second = Transaction(org_id=org_id, inbox_id=inbox_id, customer_id=customer.id,
+                             customer_wa_id="15550002222", state="assigned", agent_id=user_id, assigned_at=now,
+                             waiting_since=now, created_at=now, updated_at=now, tried=[])
+        session.add(second)
+        await session.flush()
+        number = await session.scalar(select(Inbox.phone_number_id).where(Inbox.id == inbox_id))
+        return org_id, user_id, str(number), [first, second.id]
+
+
+def test_a_group_on_postgresql_locks_agents_streams_last_so_a_close_under_way_is_not_deadlocked(
+        postgres_url: str) -> None:
+    """Two follow-ups to one agent's two conversations, stored together while a close of the second holds its row
+    and then locks the agent's stream, as an inbox's commit does: the group waits for the close and goes on; had it
+    locked the stream with the first follow-up, each would wait for the other."""
+    upgrade_to_head(postgres_url)
+
+    async def run() -> None:
+        db = Database(postgres_url, pool_size=2)
+        try:
+            org_id, user_id, number, (first, second) = await _two_conversations_of_one_agent(db)
+            deliveries = [(org_id, parse_webhook(payloads.inbound_message("waba", number, "15550001", sender, name,
+                                                                          body="still there?")), None)
+                          for sender, name in (("15550001111", "Carla"), ("15550002222", "Dora"))]
+            async with db.engine.connect() as closing:
+                await closing.execute(text("UPDATE transactions SET state = 'closed' WHERE id = :tx"), {"tx": second})
+
+                async def store_together() -> list[IntakeResult]:
+                    async with db.session() as session:
+                        return await store_deliveries(session, deliveries)
+
+                group = asyncio.ensure_future(store_together())
+                await asyncio.sleep(1.0)
+                assert not group.done()  # the second follow-up waits for the close
+                # The close's commit locks the agent's stream after its conversation's row, as every writer does.
+                await asyncio.wait_for(closing.execute(LOCK_STREAMS, {"agents": [user_id]}), 5)
+                await closing.commit()
+                first_result, second_result = await asyncio.wait_for(group, 30)
+        finally:
+            await db.dispose()
+        # The first joins the conversation the agent holds; the second opens the customer's next one.
+        assert first_result.new_messages == {} and first_result.agents_shown == {(org_id, user_id)}
+        assert [(event[2], event[3]["transaction_id"]) for event in first_result.told[user_id]] == [("message", first)]
+        ((opening,),) = second_result.new_messages.values()
+        assert opening.transaction_id is None and opening.opening is not None
+
+    asyncio.run(run())
+
+
+def test_a_group_on_postgresql_gives_way_to_a_commit_holding_a_conversation_past_its_lock_timeout(
+        postgres_url: str) -> None:
+    """A group waits for another writer's row at most `lock_timeout_ms` once it holds its customers' locks, then fails
+    (its deliveries are stored one by one): a cycle through a group is always broken on the group's side."""
+    upgrade_to_head(postgres_url)
+
+    async def run() -> str:
+        db = Database(postgres_url, pool_size=2)
+        try:
+            org_id, _, number, (_, second) = await _two_conversations_of_one_agent(db)
+            deliveries = [(org_id, parse_webhook(payloads.inbound_message("waba", number, "15550001", sender, name,
+                                                                          body="still there?")), None)
+                          for sender, name in (("15550001111", "Carla"), ("15550002222", "Dora"))]
+            async with db.engine.connect() as closing:
+                await closing.execute(text("UPDATE transactions SET state = 'closed' WHERE id = :tx"), {"tx": second})
+                # The close is never committed while the group waits: only the group's own timeout ends the wait.
+                with pytest.raises(DBAPIError) as refused:
+                    async with db.session() as session:
+                        await store_deliveries(session, deliveries, lock_timeout_ms=300)
+                await closing.rollback()
+            async with db.session() as session:
+                stored = await session.scalar(select(func.count()).select_from(InboundMessage).where(
+                    InboundMessage.org_id == org_id))
+            assert stored == 1  # the conversation's first message only: the group left nothing behind
+            return str(getattr(refused.value.orig, "sqlstate", ""))
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(run()) == "55P03"  # lock_not_available: the group's own timeout, not a deadlock

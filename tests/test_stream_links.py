@@ -12,11 +12,12 @@ import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from store.agent_store import LinkedEvent, open_agent_store, told_rows
-from store.agent_streams import append_to_streams
+from store.agent_streams import append_to_streams, split_told
 from store.db import Database
 from store.migrate import upgrade_to_head
 from store.routing_repo import append_in_transaction
@@ -82,6 +83,34 @@ def test_each_agent_is_told_its_events_as_its_stream_reads_them_each_linked_to_t
             await db.engine.dispose()
 
     asyncio.run(run())
+
+
+def test_one_append_for_several_deliveries_tells_each_delivery_its_own_events_in_stream_order(
+        store_url: str) -> None:
+    """A group of webhook deliveries appends all its events at once; each delivery's answer carries its own."""
+    def shown(user_id: int, message_id: int) -> tuple[int, str, dict[str, Any]]:
+        return (user_id, "message", {"transaction_id": message_id, "message": {"id": message_id}})
+
+    async def run() -> tuple[list[dict[int, list[LinkedEvent]]], list[list[tuple[int, str, dict[str, Any]]]],
+                             int, int]:
+        db = Database(store_url, pool_size=2)
+        org_id, (ana, bob) = await _org_with_agents(db, 2)
+        try:
+            parts = [[shown(ana, 1)], [shown(bob, 2), shown(ana, 3)], [], [shown(ana, 4)]]
+            async with db.session() as session:
+                told = await append_in_transaction(session, [(org_id, event) for part in parts for event in part])
+            return split_told(told, parts), parts, ana, bob
+        finally:
+            await db.engine.dispose()
+
+    split, parts, ana, bob = asyncio.run(run())
+    assert [{user_id: [(user_id, kind, payload) for _, _, kind, payload, _ in events]
+             for user_id, events in part.items()} for part in split] == \
+        [{user_id: [event for event in part if event[0] == user_id] for user_id, _, _ in part} for part in parts]
+    # Ana's three events, each delivery's linked to the one before it on her stream.
+    ana_events = [event for part in split for event in part.get(ana, [])]
+    assert [before for before, *_ in ana_events[1:]] == [event_id for _, event_id, *_ in ana_events[:-1]]
+    assert len(split[1][bob]) == 1
 
 
 def test_an_agent_takes_told_events_only_where_they_follow_what_it_knows() -> None:
