@@ -1,11 +1,13 @@
 """Webhook deliveries arriving together share one store transaction (a group commit).
 
-Deliveries are written by a few lanes, each one transaction at a time: a delivery that finds a lane free is
-written at once, alone; deliveries that arrive while every lane is busy wait and form the next group, so under load
-one transaction and commit carry many deliveries, and with little traffic a group is one delivery. SQLite writes
-one transaction at a time whatever the process, so it has one lane. PostgreSQL runs transactions side by side, so it
-has several: one lane would queue every delivery behind one connection, and a group waiting for a row an inbox's
-commit holds would hold up all the others.
+Deliveries are written by lanes, each one transaction at a time: a delivery that finds a lane free is written at
+once, alone; deliveries that arrive while every lane is busy wait and form the next group, so under load one
+transaction and commit carry many deliveries, and with little traffic a group is one delivery. SQLite writes one
+transaction at a time whatever the process, so it has one lane. PostgreSQL runs transactions side by side: it has as
+many lanes as the gateway's pool keeps connections (`WA_ROUTER_STORE_POOL_SIZE`). Fewer would cap the intake when
+each statement's round trip is slow (a loaded server: a group's statements run one after another, so a group's time
+grows with its size; measured in the long fault-injection soak, two lanes cut the intake to 10 deliveries/s), and
+the pool's other connections stay free for agents' actions and reads however many webhooks come.
 
 A group takes its locks in the order every writer takes them (`gateway.intake.store_deliveries`), so on PostgreSQL
 it cannot deadlock with another lane's group or with an inbox's commit. Once it holds its customers' locks, it also
@@ -34,8 +36,6 @@ from store.db import Database
 
 log = logging.getLogger(__name__)
 
-# Transactions writing deliveries side by side on PostgreSQL (SQLite: one).
-POSTGRES_LANES = 2
 # A group of several deliveries on PostgreSQL, once it holds its customers' locks, waits at most this long for any
 # other lock: far below the server's deadlock_timeout (1 s by default), after which the other side of a cycle would
 # be the one rolled back.
@@ -61,7 +61,7 @@ class DeliveryGroupCommit:
     def __init__(self, db: Database, max_group: int = 64, lanes: int | None = None) -> None:
         self._db = db
         self._max_group = max_group
-        self._lanes = lanes if lanes is not None else 1 if db.one_writer else POSTGRES_LANES
+        self._lanes = lanes if lanes is not None else 1 if db.one_writer else db.pool_size
         self._waiting: list[tuple[Delivery, asyncio.Future[IntakeResult]]] = []
         self._writers: set[asyncio.Task[None]] = set()
 

@@ -130,7 +130,7 @@ def test_with_postgresql_deliveries_arriving_together_share_transactions_written
     results, transactions, stored = asyncio.run(run())
     assert [r.new_message_count for r in results] == [1] * 30 + [0]
     assert results[-1].duplicate_messages == 1 and len(stored) == 30
-    # Two lanes: the first two deliveries alone, one each, the rest in groups behind them.
+    # Four lanes (the connections the pool keeps): the first deliveries alone, one each, the rest in groups.
     assert transactions < 31 // 2
 
 
