@@ -46,7 +46,6 @@ class Database:
         waits `pool_timeout_s` for a free one, then fails with SQLAlchemy's `TimeoutError` (the gateway answers
         503). Agent actors, which are many and mostly idle, use `store.agent_store` instead."""
         self.url = url
-        self.pool_size = pool_size
         self.pool_timeout_s = pool_timeout_s
         kwargs: dict[str, Any] = {"echo": echo}
         path = sqlite_file_path(url) if is_sqlite(url) else None  # file-backed SQLite
