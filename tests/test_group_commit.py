@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.group_commit import DeliveryGroupCommit
-from gateway.intake import IntakeResult, store_deliveries
+from gateway.intake import Delivery, IntakeResult, store_deliveries
 from meta.simulator import payloads
 from meta.webhook_parser import parse_webhook
 from store.agent_streams import LOCK_STREAMS
@@ -134,8 +138,9 @@ def test_with_postgresql_deliveries_arriving_together_share_transactions_written
     assert transactions < 31 // 2
 
 
-async def _two_conversations_of_one_agent(db: Database) -> tuple[int, int, str, list[int]]:
-    """(org, agent, the inbox's number, [conversation of 15550001111, of 15550002222]): both held by the agent."""
+async def _follow_ups_to_one_agents_two_conversations(db: Database) -> tuple[int, int, list[int], list[Delivery]]:
+    """(org, agent, [conversation of 15550001111, of 15550002222], a follow-up delivery to each): both conversations
+    held by the agent."""
     org_id, user_id, inbox_id, _, first = await _conversation(db)
     now = utcnow()
     async with db.session() as session:
@@ -147,8 +152,37 @@ async def _two_conversations_of_one_agent(db: Database) -> tuple[int, int, str, 
                              waiting_since=now, created_at=now, updated_at=now, tried=[])
         session.add(second)
         await session.flush()
-        number = await session.scalar(select(Inbox.phone_number_id).where(Inbox.id == inbox_id))
-        return org_id, user_id, str(number), [first, second.id]
+        number = str(await session.scalar(select(Inbox.phone_number_id).where(Inbox.id == inbox_id)))
+        conversations = [first, second.id]
+    deliveries: list[Delivery] = [
+        (org_id, parse_webhook(payloads.inbound_message("waba", number, "15550001", sender, name,
+                                                       body="still there?")), None)
+        for sender, name in (("15550001111", "Carla"), ("15550002222", "Dora"))]
+    return org_id, user_id, conversations, deliveries
+
+
+@dataclass
+class _CloseUnderWay:
+    db: Database
+    closing: AsyncConnection  # the close's connection, its transaction open
+    org_id: int
+    agent_id: int
+    held: int  # the conversation the agent keeps
+    deliveries: list[Delivery]  # a follow-up to each conversation, the kept one first
+
+
+@contextlib.asynccontextmanager
+async def _close_under_way(url: str) -> AsyncIterator[_CloseUnderWay]:
+    """An agent holding two conversations, a follow-up to each to be stored, and a close of the second under way:
+    its row written, not yet committed (the caller commits it or not)."""
+    db = Database(url, pool_size=2)
+    try:
+        org_id, agent_id, (held, closed), deliveries = await _follow_ups_to_one_agents_two_conversations(db)
+        async with db.engine.connect() as closing:
+            await closing.execute(text("UPDATE transactions SET state = 'closed' WHERE id = :tx"), {"tx": closed})
+            yield _CloseUnderWay(db, closing, org_id, agent_id, held, deliveries)
+    finally:
+        await db.dispose()
 
 
 def test_a_group_on_postgresql_locks_agents_streams_last_so_a_close_under_way_is_not_deadlocked(
@@ -159,31 +193,23 @@ def test_a_group_on_postgresql_locks_agents_streams_last_so_a_close_under_way_is
     upgrade_to_head(postgres_url)
 
     async def run() -> None:
-        db = Database(postgres_url, pool_size=2)
-        try:
-            org_id, user_id, number, (first, second) = await _two_conversations_of_one_agent(db)
-            deliveries = [(org_id, parse_webhook(payloads.inbound_message("waba", number, "15550001", sender, name,
-                                                                          body="still there?")), None)
-                          for sender, name in (("15550001111", "Carla"), ("15550002222", "Dora"))]
-            async with db.engine.connect() as closing:
-                await closing.execute(text("UPDATE transactions SET state = 'closed' WHERE id = :tx"), {"tx": second})
+        async with _close_under_way(postgres_url) as scene:
 
-                async def store_together() -> list[IntakeResult]:
-                    async with db.session() as session:
-                        return await store_deliveries(session, deliveries)
+            async def store_together() -> list[IntakeResult]:
+                async with scene.db.session() as session:
+                    return await store_deliveries(session, scene.deliveries)
 
-                group = asyncio.ensure_future(store_together())
-                await asyncio.sleep(1.0)
-                assert not group.done()  # the second follow-up waits for the close
-                # The close's commit locks the agent's stream after its conversation's row, as every writer does.
-                await asyncio.wait_for(closing.execute(LOCK_STREAMS, {"agents": [user_id]}), 5)
-                await closing.commit()
-                first_result, second_result = await asyncio.wait_for(group, 30)
-        finally:
-            await db.dispose()
+            group = asyncio.ensure_future(store_together())
+            await asyncio.sleep(1.0)
+            assert not group.done()  # the second follow-up waits for the close
+            # The close's commit locks the agent's stream after its conversation's row, as every writer does.
+            await asyncio.wait_for(scene.closing.execute(LOCK_STREAMS, {"agents": [scene.agent_id]}), 5)
+            await scene.closing.commit()
+            first_result, second_result = await asyncio.wait_for(group, 30)
         # The first joins the conversation the agent holds; the second opens the customer's next one.
-        assert first_result.new_messages == {} and first_result.agents_shown == {(org_id, user_id)}
-        assert [(event[2], event[3]["transaction_id"]) for event in first_result.told[user_id]] == [("message", first)]
+        assert first_result.new_messages == {} and first_result.agents_shown == {(scene.org_id, scene.agent_id)}
+        assert [(event[2], event[3]["transaction_id"]) for event in first_result.told[scene.agent_id]] == \
+            [("message", scene.held)]
         ((opening,),) = second_result.new_messages.values()
         assert opening.transaction_id is None and opening.opening is not None
 
@@ -197,25 +223,16 @@ def test_a_group_on_postgresql_gives_way_to_a_commit_holding_a_conversation_past
     upgrade_to_head(postgres_url)
 
     async def run() -> str:
-        db = Database(postgres_url, pool_size=2)
-        try:
-            org_id, _, number, (_, second) = await _two_conversations_of_one_agent(db)
-            deliveries = [(org_id, parse_webhook(payloads.inbound_message("waba", number, "15550001", sender, name,
-                                                                          body="still there?")), None)
-                          for sender, name in (("15550001111", "Carla"), ("15550002222", "Dora"))]
-            async with db.engine.connect() as closing:
-                await closing.execute(text("UPDATE transactions SET state = 'closed' WHERE id = :tx"), {"tx": second})
-                # The close is never committed while the group waits: only the group's own timeout ends the wait.
-                with pytest.raises(DBAPIError) as refused:
-                    async with db.session() as session:
-                        await store_deliveries(session, deliveries, lock_timeout_ms=300)
-                await closing.rollback()
-            async with db.session() as session:
+        async with _close_under_way(postgres_url) as scene:
+            # The close is never committed while the group waits: only the group's own timeout ends the wait.
+            with pytest.raises(DBAPIError) as refused:
+                async with scene.db.session() as session:
+                    await store_deliveries(session, scene.deliveries, lock_timeout_ms=300)
+            await scene.closing.rollback()
+            async with scene.db.session() as session:
                 stored = await session.scalar(select(func.count()).select_from(InboundMessage).where(
-                    InboundMessage.org_id == org_id))
+                    InboundMessage.org_id == scene.org_id))
             assert stored == 1  # the conversation's first message only: the group left nothing behind
             return str(getattr(refused.value.orig, "sqlstate", ""))
-        finally:
-            await db.dispose()
 
     assert asyncio.run(run()) == "55P03"  # lock_not_available: the group's own timeout, not a deadlock
