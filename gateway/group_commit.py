@@ -1,20 +1,19 @@
 """Webhook deliveries arriving together share one store transaction (a group commit).
 
-Deliveries are written by lanes, each one transaction at a time: a delivery that finds a lane free is written at
-once; deliveries that arrive while every lane is busy wait and form the next group, so under load one transaction
-and commit carry many deliveries. SQLite writes one transaction at a time whatever the process, so it has one lane.
-PostgreSQL runs transactions side by side, and there every delivery starts a lane of its own: a lane takes every
-delivery waiting when it starts, so the deliveries that came in while the gateway's event loop was busy share one
+Deliveries are written by writers, each one transaction at a time, taking every delivery waiting when it starts.
+SQLite writes one transaction at a time whatever the process, so it has one writer: one group is written at a time
+and the deliveries arriving meanwhile form the next. PostgreSQL runs transactions side by side, and there every
+delivery starts a writer of its own: the deliveries that came in while the gateway's event loop was busy share one
 transaction (measured at 20 msg/s on a loaded machine: groups of 1-5, 1.24 of PostgreSQL's transactions per message
-instead of 1.86-1.97), and nothing waits for a lane. A bounded number of lanes was tried and measured slower: in the
-long fault-injection soak on a loaded machine, 2 or 10 lanes held the intake to 10-15 of the 40 deliveries/s
-planned, against 24-32 with every delivery its own transaction, since a group's statements run one after another
-and every delivery behind it waits for all of them.
+instead of 1.86-1.97), and none waits for a writer. A bounded number of writers ("lanes") was tried and measured
+slower: in the long fault-injection soak on a loaded machine, 2 or 10 lanes held the intake to 10-15 of the 40
+deliveries/s planned, against 24-32 with every delivery its own transaction, since a group's statements run one
+after another and every delivery behind it waits for all of them.
 
 A group takes its locks in the order every writer takes them (`gateway.intake.store_deliveries`), so on PostgreSQL
-it cannot deadlock with another lane's group or with an inbox's commit. Once it holds its customers' locks, it also
+it cannot deadlock with another group or with an inbox's commit. Once it holds its customers' locks, it also
 gives up waiting for any other lock well before PostgreSQL looks for deadlocks (`GROUP_LOCK_TIMEOUT_MS`): should a
-cycle arise all the same (two lanes moving two replies' statuses in opposite orders), the group yields (its
+cycle arise all the same (two groups moving two replies' statuses in opposite orders), the group yields (its
 deliveries are then stored one by one), never an inbox's commit or an agent's request.
 
 Each delivery's answer is what storing it alone would have answered: they are stored one after another in the
@@ -60,25 +59,26 @@ def _settle(future: asyncio.Future[IntakeResult], result: IntakeResult | None = 
 
 
 class DeliveryGroupCommit:
-    def __init__(self, db: Database, max_group: int = 64, lanes: int | None = None) -> None:
-        """`lanes`: at most this many transactions at a time (default: one on SQLite, unbounded elsewhere)."""
+    def __init__(self, db: Database, max_group: int = 64) -> None:
         self._db = db
         self._max_group = max_group
-        self._lanes = lanes if lanes is not None else 1 if db.one_writer else None
         self._waiting: list[tuple[Delivery, asyncio.Future[IntakeResult]]] = []
         self._writers: set[asyncio.Task[None]] = set()
 
     async def store(self, org_id: int, parsed: ParsedWebhook, verified: dict[str, set[int]]) -> IntakeResult:
         """Store one delivery durably (`store_delivery`), in the next group; its own result once committed.
 
-        A delivery no lane has taken after the store's pool timeout (every lane held up, by locks say) is refused
-        as a step finding no connection free is: `PoolTimeout`, which the gateway answers 503 (Meta redelivers)."""
+        On SQLite, a delivery the writer has not taken after the store's pool timeout (the writer held up, by the
+        store's lock say) is refused as a step finding no connection free is: `PoolTimeout`, which the gateway
+        answers 503 (Meta redelivers). Elsewhere its own writer takes it at once."""
         future: asyncio.Future[IntakeResult] = asyncio.get_running_loop().create_future()
         entry = ((org_id, parsed, verified), future)
         self._waiting.append(entry)
         self._writers = {writer for writer in self._writers if not writer.done()}
-        if self._lanes is None or len(self._writers) < self._lanes:
+        if not (self._db.one_writer and self._writers):
             self._writers.add(asyncio.ensure_future(self._write_groups()))
+        if not self._db.one_writer:
+            return await future
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._db.pool_timeout_s)
         except TimeoutError:

@@ -132,20 +132,15 @@ Delivery = tuple[int, ParsedWebhook, dict[str, set[int]] | None]
 
 @dataclass
 class _Placed:
-    """A delivery's messages (each once) and where each belongs: (organization, inbox or None, flag or None)."""
+    """A delivery's messages (each once), where each belongs: (organization, inbox or None, flag or None), and per
+    organization they go to (ascending) its messages with their senders' identities."""
 
     org_id: int
     parsed: ParsedWebhook
     verified: dict[str, set[int]]
     messages: list[ParsedMessage]
     placement: dict[str, tuple[int, int | None, str | None]]
-
-    def by_target(self) -> dict[int, list[ParsedMessage]]:
-        """The messages per organization they go to, organizations in ascending order."""
-        targets: dict[int, list[ParsedMessage]] = {}
-        for message in self.messages:
-            targets.setdefault(self.placement[message.wamid][0], []).append(message)
-        return dict(sorted(targets.items()))
+    by_target: dict[int, list[tuple[ParsedMessage, Identity]]]
 
 
 @dataclass
@@ -176,7 +171,10 @@ def _place(org_id: int, parsed: ParsedWebhook, verified: dict[str, set[int]],
         else:
             placement[message.wamid] = (org_id, None, FOREIGN_SIGNATURE_FLAG.format(owner=owner[1],
                                                                                     waba=message.waba_id))
-    return _Placed(org_id, parsed, verified, list(unique_messages.values()), placement)
+    by_target: dict[int, list[tuple[ParsedMessage, Identity]]] = {}
+    for message in unique_messages.values():
+        by_target.setdefault(placement[message.wamid][0], []).append((message, _identity(message)))
+    return _Placed(org_id, parsed, verified, list(unique_messages.values()), placement, dict(sorted(by_target.items())))
 
 
 async def store_delivery(session: AsyncSession, org_id: int, parsed: ParsedWebhook,
@@ -213,8 +211,8 @@ async def store_deliveries(session: AsyncSession, deliveries: Sequence[Delivery]
         owner_of_number = {number: (inbox_id, owner) for inbox_id, number, owner in (await (
             await core_connection(session)).execute(_INBOXES_OF_NUMBERS, {"numbers": sorted(numbers)})).all()}
     placed = [_place(org_id, parsed, verified or {}, owner_of_number) for org_id, parsed, verified in deliveries]
-    keys = {key for delivery in placed for target, messages in delivery.by_target().items()
-            for key in identifier_lock_keys(target, [_identity(m) for m in messages])}
+    keys = {key for delivery in placed for target, batch in delivery.by_target.items()
+            for key in identifier_lock_keys(target, [identity for _, identity in batch])}
     if keys:
         await lock_identifiers(session, keys)
     if lock_timeout_ms is not None and session.get_bind().dialect.name == "postgresql":
@@ -233,10 +231,10 @@ async def _stage(session: AsyncSession, delivery: _Placed) -> _Staged:
     # Same database transaction as the messages: a delivery is stored with its customers or not at all.
     customer_of_wamid: dict[str, CustomerRef | None] = {}
     changed_customers: set[int] = set()  # whose identity this delivery wrote
-    for target, batch in delivery.by_target().items():
-        resolved = await resolve_customers(session, target, [_identity(m) for m in batch], changed=changed_customers,
-                                           locked=True)
-        customer_of_wamid.update({m.wamid: c for m, c in zip(batch, resolved, strict=True)})
+    for target, batch in delivery.by_target.items():
+        resolved = await resolve_customers(session, target, [identity for _, identity in batch],
+                                           changed=changed_customers, locked=True)
+        customer_of_wamid.update({m.wamid: c for (m, _), c in zip(batch, resolved, strict=True)})
     customer_of: dict[tuple[int, str], CustomerRef | None] = {}
     rows = []
     for message in delivery.messages:
