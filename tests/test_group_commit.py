@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.group_commit import DeliveryGroupCommit
@@ -110,6 +112,34 @@ def test_a_delivery_that_cannot_be_stored_fails_alone_and_its_group_is_still_sto
     assert isinstance(results[1], Exception) and "FOREIGN KEY" in str(results[1])
     assert [r.new_message_count for i, r in enumerate(results) if i != 1] == [1, 1, 1]
     assert stored == ["wamid.a", "wamid.c", "wamid.d"]
+
+
+def test_on_sqlite_a_delivery_the_writer_cannot_take_within_the_pool_timeout_is_refused_and_not_stored(
+        database_url: str, tmp_path: Path) -> None:
+    """Another process holds SQLite's write lock: the writer's first group waits for it, and a delivery left waiting
+    for the next group longer than the pool timeout is refused as busy (the gateway answers 503; Meta redelivers)."""
+    async def run() -> tuple[Any, IntakeResult, list[str]]:
+        db = Database(database_url, pool_size=2, pool_timeout_s=0.5)
+        try:
+            org_id = await _org(db)
+            intake = DeliveryGroupCommit(db)
+            other_process = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+            other_process.execute("BEGIN IMMEDIATE")
+            first = asyncio.ensure_future(intake.store(org_id, _delivery("wamid.first", "4915000001"),
+                                                       {WABA: {org_id}}))
+            await asyncio.sleep(0.2)  # the writer has taken it and waits for the lock
+            # Bounded here too: without the refusal the delivery would wait for the lock this test holds.
+            refused = await asyncio.gather(asyncio.wait_for(intake.store(
+                org_id, _delivery("wamid.second", "4915000002"), {WABA: {org_id}}), 10), return_exceptions=True)
+            other_process.rollback()
+            other_process.close()
+            return refused[0], await asyncio.wait_for(first, 30), await _stored_wamids(db)
+        finally:
+            await db.dispose()
+
+    refused, first, stored = asyncio.run(run())
+    assert isinstance(refused, PoolTimeout)
+    assert first.new_message_count == 1 and stored == ["wamid.first"]
 
 
 def test_with_postgresql_deliveries_arriving_together_share_transactions_written_side_by_side(
