@@ -83,3 +83,16 @@ def test_messages_stored_while_an_inbox_actor_is_gone_are_routed_when_it_returns
     tx = sc.tx_of(late)
     assert tx["inbox_id"] == inbox
     assert [m["summary"] for m in sc.tx(tx["id"])["messages"]] == ["sent while the inbox actor was gone"]
+
+
+def test_a_workspace_left_open_while_its_agents_actor_restarts_goes_on_receiving_events(sc: Scenario) -> None:
+    """The socket outlives the restart: its stream is opened again from its cursor on the restarted actor."""
+    (agent,) = sc.agents(1)
+    sc.inbox([agent], reassign_after_s=60)
+    with sc.socket(agent) as socket:
+        sc.send(customer_id(), "before the restart")
+        first = socket.next("offer")
+        _crash(sc, f"agent:{sc.org.id}:{agent.id}", restart=True)
+        assert sc.do(first["transaction_id"], "accept", agent)["state"] == "assigned"
+        assert socket.next("assigned")["transaction_id"] == first["transaction_id"]
+        assert socket.error is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
@@ -126,7 +127,8 @@ async def agent_events(
 
     After a dropped connection, reconnect with `?cursor=<the last id received>`: the events after it are
     sent first (a client keeps its own cursor rather than the new hello's). Without `cursor`, only new
-    events are sent.
+    events are sent. The agent's actor restarting does not close the socket: its events go on once the actor is
+    back; one not back within 10 s closes it with code 1013 (try again later).
     """
     runtime: Runtime = websocket.app.state.runtime
     credentials = socket_credentials(websocket)
@@ -147,7 +149,6 @@ async def agent_events(
     def proxy() -> Any:
         return runtime.routing.agent(org_id, user_id)
 
-    agent = proxy()
     await websocket.accept(subprotocol=credentials.subprotocol)
     watched: WatchedStream | None = None
     try:
@@ -158,15 +159,22 @@ async def agent_events(
         await websocket.send_json({"type": "hello", "cursor": last_id, "agent": view})
         position = cursor if cursor is not None else last_id
         receiver = asyncio.create_task(_drain(websocket))
-        sender = asyncio.create_task(_send_events(websocket, agent, position, org_id, runtime.places))
+        sender = asyncio.create_task(_send_events(websocket, proxy, position, org_id, runtime.places))
         # The caller's right is not only the handshake's: a demoted, deleted or revoked caller is dropped.
         watched = runtime.streams.add(credentials.token, org_id, user_id)
         checker = asyncio.create_task(_close_once_refused(websocket, watched))
         await asyncio.wait({sender, receiver, checker}, return_when=asyncio.FIRST_COMPLETED)
         for task in (sender, receiver, checker):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, ActorUnavailable, RuntimeError):
-                await task
+        await asyncio.gather(sender, receiver, checker, return_exceptions=True)
+        ended = None if sender.cancelled() else sender.exception()
+        if isinstance(ended, ActorUnavailable):
+            raise ended
+        if ended is not None and not isinstance(ended, WebSocketDisconnect | RuntimeError):
+            # Not a client gone (sending on a closed socket raises those): say why the workspace was closed.
+            log.error("agent %s:%s: workspace stream ended: %r", org_id, user_id, ended)
+            with contextlib.suppress(Exception):
+                await websocket.close(code=1011)
     except WebSocketDisconnect:
         pass
     except ActorUnavailable:
@@ -187,16 +195,35 @@ async def _close_once_refused(websocket: WebSocket, watched: WatchedStream) -> N
     await websocket.close(code=1008, reason="no longer allowed to watch this agent")
 
 
-async def _send_events(websocket: WebSocket, agent: Any, position: int, org_id: int,
+async def _send_events(websocket: WebSocket, proxy: Callable[[], Any], position: int, org_id: int,
                        places: ConversationPlaces) -> None:
     """The agent's events after `position`, one frame each, stream after stream (each ends by itself); the
-    conversations' inboxes they name are kept for the actions that follow (an accept after its offer)."""
+    conversations' inboxes they name are kept for the actions that follow (an accept after its offer).
+
+    The agent's actor restarting (a crash, a node lost) does not end the socket: the next stream is opened from
+    the cursor on the restarted actor (`proxy()` is asked anew, so a handle of one stopped for good is replaced).
+    Unavailable for longer than the API's calls wait, ActorUnavailable ends it (the client reconnects later).
+    """
+    unavailable_since: float | None = None
+    delay = 0.1
+    loop = asyncio.get_running_loop()
     while True:
-        async for events in agent.stream("stream_events", position):
-            for event in events:
-                places.learn_from_event(org_id, event)
-                await websocket.send_json(event)
-                position = event["id"]
+        try:
+            async for events in proxy().stream("stream_events", position):
+                unavailable_since, delay = None, 0.1
+                for event in events:
+                    places.learn_from_event(org_id, event)
+                    await websocket.send_json(event)
+                    position = event["id"]
+            unavailable_since, delay = None, 0.1
+        except ActorUnavailable:
+            now = loop.time()
+            if unavailable_since is None:
+                unavailable_since = now
+            elif now - unavailable_since + delay > RESTART_GRACE_S:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 async def _drain(websocket: WebSocket) -> None:
