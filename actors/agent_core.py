@@ -28,14 +28,8 @@ from actors.directory import Directory
 from actors.event_signal import EventSignal
 from actors.mailbox import Mailbox
 from config.actor_settings import ActorSettings
-from store.agent_store import (
-    AgentStore,
-    LinkedEvent,
-    StoredEvent,
-    is_postgres,
-    open_agent_store,
-    told_rows,
-)
+from store.agent_store import is_postgres, open_agent_store
+from store.agent_store_steps import AgentStore, LinkedEvent, StoredEvent, told_rows
 from store.clock import utcnow
 from store.errors import StoreUnavailable
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from store.agent_store import StoredOffer
+from store.agent_store_steps import StoredOffer
 
 
 @dataclass

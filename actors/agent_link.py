@@ -25,7 +25,7 @@ from routing import AgentSnapshot
 
 if TYPE_CHECKING:
     from store import routing_repo as repo
-    from store.agent_store import LinkedEvent
+    from store.agent_store_steps import LinkedEvent
 else:
     repo = lazy_module("store.routing_repo")  # see actors.lazy_store
 

@@ -24,7 +24,7 @@ from actors import inbox_metrics
 from actors.agent_core import AgentCore, log, remember
 from actors.agent_holds import Hold, rescinded, stored_offer
 from routing.presence import after_missed_offer, missed_reason
-from store.agent_store import LinkedEvent
+from store.agent_store_steps import LinkedEvent
 from store.clock import utcnow
 
 # After `expires_at` the inbox's own timer normally ends the offer; the agent's lapse waits a little

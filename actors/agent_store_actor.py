@@ -22,7 +22,8 @@ import ray
 
 from actors.directory import ActorUnavailable
 from config.actor_settings import ActorSettings
-from store.agent_store import AgentStore, Step, open_agent_store
+from store.agent_store import open_agent_store
+from store.agent_store_steps import AgentStore, Step
 from store.errors import StoreUnavailable
 
 T = TypeVar("T")

@@ -11,7 +11,8 @@ from typing import Any
 import ray
 
 from actors.agent_core import AgentCore, event_of
-from store.agent_store import AgentStore, open_agent_store
+from store.agent_store import open_agent_store
+from store.agent_store_steps import AgentStore
 
 # An event stream ends by itself after this long without an event (while the agent holds conversations; without,
 # after the longer quiet), or this long in all (see stream_events).

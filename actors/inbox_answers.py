@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from store.agent_store import Told
+    from store.agent_store_steps import Told
 
 
 class InboxAnswers(InboxCore):

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from store import agent_streams as streams
     from store import conversation_openings as openings
     from store import routing_repo as repo
-    from store.agent_store import Told
+    from store.agent_store_steps import Told
 else:
     # Loaded at the inbox's activation: an agent's process loads this class to call inboxes (`actors.lazy_store`).
     repo = lazy_module("store.routing_repo")

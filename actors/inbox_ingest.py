@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from store.agent_store import Told
+    from store.agent_store_steps import Told
     from store.agent_streams import StreamEvent
 
 # Unrouted messages are read from the store in pages of this size.

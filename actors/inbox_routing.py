@@ -16,7 +16,7 @@ from store.clock import utcnow
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-    from store.agent_store import Told
+    from store.agent_store_steps import Told
 
 # After a pass's commit failed, the conversations it was opening are tried again this much later.
 RETRY_OPENING_S = 1.0

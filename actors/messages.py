@@ -27,7 +27,7 @@ class StoredMessage:
     # inbox attaches it.
     transaction_id: int | None = None
     # Attached at intake: (the agent, its `message` event as the intake's commit stored it on the agent's stream,
-    # a `store.agent_store.LinkedEvent`), told to the agent so it need not read its stream.
+    # a `store.agent_store_steps.LinkedEvent`), told to the agent so it need not read its stream.
     shown_as: tuple[int, tuple[int, int, str, dict[str, Any], str]] | None = None
     # Not attached at intake: what the inbox needs to open the customer's conversation without reading the store,
     # read in the intake's transaction (`store.conversation_openings`): {"customer_ids": the customer, then those

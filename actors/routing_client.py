@@ -29,7 +29,7 @@ from actors.directory import ActorUnavailable, Directory, push_agent_event
 from actors.inbox_sweep import InboxSweep, InboxTold, InboxWatched
 from actors.messages import StoredMessage
 from store import outbox, routing_repo
-from store.agent_store import LinkedEvent
+from store.agent_store_steps import LinkedEvent
 from store.db import Database
 from store.tables import Inbox
 

@@ -36,7 +36,7 @@ from actors.pacing import PairGate, RateGate, backoff_s
 from config.actor_settings import ActorSettings
 from meta.graph_client import GraphAPIError, GraphClient
 from store import outbox
-from store.agent_store import Told
+from store.agent_store_steps import Told
 from store.crypto import SecretBox, resolve_key
 from store.routing_repo import append_in_transaction
 from store.tables import PhoneNumber, WhatsAppAccount

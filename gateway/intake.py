@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from actors.messages import StoredMessage
 from meta.webhook_parser import InboundMessage as ParsedMessage
 from meta.webhook_parser import ParsedWebhook
-from store.agent_store import Told
+from store.agent_store_steps import Told
 from store.agent_streams import StreamEvent, message_shown, split_told
 from store.conversation_openings import opening_facts
 from store.core_connection import core_connection

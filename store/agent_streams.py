@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Connection, bindparam, insert, literal_column, select, update
 from sqlalchemy.sql.dml import ReturningInsert
 
-from store.agent_store import LinkedEvent, Told
+from store.agent_store_steps import LinkedEvent, Told
 from store.tables import AgentEvent, AgentState
 
 LOCK_STREAMS = select(AgentState.user_id).where(AgentState.user_id.in_(bindparam("agents", expanding=True))) \

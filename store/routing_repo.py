@@ -309,7 +309,7 @@ def detach_messages(connection: Connection, inbox_id: int, transaction_id: int, 
     routed as the customer's next conversation; their ids.
 
     The agent's delivery commit may still come: it writes a message's event only if the message is still attached
-    to the conversation (`store.agent_store._deliver_and_read`), so a message is shown with this conversation or
+    to the conversation (`store.agent_store_steps._deliver_and_read`), so a message is shown with this conversation or
     handed on, never both. On PostgreSQL that takes the agent's stream lock first, as every writer of its stream
     does: this check then sees a delivery committed before, and one waiting for the lock sees the hand-back. (The
     lock is its own statement: READ COMMITTED gives the check a snapshot taken once it is held.) SQLite has one

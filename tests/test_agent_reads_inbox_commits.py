@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from actors.inbox_actor import InboxActor
 from config.actor_settings import ActorSettings
 from config.settings import Settings
-from store.agent_store import AgentStore, Step, StoredEvent
+from store.agent_store_steps import AgentStore, Step, StoredEvent
 from store.db import Database
 from store.tables import AgentEvent, AgentState, InboundMessage, Inbox, Transaction
 from tests.test_close_while_delivering import (

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from store.agent_store import AgentStore, open_agent_store
+from store.agent_store import open_agent_store
+from store.agent_store_steps import AgentStore
 from store.db import Database
 from store.errors import StoreUnavailable
 from store.migrate import upgrade_to_head

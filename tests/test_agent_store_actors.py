@@ -27,7 +27,8 @@ from actors.agent_actor import AgentActor
 from actors.names import agent_store_actor_name
 from config.actor_settings import ActorSettings
 from config.settings import Settings
-from store.agent_store import AgentStore, Step, open_agent_store
+from store.agent_store import open_agent_store
+from store.agent_store_steps import AgentStore, Step
 from store.agent_streams import message_shown
 from store.db import Database
 from store.errors import StoreUnavailable

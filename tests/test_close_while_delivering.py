@@ -486,7 +486,8 @@ def test_on_postgres_a_close_waits_for_a_delivery_under_way_and_keeps_its_messag
     The close's hand-back waits for it, then sees the event and keeps the message with the conversation."""
     import asyncpg
 
-    from store.agent_store import _asyncpg_dsn, _deliver_and_read, _PostgresTx
+    from store.agent_store_postgres import PostgresTx, asyncpg_dsn
+    from store.agent_store_steps import _deliver_and_read
 
     upgrade_to_head(postgres_url)
 
@@ -496,7 +497,7 @@ def test_on_postgres_a_close_waits_for_a_delivery_under_way_and_keeps_its_messag
         async with db.session() as session:
             late = _message(org_id, inbox_id, customer_id, "late", tx_id)
             session.add(late)
-        connection = await asyncpg.connect(_asyncpg_dsn(postgres_url))
+        connection = await asyncpg.connect(asyncpg_dsn(postgres_url))
         try:
             await connection.execute("INSERT INTO agent_states (user_id, org_id, status, max_concurrent, "
                                      "status_changed_at, missed_in_a_row, epoch) VALUES ($1, $2, 'offline', 1, "
@@ -504,7 +505,7 @@ def test_on_postgres_a_close_waits_for_a_delivery_under_way_and_keeps_its_messag
             delivery = connection.transaction()
             await delivery.start()  # the agent's step, as its store runs it, held before its commit
             event = ("message", {"transaction_id": tx_id, "inbox_id": inbox_id, "message": {"id": late.id}})
-            assert len(await _deliver_and_read(_PostgresTx(connection), org_id, user_id, [event], utcnow(), 0)) == 1
+            assert len(await _deliver_and_read(PostgresTx(connection), org_id, user_id, [event], utcnow(), 0)) == 1
             close = asyncio.ensure_future(_close_handing_back(db, inbox_id, tx_id, user_id, [late.id]))
             await asyncio.sleep(0.5)
             assert not close.done()  # waiting for the stream lock

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from store.agent_store import LinkedEvent, open_agent_store, told_rows
+from store.agent_store import open_agent_store
+from store.agent_store_steps import LinkedEvent, told_rows
 from store.agent_streams import append_to_streams, split_told
 from store.db import Database
 from store.migrate import upgrade_to_head
