@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from actors import inbox_metrics
-from actors.inbox_core import RELOADING, InboxCore, Result, capacity, done, log, ok, refuse, repo, streams
+from actors.inbox_core import RELOADING, InboxCore, Result, capacity, done, log, ok, ownership, refuse, repo, streams
 from actors.offer_plan import new_offer_id
 from actors.transaction_state import TxState
 from routing import AssignmentMode
@@ -56,7 +56,7 @@ class InboxAnswers(InboxCore):
             try:
                 with inbox_metrics.timed(self.org_id, self.inbox_id, "answer"):
                     result = await step()
-            except repo.Fenced:
+            except ownership.Fenced:
                 return self._fenced()
             finally:
                 waits, self._agents_to_answer = self._agents_to_answer, None

@@ -43,11 +43,13 @@ if TYPE_CHECKING:
     from store import agent_capacity as capacity
     from store import agent_streams as streams
     from store import conversation_openings as openings
+    from store import inbox_ownership as ownership
     from store import routing_repo as repo
     from store.agent_store_steps import Told
 else:
     # Loaded at the inbox's activation: an agent's process loads this class to call inboxes (`actors.lazy_store`).
     repo = lazy_module("store.routing_repo")
+    ownership = lazy_module("store.inbox_ownership")
     streams = lazy_module("store.agent_streams")
     capacity = lazy_module("store.agent_capacity")
     openings = lazy_module("store.conversation_openings")
@@ -95,7 +97,7 @@ class InboxCore(StoreBackedActor):
         for timer in self._timers.values():
             timer.cancel()
         self._timers = {}
-        self._config: repo.InboxConfig | None = None
+        self._config: ownership.InboxConfig | None = None
         self._config_stale = False
         self._epoch = 0
         self._txs: dict[int, TxState] = {}
@@ -113,7 +115,7 @@ class InboxCore(StoreBackedActor):
     # ------------------------------------------------------------------ activation
 
     @property
-    def config(self) -> repo.InboxConfig:
+    def config(self) -> ownership.InboxConfig:
         assert self._config is not None
         return self._config
 
@@ -122,10 +124,10 @@ class InboxCore(StoreBackedActor):
 
     async def _load(self) -> None:
         async with self.db.session() as session:
-            epoch = await repo.take_inbox_ownership(session, self.inbox_id)
+            epoch = await ownership.take_inbox_ownership(session, self.inbox_id)
             if epoch is None:
                 return
-            config = await repo.load_inbox_config(session, self.inbox_id)
+            config = await ownership.load_inbox_config(session, self.inbox_id)
             assert config is not None
             agents = await repo.load_agent_snapshots(session, config.members)
             rows = await repo.load_open_transactions(session, self.inbox_id)
@@ -198,7 +200,7 @@ class InboxCore(StoreBackedActor):
         inbox_id, epoch = self.inbox_id, self._epoch
 
         def fenced(connection: Connection) -> tuple[int, T]:
-            return repo.fence(connection, inbox_id, epoch, rotation_pointer), statements(connection)
+            return ownership.fence(connection, inbox_id, epoch, rotation_pointer), statements(connection)
 
         version, result = await self.db.write(fenced)
         if version != self.config.config_version:
@@ -264,7 +266,7 @@ class InboxCore(StoreBackedActor):
                 return False
             try:
                 await self._ingest_stored()
-            except repo.Fenced:
+            except ownership.Fenced:
                 self._fenced()
                 return False
         return True
@@ -371,7 +373,7 @@ class InboxCore(StoreBackedActor):
                         await self._end_offer(tx, "missed")
                         self.request_routing()
                 return
-            except repo.Fenced:
+            except ownership.Fenced:
                 self._fenced()
                 return
             except Exception:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.inbox_core import InboxCore, repo
+from actors.inbox_core import InboxCore, ownership, repo
 from routing import orders_by_idle
 
 
@@ -36,7 +36,7 @@ class InboxEvents(InboxCore):
                 try:
                     await self._end_offer(tx, "rescinded", count_as_tried=False, reason="agent unavailable")
                     self.request_routing()
-                except repo.Fenced:
+                except ownership.Fenced:
                     self._fenced()
 
     async def config_changed(self) -> dict[str, Any]:
@@ -51,14 +51,14 @@ class InboxEvents(InboxCore):
                 try:
                     await self._reload_config()
                     self.request_routing()
-                except repo.Fenced:
+                except ownership.Fenced:
                     self._fenced()
         return {"inbox_id": self.inbox_id, "exists": self._config is not None, "open": len(self._txs)}
 
     async def _reload_config(self) -> None:
         """Reload the configuration (lock held); offers to agents no longer in the inbox are rescinded."""
         async with self.db.session() as session:
-            config = await repo.load_inbox_config(session, self.inbox_id)
+            config = await ownership.load_inbox_config(session, self.inbox_id)
             if config is None:
                 return
             agents = await repo.load_agent_snapshots(session, config.members)

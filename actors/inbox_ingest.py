@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from actors import inbox_metrics
-from actors.inbox_core import InboxCore, repo, streams
+from actors.inbox_core import InboxCore, ownership, repo, streams
 from store.clock import utcnow
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class InboxIngest(InboxCore):
                     with inbox_metrics.timed(self.org_id, self.inbox_id, "ingest"):
                         attached_rest, opening, opened = await self._ingest_forwarded(rest)
                         attached += attached_rest
-                except repo.Fenced:
+                except ownership.Fenced:
                     self._fenced()
                     return {"attached": attached, "opening": 0}
         inbox_metrics.routed(self.org_id, self.inbox_id, attached)

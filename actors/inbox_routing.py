@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from actors import inbox_metrics
-from actors.inbox_core import InboxCore, log, openings, repo, streams
+from actors.inbox_core import InboxCore, log, openings, ownership, repo, streams
 from actors.offer_plan import PlannedOffer, RoutingSettings, plan_offers
 from actors.pending_opens import PendingOpen
 from routing import AssignmentMode, orders_by_idle
@@ -190,7 +190,7 @@ class InboxRouting(InboxCore):
         their messages go through the step that reads the store (lock held), which opens what is still to open."""
         try:
             await self._ingest_page([m["id"] for pending in opens for m in pending.messages])
-        except repo.Fenced:
+        except ownership.Fenced:
             raise
         except Exception:
             # Still unattached in the store: the gateways' sweep has the inbox take them (`actors.inbox_sweep`).
@@ -214,7 +214,7 @@ class InboxRouting(InboxCore):
                 try:
                     if await self._routing_pass():
                         self._routing_wanted = True
-                except repo.Fenced:
+                except ownership.Fenced:
                     self._fenced()
                 except Exception:
                     log.exception("routing pass failed for inbox %s", self.inbox_id)

@@ -1,7 +1,7 @@
 """A gateway's sweep of the store for its inboxes' actors: one read a pass for the whole deployment, not one per inbox.
 
 Each pass reads every inbox's configuration version, owner epoch and oldest unattached message
-(`store.routing_repo.inboxes_watched`). An inbox's actor is told only what it may not know: a version or epoch other
+(`store.inbox_ownership.inboxes_watched`). An inbox's actor is told only what it may not know: a version or epoch other
 than the one this gateway last told it (a configuration change whose notification was lost, a newer owner), or a
 message that stayed unattached from one pass to the next (a forward lost with its gateway). A message being forwarded
 right now is not one: the next pass no longer finds it. Every inbox is told once after the gateway starts, since a

@@ -28,7 +28,7 @@ from sqlalchemy import select
 from actors.directory import ActorUnavailable, Directory, push_agent_event
 from actors.inbox_sweep import InboxSweep, InboxTold, InboxWatched
 from actors.messages import StoredMessage
-from store import outbox, routing_repo
+from store import inbox_ownership, outbox
 from store.agent_store_steps import LinkedEvent
 from store.db import Database
 from store.tables import Inbox
@@ -113,7 +113,7 @@ class RoutingClient:
     async def sweep(self) -> list[InboxTold]:
         """One pass of the sweep (`actors.inbox_sweep`): one read, then the inboxes it concerns told; those told."""
         async with self._db.session() as session:
-            rows = await routing_repo.inboxes_watched(session)
+            rows = await inbox_ownership.inboxes_watched(session)
         due = self._sweep.due(InboxWatched(*row) for row in rows)
         results = await asyncio.gather(*(self._tell_watched(told) for told in due), return_exceptions=True)
         answered = []

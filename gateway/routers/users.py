@@ -15,7 +15,7 @@ from gateway.errors import conflict, forbidden, not_found
 from gateway.paging import Page, Paging
 from gateway.schemas import UserCreated, UserOut
 from gateway.security import hash_token, new_token
-from store.routing_repo import bump_config_version
+from store.inbox_ownership import bump_config_version
 from store.tables import ApiToken, InboxAgent, Transaction, User
 
 router = APIRouter(prefix="/v1/orgs/{org_id}/users", tags=["users"])
