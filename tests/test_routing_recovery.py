@@ -6,7 +6,7 @@ from typing import Any
 
 import ray
 
-from tests.routing_support import Scenario, customer_id
+from tests.routing_support import Agent, AgentSocket, Event, Scenario, customer_id
 from tests.support import eventually
 
 
@@ -57,13 +57,19 @@ def test_restarted_agent_still_holds_its_offer_and_replays_its_stream(sc: Scenar
         assert replay.next("assigned")["transaction_id"] == offer["transaction_id"]
 
 
-def test_a_workspace_opened_while_its_agents_actor_restarts_gets_its_hello_once_it_is_back(sc: Scenario) -> None:
-    """The handshake waits out the restart (as the API's calls do) instead of closing the socket at once."""
+def _an_agent_ringing(sc: Scenario) -> tuple[Agent, AgentSocket, Event]:
+    """The one agent of an inbox, their workspace open and showing a customer's offer."""
     (agent,) = sc.agents(1)
     sc.inbox([agent], reassign_after_s=60)
-    with sc.socket(agent) as first:
-        sc.send(customer_id(), "hello")
-        offer = first.next("offer")
+    socket = sc.socket(agent)
+    sc.send(customer_id(), "hello")
+    return agent, socket, socket.next("offer")
+
+
+def test_a_workspace_opened_while_its_agents_actor_restarts_gets_its_hello_once_it_is_back(sc: Scenario) -> None:
+    """The handshake waits out the restart (as the API's calls do) instead of closing the socket at once."""
+    agent, first, offer = _an_agent_ringing(sc)
+    first.close()
     _crash(sc, f"agent:{sc.org.id}:{agent.id}", restart=True)
     with sc.socket(agent, cursor=offer["id"] - 1) as reopened:
         assert reopened.hello["agent"]["user_id"] == agent.id
@@ -87,11 +93,8 @@ def test_messages_stored_while_an_inbox_actor_is_gone_are_routed_when_it_returns
 
 def test_a_workspace_left_open_while_its_agents_actor_restarts_goes_on_receiving_events(sc: Scenario) -> None:
     """The socket outlives the restart: its stream is opened again from its cursor on the restarted actor."""
-    (agent,) = sc.agents(1)
-    sc.inbox([agent], reassign_after_s=60)
-    with sc.socket(agent) as socket:
-        sc.send(customer_id(), "before the restart")
-        first = socket.next("offer")
+    agent, socket, first = _an_agent_ringing(sc)
+    with socket:
         _crash(sc, f"agent:{sc.org.id}:{agent.id}", restart=True)
         assert sc.do(first["transaction_id"], "accept", agent)["state"] == "assigned"
         assert socket.next("assigned")["transaction_id"] == first["transaction_id"]
