@@ -200,30 +200,20 @@ async def _send_events(websocket: WebSocket, proxy: Callable[[], Any], position:
     """The agent's events after `position`, one frame each, stream after stream (each ends by itself); the
     conversations' inboxes they name are kept for the actions that follow (an accept after its offer).
 
-    The agent's actor restarting (a crash, a node lost) does not end the socket: the next stream is opened from
-    the cursor on the restarted actor (`proxy()` is asked anew, so a handle of one stopped for good is replaced).
-    Unavailable for longer than the API's calls wait, ActorUnavailable ends it (the client reconnects later).
+    The agent's actor restarting (a crash, a node lost) does not end the socket: it is waited out as the handshake
+    waits for it (`proxy()` is asked anew, so a handle of one stopped for good is replaced), and the next stream is
+    opened from the cursor. Still unavailable after the API's restart grace, ActorUnavailable ends it (the client
+    reconnects later).
     """
-    unavailable_since: float | None = None
-    delay = 0.1
-    loop = asyncio.get_running_loop()
     while True:
         try:
             async for events in proxy().stream("stream_events", position):
-                unavailable_since, delay = None, 0.1
                 for event in events:
                     places.learn_from_event(org_id, event)
                     await websocket.send_json(event)
                     position = event["id"]
-            unavailable_since, delay = None, 0.1
         except ActorUnavailable:
-            now = loop.time()
-            if unavailable_since is None:
-                unavailable_since = now
-            elif now - unavailable_since + delay > RESTART_GRACE_S:
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            await call_while_unavailable(proxy, "last_event_id", within_s=RESTART_GRACE_S)
 
 
 async def _drain(websocket: WebSocket) -> None:
