@@ -164,7 +164,7 @@ def test_with_postgresql_deliveries_arriving_together_share_transactions_written
     results, transactions, stored = asyncio.run(run())
     assert [r.new_message_count for r in results] == [1] * 30 + [0]
     assert results[-1].duplicate_messages == 1 and len(stored) == 30
-    # Every delivery starts a lane, and the first lane to run takes all those waiting: one group.
+    # Every delivery starts a writer, and the first writer to run takes all those waiting: one group.
     assert transactions < 31 // 2
 
 
