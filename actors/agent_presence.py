@@ -18,9 +18,10 @@ from store.clock import utcnow
 
 # An agent without a call or a step for this long gives the heap its work freed back (`actors/free_heap.py`).
 QUIET_AFTER_S = 5.0
-# The inboxes the agent serves are read from the store at most this often; an inbox's call or resync from an
-# inbox not among them reads them again at once (see `_served_inboxes`).
-SERVED_INBOXES_TTL_S = 30.0
+# The inboxes the agent serves are read from the store at most this often. Changes are heard sooner: an inbox
+# that gains the agent tells it to resync, a call from an inbox not among them and a push an inbox answers with
+# "not a member" (the agent left it, or it was deleted) read them again at once (see `_served_inboxes`).
+SERVED_INBOXES_TTL_S = 600.0
 
 
 def routing_key(snapshot: dict[str, Any]) -> tuple[Any, ...]:
@@ -170,7 +171,8 @@ class AgentPresence(AgentCore):
     async def _served_inboxes(self) -> dict[int, str]:
         """The inboxes the agent serves and their assignment modes, off the message path: read again after
         `SERVED_INBOXES_TTL_S`, after a resync (an inbox that gained the agent, or whose mode now orders by idle
-        time, tells it so: `actors.inbox_events`) or a call from an inbox not among them."""
+        time, tells it so: `actors.inbox_events`), a call from an inbox not among them, or a push an inbox answered
+        "not a member"."""
         now = time.monotonic()
         if self._inboxes is None or now - self._inboxes[1] > SERVED_INBOXES_TTL_S:
             self._inboxes = (await self.store.served_inboxes(self.user_id), now)
@@ -188,9 +190,14 @@ class AgentPresence(AgentCore):
             pushed.add_done_callback(functools.partial(self._push_ended, inbox_id))
 
     def _push_ended(self, inbox_id: int, pushed: asyncio.Future[Any]) -> None:
-        """A push the inbox never got (its mailbox gave up): what it knows is no longer assumed."""
+        """A push the inbox never got (its mailbox gave up): what it knows is no longer assumed. A push the inbox
+        answered "not a member": the cached list of inboxes served is stale, and is read again at the next push."""
         if pushed.cancelled() or pushed.exception() is not None:
             self._told_keys.pop(inbox_id, None)
+        elif pushed.result() is False:
+            self._told_keys.pop(inbox_id, None)
+            if self._inboxes is not None and inbox_id in self._inboxes[0]:
+                self._inboxes = None
 
     # ------------------------------------------------------------------ deactivation
 

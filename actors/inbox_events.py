@@ -13,16 +13,19 @@ from routing import orders_by_idle
 class InboxEvents(InboxCore):
     """Agents' and configuration changes, applied live: queued and offered work is kept."""
 
-    async def agent_changed(self, snapshot: dict[str, Any]) -> None:
+    async def agent_changed(self, snapshot: dict[str, Any]) -> bool:
         """An agent of this inbox changed presence or capacity: refresh it and route what waits.
 
         A push that only repeats what an answer of the agent already told us is no new event.
         Snapshots carry (epoch, sequence): an older one that overtakes a newer one is ignored.
+        The answer: whether this inbox (still) counts the agent among its members. An agent told no reads
+        the inboxes it serves again (it left this one, or the inbox is gone), so it caches that list for long.
         """
-        if not await self._ensure_active():
-            return
-        if self._config is not None and self._link.update(snapshot):
+        if not await self._ensure_active() or self._config is None:
+            return False
+        if self._link.update(snapshot):
             self.request_routing()
+        return snapshot["user_id"] in self._config.members
 
     async def agent_withdrew(self, user_id: int, offer_id: str) -> None:
         """The agent went away or offline while holding our offer: rescind it and reroute at once (idempotent)."""

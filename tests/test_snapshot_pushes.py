@@ -20,9 +20,11 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import delete
 
 from actors.agent_actor import AgentActor
 from actors.agent_presence import must_hear, routing_key
+from actors.inbox_actor import InboxActor
 from config.actor_settings import ActorSettings
 from config.settings import Settings
 from routing import AssignmentMode, orders_by_idle
@@ -30,7 +32,7 @@ from store import agent_streams
 from store.clock import utcnow
 from store.db import Database
 from store.tables import Inbox, InboxAgent, PhoneNumber
-from tests.test_close_while_delivering import _conversation, _store_url
+from tests.test_close_while_delivering import _conversation, _crash, _store_url
 
 # An agent's snapshot as pushed (`actors.agent_core.AgentCore.snapshot`), in the few values routing tells apart.
 snapshots = st.fixed_dictionaries({
@@ -247,6 +249,83 @@ def test_an_agent_pushes_its_other_inbox_only_the_changes_that_inbox_routes_on(
             assert len(pushed) in (3, 4) and pushed[-1]["active_count"] == 3
             assert len(inboxes.pushed.get(sales, [])) == start
         finally:
+            await actor.store.close()
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+class _SupportIsReal:
+    """The agent's directory: sales counts what it is pushed (`_CountingInboxes`); support is a real inbox actor in
+    this process, whose answers to the agent's pushes are counted; the inbox's directory is the agent itself."""
+
+    def __init__(self, counting: _CountingInboxes, support_id: int) -> None:
+        self.counting, self.support_id = counting, support_id
+        self.support: InboxActor | None = None
+        self.agent_actor: AgentActor | None = None
+        self.support_answers: list[Any] = []
+
+    def inbox(self, org_id: int, inbox_id: int) -> Any:
+        if inbox_id != self.support_id:
+            return self.counting.inbox(org_id, inbox_id)
+        outer = self
+
+        class _Support:
+            async def agent_changed(self, snapshot: dict[str, Any]) -> Any:
+                assert outer.support is not None
+                answer = await outer.support.agent_changed(snapshot)
+                outer.support_answers.append(answer)
+                return answer
+
+        return _Support()
+
+    def agent(self, org_id: int, user_id: int) -> Any:
+        return self.agent_actor
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_an_agent_removed_from_an_inbox_stops_telling_it_after_the_inbox_answers_that_it_left(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """The agent keeps the inboxes it serves for long (no store read per push). Removed from the Longest Idle
+    support inbox, its next push there is answered "not a member": it reads its inboxes again, and support hears
+    nothing more of its chats in sales."""
+    url = _store_url(backend, tmp_path, request)
+    settings = ActorSettings.from_settings(Settings(database_url=url, secret_key_file=tmp_path / "secret.key",
+                                                    agent_store_actors=0, inbox_sync_interval_s=3600))
+
+    async def run() -> None:
+        db = Database(url, pool_size=1)
+        org_id, user_id, sales, support = await _agent_of_two_inboxes(db)
+        directory = _SupportIsReal(_CountingInboxes(), support)
+        actor = AgentActor(org_id, user_id, settings, directory)  # type: ignore[arg-type]
+        directory.agent_actor = actor
+        inbox = InboxActor(org_id, support, settings, directory)  # type: ignore[arg-type]
+        directory.support = inbox
+        try:
+            assert (await inbox.activate())["exists"]
+            await actor.view()
+            await actor.set_status("available")
+            await asyncio.sleep(0.1)
+            assert directory.support_answers and all(a is True for a in directory.support_answers)
+
+            async with db.session() as session:
+                await session.execute(delete(InboxAgent).where(InboxAgent.inbox_id == support,
+                                                               InboxAgent.user_id == user_id))
+            await inbox.config_changed()  # what the gateway's route tells the inbox
+            answered = len(directory.support_answers)
+
+            await _take(db, actor, org_id, user_id, sales, 301)
+            await _close(db, actor, org_id, user_id, sales, 301)
+            await asyncio.sleep(0.1)
+            assert directory.support_answers[answered:] == [False]  # idle again: told, and answered "left"
+
+            await _take(db, actor, org_id, user_id, sales, 302)
+            await _close(db, actor, org_id, user_id, sales, 302)
+            await asyncio.sleep(0.1)
+            assert directory.support_answers[answered:] == [False]  # read again: support is no longer told
+            assert actor._inboxes is not None and actor._inboxes[0] == {sales: "manual"}
+        finally:
+            await _crash(inbox)
             await actor.store.close()
             await db.dispose()
 

@@ -86,6 +86,43 @@ def test_signing_cache_reads_once_per_ttl_and_again_after_invalidate() -> None:
     assert "s3cret" not in repr(SigningSecret(org_id=1, waba_id="1", app_secret="s3cret"))
 
 
+def test_deliveries_that_find_the_signing_secrets_expired_together_wait_for_one_read() -> None:
+    """Concurrent deliveries to one endpoint share the store read of its secrets; one that is cancelled does not
+    cancel the others'; after an invalidation during a read, later callers read anew and the stale read is not
+    kept."""
+    loads: list[int] = []
+    release = asyncio.Event()
+
+    async def load(org_id: int) -> list[SigningSecret]:
+        loads.append(org_id)
+        read = len(loads)
+        await release.wait()
+        return [SigningSecret(org_id=org_id, waba_id="1", app_secret=f"secret {read}")]
+
+    async def run() -> None:
+        cache = SigningCache(load, ttl_s=60)
+        waiting = [asyncio.ensure_future(cache.secrets_for(1)) for _ in range(5)]
+        await asyncio.sleep(0.01)
+        waiting[0].cancel()
+        release.set()
+        answers = await asyncio.gather(*waiting[1:])
+        assert loads == [1] and {a[0].app_secret for a in answers} == {"secret 1"}
+
+        release.clear()
+        cache.invalidate()
+        stale = asyncio.ensure_future(cache.secrets_for(2))
+        await asyncio.sleep(0.01)
+        cache.invalidate()  # the account changed while its secrets were read
+        fresh = asyncio.ensure_future(cache.secrets_for(2))
+        await asyncio.sleep(0.01)
+        release.set()
+        assert (await stale)[0].app_secret == "secret 2" and (await fresh)[0].app_secret == "secret 3"
+        assert (await cache.secrets_for(2))[0].app_secret == "secret 3"
+        assert loads == [1, 2, 2]
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize("name", ["\ud800", "a\udfffb", "\ud83d"])
 def test_lone_surrogates_in_signed_webhook_text_are_stored_not_a_500(any_gateway: Gateway, name: str) -> None:
     org = org_with_waba(any_gateway)
