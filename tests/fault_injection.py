@@ -43,7 +43,7 @@ from actors.names import agent_store_actor_name, sender_actor_name
 from actors.ray_connection import RAY_SYSTEM_CONFIG
 from config.settings import Settings
 from meta.simulator import payloads
-from meta.simulator.state import DeliveryPlan, SentMessage, SimulatorState
+from meta.simulator.state import DeliveryPlan, GivenUpStatus, SentMessage, SimulatorState
 from meta.simulator.webhook_sender import encode as encode_webhook
 from meta.simulator.webhook_sender import signed_headers
 from tests.routing_support import Agent, AgentSocket, Event, Scenario
@@ -1207,16 +1207,24 @@ def check_replies(store: Gateway, simulator: SimulatorState, org_id: int, number
     ours = set(numbers)
     with simulator._lock:  # the simulator's server thread appends while we read
         at_meta = [m for m in simulator.sent_messages if m.phone_number_id in ours]
-    return judge_replies([r for w in workers for r in w.replies], rows, at_meta)
+        given_up = list(simulator.statuses_given_up)
+    stored = defaultdict(list)
+    for wamid, status in query_db(store, "SELECT wamid, status FROM message_statuses WHERE org_id = :org "
+                                         "ORDER BY id", org=org_id):
+        stored[str(wamid)].append(str(status))
+    return judge_replies([r for w in workers for r in w.replies], rows, at_meta, given_up, stored)
 
 
-def judge_replies(replies: list[Reply], outbox: list[tuple[Any, ...]],
-                  at_meta: list[SentMessage]) -> tuple[list[Violation], dict[str, Any]]:
+def judge_replies(replies: list[Reply], outbox: list[tuple[Any, ...]], at_meta: list[SentMessage],
+                  given_up: list[GivenUpStatus] | None = None, stored_statuses: dict[str, list[str]] | None = None,
+                  ) -> tuple[list[Violation], dict[str, Any]]:
     """Agents' replies through the kills: each one answered 202 reached Meta (the simulator's record) exactly
     once, in outbox order per customer, with the statuses Meta posted applied (its row `read`, Meta's wamid);
     none in doubt sent twice; nothing at Meta that no agent wrote.
 
     `outbox`: (id, summary, state, wamid, phone_number_id, to_wa_id, error_code, error_title) rows.
+    `given_up` (the status webhooks Meta stopped posting without a 200) and `stored_statuses` (wamid -> the
+    statuses the store took) say, for a reply whose statuses were not applied, where they stopped.
     """
     violations: list[Violation] = []
 
@@ -1243,8 +1251,16 @@ def judge_replies(replies: list[Reply], outbox: list[tuple[Any, ...]],
          for r in accepted if sent[r.text] == 0])
     add("replies sent to Meta more than once", [f"{text} x{n}" for text, n in sorted(sent.items()) if n > 1])
     add("messages at Meta that no agent wrote", sorted(t for t in sent if t not in written))
+    def where_statuses_stopped(wamid: str) -> str:
+        missed = [f"{g.status} after {g.attempts} posts (last answer {g.last_answer})"
+                  for g in given_up or () if g.wamid == wamid]
+        posts = f"Meta gave up posting {', '.join(missed)}" if missed else \
+            "no post given up (each answered 200, or still retried)"
+        return f"; stored statuses {(stored_statuses or {}).get(wamid, [])}; {posts}"
+
     add("replies answered 202 without Meta's statuses applied (outbox row not read with Meta's wamid)",
         [f"{r.text}: {rows[r.text][2]} wamid {str(rows[r.text][3])[:24]} (Meta's {wamid_at_meta[r.text][:24]})"
+         + (where_statuses_stopped(wamid_at_meta[r.text]) if stored_statuses is not None else "")
          for r in accepted if sent[r.text] and r.text in rows
          and (rows[r.text][2] != "read" or rows[r.text][3] != wamid_at_meta[r.text])])
     # Order per customer: Meta received each customer's replies in the order the outbox holds them.

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import pytest
 
-from meta.simulator.state import SentMessage, SimulatorState
+from meta.simulator.state import GivenUpStatus, SentMessage, SimulatorState
 from tests.fault_injection import SHORT, Reply, judge_replies, request_violations, run_fault_injection
 from tests.support import POSTGRES_ADMIN_URL, create_postgres_database, drop_postgres_database, postgres_database_url
 
@@ -92,3 +92,15 @@ def test_the_proof_counts_every_lost_doubled_reordered_or_unread_reply_as_a_viol
     assert found["customers who got replies out of outbox order"] == ["100/c1: ['r2', 'r1']"]
     assert [e.split(":")[0] for e in found[
         "replies answered 202 without Meta's statuses applied (outbox row not read with Meta's wamid)"]] == ["r1"]
+
+    # Where a reply's statuses stopped: Meta gave up posting one (the receiver never answered 200), and what the
+    # store took of the others.
+    unread = "replies answered 202 without Meta's statuses applied (outbox row not read with Meta's wamid)"
+    given_up = [GivenUpStatus("w1", "read", 41, "503")]
+    found = {v.invariant: v.examples for v in judge_replies(replies, broken_outbox, broken, given_up,
+                                                               {"w1": ["sent", "delivered"]})[0]}
+    assert found[unread] == ["r1: delivered wamid w1 (Meta's w1); stored statuses ['sent', 'delivered']; "
+                             "Meta gave up posting read after 41 posts (last answer 503)"]
+    found = {v.invariant: v.examples for v in judge_replies(replies, broken_outbox, broken, [], {})[0]}
+    assert found[unread] == ["r1: delivered wamid w1 (Meta's w1); stored statuses []; "
+                             "no post given up (each answered 200, or still retried)"]

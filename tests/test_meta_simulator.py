@@ -312,6 +312,27 @@ def test_delivery_failure_is_reported_not_raised(sim: Sim) -> None:
     assert result.json()["delivered"] is False and "ConnectError" in result.json()["webhook_error"]
 
 
+def test_status_webhooks_no_receiver_took_in_their_retry_time_are_recorded_as_given_up(sim: Sim) -> None:
+    """A status webhook posted until its plan's retry time ran out without a 200 is kept with its attempts and
+    the last answer: a check can tell a receiver that lost a status from one that never got it."""
+    waba = add_waba(sim, 1, callback_url=f"http://127.0.0.1:{free_port()}/webhook")
+    number = waba["numbers"][0]["id"]
+    plan = httpx.put(f"{sim.url}/_sim/numbers/{number}/delivery",
+                     json={"enabled": True, "read_delay_s": None, "retry_for_s": 0.5})
+    assert plan.status_code == 200, plan.text
+    sim.state.record_inbound(number, "15550008888")
+    sent = httpx.post(sim.graph(f"/{number}/messages"), headers=bearer(waba["access_token"]),
+                      json={"messaging_product": "whatsapp", "to": "15550008888", "type": "text",
+                            "text": {"body": "nobody is listening"}})
+    wamid = sent.json()["messages"][0]["id"]
+    deadline = time.monotonic() + 10
+    while len([g for g in sim.state.statuses_given_up if g.wamid == wamid]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    given_up = sorted((g for g in sim.state.statuses_given_up if g.wamid == wamid), key=lambda g: g.status)
+    assert [g.status for g in given_up] == ["delivered", "sent"]
+    assert all(g.attempts >= 2 and g.last_answer == "ConnectError" for g in given_up)
+
+
 # ---- payload builders ----------------------------------------------------------------------------
 
 WABA_ID, PNID, DISPLAY, CUSTOMER = "102290129340398", "106540352242922", "15550783881", "16315551181"

@@ -60,7 +60,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import secrets
 import time
@@ -76,6 +75,7 @@ from meta.simulator import payloads
 from meta.simulator.state import (
     TEMPLATE_REVIEW_STATUSES,
     DeliveryPlan,
+    GivenUpStatus,
     InjectedDelay,
     InjectedFailure,
     ReviewPlan,
@@ -376,9 +376,11 @@ def create_simulator_app(state: SimulatorState, api_version: str = "v25.0") -> F
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def post_webhook(waba: Waba, payload: dict[str, Any], retry_for_s: float = 0.0) -> None:
+    async def post_webhook(waba: Waba, payload: dict[str, Any], retry_for_s: float = 0.0) -> tuple[int, str] | None:
+        """Post a webhook of the simulator's own: None once the receiver answered 200, else (attempts, the last
+        answer: a status code or the error that stood for one)."""
         if not waba.callback_url:
-            return
+            return 0, "no callback URL"
         # One pooled client for the simulator's own webhooks (bursts post hundreds of statuses).
         client = clients.get("webhooks")
         if client is None:
@@ -387,13 +389,18 @@ def create_simulator_app(state: SimulatorState, api_version: str = "v25.0") -> F
         # back-off until a 200 or the time is up, as Meta retries.
         deadline = time.monotonic() + retry_for_s
         backoff = 0.2
+        attempts = 0
         while True:
-            with contextlib.suppress(httpx.HTTPError):
+            attempts += 1
+            try:
                 answer = await WebhookSender(waba.callback_url, waba.app_secret, client=client).send(payload)
                 if answer.status_code == 200:
-                    return
+                    return None
+                last = str(answer.status_code)
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
             if time.monotonic() + backoff > deadline:
-                return
+                return attempts, last
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
@@ -414,7 +421,9 @@ def create_simulator_app(state: SimulatorState, api_version: str = "v25.0") -> F
             payload = payloads.status_update(number.waba_id, number.id, number.display_phone_number, sent.id,
                                              sent.to, status, category=category, errors=errors,
                                              timestamp=sent.timestamp + happened_after)
-            await post_webhook(waba, payload, plan.retry_for_s)
+            missed = await post_webhook(waba, payload, plan.retry_for_s)
+            if missed is not None:
+                state.record_given_up(GivenUpStatus(sent.id, status, *missed))
 
     reviews_scheduled: set[str] = set()
 

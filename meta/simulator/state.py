@@ -254,6 +254,16 @@ class SentMessage:
                 "payload": self.payload, "timestamp": self.timestamp, "idempotency_key": self.idempotency_key}
 
 
+@dataclass(frozen=True)
+class GivenUpStatus:
+    """A status webhook the simulator stopped posting: no 200 within its plan's `retry_for_s`."""
+
+    wamid: str
+    status: str
+    attempts: int
+    last_answer: str  # the receiver's last status code, or the error that stood for it
+
+
 class SimulatorState:
     """The simulated Meta side. `clock` is injectable so tests can age the 24-hour window."""
 
@@ -267,6 +277,8 @@ class SimulatorState:
         self.numbers: dict[str, PhoneNumber] = {}
         self.templates: dict[str, Template] = {}
         self.sent_messages: list[SentMessage] = []
+        # Status webhooks posted until their retry time ran out without a 200: what a receiver never took.
+        self.statuses_given_up: list[GivenUpStatus] = []
         # token -> WABA ids it grants; a system-user token may grant several.
         self._tokens: dict[str, set[str]] = {}
         self._revoked: set[str] = set()
@@ -286,6 +298,10 @@ class SimulatorState:
         self._lock = threading.RLock()
 
     # ---- setup ---------------------------------------------------------------------------------
+
+    def record_given_up(self, given_up: GivenUpStatus) -> None:
+        with self._lock:
+            self.statuses_given_up.append(given_up)
 
     def new_id(self) -> str:
         """Graph object ids are long decimal strings."""
