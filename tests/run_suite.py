@@ -27,32 +27,42 @@ TESTS = Path(__file__).resolve().parent
 SHARDS = 3
 
 # Seconds each file takes in one of SHARDS pytest processes (summed from `--durations=0` of a whole `make test` on
-# this 2-core machine, the other groups running beside it, its share of its process's session fixtures
-# included), used only to deal the files out evenly. A file not listed counts DEFAULT_S.
+# this 2-core machine in a fast hour, the other groups running beside it, its share of its process's session
+# fixtures included), used only to deal the files out evenly. A file not listed counts DEFAULT_S.
 WEIGHTS_S: dict[str, float] = {
-    "test_fault_injection.py": 250, "test_bench_smoke.py": 140, "test_routing_flow.py": 137,
-    "test_messaging_replies.py": 131, "test_routing_v2.py": 112, "test_customer_identity.py": 105,
-    "test_openapi_schemathesis.py": 93, "test_routing_capacity.py": 91, "test_messaging_sender.py": 81,
-    "test_routing_modes_e2e.py": 70, "test_cluster_placement.py": 58, "test_console_browser.py": 55,
-    "test_demo.py": 52, "test_agent_deactivation.py": 50, "test_messaging_multi_org.py": 43,
-    "test_followups_at_intake.py": 37, "test_api_inboxes.py": 37, "test_store_backends.py": 34,
-    "test_head_loss.py": 31, "test_access_matrix.py": 28, "test_routing_metrics.py": 28,
-    "test_deploy_manifests.py": 27, "test_agent_store_actors.py": 24, "test_messaging_whatsapp_back.py": 23,
-    "test_local_ray_loopback.py": 22, "test_close_while_delivering.py": 20, "test_stats.py": 19,
-    "test_routing_recovery.py": 18, "test_actor_secrets.py": 17, "test_two_gateways.py": 15,
-    "test_number_settings_owner.py": 15, "test_api_paging.py": 15, "test_sender_metrics.py": 14,
-    "test_ws_auth_and_log_scrub.py": 13, "test_credentials_rotation.py": 12, "test_api_me.py": 11,
-    "test_agent_event_stream.py": 11, "test_metrics_under_load.py": 10, "test_agent_store.py": 8, "test_cli.py": 7,
-    "test_api_whatsapp_accounts.py": 7, "test_webhook_pywa_shared.py": 7, "test_gateway_metrics.py": 7,
-    "test_health.py": 7, "test_routing_properties.py": 6, "test_action_answers.py": 6, "test_startup_refusals.py": 6,
-    "test_meta_simulator.py": 6, "test_api_auth_orgs_users.py": 6, "test_messaging_templates.py": 5,
-    "test_logs.py": 5, "test_smoke_flow.py": 5, "test_meta_simulator_messaging.py": 5, "test_smoke_routing.py": 4,
-    "test_actor_imports.py": 4, "test_graph_client.py": 4, "test_webhook_intake.py": 4,
-    "test_webhook_parser_fuzz.py": 3, "test_user_tokens.py": 3, "test_inbox_metrics.py": 3,
-    "test_agent_reads_inbox_commits.py": 3, "test_stream_watch.py": 6, "test_opening_in_one_commit.py": 6,
-    "test_store_busy.py": 12,
+    "test_fault_injection.py": 113, "test_bench_smoke.py": 112, "test_routing_v2.py": 59,
+    "test_messaging_replies.py": 58, "test_routing_capacity.py": 54, "test_routing_modes_e2e.py": 52,
+    "test_openapi_schemathesis.py": 49, "test_routing_flow.py": 48, "test_stats.py": 36,
+    "test_cluster_placement.py": 35, "test_messaging_sender.py": 32, "test_demo.py": 32,
+    "test_routing_recovery.py": 32, "test_customer_identity.py": 30, "test_agent_deactivation.py": 28,
+    "test_store_backends.py": 27, "test_messaging_multi_org.py": 22, "test_api_inboxes.py": 21,
+    "test_followups_at_intake.py": 21, "test_access_matrix.py": 21, "test_head_loss.py": 19,
+    "test_local_ray_loopback.py": 16, "test_ws_auth_and_log_scrub.py": 16, "test_close_while_delivering.py": 15,
+    "test_agent_store_actors.py": 14, "test_agent_event_stream.py": 14, "test_deploy_manifests.py": 13,
+    "test_actions_read_nothing.py": 13, "test_sender_metrics.py": 12, "test_action_answers.py": 12,
+    "test_credentials_rotation.py": 10, "test_api_paging.py": 10, "test_actor_secrets.py": 10,
+    "test_routing_metrics.py": 9, "test_two_gateways.py": 9, "test_followups_told_to_agents.py": 9,
+    "test_webhook_intake.py": 9, "test_metrics_under_load.py": 8, "test_messaging_whatsapp_back.py": 8,
+    "test_webhook_pywa_shared.py": 6, "test_startup_refusals.py": 6, "test_snapshot_pushes.py": 6,
+    "test_api_whatsapp_accounts.py": 6, "test_capacity_in_the_commit.py": 6, "test_agent_store.py": 6,
+    "test_opening_in_one_commit.py": 5, "test_webhook_security.py": 5, "test_opening_without_a_read.py": 5,
+    "test_meta_simulator_messaging.py": 4, "test_messaging_templates.py": 4, "test_meta_simulator.py": 4,
+    "test_cli.py": 4, "test_graph_client.py": 4, "test_number_settings_owner.py": 4, "test_gateway_metrics.py": 4,
+    "test_api_auth_orgs_users.py": 4, "test_bootstrap_and_settings.py": 4, "test_group_commit.py": 3,
+    "test_store_busy.py": 3, "test_routing_properties.py": 3, "test_user_tokens.py": 3,
+    "test_agent_reads_inbox_commits.py": 3, "test_inbox_sweep.py": 3, "test_health.py": 3, "test_smoke_flow.py": 2,
+    "test_webhook_parser.py": 2, "test_sqlite_checkpoint.py": 2, "test_store_unavailable.py": 2,
+    "test_follow_up_attach_and_close.py": 2, "test_actor_imports.py": 2, "test_inbox_metrics.py": 2,
+    "test_logs.py": 2, "test_smoke_routing.py": 2, "test_openapi_refusals.py": 2, "test_routing_core_units.py": 1,
+    "test_sqlite_writer_turns.py": 1, "test_inbox_activation.py": 1, "test_stream_links.py": 1,
+    "test_webhook_parser_fuzz.py": 1, "test_route_order.py": 1, "test_customer_resolution_store.py": 1,
+    "test_task_events.py": 1, "test_auth_throttle.py": 1, "test_idle_ping.py": 1, "test_readyz_probe.py": 1,
+    "test_store_read.py": 1, "test_key_rotation.py": 1, "test_store_write.py": 1, "test_api_me.py": 1,
+    "test_offer_plan.py": 1, "test_principal_cache.py": 1, "test_body_limits.py": 1, "test_stream_watch.py": 1,
+    "test_licence_rules.py": 1, "test_free_heap.py": 1, "test_pacing.py": 1, "test_gc_tuning.py": 1,
+    "test_private_files.py": 1, "test_deploy_health_check.py": 1,
 }
-DEFAULT_S = 2.0
+DEFAULT_S = 1.0
 # Files kept in one process. The storms (SIGKILLs under load, the benchmark's smoke, clusters of their own, the
 # demo) each load the whole machine for a minute or more: one after another in one process, never two at
 # once, as in a single pytest run; they share it with the other processes' lighter tests only. And the files
