@@ -7,28 +7,24 @@ them, so `wa-router --version` and `wa-router --help` answer at once.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
+
+from gateway.cli_admin import admin_app, rotate_secret_key, rotate_token
+from gateway.cli_output import CliError, err, load_settings, one_line_errors, out
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from config.settings import Settings
     from gateway.startup_checks import SqliteGatewayClaim
-
-out = Console(highlight=False, soft_wrap=True)  # tokens and URLs must stay on one line to copy
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 app = typer.Typer(
     name="wa-router",
@@ -38,15 +34,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-admin_app = typer.Typer(help="Platform chores on the store: organizations, tokens.", no_args_is_help=True,
-                        rich_markup_mode=None)
 app.add_typer(admin_app, name="admin")
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class CliError(Exception):
-    """A failure shown to the user as one line."""
 
 
 def _version() -> str:
@@ -54,31 +42,6 @@ def _version() -> str:
         return version("wa-router")
     except PackageNotFoundError:  # run from a checkout that was never installed
         return "0.1.0"
-
-
-def one_line_errors(command: F) -> F:
-    """Errors end the command with one line on stderr and exit status 1, never a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort, typer.BadParameter):
-            raise
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            raise typer.Exit(130) from None
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            err.print(f"error: {where}: {first['msg']}")
-        except CliError as exc:
-            err.print(f"error: {exc}")
-        except Exception as exc:  # anything else still reads as one line
-            err.print(f"error: {type(exc).__name__}: {exc}")
-        raise typer.Exit(1)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _show_version(value: bool) -> None:
@@ -297,87 +260,7 @@ def soak() -> None:
         raise typer.Exit(code or node_code or pair_code)
 
 
-# ---------------------------------------------------------------- admin
-
-
-def _settings() -> Settings:
-    from config.settings import Settings
-
-    return Settings()
-
-
-@admin_app.command("create-org")
-@one_line_errors
-def create_org(
-    name: Annotated[str, typer.Argument(help="The organization's name.")],
-    owner_name: Annotated[str, typer.Option(help="The owner's name.")],
-    owner_email: Annotated[str, typer.Option(help="The owner's email.")],
-) -> None:
-    """Create an organization and its owner."""
-    from config.models import OrganizationCreate
-    from gateway.admin_ops import AdminError, create_organization
-
-    body = OrganizationCreate.model_validate({"name": name, "owner": {"name": owner_name, "email": owner_email}})
-    try:
-        org_id, owner_id, token = asyncio.run(create_organization(_settings(), body))
-    except AdminError as exc:
-        raise CliError(str(exc)) from exc
-    out.print(f"organization {org_id} created; owner user {owner_id}")
-    out.print(f"owner token (shown once): {token}")
-
-
-@admin_app.command("issue-token")
-@one_line_errors
-def issue_token(user_id: Annotated[int, typer.Argument(help="The user's id.")]) -> None:
-    """Issue a new API token for a user."""
-    from gateway.admin_ops import AdminError, issue_user_token
-
-    try:
-        name, token, org_id = asyncio.run(issue_user_token(_settings(), user_id))
-    except AdminError as exc:
-        raise CliError(str(exc)) from exc
-    out.print(f"token for user {user_id} ({name}) of organization {org_id} (shown once): {token}")
-
-
-@admin_app.command("rotate-token")
-@one_line_errors
-def rotate_token() -> None:
-    """Replace the platform admin token."""
-    from gateway.admin_ops import rotate_admin
-
-    out.print(f"new platform admin token (shown once): {asyncio.run(rotate_admin(_settings()))}")
-
-
-@admin_app.command("orgs")
-@one_line_errors
-def orgs() -> None:
-    """List the organizations."""
-    from gateway.admin_ops import list_organizations
-
-    rows = asyncio.run(list_organizations(_settings()))
-    if not rows:
-        out.print("no organizations yet")
-        return
-    table = Table("id", "name", "users", "created")
-    for row in rows:
-        table.add_row(str(row.id), row.name, str(row.users), row.created_at.strftime("%Y-%m-%d %H:%M"))
-    out.print(table)
-
-
-@admin_app.command("rotate-secret-key")
-@one_line_errors
-def rotate_secret_key() -> None:
-    """Re-encrypt stored secrets with a new key.
-
-    Every gateway must be stopped first.
-    """
-    from gateway.admin_ops import AdminError
-    from gateway.admin_ops import rotate_secret_key as rotate
-
-    try:
-        out.print(asyncio.run(rotate(_settings())))
-    except AdminError as exc:
-        raise CliError(str(exc)) from exc
+# ---------------------------------------------------------------- admin aliases
 
 
 @app.command("rotate-secret-key", hidden=True)
@@ -410,7 +293,7 @@ def actors(
     from gateway.cluster_record import read_record, token_auth_enabled
     from gateway.ray_actors import StateQueryFailed, routing_actors
 
-    settings = _settings()
+    settings = load_settings()
     path = record or settings.cluster_record_file
     recorded = read_record(path)
     if address is None:
