@@ -12,7 +12,7 @@ re-arms the offer timers and has the member agents reconcile. Each activation ta
 epoch, and every write is conditional on it, so a stale owner (another deployment, a zombie) can
 never overwrite a newer one's work. The gateways' sweep of the store (`actors.inbox_sweep`, one read for every
 inbox every few seconds) tells it of a new configuration version, a newer owner, and stored messages no forward
-delivered (`store_watched`).
+delivered (`actors.inbox_events`, `store_watched`).
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ class InboxCore(StoreBackedActor):
     async def _control_forever(self) -> None:
         """Never dies: the queue's gauge, and a configuration a write found newer, every few seconds. It reads nothing:
         what only the store shows (a newer configuration or owner, messages no forward brought) comes from the
-        gateways' sweep of every inbox at once (`store_watched`)."""
+        gateways' sweep of every inbox at once (`actors.inbox_events.InboxEvents.store_watched`)."""
         while True:
             await asyncio.sleep(self._settings.inbox_sync_interval_s)
             try:
@@ -243,33 +243,6 @@ class InboxCore(StoreBackedActor):
                                   sum(1 for tx in self._txs.values() if tx.state in ("queued", "offered")))
         if self._config_stale:
             self.request_routing()  # the pass reloads it
-
-    async def store_watched(self, config_version: int, owner_epoch: int, unattached: bool) -> dict[str, Any]:
-        """What a gateway's sweep of the store found (`actors.inbox_sweep`): the inbox's configuration version, its
-        owner's epoch, and whether a message stayed unattached. Safe to repeat; a value older than this actor's own
-        (read before its activation or reload) changes nothing."""
-        if not await self._ensure_active() or self._config is None:
-            return {"inbox_id": self.inbox_id, "exists": False}
-        if owner_epoch > self._epoch:
-            self._fenced()  # a newer activation owns the inbox: take it back from the store
-        elif config_version > self.config.config_version or unattached or self._config_stale:
-            if config_version > self.config.config_version:
-                self._config_stale = True
-            if not unattached or await self._attach_unattached():
-                self.request_routing()  # a stale configuration is reloaded by the pass
-        return {"inbox_id": self.inbox_id, "exists": True, "epoch": self._epoch}
-
-    async def _attach_unattached(self) -> bool:
-        """Messages no forward brought, read and attached (the lock taken); False when the inbox is reloading."""
-        async with self._lock:
-            if not self._activated:
-                return False
-            try:
-                await self._ingest_stored()
-            except ownership.Fenced:
-                self._fenced()
-                return False
-        return True
 
     async def _hand_over(self, tx_ids: list[int]) -> None:
         """The messages of the conversations their agent was not handed, page after page (the lock held, or
@@ -347,7 +320,6 @@ class InboxCore(StoreBackedActor):
         exists = await self._ensure_active()
         return {"inbox_id": self.inbox_id, "exists": exists, "open": len(self._txs),
                 "queued": sum(1 for tx in self._txs.values() if tx.state == "queued")}
-
 
     # ------------------------------------------------------------------ offer timers
 

@@ -1,6 +1,7 @@
 """What an inbox is told: an agent's presence or capacity changed, an agent withdrew from an offer it held, the
-inbox's configuration was edited. Each is a hint the inbox could also find for itself (the agents' answers, the
-control loop's configuration version), so each is safe to repeat or to lose."""
+inbox's configuration was edited, a gateway's sweep of the store found something (a newer configuration or owner,
+a message no forward brought). Each is a hint the inbox could also find for itself (the agents' answers, the next
+sweep), so each is safe to repeat or to lose."""
 
 from __future__ import annotations
 
@@ -84,3 +85,30 @@ class InboxEvents(InboxCore):
             membership = config.members.get(tx.offered_to) if tx.offered_to is not None else None
             if tx.state == "offered" and (membership is None or not membership[1]):
                 await self._end_offer(tx, "rescinded", count_as_tried=False, reason="agent left the inbox")
+
+    async def store_watched(self, config_version: int, owner_epoch: int, unattached: bool) -> dict[str, Any]:
+        """What a gateway's sweep of the store found (`actors.inbox_sweep`): the inbox's configuration version, its
+        owner's epoch, and whether a message stayed unattached. Safe to repeat; a value older than this actor's own
+        (read before its activation or reload) changes nothing."""
+        if not await self._ensure_active() or self._config is None:
+            return {"inbox_id": self.inbox_id, "exists": False}
+        if owner_epoch > self._epoch:
+            self._fenced()  # a newer activation owns the inbox: take it back from the store
+        elif config_version > self.config.config_version or unattached or self._config_stale:
+            if config_version > self.config.config_version:
+                self._config_stale = True
+            if not unattached or await self._attach_unattached():
+                self.request_routing()  # a stale configuration is reloaded by the pass
+        return {"inbox_id": self.inbox_id, "exists": True, "epoch": self._epoch}
+
+    async def _attach_unattached(self) -> bool:
+        """Messages no forward brought, read and attached (the lock taken); False when the inbox is reloading."""
+        async with self._lock:
+            if not self._activated:
+                return False
+            try:
+                await self._ingest_stored()
+            except ownership.Fenced:
+                self._fenced()
+                return False
+        return True
