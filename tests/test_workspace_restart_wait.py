@@ -83,8 +83,7 @@ def test_a_stream_whose_agent_is_back_within_the_grace_goes_on_from_its_cursor(
 def test_a_stream_whose_agent_is_not_back_within_the_grace_ends_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(agents_router, "RESTART_GRACE_S", 0.3)
     agent, socket = _RestartingAgent(down_for_s=30.0), _Socket()
-    began = time.monotonic()
+    # Ended within 5 s by the grace, long before the agent would be back (30 s).
     ended = asyncio.run(_run(agent, socket, within_s=5.0))
     assert isinstance(ended, ActorUnavailable)  # the endpoint closes the socket with 1013
-    assert time.monotonic() - began < 3.0
     assert socket.sent == [1, 2]
