@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     # Retry-After (the store is busy: Meta redelivers a webhook, a client retries).
     store_pool_size: int = Field(default=10, ge=1, le=200)
     store_pool_timeout_s: float = Field(default=30.0, gt=0, le=300)
+    # PostgreSQL: how long a request of the gateway waits for a lock another transaction holds (a webhook delivery
+    # for the same customers as one still being stored, say) before it is answered 503 with Retry-After (Meta
+    # redelivers): a writer that stalls (a gateway frozen mid-transaction, a lost connection not yet noticed) holds
+    # up the requests behind it this long at most. 0: no bound.
+    store_lock_wait_s: float = Field(default=5.0, ge=0, le=300)
     # The deployment lease: a gateway heartbeats it; another Ray cluster may take the store only
     # once the lease is this old.
     deployment_heartbeat_s: float = Field(default=5.0, gt=0)

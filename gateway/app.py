@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[FastAPI], N
     async def _serving(app: FastAPI, claim: SqliteGatewayClaim | None) -> AsyncIterator[None]:
         await upgrade_to_head_async(settings.database_url)
         db = Database(settings.database_url, pool_size=settings.store_pool_size,
-                      pool_timeout_s=settings.store_pool_timeout_s)
+                      pool_timeout_s=settings.store_pool_timeout_s, lock_wait_s=settings.store_lock_wait_s)
         graph = GraphClient(settings.graph_base_url, timeout_s=settings.graph_timeout_s)
         ray_connection = connect_ray(settings)
         lease = DeploymentLease(db, cluster_identity(settings.ray_namespace),

@@ -13,7 +13,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from meta.unicode_safe import clean_text
-from store.errors import StoreUnavailable, means_unavailable
+from store.errors import CustomersBusy, StoreUnavailable, lock_not_available, means_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ def unsupported_body_type(content_type: str | None, errors: Any) -> JSONResponse
 # in a moment (Meta redelivers a webhook answered so).
 _UNAVAILABLE = {"detail": "store temporarily unavailable"}
 _BUSY = {"detail": "store busy: no connection was free in time; retry shortly"}
+_LOCKED = {"detail": "store busy: what this request needs is being written by another; retry shortly"}
 STORE_FAILURES: tuple[type[Exception], ...] = (DBAPIError, PoolTimeout, StoreUnavailable)
 
 
@@ -169,6 +170,11 @@ def store_failure_response(exc: Exception) -> JSONResponse:
     if not unavailable and (isinstance(exc, DataError) or sqlstate.startswith("22")):
         log.info("value refused by the store: %s", exc.orig)
         return JSONResponse(status_code=422, content={"detail": "a value is out of range for the store"})
+    if lock_not_available(exc):
+        # Overload (or a long writer): the request waited its bound for a lock (`store_lock_wait_s`); nothing of it
+        # was written.
+        log.warning("store busy: %s", exc.orig)
+        return _retry_later(_LOCKED)
     if unavailable or means_unavailable(sqlstate) or exc.connection_invalidated:
         # Connection trouble, the server out of connections or shutting down, or a connection found dead (the
         # pool replaces it): retry later.
@@ -203,6 +209,11 @@ def install_error_handlers(app: FastAPI) -> None:
         # SQLite's driver raises this for integers beyond 64 bits (an id no row can have).
         log.info("integer out of range: %s", exc)
         return JSONResponse(status_code=422, content={"detail": "a number is out of range"})
+
+    @app.exception_handler(CustomersBusy)
+    async def _customers_busy(_request: Request, exc: CustomersBusy) -> JSONResponse:
+        log.warning("store busy: %s", exc)
+        return _retry_later(_LOCKED)
 
     @app.exception_handler(StoreUnavailable)
     async def _agent_store_unavailable(_request: Request, exc: StoreUnavailable) -> JSONResponse:

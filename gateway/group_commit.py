@@ -16,6 +16,10 @@ gives up waiting for any other lock well before PostgreSQL looks for deadlocks (
 cycle arise all the same (two groups moving two replies' statuses in opposite orders), the group yields (its
 deliveries are then stored one by one), never an inbox's commit or an agent's request.
 
+On PostgreSQL the gateway's connections wait at most `store_lock_wait_s` for any lock. A group whose customers
+another transaction keeps locked that long fails whole with CustomersBusy, answered 503 (Meta redelivers): stored
+one by one, each delivery would wait as long again.
+
 Each delivery's answer is what storing it alone would have answered: they are stored one after another in the
 transaction, so a redelivery in the same group is seen as a duplicate. A group that fails is tried again one
 delivery at a time, so a delivery that cannot be stored fails alone and its neighbours are still acknowledged.
@@ -34,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.intake import Delivery, IntakeResult, store_deliveries
 from meta.webhook_parser import ParsedWebhook
 from store.db import Database
+from store.errors import CustomersBusy
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +112,12 @@ class DeliveryGroupCommit:
         deliveries = [delivery for delivery, _ in group]
         try:
             results = await self._db.write_session(functools.partial(_store_all, deliveries=deliveries))
+        except CustomersBusy as exc:
+            # Waited the gateway's lock wait for customers another transaction is writing: one by one they would
+            # wait again, each as long. Every delivery is answered 503 now (Meta redelivers).
+            for _, future in group:
+                _settle(future, error=exc)
+            return
         except Exception as exc:
             if len(group) == 1:
                 _settle(group[0][1], error=exc)

@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, func, or_, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.core_connection import core_connection
+from store.errors import CustomersBusy, lock_not_available
 from store.tables import Customer, InboundMessage, StickyAgent, Transaction
 from store.types import utcnow
 from store.upsert import insert_ignoring_duplicates
@@ -193,10 +195,18 @@ _LOCK_KEYS = text("SELECT pg_advisory_xact_lock(key) FROM unnest(CAST(:keys AS B
 
 
 async def lock_identifiers(session: AsyncSession, keys: Collection[int]) -> None:
-    """Serialise deliveries naming the same identifiers (`identifier_lock_keys`) until this transaction ends."""
+    """Serialise deliveries naming the same identifiers (`identifier_lock_keys`) until this transaction ends.
+
+    PostgreSQL: CustomersBusy when they stay locked past the connection's `lock_timeout` (the gateway's
+    `store_lock_wait_s`): another delivery of the same customers is still being written."""
     if session.get_bind().dialect.name == "postgresql":
         if keys:
-            await session.execute(_LOCK_KEYS, {"keys": sorted(keys)})
+            try:
+                await session.execute(_LOCK_KEYS, {"keys": sorted(keys)})
+            except DBAPIError as exc:
+                if lock_not_available(exc):
+                    raise CustomersBusy(f"{len(keys)} customer identifier(s) locked past the wait") from exc
+                raise
     else:
         # SQLite takes its single write lock at a transaction's first write and holds it to the end.
         await (await core_connection(session)).execute(_TAKE_WRITE_LOCK)

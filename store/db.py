@@ -41,10 +41,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """One engine per process; `session()` yields a session that commits or rolls back."""
 
-    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10, pool_timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10, pool_timeout_s: float = 30.0,
+                 lock_wait_s: float = 0.0) -> None:
         """PostgreSQL: `pool_size` connections kept, as many more while steps overlap (closed after use); a step
         waits `pool_timeout_s` for a free one, then fails with SQLAlchemy's `TimeoutError` (the gateway answers
-        503). Agent actors, which are many and mostly idle, use `store.agent_store` instead."""
+        503); a statement waits at most `lock_wait_s` for a lock (0: no bound; the server's `lock_timeout`, which
+        a transaction may lower for itself), then fails with SQLSTATE 55P03 (the gateway answers 503). Agent actors,
+        which are many and mostly idle, use `store.agent_store` instead."""
         self.url = url
         self.pool_timeout_s = pool_timeout_s
         kwargs: dict[str, Any] = {"echo": echo}
@@ -60,6 +63,9 @@ class Database:
             # Last in, first out: the connections in use stay few and warm, the others idle (and are pinged when
             # taken again, `store.idle_ping`).
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=pool_timeout_s, pool_use_lifo=True)
+            if lock_wait_s > 0:
+                # Set when each connection opens: no statement more per transaction.
+                kwargs["connect_args"] = {"server_settings": {"lock_timeout": f"{max(1, round(lock_wait_s * 1000))}ms"}}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if is_sqlite(url):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

@@ -14,3 +14,18 @@ class StoreUnavailable(Exception):
 
 def means_unavailable(sqlstate: str) -> bool:
     return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+
+
+# SQLSTATE lock_not_available: a statement waited for a lock past its connection's `lock_timeout`.
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def lock_not_available(exc: BaseException) -> bool:
+    """A DBAPI error (SQLAlchemy's, or the driver's own) of a lock not free within the allowed wait."""
+    orig = getattr(exc, "orig", exc)
+    return str(getattr(orig, "sqlstate", "") or "") == LOCK_NOT_AVAILABLE
+
+
+class CustomersBusy(Exception):
+    """Another transaction kept writing the customers a delivery names past the connection's lock wait: nothing of
+    the delivery was written; it may be delivered again later (`store.customers.lock_identifiers`)."""

@@ -1,6 +1,7 @@
 """Every connection of the gateway's pool busy (overload, a slow store): a request that cannot get one in time is
 answered 503 with Retry-After, never 500, whether it fails in a route, in the authentication that runs before
-the routes or in an agent's event-stream handshake; what was answered 200 is stored, once."""
+the routes or in an agent's event-stream handshake; what was answered 200 is stored, once. Likewise a delivery whose
+customer another transaction keeps locked past the gateway's lock wait."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tests.support import Gateway, org_with_waba, query_db, text_from, unique
 # One connection kept and one more while steps overlap; a request waits this long for either.
 POOL_TIMEOUT_S = 0.5
 BUSY = {"detail": "store busy: no connection was free in time; retry shortly"}
+LOCKED = {"detail": "store busy: what this request needs is being written by another; retry shortly"}
 
 
 async def _advisory_waiters(connection: asyncpg.Connection) -> int:
@@ -39,7 +41,8 @@ def _workspace_refusal(gateway: Gateway, org_id: int, user_id: int, token: str) 
 
 def test_requests_finding_every_store_connection_busy_are_answered_503_and_nothing_answered_200_is_lost(
         start_pg_gateway: Callable[..., Gateway]) -> None:
-    gateway = start_pg_gateway(store_pool_size=1, store_pool_timeout_s=POOL_TIMEOUT_S)
+    # The held deliveries wait for their customer as long as the test holds it (no lock wait bound: below).
+    gateway = start_pg_gateway(store_pool_size=1, store_pool_timeout_s=POOL_TIMEOUT_S, store_lock_wait_s=0)
     org = org_with_waba(gateway)
     _, member_token = org.add_user("member")  # never used yet: its first request reads the store
     watcher_id, watcher_token = org.add_user("member")  # likewise, for its workspace's event stream
@@ -87,6 +90,49 @@ def test_requests_finding_every_store_connection_busy_are_answered_503_and_nothi
 
     asyncio.run(scenario())
     assert gateway.call("GET", f"/v1/orgs/{org.id}/inboxes", member_token).status_code == 200
+    stored = query_db(gateway, "SELECT wamid, count(*) FROM inbound_messages WHERE org_id = :org GROUP BY wamid",
+                      org=org.id)
+    assert sorted(stored) == sorted((wamid, 1) for wamid in wamids)
+
+
+def test_a_delivery_whose_customer_stays_locked_past_the_lock_wait_is_answered_503_and_stored_once_redelivered(
+        start_pg_gateway: Callable[..., Gateway]) -> None:
+    """A delivery for a customer whose other delivery is still being written waits at most the gateway's lock wait
+    (`WA_ROUTER_STORE_LOCK_WAIT_S`), then is answered 503 with Retry-After, nothing of it written; other customers'
+    deliveries are stored meanwhile, and the redelivery is stored once."""
+    gateway = start_pg_gateway(store_lock_wait_s=1.0)
+    org = org_with_waba(gateway)
+    sender = WebhookSender(f"{gateway.url}/webhooks/whatsapp/{org.id}", org.app_secret, timeout_s=60)
+    held_customer, other_customer = "15550100011", "15550100012"
+    delivery = text_from(org, 0, held_customer, "while its customer is written")
+    other = text_from(org, 1, other_customer, "meanwhile")
+    wamids = [p["entry"][0]["changes"][0]["value"]["messages"][0]["id"] for p in (delivery, other)]
+
+    async def scenario() -> None:
+        locker = await asyncpg.connect(gateway.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            # Another transaction writing the held customer (unbounded: it is released only after the answer).
+            await locker.execute("SELECT pg_advisory_lock($1)", identifier_lock_key(org.id, "w", held_customer))
+            waiting = asyncio.ensure_future(sender.send(delivery))
+            for _ in range(200):
+                if await _advisory_waiters(locker) == 1 or waiting.done():
+                    break
+                await asyncio.sleep(0.02)
+            served = await sender.send(other)  # its own transaction: another customer
+            assert served.status_code == 200, served.text
+            refused = await waiting
+            assert refused.status_code == 503, refused.text
+            assert refused.json() == LOCKED
+            assert refused.headers["retry-after"] == "1"
+            assert await locker.fetchval("SELECT count(*) FROM inbound_messages WHERE wamid = $1", wamids[0]) == 0
+        finally:
+            await locker.execute("SELECT pg_advisory_unlock_all()")
+            await locker.close()
+        redelivered = await sender.send(delivery)  # Meta's redelivery
+        assert redelivered.status_code == 200 and redelivered.json()["messages"] == 1, redelivered.text
+        await sender.aclose()
+
+    asyncio.run(scenario())
     stored = query_db(gateway, "SELECT wamid, count(*) FROM inbound_messages WHERE org_id = :org GROUP BY wamid",
                       org=org.id)
     assert sorted(stored) == sorted((wamid, 1) for wamid in wamids)
