@@ -13,7 +13,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from meta.unicode_safe import clean_text
-from store.errors import CustomersBusy, StoreUnavailable, lock_not_available, means_unavailable
+from store.errors import LOCK_NOT_AVAILABLE, CustomersBusy, StoreUnavailable, means_unavailable, sqlstate_of
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def unsupported_body_type(content_type: str | None, errors: Any) -> JSONResponse
 _UNAVAILABLE = {"detail": "store temporarily unavailable"}
 _BUSY = {"detail": "store busy: no connection was free in time; retry shortly"}
 _LOCKED = {"detail": "store busy: what this request needs is being written by another; retry shortly"}
-STORE_FAILURES: tuple[type[Exception], ...] = (DBAPIError, PoolTimeout, StoreUnavailable)
+STORE_FAILURES: tuple[type[Exception], ...] = (DBAPIError, PoolTimeout, StoreUnavailable, CustomersBusy)
 
 
 def _retry_later(content: dict[str, Any]) -> JSONResponse:
@@ -154,6 +154,10 @@ def store_failure_response(exc: Exception) -> JSONResponse:
         # Every connection of the gateway's pool stayed in use for `store_pool_timeout_s`: overload, not a crash.
         log.warning("store busy: %s", exc)
         return _retry_later(_BUSY)
+    if isinstance(exc, CustomersBusy):
+        # The intake waited its bound for customers another transaction is writing (`store_lock_wait_s`).
+        log.warning("store busy: %s", exc)
+        return _retry_later(_LOCKED)
     if isinstance(exc, StoreUnavailable):
         # Raised by an agent actor's store (plain SQL, no SQLAlchemy) and carried back through the Ray call.
         log.warning("store unavailable to an agent actor: %s", exc)
@@ -163,14 +167,14 @@ def store_failure_response(exc: Exception) -> JSONResponse:
         # A constraint the database enforces for us (a race the route did not foresee): a conflict.
         log.info("integrity conflict: %s", exc.orig)
         return JSONResponse(status_code=409, content={"detail": "conflicts with existing data"})
-    sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+    sqlstate = sqlstate_of(exc)
     unavailable = isinstance(exc, OperationalError)  # SQLite locked past its wait, a connection refused or lost
     # SQLSTATE class 22 is a value the column cannot hold (PostgreSQL checks lengths, ranges, NUL
     # characters; asyncpg reports it as a plain DBAPIError, not DataError): bad input, not a crash.
     if not unavailable and (isinstance(exc, DataError) or sqlstate.startswith("22")):
         log.info("value refused by the store: %s", exc.orig)
         return JSONResponse(status_code=422, content={"detail": "a value is out of range for the store"})
-    if lock_not_available(exc):
+    if sqlstate == LOCK_NOT_AVAILABLE:
         # Overload (or a long writer): the request waited its bound for a lock (`store_lock_wait_s`); nothing of it
         # was written.
         log.warning("store busy: %s", exc.orig)
@@ -212,8 +216,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CustomersBusy)
     async def _customers_busy(_request: Request, exc: CustomersBusy) -> JSONResponse:
-        log.warning("store busy: %s", exc)
-        return _retry_later(_LOCKED)
+        return store_failure_response(exc)
 
     @app.exception_handler(StoreUnavailable)
     async def _agent_store_unavailable(_request: Request, exc: StoreUnavailable) -> JSONResponse:

@@ -14,7 +14,7 @@ from typing import Any
 from store.agent_store_steps import AgentStore, Step, T
 from store.clock import from_stored
 from store.coroutines import not_abandoned
-from store.errors import StoreUnavailable, means_unavailable
+from store.errors import StoreUnavailable, means_unavailable, sqlstate_of
 
 # Connections of one store at once, the kept one and one more while two steps overlap.
 POSTGRES_CONNECTIONS = 2
@@ -95,7 +95,7 @@ class PostgresAgentStore(AgentStore):
         """Connection trouble, the server out of connections or shutting down (`store.errors`)."""
         if isinstance(exc, (OSError, TimeoutError, self._asyncpg.InterfaceError, self._asyncpg.InternalClientError)):
             return True
-        return means_unavailable(str(getattr(exc, "sqlstate", "") or ""))
+        return means_unavailable(sqlstate_of(exc))
 
     async def _connect(self) -> Any:
         try:

@@ -20,10 +20,14 @@ def means_unavailable(sqlstate: str) -> bool:
 LOCK_NOT_AVAILABLE = "55P03"
 
 
+def sqlstate_of(exc: BaseException) -> str:
+    """The SQLSTATE of a DBAPI error, SQLAlchemy's (through its driver's) or the driver's own; "" when it has none."""
+    return str(getattr(getattr(exc, "orig", exc), "sqlstate", "") or "")
+
+
 def lock_not_available(exc: BaseException) -> bool:
-    """A DBAPI error (SQLAlchemy's, or the driver's own) of a lock not free within the allowed wait."""
-    orig = getattr(exc, "orig", exc)
-    return str(getattr(orig, "sqlstate", "") or "") == LOCK_NOT_AVAILABLE
+    """A DBAPI error of a lock not free within the allowed wait."""
+    return sqlstate_of(exc) == LOCK_NOT_AVAILABLE
 
 
 class CustomersBusy(Exception):
